@@ -1,0 +1,26 @@
+//! Generates the berth.workspace.v1 types, clients and servers from `proto/`, plus the encoded
+//! file descriptor set that server reflection serves.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let package_dir = proto_root.join("berth/workspace/v1");
+    let mut protos: Vec<PathBuf> = std::fs::read_dir(&package_dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "proto"))
+        .collect();
+    protos.sort();
+    println!("cargo:rerun-if-changed={}", package_dir.display());
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={}", proto.display());
+    }
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        // ProcessService has a `Connect` RPC, which would clash with the generated
+        // `XxxClient::connect` constructor: clients are built with `XxxClient::new(channel)`.
+        .build_transport(false)
+        .file_descriptor_set_path(out_dir.join("berth_descriptor.bin"))
+        .compile_protos(&protos, &[proto_root])?;
+    Ok(())
+}

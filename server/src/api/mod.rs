@@ -1,0 +1,194 @@
+//! The gRPC surface: tonic services (thin: validate, convert, call the Manager, convert back),
+//! grpc-web with CORS, reflection, health, request tracing and shutdown handling.
+
+mod convert;
+mod filesystem;
+mod process;
+mod shutdown;
+mod status;
+mod workspace;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_api::v1::filesystem_service_server::FilesystemServiceServer;
+use berth_api::v1::process_service_server::ProcessServiceServer;
+use berth_api::v1::workspace_service_server::WorkspaceServiceServer;
+use http::header::{HeaderName, HeaderValue};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+use tracing::{Span, info, info_span, warn};
+
+use crate::workspace::Manager;
+
+/// How often health re-checks that containerd answers.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How long open connections get to finish after shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// The services names health reports on, besides the overall "" entry.
+const SERVICE_NAMES: [&str; 3] = [
+    "berth.workspace.v1.WorkspaceService",
+    "berth.workspace.v1.FilesystemService",
+    "berth.workspace.v1.ProcessService",
+];
+
+/// Serves every service on `listener` until `shutdown` is cancelled; then ends open streams with
+/// UNAVAILABLE and returns once connections closed (or after a grace period).
+pub async fn serve(listener: TcpListener, manager: Arc<Manager>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(report_health(manager.clone(), health_reporter, shutdown.clone()));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(berth_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(berth_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let router = Server::builder()
+        .accept_http1(true)
+        .layer(cors_layer())
+        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(shutdown::EndStreamsOnShutdownLayer::new(shutdown.clone()))
+        .layer(trace_layer())
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(WorkspaceServiceServer::new(workspace::WorkspaceApi::new(manager.clone())))
+        .add_service(FilesystemServiceServer::new(filesystem::FilesystemApi))
+        .add_service(ProcessServiceServer::new(process::ProcessApi));
+
+    let stopped = shutdown.clone();
+    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped.cancelled_owned());
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "connections still open after the grace period; closing them"),
+    }
+    health_task.abort();
+    Ok(())
+}
+
+/// Reports SERVING only while containerd answers; NOT_SERVING from the start of shutdown.
+async fn report_health(manager: Arc<Manager>, reporter: HealthReporter, shutdown: CancellationToken) {
+    let mut last: Option<ServingStatus> = None;
+    loop {
+        let status = match manager.check_runtime().await {
+            Ok(_) => ServingStatus::Serving,
+            Err(err) => {
+                if last != Some(ServingStatus::NotServing) {
+                    warn!(error = %err, "containerd is not answering; health is NOT_SERVING");
+                }
+                ServingStatus::NotServing
+            }
+        };
+        if last != Some(status) {
+            if status == ServingStatus::Serving && last.is_some() {
+                info!("containerd answers again; health is SERVING");
+            }
+            set_all(&reporter, status).await;
+            last = Some(status);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
+        }
+    }
+    set_all(&reporter, ServingStatus::NotServing).await;
+}
+
+async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in SERVICE_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// CORS for browsers calling over grpc-web: the grpc headers must be exposed, or errors reach
+/// the page as "missing trailer".
+fn cors_layer() -> CorsLayer {
+    let header = HeaderName::from_static;
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers([
+            header("content-type"),
+            header("x-grpc-web"),
+            header("x-user-agent"),
+            header("grpc-timeout"),
+            header("authorization"),
+        ])
+        .expose_headers([header("grpc-status"), header("grpc-message"), header("grpc-status-details-bin")])
+        .max_age(Duration::from_secs(24 * 3600))
+}
+
+type GrpcTraceLayer = TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
+    fn(&http::Request<tonic::body::Body>) -> Span,
+    (),
+    fn(&http::Response<tonic::body::Body>, Duration, &Span),
+    (),
+    fn(Option<&http::HeaderMap>, Duration, &Span),
+    (),
+>;
+
+/// A span per RPC (method, workspace id recorded by the handler) and one log line at its end
+/// with the duration and the gRPC status code.
+fn trace_layer() -> GrpcTraceLayer {
+    TraceLayer::new_for_grpc()
+        .make_span_with(make_rpc_span as fn(&http::Request<tonic::body::Body>) -> Span)
+        .on_request(())
+        .on_response(log_trailers_only_response as fn(&http::Response<tonic::body::Body>, Duration, &Span))
+        .on_body_chunk(())
+        .on_eos(log_end_of_stream as fn(Option<&http::HeaderMap>, Duration, &Span))
+        .on_failure(())
+}
+
+fn make_rpc_span(request: &http::Request<tonic::body::Body>) -> Span {
+    info_span!("rpc", method = %request.uri().path(), workspace_id = tracing::field::Empty)
+}
+
+/// Errors come as trailers-only responses: the status is in the headers.
+fn log_trailers_only_response(response: &http::Response<tonic::body::Body>, latency: Duration, _span: &Span) {
+    if let Some(code) = response.headers().get("grpc-status") {
+        log_finished(code, latency);
+    }
+}
+
+fn log_end_of_stream(trailers: Option<&http::HeaderMap>, duration: Duration, _span: &Span) {
+    if let Some(code) = trailers.and_then(|trailers| trailers.get("grpc-status")) {
+        log_finished(code, duration);
+    }
+}
+
+fn log_finished(code: &HeaderValue, duration: Duration) {
+    let code = code.to_str().ok().and_then(|text| text.parse::<i32>().ok()).unwrap_or(2);
+    info!(
+        grpc_code = code,
+        grpc_status = ?tonic::Code::from(code),
+        duration_ms = duration.as_secs_f64() * 1000.0,
+        "rpc finished"
+    );
+}
+
+/// Records the workspace id on the current RPC span.
+fn record_workspace_id(workspace_id: &str) {
+    Span::current().record("workspace_id", workspace_id);
+}
+
+/// Returns the error for an RPC whose behaviour is not built yet.
+fn not_built<T>(what: &str) -> Result<T, tonic::Status> {
+    Err(crate::error::Error::not_implemented(what).into())
+}

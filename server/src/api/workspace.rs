@@ -1,0 +1,191 @@
+//! `WorkspaceService`: validate, call the Manager, convert back.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use berth_api::v1 as pb;
+use berth_api::v1::workspace_service_server::WorkspaceService;
+use futures::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{convert, not_built, record_workspace_id};
+use crate::workspace::Manager;
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The WorkspaceService implementation.
+pub struct WorkspaceApi {
+    manager: Arc<Manager>,
+}
+
+impl WorkspaceApi {
+    /// Serves WorkspaceService over the Manager.
+    pub fn new(manager: Arc<Manager>) -> Self {
+        Self { manager }
+    }
+}
+
+#[tonic::async_trait]
+impl WorkspaceService for WorkspaceApi {
+    type CreateWorkspaceStream = ResponseStream<pb::CreateWorkspaceResponse>;
+    type WatchMetricsStream = ResponseStream<pb::WatchMetricsResponse>;
+    type ExportDataStream = ResponseStream<pb::ExportDataResponse>;
+    type WatchEventsStream = ResponseStream<pb::WatchEventsResponse>;
+
+    async fn create_workspace(
+        &self,
+        request: Request<pb::CreateWorkspaceRequest>,
+    ) -> Result<Response<Self::CreateWorkspaceStream>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("CreateWorkspace (image pull and container creation)")
+    }
+
+    async fn get_workspace(
+        &self,
+        request: Request<pb::GetWorkspaceRequest>,
+    ) -> Result<Response<pb::GetWorkspaceResponse>, Status> {
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        let info = self.manager.get(&request.workspace_id).await?;
+        Ok(Response::new(pb::GetWorkspaceResponse { workspace: Some(convert::workspace(info)) }))
+    }
+
+    async fn list_workspaces(
+        &self,
+        request: Request<pb::ListWorkspacesRequest>,
+    ) -> Result<Response<pb::ListWorkspacesResponse>, Status> {
+        let request = request.into_inner();
+        let list = self.manager.list(request.page_size, &request.page_token, &request.label_selector).await?;
+        Ok(Response::new(pb::ListWorkspacesResponse {
+            workspaces: list.workspaces.into_iter().map(convert::workspace).collect(),
+            next_page_token: list.next_page_token,
+        }))
+    }
+
+    async fn start_workspace(
+        &self,
+        request: Request<pb::StartWorkspaceRequest>,
+    ) -> Result<Response<pb::StartWorkspaceResponse>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("StartWorkspace (starting the workspace task)")
+    }
+
+    async fn stop_workspace(
+        &self,
+        request: Request<pb::StopWorkspaceRequest>,
+    ) -> Result<Response<pb::StopWorkspaceResponse>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("StopWorkspace (stopping the workspace task)")
+    }
+
+    async fn delete_workspace(
+        &self,
+        request: Request<pb::DeleteWorkspaceRequest>,
+    ) -> Result<Response<pb::DeleteWorkspaceResponse>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("DeleteWorkspace (container removal and data preservation)")
+    }
+
+    async fn restore_data(
+        &self,
+        request: Request<pb::RestoreDataRequest>,
+    ) -> Result<Response<pb::RestoreDataResponse>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("RestoreData (extracting preserved /data)")
+    }
+
+    async fn reset_data(
+        &self,
+        request: Request<pb::ResetDataRequest>,
+    ) -> Result<Response<pb::ResetDataResponse>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("ResetData (emptying /data)")
+    }
+
+    async fn get_metrics(
+        &self,
+        request: Request<pb::GetMetricsRequest>,
+    ) -> Result<Response<pb::GetMetricsResponse>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("GetMetrics (cgroup and snapshot usage metrics)")
+    }
+
+    async fn watch_metrics(
+        &self,
+        request: Request<pb::WatchMetricsRequest>,
+    ) -> Result<Response<Self::WatchMetricsStream>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("WatchMetrics (streamed metrics)")
+    }
+
+    async fn create_snapshot(
+        &self,
+        request: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("CreateSnapshot (committing the workspace filesystem)")
+    }
+
+    async fn list_snapshots(
+        &self,
+        request: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("ListSnapshots (snapshot lineage)")
+    }
+
+    async fn delete_snapshot(
+        &self,
+        request: Request<pb::DeleteSnapshotRequest>,
+    ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("DeleteSnapshot (removing a committed snapshot)")
+    }
+
+    async fn restore_snapshot(
+        &self,
+        request: Request<pb::RestoreSnapshotRequest>,
+    ) -> Result<Response<pb::RestoreSnapshotResponse>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("RestoreSnapshot (rollback to a snapshot or version)")
+    }
+
+    async fn list_versions(
+        &self,
+        request: Request<pb::ListVersionsRequest>,
+    ) -> Result<Response<pb::ListVersionsResponse>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("ListVersions (version history)")
+    }
+
+    async fn export_data(
+        &self,
+        request: Request<pb::ExportDataRequest>,
+    ) -> Result<Response<Self::ExportDataStream>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("ExportData (streamed /data archives)")
+    }
+
+    async fn import_data(
+        &self,
+        _request: Request<Streaming<pb::ImportDataRequest>>,
+    ) -> Result<Response<pb::ImportDataResponse>, Status> {
+        not_built("ImportData (streamed /data import)")
+    }
+
+    async fn import_data_chunk(
+        &self,
+        request: Request<pb::ImportDataChunkRequest>,
+    ) -> Result<Response<pb::ImportDataChunkResponse>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("ImportDataChunk (chunked /data import)")
+    }
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("WatchEvents (lifecycle event stream)")
+    }
+}

@@ -1,0 +1,204 @@
+//! Typed configuration: defaults < TOML file (`--config`) < `BERTH_*` environment < flags.
+//!
+//! clap resolves flag-over-environment for every setting; the file fills in what neither gave.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// The default gRPC / grpc-web listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// The default containerd socket.
+pub const DEFAULT_CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// The default containerd namespace.
+pub const DEFAULT_NAMESPACE: &str = "berth";
+/// The default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
+/// The image used when CreateWorkspace names none.
+pub const DEFAULT_IMAGE: &str = "docker.io/library/debian:bookworm";
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings of `berth serve`, as flags and `BERTH_*` environment variables.
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys in snake_case)
+    #[arg(long, env = "BERTH_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to serve gRPC and grpc-web on [default: 127.0.0.1:50051]
+    #[arg(long, env = "BERTH_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// containerd's gRPC socket [default: /run/containerd/containerd.sock]
+    #[arg(long, env = "BERTH_CONTAINERD_SOCKET")]
+    pub containerd_socket: Option<PathBuf>,
+    /// containerd namespace that holds the workspaces [default: berth]
+    #[arg(long, env = "BERTH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Directory for the database, preserved data and other state [default: /var/lib/berth]
+    #[arg(long, env = "BERTH_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Database URL [default: a SQLite file in the state directory]
+    #[arg(long, env = "BERTH_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Registry reached over plain HTTP, as HOST:PORT (repeatable; comma-separated in the env)
+    #[arg(long = "insecure-registry", env = "BERTH_INSECURE_REGISTRY", value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
+    /// Image used when a create names none [default: docker.io/library/debian:bookworm]
+    #[arg(long, env = "BERTH_DEFAULT_IMAGE")]
+    pub default_image: Option<String>,
+    /// Log format [default: text]
+    #[arg(long, env = "BERTH_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Wait for containerd to answer instead of exiting when it does not
+    #[arg(long, env = "BERTH_WAIT_FOR_CONTAINERD")]
+    pub wait_for_containerd: bool,
+}
+
+/// The keys a `--config` file may hold; unknown keys are errors so typos do not pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    containerd_socket: Option<PathBuf>,
+    namespace: Option<String>,
+    state_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    insecure_registries: Option<Vec<String>>,
+    default_image: Option<String>,
+    log_format: Option<LogFormat>,
+    wait_for_containerd: Option<bool>,
+}
+
+/// The resolved configuration of a running server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to serve on.
+    pub listen: SocketAddr,
+    /// containerd's gRPC socket.
+    pub containerd_socket: PathBuf,
+    /// containerd namespace of the workspaces.
+    pub namespace: String,
+    /// Directory for berth's own state.
+    pub state_dir: PathBuf,
+    /// Database URL (`sqlite://…`).
+    pub database_url: String,
+    /// Registries reached over plain HTTP.
+    pub insecure_registries: Vec<String>,
+    /// Image used when a create names none.
+    pub default_image: String,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Whether to wait for containerd at start instead of exiting.
+    pub wait_for_containerd: bool,
+}
+
+/// A configuration that cannot be used; its message is one line naming the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Resolves the configuration from flags/environment and the optional config file.
+    pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let state_dir = args.state_dir.or(file.state_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let database_url = args
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", state_dir.join("berth.db").display()));
+        let insecure_registries = if args.insecure_registries.is_empty() {
+            file.insecure_registries.unwrap_or_default()
+        } else {
+            args.insecure_registries
+        };
+        let namespace = args.namespace.or(file.namespace).unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        if namespace.is_empty() {
+            return Err(ConfigError("namespace must not be empty".to_owned()));
+        }
+        Ok(Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default listen address parses")),
+            containerd_socket: args
+                .containerd_socket
+                .or(file.containerd_socket)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CONTAINERD_SOCKET)),
+            namespace,
+            state_dir,
+            database_url,
+            insecure_registries,
+            default_image: args.default_image.or(file.default_image).unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            wait_for_containerd: args.wait_for_containerd || file.wait_for_containerd.unwrap_or(false),
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| ConfigError(format!("cannot read config file {}: {err}", path.display())))?;
+    parse_file(&text).map_err(|err| ConfigError(format!("config file {}: {err}", path.display())))
+}
+
+/// Parses config text; the error is one line with the line number and toml's own message.
+fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|err| {
+        let message = err.message().trim().replace('\n', "; ");
+        match err.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                format!("line {line}: {message}")
+            }
+            None => message,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let dir = std::env::temp_dir().join(format!("berth-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("berth.toml");
+        std::fs::write(&path, "namespace = \"from-file\"\nstate_dir = \"/srv/berth\"\n").unwrap();
+        let args = ServeArgs { config: Some(path), namespace: Some("from-flag".to_owned()), ..ServeArgs::default() };
+        let config = Config::resolve(args).unwrap();
+        assert_eq!(config.namespace, "from-flag");
+        assert_eq!(config.state_dir, PathBuf::from("/srv/berth"));
+        assert_eq!(config.database_url, "sqlite:///srv/berth/berth.db?mode=rwc");
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let err = parse_file("namespace = \"a\"\nlisten_addr = \"x\"\n").err().unwrap();
+        assert!(err.starts_with("line 2: "), "{err}");
+        assert!(err.contains("listen_addr"), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn malformed_value_names_the_line() {
+        let err = parse_file("\n\nlisten = \"not an address\"\n").err().unwrap();
+        assert!(err.starts_with("line 3: "), "{err}");
+    }
+}

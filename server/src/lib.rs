@@ -1,0 +1,10 @@
+//! berth: every bot gets an isolated, persistent Linux workspace (a containerd container),
+//! managed over the `berth.workspace.v1` gRPC API.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod model;
+pub mod runtime;
+pub mod store;
+pub mod workspace;

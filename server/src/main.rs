@@ -1,0 +1,148 @@
+//! The `berth` binary: `berth serve` runs the server.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use berth::config::{Config, LogFormat, ServeArgs};
+use berth::runtime::Runtime as _;
+use berth::runtime::containerd::Containerd;
+use berth::store::Store;
+use berth::workspace::{Manager, ManagerConfig};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "Isolated, persistent Linux workspaces for bots")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the berth.workspace.v1 API over gRPC and grpc-web
+    Serve(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => return fail(&format!("cannot start the async runtime: {err}")),
+    };
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+    }
+}
+
+/// Prints one line naming the cause and returns a failure exit code.
+fn fail(message: &str) -> ExitCode {
+    eprintln!("berth: {message}");
+    ExitCode::FAILURE
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let config = match Config::resolve(args) {
+        Ok(config) => config,
+        Err(err) => return fail(&err.to_string()),
+    };
+    init_tracing(config.log_format);
+    if let Err(err) = std::fs::create_dir_all(&config.state_dir) {
+        return fail(&format!(
+            "cannot create the state directory {}: {err}; pass a writable --state-dir",
+            config.state_dir.display()
+        ));
+    }
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            return fail(&format!(
+                "cannot listen on {}: {err}; stop the process using it or pass another --listen",
+                config.listen
+            ));
+        }
+    };
+    let containerd = Containerd::new(&config.containerd_socket, &config.namespace);
+    if let Err(message) = wait_for_containerd(&containerd, &config).await {
+        return fail(&message);
+    }
+    match run(config, listener, containerd).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(&format!("{err:#}")),
+    }
+}
+
+/// Checks containerd once, or until it answers with `--wait-for-containerd`.
+async fn wait_for_containerd(containerd: &Containerd, config: &Config) -> Result<(), String> {
+    let mut warned = false;
+    loop {
+        match containerd.ping().await {
+            Ok(version) => {
+                info!(socket = %config.containerd_socket.display(), version, "containerd answers");
+                return Ok(());
+            }
+            Err(err) if !config.wait_for_containerd => {
+                return Err(format!(
+                    "containerd does not answer at {} ({}); start it (systemctl start containerd), \
+                     pass the right --containerd-socket, or add --wait-for-containerd",
+                    config.containerd_socket.display(),
+                    err.message()
+                ));
+            }
+            Err(err) => {
+                if !warned {
+                    warn!(socket = %config.containerd_socket.display(), error = %err, "waiting for containerd");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn run(config: Config, listener: tokio::net::TcpListener, containerd: Containerd) -> anyhow::Result<()> {
+    let store = Store::open(&config.database_url).await.context("cannot open the store")?;
+    let manager = Arc::new(Manager::new(
+        ManagerConfig {
+            namespace: config.namespace.clone(),
+            state_dir: config.state_dir.clone(),
+            default_image: config.default_image.clone(),
+        },
+        store.clone(),
+        Arc::new(containerd),
+    ));
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    info!(listen = %config.listen, namespace = %config.namespace, state_dir = %config.state_dir.display(), "berth is serving");
+    let served = berth::api::serve(listener, manager, shutdown).await;
+    store.close().await;
+    info!("berth stopped");
+    served
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        warn!("cannot install signal handlers; stop berth with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!(signal = name, "shutting down: no new connections, open streams end with UNAVAILABLE");
+    shutdown.cancel();
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,h2=warn,hyper=warn,tower=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+    }
+}

@@ -1,0 +1,174 @@
+//! Plain domain records shared by the Manager and the store; no behaviour beyond conversions.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use time::OffsetDateTime;
+
+use crate::error::{Error, Reason, Result};
+
+/// A validated workspace id: `^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkspaceId(String);
+
+impl WorkspaceId {
+    /// Validates a caller-chosen id.
+    pub fn parse(raw: &str) -> Result<Self> {
+        let bytes = raw.as_bytes();
+        let edge_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        let inner_ok = |b: u8| edge_ok(b) || matches!(b, b'_' | b'.' | b'-');
+        let valid = !bytes.is_empty()
+            && bytes.len() <= 63
+            && edge_ok(bytes[0])
+            && edge_ok(bytes[bytes.len() - 1])
+            && bytes.iter().copied().all(inner_ok);
+        if !valid {
+            return Err(Error::new(
+                Reason::InvalidWorkspaceId,
+                format!(
+                    "workspace id {raw:?} is invalid; use 1-63 characters of a-z, 0-9, '_', '.', '-' starting and ending with a letter or digit"
+                ),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WorkspaceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The observed lifecycle state of a workspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkspaceState {
+    Creating,
+    Running,
+    Stopped,
+    Failed,
+    Deleting,
+}
+
+/// The state a workspace should be in; it survives server restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DesiredState {
+    Running,
+    Stopped,
+}
+
+macro_rules! string_enum {
+    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The name stored in the database.
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $text),+ }
+            }
+        }
+        impl FromStr for $ty {
+            type Err = Error;
+            fn from_str(text: &str) -> Result<Self> {
+                match text {
+                    $($text => Ok($ty::$variant),)+
+                    other => Err(Error::internal(format!(
+                        "unknown {} {other:?} in the store", stringify!($ty)
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(WorkspaceState {
+    Creating => "creating",
+    Running => "running",
+    Stopped => "stopped",
+    Failed => "failed",
+    Deleting => "deleting",
+});
+
+string_enum!(DesiredState { Running => "running", Stopped => "stopped" });
+
+/// cgroup limits of a workspace; 0 means unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Resources {
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub pids_limit: i64,
+}
+
+/// What the caller asked for when creating a workspace; equal specs make a create idempotent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WorkspaceSpec {
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    pub cdi_devices: Vec<String>,
+}
+
+/// A workspace as the store records it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkspaceRecord {
+    pub id: WorkspaceId,
+    pub state: WorkspaceState,
+    pub desired_state: DesiredState,
+    pub spec: WorkspaceSpec,
+    pub image_digest: String,
+    pub snapshot_key: String,
+    pub current_version: i64,
+    pub failure_reason: String,
+    pub failure_message: String,
+    pub create_time: OffsetDateTime,
+    pub update_time: OffsetDateTime,
+    pub last_start_time: Option<OffsetDateTime>,
+    pub last_stop_time: Option<OffsetDateTime>,
+}
+
+/// A workspace as callers see it: the stored record plus what the runtime reports now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkspaceInfo {
+    pub record: WorkspaceRecord,
+    pub namespace: String,
+    pub snapshotter: String,
+    pub runtime: String,
+    pub init_pid: u32,
+    pub process_count: u32,
+    pub has_preserved_data: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_ids_follow_the_documented_pattern() {
+        for ok in ["a", "bot-1", "a.b_c-d", "0", &"x".repeat(63)] {
+            assert!(WorkspaceId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a/b", "a b", "..", &"x".repeat(64), "ü"] {
+            let err = WorkspaceId::parse(bad).unwrap_err();
+            assert_eq!(err.reason(), Reason::InvalidWorkspaceId, "{bad}");
+        }
+    }
+
+    #[test]
+    fn states_round_trip_through_their_stored_names() {
+        for state in [
+            WorkspaceState::Creating,
+            WorkspaceState::Running,
+            WorkspaceState::Stopped,
+            WorkspaceState::Failed,
+            WorkspaceState::Deleting,
+        ] {
+            assert_eq!(state.as_str().parse::<WorkspaceState>().unwrap(), state);
+        }
+        assert!("paused".parse::<WorkspaceState>().is_err());
+    }
+}

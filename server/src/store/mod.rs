@@ -1,0 +1,284 @@
+//! The store: what containerd cannot remember (desired state, spec, versions, snapshots, events,
+//! request ids), in SQLite through sqlx. sqlx errors become domain errors in [`map_err`] only.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use time::OffsetDateTime;
+
+use crate::error::{Error, Reason, Result};
+use crate::model::{WorkspaceId, WorkspaceRecord, WorkspaceSpec};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// One page of a workspace listing, ordered by id.
+#[derive(Debug)]
+pub struct WorkspacePage {
+    pub workspaces: Vec<WorkspaceRecord>,
+    /// The id to continue after, when more rows exist.
+    pub next_after: Option<String>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and runs the migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|err| {
+                Error::new(
+                    Reason::StoreError,
+                    format!("database url {url:?} is invalid: {err}; pass a sqlite:// url with --database-url"),
+                )
+            })?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|err| Error::new(Reason::StoreError, format!("cannot open the database {url}: {err}")))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|err| Error::new(Reason::StoreError, format!("database migration failed: {err}")))?;
+        Ok(Self { pool })
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Inserts a new workspace; an existing id is `WorkspaceAlreadyExists`.
+    pub async fn insert_workspace(&self, record: &WorkspaceRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO workspaces (id, state, desired_state, spec, image_digest, snapshot_key, \
+             current_version, failure_reason, failure_message, create_time, update_time, \
+             last_start_time, last_stop_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(record.id.as_str())
+        .bind(record.state.as_str())
+        .bind(record.desired_state.as_str())
+        .bind(spec_json(&record.spec)?)
+        .bind(&record.image_digest)
+        .bind(&record.snapshot_key)
+        .bind(record.current_version)
+        .bind(&record.failure_reason)
+        .bind(&record.failure_message)
+        .bind(record.create_time)
+        .bind(record.update_time)
+        .bind(record.last_start_time)
+        .bind(record.last_stop_time)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        for (key, value) in &record.spec.labels {
+            sqlx::query("INSERT INTO workspace_labels (workspace_id, key, value) VALUES (?, ?, ?)")
+                .bind(record.id.as_str())
+                .bind(key)
+                .bind(value)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    /// Writes the mutable columns of an existing workspace.
+    pub async fn update_workspace(&self, record: &WorkspaceRecord) -> Result<()> {
+        let result = sqlx::query(
+            "UPDATE workspaces SET state = ?, desired_state = ?, image_digest = ?, snapshot_key = ?, \
+             current_version = ?, failure_reason = ?, failure_message = ?, update_time = ?, \
+             last_start_time = ?, last_stop_time = ? WHERE id = ?",
+        )
+        .bind(record.state.as_str())
+        .bind(record.desired_state.as_str())
+        .bind(&record.image_digest)
+        .bind(&record.snapshot_key)
+        .bind(record.current_version)
+        .bind(&record.failure_reason)
+        .bind(&record.failure_message)
+        .bind(record.update_time)
+        .bind(record.last_start_time)
+        .bind(record.last_stop_time)
+        .bind(record.id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        if result.rows_affected() == 0 {
+            return Err(Error::workspace_not_found(record.id.as_str()));
+        }
+        Ok(())
+    }
+
+    /// Removes a workspace and everything that cascades from it; a missing one is not an error.
+    pub async fn delete_workspace(&self, id: &WorkspaceId) -> Result<()> {
+        sqlx::query("DELETE FROM workspaces WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    /// The workspace with this id, if any.
+    pub async fn get_workspace(&self, id: &WorkspaceId) -> Result<Option<WorkspaceRecord>> {
+        let row = sqlx::query("SELECT * FROM workspaces WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(workspace_from_row).transpose()
+    }
+
+    /// Up to `limit` workspaces with ids after `after` that carry every label in `selector`.
+    pub async fn list_workspaces(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+        selector: &BTreeMap<String, String>,
+    ) -> Result<WorkspacePage> {
+        let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("SELECT * FROM workspaces w WHERE 1 = 1");
+        if let Some(after) = after {
+            query.push(" AND w.id > ").push_bind(after.to_owned());
+        }
+        for (key, value) in selector {
+            query
+                .push(" AND EXISTS (SELECT 1 FROM workspace_labels l WHERE l.workspace_id = w.id AND l.key = ")
+                .push_bind(key.clone())
+                .push(" AND l.value = ")
+                .push_bind(value.clone())
+                .push(")");
+        }
+        // One extra row tells whether another page exists.
+        query.push(" ORDER BY w.id LIMIT ").push_bind(i64::from(limit) + 1);
+        let rows = query.build().fetch_all(&self.pool).await.map_err(map_err)?;
+        let mut workspaces = rows.iter().map(workspace_from_row).collect::<Result<Vec<_>>>()?;
+        let next_after = if workspaces.len() > limit as usize {
+            workspaces.truncate(limit as usize);
+            workspaces.last().map(|w| w.id.as_str().to_owned())
+        } else {
+            None
+        };
+        Ok(WorkspacePage { workspaces, next_after })
+    }
+
+    /// Appends a lifecycle event.
+    pub async fn append_event(&self, workspace_id: &WorkspaceId, kind: &str, message: &str) -> Result<()> {
+        sqlx::query("INSERT INTO events (workspace_id, kind, message, event_time) VALUES (?, ?, ?, ?)")
+            .bind(workspace_id.as_str())
+            .bind(kind)
+            .bind(message)
+            .bind(OffsetDateTime::now_utc())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+fn spec_json(spec: &WorkspaceSpec) -> Result<String> {
+    serde_json::to_string(spec).map_err(|err| Error::internal(format!("cannot encode a workspace spec: {err}")))
+}
+
+fn workspace_from_row(row: &SqliteRow) -> Result<WorkspaceRecord> {
+    let id: String = row.try_get("id").map_err(map_err)?;
+    let spec: String = row.try_get("spec").map_err(map_err)?;
+    let state: String = row.try_get("state").map_err(map_err)?;
+    let desired_state: String = row.try_get("desired_state").map_err(map_err)?;
+    Ok(WorkspaceRecord {
+        id: WorkspaceId::parse(&id)?,
+        state: state.parse()?,
+        desired_state: desired_state.parse()?,
+        spec: serde_json::from_str(&spec)
+            .map_err(|err| Error::internal(format!("stored spec of workspace {id:?} is unreadable: {err}")))?,
+        image_digest: row.try_get("image_digest").map_err(map_err)?,
+        snapshot_key: row.try_get("snapshot_key").map_err(map_err)?,
+        current_version: row.try_get("current_version").map_err(map_err)?,
+        failure_reason: row.try_get("failure_reason").map_err(map_err)?,
+        failure_message: row.try_get("failure_message").map_err(map_err)?,
+        create_time: row.try_get("create_time").map_err(map_err)?,
+        update_time: row.try_get("update_time").map_err(map_err)?,
+        last_start_time: row.try_get("last_start_time").map_err(map_err)?,
+        last_stop_time: row.try_get("last_stop_time").map_err(map_err)?,
+    })
+}
+
+/// The one place where sqlx errors become domain errors.
+fn map_err(err: sqlx::Error) -> Error {
+    if let sqlx::Error::Database(db) = &err {
+        if db.is_unique_violation() {
+            return Error::new(
+                Reason::WorkspaceAlreadyExists,
+                "a workspace with this id already exists; choose another id or delete the existing workspace",
+            );
+        }
+    }
+    Error::new(Reason::StoreError, format!("database error: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{DesiredState, WorkspaceState};
+
+    fn record(id: &str, labels: &[(&str, &str)]) -> WorkspaceRecord {
+        let now = OffsetDateTime::now_utc();
+        WorkspaceRecord {
+            id: WorkspaceId::parse(id).unwrap(),
+            state: WorkspaceState::Stopped,
+            desired_state: DesiredState::Stopped,
+            spec: WorkspaceSpec {
+                image: "example/image:1".to_owned(),
+                labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+                ..WorkspaceSpec::default()
+            },
+            image_digest: String::new(),
+            snapshot_key: String::new(),
+            current_version: 1,
+            failure_reason: String::new(),
+            failure_message: String::new(),
+            create_time: now,
+            update_time: now,
+            last_start_time: None,
+            last_stop_time: Some(now),
+        }
+    }
+
+    #[tokio::test]
+    async fn insert_get_list_and_duplicate() {
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        for (id, team) in [("c", "red"), ("a", "red"), ("b", "blue")] {
+            store.insert_workspace(&record(id, &[("team", team)])).await.unwrap();
+        }
+        let got = store.get_workspace(&WorkspaceId::parse("a").unwrap()).await.unwrap().unwrap();
+        assert_eq!(got.spec.labels["team"], "red");
+        assert!(store.get_workspace(&WorkspaceId::parse("zz").unwrap()).await.unwrap().is_none());
+
+        let dup = store.insert_workspace(&record("a", &[])).await.unwrap_err();
+        assert_eq!(dup.reason(), Reason::WorkspaceAlreadyExists);
+
+        let first = store.list_workspaces(None, 2, &BTreeMap::new()).await.unwrap();
+        let ids: Vec<_> = first.workspaces.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(first.next_after.as_deref(), Some("b"));
+        let second = store.list_workspaces(Some("b"), 2, &BTreeMap::new()).await.unwrap();
+        assert_eq!(second.workspaces.len(), 1);
+        assert!(second.next_after.is_none());
+
+        let selector = BTreeMap::from([("team".to_owned(), "red".to_owned())]);
+        let red = store.list_workspaces(None, 10, &selector).await.unwrap();
+        let ids: Vec<_> = red.workspaces.iter().map(|w| w.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"]);
+    }
+}

@@ -1,0 +1,266 @@
+//! Harness for berth's end-to-end tests: the testbed started by `tests/testbed/up.sh` (a private
+//! containerd and a local registry) and berth servers started as real processes against it.
+//!
+//! Under `make test` every variable below is set; a test that cannot reach the testbed fails
+//! with a message saying how to start it. It never skips.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+
+/// Facts about the running testbed, read from the environment `tests/testbed/up.sh` writes.
+#[derive(Clone, Debug)]
+pub struct Testbed {
+    /// The berth binary under test.
+    pub berth_bin: PathBuf,
+    /// The testbed directory (`.testbed`).
+    pub dir: PathBuf,
+    /// The private containerd's socket.
+    pub containerd_socket: PathBuf,
+    /// The containerd namespace prefix of this run.
+    pub namespace: String,
+    /// `127.0.0.1:PORT` of the local registry.
+    pub registry: String,
+}
+
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: end-to-end tests need the testbed; run them with `make test`, or \
+             start it with tests/testbed/up.sh, `source .testbed/env` and set BERTH_BIN"
+        )
+    })
+}
+
+impl Testbed {
+    /// Reads the testbed from the environment; panics (fails the test) when it is not there.
+    pub fn from_env() -> Self {
+        let testbed = Self {
+            berth_bin: PathBuf::from(required_env("BERTH_BIN")),
+            dir: PathBuf::from(required_env("BERTH_TESTBED_DIR")),
+            containerd_socket: PathBuf::from(required_env("BERTH_TEST_CONTAINERD_SOCKET")),
+            namespace: required_env("BERTH_TEST_NAMESPACE"),
+            registry: required_env("BERTH_TEST_REGISTRY"),
+        };
+        assert!(testbed.berth_bin.exists(), "berth binary {} missing: run cargo build", testbed.berth_bin.display());
+        assert!(
+            testbed.containerd_socket.exists(),
+            "containerd socket {} missing: the testbed is down (tests/testbed/up.sh)",
+            testbed.containerd_socket.display()
+        );
+        testbed
+    }
+
+    /// The repository root.
+    pub fn repo_root(&self) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// Runs `tests/testbed/containerd.sh <action>` and asserts it succeeded.
+    pub fn containerd_ctl(&self, action: &str) {
+        let script = self.repo_root().join("tests/testbed/containerd.sh");
+        let status = Command::new(&script).arg(action).status().expect("run containerd.sh");
+        assert!(status.success(), "{} {action} failed: {status}", script.display());
+    }
+
+    /// A namespace unique to this test process and call.
+    pub fn unique_namespace(&self) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        format!("{}-{}-{}", self.namespace, std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Picks a free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().expect("local addr").port()
+}
+
+/// A `berth serve` process; killed (SIGKILL) on drop if still running.
+pub struct BerthServer {
+    child: Option<Child>,
+    /// The address it serves on.
+    pub addr: SocketAddr,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// Its log file (stderr).
+    pub log: PathBuf,
+    /// Its containerd namespace.
+    pub namespace: String,
+}
+
+/// Options of a test server.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// The containerd socket; the testbed's when `None`.
+    pub containerd_socket: Option<PathBuf>,
+    /// Extra arguments after `serve`.
+    pub extra_args: Vec<String>,
+}
+
+impl BerthServer {
+    /// Starts berth against the testbed with a fresh state dir and namespace, and waits until it
+    /// accepts connections.
+    pub fn start(testbed: &Testbed) -> Self {
+        Self::start_with(testbed, ServerOptions::default())
+    }
+
+    /// Starts berth with options.
+    pub fn start_with(testbed: &Testbed, options: ServerOptions) -> Self {
+        let namespace = testbed.unique_namespace();
+        let state_dir = testbed.dir.join("e2e").join(&namespace);
+        std::fs::create_dir_all(&state_dir).expect("create state dir");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let log = state_dir.join("berth.log");
+        let child = spawn_berth(testbed, &state_dir, addr, &namespace, &log, &options);
+        let mut server = Self { child: Some(child), addr, state_dir, log, namespace };
+        server.wait_until_listening(Duration::from_secs(20));
+        server
+    }
+
+    fn wait_until_listening(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten()) {
+                panic!("berth exited early with {status}; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("berth did not listen on {} within {timeout:?}; log:\n{}", self.addr, self.log_text());
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A gRPC channel to the server.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url()).expect("uri").connect().await.expect("connect to berth")
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The pid of the server process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).status().expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "berth did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for BerthServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn_berth(
+    testbed: &Testbed,
+    state_dir: &Path,
+    addr: SocketAddr,
+    namespace: &str,
+    log: &Path,
+    options: &ServerOptions,
+) -> Child {
+    let socket = options.containerd_socket.clone().unwrap_or_else(|| testbed.containerd_socket.clone());
+    let log_file = std::fs::File::create(log).expect("create log");
+    Command::new(&testbed.berth_bin)
+        .arg("serve")
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--containerd-socket")
+        .arg(socket)
+        .arg("--namespace")
+        .arg(namespace)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .arg("--insecure-registry")
+        .arg(&testbed.registry)
+        .args(&options.extra_args)
+        .env_remove("BERTH_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("spawn berth")
+}
+
+/// Runs `berth serve` to completion (for start-up failures) and returns status, stderr and time.
+pub fn run_berth_to_exit(testbed: &Testbed, args: &[&str], timeout: Duration) -> (ExitStatus, String, Duration) {
+    let started = Instant::now();
+    let mut child = Command::new(&testbed.berth_bin)
+        .args(args)
+        .env_remove("BERTH_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let output = child.wait_with_output().expect("output");
+            return (status, String::from_utf8_lossy(&output.stderr).into_owned(), started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("berth {args:?} did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `google.rpc.ErrorInfo` reason of a failed call, if it carries one.
+pub fn error_reason(status: &tonic::Status) -> Option<String> {
+    use tonic_types::StatusExt as _;
+    status.get_details_error_info().map(|info| {
+        assert_eq!(info.domain, "berth.dev", "ErrorInfo domain");
+        info.reason
+    })
+}
+
+/// Polls `check` until it returns true or `timeout` passes; returns whether it succeeded.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}

@@ -1,0 +1,318 @@
+//! The foundation against the real testbed: health, reflection, grpc-web + CORS, error details,
+//! start-up failures and shutdown.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use berth_api::v1::workspace_service_client::WorkspaceServiceClient;
+use berth_api::v1::{GetWorkspaceRequest, ListWorkspacesRequest};
+use berth_e2e::{BerthServer, Testbed, error_reason, free_port, run_berth_to_exit};
+use prost::Message as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_stream::StreamExt as _;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckRequest as WatchRequest};
+
+const SERVICES: [&str; 3] = [
+    "berth.workspace.v1.WorkspaceService",
+    "berth.workspace.v1.FilesystemService",
+    "berth.workspace.v1.ProcessService",
+];
+
+#[tokio::test]
+async fn health_is_serving_for_every_service() {
+    let testbed = Testbed::from_env();
+    let server = BerthServer::start(&testbed);
+    let mut health = HealthClient::new(server.channel().await);
+    for service in std::iter::once("").chain(SERVICES) {
+        let response = health
+            .check(HealthCheckRequest { service: service.to_owned() })
+            .await
+            .unwrap_or_else(|status| panic!("health check of {service:?}: {status}"));
+        assert_eq!(response.into_inner().status(), ServingStatus::Serving, "service {service:?}");
+    }
+}
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_the_three_services() {
+    let testbed = Testbed::from_env();
+    let server = BerthServer::start(&testbed);
+
+    use tonic_reflection::pb::v1 as r1;
+    let mut v1 = r1::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    let request = r1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = v1.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1 reflection did not answer with a service list");
+    };
+    let names: BTreeSet<_> = list.service.into_iter().map(|s| s.name).collect();
+    for service in SERVICES {
+        assert!(names.contains(service), "v1 reflection lacks {service}: {names:?}");
+    }
+
+    use tonic_reflection::pb::v1alpha as ra;
+    let mut alpha = ra::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    let request = ra::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(ra::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = alpha.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let Some(ra::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1alpha reflection did not answer with a service list");
+    };
+    let names: BTreeSet<_> = list.service.into_iter().map(|s| s.name).collect();
+    for service in SERVICES {
+        assert!(names.contains(service), "v1alpha reflection lacks {service}: {names:?}");
+    }
+
+    // The descriptors are complete: a client can resolve a request message by symbol.
+    let request = r1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r1::server_reflection_request::MessageRequest::FileContainingSymbol(
+            "berth.workspace.v1.CreateWorkspaceRequest".to_owned(),
+        )),
+    };
+    let mut responses = v1.server_reflection_info(tokio_stream::iter([request])).await.unwrap().into_inner();
+    let Some(r1::server_reflection_response::MessageResponse::FileDescriptorResponse(files)) =
+        responses.next().await.unwrap().unwrap().message_response
+    else {
+        panic!("v1 reflection did not return the file of CreateWorkspaceRequest");
+    };
+    assert!(!files.file_descriptor_proto.is_empty());
+}
+
+#[tokio::test]
+async fn unknown_and_invalid_workspace_ids_have_precise_statuses() {
+    let testbed = Testbed::from_env();
+    let server = BerthServer::start(&testbed);
+    let mut client = WorkspaceServiceClient::new(server.channel().await);
+
+    let status =
+        client.get_workspace(GetWorkspaceRequest { workspace_id: "no-such-bot".to_owned() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(error_reason(&status).as_deref(), Some("WORKSPACE_NOT_FOUND"));
+    assert!(status.message().contains("no-such-bot"), "{}", status.message());
+
+    for bad in ["Bad_ID", "-leading", "has/slash", ""] {
+        let status = client.get_workspace(GetWorkspaceRequest { workspace_id: bad.to_owned() }).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}: {status:?}");
+        assert_eq!(error_reason(&status).as_deref(), Some("INVALID_WORKSPACE_ID"), "{bad:?}");
+    }
+
+    let listed = client.list_workspaces(ListWorkspacesRequest::default()).await.unwrap().into_inner();
+    assert!(listed.workspaces.is_empty());
+    assert!(listed.next_page_token.is_empty());
+
+    let status = client
+        .list_workspaces(ListWorkspacesRequest { page_token: "garbage".to_owned(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(error_reason(&status).as_deref(), Some("INVALID_ARGUMENT"));
+}
+
+/// Sends one HTTP/1.1 request and returns the raw response bytes (the server closes).
+async fn http1(server: &BerthServer, head: &str, body: &[u8]) -> Vec<u8> {
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("http/1.1 response within 10 s")
+        .unwrap();
+    response
+}
+
+fn header_block(response: &[u8]) -> String {
+    let end = response.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
+    String::from_utf8_lossy(&response[..end]).to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn grpc_web_over_http1_works_and_cors_exposes_grpc_headers() {
+    let testbed = Testbed::from_env();
+    let server = BerthServer::start(&testbed);
+    let path = "/berth.workspace.v1.WorkspaceService/GetWorkspace";
+
+    let preflight = http1(
+        &server,
+        &format!(
+            "OPTIONS {path} HTTP/1.1\r\nHost: {}\r\nOrigin: http://page.example\r\n\
+             Access-Control-Request-Method: POST\r\n\
+             Access-Control-Request-Headers: content-type,x-grpc-web,x-user-agent\r\nConnection: close\r\n\r\n",
+            server.addr
+        ),
+        b"",
+    )
+    .await;
+    let headers = header_block(&preflight);
+    assert!(headers.starts_with("http/1.1 200"), "{headers}");
+    assert!(headers.contains("access-control-allow-origin: http://page.example"), "{headers}");
+    assert!(headers.contains("x-grpc-web"), "preflight must allow x-grpc-web: {headers}");
+
+    let message = GetWorkspaceRequest { workspace_id: "web-missing".to_owned() }.encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let response = http1(
+        &server,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nOrigin: http://page.example\r\n\
+             Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            server.addr,
+            body.len()
+        ),
+        &body,
+    )
+    .await;
+    let headers = header_block(&response);
+    assert!(headers.starts_with("http/1.1 200"), "{headers}");
+    assert!(headers.contains("content-type: application/grpc-web"), "{headers}");
+    let exposed = headers
+        .lines()
+        .find(|line| line.starts_with("access-control-expose-headers:"))
+        .unwrap_or_else(|| panic!("no access-control-expose-headers: {headers}"));
+    for name in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+        assert!(exposed.contains(name), "{name} not exposed: {exposed}");
+    }
+    // NOT_FOUND arrives as grpc-status 5, either as a header (trailers-only) or in the
+    // grpc-web trailer frame of the body.
+    let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    assert!(text.contains("grpc-status: 5") || text.contains("grpc-status:5"), "{text}");
+    assert!(text.contains("grpc-status-details-bin"), "ErrorInfo travels over grpc-web: {text}");
+}
+
+#[tokio::test]
+async fn unbuilt_rpcs_say_unimplemented_with_a_reason() {
+    let testbed = Testbed::from_env();
+    let server = BerthServer::start(&testbed);
+    let mut files = berth_api::v1::filesystem_service_client::FilesystemServiceClient::new(server.channel().await);
+    let status = files
+        .stat(berth_api::v1::StatRequest { workspace_id: "bot".to_owned(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert_eq!(error_reason(&status).as_deref(), Some("NOT_IMPLEMENTED"));
+    assert!(status.message().contains("Stat"), "{}", status.message());
+}
+
+#[test]
+fn start_against_a_missing_socket_exits_with_one_line_within_10s() {
+    let testbed = Testbed::from_env();
+    let state = testbed.dir.join("e2e").join(testbed.unique_namespace());
+    let socket = state.join("no-such-containerd.sock");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (status, stderr, elapsed) = run_berth_to_exit(
+        &testbed,
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--containerd-socket",
+            socket.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        Duration::from_secs(15),
+    );
+    assert!(!status.success());
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    let lines: Vec<_> = stderr.lines().filter(|line| line.starts_with("berth:")).collect();
+    assert_eq!(lines.len(), 1, "one error line expected: {stderr}");
+    assert!(lines[0].contains(socket.to_str().unwrap()), "names the socket: {}", lines[0]);
+    assert!(lines[0].contains("--containerd-socket"), "says how to fix it: {}", lines[0]);
+}
+
+#[test]
+fn port_in_use_and_malformed_config_give_one_line() {
+    let testbed = Testbed::from_env();
+    let state = testbed.dir.join("e2e").join(testbed.unique_namespace());
+    std::fs::create_dir_all(&state).unwrap();
+    let socket = testbed.containerd_socket.to_str().unwrap().to_owned();
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let (status, stderr, _) = run_berth_to_exit(
+        &testbed,
+        &["serve", "--listen", &listen, "--containerd-socket", &socket, "--state-dir", state.to_str().unwrap()],
+        Duration::from_secs(15),
+    );
+    assert!(!status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&listen) && stderr.contains("in use"), "{stderr}");
+
+    let config = state.join("berth.toml");
+    std::fs::write(&config, "namespace = \"ok\"\nlisten = 50051\n").unwrap();
+    let (status, stderr, _) = run_berth_to_exit(
+        &testbed,
+        &["serve", "--config", config.to_str().unwrap(), "--state-dir", state.to_str().unwrap()],
+        Duration::from_secs(15),
+    );
+    assert!(!status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("line 2") && stderr.contains(config.to_str().unwrap()), "{stderr}");
+}
+
+#[tokio::test]
+async fn sigterm_ends_open_streams_with_unavailable_and_exits_zero() {
+    let testbed = Testbed::from_env();
+    let mut server = BerthServer::start(&testbed);
+    let mut health = HealthClient::new(server.channel().await);
+    let mut watch = health.watch(WatchRequest { service: String::new() }).await.unwrap().into_inner();
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    server.signal("TERM");
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watch.next().await {
+                Some(Ok(update)) => assert_ne!(update.status(), ServingStatus::Serving, "no SERVING after SIGTERM"),
+                Some(Err(status)) => return Some(status),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the watch stream ends within 10 s of SIGTERM");
+    let status = ended.expect("the stream ends with a status, not silently");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    let exit = tokio::task::spawn_blocking(move || {
+        let exit = server.wait_exit(Duration::from_secs(15));
+        (exit, server.log_text())
+    })
+    .await
+    .unwrap();
+    assert!(exit.0.success(), "exit {:?}; log:\n{}", exit.0, exit.1);
+    assert!(exit.1.contains("berth stopped"), "{}", exit.1);
+}
+
+#[tokio::test]
+async fn request_logs_carry_method_workspace_id_and_status() {
+    let testbed = Testbed::from_env();
+    let server = BerthServer::start(&testbed);
+    let mut client = WorkspaceServiceClient::new(server.channel().await);
+    let _ = client.get_workspace(GetWorkspaceRequest { workspace_id: "logged-bot".to_owned() }).await;
+    let found = berth_e2e::eventually(Duration::from_secs(5), || async {
+        server.log_text().lines().any(|line| {
+            line.contains("rpc finished")
+                && line.contains("GetWorkspace")
+                && line.contains("logged-bot")
+                && line.contains("NotFound")
+                && line.contains("duration_ms")
+        })
+    })
+    .await;
+    assert!(found, "no request log line; log:\n{}", server.log_text());
+}
