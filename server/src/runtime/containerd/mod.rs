@@ -1,5 +1,7 @@
 //! The containerd implementation of [`Runtime`](super::Runtime), over containerd's gRPC API.
 
+mod client;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use containerd_client::services::v1::version_client::VersionClient;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::error::{Error, Reason, Result};
+use crate::error::{Error, Result};
 
 /// How long a single containerd call may take before it counts as "not answering".
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -42,23 +44,8 @@ impl Containerd {
         &self.namespace
     }
 
-    fn map_status(&self, status: tonic::Status) -> Error {
-        map_status(&self.socket, status)
-    }
-}
-
-/// The one place where containerd statuses become domain errors.
-fn map_status(socket: &Path, status: tonic::Status) -> Error {
-    match status.code() {
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Error::new(
-            Reason::ContainerdUnavailable,
-            format!(
-                "containerd is not answering at {}: {}; start containerd or fix --containerd-socket",
-                socket.display(),
-                status.message()
-            ),
-        ),
-        _ => Error::new(Reason::RuntimeError, format!("containerd: {}", status.message())),
+    fn map_status(&self, what: &str, status: tonic::Status) -> Error {
+        client::map_status(&self.socket, what, status)
     }
 }
 
@@ -66,7 +53,7 @@ fn map_status(socket: &Path, status: tonic::Status) -> Error {
 impl super::Runtime for Containerd {
     async fn ping(&self) -> Result<String> {
         let mut client = VersionClient::new(self.channel.clone());
-        let response = client.version(()).await.map_err(|status| self.map_status(status))?;
+        let response = client.version(()).await.map_err(|status| self.map_status("version", status))?;
         Ok(response.into_inner().version)
     }
 }
