@@ -23,7 +23,6 @@ tests/testbed/up.sh
 # shellcheck disable=SC1091
 source .testbed/env
 export BERTH_BIN="$PWD/target/debug/berth"
-export BERTH_TESTBED_DIR="$PWD/.testbed"
 export BERTH_E2E_REQUIRED=1
 
 step "unit and end-to-end tests"

@@ -41,7 +41,7 @@ impl Testbed {
     pub fn from_env() -> Self {
         let testbed = Self {
             berth_bin: PathBuf::from(required_env("BERTH_BIN")),
-            dir: PathBuf::from(required_env("BERTH_TESTBED_DIR")),
+            dir: PathBuf::from(required_env("TESTBED_DIR")),
             containerd_socket: PathBuf::from(required_env("BERTH_TEST_CONTAINERD_SOCKET")),
             namespace: required_env("BERTH_TEST_NAMESPACE"),
             registry: required_env("BERTH_TEST_REGISTRY"),
