@@ -23,6 +23,9 @@ test: ## install, start the testbed, run unit + end-to-end tests and proto check
 run: ## start containerd (if none answers), a registry with a demo image, and berth on 127.0.0.1:50051
 	@scripts/run.sh
 
+bench: ## berth vs ctr: create, cold pull, stop (medians and ratios; not part of make test)
+	@scripts/bench.sh
+
 clean: ## stop the testbed and remove everything it made (.testbed, .berth)
 	-tests/testbed/down.sh
 	rm -rf .testbed .berth

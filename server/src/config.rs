@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// Registry reached over plain HTTP, as HOST:PORT (repeatable; comma-separated in the env)
     #[arg(long = "insecure-registry", env = "BERTH_INSECURE_REGISTRY", value_delimiter = ',')]
     pub insecure_registries: Vec<String>,
+    /// Docker config.json with registry credentials (`auths`)
+    #[arg(long, env = "BERTH_REGISTRY_AUTH_FILE")]
+    pub registry_auth_file: Option<PathBuf>,
     /// Image used when a create names none [default: docker.io/library/debian:bookworm]
     #[arg(long, env = "BERTH_DEFAULT_IMAGE")]
     pub default_image: Option<String>,
@@ -75,6 +78,7 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     database_url: Option<String>,
     insecure_registries: Option<Vec<String>>,
+    registry_auth_file: Option<PathBuf>,
     default_image: Option<String>,
     log_format: Option<LogFormat>,
     wait_for_containerd: Option<bool>,
@@ -95,6 +99,8 @@ pub struct Config {
     pub database_url: String,
     /// Registries reached over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Docker config.json with registry credentials.
+    pub registry_auth_file: Option<PathBuf>,
     /// Image used when a create names none.
     pub default_image: String,
     /// Log format.
@@ -142,6 +148,7 @@ impl Config {
             state_dir,
             database_url,
             insecure_registries,
+            registry_auth_file: args.registry_auth_file.or(file.registry_auth_file),
             default_image: args.default_image.or(file.default_image).unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             wait_for_containerd: args.wait_for_containerd || file.wait_for_containerd.unwrap_or(false),

@@ -167,7 +167,7 @@ impl fmt::Display for Reason {
 }
 
 /// A failed domain operation.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
     reason: Reason,

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use berth::config::{Config, LogFormat, ServeArgs};
 use berth::runtime::Runtime as _;
-use berth::runtime::containerd::Containerd;
+use berth::runtime::containerd::{Containerd, RUNTIME_NAME, RegistryOptions, SNAPSHOTTER};
 use berth::store::Store;
 use berth::workspace::{Manager, ManagerConfig};
 use clap::{Parser, Subcommand};
@@ -65,7 +65,14 @@ async fn serve(args: ServeArgs) -> ExitCode {
             ));
         }
     };
-    let containerd = Containerd::new(&config.containerd_socket, &config.namespace);
+    let registry = RegistryOptions {
+        insecure_registries: config.insecure_registries.clone(),
+        auth_file: config.registry_auth_file.clone(),
+    };
+    let containerd = match Containerd::new(&config.containerd_socket, &config.namespace, registry) {
+        Ok(containerd) => containerd,
+        Err(err) => return fail(err.message()),
+    };
     if let Err(message) = wait_for_containerd(&containerd, &config).await {
         return fail(&message);
     }
@@ -110,10 +117,15 @@ async fn run(config: Config, listener: tokio::net::TcpListener, containerd: Cont
             namespace: config.namespace.clone(),
             state_dir: config.state_dir.clone(),
             default_image: config.default_image.clone(),
+            snapshotter: SNAPSHOTTER.to_owned(),
+            runtime_name: RUNTIME_NAME.to_owned(),
         },
         store.clone(),
         Arc::new(containerd),
     ));
+    if let Err(err) = manager.reconcile().await {
+        warn!(error = %err, "reconcile at boot failed; workspaces are reconciled on their next operation");
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     info!(listen = %config.listen, namespace = %config.namespace, state_dir = %config.state_dir.display(), "berth is serving");

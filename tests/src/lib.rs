@@ -67,6 +67,44 @@ impl Testbed {
         assert!(status.success(), "{} {action} failed: {status}", script.display());
     }
 
+    /// Runs `ctr` against the testbed's containerd in `namespace`; returns stdout, panics on failure.
+    pub fn ctr(&self, namespace: &str, args: &[&str]) -> String {
+        let output = self.ctr_output(namespace, args);
+        assert!(
+            output.status.success(),
+            "ctr {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs `ctr` and returns its raw output.
+    pub fn ctr_output(&self, namespace: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.containerd_socket)
+            .arg("--namespace")
+            .arg(namespace)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ctr")
+    }
+
+    /// Runs a command inside a workspace with `ctr task exec`; returns its stdout.
+    pub fn exec(&self, namespace: &str, workspace_id: &str, command: &[&str]) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let exec_id = format!("e2e-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let mut args = vec!["task", "exec", "--exec-id", &exec_id, workspace_id];
+        args.extend_from_slice(command);
+        self.ctr(namespace, &args)
+    }
+
+    /// An image reference from the environment `up.sh` writes (e.g. `BUSYBOX`).
+    pub fn image(&self, name: &str) -> String {
+        required_env(&format!("BERTH_TEST_IMAGE_{name}"))
+    }
+
     /// A namespace unique to this test process and call.
     pub fn unique_namespace(&self) -> String {
         static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -99,6 +137,8 @@ pub struct ServerOptions {
     pub containerd_socket: Option<PathBuf>,
     /// Extra arguments after `serve`.
     pub extra_args: Vec<String>,
+    /// Reuse this state directory and namespace (a restart); fresh ones when `None`.
+    pub reuse: Option<(PathBuf, String)>,
 }
 
 impl BerthServer {
@@ -110,15 +150,27 @@ impl BerthServer {
 
     /// Starts berth with options.
     pub fn start_with(testbed: &Testbed, options: ServerOptions) -> Self {
-        let namespace = testbed.unique_namespace();
-        let state_dir = testbed.dir.join("e2e").join(&namespace);
+        let (state_dir, namespace) = options.reuse.clone().unwrap_or_else(|| {
+            let namespace = testbed.unique_namespace();
+            (testbed.dir.join("e2e").join(&namespace), namespace)
+        });
         std::fs::create_dir_all(&state_dir).expect("create state dir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let log = state_dir.join("berth.log");
+        let log = state_dir.join(format!("berth-{}.log", addr.port()));
         let child = spawn_berth(testbed, &state_dir, addr, &namespace, &log, &options);
         let mut server = Self { child: Some(child), addr, state_dir, log, namespace };
-        server.wait_until_listening(Duration::from_secs(20));
+        server.wait_until_listening(Duration::from_secs(30));
         server
+    }
+
+    /// Stops this server (SIGTERM, or SIGKILL when `kill`) and starts a new one on the same
+    /// state directory and namespace, like an operator restarting berth.
+    pub fn restart(mut self, testbed: &Testbed, kill: bool) -> Self {
+        self.signal(if kill { "KILL" } else { "TERM" });
+        let status = self.wait_exit(Duration::from_secs(20));
+        assert!(kill || status.success(), "berth exited with {status} on SIGTERM; log:\n{}", self.log_text());
+        let options = ServerOptions { reuse: Some((self.state_dir.clone(), self.namespace.clone())), ..Default::default() };
+        Self::start_with(testbed, options)
     }
 
     fn wait_until_listening(&mut self, timeout: Duration) {

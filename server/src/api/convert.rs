@@ -3,7 +3,10 @@
 use berth_api::v1 as pb;
 use time::OffsetDateTime;
 
+use crate::error::{Error, Reason};
 use crate::model::{DesiredState, Resources, WorkspaceInfo, WorkspaceState};
+use crate::runtime::{LayerState, PullEvent, PullPolicy};
+use crate::workspace::{CreateEvent, CreateRequest};
 
 /// A `google.protobuf.Timestamp` for a domain time.
 pub fn timestamp(time: OffsetDateTime) -> prost_types::Timestamp {
@@ -64,4 +67,80 @@ pub fn workspace(info: WorkspaceInfo) -> pb::Workspace {
         failure_reason: record.failure_reason,
         failure_message: record.failure_message,
     }
+}
+
+/// The domain form of a create request.
+pub fn create_request(request: pb::CreateWorkspaceRequest) -> CreateRequest {
+    let resources = request.resources.unwrap_or_default();
+    let pull_policy = match request.pull_policy() {
+        pb::PullPolicy::Unspecified | pb::PullPolicy::IfNotPresent => PullPolicy::IfNotPresent,
+        pb::PullPolicy::Always => PullPolicy::Always,
+        pb::PullPolicy::Never => PullPolicy::Never,
+    };
+    CreateRequest {
+        workspace_id: request.workspace_id,
+        image: request.image,
+        labels: request.labels.into_iter().collect(),
+        env: request.env.into_iter().collect(),
+        resources: Resources {
+            cpu_millis: resources.cpu_millis,
+            memory_bytes: resources.memory_bytes,
+            pids_limit: resources.pids_limit,
+        },
+        cdi_devices: request.cdi_devices,
+        restore_data: request.restore_data,
+        request_id: request.request_id,
+        pull_policy,
+    }
+}
+
+fn layer_state(state: LayerState) -> pb::LayerState {
+    match state {
+        LayerState::Waiting => pb::LayerState::Waiting,
+        LayerState::Downloading => pb::LayerState::Downloading,
+        LayerState::Verifying => pb::LayerState::Verifying,
+        LayerState::Exists => pb::LayerState::Exists,
+        LayerState::Done => pb::LayerState::Done,
+    }
+}
+
+/// The proto form of a create event.
+pub fn create_event(event: CreateEvent) -> pb::CreateWorkspaceResponse {
+    use pb::create_workspace_response as response;
+    let event = match event {
+        CreateEvent::Pull(PullEvent::Pulling { image, digest, total_layers, total_bytes }) => {
+            response::Event::Pulling(response::Pulling { image, digest, total_layers, total_bytes })
+        }
+        CreateEvent::Pull(PullEvent::Progress { layers, offset_bytes, total_bytes }) => {
+            response::Event::PullProgress(response::PullProgress {
+                layers: layers
+                    .into_iter()
+                    .map(|layer| pb::LayerProgress {
+                        digest: layer.digest,
+                        offset: layer.offset,
+                        total: layer.total,
+                        state: layer_state(layer.state).into(),
+                    })
+                    .collect(),
+                offset_bytes,
+                total_bytes,
+            })
+        }
+        CreateEvent::Pull(PullEvent::Unpacking { layers_done, total_layers }) => {
+            response::Event::Unpacking(response::Unpacking { layers_done, total_layers })
+        }
+        CreateEvent::Creating => response::Event::Creating(response::Creating {}),
+        CreateEvent::Restoring { bytes_done, total_bytes } => {
+            response::Event::Restoring(response::Restoring { bytes_done, total_bytes })
+        }
+        CreateEvent::Ready(info) => response::Event::Ready(response::Ready { workspace: Some(workspace(*info)) }),
+    };
+    pb::CreateWorkspaceResponse { event: Some(event) }
+}
+
+/// A `google.protobuf.Duration` as a std duration; negative ones are INVALID_ARGUMENT.
+pub fn duration(duration: prost_types::Duration) -> Result<std::time::Duration, Error> {
+    std::time::Duration::try_from(duration).map_err(|_| {
+        Error::new(Reason::InvalidArgument, "timeout must not be negative; pass a positive duration or leave it unset")
+    })
 }

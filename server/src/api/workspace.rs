@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use berth_api::v1 as pb;
 use berth_api::v1::workspace_service_server::WorkspaceService;
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, not_built, record_workspace_id};
@@ -36,8 +36,11 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::CreateWorkspaceRequest>,
     ) -> Result<Response<Self::CreateWorkspaceStream>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("CreateWorkspace (image pull and container creation)")
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        let events = self.manager.create(convert::create_request(request)).await?;
+        let responses = events.map(|event| event.map(convert::create_event).map_err(Status::from));
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn get_workspace(
@@ -66,40 +69,51 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::StartWorkspaceRequest>,
     ) -> Result<Response<pb::StartWorkspaceResponse>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("StartWorkspace (starting the workspace task)")
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        let info = self.manager.start(&request.workspace_id).await?;
+        Ok(Response::new(pb::StartWorkspaceResponse { workspace: Some(convert::workspace(info)) }))
     }
 
     async fn stop_workspace(
         &self,
         request: Request<pb::StopWorkspaceRequest>,
     ) -> Result<Response<pb::StopWorkspaceResponse>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("StopWorkspace (stopping the workspace task)")
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        let timeout = request.timeout.map(convert::duration).transpose()?;
+        let info = self.manager.stop(&request.workspace_id, timeout).await?;
+        Ok(Response::new(pb::StopWorkspaceResponse { workspace: Some(convert::workspace(info)) }))
     }
 
     async fn delete_workspace(
         &self,
         request: Request<pb::DeleteWorkspaceRequest>,
     ) -> Result<Response<pb::DeleteWorkspaceResponse>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("DeleteWorkspace (container removal and data preservation)")
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        self.manager.delete(&request.workspace_id, request.preserve_data).await?;
+        Ok(Response::new(pb::DeleteWorkspaceResponse {}))
     }
 
     async fn restore_data(
         &self,
         request: Request<pb::RestoreDataRequest>,
     ) -> Result<Response<pb::RestoreDataResponse>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("RestoreData (extracting preserved /data)")
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        let info = self.manager.restore_data(&request.workspace_id).await?;
+        Ok(Response::new(pb::RestoreDataResponse { workspace: Some(convert::workspace(info)) }))
     }
 
     async fn reset_data(
         &self,
         request: Request<pb::ResetDataRequest>,
     ) -> Result<Response<pb::ResetDataResponse>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("ResetData (emptying /data)")
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        let info = self.manager.reset_data(&request.workspace_id).await?;
+        Ok(Response::new(pb::ResetDataResponse { workspace: Some(convert::workspace(info)) }))
     }
 
     async fn get_metrics(

@@ -2,10 +2,16 @@
 
 pub mod containerd;
 
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
+use crate::data::MountSpec;
 use crate::error::Result;
+use crate::model::Resources;
 
 /// When to fetch an image from its registry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,9 +84,78 @@ pub struct PulledImage {
 /// A sender of pull events; a closed receiver never fails the pull.
 pub type PullProgress = mpsc::Sender<PullEvent>;
 
-/// What the Manager needs from a container runtime.
+/// What a workspace container is made of.
+#[derive(Clone, Copy, Debug)]
+pub struct ContainerSpec<'a> {
+    pub id: &'a str,
+    pub image: &'a PulledImage,
+    /// Caller variables, over the image's.
+    pub env: &'a BTreeMap<String, String>,
+    pub resources: Resources,
+    /// Caller labels, stored on the container next to berth's own.
+    pub labels: &'a BTreeMap<String, String>,
+    /// Key of the writable snapshot; kept when it already exists (a rebuilt container).
+    pub snapshot_key: &'a str,
+    /// The committed snapshot the writable one is prepared from.
+    pub parent_snapshot: &'a str,
+    /// Host directory holding the workspace's hosts, hostname and resolv.conf.
+    pub etc_dir: &'a Path,
+}
+
+/// The init process of a workspace as the runtime sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskState {
+    /// Host pid of PID 1.
+    pub pid: u32,
+    pub running: bool,
+}
+
+/// What the Manager needs from a container runtime. Every call is idempotent where the
+/// doc says "missing is fine", so rollbacks and reconciles can repeat them.
 #[async_trait]
 pub trait Runtime: Send + Sync + 'static {
     /// Checks that the runtime answers and returns its version string.
     async fn ping(&self) -> Result<String>;
+
+    /// Normalizes an image reference the way docker does (`debian` → `docker.io/library/debian:latest`).
+    fn normalize_image(&self, reference: &str) -> Result<String>;
+
+    /// Makes the image present and unpacked, reporting progress.
+    async fn pull_image(&self, reference: &str, policy: PullPolicy, progress: &PullProgress) -> Result<PulledImage>;
+
+    /// Creates the container and, unless it exists, its writable snapshot.
+    async fn create_container(&self, spec: &ContainerSpec<'_>) -> Result<()>;
+
+    /// Whether the container exists.
+    async fn container_exists(&self, id: &str) -> Result<bool>;
+
+    /// Ids of every container in the namespace.
+    async fn list_containers(&self) -> Result<Vec<String>>;
+
+    /// Deletes the task and the container; missing is fine.
+    async fn delete_container(&self, id: &str) -> Result<()>;
+
+    /// Whether a snapshot exists.
+    async fn snapshot_exists(&self, key: &str) -> Result<bool>;
+
+    /// How to mount a snapshot on the host.
+    async fn snapshot_mounts(&self, key: &str) -> Result<Vec<MountSpec>>;
+
+    /// Removes a snapshot; missing is fine.
+    async fn remove_snapshot(&self, key: &str) -> Result<()>;
+
+    /// Starts PID 1 (idempotent); returns its host pid.
+    async fn start_task(&self, id: &str, snapshot_key: &str) -> Result<u32>;
+
+    /// SIGTERM, SIGKILL to all after `timeout`, then deletes the task; missing is fine.
+    async fn stop_task(&self, id: &str, timeout: Duration) -> Result<()>;
+
+    /// The task, if one exists.
+    async fn task(&self, id: &str) -> Result<Option<TaskState>>;
+
+    /// Processes running in the workspace besides PID 1.
+    async fn process_count(&self, id: &str) -> Result<u32>;
+
+    /// Removes leases a crash left behind; returns how many.
+    async fn remove_stale_leases(&self) -> Result<u32>;
 }

@@ -173,6 +173,62 @@ impl Store {
         Ok(WorkspacePage { workspaces, next_after })
     }
 
+    /// The workspace id and spec a create `request_id` was first used with.
+    pub async fn get_request(&self, request_id: &str) -> Result<Option<(String, WorkspaceSpec)>> {
+        let row = sqlx::query("SELECT workspace_id, spec FROM requests WHERE request_id = ?")
+            .bind(request_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let workspace_id: String = row.try_get("workspace_id").map_err(map_err)?;
+        let spec: String = row.try_get("spec").map_err(map_err)?;
+        let spec = serde_json::from_str(&spec)
+            .map_err(|err| Error::internal(format!("stored spec of request {request_id:?} is unreadable: {err}")))?;
+        Ok(Some((workspace_id, spec)))
+    }
+
+    /// Remembers the create a `request_id` belongs to (a repeat is ignored).
+    pub async fn insert_request(&self, request_id: &str, workspace_id: &WorkspaceId, spec: &WorkspaceSpec) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO requests (request_id, workspace_id, method, spec, create_time) VALUES (?, ?, 'create', ?, ?) \
+             ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(request_id)
+        .bind(workspace_id.as_str())
+        .bind(spec_json(spec)?)
+        .bind(OffsetDateTime::now_utc())
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    /// Records a version of a workspace's filesystem lineage.
+    pub async fn insert_version(
+        &self,
+        workspace_id: &WorkspaceId,
+        version: i64,
+        reason: &str,
+        image: &str,
+        image_digest: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO versions (workspace_id, version, reason, image, create_time) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(workspace_id.as_str())
+        .bind(version)
+        .bind(reason)
+        .bind(format!("{image}@{image_digest}"))
+        .bind(OffsetDateTime::now_utc())
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
     /// Appends a lifecycle event.
     pub async fn append_event(&self, workspace_id: &WorkspaceId, kind: &str, message: &str) -> Result<()> {
         sqlx::query("INSERT INTO events (workspace_id, kind, message, event_time) VALUES (?, ?, ?, ?)")

@@ -1,18 +1,27 @@
-//! The Manager: the only owner of workspace state transitions.
+//! The Manager: the only owner of workspace state transitions. Operations on one workspace are
+//! serialized by a per-workspace async mutex; different workspaces proceed in parallel.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use time::OffsetDateTime;
+use tracing::warn;
+
+use super::create::CreateOperation;
+use super::selector::{decode_page_token, encode_page_token, parse_label_selector};
 use crate::error::{Error, Reason, Result};
-use crate::model::{WorkspaceId, WorkspaceInfo, WorkspaceRecord};
+use crate::model::{WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceState};
 use crate::runtime::Runtime;
 use crate::store::Store;
-
-use super::selector::{decode_page_token, encode_page_token, parse_label_selector};
 
 /// Default and maximum page sizes of ListWorkspaces.
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 500;
+
+/// How long StopWorkspace waits after SIGTERM when the caller gives no timeout.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Settings the Manager needs from the server configuration.
 #[derive(Clone, Debug)]
@@ -20,6 +29,8 @@ pub struct ManagerConfig {
     pub namespace: String,
     pub state_dir: PathBuf,
     pub default_image: String,
+    pub snapshotter: String,
+    pub runtime_name: String,
 }
 
 /// One page of ListWorkspaces.
@@ -31,15 +42,18 @@ pub struct WorkspaceList {
 
 /// Orchestrates workspaces over the runtime and the store.
 pub struct Manager {
-    config: ManagerConfig,
-    store: Store,
-    runtime: Arc<dyn Runtime>,
+    pub(super) config: ManagerConfig,
+    pub(super) store: Store,
+    pub(super) runtime: Arc<dyn Runtime>,
+    locks: Mutex<HashMap<WorkspaceId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Creates in flight, so a second create of the same id attaches to the first.
+    pub(super) creating: Mutex<HashMap<WorkspaceId, Arc<CreateOperation>>>,
 }
 
 impl Manager {
     /// Creates a Manager over an opened store and a runtime.
     pub fn new(config: ManagerConfig, store: Store, runtime: Arc<dyn Runtime>) -> Self {
-        Self { config, store, runtime }
+        Self { config, store, runtime, locks: Mutex::new(HashMap::new()), creating: Mutex::new(HashMap::new()) }
     }
 
     /// Checks that the runtime answers; returns its version.
@@ -47,11 +61,21 @@ impl Manager {
         self.runtime.ping().await
     }
 
+    /// The mutex serializing operations on one workspace.
+    pub(super) fn lock_for(&self, id: &WorkspaceId) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().expect("workspace locks").entry(id.clone()).or_default().clone()
+    }
+
+    /// The stored record, or WORKSPACE_NOT_FOUND.
+    pub(super) async fn record(&self, id: &WorkspaceId) -> Result<WorkspaceRecord> {
+        self.store.get_workspace(id).await?.ok_or_else(|| Error::workspace_not_found(id.as_str()))
+    }
+
     /// The workspace with this id.
     pub async fn get(&self, workspace_id: &str) -> Result<WorkspaceInfo> {
         let id = WorkspaceId::parse(workspace_id)?;
-        let record = self.store.get_workspace(&id).await?.ok_or_else(|| Error::workspace_not_found(id.as_str()))?;
-        Ok(self.info(record))
+        let record = self.record(&id).await?;
+        Ok(self.info(record).await)
     }
 
     /// A page of workspaces in id order, filtered by a `k=v,...` label selector.
@@ -61,9 +85,7 @@ impl Manager {
             size if size < 0 => {
                 return Err(Error::new(
                     Reason::InvalidArgument,
-                    format!(
-                        "page_size {size} is negative; pass 0 for the default of {DEFAULT_PAGE_SIZE} or up to {MAX_PAGE_SIZE}"
-                    ),
+                    format!("page_size {size} is negative; pass 0 for the default of {DEFAULT_PAGE_SIZE} or up to {MAX_PAGE_SIZE}"),
                 ));
             }
             size => (size as u32).min(MAX_PAGE_SIZE),
@@ -71,27 +93,79 @@ impl Manager {
         let after = decode_page_token(page_token)?;
         let selector = parse_label_selector(label_selector)?;
         let page = self.store.list_workspaces(after.as_deref(), limit, &selector).await?;
+        let mut workspaces = Vec::with_capacity(page.workspaces.len());
+        for record in page.workspaces {
+            workspaces.push(self.info(record).await);
+        }
         Ok(WorkspaceList {
-            workspaces: page.workspaces.into_iter().map(|record| self.info(record)).collect(),
+            workspaces,
             next_page_token: page.next_after.as_deref().map(encode_page_token).unwrap_or_default(),
         })
     }
 
-    fn info(&self, record: WorkspaceRecord) -> WorkspaceInfo {
+    /// The record plus what the runtime reports now. The observed state of a settled workspace
+    /// follows its task; when containerd cannot be asked, the stored state stands.
+    pub(super) async fn info(&self, mut record: WorkspaceRecord) -> WorkspaceInfo {
+        let mut init_pid = 0;
+        let mut process_count = 0;
+        if matches!(record.state, WorkspaceState::Running | WorkspaceState::Stopped) {
+            match self.runtime.task(record.id.as_str()).await {
+                Ok(Some(task)) if task.running => {
+                    record.state = WorkspaceState::Running;
+                    init_pid = task.pid;
+                    process_count = self.runtime.process_count(record.id.as_str()).await.unwrap_or(0);
+                }
+                Ok(_) => record.state = WorkspaceState::Stopped,
+                Err(err) => warn!(workspace_id = %record.id, error = %err, "cannot read the task state"),
+            }
+        }
         let has_preserved_data = self.preserved_archive(&record.id).exists();
         WorkspaceInfo {
             record,
             namespace: self.config.namespace.clone(),
-            snapshotter: "overlayfs".to_owned(),
-            runtime: "io.containerd.runc.v2".to_owned(),
-            init_pid: 0,
-            process_count: 0,
+            snapshotter: self.config.snapshotter.clone(),
+            runtime: self.config.runtime_name.clone(),
+            init_pid,
+            process_count,
             has_preserved_data,
         }
     }
 
     /// Where DeleteWorkspace(preserve_data) keeps a workspace's /data archive.
-    fn preserved_archive(&self, id: &WorkspaceId) -> PathBuf {
+    pub(super) fn preserved_archive(&self, id: &WorkspaceId) -> PathBuf {
         self.config.state_dir.join("preserved").join(format!("{id}.tar.gz"))
+    }
+
+    /// The host directory of a workspace's own files (hosts, resolv.conf).
+    pub(super) fn workspace_dir(&self, id: &WorkspaceId) -> PathBuf {
+        self.config.state_dir.join("workspaces").join(id.as_str())
+    }
+
+    /// Persists a record after stamping its update time.
+    pub(super) async fn save(&self, record: &mut WorkspaceRecord) -> Result<()> {
+        record.update_time = OffsetDateTime::now_utc();
+        self.store.update_workspace(record).await
+    }
+
+    /// Appends a lifecycle event; failures are logged, never fatal.
+    pub(super) async fn event(&self, id: &WorkspaceId, kind: &str, message: &str) {
+        if let Err(err) = self.store.append_event(id, kind, message).await {
+            warn!(workspace_id = %id, kind, error = %err, "cannot record an event");
+        }
+    }
+}
+
+/// Rejects operations on a workspace that is being deleted or created.
+pub(super) fn ensure_settled(record: &WorkspaceRecord, operation: &str) -> Result<()> {
+    match record.state {
+        WorkspaceState::Deleting => Err(Error::new(
+            Reason::WorkspaceDeleting,
+            format!("workspace {} is being deleted; {operation} is not possible; wait for the deletion to finish or retry DeleteWorkspace", record.id),
+        )),
+        WorkspaceState::Creating => Err(Error::new(
+            Reason::InvalidStateTransition,
+            format!("workspace {} is still being created; wait for its ready event before {operation}", record.id),
+        )),
+        _ => Ok(()),
     }
 }

@@ -1,7 +1,13 @@
 //! The domain: the [`Manager`] orchestrates workspaces over the runtime and the store.
 
+mod create;
+mod lifecycle;
 mod manager;
+mod operation;
+mod reconcile;
 mod selector;
 
-pub use manager::{Manager, ManagerConfig, WorkspaceList};
+pub use create::{CreateEvent, CreateRequest, CreateStream};
+pub use manager::{DEFAULT_STOP_TIMEOUT, Manager, ManagerConfig, WorkspaceList};
+pub use reconcile::ReconcileReport;
 pub use selector::parse_label_selector;

@@ -1,6 +1,12 @@
 //! The containerd implementation of [`Runtime`](super::Runtime), over containerd's gRPC API.
 
 mod client;
+mod container;
+mod content;
+pub mod pull;
+mod registry;
+mod unpack;
+mod spec;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,33 +16,51 @@ use containerd_client::services::v1::version_client::VersionClient;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::error::{Error, Result};
+pub use self::container::RUNTIME_NAME;
+pub use self::pull::RegistryOptions;
+use super::{ContainerSpec, PullPolicy, PullProgress, PulledImage, TaskState};
+use crate::data::MountSpec;
+use crate::error::{Error, Reason, Result};
 
-/// How long a single containerd call may take before it counts as "not answering".
-const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// The snapshotter every workspace uses.
+pub const SNAPSHOTTER: &str = "overlayfs";
+
+/// How long a health ping may take before containerd counts as "not answering".
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Where catatonit is looked for when it is not on PATH.
+const INIT_CANDIDATES: [&str; 3] = ["/usr/bin/catatonit", "/usr/libexec/catatonit/catatonit", "/usr/local/bin/catatonit"];
 
 /// A containerd client bound to one namespace.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Containerd {
     channel: Channel,
     socket: PathBuf,
     namespace: String,
+    init_binary: PathBuf,
+    puller: pull::Puller,
 }
 
 impl Containerd {
     /// Creates a client for the socket. The connection is lazy and re-established after
     /// containerd restarts, so a missing socket shows up on the first call, not here.
-    pub fn new(socket: &Path, namespace: &str) -> Self {
+    pub fn new(socket: &Path, namespace: &str, registry: RegistryOptions) -> Result<Self> {
         let path = socket.to_path_buf();
         // The URI is required by tonic but unused: the connector dials the unix socket.
         let channel = Endpoint::from_static("http://containerd.invalid")
-            .connect_timeout(CALL_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
+            .connect_timeout(PING_TIMEOUT)
             .connect_with_connector_lazy(tower::service_fn(move |_| {
                 let path = path.clone();
                 async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
             }));
-        Self { channel, socket: socket.to_path_buf(), namespace: namespace.to_owned() }
+        let puller = pull::Puller::new(channel.clone(), socket.to_path_buf(), namespace.to_owned(), registry)?;
+        Ok(Self {
+            channel,
+            socket: socket.to_path_buf(),
+            namespace: namespace.to_owned(),
+            init_binary: find_init()?,
+            puller,
+        })
     }
 
     /// The namespace the workspaces live in.
@@ -49,11 +73,88 @@ impl Containerd {
     }
 }
 
+/// Finds the host's catatonit, which every workspace runs as PID 1.
+fn find_init() -> Result<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join("catatonit")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain(INIT_CANDIDATES.iter().map(PathBuf::from))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            Error::new(
+                Reason::RuntimeError,
+                "catatonit is not installed; berth runs it as PID 1 of every workspace: apt-get install catatonit",
+            )
+        })
+}
+
 #[async_trait]
 impl super::Runtime for Containerd {
     async fn ping(&self) -> Result<String> {
         let mut client = VersionClient::new(self.channel.clone());
-        let response = client.version(()).await.map_err(|status| self.map_status("version", status))?;
+        let call = client.version(());
+        let response = match tokio::time::timeout(PING_TIMEOUT, call).await {
+            Ok(response) => response.map_err(|status| self.map_status("version", status))?,
+            Err(_) => return Err(self.map_status("version", tonic::Status::deadline_exceeded("no answer within 3 s"))),
+        };
         Ok(response.into_inner().version)
+    }
+
+    fn normalize_image(&self, reference: &str) -> Result<String> {
+        pull::normalize_reference(reference)
+    }
+
+    async fn pull_image(&self, reference: &str, policy: PullPolicy, progress: &PullProgress) -> Result<PulledImage> {
+        self.puller.pull(reference, policy, progress).await
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec<'_>) -> Result<()> {
+        self.create_container_impl(spec).await
+    }
+
+    async fn container_exists(&self, id: &str) -> Result<bool> {
+        self.container_exists_impl(id).await
+    }
+
+    async fn list_containers(&self) -> Result<Vec<String>> {
+        self.list_containers_impl().await
+    }
+
+    async fn delete_container(&self, id: &str) -> Result<()> {
+        self.delete_container_impl(id).await
+    }
+
+    async fn snapshot_exists(&self, key: &str) -> Result<bool> {
+        self.snapshot_exists_impl(key).await
+    }
+
+    async fn snapshot_mounts(&self, key: &str) -> Result<Vec<MountSpec>> {
+        self.snapshot_mounts_impl(key).await
+    }
+
+    async fn remove_snapshot(&self, key: &str) -> Result<()> {
+        self.remove_snapshot_impl(key).await
+    }
+
+    async fn start_task(&self, id: &str, snapshot_key: &str) -> Result<u32> {
+        self.start_task_impl(id, snapshot_key).await
+    }
+
+    async fn stop_task(&self, id: &str, timeout: Duration) -> Result<()> {
+        self.stop_task_impl(id, timeout).await
+    }
+
+    async fn task(&self, id: &str) -> Result<Option<TaskState>> {
+        self.task_impl(id).await
+    }
+
+    async fn process_count(&self, id: &str) -> Result<u32> {
+        self.process_count_impl(id).await
+    }
+
+    async fn remove_stale_leases(&self) -> Result<u32> {
+        self.remove_stale_leases_impl().await
     }
 }

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# `make bench`: release build, testbed up, berth vs ctr in the same run, testbed down.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+cargo build --release -p berth --locked
+trap 'tests/testbed/down.sh' EXIT
+BERTH_TESTBED_SKIP_DEBIAN=1 tests/testbed/up.sh
+# shellcheck disable=SC1091
+source .testbed/env
+export BERTH_BIN="$PWD/target/release/berth"
+cargo bench -p berth-e2e --locked --bench lifecycle

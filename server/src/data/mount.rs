@@ -1,0 +1,238 @@
+//! Mounting a stopped workspace's snapshot on the host, so its /data can be archived or restored.
+//!
+//! The mounts are what containerd's `Snapshots.Mounts` returns for the container's active
+//! snapshot: one `overlay` mount (workdir, upperdir, lowerdir options), or a `bind` mount of a
+//! single directory. The mount lives exactly as long as the [`MountedRootfs`]: dropping it detaches
+//! the mount and removes the empty mountpoint.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::stat::{Mode, mkdirat};
+
+use super::fd::{self, Kind};
+use crate::error::{Error, Reason, Result};
+
+/// The kernel copies at most one page of mount data; a longer overlay lowerdir list fails.
+const MAX_MOUNT_DATA: usize = 4095;
+
+/// One mount as containerd describes it (`containerd.types.Mount`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountSpec {
+    /// The file system type: `overlay`, `bind`, ...
+    pub kind: String,
+    pub source: String,
+    /// mount(8)-style options: flags such as `ro` or `rbind`, and file-system data such as
+    /// `lowerdir=a:b`.
+    pub options: Vec<String>,
+}
+
+/// A snapshot mounted at a private host directory; unmounted when dropped.
+#[derive(Debug)]
+pub struct MountedRootfs {
+    target: PathBuf,
+    /// How many mounts are stacked on `target`.
+    mounted: usize,
+}
+
+impl MountedRootfs {
+    /// Creates `target` (mode 0700) if absent and mounts `mounts` on it in order. On failure,
+    /// whatever was mounted is unmounted again.
+    pub fn mount(mounts: &[MountSpec], target: &Path) -> Result<Self> {
+        if mounts.is_empty() {
+            return Err(Error::internal(format!(
+                "the snapshot to mount at {} has no mounts; this is a bug in berth's runtime",
+                target.display()
+            )));
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(target)
+            .map_err(|err| mount_error(target, &format!("creating the mountpoint failed: {err}")))?;
+        let mut rootfs = Self { target: target.to_path_buf(), mounted: 0 };
+        for spec in mounts {
+            mount_one(spec, target)?;
+            rootfs.mounted += 1;
+        }
+        Ok(rootfs)
+    }
+
+    /// The host path of the mounted root file system.
+    pub fn path(&self) -> &Path {
+        &self.target
+    }
+
+    /// Unmounts and removes the mountpoint, reporting failures that `drop` can only log.
+    pub fn unmount(mut self) -> Result<()> {
+        self.release()
+    }
+
+    fn release(&mut self) -> Result<()> {
+        while self.mounted > 0 {
+            umount2(&self.target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
+                .map_err(|err| mount_error(&self.target, &format!("unmounting failed: {err}")))?;
+            self.mounted -= 1;
+        }
+        // remove_dir, never remove_dir_all: if anything is still mounted here, its files stay.
+        match fs::remove_dir(&self.target) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                Err(mount_error(&self.target, &format!("removing the mountpoint failed: {err}")))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for MountedRootfs {
+    fn drop(&mut self) {
+        if let Err(err) = self.release() {
+            tracing::warn!(target = %self.target.display(), error = %err, "releasing a workspace mount failed");
+        }
+    }
+}
+
+/// Returns `rootfs/data`, creating it with mode 0755 when absent. An existing `data` that is a
+/// symlink or not a directory is an error: following it could leave the rootfs.
+pub fn data_dir(rootfs: &Path) -> Result<PathBuf> {
+    let root = fd::open_dir(rootfs)
+        .map_err(|err| data_dir_error(rootfs, &format!("opening the root file system failed: {err}")))?;
+    let name = OsStr::new("data");
+    let stat = match fd::lstat_at(root.as_fd(), name) {
+        Ok(stat) => stat,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            match mkdirat(root.as_fd(), name, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(err) => return Err(data_dir_error(rootfs, &format!("creating /data failed: {err}"))),
+            }
+            // Set the mode explicitly: mkdirat honours the umask.
+            let data = fd::open_subdir(root.as_fd(), name)
+                .map_err(|err| data_dir_error(rootfs, &format!("/data is not a directory: {err}")))?;
+            fs::File::from(data)
+                .set_permissions(fs::Permissions::from_mode(0o755))
+                .map_err(|err| data_dir_error(rootfs, &format!("setting the mode of /data failed: {err}")))?;
+            return Ok(rootfs.join(name));
+        }
+        Err(err) => return Err(data_dir_error(rootfs, &format!("reading /data failed: {err}"))),
+    };
+    match Kind::of(&stat) {
+        Kind::Directory => Ok(rootfs.join(name)),
+        Kind::Symlink => Err(Error::new(
+            Reason::DataArchiveFailed,
+            "/data in the workspace is a symlink, and berth never follows it; replace it with a real directory",
+        )),
+        _ => Err(Error::new(
+            Reason::DataArchiveFailed,
+            "/data in the workspace is not a directory; move that file away so berth can use /data",
+        )),
+    }
+}
+
+fn mount_one(spec: &MountSpec, target: &Path) -> Result<()> {
+    let options = MountOptions::parse(&spec.options);
+    if spec.kind == "bind" || options.flags.contains(MsFlags::MS_BIND) {
+        return bind_mount(spec, target, &options);
+    }
+    let data = options.data.join(",");
+    if data.len() > MAX_MOUNT_DATA {
+        return Err(mount_error(
+            target,
+            &format!(
+                "the {} mount options are {} bytes, more than the kernel's limit of {MAX_MOUNT_DATA}; the image has too many layers to mount on the host",
+                spec.kind,
+                data.len()
+            ),
+        ));
+    }
+    let data = (!data.is_empty()).then_some(data.as_str());
+    mount(Some(spec.source.as_str()), target, Some(spec.kind.as_str()), options.flags, data)
+        .map_err(|err| mount_error(target, &format!("mounting {} {:?} failed: {err}", spec.kind, spec.source)))
+}
+
+/// A bind mount ignores every flag but `MS_REC` on creation, so read-only and the other flags
+/// take a second, remount call.
+fn bind_mount(spec: &MountSpec, target: &Path, options: &MountOptions) -> Result<()> {
+    let bind_flags = MsFlags::MS_BIND | (options.flags & MsFlags::MS_REC);
+    mount(Some(spec.source.as_str()), target, None::<&str>, bind_flags, None::<&str>)
+        .map_err(|err| mount_error(target, &format!("bind-mounting {:?} failed: {err}", spec.source)))?;
+    let extra = options.flags - (MsFlags::MS_BIND | MsFlags::MS_REC);
+    if extra.is_empty() {
+        return Ok(());
+    }
+    let remount = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | extra;
+    if let Err(err) = mount(None::<&str>, target, None::<&str>, remount, None::<&str>) {
+        let _ = umount2(target, MntFlags::MNT_DETACH); // the remount error is the one to report
+        return Err(mount_error(target, &format!("remounting the bind mount of {:?} failed: {err}", spec.source)));
+    }
+    Ok(())
+}
+
+/// mount(8) options split into mount flags and file-system data.
+struct MountOptions<'a> {
+    flags: MsFlags,
+    data: Vec<&'a str>,
+}
+
+impl<'a> MountOptions<'a> {
+    fn parse(options: &'a [String]) -> Self {
+        let mut flags = MsFlags::empty();
+        let mut data = Vec::new();
+        for option in options {
+            let (set, clear) = match option.as_str() {
+                "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+                "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+                "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
+                "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+                "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+                "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+                "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+                "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+                "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+                "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+                "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+                "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+                "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+                "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+                "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+                "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+                "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+                "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+                "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+                "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+                // Propagation is containerd's business on the container's own mounts, not ours.
+                "defaults" | "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "unbindable"
+                | "runbindable" => (MsFlags::empty(), MsFlags::empty()),
+                other => {
+                    data.push(other);
+                    (MsFlags::empty(), MsFlags::empty())
+                }
+            };
+            flags = (flags - clear) | set;
+        }
+        Self { flags, data }
+    }
+}
+
+fn mount_error(target: &Path, what: &str) -> Error {
+    Error::new(
+        Reason::RuntimeError,
+        format!(
+            "{what} at {}; the workspace's files cannot be reached while it is stopped, retry once and check the server log",
+            target.display()
+        ),
+    )
+}
+
+/// A failure on the host side of /data, which an operator has to look at.
+fn data_dir_error(rootfs: &Path, what: &str) -> Error {
+    Error::new(
+        Reason::DataArchiveFailed,
+        format!("{what} (root file system at {}); check the server's disk and log", rootfs.display()),
+    )
+}

@@ -1,0 +1,324 @@
+//! Containers, their writable snapshots and their tasks (PID 1 = catatonit).
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use containerd_client::services::v1::container::Runtime as ContainerRuntime;
+use containerd_client::services::v1::containers_client::ContainersClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+use containerd_client::services::v1::snapshots::{
+    MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
+};
+use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::{
+    Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
+    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetContainerRequest, GetRequest,
+    KillRequest, ListContainersRequest, ListPidsRequest, ListRequest as ListLeasesRequest, StartRequest, WaitRequest,
+};
+use containerd_client::types::v1::Status as ProcessStatus;
+use tonic::Code;
+use tracing::{debug, warn};
+
+use super::client::{leased_request, request};
+use super::{Containerd, SNAPSHOTTER, spec};
+use crate::data::MountSpec;
+use crate::error::{Error, Result};
+use crate::runtime::{ContainerSpec, TaskState};
+
+/// The shim every workspace runs under.
+pub const RUNTIME_NAME: &str = "io.containerd.runc.v2";
+/// Labels that mark what berth created.
+pub const LABEL_MANAGED: &str = "berth.workspace";
+pub const LABEL_ID: &str = "berth.workspace.id";
+/// Prefix of every lease berth creates; leases left by a crash are removed at boot.
+pub const LEASE_PREFIX: &str = "berth-";
+
+const SIGTERM: u32 = 15;
+const SIGKILL: u32 = 9;
+
+fn is(status: &tonic::Status, code: Code) -> bool {
+    status.code() == code
+}
+
+impl Containerd {
+    fn containers(&self) -> ContainersClient<tonic::transport::Channel> {
+        ContainersClient::new(self.channel.clone())
+    }
+
+    fn tasks(&self) -> TasksClient<tonic::transport::Channel> {
+        TasksClient::new(self.channel.clone())
+    }
+
+    fn snapshots(&self) -> SnapshotsClient<tonic::transport::Channel> {
+        SnapshotsClient::new(self.channel.clone())
+    }
+
+    /// Creates the container and (unless it still exists) its writable snapshot, both under a
+    /// short lease so a GC between the two cannot collect the snapshot.
+    pub(super) async fn create_container_impl(&self, spec: &ContainerSpec<'_>) -> Result<()> {
+        let lease = format!("{LEASE_PREFIX}create-{}", spec.id);
+        let expire = time::OffsetDateTime::now_utc() + Duration::from_secs(600);
+        let labels = HashMap::from([("containerd.io/gc.expire".to_owned(), rfc3339(expire))]);
+        let mut leases = LeasesClient::new(self.channel.clone());
+        match leases.create(request(&self.namespace, CreateLeaseRequest { id: lease.clone(), labels })).await {
+            Ok(_) => {}
+            Err(status) if is(&status, Code::AlreadyExists) => {}
+            Err(status) => return Err(self.map_status("lease create", status)),
+        }
+        let result = self.create_container_leased(spec, &lease).await;
+        let delete = DeleteLeaseRequest { id: lease, sync: false };
+        if let Err(status) = leases.delete(request(&self.namespace, delete)).await {
+            warn!(error = %status.message(), "cannot delete the create lease; it expires by itself");
+        }
+        result
+    }
+
+    async fn create_container_leased(&self, spec: &ContainerSpec<'_>, lease: &str) -> Result<()> {
+        if !self.snapshot_exists_impl(spec.snapshot_key).await? {
+            let prepare = PrepareSnapshotRequest {
+                snapshotter: SNAPSHOTTER.to_owned(),
+                key: spec.snapshot_key.to_owned(),
+                parent: spec.parent_snapshot.to_owned(),
+                // A GC root: the workspace's filesystem outlives its container (a container
+                // removed behind berth's back is rebuilt on the same snapshot); berth removes it
+                // explicitly on delete.
+                labels: HashMap::from([
+                    (LABEL_ID.to_owned(), spec.id.to_owned()),
+                    ("containerd.io/gc.root".to_owned(), rfc3339_now()),
+                ]),
+            };
+            self.snapshots()
+                .prepare(leased_request(&self.namespace, lease, prepare))
+                .await
+                .map_err(|status| self.map_status("snapshot prepare", status))?;
+        }
+        let oci_spec = spec::build(&spec::SpecInput {
+            id: spec.id,
+            namespace: &self.namespace,
+            image: &spec.image.config,
+            env: spec.env,
+            resources: spec.resources,
+            init_binary: &self.init_binary,
+            etc_dir: spec.etc_dir,
+        })?;
+        let spec_json = serde_json::to_vec(&oci_spec)
+            .map_err(|err| Error::internal(format!("cannot encode the runtime spec: {err}")))?;
+        let mut labels: HashMap<String, String> =
+            spec.labels.iter().map(|(key, value)| (key.clone(), value.clone())).collect();
+        labels.insert(LABEL_MANAGED.to_owned(), "v1".to_owned());
+        labels.insert(LABEL_ID.to_owned(), spec.id.to_owned());
+        let container = Container {
+            id: spec.id.to_owned(),
+            labels,
+            image: spec.image.name.clone(),
+            runtime: Some(ContainerRuntime { name: RUNTIME_NAME.to_owned(), options: None }),
+            spec: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/Spec".to_owned(),
+                value: spec_json,
+            }),
+            snapshotter: SNAPSHOTTER.to_owned(),
+            snapshot_key: spec.snapshot_key.to_owned(),
+            ..Default::default()
+        };
+        self.containers()
+            .create(leased_request(&self.namespace, lease, CreateContainerRequest { container: Some(container) }))
+            .await
+            .map_err(|status| self.map_status("container create", status))?;
+        Ok(())
+    }
+
+    pub(super) async fn container_exists_impl(&self, id: &str) -> Result<bool> {
+        match self.containers().get(request(&self.namespace, GetContainerRequest { id: id.to_owned() })).await {
+            Ok(_) => Ok(true),
+            Err(status) if is(&status, Code::NotFound) => Ok(false),
+            Err(status) => Err(self.map_status("container get", status)),
+        }
+    }
+
+    /// Ids of every container in the namespace.
+    pub(super) async fn list_containers_impl(&self) -> Result<Vec<String>> {
+        let response = self
+            .containers()
+            .list(request(&self.namespace, ListContainersRequest { filters: Vec::new() }))
+            .await
+            .map_err(|status| self.map_status("container list", status))?;
+        Ok(response.into_inner().containers.into_iter().map(|container| container.id).collect())
+    }
+
+    /// Deletes the task (if any), then the container; missing pieces are fine.
+    pub(super) async fn delete_container_impl(&self, id: &str) -> Result<()> {
+        self.stop_task_impl(id, Duration::ZERO).await?;
+        match self.containers().delete(request(&self.namespace, DeleteContainerRequest { id: id.to_owned() })).await {
+            Ok(_) => Ok(()),
+            Err(status) if is(&status, Code::NotFound) => Ok(()),
+            Err(status) => Err(self.map_status("container delete", status)),
+        }
+    }
+
+    pub(super) async fn snapshot_exists_impl(&self, key: &str) -> Result<bool> {
+        let stat = StatSnapshotRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() };
+        match self.snapshots().stat(request(&self.namespace, stat)).await {
+            Ok(_) => Ok(true),
+            Err(status) if is(&status, Code::NotFound) => Ok(false),
+            Err(status) => Err(self.map_status("snapshot stat", status)),
+        }
+    }
+
+    pub(super) async fn snapshot_mounts_impl(&self, key: &str) -> Result<Vec<MountSpec>> {
+        let mounts = MountsRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() };
+        let response = self
+            .snapshots()
+            .mounts(request(&self.namespace, mounts))
+            .await
+            .map_err(|status| self.map_status("snapshot mounts", status))?;
+        Ok(response
+            .into_inner()
+            .mounts
+            .into_iter()
+            .map(|mount| MountSpec { kind: mount.r#type, source: mount.source, options: mount.options })
+            .collect())
+    }
+
+    pub(super) async fn remove_snapshot_impl(&self, key: &str) -> Result<()> {
+        let remove = RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() };
+        match self.snapshots().remove(request(&self.namespace, remove)).await {
+            Ok(_) => Ok(()),
+            Err(status) if is(&status, Code::NotFound) => Ok(()),
+            Err(status) => Err(self.map_status("snapshot remove", status)),
+        }
+    }
+
+    /// Creates and starts the task on the container's snapshot; a stale stopped task from an
+    /// earlier run is deleted first. Returns the host pid of PID 1.
+    pub(super) async fn start_task_impl(&self, id: &str, snapshot_key: &str) -> Result<u32> {
+        if let Some(task) = self.task_impl(id).await? {
+            if task.running {
+                return Ok(task.pid);
+            }
+            self.delete_task(id).await?;
+        }
+        let rootfs = self
+            .snapshot_mounts_impl(snapshot_key)
+            .await?
+            .into_iter()
+            .map(|mount| containerd_client::types::Mount {
+                r#type: mount.kind,
+                source: mount.source,
+                options: mount.options,
+                ..Default::default()
+            })
+            .collect();
+        let create = CreateTaskRequest { container_id: id.to_owned(), rootfs, ..Default::default() };
+        self.tasks()
+            .create(request(&self.namespace, create))
+            .await
+            .map_err(|status| self.map_status("task create", status))?;
+        let start = StartRequest { container_id: id.to_owned(), exec_id: String::new() };
+        let response = self
+            .tasks()
+            .start(request(&self.namespace, start))
+            .await
+            .map_err(|status| self.map_status("task start", status))?;
+        Ok(response.into_inner().pid)
+    }
+
+    /// SIGTERM, then SIGKILL to all processes after `timeout`, then deletes the task.
+    /// A missing task is fine.
+    pub(super) async fn stop_task_impl(&self, id: &str, timeout: Duration) -> Result<()> {
+        let Some(task) = self.task_impl(id).await? else {
+            return Ok(());
+        };
+        if task.running {
+            // Subscribe to the exit before signalling so it cannot be missed.
+            let mut tasks = self.tasks();
+            let wait = WaitRequest { container_id: id.to_owned(), exec_id: String::new() };
+            let exited = tokio::spawn({
+                let wait = request(&self.namespace, wait);
+                async move { tasks.wait(wait).await }
+            });
+            let started = SystemTime::now();
+            self.kill(id, SIGTERM, false).await?;
+            match tokio::time::timeout(timeout, exited).await {
+                Ok(_) => debug!(workspace_id = id, elapsed = ?started.elapsed().unwrap_or_default(), "task exited on SIGTERM"),
+                Err(_) => {
+                    debug!(workspace_id = id, "task ignored SIGTERM; sending SIGKILL to all");
+                    self.kill(id, SIGKILL, true).await?;
+                    let mut tasks = self.tasks();
+                    let wait = WaitRequest { container_id: id.to_owned(), exec_id: String::new() };
+                    tasks
+                        .wait(request(&self.namespace, wait))
+                        .await
+                        .map_err(|status| self.map_status("task wait", status))?;
+                }
+            }
+        }
+        self.delete_task(id).await
+    }
+
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        let kill = KillRequest { container_id: id.to_owned(), exec_id: String::new(), signal, all };
+        match self.tasks().kill(request(&self.namespace, kill)).await {
+            Ok(_) => Ok(()),
+            // The process already finished: nothing to signal.
+            Err(status) if is(&status, Code::NotFound) => Ok(()),
+            Err(status) => Err(self.map_status("task kill", status)),
+        }
+    }
+
+    async fn delete_task(&self, id: &str) -> Result<()> {
+        match self.tasks().delete(request(&self.namespace, DeleteTaskRequest { container_id: id.to_owned() })).await {
+            Ok(_) => Ok(()),
+            Err(status) if is(&status, Code::NotFound) => Ok(()),
+            Err(status) => Err(self.map_status("task delete", status)),
+        }
+    }
+
+    pub(super) async fn task_impl(&self, id: &str) -> Result<Option<TaskState>> {
+        let get = GetRequest { container_id: id.to_owned(), exec_id: String::new() };
+        match self.tasks().get(request(&self.namespace, get)).await {
+            Ok(response) => Ok(response.into_inner().process.map(|process| TaskState {
+                pid: process.pid,
+                running: process.status == ProcessStatus::Running as i32,
+            })),
+            Err(status) if is(&status, Code::NotFound) => Ok(None),
+            Err(status) => Err(self.map_status("task get", status)),
+        }
+    }
+
+    /// Processes in the container besides PID 1.
+    pub(super) async fn process_count_impl(&self, id: &str) -> Result<u32> {
+        match self.tasks().list_pids(request(&self.namespace, ListPidsRequest { container_id: id.to_owned() })).await {
+            Ok(response) => Ok((response.into_inner().processes.len() as u32).saturating_sub(1)),
+            Err(status) if is(&status, Code::NotFound) => Ok(0),
+            Err(status) => Err(self.map_status("task pids", status)),
+        }
+    }
+
+    /// Deletes every lease berth left behind (a crash mid-create or mid-pull); returns how many.
+    pub(super) async fn remove_stale_leases_impl(&self) -> Result<u32> {
+        let mut leases = LeasesClient::new(self.channel.clone());
+        let response = leases
+            .list(request(&self.namespace, ListLeasesRequest { filters: Vec::new() }))
+            .await
+            .map_err(|status| self.map_status("lease list", status))?;
+        let mut removed = 0;
+        for lease in response.into_inner().leases {
+            if !lease.id.starts_with(LEASE_PREFIX) {
+                continue;
+            }
+            let delete = DeleteLeaseRequest { id: lease.id, sync: false };
+            leases.delete(request(&self.namespace, delete)).await.map_err(|status| self.map_status("lease delete", status))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+fn rfc3339(time: time::OffsetDateTime) -> String {
+    time.format(&time::format_description::well_known::Rfc3339).expect("a UTC time formats as RFC 3339")
+}
+
+fn rfc3339_now() -> String {
+    rfc3339(time::OffsetDateTime::now_utc())
+}

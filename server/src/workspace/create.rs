@@ -1,0 +1,356 @@
+//! CreateWorkspace: validation, idempotency, and the detached creation task that pulls the
+//! image, creates the container, prepares (and optionally restores) /data and starts PID 1.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::manager::Manager;
+use super::operation::OperationLog;
+use crate::error::{Error, Reason, Result};
+use crate::model::{DesiredState, Resources, WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceSpec, WorkspaceState};
+use crate::runtime::{ContainerSpec, PullEvent, PullPolicy};
+
+/// What a caller asks for.
+#[derive(Clone, Debug, Default)]
+pub struct CreateRequest {
+    pub workspace_id: String,
+    /// Empty means the server's default image.
+    pub image: String,
+    pub labels: BTreeMap<String, String>,
+    pub env: BTreeMap<String, String>,
+    pub resources: Resources,
+    pub cdi_devices: Vec<String>,
+    pub restore_data: bool,
+    pub request_id: String,
+    pub pull_policy: PullPolicy,
+}
+
+/// What a create reports, in order.
+#[derive(Clone, Debug)]
+pub enum CreateEvent {
+    Pull(PullEvent),
+    Creating,
+    Restoring { bytes_done: u64, total_bytes: u64 },
+    Ready(Box<WorkspaceInfo>),
+}
+
+/// A stream of create events ending with `Ready` or an error.
+pub type CreateStream = Pin<Box<dyn Stream<Item = Result<CreateEvent>> + Send>>;
+
+/// A create in flight.
+pub struct CreateOperation {
+    spec: WorkspaceSpec,
+    log: OperationLog<CreateEvent>,
+}
+
+/// How often restore progress is reported.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+impl Manager {
+    /// Starts (or attaches to, or answers from an existing workspace) a create. Validation
+    /// errors come back here; failures during creation end the stream.
+    pub async fn create(self: &Arc<Self>, request: CreateRequest) -> Result<CreateStream> {
+        let id = WorkspaceId::parse(&request.workspace_id)?;
+        let spec = self.validated_spec(&request)?;
+        if !request.request_id.is_empty() {
+            if let Some((known_id, known_spec)) = self.store.get_request(&request.request_id).await? {
+                if known_id != id.as_str() || known_spec != spec {
+                    return Err(Error::new(
+                        Reason::RequestIdReused,
+                        format!(
+                            "request_id {:?} was used for another create (workspace {known_id:?}); use a new request_id for a different create",
+                            request.request_id
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(operation) = self.creating.lock().expect("creating map").get(&id).cloned() {
+            return attach(&id, &operation, &spec);
+        }
+        if let Some(existing) = self.store.get_workspace(&id).await? {
+            return self.answer_existing(existing, &spec).await;
+        }
+        if request.restore_data && !self.preserved_archive(&id).exists() {
+            return Err(Error::new(
+                Reason::PreservedDataNotFound,
+                format!("no preserved data exists for workspace {id}; create it without restore_data"),
+            ));
+        }
+
+        let operation = Arc::new(CreateOperation { spec: spec.clone(), log: OperationLog::new() });
+        {
+            let mut creating = self.creating.lock().expect("creating map");
+            if let Some(other) = creating.get(&id).cloned() {
+                return attach(&id, &other, &spec);
+            }
+            creating.insert(id.clone(), operation.clone());
+        }
+        let now = OffsetDateTime::now_utc();
+        let record = WorkspaceRecord {
+            id: id.clone(),
+            state: WorkspaceState::Creating,
+            desired_state: DesiredState::Running,
+            spec,
+            image_digest: String::new(),
+            snapshot_key: format!("{id}-active-{}", now.unix_timestamp_nanos()),
+            current_version: 0,
+            failure_reason: String::new(),
+            failure_message: String::new(),
+            create_time: now,
+            update_time: now,
+            last_start_time: None,
+            last_stop_time: None,
+        };
+        if let Err(err) = self.store.insert_workspace(&record).await {
+            self.creating.lock().expect("creating map").remove(&id);
+            return Err(err);
+        }
+        if !request.request_id.is_empty() {
+            self.store.insert_request(&request.request_id, &id, &record.spec).await?;
+        }
+        let stream = operation.log.subscribe();
+        let manager = self.clone();
+        tokio::spawn(async move {
+            let lock = manager.lock_for(&id);
+            let _guard = lock.lock().await;
+            let outcome = manager.run_create(record, request.pull_policy, request.restore_data, &operation.log).await;
+            manager.creating.lock().expect("creating map").remove(&id);
+            operation.log.finish(outcome);
+        });
+        Ok(stream)
+    }
+
+    fn validated_spec(&self, request: &CreateRequest) -> Result<WorkspaceSpec> {
+        let raw_image = if request.image.is_empty() { &self.config.default_image } else { &request.image };
+        let image = self.runtime.normalize_image(raw_image)?;
+        let Resources { cpu_millis, memory_bytes, pids_limit } = request.resources;
+        if cpu_millis < 0 || memory_bytes < 0 || pids_limit < 0 {
+            return Err(Error::new(
+                Reason::InvalidResources,
+                format!(
+                    "resources must not be negative (cpu_millis {cpu_millis}, memory_bytes {memory_bytes}, pids_limit {pids_limit}); use 0 for unlimited"
+                ),
+            ));
+        }
+        if memory_bytes > 0 && memory_bytes < 4 << 20 {
+            return Err(Error::new(
+                Reason::InvalidResources,
+                format!("memory_bytes {memory_bytes} is below the 4 MiB a workspace needs to start; raise it or use 0 for unlimited"),
+            ));
+        }
+        for key in request.labels.keys() {
+            if key.is_empty() || key.contains(['=', ',']) {
+                return Err(Error::new(
+                    Reason::InvalidArgument,
+                    format!("label key {key:?} is invalid; keys are non-empty and contain neither '=' nor ','"),
+                ));
+            }
+        }
+        for key in request.env.keys() {
+            if key.is_empty() || key.contains(['=', '\0']) {
+                return Err(Error::new(
+                    Reason::InvalidArgument,
+                    format!("environment variable name {key:?} is invalid; names are non-empty and contain no '='"),
+                ));
+            }
+        }
+        let mut cdi_devices: Vec<String> = request.cdi_devices.iter().map(|device| device.trim().to_owned()).collect();
+        cdi_devices.sort();
+        cdi_devices.dedup();
+        Ok(WorkspaceSpec {
+            image,
+            labels: request.labels.clone(),
+            env: request.env.clone(),
+            resources: request.resources,
+            cdi_devices,
+        })
+    }
+
+    /// An existing workspace: the same spec answers with one `Ready`, another is ALREADY_EXISTS.
+    async fn answer_existing(&self, existing: WorkspaceRecord, spec: &WorkspaceSpec) -> Result<CreateStream> {
+        if existing.state == WorkspaceState::Deleting {
+            return Err(Error::new(
+                Reason::WorkspaceDeleting,
+                format!("workspace {} is being deleted; wait for the deletion to finish, then create it again", existing.id),
+            ));
+        }
+        if existing.spec != *spec {
+            return Err(Error::new(
+                Reason::WorkspaceAlreadyExists,
+                format!(
+                    "workspace {} already exists with a different spec (image {}); delete it first or create another id",
+                    existing.id, existing.spec.image
+                ),
+            ));
+        }
+        let info = self.info(existing).await;
+        Ok(Box::pin(futures::stream::once(async move { Ok(CreateEvent::Ready(Box::new(info))) })))
+    }
+
+    /// The creation itself; on failure everything it made is removed again.
+    async fn run_create(
+        &self,
+        mut record: WorkspaceRecord,
+        pull_policy: PullPolicy,
+        restore_data: bool,
+        log: &OperationLog<CreateEvent>,
+    ) -> Result<()> {
+        let id = record.id.clone();
+        match self.build_workspace(&mut record, pull_policy, restore_data, log).await {
+            Ok(()) => {
+                let info = self.info(record).await;
+                info!(workspace_id = %id, image = %info.record.spec.image, "workspace created");
+                log.push(CreateEvent::Ready(Box::new(info)));
+                Ok(())
+            }
+            Err(err) => {
+                warn!(workspace_id = %id, error = %err, "create failed; rolling back");
+                self.roll_back(&mut record, &err).await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn build_workspace(
+        &self,
+        record: &mut WorkspaceRecord,
+        pull_policy: PullPolicy,
+        restore_data: bool,
+        log: &OperationLog<CreateEvent>,
+    ) -> Result<()> {
+        let (sender, mut receiver) = mpsc::channel(64);
+        let forward = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                while let Some(event) = receiver.recv().await {
+                    log.push(CreateEvent::Pull(event));
+                }
+            })
+        };
+        let pulled = self.runtime.pull_image(&record.spec.image, pull_policy, &sender).await;
+        drop(sender);
+        let _ = forward.await;
+        let image = pulled?;
+
+        log.push(CreateEvent::Creating);
+        record.image_digest = image.digest.clone();
+        self.save(record).await?;
+        let etc_dir = self.write_etc_files(&record.id).await?;
+        self.runtime
+            .create_container(&ContainerSpec {
+                id: record.id.as_str(),
+                image: &image,
+                env: &record.spec.env,
+                resources: record.spec.resources,
+                labels: &record.spec.labels,
+                snapshot_key: &record.snapshot_key,
+                parent_snapshot: &image.chain_id,
+                etc_dir: &etc_dir,
+            })
+            .await?;
+
+        let archive = restore_data.then(|| self.preserved_archive(&record.id));
+        let restoring_log = log.clone();
+        self.with_data_dir(record, move |data_dir| {
+            let Some(archive) = archive else {
+                return Ok(());
+            };
+            let total_bytes = std::fs::metadata(&archive).map(|meta| meta.len()).unwrap_or(0);
+            restoring_log.push(CreateEvent::Restoring { bytes_done: 0, total_bytes });
+            let mut last = Instant::now();
+            let mut done = 0;
+            crate::data::restore_from_file(&archive, data_dir, &mut |bytes| {
+                done = bytes;
+                if last.elapsed() >= PROGRESS_INTERVAL {
+                    last = Instant::now();
+                    restoring_log.push(CreateEvent::Restoring { bytes_done: bytes, total_bytes });
+                }
+            })?;
+            restoring_log.push(CreateEvent::Restoring { bytes_done: done.max(total_bytes), total_bytes });
+            Ok(())
+        })
+        .await?;
+
+        self.runtime.start_task(record.id.as_str(), &record.snapshot_key).await?;
+        let now = OffsetDateTime::now_utc();
+        record.state = WorkspaceState::Running;
+        record.last_start_time = Some(now);
+        record.current_version = 1;
+        self.save(record).await?;
+        self.store.insert_version(&record.id, 1, "create", &record.spec.image, &record.image_digest).await?;
+        if restore_data {
+            let archive = self.preserved_archive(&record.id);
+            if let Err(err) = tokio::fs::remove_file(&archive).await {
+                warn!(workspace_id = %record.id, error = %err, "cannot remove the restored archive");
+            }
+            self.event(&record.id, "data_restored", "preserved /data restored at create").await;
+        }
+        self.event(&record.id, "created", &format!("created from {}", record.spec.image)).await;
+        Ok(())
+    }
+
+    /// Writes /etc/hosts, /etc/hostname and /etc/resolv.conf sources for the container.
+    async fn write_etc_files(&self, id: &WorkspaceId) -> Result<std::path::PathBuf> {
+        let etc_dir = self.workspace_dir(id).join("etc");
+        let write_failed = |err: std::io::Error| {
+            Error::internal(format!("cannot write the workspace's etc files under {}: {err}", etc_dir.display()))
+        };
+        tokio::fs::create_dir_all(&etc_dir).await.map_err(write_failed)?;
+        let resolv = tokio::fs::read_to_string("/etc/resolv.conf").await.unwrap_or_default();
+        tokio::fs::write(etc_dir.join("hosts"), hosts_file(id)).await.map_err(write_failed)?;
+        tokio::fs::write(etc_dir.join("hostname"), format!("{id}\n")).await.map_err(write_failed)?;
+        tokio::fs::write(etc_dir.join("resolv.conf"), resolv).await.map_err(write_failed)?;
+        Ok(etc_dir)
+    }
+
+    /// Removes the container, its snapshot, its files and, once those are gone, its record
+    /// (rollback, delete, and reconcile of interrupted creates and deletes).
+    pub(super) async fn remove_everything(&self, record: &WorkspaceRecord) -> Result<()> {
+        self.runtime.delete_container(record.id.as_str()).await?;
+        self.runtime.remove_snapshot(&record.snapshot_key).await?;
+        if let Err(err) = tokio::fs::remove_dir_all(self.workspace_dir(&record.id)).await {
+            if err.kind() != std::io::ErrorKind::NotFound {
+                warn!(workspace_id = %record.id, error = %err, "cannot remove the workspace directory");
+            }
+        }
+        self.store.delete_workspace(&record.id).await
+    }
+
+    /// Rolls a failed create back; if containerd cannot clean up now, the workspace stays as
+    /// FAILED so DeleteWorkspace or the next boot can finish the job.
+    async fn roll_back(&self, record: &mut WorkspaceRecord, cause: &Error) {
+        let Err(err) = self.remove_everything(record).await else {
+            return;
+        };
+        warn!(workspace_id = %record.id, error = %err, "rollback incomplete; marking the workspace failed");
+        record.state = WorkspaceState::Failed;
+        record.failure_reason = cause.reason().as_str().to_owned();
+        record.failure_message = format!("{cause}; cleaning up also failed: {err}; delete the workspace");
+        if let Err(err) = self.save(record).await {
+            warn!(workspace_id = %record.id, error = %err, "cannot mark the workspace failed");
+        }
+    }
+}
+
+/// The content of /etc/hosts of a workspace.
+fn hosts_file(id: &WorkspaceId) -> String {
+    format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{id}\n")
+}
+
+fn attach(id: &WorkspaceId, operation: &CreateOperation, spec: &WorkspaceSpec) -> Result<CreateStream> {
+    if operation.spec != *spec {
+        return Err(Error::new(
+            Reason::WorkspaceAlreadyExists,
+            format!("workspace {id} is being created with a different spec; wait for it and delete it, or use another id"),
+        ));
+    }
+    Ok(operation.log.subscribe())
+}

@@ -1,0 +1,216 @@
+//! Start, stop, delete and the /data operations (preserve, restore, reset) of a workspace.
+
+use std::path::Path;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tracing::{info, warn};
+
+use super::manager::{DEFAULT_STOP_TIMEOUT, Manager, ensure_settled};
+use crate::data::MountedRootfs;
+use crate::error::{Error, Reason, Result};
+use crate::model::{DesiredState, WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceState};
+use crate::runtime::{ContainerSpec, PullPolicy};
+
+impl Manager {
+    /// Starts a workspace (idempotent); a container that vanished is rebuilt from the store,
+    /// keeping its snapshot when it still exists.
+    pub async fn start(&self, workspace_id: &str) -> Result<WorkspaceInfo> {
+        let id = WorkspaceId::parse(workspace_id)?;
+        let lock = self.lock_for(&id);
+        let _guard = lock.lock().await;
+        let mut record = self.record(&id).await?;
+        ensure_settled(&record, "starting it")?;
+        record.desired_state = DesiredState::Running;
+        self.save(&mut record).await?;
+        self.bring_up(&mut record).await?;
+        Ok(self.info(record).await)
+    }
+
+    /// Makes the task run, rebuilding the container first if needed, and records it.
+    pub(super) async fn bring_up(&self, record: &mut WorkspaceRecord) -> Result<()> {
+        let already_running = self.runtime.task(record.id.as_str()).await?.is_some_and(|task| task.running);
+        if !already_running {
+            if !self.runtime.container_exists(record.id.as_str()).await? {
+                self.rebuild_container(record).await?;
+            }
+            self.runtime.start_task(record.id.as_str(), &record.snapshot_key).await?;
+            record.last_start_time = Some(OffsetDateTime::now_utc());
+            info!(workspace_id = %record.id, "workspace started");
+        }
+        record.state = WorkspaceState::Running;
+        record.failure_reason.clear();
+        record.failure_message.clear();
+        self.save(record).await?;
+        if !already_running {
+            self.event(&record.id, "state_changed", "running").await;
+        }
+        Ok(())
+    }
+
+    /// Re-creates a vanished container from the stored spec. Its snapshot is kept when it
+    /// exists; otherwise a fresh one is prepared from the image (the old filesystem is gone).
+    async fn rebuild_container(&self, record: &mut WorkspaceRecord) -> Result<()> {
+        let (progress, _ignored) = tokio::sync::mpsc::channel(1);
+        let image = self.runtime.pull_image(&record.spec.image, PullPolicy::IfNotPresent, &progress).await?;
+        if !self.runtime.snapshot_exists(&record.snapshot_key).await? {
+            warn!(workspace_id = %record.id, "the workspace snapshot is gone; rebuilding from the image");
+            record.snapshot_key = format!("{}-active-{}", record.id, OffsetDateTime::now_utc().unix_timestamp_nanos());
+            self.event(&record.id, "rebuilt", "snapshot was missing; filesystem rebuilt from the image").await;
+        }
+        record.image_digest = image.digest.clone();
+        self.save(record).await?;
+        let etc_dir = self.workspace_dir(&record.id).join("etc");
+        self.runtime
+            .create_container(&ContainerSpec {
+                id: record.id.as_str(),
+                image: &image,
+                env: &record.spec.env,
+                resources: record.spec.resources,
+                labels: &record.spec.labels,
+                snapshot_key: &record.snapshot_key,
+                parent_snapshot: &image.chain_id,
+                etc_dir: &etc_dir,
+            })
+            .await?;
+        info!(workspace_id = %record.id, "container rebuilt from the store");
+        Ok(())
+    }
+
+    /// Stops a workspace (idempotent): SIGTERM, SIGKILL to all after `timeout`, task deleted.
+    /// The stop is persisted, so the workspace stays stopped across server restarts.
+    pub async fn stop(&self, workspace_id: &str, timeout: Option<Duration>) -> Result<WorkspaceInfo> {
+        let id = WorkspaceId::parse(workspace_id)?;
+        let lock = self.lock_for(&id);
+        let _guard = lock.lock().await;
+        let mut record = self.record(&id).await?;
+        ensure_settled(&record, "stopping it")?;
+        record.desired_state = DesiredState::Stopped;
+        self.save(&mut record).await?;
+        self.bring_down(&mut record, timeout.unwrap_or(DEFAULT_STOP_TIMEOUT)).await?;
+        Ok(self.info(record).await)
+    }
+
+    async fn bring_down(&self, record: &mut WorkspaceRecord, timeout: Duration) -> Result<()> {
+        let was_running = self.runtime.task(record.id.as_str()).await?.is_some_and(|task| task.running);
+        self.runtime.stop_task(record.id.as_str(), timeout).await?;
+        if was_running {
+            record.last_stop_time = Some(OffsetDateTime::now_utc());
+        }
+        if record.state != WorkspaceState::Failed {
+            record.state = WorkspaceState::Stopped;
+        }
+        self.save(record).await?;
+        if was_running {
+            info!(workspace_id = %record.id, "workspace stopped");
+            self.event(&record.id, "state_changed", "stopped").await;
+        }
+        Ok(())
+    }
+
+    /// Deletes a workspace from any state. With `preserve_data`, /data is archived first; if
+    /// that fails nothing is deleted and the workspace runs again if it ran before.
+    pub async fn delete(&self, workspace_id: &str, preserve_data: bool) -> Result<()> {
+        let id = WorkspaceId::parse(workspace_id)?;
+        let lock = self.lock_for(&id);
+        let _guard = lock.lock().await;
+        let mut record = self.record(&id).await?;
+        if preserve_data {
+            let archive = self.preserved_archive(&id);
+            self.while_stopped(&mut record, move |data_dir| {
+                crate::data::preserve_to_file(data_dir, &archive, &mut |_| {}).map(|_| ())
+            })
+            .await?;
+            self.event(&id, "data_preserved", "/data archived before deletion").await;
+        }
+        record.state = WorkspaceState::Deleting;
+        self.save(&mut record).await?;
+        self.remove_everything(&record).await?;
+        self.event(&id, "deleted", if preserve_data { "deleted; /data preserved" } else { "deleted" }).await;
+        info!(workspace_id = %id, preserve_data, "workspace deleted");
+        Ok(())
+    }
+
+    /// Replaces /data with the archive preserved at deletion, then removes the archive.
+    pub async fn restore_data(&self, workspace_id: &str) -> Result<WorkspaceInfo> {
+        let id = WorkspaceId::parse(workspace_id)?;
+        let lock = self.lock_for(&id);
+        let _guard = lock.lock().await;
+        let mut record = self.record(&id).await?;
+        ensure_settled(&record, "restoring data")?;
+        let archive = self.preserved_archive(&id);
+        if !archive.exists() {
+            return Err(Error::new(
+                Reason::PreservedDataNotFound,
+                format!("no preserved data exists for workspace {id}; delete a workspace with preserve_data to create one"),
+            ));
+        }
+        let source = archive.clone();
+        self.while_stopped(&mut record, move |data_dir| {
+            crate::data::empty_dir(data_dir)?;
+            crate::data::restore_from_file(&source, data_dir, &mut |_| {}).map(|_| ())
+        })
+        .await?;
+        if let Err(err) = tokio::fs::remove_file(&archive).await {
+            warn!(workspace_id = %id, error = %err, "cannot remove the restored archive");
+        }
+        self.event(&id, "data_restored", "preserved /data restored").await;
+        Ok(self.info(record).await)
+    }
+
+    /// Empties /data.
+    pub async fn reset_data(&self, workspace_id: &str) -> Result<WorkspaceInfo> {
+        let id = WorkspaceId::parse(workspace_id)?;
+        let lock = self.lock_for(&id);
+        let _guard = lock.lock().await;
+        let mut record = self.record(&id).await?;
+        ensure_settled(&record, "resetting data")?;
+        self.while_stopped(&mut record, |data_dir| crate::data::empty_dir(data_dir).map(|_| ())).await?;
+        self.event(&id, "data_reset", "/data emptied").await;
+        Ok(self.info(record).await)
+    }
+
+    /// Runs `work` on the host path of /data with the task stopped (an overlay upper dir must
+    /// not be mounted twice), then starts the task again if it ran before, also on failure.
+    async fn while_stopped<F>(&self, record: &mut WorkspaceRecord, work: F) -> Result<()>
+    where
+        F: FnOnce(&Path) -> Result<()> + Send + 'static,
+    {
+        let was_running = self.runtime.task(record.id.as_str()).await?.is_some_and(|task| task.running);
+        if was_running {
+            self.runtime.stop_task(record.id.as_str(), DEFAULT_STOP_TIMEOUT).await?;
+        }
+        let outcome = self.with_data_dir(record, work).await;
+        if was_running {
+            self.runtime.start_task(record.id.as_str(), &record.snapshot_key).await?;
+        }
+        outcome
+    }
+
+    /// Mounts the workspace snapshot on the host (the task must not run) and runs `work` on its
+    /// /data (created when missing) in a blocking thread.
+    pub(super) async fn with_data_dir<F>(&self, record: &WorkspaceRecord, work: F) -> Result<()>
+    where
+        F: FnOnce(&Path) -> Result<()> + Send + 'static,
+    {
+        if !self.runtime.snapshot_exists(&record.snapshot_key).await? {
+            return Err(Error::new(
+                Reason::DataArchiveFailed,
+                format!("workspace {} has no filesystem snapshot to reach /data through; start it to rebuild it", record.id),
+            ));
+        }
+        let mounts = self.runtime.snapshot_mounts(&record.snapshot_key).await?;
+        let target = self
+            .config
+            .state_dir
+            .join("mnt")
+            .join(format!("{}-{}", record.id, OffsetDateTime::now_utc().unix_timestamp_nanos()));
+        tokio::task::spawn_blocking(move || {
+            let rootfs = MountedRootfs::mount(&mounts, &target)?;
+            let data_dir = crate::data::data_dir(rootfs.path())?;
+            work(&data_dir)
+        })
+        .await
+        .map_err(|err| Error::internal(format!("the /data worker failed: {err}")))?
+    }
+}

@@ -1,0 +1,118 @@
+//! Boot-time reconcile of the store with containerd: interrupted creates are rolled back,
+//! interrupted deletes finished, desired states enforced, vanished containers rebuilt (or the
+//! workspace marked FAILED), and containers the store does not know reported.
+
+use std::collections::{BTreeMap, HashSet};
+
+use tracing::{info, warn};
+
+use super::manager::{DEFAULT_STOP_TIMEOUT, Manager};
+use crate::error::Result;
+use crate::model::{DesiredState, WorkspaceId, WorkspaceRecord, WorkspaceState};
+
+/// What a reconcile did, for the boot log.
+#[derive(Debug, Default)]
+pub struct ReconcileReport {
+    pub checked: u32,
+    pub started: u32,
+    pub stopped: u32,
+    pub rolled_back: u32,
+    pub failed: u32,
+    pub orphans: Vec<String>,
+    pub stale_leases: u32,
+}
+
+impl Manager {
+    /// Brings containerd in line with the store. Errors for one workspace mark it FAILED and
+    /// do not stop the others.
+    pub async fn reconcile(&self) -> Result<ReconcileReport> {
+        let mut report = ReconcileReport { stale_leases: self.runtime.remove_stale_leases().await?, ..Default::default() };
+        let mut known = HashSet::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.list_workspaces(after.as_deref(), 200, &BTreeMap::new()).await?;
+            for record in page.workspaces {
+                known.insert(record.id.as_str().to_owned());
+                report.checked += 1;
+                self.reconcile_one(record, &mut report).await;
+            }
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        for id in self.runtime.list_containers().await? {
+            if known.contains(&id) {
+                continue;
+            }
+            warn!(container_id = %id, namespace = %self.config.namespace, "container not known to the store; left alone");
+            if let Ok(workspace_id) = WorkspaceId::parse(&id) {
+                self.event(&workspace_id, "orphan_detected", "container in the namespace that berth's store does not know").await;
+            }
+            report.orphans.push(id);
+        }
+        info!(
+            checked = report.checked,
+            started = report.started,
+            stopped = report.stopped,
+            rolled_back = report.rolled_back,
+            failed = report.failed,
+            orphans = report.orphans.len(),
+            stale_leases = report.stale_leases,
+            "reconciled the store with containerd"
+        );
+        Ok(report)
+    }
+
+    async fn reconcile_one(&self, mut record: WorkspaceRecord, report: &mut ReconcileReport) {
+        let lock = self.lock_for(&record.id);
+        let _guard = lock.lock().await;
+        let outcome = match record.state {
+            // A create or delete that a crash interrupted: finish removing what it made.
+            WorkspaceState::Creating | WorkspaceState::Deleting => {
+                let interrupted = record.state;
+                let removed = self.remove_everything(&record).await;
+                if removed.is_ok() {
+                    report.rolled_back += 1;
+                    let what = if interrupted == WorkspaceState::Creating { "create" } else { "delete" };
+                    info!(workspace_id = %record.id, "removed what an interrupted {what} left behind");
+                    self.event(&record.id, "deleted", &format!("interrupted {what} cleaned up at boot")).await;
+                }
+                removed
+            }
+            _ => self.enforce_desired_state(&mut record, report).await,
+        };
+        if let Err(err) = outcome {
+            warn!(workspace_id = %record.id, error = %err, "reconcile failed; marking the workspace failed");
+            report.failed += 1;
+            record.state = WorkspaceState::Failed;
+            record.failure_reason = err.reason().as_str().to_owned();
+            record.failure_message = format!("at boot: {err}");
+            if let Err(err) = self.save(&mut record).await {
+                warn!(workspace_id = %record.id, error = %err, "cannot mark the workspace failed");
+            }
+        }
+    }
+
+    async fn enforce_desired_state(&self, record: &mut WorkspaceRecord, report: &mut ReconcileReport) -> Result<()> {
+        let running = self.runtime.task(record.id.as_str()).await?.is_some_and(|task| task.running);
+        match record.desired_state {
+            DesiredState::Running if !running => {
+                self.bring_up(record).await?;
+                report.started += 1;
+            }
+            DesiredState::Stopped if running => {
+                self.runtime.stop_task(record.id.as_str(), DEFAULT_STOP_TIMEOUT).await?;
+                record.state = WorkspaceState::Stopped;
+                self.save(record).await?;
+                report.stopped += 1;
+            }
+            DesiredState::Stopped if !self.runtime.container_exists(record.id.as_str()).await? => {
+                // Rebuilt on the next start; nothing runs now.
+                warn!(workspace_id = %record.id, "container is gone; it is rebuilt when the workspace starts");
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
