@@ -32,7 +32,8 @@ for _ in $(seq 100); do
 done
 
 failed=()
-for suite in sdk/typescript/test.sh sdk/go/test.sh sdk/python/test.sh examples/web/test.sh scripts/test-cli.sh; do
+for suite in sdk/typescript/test.sh sdk/go/test.sh sdk/python/test.sh examples/node/test.sh examples/go/test.sh \
+  examples/python/test.sh examples/web/test.sh examples/grpcurl-test.sh scripts/test-cli.sh; do
   [ -x "$suite" ] || { echo "missing test suite $suite" >&2; failed+=("$suite"); continue; }
   printf '\n--> %s\n' "$suite"
   if ! "$suite"; then

@@ -10,9 +10,20 @@ step() { printf '\n==> %s (%ss)\n' "$1" "$(( $(date +%s) - started ))"; }
 step "dependencies"
 scripts/deps.sh
 
-step "proto checks: buf lint, buf format"
+step "proto checks: buf lint, buf format, buf breaking (against main)"
 node_modules/.bin/buf lint
 node_modules/.bin/buf format --diff --exit-code
+if git rev-parse --verify --quiet main >/dev/null; then
+  node_modules/.bin/buf breaking --against '.git#branch=main'
+fi
+
+step "generated SDK code is up to date"
+scripts/gen.sh >/dev/null 2>&1 || scripts/gen.sh
+if ! git diff --exit-code --stat -- sdk/typescript/src/gen sdk/go/berth sdk/python/src/berth/workspace ||
+  [ -n "$(git status --porcelain --untracked-files=all -- sdk/typescript/src/gen sdk/go/berth sdk/python/src/berth/workspace)" ]; then
+  echo "generated code differs from what is committed: run scripts/gen.sh and commit" >&2
+  exit 1
+fi
 
 step "build"
 cargo build --workspace --all-targets --locked
@@ -23,9 +34,11 @@ tests/testbed/up.sh
 # shellcheck disable=SC1091
 source .testbed/env
 export BERTH_BIN="$PWD/target/debug/berth"
-export BERTH_E2E_REQUIRED=1
 
 step "unit and end-to-end tests"
 cargo test --workspace --locked
+
+step "SDK, example, CLI and browser tests against a live berth"
+scripts/test-sdks.sh
 
 step "done"

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use berth::cli::{ClientCommand, ServerArgs};
 use berth::config::{Config, LogFormat, ServeArgs};
 use berth::runtime::Runtime as _;
 use berth::runtime::containerd::{Containerd, RUNTIME_NAME, RegistryOptions, SNAPSHOTTER};
@@ -17,6 +18,8 @@ use tracing::{info, warn};
 #[derive(Parser)]
 #[command(name = "berth", version, about = "Isolated, persistent Linux workspaces for bots")]
 struct Cli {
+    #[command(flatten)]
+    server: ServerArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,6 +28,8 @@ struct Cli {
 enum Command {
     /// Serve the berth.workspace.v1 API over gRPC and grpc-web
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +40,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Client(command) => runtime.block_on(berth::cli::run(cli.server, command)),
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use containerd_client::services::v1::ApplyRequest;
 use containerd_client::services::v1::diff_client::DiffClient;
@@ -97,7 +97,7 @@ impl Unpacker {
             if ready.wait_for(|blobs| blobs.contains(&layer.blob.digest)).await.is_err() {
                 return Err(Error::internal(format!("layer {} was never stored", layer.blob.digest)));
             }
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let parent = if index == 0 { "" } else { chain[index - 1].as_str() };
             if !self.snapshot_exists(&chain[index]).await? {
                 self.apply(lease, layer, parent, &chain[index]).await?;
@@ -117,7 +117,7 @@ impl Unpacker {
     async fn apply(&self, lease: &str, layer: &Layer, parent: &str, name: &str) -> Result<()> {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos());
         let key = format!("extract-{nanos}-{name}");
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let prepare = PrepareSnapshotRequest {
             snapshotter: SNAPSHOTTER.to_owned(),
             key: key.clone(),

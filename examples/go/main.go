@@ -1,0 +1,150 @@
+// Command berth-example creates a berth workspace, prints its creation progress and its final
+// state, and optionally deletes it again.
+//
+//	go run . -server 127.0.0.1:50051 -id my-bot -image docker.io/library/debian:bookworm
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"time"
+
+	berth "github.com/berth-dev/berth/sdk/go"
+	workspacev1 "github.com/berth-dev/berth/sdk/go/berth/workspace/v1"
+)
+
+// labelFlags collects repeated -label key=value flags.
+type labelFlags map[string]string
+
+func (l labelFlags) String() string { return fmt.Sprint(map[string]string(l)) }
+
+func (l labelFlags) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("want key=value, got %q", s)
+	}
+	l[k] = v
+	return nil
+}
+
+func main() {
+	defaultServer := os.Getenv("BERTH_SERVER")
+	if defaultServer == "" {
+		defaultServer = berth.DefaultAddress
+	}
+	labels := labelFlags{}
+	server := flag.String("server", defaultServer, "berth server address (host:port or http://host:port; env BERTH_SERVER)")
+	id := flag.String("id", "", "workspace id (default: example-<random>)")
+	image := flag.String("image", "", "image reference (default: the server's --default-image)")
+	restore := flag.Bool("restore-data", false, "restore the /data preserved by an earlier delete")
+	del := flag.Bool("delete", false, "delete the workspace again at the end")
+	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")
+	flag.Var(labels, "label", "label key=value (repeatable)")
+	flag.Parse()
+
+	if *id == "" {
+		b := make([]byte, 4)
+		_, _ = rand.Read(b)
+		*id = "example-" + hex.EncodeToString(b)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+
+	if err := run(ctx, *server, *id, *image, labels, *restore, *del); err != nil {
+		if e, ok := berth.AsError(err); ok {
+			// code, reason and message of a failed call, on one line
+			fmt.Fprintf(os.Stderr, "error: code=%s reason=%s message=%s\n", e.Code, e.Reason, e.Message)
+		} else {
+			fmt.Fprintf(os.Stderr, "error: %v\n", err)
+		}
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, server, id, image string, labels map[string]string, restore, del bool) (err error) {
+	client, err := berth.Dial(ctx, server)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+
+	if del {
+		// Delete even when creation failed half-way, so nothing is left behind.
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			_, derr := client.Workspaces.DeleteWorkspace(ctx, &workspacev1.DeleteWorkspaceRequest{WorkspaceId: id})
+			switch {
+			case derr == nil:
+				fmt.Printf("deleted %s\n", id)
+			case berth.IsReason(derr, workspacev1.ErrorReason_WORKSPACE_NOT_FOUND):
+			case err == nil:
+				err = derr
+			}
+		}()
+	}
+
+	fmt.Printf("creating workspace %s on %s\n", id, server)
+	ws, err := client.CreateWorkspace(ctx, &workspacev1.CreateWorkspaceRequest{
+		WorkspaceId: id,
+		Image:       image,
+		Labels:      labels,
+		RestoreData: restore,
+	}, printProgress)
+	if err != nil {
+		return err
+	}
+
+	// The final state, as the server reports it now.
+	resp, err := client.Workspaces.GetWorkspace(ctx, &workspacev1.GetWorkspaceRequest{WorkspaceId: ws.GetWorkspaceId()})
+	if err != nil {
+		return err
+	}
+	ws = resp.GetWorkspace()
+	fmt.Printf("workspace %s: state=%s image=%s digest=%s init_pid=%d\n",
+		ws.GetWorkspaceId(), stateName(ws.GetState()), ws.GetImage(), ws.GetImageDigest(), ws.GetInitPid())
+	return nil
+}
+
+// printProgress prints one line per progress event: the phase and, where it has them, bytes.
+func printProgress(ev *workspacev1.CreateWorkspaceResponse) {
+	phase := berth.Phase(ev)
+	switch {
+	case ev.GetPulling() != nil:
+		p := ev.GetPulling()
+		fmt.Printf("%-13s image=%s layers=%d total_bytes=%d\n", phase, p.GetImage(), p.GetTotalLayers(), p.GetTotalBytes())
+	case ev.GetPullProgress() != nil:
+		p := ev.GetPullProgress()
+		fmt.Printf("%-13s %d/%d bytes (%s)\n", phase, p.GetOffsetBytes(), p.GetTotalBytes(), percent(p.GetOffsetBytes(), p.GetTotalBytes()))
+	case ev.GetUnpacking() != nil:
+		u := ev.GetUnpacking()
+		fmt.Printf("%-13s %d/%d layers\n", phase, u.GetLayersDone(), u.GetTotalLayers())
+	case ev.GetRestoring() != nil:
+		r := ev.GetRestoring()
+		fmt.Printf("%-13s %d/%d bytes\n", phase, r.GetBytesDone(), r.GetTotalBytes())
+	case ev.GetReady() != nil:
+		fmt.Printf("%-13s state=%s\n", phase, stateName(ev.GetReady().GetWorkspace().GetState()))
+	default:
+		fmt.Println(phase)
+	}
+}
+
+func percent(done, total uint64) string {
+	if total == 0 {
+		return "?%"
+	}
+	return fmt.Sprintf("%d%%", done*100/total)
+}
+
+// stateName turns WORKSPACE_STATE_RUNNING into RUNNING.
+func stateName(s workspacev1.WorkspaceState) string {
+	return strings.TrimPrefix(s.String(), "WORKSPACE_STATE_")
+}

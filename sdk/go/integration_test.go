@@ -1,0 +1,288 @@
+package berth_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	berth "github.com/berth-dev/berth/sdk/go"
+	workspacev1 "github.com/berth-dev/berth/sdk/go/berth/workspace/v1"
+)
+
+// The integration test runs against a live berth server:
+//
+//	BERTH_TEST_SERVER            server address, for example http://127.0.0.1:50700 (required)
+//	BERTH_TEST_IMAGE_MULTILAYER  image to create workspaces from (required)
+//	BERTH_TEST_SDK_NAMESPACE     containerd namespace of that server, for forget-image.sh (required)
+//	TESTBED_DIR                  testbed whose containerd forget-image.sh talks to
+//
+// It fails, never skips, when they are missing.
+
+// phaseRank is the order in which CreateWorkspace progress phases must arrive.
+var phaseRank = map[string]int{
+	berth.PhasePulling:      0,
+	berth.PhasePullProgress: 1,
+	berth.PhaseUnpacking:    2,
+	berth.PhaseCreating:     3,
+	berth.PhaseRestoring:    4,
+	berth.PhaseReady:        5,
+}
+
+func requireEnv(t *testing.T, name string) string {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		t.Fatalf("%s is not set: the Go SDK tests need a live berth server (run them through sdk/go/test.sh with the testbed's environment, see README.md)", name)
+	}
+	return v
+}
+
+func randomSuffix(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 5)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// step runs fn as a subtest and stops the whole test when it fails, since later steps depend on it.
+func step(t *testing.T, name string, fn func(t *testing.T)) {
+	t.Helper()
+	if !t.Run(name, fn) {
+		t.FailNow()
+	}
+}
+
+// createAndCheck creates a workspace, asserting that the progress phases arrive in order, and
+// returns the phases seen, the pull_progress events and the ready workspace.
+func createAndCheck(ctx context.Context, t *testing.T, client *berth.Client, req *workspacev1.CreateWorkspaceRequest) ([]string, []*workspacev1.CreateWorkspaceResponse_PullProgress, *workspacev1.Workspace) {
+	t.Helper()
+	var (
+		phases   []string
+		progress []*workspacev1.CreateWorkspaceResponse_PullProgress
+		last     = -1
+	)
+	ws, err := client.CreateWorkspace(ctx, req, func(ev *workspacev1.CreateWorkspaceResponse) {
+		phase := berth.Phase(ev)
+		rank, known := phaseRank[phase]
+		if !known {
+			t.Errorf("unknown progress event %v", ev)
+			return
+		}
+		if rank < last {
+			t.Errorf("phase %s arrived after %s", phase, phases[len(phases)-1])
+		}
+		last = rank
+		if len(phases) == 0 || phases[len(phases)-1] != phase {
+			phases = append(phases, phase)
+		}
+		if p := ev.GetPullProgress(); p != nil {
+			progress = append(progress, p)
+		}
+		if p := ev.GetPulling(); p != nil && p.GetImage() == "" {
+			t.Errorf("pulling event without an image: %v", p)
+		}
+	})
+	if err != nil {
+		code, reason, _ := berth.ErrorReason(err)
+		t.Fatalf("CreateWorkspace(%s): %v (code %v, reason %q)", req.GetWorkspaceId(), err, code, reason)
+	}
+	t.Logf("CreateWorkspace(%s) phases %v, %d pull_progress events", req.GetWorkspaceId(), phases, len(progress))
+	if ws.GetWorkspaceId() != req.GetWorkspaceId() || ws.GetState() != workspacev1.WorkspaceState_WORKSPACE_STATE_RUNNING {
+		t.Fatalf("ready workspace = %s %v, want %s RUNNING", ws.GetWorkspaceId(), ws.GetState(), req.GetWorkspaceId())
+	}
+	return phases, progress, ws
+}
+
+func TestWorkspaceLifecycle(t *testing.T) {
+	server := requireEnv(t, "BERTH_TEST_SERVER")
+	image := requireEnv(t, "BERTH_TEST_IMAGE_MULTILAYER")
+	namespace := requireEnv(t, "BERTH_TEST_SDK_NAMESPACE")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
+	defer cancel()
+	client, err := berth.Dial(ctx, server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cleanups run last registered first: the deletion below runs before the connection closes.
+	t.Cleanup(func() { _ = client.Close() })
+
+	suffix := randomSuffix(t)
+	id := "go-" + suffix
+	labels := map[string]string{"sdk": "go", "run": suffix}
+	t.Cleanup(func() {
+		// Leave nothing behind, whatever failed.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, err := client.Workspaces.DeleteWorkspace(ctx, &workspacev1.DeleteWorkspaceRequest{WorkspaceId: id})
+		if err != nil && !berth.IsReason(err, workspacev1.ErrorReason_WORKSPACE_NOT_FOUND) {
+			t.Errorf("cleanup: DeleteWorkspace(%s): %v", id, err)
+		}
+	})
+
+	step(t, "create", func(t *testing.T) {
+		// Remove the image from the server's containerd so the pull really downloads.
+		out, err := exec.CommandContext(ctx, "../../tests/testbed/forget-image.sh", namespace, image).CombinedOutput()
+		if err != nil {
+			t.Fatalf("forget-image.sh %s %s: %v\n%s", namespace, image, err, out)
+		}
+		phases, progress, ws := createAndCheck(ctx, t, client, &workspacev1.CreateWorkspaceRequest{
+			WorkspaceId: id,
+			Image:       image,
+			Labels:      labels,
+		})
+		want := []string{berth.PhasePulling, berth.PhasePullProgress, berth.PhaseUnpacking, berth.PhaseCreating, berth.PhaseReady}
+		if !slices.Equal(phases, want) {
+			t.Errorf("phases = %v, want %v", phases, want)
+		}
+		if len(progress) < 2 {
+			t.Fatalf("%d pull_progress events, want at least 2", len(progress))
+		}
+		layerOffsets := map[string]uint64{}
+		for i, p := range progress {
+			if i > 0 && p.GetOffsetBytes() < progress[i-1].GetOffsetBytes() {
+				t.Errorf("offset_bytes went back from %d to %d", progress[i-1].GetOffsetBytes(), p.GetOffsetBytes())
+			}
+			for _, l := range p.GetLayers() {
+				if l.GetOffset() < layerOffsets[l.GetDigest()] {
+					t.Errorf("layer %s offset went back from %d to %d", l.GetDigest(), layerOffsets[l.GetDigest()], l.GetOffset())
+				}
+				layerOffsets[l.GetDigest()] = l.GetOffset()
+			}
+		}
+		first, last := progress[0], progress[len(progress)-1]
+		if last.GetTotalBytes() == 0 || last.GetOffsetBytes() != last.GetTotalBytes() {
+			t.Errorf("last pull_progress = %d/%d bytes, want all of a non-zero total", last.GetOffsetBytes(), last.GetTotalBytes())
+		}
+		if first.GetOffsetBytes() >= last.GetOffsetBytes() {
+			t.Errorf("pull bytes did not grow: first %d, last %d of %d", first.GetOffsetBytes(), last.GetOffsetBytes(), last.GetTotalBytes())
+		}
+		t.Logf("pull bytes %d -> %d of %d over %d events", first.GetOffsetBytes(), last.GetOffsetBytes(), last.GetTotalBytes(), len(progress))
+		if ws.GetImageDigest() == "" || ws.GetLabels()["run"] != suffix {
+			t.Errorf("ready workspace: digest %q labels %v", ws.GetImageDigest(), ws.GetLabels())
+		}
+	})
+
+	step(t, "get", func(t *testing.T) {
+		resp, err := client.Workspaces.GetWorkspace(ctx, &workspacev1.GetWorkspaceRequest{WorkspaceId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws := resp.GetWorkspace()
+		if ws.GetWorkspaceId() != id || ws.GetState() != workspacev1.WorkspaceState_WORKSPACE_STATE_RUNNING ||
+			ws.GetDesiredState() != workspacev1.DesiredState_DESIRED_STATE_RUNNING {
+			t.Errorf("GetWorkspace = %s %v desired %v", ws.GetWorkspaceId(), ws.GetState(), ws.GetDesiredState())
+		}
+		if ws.GetLabels()["sdk"] != "go" || ws.GetLabels()["run"] != suffix {
+			t.Errorf("labels = %v", ws.GetLabels())
+		}
+	})
+
+	step(t, "list by label", func(t *testing.T) {
+		list := func(selector string) []string {
+			var ids []string
+			req := &workspacev1.ListWorkspacesRequest{LabelSelector: selector}
+			for {
+				resp, err := client.Workspaces.ListWorkspaces(ctx, req)
+				if err != nil {
+					t.Fatalf("ListWorkspaces(%q): %v", selector, err)
+				}
+				for _, ws := range resp.GetWorkspaces() {
+					ids = append(ids, ws.GetWorkspaceId())
+				}
+				if resp.GetNextPageToken() == "" {
+					return ids
+				}
+				req.PageToken = resp.GetNextPageToken()
+			}
+		}
+		if got := list("sdk=go,run=" + suffix); !slices.Equal(got, []string{id}) {
+			t.Errorf("list run=%s = %v, want [%s]", suffix, got, id)
+		}
+		if got := list("run=other-" + suffix); slices.Contains(got, id) {
+			t.Errorf("list run=other-%s = %v, must not contain %s", suffix, got, id)
+		}
+	})
+
+	step(t, "stop", func(t *testing.T) {
+		resp, err := client.Workspaces.StopWorkspace(ctx, &workspacev1.StopWorkspaceRequest{WorkspaceId: id, Timeout: durationpb.New(0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := resp.GetWorkspace().GetState(); s != workspacev1.WorkspaceState_WORKSPACE_STATE_STOPPED {
+			t.Errorf("state after stop = %v", s)
+		}
+		get, err := client.Workspaces.GetWorkspace(ctx, &workspacev1.GetWorkspaceRequest{WorkspaceId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := get.GetWorkspace().GetDesiredState(); s != workspacev1.DesiredState_DESIRED_STATE_STOPPED {
+			t.Errorf("desired state after stop = %v", s)
+		}
+	})
+
+	step(t, "start", func(t *testing.T) {
+		resp, err := client.Workspaces.StartWorkspace(ctx, &workspacev1.StartWorkspaceRequest{WorkspaceId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := resp.GetWorkspace().GetState(); s != workspacev1.WorkspaceState_WORKSPACE_STATE_RUNNING {
+			t.Errorf("state after start = %v", s)
+		}
+	})
+
+	step(t, "delete with preserve_data then create with restore_data", func(t *testing.T) {
+		if _, err := client.Workspaces.DeleteWorkspace(ctx, &workspacev1.DeleteWorkspaceRequest{WorkspaceId: id, PreserveData: true}); err != nil {
+			t.Fatal(err)
+		}
+		_, err := client.Workspaces.GetWorkspace(ctx, &workspacev1.GetWorkspaceRequest{WorkspaceId: id})
+		if !berth.IsReason(err, workspacev1.ErrorReason_WORKSPACE_NOT_FOUND) {
+			t.Fatalf("GetWorkspace after delete: %v, want WORKSPACE_NOT_FOUND", err)
+		}
+		phases, _, ws := createAndCheck(ctx, t, client, &workspacev1.CreateWorkspaceRequest{
+			WorkspaceId: id,
+			Image:       image,
+			Labels:      labels,
+			RestoreData: true,
+		})
+		if !slices.Contains(phases, berth.PhaseRestoring) {
+			t.Errorf("phases = %v, want a restoring event", phases)
+		}
+		if ws.GetHasPreservedData() {
+			t.Error("ready workspace still has preserved data after restore_data")
+		}
+	})
+
+	step(t, "delete", func(t *testing.T) {
+		if _, err := client.Workspaces.DeleteWorkspace(ctx, &workspacev1.DeleteWorkspaceRequest{WorkspaceId: id}); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	step(t, "failing call", func(t *testing.T) {
+		missing := "go-missing-" + suffix
+		_, err := client.Workspaces.GetWorkspace(ctx, &workspacev1.GetWorkspaceRequest{WorkspaceId: missing})
+		if err == nil {
+			t.Fatalf("GetWorkspace(%s) succeeded", missing)
+		}
+		code, reason, ok := berth.ErrorReason(err)
+		if !ok || code != codes.NotFound || reason != "WORKSPACE_NOT_FOUND" {
+			t.Fatalf("ErrorReason(%v) = %v, %q, %v; want NotFound, WORKSPACE_NOT_FOUND", err, code, reason, ok)
+		}
+		be, _ := berth.AsError(err)
+		if be.ErrorReason() != workspacev1.ErrorReason_WORKSPACE_NOT_FOUND || be.Message == "" {
+			t.Errorf("AsError = %+v", be)
+		}
+		t.Logf("failing call: %v (metadata %v)", be, be.Metadata)
+	})
+}

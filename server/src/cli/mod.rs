@@ -1,0 +1,208 @@
+//! Client subcommands: `berth ls | create | get | start | stop | rm` over the generated Rust
+//! client. A failed call prints one line (status code, ErrorInfo reason, message) and exits 1.
+
+mod output;
+mod progress;
+
+use std::process::ExitCode;
+
+use berth_api::v1 as pb;
+use berth_api::v1::workspace_service_client::WorkspaceServiceClient;
+use clap::{Args, Subcommand, ValueEnum};
+use tokio_stream::StreamExt as _;
+use tonic::transport::Channel;
+use tonic_types::StatusExt as _;
+
+/// Where the server is.
+#[derive(Args, Clone, Debug)]
+pub struct ServerArgs {
+    /// berth server URL
+    #[arg(long, global = true, env = "BERTH_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+}
+
+/// Output format of `get` and `ls`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A readable table.
+    #[default]
+    Table,
+    /// JSON (proto3 JSON field names), for scripts.
+    Json,
+}
+
+/// A client subcommand.
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// List workspaces
+    Ls {
+        /// Only workspaces with these labels (k=v,k2=v2)
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Create a workspace, showing pull progress
+    Create {
+        /// Workspace id (e.g. the bot id)
+        id: String,
+        /// Image reference [default: the server's default image]
+        #[arg(long)]
+        image: Option<String>,
+        /// Label as key=value (repeatable)
+        #[arg(long = "label", value_parser = parse_key_value)]
+        labels: Vec<(String, String)>,
+        /// Environment variable as NAME=value (repeatable)
+        #[arg(long = "env", short = 'e', value_parser = parse_key_value)]
+        env: Vec<(String, String)>,
+        /// Put the /data archive preserved at deletion back
+        #[arg(long)]
+        restore_data: bool,
+    },
+    /// Show a workspace
+    Get {
+        id: String,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Start a workspace
+    Start { id: String },
+    /// Stop a workspace (SIGTERM, then SIGKILL after the timeout)
+    Stop {
+        id: String,
+        /// Seconds to wait after SIGTERM
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Delete a workspace
+    Rm {
+        id: String,
+        /// Archive /data first, for a later create --restore-data
+        #[arg(long)]
+        preserve_data: bool,
+    },
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+/// Runs a client subcommand; returns the process exit code.
+pub async fn run(server: ServerArgs, command: ClientCommand) -> ExitCode {
+    match execute(&server.server, command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("berth: {failure}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(server: &str, command: ClientCommand) -> Result<(), String> {
+    let channel = Channel::from_shared(server.to_owned())
+        .map_err(|err| format!("invalid --server {server:?}: {err}"))?
+        .connect()
+        .await
+        .map_err(|err| format!("UNAVAILABLE cannot reach berth at {server}: {err}; start it or pass --server"))?;
+    let mut client = WorkspaceServiceClient::new(channel);
+    match command {
+        ClientCommand::Ls { selector, output } => {
+            let mut workspaces = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request = pb::ListWorkspacesRequest {
+                    page_size: 500,
+                    page_token,
+                    label_selector: selector.clone().unwrap_or_default(),
+                };
+                let page = client.list_workspaces(request).await.map_err(describe)?.into_inner();
+                workspaces.extend(page.workspaces);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            output::print_list(&workspaces, output);
+        }
+        ClientCommand::Create { id, image, labels, env, restore_data } => {
+            let request = pb::CreateWorkspaceRequest {
+                workspace_id: id,
+                image: image.unwrap_or_default(),
+                labels: labels.into_iter().collect(),
+                env: env.into_iter().collect(),
+                restore_data,
+                ..Default::default()
+            };
+            let mut events = client.create_workspace(request).await.map_err(describe)?.into_inner();
+            let mut view = progress::CreateProgress::new();
+            while let Some(event) = events.next().await {
+                let event = event.map_err(|status| {
+                    view.abandon();
+                    describe(status)
+                })?;
+                if let Some(event) = event.event {
+                    view.show(event);
+                }
+            }
+        }
+        ClientCommand::Get { id, output } => {
+            let request = pb::GetWorkspaceRequest { workspace_id: id };
+            let workspace = client.get_workspace(request).await.map_err(describe)?.into_inner().workspace;
+            output::print_workspace(&workspace.unwrap_or_default(), output);
+        }
+        ClientCommand::Start { id } => {
+            let request = pb::StartWorkspaceRequest { workspace_id: id };
+            let workspace = client.start_workspace(request).await.map_err(describe)?.into_inner().workspace;
+            output::print_state_line(&workspace.unwrap_or_default());
+        }
+        ClientCommand::Stop { id, timeout } => {
+            let timeout = prost_types::Duration { seconds: timeout as i64, nanos: 0 };
+            let request = pb::StopWorkspaceRequest { workspace_id: id, timeout: Some(timeout) };
+            let workspace = client.stop_workspace(request).await.map_err(describe)?.into_inner().workspace;
+            output::print_state_line(&workspace.unwrap_or_default());
+        }
+        ClientCommand::Rm { id, preserve_data } => {
+            let request = pb::DeleteWorkspaceRequest { workspace_id: id.clone(), preserve_data };
+            client.delete_workspace(request).await.map_err(describe)?;
+            println!("{id} deleted{}", if preserve_data { " (/data preserved)" } else { "" });
+        }
+    }
+    Ok(())
+}
+
+/// One line: `CODE REASON: message`.
+fn describe(status: tonic::Status) -> String {
+    let code = screaming_snake(&format!("{:?}", status.code()));
+    match status.get_details_error_info() {
+        Some(info) => format!("{code} {}: {}", info.reason, status.message()),
+        None => format!("{code}: {}", status.message()),
+    }
+}
+
+fn screaming_snake(camel: &str) -> String {
+    let mut out = String::with_capacity(camel.len() + 4);
+    for (index, ch) in camel.chars().enumerate() {
+        if ch.is_ascii_uppercase() && index > 0 {
+            out.push('_');
+        }
+        out.push(ch.to_ascii_uppercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_read_as_code_reason_and_message() {
+        let status = tonic::Status::from(crate::error::Error::workspace_not_found("bot"));
+        let line = describe(status);
+        assert!(line.starts_with("NOT_FOUND WORKSPACE_NOT_FOUND: workspace \"bot\""), "{line}");
+        assert_eq!(screaming_snake("FailedPrecondition"), "FAILED_PRECONDITION");
+        assert_eq!(parse_key_value("a=b=c").unwrap(), ("a".to_owned(), "b=c".to_owned()));
+        assert!(parse_key_value("novalue").is_err());
+    }
+}
