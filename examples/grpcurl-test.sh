@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every command of examples/grpcurl.md against BERTH_TEST_SERVER: each must succeed, and
-# each line marked `# fails: CODE` must fail with CODE in its output.
+# each line marked `# fails: X` must fail and show X.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BERTH_TEST_SERVER:?BERTH_TEST_SERVER must name a running berth}"

@@ -45,14 +45,8 @@ pub async fn serve(listener: TcpListener, manager: Arc<Manager>, shutdown: Cance
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(report_health(manager.clone(), health_reporter, shutdown.clone()));
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(berth_api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(berth_api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let router = Server::builder()
         .accept_http1(true)
@@ -79,6 +73,15 @@ pub async fn serve(listener: TcpListener, manager: Arc<Manager>, shutdown: Cance
     }
     health_task.abort();
     Ok(())
+}
+
+/// Reflection over berth's protos, health, and google.rpc's error details, so grpcurl and
+/// buf curl can decode the ErrorInfo of failed calls.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(berth_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Reports SERVING only while containerd answers; NOT_SERVING from the start of shutdown.

@@ -1,0 +1,315 @@
+// A page that manages berth workspaces from the browser over grpc-web, with @berth/sdk/web.
+//
+// The berth URL comes from the `server` query parameter (`?server=http://127.0.0.1:50051`).
+
+import {
+  berthErrorInfo,
+  createBerthClient,
+  DesiredState,
+  LayerState,
+  WorkspaceState,
+  type CreateWorkspaceResponse_PullProgress,
+  type LayerProgress,
+  type Workspace,
+} from "@berth/sdk/web";
+
+const DEFAULT_SERVER = "http://127.0.0.1:50051";
+const server = new URL(location.href).searchParams.get("server") || DEFAULT_SERVER;
+const berth = createBerthClient({ baseUrl: server });
+
+function $<T extends HTMLElement = HTMLElement>(id: string): T {
+  const el = document.getElementById(id);
+  if (!el) throw new Error(`#${id} is missing from the page`);
+  return el as T;
+}
+
+const el = {
+  server: $("server"),
+  refresh: $<HTMLButtonElement>("refresh"),
+  listBody: $<HTMLTableSectionElement>("workspace-rows"),
+  listEmpty: $("workspaces-empty"),
+  form: $<HTMLFormElement>("create-form"),
+  createId: $<HTMLInputElement>("create-id"),
+  createImage: $<HTMLInputElement>("create-image"),
+  createButton: $<HTMLButtonElement>("create-button"),
+  phase: $("phase"),
+  bar: $<HTMLProgressElement>("pull-bar"),
+  barText: $("pull-text"),
+  layers: $<HTMLUListElement>("layers"),
+  info: $("info"),
+  infoNone: $("info-none"),
+  wsId: $("ws-id"),
+  wsState: $("ws-state"),
+  wsDesired: $("ws-desired"),
+  wsImage: $("ws-image"),
+  wsDigest: $("ws-digest"),
+  wsPid: $("ws-pid"),
+  wsProcesses: $("ws-processes"),
+  wsLabels: $("ws-labels"),
+  wsCreated: $("ws-created"),
+  wsPreserved: $("ws-preserved"),
+  start: $<HTMLButtonElement>("start"),
+  stop: $<HTMLButtonElement>("stop"),
+  preserve: $<HTMLInputElement>("preserve"),
+  del: $<HTMLButtonElement>("delete"),
+  error: $("error"),
+  status: $("status"),
+};
+
+let selectedId: string | undefined;
+let busy = false;
+
+const stateName = (s: WorkspaceState) => WorkspaceState[s] ?? `STATE_${s}`;
+function bytes(n: bigint): string {
+  const x = Number(n);
+  if (x < 1024) return `${x} B`;
+  if (x < 1024 ** 2) return `${(x / 1024).toFixed(1)} KiB`;
+  if (x < 1024 ** 3) return `${(x / 1024 ** 2).toFixed(1)} MiB`;
+  return `${(x / 1024 ** 3).toFixed(2)} GiB`;
+}
+
+function showError(action: string, err: unknown): void {
+  const info = berthErrorInfo(err);
+  el.error.textContent = info
+    ? `${action} failed: ${info.codeName}${info.reason ? ` ${info.reason}` : ""}: ${info.message}`
+    : `${action} failed: ${String(err)}`;
+  el.error.hidden = false;
+  // Visible in the browser console (and in the test's log).
+  console.warn(el.error.textContent);
+}
+
+function clearError(): void {
+  el.error.textContent = "";
+  el.error.hidden = true;
+}
+
+function setStatus(text: string): void {
+  el.status.textContent = text;
+}
+
+// Runs one user action at a time, with buttons disabled meanwhile and errors shown on the page.
+async function run(action: string, fn: () => Promise<void>): Promise<void> {
+  if (busy) return;
+  busy = true;
+  clearError();
+  updateButtons();
+  setStatus(`${action}…`);
+  try {
+    await fn();
+    setStatus(`${action}: done`);
+  } catch (err) {
+    showError(action, err);
+    setStatus(`${action}: failed`);
+  } finally {
+    busy = false;
+    updateButtons();
+  }
+}
+
+// ---- list ----
+
+async function refreshList(): Promise<void> {
+  const all: Workspace[] = [];
+  let pageToken = "";
+  do {
+    const page = await berth.workspaces.listWorkspaces({ pageToken, pageSize: 100 });
+    all.push(...page.workspaces);
+    pageToken = page.nextPageToken;
+  } while (pageToken);
+
+  el.listBody.replaceChildren(
+    ...all.map((ws) => {
+      const tr = document.createElement("tr");
+      tr.dataset.workspaceId = ws.workspaceId;
+      if (ws.workspaceId === selectedId) tr.classList.add("selected");
+      for (const [cls, text] of [
+        ["id", ws.workspaceId],
+        ["state", stateName(ws.state)],
+        ["image", ws.image],
+      ] as const) {
+        const td = document.createElement("td");
+        td.className = cls;
+        td.textContent = text;
+        if (cls === "state") td.dataset.state = text;
+        tr.append(td);
+      }
+      tr.addEventListener("click", () => void run(`Get ${ws.workspaceId}`, () => select(ws.workspaceId)));
+      return tr;
+    }),
+  );
+  el.listEmpty.hidden = all.length > 0;
+  if (selectedId && !all.some((w) => w.workspaceId === selectedId)) {
+    showInfo(undefined);
+  }
+}
+
+// ---- info ----
+
+function showInfo(ws: Workspace | undefined): void {
+  selectedId = ws?.workspaceId;
+  el.info.hidden = !ws;
+  el.infoNone.hidden = !!ws;
+  for (const tr of el.listBody.querySelectorAll("tr")) {
+    tr.classList.toggle("selected", tr.dataset.workspaceId === selectedId);
+  }
+  if (!ws) {
+    updateButtons();
+    return;
+  }
+  el.wsId.textContent = ws.workspaceId;
+  el.wsState.textContent = stateName(ws.state);
+  el.wsState.dataset.state = stateName(ws.state);
+  el.wsDesired.textContent = DesiredState[ws.desiredState] ?? "";
+  el.wsImage.textContent = ws.image;
+  el.wsDigest.textContent = ws.imageDigest || "—";
+  el.wsPid.textContent = ws.initPid ? String(ws.initPid) : "—";
+  el.wsProcesses.textContent = String(ws.processCount);
+  el.wsLabels.textContent =
+    Object.entries(ws.labels)
+      .map(([k, v]) => `${k}=${v}`)
+      .join(", ") || "—";
+  el.wsCreated.textContent = ws.createTime ? new Date(Number(ws.createTime.seconds) * 1000).toLocaleString() : "—";
+  el.wsPreserved.textContent = ws.hasPreservedData ? "yes" : "no";
+  if (ws.failureReason) {
+    el.wsState.textContent += ` (${ws.failureReason}: ${ws.failureMessage})`;
+  }
+  updateButtons();
+}
+
+async function select(workspaceId: string): Promise<void> {
+  const { workspace } = await berth.workspaces.getWorkspace({ workspaceId });
+  showInfo(workspace);
+}
+
+function updateButtons(): void {
+  const state = el.wsState.dataset.state;
+  const none = !selectedId;
+  el.createButton.disabled = busy;
+  el.refresh.disabled = busy;
+  el.start.disabled = busy || none || state === "RUNNING";
+  el.stop.disabled = busy || none || state === "STOPPED";
+  el.del.disabled = busy || none;
+}
+
+// ---- create with progress ----
+
+function resetProgress(): void {
+  el.bar.value = 0;
+  el.barText.textContent = "";
+  el.layers.replaceChildren();
+  el.phase.textContent = "";
+}
+
+function showPullProgress(p: CreateWorkspaceResponse_PullProgress): void {
+  // The overall bar is the sum of the layers' bytes.
+  let offset = 0n;
+  let total = 0n;
+  for (const layer of p.layers) {
+    offset += layer.offset;
+    total += layer.total;
+  }
+  const percent = total > 0n ? (Number(offset) / Number(total)) * 100 : 0;
+  el.bar.value = percent;
+  el.barText.textContent = `${bytes(offset)} / ${bytes(total)} (${percent.toFixed(1)}%)`;
+  el.layers.replaceChildren(...p.layers.map(layerItem));
+}
+
+function layerItem(layer: LayerProgress): HTMLLIElement {
+  const li = document.createElement("li");
+  const name = document.createElement("code");
+  name.textContent = layer.digest.replace(/^sha256:/, "").slice(0, 12);
+  const bar = document.createElement("progress");
+  bar.max = 100;
+  bar.value = layer.total > 0n ? (Number(layer.offset) / Number(layer.total)) * 100 : 0;
+  const text = document.createElement("span");
+  text.textContent = `${bytes(layer.offset)} / ${bytes(layer.total)} ${LayerState[layer.state]?.toLowerCase() ?? ""}`;
+  li.append(name, bar, text);
+  return li;
+}
+
+async function create(workspaceId: string, image: string): Promise<void> {
+  resetProgress();
+  const phases: string[] = [];
+  const phase = (text: string) => {
+    phases.push(text);
+    el.phase.textContent = phases.join(" → ");
+  };
+  for await (const res of berth.workspaces.createWorkspace({ workspaceId, image })) {
+    const ev = res.event;
+    switch (ev.case) {
+      case "pulling":
+        phase("pulling");
+        el.barText.textContent = `${ev.value.totalLayers} layers, ${bytes(ev.value.totalBytes)}`;
+        break;
+      case "pullProgress":
+        if (phases.at(-1) !== "downloading") phase("downloading");
+        showPullProgress(ev.value);
+        break;
+      case "unpacking":
+        if (phases.at(-1) !== "unpacking") phase("unpacking");
+        el.phase.textContent = `${phases.join(" → ")} ${ev.value.layersDone}/${ev.value.totalLayers}`;
+        break;
+      case "creating":
+        phase("creating");
+        break;
+      case "restoring":
+        if (phases.at(-1) !== "restoring") phase("restoring");
+        break;
+      case "ready":
+        phase("ready");
+        // An image already present moves no bytes: the pull is complete all the same.
+        el.bar.value = 100;
+        if (ev.value.workspace) showInfo(ev.value.workspace);
+        break;
+    }
+  }
+  await refreshList();
+}
+
+// ---- wiring ----
+
+el.server.textContent = server;
+el.createImage.placeholder = "server's default image";
+
+el.refresh.addEventListener("click", () => void run("Refresh", refreshList));
+
+el.form.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const id = el.createId.value.trim();
+  const image = el.createImage.value.trim();
+  void run(`Create ${id}`, () => create(id, image));
+});
+
+el.start.addEventListener("click", () => {
+  const id = selectedId;
+  if (!id) return;
+  void run(`Start ${id}`, async () => {
+    const { workspace } = await berth.workspaces.startWorkspace({ workspaceId: id });
+    showInfo(workspace);
+    await refreshList();
+  });
+});
+
+el.stop.addEventListener("click", () => {
+  const id = selectedId;
+  if (!id) return;
+  void run(`Stop ${id}`, async () => {
+    const { workspace } = await berth.workspaces.stopWorkspace({ workspaceId: id });
+    showInfo(workspace);
+    await refreshList();
+  });
+});
+
+el.del.addEventListener("click", () => {
+  const id = selectedId;
+  if (!id) return;
+  const preserveData = el.preserve.checked;
+  void run(`Delete ${id}${preserveData ? " (preserving data)" : ""}`, async () => {
+    await berth.workspaces.deleteWorkspace({ workspaceId: id, preserveData });
+    showInfo(undefined);
+    await refreshList();
+  });
+});
+
+showInfo(undefined);
+void run("Refresh", refreshList);

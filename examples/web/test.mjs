@@ -1,0 +1,206 @@
+// Drives the page in headless Chromium against a live berth: create with a live progress bar,
+// RUNNING, stop, start, delete with preserved data. Saves artifacts/screenshot.png.
+//
+// Environment: BERTH_TEST_SERVER (required), BERTH_TEST_IMAGE_MULTILAYER (required),
+// BERTH_TEST_SDK_NAMESPACE (required: the image is forgotten there first so its pull moves
+// bytes), TESTBED_DIR (for forget-image.sh), CHROMIUM (default /usr/bin/chromium).
+
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { berthErrorInfo, createBerthClient } from "@berth/sdk";
+import { serve } from "./serve.mjs";
+
+function requireEnv(name) {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} must be set (see examples/web/test.sh)`);
+  return value;
+}
+
+const berthUrl = requireEnv("BERTH_TEST_SERVER");
+const image = requireEnv("BERTH_TEST_IMAGE_MULTILAYER");
+const namespace = requireEnv("BERTH_TEST_SDK_NAMESPACE");
+const here = fileURLToPath(new URL(".", import.meta.url));
+const repoRoot = join(here, "../..");
+const artifacts = join(here, "artifacts");
+const id = `web-${randomBytes(4).toString("hex")}`;
+const timeout = 60_000;
+
+const log = (...args) => console.log("[web-test]", ...args);
+const consoleErrors = [];
+const sdk = createBerthClient({ baseUrl: berthUrl, transport: "grpc" });
+
+async function exists(workspaceId) {
+  try {
+    await sdk.workspaces.getWorkspace({ workspaceId });
+    return true;
+  } catch (err) {
+    if (berthErrorInfo(err)?.reason === "WORKSPACE_NOT_FOUND") return false;
+    throw err;
+  }
+}
+
+mkdirSync(artifacts, { recursive: true });
+const httpServer = await serve(0);
+const pageUrl = `http://127.0.0.1:${httpServer.address().port}/?server=${encodeURIComponent(berthUrl)}`;
+const userDataDir = mkdtempSync(join(tmpdir(), "berth-web-test-"));
+let context;
+let page;
+let failed = false;
+
+try {
+  context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+    viewport: { width: 1200, height: 860 },
+  });
+  page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(timeout);
+  page.on("console", (msg) => {
+    const line = `console.${msg.type()}: ${msg.text()}`;
+    if (msg.type() === "error") consoleErrors.push(line);
+    log(line);
+  });
+  page.on("pageerror", (err) => {
+    consoleErrors.push(`pageerror: ${err.message}`);
+    log(`pageerror: ${err.stack ?? err.message}`);
+  });
+  page.on("requestfailed", (req) => log(`request failed: ${req.url()} ${req.failure()?.errorText}`));
+
+  // Record every value the overall progress bar takes (setting `.value` sets the attribute).
+  await page.addInitScript(() => {
+    window.__pullBarValues = [];
+    new MutationObserver((mutations) => {
+      for (const m of mutations) {
+        if (m.target.id === "pull-bar") window.__pullBarValues.push(Number(m.target.value));
+      }
+    }).observe(document, { subtree: true, attributes: true, attributeFilter: ["value"] });
+  });
+
+  // Waits for `locator`, failing at once with the page's error box when an action fails.
+  const errorBox = page.locator("#error:not([hidden])");
+  const waitFor = async (locator, state = "visible") => {
+    const errorShown = errorBox.waitFor().then(async () => {
+      throw new Error(`the page shows an error: ${await errorBox.textContent()}`);
+    });
+    errorShown.catch(() => {}); // it matters only through the race below
+    await Promise.race([locator.waitFor({ state }), errorShown]);
+  };
+
+  log(`page ${pageUrl}, workspace ${id}`);
+  await page.goto(pageUrl);
+  await page.locator("#status", { hasText: /Refresh: (done|failed)/ }).waitFor();
+  assert.equal(await page.locator("#error").isHidden(), true, `listing works: ${await page.locator("#error").textContent()}`);
+  assert.equal(await page.locator("#server").textContent(), berthUrl);
+
+  // Create, with a cold pull.
+  execFileSync("tests/testbed/forget-image.sh", [namespace, image], { cwd: repoRoot, stdio: "inherit" });
+  await page.fill("#create-id", id);
+  await page.fill("#create-image", image);
+  const started = Date.now();
+  await page.click("#create-button");
+  await waitFor(page.locator("#status", { hasText: `Create ${id}: done` }));
+  log(`created in ${Date.now() - started} ms; phases: ${await page.locator("#phase").textContent()}`);
+
+  const values = await page.evaluate(() => window.__pullBarValues);
+  const max = Math.max(0, ...values);
+  const finalValue = await page.locator("#pull-bar").evaluate((bar) => bar.value);
+  log(`progress bar values: ${values.map((v) => v.toFixed(1)).join(", ")}`);
+  assert.ok(max > 0, `the progress bar advanced (max ${max})`);
+  assert.equal(finalValue, 100, "the progress bar ends at 100%");
+  const layerCount = await page.locator("#layers li").count();
+  assert.ok(layerCount > 0, "per-layer progress is shown");
+  log(`per-layer rows: ${layerCount}; pull text: ${await page.locator("#pull-text").textContent()}`);
+  assert.match(await page.locator("#phase").textContent(), /pulling → downloading → unpacking.* → creating → ready/);
+
+  // Info and list.
+  await page.locator("#ws-state", { hasText: "RUNNING" }).waitFor();
+  assert.equal(await page.locator("#ws-id").textContent(), id);
+  assert.equal(await page.locator("#ws-image").textContent(), image);
+  assert.match(await page.locator("#ws-digest").textContent(), /^sha256:[0-9a-f]{64}$/);
+  assert.match(await page.locator("#ws-pid").textContent(), /^[1-9][0-9]*$/);
+  const row = page.locator(`#workspace-rows tr[data-workspace-id="${id}"]`);
+  await row.locator("td.state", { hasText: "RUNNING" }).waitFor();
+  await page.screenshot({ path: join(artifacts, "screenshot.png"), fullPage: true });
+  log(`screenshot: ${join(artifacts, "screenshot.png")}`);
+
+  // A failing call shows its code and reason on the page (grpc-status-details-bin reaches the
+  // browser): the same id with another image.
+  await page.fill("#create-image", `${image}-other`);
+  await page.click("#create-button");
+  await page.locator("#error:not([hidden])").waitFor();
+  const errorText = await page.locator("#error").textContent();
+  log(`error shown: ${errorText}`);
+  assert.match(errorText, /ALREADY_EXISTS WORKSPACE_ALREADY_EXISTS/);
+  assert.equal(await page.locator("#ws-state").textContent(), "RUNNING");
+
+  // Stop, start.
+  await page.click("#stop");
+  await waitFor(page.locator("#ws-state", { hasText: "STOPPED" }));
+  await waitFor(row.locator("td.state", { hasText: "STOPPED" }));
+  assert.equal(await page.locator("#ws-pid").textContent(), "—");
+  log("stopped");
+  await page.click("#start");
+  await waitFor(page.locator("#ws-state", { hasText: "RUNNING" }));
+  await waitFor(row.locator("td.state", { hasText: "RUNNING" }));
+  log("started");
+
+  // Delete, preserving data.
+  await page.check("#preserve");
+  await page.click("#delete");
+  await waitFor(page.locator("#status", { hasText: `Delete ${id} (preserving data): done` }));
+  await waitFor(row, "detached");
+  assert.equal(await page.locator("#info").isHidden(), true);
+  assert.equal(await exists(id), false, "the workspace is gone on the server");
+  log("deleted with preserved data");
+  await page.screenshot({ path: join(artifacts, "screenshot-deleted.png"), fullPage: true });
+
+  assert.equal(await page.locator("#error").isHidden(), true, `no error left: ${await page.locator("#error").textContent()}`);
+  assert.deepEqual(consoleErrors, [], "no browser console errors");
+
+  // The page asked for preserve_data: a restore finds the archive (and consumes it).
+  let restoring = false;
+  for await (const res of sdk.workspaces.createWorkspace({ workspaceId: id, image, restoreData: true })) {
+    if (res.event.case === "restoring") restoring = true;
+  }
+  assert.ok(restoring, "the preserved data was restored");
+  log("preserved data found and restored");
+} catch (err) {
+  failed = true;
+  console.error("[web-test] FAIL:", err);
+  if (page) {
+    await page.screenshot({ path: join(artifacts, "failure.png"), fullPage: true }).catch(() => {});
+    console.error(`[web-test] page error box: ${await page.locator("#error").textContent().catch(() => "?")}`);
+  }
+} finally {
+  if (consoleErrors.length) {
+    console.error(`[web-test] browser console errors:\n  ${consoleErrors.join("\n  ")}`);
+  }
+  await context?.close().catch(() => {});
+  httpServer.close();
+  rmSync(userDataDir, { recursive: true, force: true });
+  try {
+    if (await exists(id)) await sdk.workspaces.deleteWorkspace({ workspaceId: id });
+  } catch (err) {
+    console.error(`[web-test] cleanup of ${id} failed:`, err);
+    failed = true;
+  }
+}
+
+if (failed) process.exit(1);
+log("PASS");

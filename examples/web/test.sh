@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Builds the page (tsc type check + esbuild), serves it, and drives it in headless Chromium
+# (Debian chromium + playwright-core) against a live berth: create with a live progress bar,
+# RUNNING, stop, start, delete with preserved data. Writes artifacts/screenshot.png.
+#
+# Needs BERTH_TEST_SERVER (http://127.0.0.1:PORT), BERTH_TEST_IMAGE_MULTILAYER and
+# BERTH_TEST_SDK_NAMESPACE (the containerd namespace of the server), plus TESTBED_DIR when the
+# testbed is not the repository's .testbed.
+set -euo pipefail
+cd "$(dirname "$0")"
+: "${BERTH_TEST_SERVER:?BERTH_TEST_SERVER must name a live berth, e.g. http://127.0.0.1:50051}"
+: "${BERTH_TEST_IMAGE_MULTILAYER:?source the testbed env (BERTH_TEST_IMAGE_MULTILAYER is unset)}"
+: "${BERTH_TEST_SDK_NAMESPACE:?BERTH_TEST_SDK_NAMESPACE must name the containerd namespace of the server}"
+
+if ! command -v chromium >/dev/null; then
+  echo "installing Debian chromium" >&2
+  if [ "$(id -u)" -eq 0 ]; then
+    apt-get install -y chromium >/dev/null || { apt-get update >/dev/null && apt-get install -y chromium >/dev/null; }
+  else
+    sudo apt-get install -y chromium >/dev/null
+  fi
+fi
+
+# The SDK is a file: dependency; (re)build it when its dist is missing or older than its sources.
+sdk=../../sdk/typescript
+if [ ! -f $sdk/dist/web.js ] || [ -n "$(find $sdk/src $sdk/package.json -newer $sdk/dist/web.js -print -quit)" ]; then
+  (cd $sdk && { [ -x node_modules/.bin/tsc ] || npm install --no-audit --no-fund; } && npm run --silent build)
+fi
+if [ ! -x node_modules/.bin/esbuild ] || [ ! -d node_modules/playwright-core ] || [ ! -e node_modules/@berth/sdk ] ||
+  [ package.json -nt node_modules/.package-lock.json ]; then
+  npm install --no-audit --no-fund
+fi
+
+rm -rf dist artifacts
+node_modules/.bin/tsc --noEmit -p tsconfig.json
+node build.mjs
+node test.mjs

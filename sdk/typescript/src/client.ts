@@ -1,0 +1,25 @@
+// Transport-independent parts of the berth client: the three service clients over a transport.
+
+import { createClient, type Client, type Transport } from "@connectrpc/connect";
+import { FilesystemService } from "./gen/berth/workspace/v1/filesystem_service_pb.js";
+import { ProcessService } from "./gen/berth/workspace/v1/process_service_pb.js";
+import { WorkspaceService } from "./gen/berth/workspace/v1/workspace_service_pb.js";
+
+/** Clients of berth's three services, sharing one transport. */
+export interface BerthClient {
+  /** WorkspaceService: create, list, start, stop and delete workspaces, snapshots, data, events. */
+  workspaces: Client<typeof WorkspaceService>;
+  /** FilesystemService: read, write and watch files of a workspace. */
+  files: Client<typeof FilesystemService>;
+  /** ProcessService: start processes in a workspace and stream their output. */
+  processes: Client<typeof ProcessService>;
+}
+
+/** Creates the berth service clients over any Connect transport you built yourself. */
+export function createBerthClientFromTransport(transport: Transport): BerthClient {
+  return {
+    workspaces: createClient(WorkspaceService, transport),
+    files: createClient(FilesystemService, transport),
+    processes: createClient(ProcessService, transport),
+  };
+}

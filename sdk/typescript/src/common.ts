@@ -1,0 +1,10 @@
+// Everything both entry points (`@berth/sdk` for Node, `@berth/sdk/web` for browsers) export.
+
+export * from "./gen/berth/workspace/v1/error_reason_pb.js";
+export * from "./gen/berth/workspace/v1/filesystem_service_pb.js";
+export * from "./gen/berth/workspace/v1/process_service_pb.js";
+export * from "./gen/berth/workspace/v1/workspace_pb.js";
+export * from "./gen/berth/workspace/v1/workspace_service_pb.js";
+export { createBerthClientFromTransport, type BerthClient } from "./client.js";
+export { BERTH_ERROR_DOMAIN, berthErrorInfo, ErrorInfoSchema, type BerthErrorInfo, type ErrorInfo } from "./errors.js";
+export { Code, ConnectError } from "@connectrpc/connect";

@@ -1,0 +1,156 @@
+// Lifecycle tests of @berth/sdk against a live berth, over both Node transports.
+//
+// Environment: BERTH_TEST_SERVER (http://127.0.0.1:PORT, required), BERTH_TEST_IMAGE_MULTILAYER
+// (required), BERTH_TEST_SDK_NAMESPACE (the server's containerd namespace, required: the image is
+// forgotten there before each create so its pull moves bytes), TESTBED_DIR (for forget-image.sh).
+
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { fileURLToPath } from "node:url";
+import { after, describe, test } from "node:test";
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import {
+  berthErrorInfo,
+  Code,
+  createBerthClient,
+  WorkspaceState,
+  type BerthClient,
+  CreateWorkspaceRequestSchema,
+  type CreateWorkspaceResponse,
+  type Workspace,
+} from "@berth/sdk";
+
+function requireEnv(name: string): string {
+  const value = process.env[name];
+  if (!value) {
+    throw new Error(`${name} must be set (see sdk/typescript/test.sh)`);
+  }
+  return value;
+}
+
+const server = requireEnv("BERTH_TEST_SERVER");
+const image = requireEnv("BERTH_TEST_IMAGE_MULTILAYER");
+const namespace = requireEnv("BERTH_TEST_SDK_NAMESPACE");
+const repoRoot = fileURLToPath(new URL("../../..", import.meta.url)); // dist-test/ -> repo root
+const forgetImage = () =>
+  execFileSync("tests/testbed/forget-image.sh", [namespace, image], { cwd: repoRoot, stdio: "inherit" });
+
+type Phase = NonNullable<CreateWorkspaceResponse["event"]["case"]>;
+
+/** Runs a CreateWorkspace stream to its end and returns every event. */
+async function createAll(client: BerthClient, request: MessageInitShape<typeof CreateWorkspaceRequestSchema>): Promise<CreateWorkspaceResponse[]> {
+  const events: CreateWorkspaceResponse[] = [];
+  for await (const event of client.workspaces.createWorkspace(request, { timeoutMs: 90_000 })) {
+    events.push(event);
+  }
+  return events;
+}
+
+/** The phases of a stream with consecutive repeats collapsed. */
+function phases(events: CreateWorkspaceResponse[]): Phase[] {
+  const out: Phase[] = [];
+  for (const e of events) {
+    const phase = e.event.case;
+    assert.ok(phase, "every event has a phase");
+    if (out.at(-1) !== phase) out.push(phase);
+  }
+  return out;
+}
+
+function readyWorkspace(events: CreateWorkspaceResponse[]): Workspace {
+  const last = events.at(-1)?.event;
+  assert.equal(last?.case, "ready", "the stream ends with ready");
+  assert.ok(last.value.workspace, "ready carries the workspace");
+  return last.value.workspace;
+}
+
+for (const transport of ["grpc", "grpc-web"] as const) {
+  describe(`@berth/sdk over ${transport}`, () => {
+    const client = createBerthClient({ baseUrl: server, transport });
+    const id = `ts-${transport}-${randomBytes(4).toString("hex")}`;
+    const label = randomBytes(4).toString("hex");
+
+    after(async () => {
+      // Leave nothing behind, whatever failed.
+      try {
+        await client.workspaces.deleteWorkspace({ workspaceId: id });
+      } catch (err) {
+        if (berthErrorInfo(err)?.reason !== "WORKSPACE_NOT_FOUND") throw err;
+      }
+    });
+
+    test("create streams the phases in order with growing pull bytes", async () => {
+      forgetImage();
+      const events = await createAll(client, { workspaceId: id, image, labels: { "sdk-test": label } });
+      assert.deepEqual(phases(events), ["pulling", "pullProgress", "unpacking", "creating", "ready"]);
+
+      const progress = events.flatMap((e) => (e.event.case === "pullProgress" ? [e.event.value] : []));
+      let previous = -1n;
+      for (const p of progress) {
+        assert.ok(p.offsetBytes >= previous, `offset_bytes never decreases (${previous} then ${p.offsetBytes})`);
+        assert.equal(p.offsetBytes, p.layers.reduce((sum, l) => sum + l.offset, 0n), "offset_bytes sums the layers");
+        previous = p.offsetBytes;
+      }
+      const first = progress[0]!;
+      const last = progress.at(-1)!;
+      assert.ok(last.totalBytes > 0n, "total_bytes > 0");
+      assert.equal(last.offsetBytes, last.totalBytes, "the pull reaches total_bytes");
+      assert.ok(first.offsetBytes < last.offsetBytes, `pull bytes grow (${first.offsetBytes} -> ${last.offsetBytes})`);
+
+      const ws = readyWorkspace(events);
+      assert.equal(ws.workspaceId, id);
+      assert.equal(ws.state, WorkspaceState.RUNNING);
+      assert.equal(ws.labels["sdk-test"], label);
+    });
+
+    test("get", async () => {
+      const { workspace } = await client.workspaces.getWorkspace({ workspaceId: id });
+      assert.equal(workspace?.workspaceId, id);
+      assert.equal(workspace?.state, WorkspaceState.RUNNING);
+      assert.ok(workspace?.imageDigest.startsWith("sha256:"));
+      assert.ok((workspace?.initPid ?? 0) > 0);
+    });
+
+    test("list with a label selector", async () => {
+      const found = await client.workspaces.listWorkspaces({ labelSelector: `sdk-test=${label}` });
+      assert.deepEqual(found.workspaces.map((w) => w.workspaceId), [id]);
+      const other = await client.workspaces.listWorkspaces({ labelSelector: `sdk-test=${label}-other` });
+      assert.deepEqual(other.workspaces, []);
+    });
+
+    test("stop and start", async () => {
+      const stopped = await client.workspaces.stopWorkspace({ workspaceId: id, timeout: { seconds: 0n } });
+      assert.equal(stopped.workspace?.state, WorkspaceState.STOPPED);
+      const started = await client.workspaces.startWorkspace({ workspaceId: id });
+      assert.equal(started.workspace?.state, WorkspaceState.RUNNING);
+    });
+
+    test("delete with preserve_data, create with restore_data", async () => {
+      await client.workspaces.deleteWorkspace({ workspaceId: id, preserveData: true });
+      const events = await createAll(client, { workspaceId: id, image, labels: { "sdk-test": label }, restoreData: true });
+      const seen = phases(events);
+      assert.ok(seen.includes("restoring"), `a restoring event appears (${seen.join(", ")})`);
+      assert.ok(seen.indexOf("restoring") < seen.indexOf("ready"));
+      const ws = readyWorkspace(events);
+      assert.equal(ws.state, WorkspaceState.RUNNING);
+      assert.equal(ws.hasPreservedData, false, "the archive is consumed");
+      await client.workspaces.deleteWorkspace({ workspaceId: id });
+    });
+
+    test("a failing call reports its code and reason", async () => {
+      const unknown = `${id}-missing`;
+      await assert.rejects(client.workspaces.getWorkspace({ workspaceId: unknown }), (err: unknown) => {
+        const info = berthErrorInfo(err);
+        assert.ok(info, "a ConnectError");
+        assert.equal(info.code, Code.NotFound);
+        assert.equal(info.codeName, "NOT_FOUND");
+        assert.equal(info.reason, "WORKSPACE_NOT_FOUND");
+        assert.equal(info.domain, "berth.dev");
+        assert.ok(info.message.length > 0);
+        return true;
+      });
+      assert.equal(berthErrorInfo(new Error("not from berth")), undefined);
+    });
+  });
+}
