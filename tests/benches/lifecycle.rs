@@ -55,7 +55,10 @@ async fn create(client: &mut Client, id: &str, image: &str, policy: PullPolicy) 
 }
 
 async fn delete(client: &mut Client, id: &str) {
-    client.delete_workspace(DeleteWorkspaceRequest { workspace_id: id.to_owned(), preserve_data: false }).await.expect("delete");
+    client
+        .delete_workspace(DeleteWorkspaceRequest { workspace_id: id.to_owned(), preserve_data: false })
+        .await
+        .expect("delete");
 }
 
 fn timed_ctr(testbed: &Testbed, namespace: &str, args: &[&str]) -> Duration {

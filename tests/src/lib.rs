@@ -70,11 +70,7 @@ impl Testbed {
     /// Runs `ctr` against the testbed's containerd in `namespace`; returns stdout, panics on failure.
     pub fn ctr(&self, namespace: &str, args: &[&str]) -> String {
         let output = self.ctr_output(namespace, args);
-        assert!(
-            output.status.success(),
-            "ctr {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        assert!(output.status.success(), "ctr {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
@@ -169,7 +165,8 @@ impl BerthServer {
         self.signal(if kill { "KILL" } else { "TERM" });
         let status = self.wait_exit(Duration::from_secs(20));
         assert!(kill || status.success(), "berth exited with {status} on SIGTERM; log:\n{}", self.log_text());
-        let options = ServerOptions { reuse: Some((self.state_dir.clone(), self.namespace.clone())), ..Default::default() };
+        let options =
+            ServerOptions { reuse: Some((self.state_dir.clone(), self.namespace.clone())), ..Default::default() };
         Self::start_with(testbed, options)
     }
 

@@ -8,8 +8,8 @@ use berth_api::v1::create_workspace_response::Event;
 use berth_api::v1::workspace_service_client::WorkspaceServiceClient;
 use berth_api::v1::{
     CreateWorkspaceRequest, CreateWorkspaceResponse, DeleteWorkspaceRequest, GetWorkspaceRequest, LayerState,
-    ListWorkspacesRequest, Resources, ResetDataRequest, RestoreDataRequest, StartWorkspaceRequest, StopWorkspaceRequest,
-    Workspace, WorkspaceState,
+    ListWorkspacesRequest, ResetDataRequest, Resources, RestoreDataRequest, StartWorkspaceRequest,
+    StopWorkspaceRequest, Workspace, WorkspaceState,
 };
 use berth_e2e::{BerthServer, Testbed, error_reason};
 use tokio_stream::StreamExt as _;
@@ -62,12 +62,21 @@ async fn get(client: &mut Client, id: &str) -> Workspace {
 }
 
 async fn stop(client: &mut Client, id: &str) -> Workspace {
-    let request = StopWorkspaceRequest { workspace_id: id.to_owned(), timeout: Some(prost_types::Duration { seconds: 5, nanos: 0 }) };
+    let request = StopWorkspaceRequest {
+        workspace_id: id.to_owned(),
+        timeout: Some(prost_types::Duration { seconds: 5, nanos: 0 }),
+    };
     client.stop_workspace(request).await.unwrap().into_inner().workspace.unwrap()
 }
 
 async fn start(client: &mut Client, id: &str) -> Workspace {
-    client.start_workspace(StartWorkspaceRequest { workspace_id: id.to_owned() }).await.unwrap().into_inner().workspace.unwrap()
+    client
+        .start_workspace(StartWorkspaceRequest { workspace_id: id.to_owned() })
+        .await
+        .unwrap()
+        .into_inner()
+        .workspace
+        .unwrap()
 }
 
 async fn delete(client: &mut Client, id: &str, preserve_data: bool) {
@@ -105,7 +114,8 @@ async fn create_streams_ordered_progress_and_runs_catatonit_as_pid_1() {
     for (digest, (offset, total)) in &offsets {
         assert_eq!(offset, total, "layer {digest} did not reach its size");
     }
-    let last_progress = events.iter().rev().find_map(|e| if let Event::PullProgress(p) = e { Some(p) } else { None }).unwrap();
+    let last_progress =
+        events.iter().rev().find_map(|e| if let Event::PullProgress(p) = e { Some(p) } else { None }).unwrap();
     assert!(last_progress.layers.iter().all(|l| matches!(l.state(), LayerState::Done | LayerState::Exists)));
 
     let workspace = ready(&events);
@@ -132,7 +142,8 @@ async fn create_streams_ordered_progress_and_runs_catatonit_as_pid_1() {
     // Inside: hostname, the image's layers and whiteout, env from caller and image.
     assert_eq!(testbed.exec(&server.namespace, "multi", &["hostname"]).trim(), "multi");
     assert!(testbed.exec(&server.namespace, "multi", &["cat", "/etc/berth-layer2"]).len() > 0);
-    let removed = testbed.exec(&server.namespace, "multi", &["sh", "-c", "test -e /opt/removed && echo present || echo absent"]);
+    let removed =
+        testbed.exec(&server.namespace, "multi", &["sh", "-c", "test -e /opt/removed && echo present || echo absent"]);
     assert_eq!(removed.trim(), "absent", "the whiteout layer removed /opt/removed");
     let env = testbed.exec(&server.namespace, "multi", &["sh", "-c", "echo $GREETING:$PATH"]);
     assert!(env.starts_with("hello:") && env.contains("/bin"), "{env}");
@@ -151,7 +162,11 @@ async fn data_survives_stop_start_and_delete_preserve_then_create_restore() {
     let mut client = Client::new(server.channel().await);
     let image = testbed.image("BUSYBOX");
     ready(&create(&mut client, create_request("keeper", &image)).await.unwrap());
-    testbed.exec(&server.namespace, "keeper", &["sh", "-c", "mkdir -p /data/notes && echo remember-me > /data/notes/a.txt && ln -s notes/a.txt /data/link"]);
+    testbed.exec(
+        &server.namespace,
+        "keeper",
+        &["sh", "-c", "mkdir -p /data/notes && echo remember-me > /data/notes/a.txt && ln -s notes/a.txt /data/link"],
+    );
 
     let stopped = stop(&mut client, "keeper").await;
     assert_eq!(stopped.state(), WorkspaceState::Stopped);
@@ -184,7 +199,8 @@ async fn data_survives_stop_start_and_delete_preserve_then_create_restore() {
     delete(&mut client, "keeper", true).await;
     ready(&create(&mut client, create_request("keeper", &image)).await.unwrap());
     assert!(get(&mut client, "keeper").await.has_preserved_data);
-    let restored = client.restore_data(RestoreDataRequest { workspace_id: "keeper".to_owned() }).await.unwrap().into_inner();
+    let restored =
+        client.restore_data(RestoreDataRequest { workspace_id: "keeper".to_owned() }).await.unwrap().into_inner();
     assert_eq!(restored.workspace.unwrap().state(), WorkspaceState::Running, "a running workspace runs again");
     assert_eq!(testbed.exec(&server.namespace, "keeper", &["cat", "/data/notes/a.txt"]).trim(), "remember-me");
     client.reset_data(ResetDataRequest { workspace_id: "keeper".to_owned() }).await.unwrap();
@@ -207,7 +223,10 @@ async fn desired_state_survives_restarts_and_killed_tasks_come_back() {
     // Kill the runner's task behind berth's back.
     testbed.ctr(&server.namespace, &["tasks", "kill", "--signal", "SIGKILL", "runner"]);
     let died = berth_e2e::eventually(Duration::from_secs(10), || async {
-        testbed.ctr(&server.namespace, &["tasks", "ls"]).lines().any(|line| line.starts_with("runner") && line.contains("STOPPED"))
+        testbed
+            .ctr(&server.namespace, &["tasks", "ls"])
+            .lines()
+            .any(|line| line.starts_with("runner") && line.contains("STOPPED"))
     })
     .await;
     assert!(died, "the killed task stops");
@@ -219,7 +238,12 @@ async fn desired_state_survives_restarts_and_killed_tasks_come_back() {
     let runner_again = get(&mut client, "runner").await;
     assert_eq!(runner_again.state(), WorkspaceState::Running, "log:\n{}", server.log_text());
     assert_ne!(runner_again.init_pid, runner.init_pid);
-    assert!(!testbed.ctr(&server.namespace, &["tasks", "ls"]).lines().any(|l| l.starts_with("sleeper") && l.contains("RUNNING")));
+    assert!(
+        !testbed
+            .ctr(&server.namespace, &["tasks", "ls"])
+            .lines()
+            .any(|l| l.starts_with("sleeper") && l.contains("RUNNING"))
+    );
 
     // A container removed behind berth's back is rebuilt on start, keeping its snapshot.
     testbed.exec(&server.namespace, "runner", &["sh", "-c", "echo kept > /data/kept"]);
@@ -288,7 +312,11 @@ async fn create_is_idempotent_detached_and_concurrent() {
     let mut token = String::new();
     loop {
         let page = client
-            .list_workspaces(ListWorkspacesRequest { page_size: 4, page_token: token, label_selector: "crowd=yes".to_owned() })
+            .list_workspaces(ListWorkspacesRequest {
+                page_size: 4,
+                page_token: token,
+                label_selector: "crowd=yes".to_owned(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -314,7 +342,8 @@ async fn resources_become_cgroup_limits() {
     let workspace = ready(&create(&mut client, request).await.unwrap());
     assert_eq!(workspace.resources.unwrap().memory_bytes, 64 << 20);
     let cgroup = format!("{}/limited", server.namespace);
-    let read = |path: String| std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}")).trim().to_owned();
+    let read =
+        |path: String| std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}")).trim().to_owned();
     assert_eq!(read(format!("/sys/fs/cgroup/memory/{cgroup}/memory.limit_in_bytes")), (64u64 << 20).to_string());
     assert_eq!(read(format!("/sys/fs/cgroup/cpu/{cgroup}/cpu.cfs_quota_us")), "50000");
     assert_eq!(read(format!("/sys/fs/cgroup/pids/{cgroup}/pids.max")), "64");
@@ -326,7 +355,11 @@ async fn debian_image_runs_bash() {
     let server = BerthServer::start(&testbed);
     let mut client = Client::new(server.channel().await);
     ready(&create(&mut client, create_request("deb", &testbed.image("DEBIAN"))).await.unwrap());
-    let out = testbed.exec(&server.namespace, "deb", &["bash", "-c", "echo $BASH_VERSION; cat /etc/debian_version; command -v apt-get"]);
+    let out = testbed.exec(
+        &server.namespace,
+        "deb",
+        &["bash", "-c", "echo $BASH_VERSION; cat /etc/debian_version; command -v apt-get"],
+    );
     assert!(out.contains("/usr/bin/apt-get"), "{out}");
     assert!(out.lines().nth(1).is_some_and(|v| v.starts_with("12")), "{out}");
 }
@@ -342,8 +375,16 @@ async fn bad_input_gets_precise_statuses_and_leaves_nothing_behind() {
     let cases: Vec<(CreateWorkspaceRequest, Code, &str)> = vec![
         (create_request("Bad!", &busybox), Code::InvalidArgument, "INVALID_WORKSPACE_ID"),
         (create_request("bad-ref", "UPPER/Case::"), Code::InvalidArgument, "INVALID_IMAGE_REFERENCE"),
-        (create_request("no-tag", &format!("{registry}/berth-test/busybox:no-such-tag")), Code::NotFound, "IMAGE_NOT_FOUND"),
-        (create_request("no-repo", &format!("{registry}/berth-test/nothing:latest")), Code::NotFound, "IMAGE_NOT_FOUND"),
+        (
+            create_request("no-tag", &format!("{registry}/berth-test/busybox:no-such-tag")),
+            Code::NotFound,
+            "IMAGE_NOT_FOUND",
+        ),
+        (
+            create_request("no-repo", &format!("{registry}/berth-test/nothing:latest")),
+            Code::NotFound,
+            "IMAGE_NOT_FOUND",
+        ),
         (create_request("closed", "127.0.0.1:1/berth-test/busybox:latest"), Code::Unavailable, "REGISTRY_UNAVAILABLE"),
         (
             CreateWorkspaceRequest {
@@ -373,8 +414,14 @@ async fn bad_input_gets_precise_statuses_and_leaves_nothing_behind() {
 
     for status in [
         client.start_workspace(StartWorkspaceRequest { workspace_id: "ghost".to_owned() }).await.unwrap_err(),
-        client.stop_workspace(StopWorkspaceRequest { workspace_id: "ghost".to_owned(), timeout: None }).await.unwrap_err(),
-        client.delete_workspace(DeleteWorkspaceRequest { workspace_id: "ghost".to_owned(), preserve_data: false }).await.unwrap_err(),
+        client
+            .stop_workspace(StopWorkspaceRequest { workspace_id: "ghost".to_owned(), timeout: None })
+            .await
+            .unwrap_err(),
+        client
+            .delete_workspace(DeleteWorkspaceRequest { workspace_id: "ghost".to_owned(), preserve_data: false })
+            .await
+            .unwrap_err(),
     ] {
         assert_eq!(status.code(), Code::NotFound);
         assert_eq!(error_reason(&status).as_deref(), Some("WORKSPACE_NOT_FOUND"));
@@ -390,7 +437,8 @@ async fn kill_9_during_create_leaves_no_orphans_after_the_next_boot() {
     let testbed = Testbed::from_env();
     let server = BerthServer::start(&testbed);
     let mut client = Client::new(server.channel().await);
-    let mut stream = client.create_workspace(create_request("crashy", &testbed.image("DEBIAN"))).await.unwrap().into_inner();
+    let mut stream =
+        client.create_workspace(create_request("crashy", &testbed.image("DEBIAN"))).await.unwrap().into_inner();
     stream.next().await.unwrap().unwrap();
     let server = server.restart(&testbed, true);
     let mut client = Client::new(server.channel().await);

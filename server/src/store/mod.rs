@@ -191,7 +191,12 @@ impl Store {
     }
 
     /// Remembers the create a `request_id` belongs to (a repeat is ignored).
-    pub async fn insert_request(&self, request_id: &str, workspace_id: &WorkspaceId, spec: &WorkspaceSpec) -> Result<()> {
+    pub async fn insert_request(
+        &self,
+        request_id: &str,
+        workspace_id: &WorkspaceId,
+        spec: &WorkspaceSpec,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO requests (request_id, workspace_id, method, spec, create_time) VALUES (?, ?, 'create', ?, ?) \
              ON CONFLICT (request_id) DO NOTHING",
@@ -215,17 +220,15 @@ impl Store {
         image: &str,
         image_digest: &str,
     ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO versions (workspace_id, version, reason, image, create_time) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(workspace_id.as_str())
-        .bind(version)
-        .bind(reason)
-        .bind(format!("{image}@{image_digest}"))
-        .bind(OffsetDateTime::now_utc())
-        .execute(&self.pool)
-        .await
-        .map_err(map_err)?;
+        sqlx::query("INSERT INTO versions (workspace_id, version, reason, image, create_time) VALUES (?, ?, ?, ?, ?)")
+            .bind(workspace_id.as_str())
+            .bind(version)
+            .bind(reason)
+            .bind(format!("{image}@{image_digest}"))
+            .bind(OffsetDateTime::now_utc())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
         Ok(())
     }
 
@@ -272,13 +275,13 @@ fn workspace_from_row(row: &SqliteRow) -> Result<WorkspaceRecord> {
 
 /// The one place where sqlx errors become domain errors.
 fn map_err(err: sqlx::Error) -> Error {
-    if let sqlx::Error::Database(db) = &err {
-        if db.is_unique_violation() {
-            return Error::new(
-                Reason::WorkspaceAlreadyExists,
-                "a workspace with this id already exists; choose another id or delete the existing workspace",
-            );
-        }
+    if let sqlx::Error::Database(db) = &err
+        && db.is_unique_violation()
+    {
+        return Error::new(
+            Reason::WorkspaceAlreadyExists,
+            "a workspace with this id already exists; choose another id or delete the existing workspace",
+        );
     }
     Error::new(Reason::StoreError, format!("database error: {err}"))
 }

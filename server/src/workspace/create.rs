@@ -14,7 +14,9 @@ use tracing::{info, warn};
 use super::manager::Manager;
 use super::operation::OperationLog;
 use crate::error::{Error, Reason, Result};
-use crate::model::{DesiredState, Resources, WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceSpec, WorkspaceState};
+use crate::model::{
+    DesiredState, Resources, WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceSpec, WorkspaceState,
+};
 use crate::runtime::{ContainerSpec, PullEvent, PullPolicy};
 
 /// What a caller asks for.
@@ -59,18 +61,17 @@ impl Manager {
     pub async fn create(self: &Arc<Self>, request: CreateRequest) -> Result<CreateStream> {
         let id = WorkspaceId::parse(&request.workspace_id)?;
         let spec = self.validated_spec(&request)?;
-        if !request.request_id.is_empty() {
-            if let Some((known_id, known_spec)) = self.store.get_request(&request.request_id).await? {
-                if known_id != id.as_str() || known_spec != spec {
-                    return Err(Error::new(
-                        Reason::RequestIdReused,
-                        format!(
-                            "request_id {:?} was used for another create (workspace {known_id:?}); use a new request_id for a different create",
-                            request.request_id
-                        ),
-                    ));
-                }
-            }
+        if !request.request_id.is_empty()
+            && let Some((known_id, known_spec)) = self.store.get_request(&request.request_id).await?
+            && (known_id != id.as_str() || known_spec != spec)
+        {
+            return Err(Error::new(
+                Reason::RequestIdReused,
+                format!(
+                    "request_id {:?} was used for another create (workspace {known_id:?}); use a new request_id for a different create",
+                    request.request_id
+                ),
+            ));
         }
         if let Some(operation) = self.creating.lock().expect("creating map").get(&id).cloned() {
             return attach(&id, &operation, &spec);
@@ -143,7 +144,9 @@ impl Manager {
         if memory_bytes > 0 && memory_bytes < 4 << 20 {
             return Err(Error::new(
                 Reason::InvalidResources,
-                format!("memory_bytes {memory_bytes} is below the 4 MiB a workspace needs to start; raise it or use 0 for unlimited"),
+                format!(
+                    "memory_bytes {memory_bytes} is below the 4 MiB a workspace needs to start; raise it or use 0 for unlimited"
+                ),
             ));
         }
         for key in request.labels.keys() {
@@ -179,7 +182,10 @@ impl Manager {
         if existing.state == WorkspaceState::Deleting {
             return Err(Error::new(
                 Reason::WorkspaceDeleting,
-                format!("workspace {} is being deleted; wait for the deletion to finish, then create it again", existing.id),
+                format!(
+                    "workspace {} is being deleted; wait for the deletion to finish, then create it again",
+                    existing.id
+                ),
             ));
         }
         if existing.spec != *spec {
@@ -316,10 +322,10 @@ impl Manager {
     pub(super) async fn remove_everything(&self, record: &WorkspaceRecord) -> Result<()> {
         self.runtime.delete_container(record.id.as_str()).await?;
         self.runtime.remove_snapshot(&record.snapshot_key).await?;
-        if let Err(err) = tokio::fs::remove_dir_all(self.workspace_dir(&record.id)).await {
-            if err.kind() != std::io::ErrorKind::NotFound {
-                warn!(workspace_id = %record.id, error = %err, "cannot remove the workspace directory");
-            }
+        if let Err(err) = tokio::fs::remove_dir_all(self.workspace_dir(&record.id)).await
+            && err.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(workspace_id = %record.id, error = %err, "cannot remove the workspace directory");
         }
         self.store.delete_workspace(&record.id).await
     }
@@ -349,7 +355,9 @@ fn attach(id: &WorkspaceId, operation: &CreateOperation, spec: &WorkspaceSpec) -
     if operation.spec != *spec {
         return Err(Error::new(
             Reason::WorkspaceAlreadyExists,
-            format!("workspace {id} is being created with a different spec; wait for it and delete it, or use another id"),
+            format!(
+                "workspace {id} is being created with a different spec; wait for it and delete it, or use another id"
+            ),
         ));
     }
     Ok(operation.log.subscribe())

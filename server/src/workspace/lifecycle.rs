@@ -142,7 +142,9 @@ impl Manager {
         if !archive.exists() {
             return Err(Error::new(
                 Reason::PreservedDataNotFound,
-                format!("no preserved data exists for workspace {id}; delete a workspace with preserve_data to create one"),
+                format!(
+                    "no preserved data exists for workspace {id}; delete a workspace with preserve_data to create one"
+                ),
             ));
         }
         let source = archive.clone();
@@ -196,15 +198,18 @@ impl Manager {
         if !self.runtime.snapshot_exists(&record.snapshot_key).await? {
             return Err(Error::new(
                 Reason::DataArchiveFailed,
-                format!("workspace {} has no filesystem snapshot to reach /data through; start it to rebuild it", record.id),
+                format!(
+                    "workspace {} has no filesystem snapshot to reach /data through; start it to rebuild it",
+                    record.id
+                ),
             ));
         }
         let mounts = self.runtime.snapshot_mounts(&record.snapshot_key).await?;
-        let target = self
-            .config
-            .state_dir
-            .join("mnt")
-            .join(format!("{}-{}", record.id, OffsetDateTime::now_utc().unix_timestamp_nanos()));
+        let target = self.config.state_dir.join("mnt").join(format!(
+            "{}-{}",
+            record.id,
+            OffsetDateTime::now_utc().unix_timestamp_nanos()
+        ));
         tokio::task::spawn_blocking(move || {
             let rootfs = MountedRootfs::mount(&mounts, &target)?;
             let data_dir = crate::data::data_dir(rootfs.path())?;

@@ -85,7 +85,9 @@ impl Manager {
             size if size < 0 => {
                 return Err(Error::new(
                     Reason::InvalidArgument,
-                    format!("page_size {size} is negative; pass 0 for the default of {DEFAULT_PAGE_SIZE} or up to {MAX_PAGE_SIZE}"),
+                    format!(
+                        "page_size {size} is negative; pass 0 for the default of {DEFAULT_PAGE_SIZE} or up to {MAX_PAGE_SIZE}"
+                    ),
                 ));
             }
             size => (size as u32).min(MAX_PAGE_SIZE),
@@ -160,7 +162,10 @@ pub(super) fn ensure_settled(record: &WorkspaceRecord, operation: &str) -> Resul
     match record.state {
         WorkspaceState::Deleting => Err(Error::new(
             Reason::WorkspaceDeleting,
-            format!("workspace {} is being deleted; {operation} is not possible; wait for the deletion to finish or retry DeleteWorkspace", record.id),
+            format!(
+                "workspace {} is being deleted; {operation} is not possible; wait for the deletion to finish or retry DeleteWorkspace",
+                record.id
+            ),
         )),
         WorkspaceState::Creating => Err(Error::new(
             Reason::InvalidStateTransition,

@@ -30,7 +30,10 @@ impl<E> Clone for OperationLog<E> {
 impl<E: Clone + Send + 'static> OperationLog<E> {
     /// An empty, unfinished log.
     pub fn new() -> Self {
-        Self { state: Arc::new(Mutex::new(LogState { events: Vec::new(), outcome: None })), changed: Arc::new(Notify::new()) }
+        Self {
+            state: Arc::new(Mutex::new(LogState { events: Vec::new(), outcome: None })),
+            changed: Arc::new(Notify::new()),
+        }
     }
 
     /// Appends an event (callable from blocking threads too).

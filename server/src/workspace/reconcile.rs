@@ -26,7 +26,8 @@ impl Manager {
     /// Brings containerd in line with the store. Errors for one workspace mark it FAILED and
     /// do not stop the others.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
-        let mut report = ReconcileReport { stale_leases: self.runtime.remove_stale_leases().await?, ..Default::default() };
+        let mut report =
+            ReconcileReport { stale_leases: self.runtime.remove_stale_leases().await?, ..Default::default() };
         let mut known = HashSet::new();
         let mut after: Option<String> = None;
         loop {
@@ -47,7 +48,12 @@ impl Manager {
             }
             warn!(container_id = %id, namespace = %self.config.namespace, "container not known to the store; left alone");
             if let Ok(workspace_id) = WorkspaceId::parse(&id) {
-                self.event(&workspace_id, "orphan_detected", "container in the namespace that berth's store does not know").await;
+                self.event(
+                    &workspace_id,
+                    "orphan_detected",
+                    "container in the namespace that berth's store does not know",
+                )
+                .await;
             }
             report.orphans.push(id);
         }

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use async_trait::async_trait;
+
 use containerd_client::services::v1::container::Runtime as ContainerRuntime;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
@@ -11,20 +13,21 @@ use containerd_client::services::v1::snapshots::{
     MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
 };
 use containerd_client::services::v1::tasks_client::TasksClient;
+use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
-    Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
-    DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetContainerRequest, GetRequest,
-    KillRequest, ListContainersRequest, ListPidsRequest, ListRequest as ListLeasesRequest, StartRequest, WaitRequest,
+    Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest, DeleteContainerRequest,
+    DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest, GetContainerRequest, GetRequest, KillRequest,
+    ListContainersRequest, ListPidsRequest, ListRequest as ListLeasesRequest, StartRequest, WaitRequest,
 };
 use containerd_client::types::v1::Status as ProcessStatus;
 use tonic::Code;
 use tracing::{debug, warn};
 
 use super::client::{leased_request, request};
-use super::{Containerd, SNAPSHOTTER, spec};
+use super::{Containerd, PING_TIMEOUT, SNAPSHOTTER, pull, spec};
 use crate::data::MountSpec;
 use crate::error::{Error, Result};
-use crate::runtime::{ContainerSpec, TaskState};
+use crate::runtime::{ContainerSpec, PullPolicy, PullProgress, PulledImage, Runtime, TaskState};
 
 /// The shim every workspace runs under.
 pub const RUNTIME_NAME: &str = "io.containerd.runc.v2";
@@ -54,28 +57,8 @@ impl Containerd {
         SnapshotsClient::new(self.channel.clone())
     }
 
-    /// Creates the container and (unless it still exists) its writable snapshot, both under a
-    /// short lease so a GC between the two cannot collect the snapshot.
-    pub(super) async fn create_container_impl(&self, spec: &ContainerSpec<'_>) -> Result<()> {
-        let lease = format!("{LEASE_PREFIX}create-{}", spec.id);
-        let expire = time::OffsetDateTime::now_utc() + Duration::from_secs(600);
-        let labels = HashMap::from([("containerd.io/gc.expire".to_owned(), rfc3339(expire))]);
-        let mut leases = LeasesClient::new(self.channel.clone());
-        match leases.create(request(&self.namespace, CreateLeaseRequest { id: lease.clone(), labels })).await {
-            Ok(_) => {}
-            Err(status) if is(&status, Code::AlreadyExists) => {}
-            Err(status) => return Err(self.map_status("lease create", status)),
-        }
-        let result = self.create_container_leased(spec, &lease).await;
-        let delete = DeleteLeaseRequest { id: lease, sync: false };
-        if let Err(status) = leases.delete(request(&self.namespace, delete)).await {
-            warn!(error = %status.message(), "cannot delete the create lease; it expires by itself");
-        }
-        result
-    }
-
     async fn create_container_leased(&self, spec: &ContainerSpec<'_>, lease: &str) -> Result<()> {
-        if !self.snapshot_exists_impl(spec.snapshot_key).await? {
+        if !self.snapshot_exists(spec.snapshot_key).await? {
             let prepare = PrepareSnapshotRequest {
                 snapshotter: SNAPSHOTTER.to_owned(),
                 key: spec.snapshot_key.to_owned(),
@@ -128,7 +111,64 @@ impl Containerd {
         Ok(())
     }
 
-    pub(super) async fn container_exists_impl(&self, id: &str) -> Result<bool> {
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        let kill = KillRequest { container_id: id.to_owned(), exec_id: String::new(), signal, all };
+        match self.tasks().kill(request(&self.namespace, kill)).await {
+            Ok(_) => Ok(()),
+            // The process already finished: nothing to signal.
+            Err(status) if is(&status, Code::NotFound) => Ok(()),
+            Err(status) => Err(self.map_status("task kill", status)),
+        }
+    }
+
+    async fn delete_task(&self, id: &str) -> Result<()> {
+        match self.tasks().delete(request(&self.namespace, DeleteTaskRequest { container_id: id.to_owned() })).await {
+            Ok(_) => Ok(()),
+            Err(status) if is(&status, Code::NotFound) => Ok(()),
+            Err(status) => Err(self.map_status("task delete", status)),
+        }
+    }
+}
+
+#[async_trait]
+impl Runtime for Containerd {
+    async fn ping(&self) -> Result<String> {
+        let mut client = VersionClient::new(self.channel.clone());
+        let call = client.version(());
+        let response = match tokio::time::timeout(PING_TIMEOUT, call).await {
+            Ok(response) => response.map_err(|status| self.map_status("version", status))?,
+            Err(_) => return Err(self.map_status("version", tonic::Status::deadline_exceeded("no answer within 3 s"))),
+        };
+        Ok(response.into_inner().version)
+    }
+
+    fn normalize_image(&self, reference: &str) -> Result<String> {
+        pull::normalize_reference(reference)
+    }
+
+    async fn pull_image(&self, reference: &str, policy: PullPolicy, progress: &PullProgress) -> Result<PulledImage> {
+        self.puller.pull(reference, policy, progress).await
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec<'_>) -> Result<()> {
+        let lease = format!("{LEASE_PREFIX}create-{}", spec.id);
+        let expire = time::OffsetDateTime::now_utc() + Duration::from_secs(600);
+        let labels = HashMap::from([("containerd.io/gc.expire".to_owned(), rfc3339(expire))]);
+        let mut leases = LeasesClient::new(self.channel.clone());
+        match leases.create(request(&self.namespace, CreateLeaseRequest { id: lease.clone(), labels })).await {
+            Ok(_) => {}
+            Err(status) if is(&status, Code::AlreadyExists) => {}
+            Err(status) => return Err(self.map_status("lease create", status)),
+        }
+        let result = self.create_container_leased(spec, &lease).await;
+        let delete = DeleteLeaseRequest { id: lease, sync: false };
+        if let Err(status) = leases.delete(request(&self.namespace, delete)).await {
+            warn!(error = %status.message(), "cannot delete the create lease; it expires by itself");
+        }
+        result
+    }
+
+    async fn container_exists(&self, id: &str) -> Result<bool> {
         match self.containers().get(request(&self.namespace, GetContainerRequest { id: id.to_owned() })).await {
             Ok(_) => Ok(true),
             Err(status) if is(&status, Code::NotFound) => Ok(false),
@@ -136,8 +176,7 @@ impl Containerd {
         }
     }
 
-    /// Ids of every container in the namespace.
-    pub(super) async fn list_containers_impl(&self) -> Result<Vec<String>> {
+    async fn list_containers(&self) -> Result<Vec<String>> {
         let response = self
             .containers()
             .list(request(&self.namespace, ListContainersRequest { filters: Vec::new() }))
@@ -146,9 +185,8 @@ impl Containerd {
         Ok(response.into_inner().containers.into_iter().map(|container| container.id).collect())
     }
 
-    /// Deletes the task (if any), then the container; missing pieces are fine.
-    pub(super) async fn delete_container_impl(&self, id: &str) -> Result<()> {
-        self.stop_task_impl(id, Duration::ZERO).await?;
+    async fn delete_container(&self, id: &str) -> Result<()> {
+        self.stop_task(id, Duration::ZERO).await?;
         match self.containers().delete(request(&self.namespace, DeleteContainerRequest { id: id.to_owned() })).await {
             Ok(_) => Ok(()),
             Err(status) if is(&status, Code::NotFound) => Ok(()),
@@ -156,7 +194,7 @@ impl Containerd {
         }
     }
 
-    pub(super) async fn snapshot_exists_impl(&self, key: &str) -> Result<bool> {
+    async fn snapshot_exists(&self, key: &str) -> Result<bool> {
         let stat = StatSnapshotRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() };
         match self.snapshots().stat(request(&self.namespace, stat)).await {
             Ok(_) => Ok(true),
@@ -165,7 +203,7 @@ impl Containerd {
         }
     }
 
-    pub(super) async fn snapshot_mounts_impl(&self, key: &str) -> Result<Vec<MountSpec>> {
+    async fn snapshot_mounts(&self, key: &str) -> Result<Vec<MountSpec>> {
         let mounts = MountsRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() };
         let response = self
             .snapshots()
@@ -180,7 +218,7 @@ impl Containerd {
             .collect())
     }
 
-    pub(super) async fn remove_snapshot_impl(&self, key: &str) -> Result<()> {
+    async fn remove_snapshot(&self, key: &str) -> Result<()> {
         let remove = RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() };
         match self.snapshots().remove(request(&self.namespace, remove)).await {
             Ok(_) => Ok(()),
@@ -189,17 +227,15 @@ impl Containerd {
         }
     }
 
-    /// Creates and starts the task on the container's snapshot; a stale stopped task from an
-    /// earlier run is deleted first. Returns the host pid of PID 1.
-    pub(super) async fn start_task_impl(&self, id: &str, snapshot_key: &str) -> Result<u32> {
-        if let Some(task) = self.task_impl(id).await? {
+    async fn start_task(&self, id: &str, snapshot_key: &str) -> Result<u32> {
+        if let Some(task) = self.task(id).await? {
             if task.running {
                 return Ok(task.pid);
             }
             self.delete_task(id).await?;
         }
         let rootfs = self
-            .snapshot_mounts_impl(snapshot_key)
+            .snapshot_mounts(snapshot_key)
             .await?
             .into_iter()
             .map(|mount| containerd_client::types::Mount {
@@ -223,10 +259,8 @@ impl Containerd {
         Ok(response.into_inner().pid)
     }
 
-    /// SIGTERM, then SIGKILL to all processes after `timeout`, then deletes the task.
-    /// A missing task is fine.
-    pub(super) async fn stop_task_impl(&self, id: &str, timeout: Duration) -> Result<()> {
-        let Some(task) = self.task_impl(id).await? else {
+    async fn stop_task(&self, id: &str, timeout: Duration) -> Result<()> {
+        let Some(task) = self.task(id).await? else {
             return Ok(());
         };
         if task.running {
@@ -240,7 +274,9 @@ impl Containerd {
             let started = SystemTime::now();
             self.kill(id, SIGTERM, false).await?;
             match tokio::time::timeout(timeout, exited).await {
-                Ok(_) => debug!(workspace_id = id, elapsed = ?started.elapsed().unwrap_or_default(), "task exited on SIGTERM"),
+                Ok(_) => {
+                    debug!(workspace_id = id, elapsed = ?started.elapsed().unwrap_or_default(), "task exited on SIGTERM")
+                }
                 Err(_) => {
                     debug!(workspace_id = id, "task ignored SIGTERM; sending SIGKILL to all");
                     self.kill(id, SIGKILL, true).await?;
@@ -256,25 +292,7 @@ impl Containerd {
         self.delete_task(id).await
     }
 
-    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
-        let kill = KillRequest { container_id: id.to_owned(), exec_id: String::new(), signal, all };
-        match self.tasks().kill(request(&self.namespace, kill)).await {
-            Ok(_) => Ok(()),
-            // The process already finished: nothing to signal.
-            Err(status) if is(&status, Code::NotFound) => Ok(()),
-            Err(status) => Err(self.map_status("task kill", status)),
-        }
-    }
-
-    async fn delete_task(&self, id: &str) -> Result<()> {
-        match self.tasks().delete(request(&self.namespace, DeleteTaskRequest { container_id: id.to_owned() })).await {
-            Ok(_) => Ok(()),
-            Err(status) if is(&status, Code::NotFound) => Ok(()),
-            Err(status) => Err(self.map_status("task delete", status)),
-        }
-    }
-
-    pub(super) async fn task_impl(&self, id: &str) -> Result<Option<TaskState>> {
+    async fn task(&self, id: &str) -> Result<Option<TaskState>> {
         let get = GetRequest { container_id: id.to_owned(), exec_id: String::new() };
         match self.tasks().get(request(&self.namespace, get)).await {
             Ok(response) => Ok(response.into_inner().process.map(|process| TaskState {
@@ -286,8 +304,7 @@ impl Containerd {
         }
     }
 
-    /// Processes in the container besides PID 1.
-    pub(super) async fn process_count_impl(&self, id: &str) -> Result<u32> {
+    async fn process_count(&self, id: &str) -> Result<u32> {
         match self.tasks().list_pids(request(&self.namespace, ListPidsRequest { container_id: id.to_owned() })).await {
             Ok(response) => Ok((response.into_inner().processes.len() as u32).saturating_sub(1)),
             Err(status) if is(&status, Code::NotFound) => Ok(0),
@@ -295,8 +312,7 @@ impl Containerd {
         }
     }
 
-    /// Deletes every lease berth left behind (a crash mid-create or mid-pull); returns how many.
-    pub(super) async fn remove_stale_leases_impl(&self) -> Result<u32> {
+    async fn remove_stale_leases(&self) -> Result<u32> {
         let mut leases = LeasesClient::new(self.channel.clone());
         let response = leases
             .list(request(&self.namespace, ListLeasesRequest { filters: Vec::new() }))
@@ -308,7 +324,10 @@ impl Containerd {
                 continue;
             }
             let delete = DeleteLeaseRequest { id: lease.id, sync: false };
-            leases.delete(request(&self.namespace, delete)).await.map_err(|status| self.map_status("lease delete", status))?;
+            leases
+                .delete(request(&self.namespace, delete))
+                .await
+                .map_err(|status| self.map_status("lease delete", status))?;
             removed += 1;
         }
         Ok(removed)

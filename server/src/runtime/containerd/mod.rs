@@ -5,21 +5,17 @@ mod container;
 mod content;
 pub mod pull;
 mod registry;
-mod unpack;
 mod spec;
+mod unpack;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use containerd_client::services::v1::version_client::VersionClient;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
 pub use self::container::RUNTIME_NAME;
 pub use self::pull::RegistryOptions;
-use super::{ContainerSpec, PullPolicy, PullProgress, PulledImage, TaskState};
-use crate::data::MountSpec;
 use crate::error::{Error, Reason, Result};
 
 /// The snapshotter every workspace uses.
@@ -29,7 +25,8 @@ pub const SNAPSHOTTER: &str = "overlayfs";
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Where catatonit is looked for when it is not on PATH.
-const INIT_CANDIDATES: [&str; 3] = ["/usr/bin/catatonit", "/usr/libexec/catatonit/catatonit", "/usr/local/bin/catatonit"];
+const INIT_CANDIDATES: [&str; 3] =
+    ["/usr/bin/catatonit", "/usr/libexec/catatonit/catatonit", "/usr/local/bin/catatonit"];
 
 /// A containerd client bound to one namespace.
 #[derive(Clone)]
@@ -88,73 +85,4 @@ fn find_init() -> Result<PathBuf> {
                 "catatonit is not installed; berth runs it as PID 1 of every workspace: apt-get install catatonit",
             )
         })
-}
-
-#[async_trait]
-impl super::Runtime for Containerd {
-    async fn ping(&self) -> Result<String> {
-        let mut client = VersionClient::new(self.channel.clone());
-        let call = client.version(());
-        let response = match tokio::time::timeout(PING_TIMEOUT, call).await {
-            Ok(response) => response.map_err(|status| self.map_status("version", status))?,
-            Err(_) => return Err(self.map_status("version", tonic::Status::deadline_exceeded("no answer within 3 s"))),
-        };
-        Ok(response.into_inner().version)
-    }
-
-    fn normalize_image(&self, reference: &str) -> Result<String> {
-        pull::normalize_reference(reference)
-    }
-
-    async fn pull_image(&self, reference: &str, policy: PullPolicy, progress: &PullProgress) -> Result<PulledImage> {
-        self.puller.pull(reference, policy, progress).await
-    }
-
-    async fn create_container(&self, spec: &ContainerSpec<'_>) -> Result<()> {
-        self.create_container_impl(spec).await
-    }
-
-    async fn container_exists(&self, id: &str) -> Result<bool> {
-        self.container_exists_impl(id).await
-    }
-
-    async fn list_containers(&self) -> Result<Vec<String>> {
-        self.list_containers_impl().await
-    }
-
-    async fn delete_container(&self, id: &str) -> Result<()> {
-        self.delete_container_impl(id).await
-    }
-
-    async fn snapshot_exists(&self, key: &str) -> Result<bool> {
-        self.snapshot_exists_impl(key).await
-    }
-
-    async fn snapshot_mounts(&self, key: &str) -> Result<Vec<MountSpec>> {
-        self.snapshot_mounts_impl(key).await
-    }
-
-    async fn remove_snapshot(&self, key: &str) -> Result<()> {
-        self.remove_snapshot_impl(key).await
-    }
-
-    async fn start_task(&self, id: &str, snapshot_key: &str) -> Result<u32> {
-        self.start_task_impl(id, snapshot_key).await
-    }
-
-    async fn stop_task(&self, id: &str, timeout: Duration) -> Result<()> {
-        self.stop_task_impl(id, timeout).await
-    }
-
-    async fn task(&self, id: &str) -> Result<Option<TaskState>> {
-        self.task_impl(id).await
-    }
-
-    async fn process_count(&self, id: &str) -> Result<u32> {
-        self.process_count_impl(id).await
-    }
-
-    async fn remove_stale_leases(&self) -> Result<u32> {
-        self.remove_stale_leases_impl().await
-    }
 }

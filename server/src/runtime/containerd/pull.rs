@@ -319,8 +319,12 @@ impl Puller {
                 Ok::<String, Error>(blob.digest)
             });
         }
+        // The starting point goes out at once, so even a pull faster than one tick shows its
+        // bytes growing from here to the final snapshot.
+        let _ = progress.send(tracker.event()).await;
         let mut ticker = tokio::time::interval(PROGRESS_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
         let mut sent = 0;
         loop {
             tokio::select! {

@@ -72,7 +72,12 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
                 .map_err(invalid)?,
         )
         .rlimits(vec![
-            PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitNofile).hard(1024u64).soft(1024u64).build().map_err(invalid)?,
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .hard(1024u64)
+                .soft(1024u64)
+                .build()
+                .map_err(invalid)?,
         ])
         .no_new_privileges(true)
         .build()
@@ -162,7 +167,12 @@ fn mounts(input: &SpecInput<'_>) -> oci_spec::Result<Vec<Mount>> {
     Ok(vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
-        mount("/dev/pts", "devpts", "devpts", &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"])?,
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        )?,
         mount("/dev/shm", "tmpfs", "shm", &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"])?,
         mount("/dev/mqueue", "mqueue", "mqueue", &["nosuid", "noexec", "nodev"])?,
         mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"])?,
@@ -223,7 +233,8 @@ mod tests {
 
     #[test]
     fn spec_has_init_limits_and_cgroup_path() {
-        let image = ImageConfig { env: vec!["PATH=/bin".to_owned()], working_dir: "/work".to_owned(), ..Default::default() };
+        let image =
+            ImageConfig { env: vec!["PATH=/bin".to_owned()], working_dir: "/work".to_owned(), ..Default::default() };
         let env = BTreeMap::new();
         let spec = build(&SpecInput {
             id: "bot-1",

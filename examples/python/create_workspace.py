@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Creates a berth workspace and prints its progress, then its final state.
+
+    python create_workspace.py --id my-bot --image docker.io/library/debian:bookworm
+    python create_workspace.py --server http://127.0.0.1:50051 --id my-bot --delete
+
+Needs the berth SDK (`pip install ./sdk/python` from the repository root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import grpc
+
+import berth
+from berth import workspace_pb2
+from berth import workspace_service_pb2 as ws
+
+
+def mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def state_name(state: workspace_pb2.WorkspaceState.ValueType) -> str:
+    return workspace_pb2.WorkspaceState.Name(state).removeprefix("WORKSPACE_STATE_")
+
+
+def print_event(event: ws.CreateWorkspaceResponse) -> None:
+    """Prints one progress event as a line: the phase, then its numbers."""
+    phase = event.WhichOneof("event")
+    if event.HasField("pulling"):
+        pulling = event.pulling
+        print(
+            f"pulling {pulling.image} "
+            f"({pulling.total_layers} layers, {pulling.total_bytes} bytes)"
+        )
+    elif event.HasField("pull_progress"):
+        done, total = event.pull_progress.offset_bytes, event.pull_progress.total_bytes
+        percent = 100 * done // total if total else 0
+        layers = " ".join(
+            workspace_pb2.LayerState.Name(layer.state).removeprefix("LAYER_STATE_").lower()
+            for layer in event.pull_progress.layers
+        )
+        print(
+            f"pull_progress {done}/{total} bytes ({percent}%, {mib(done)} of {mib(total)}) "
+            f"layers: {layers}"
+        )
+    elif event.HasField("unpacking"):
+        print(f"unpacking {event.unpacking.layers_done}/{event.unpacking.total_layers} layers")
+    elif event.HasField("creating"):
+        print("creating")
+    elif event.HasField("restoring"):
+        print(f"restoring {event.restoring.bytes_done}/{event.restoring.total_bytes} bytes")
+    elif event.HasField("ready"):
+        w = event.ready.workspace
+        print(f"ready {w.workspace_id}: {state_name(w.state)} ({w.image}@{w.image_digest})")
+    else:
+        print(f"unknown event {phase}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--server",
+        default=os.environ.get("BERTH_SERVER", "127.0.0.1:50051"),
+        help="berth address, host:port or http://host:port (default: $BERTH_SERVER or "
+        "127.0.0.1:50051)",
+    )
+    parser.add_argument("--id", required=True, help="workspace id, for example the bot's id")
+    parser.add_argument("--image", default="", help="image reference (default: the server's)")
+    parser.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="label (repeatable)"
+    )
+    parser.add_argument("--restore-data", action="store_true", help="restore preserved /data")
+    parser.add_argument("--delete", action="store_true", help="delete the workspace at the end")
+    args = parser.parse_args()
+
+    labels: dict[str, str] = {}
+    for label in args.label:
+        key, sep, value = label.partition("=")
+        if not sep or not key:
+            parser.error(f"--label {label!r}: expected KEY=VALUE")
+        labels[key] = value
+    request = ws.CreateWorkspaceRequest(
+        workspace_id=args.id, image=args.image, labels=labels, restore_data=args.restore_data
+    )
+    try:
+        with berth.connect(args.server) as client:
+            for event in client.workspaces.CreateWorkspace(request):
+                print_event(event)
+            workspace = client.workspaces.GetWorkspace(
+                ws.GetWorkspaceRequest(workspace_id=args.id)
+            ).workspace
+            print(f"state {state_name(workspace.state)}")
+            if args.delete:
+                client.workspaces.DeleteWorkspace(ws.DeleteWorkspaceRequest(workspace_id=args.id))
+                print(f"deleted {args.id}")
+    except grpc.RpcError as err:
+        # The status code and berth's ErrorInfo reason, e.g. "NOT_FOUND IMAGE_NOT_FOUND: ...".
+        print(f"error: {berth.error_info(err) or err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

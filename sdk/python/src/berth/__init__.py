@@ -1,0 +1,55 @@
+"""Python SDK of berth: persistent Linux workspaces (containerd containers) over gRPC.
+
+    import berth
+    from berth import workspace_service_pb2 as ws
+
+    with berth.connect("127.0.0.1:50051") as client:
+        for event in client.workspaces.CreateWorkspace(
+            ws.CreateWorkspaceRequest(workspace_id="bot-1", image="debian:bookworm")
+        ):
+            print(event.WhichOneof("event"))
+
+:func:`connect` gives a synchronous :class:`Client`, :func:`berth.aio.connect` an asyncio one.
+Their ``workspaces``, ``files`` and ``processes`` are the generated gRPC stubs; the request and
+response messages are in the re-exported ``*_pb2`` modules (generated from
+``proto/berth/workspace/v1``). :func:`error_info` reads the status code and berth's ErrorInfo
+reason of a failed call.
+"""
+
+from berth import aio as aio
+from berth._client import ChannelOptions as ChannelOptions
+from berth._client import Client as Client
+from berth._client import connect as connect
+from berth.errors import ERROR_DOMAIN as ERROR_DOMAIN
+from berth.errors import BerthError as BerthError
+from berth.errors import error_info as error_info
+from berth.errors import is_reason as is_reason
+from berth.workspace.v1 import error_reason_pb2 as error_reason_pb2
+from berth.workspace.v1 import filesystem_service_pb2 as filesystem_service_pb2
+from berth.workspace.v1 import filesystem_service_pb2_grpc as filesystem_service_pb2_grpc
+from berth.workspace.v1 import process_service_pb2 as process_service_pb2
+from berth.workspace.v1 import process_service_pb2_grpc as process_service_pb2_grpc
+from berth.workspace.v1 import workspace_pb2 as workspace_pb2
+from berth.workspace.v1 import workspace_service_pb2 as workspace_service_pb2
+from berth.workspace.v1 import workspace_service_pb2_grpc as workspace_service_pb2_grpc
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ERROR_DOMAIN",
+    "BerthError",
+    "ChannelOptions",
+    "Client",
+    "aio",
+    "connect",
+    "error_info",
+    "error_reason_pb2",
+    "filesystem_service_pb2",
+    "filesystem_service_pb2_grpc",
+    "is_reason",
+    "process_service_pb2",
+    "process_service_pb2_grpc",
+    "workspace_pb2",
+    "workspace_service_pb2",
+    "workspace_service_pb2_grpc",
+]

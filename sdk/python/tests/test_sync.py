@@ -1,0 +1,146 @@
+"""The synchronous client against a live berth: a workspace's whole life, and errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from helpers import LABEL_KEY, check_create_progress, unique_id
+
+import berth
+from berth import workspace_pb2
+from berth import workspace_service_pb2 as ws
+
+TIMEOUT = 60.0
+
+
+def _delete_quietly(client: berth.Client, workspace_id: str) -> None:
+    try:
+        client.workspaces.DeleteWorkspace(
+            ws.DeleteWorkspaceRequest(workspace_id=workspace_id), timeout=TIMEOUT
+        )
+    except grpc.RpcError as err:
+        info = berth.error_info(err)
+        if info is None or info.code != grpc.StatusCode.NOT_FOUND:
+            raise
+
+
+def _expect_not_found(client: berth.Client, workspace_id: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        client.workspaces.GetWorkspace(
+            ws.GetWorkspaceRequest(workspace_id=workspace_id), timeout=TIMEOUT
+        )
+    info = berth.error_info(caught.value)
+    assert info is not None, caught.value
+    assert info.code == grpc.StatusCode.NOT_FOUND, info
+    assert info.reason == "WORKSPACE_NOT_FOUND", info
+    assert info.error_reason == berth.error_reason_pb2.WORKSPACE_NOT_FOUND
+    assert workspace_id in info.message, info
+    assert berth.is_reason(caught.value, "WORKSPACE_NOT_FOUND")
+    assert berth.is_reason(caught.value, berth.error_reason_pb2.WORKSPACE_NOT_FOUND)
+    assert not berth.is_reason(caught.value, "WORKSPACE_ALREADY_EXISTS")
+
+
+def test_workspace_lifecycle(
+    server: str, image: str, forget_image: Callable[[str], None]
+) -> None:
+    workspace_id = unique_id("py-sync")
+    labels = {LABEL_KEY: workspace_id}
+    with berth.connect(server) as client:
+        try:
+            # Create from a cold image: progress phases in order, pull bytes growing.
+            forget_image(image)
+            events = list(
+                client.workspaces.CreateWorkspace(
+                    ws.CreateWorkspaceRequest(
+                        workspace_id=workspace_id, image=image, labels=labels
+                    ),
+                    timeout=TIMEOUT,
+                )
+            )
+            created = check_create_progress(
+                events, workspace_id=workspace_id, pulled=True, restored=False
+            )
+            assert dict(created.labels) == labels
+
+            # Get.
+            got = client.workspaces.GetWorkspace(
+                ws.GetWorkspaceRequest(workspace_id=workspace_id), timeout=TIMEOUT
+            ).workspace
+            assert got.workspace_id == workspace_id
+            assert got.state == workspace_pb2.WORKSPACE_STATE_RUNNING
+            assert got.desired_state == workspace_pb2.DESIRED_STATE_RUNNING
+            assert got.image_digest.startswith("sha256:")
+            assert dict(got.labels) == labels
+
+            # List with a label selector: found with its value, not with another.
+            listed = client.workspaces.ListWorkspaces(
+                ws.ListWorkspacesRequest(label_selector=f"{LABEL_KEY}={workspace_id}"),
+                timeout=TIMEOUT,
+            )
+            assert [w.workspace_id for w in listed.workspaces] == [workspace_id]
+            others = client.workspaces.ListWorkspaces(
+                ws.ListWorkspacesRequest(label_selector=f"{LABEL_KEY}={workspace_id}-other"),
+                timeout=TIMEOUT,
+            )
+            assert list(others.workspaces) == []
+
+            # Stop, then start.
+            stopped = client.workspaces.StopWorkspace(
+                ws.StopWorkspaceRequest(workspace_id=workspace_id, timeout=Duration(seconds=2)),
+                timeout=TIMEOUT,
+            ).workspace
+            assert stopped.state == workspace_pb2.WORKSPACE_STATE_STOPPED
+            assert stopped.desired_state == workspace_pb2.DESIRED_STATE_STOPPED
+            started = client.workspaces.StartWorkspace(
+                ws.StartWorkspaceRequest(workspace_id=workspace_id), timeout=TIMEOUT
+            ).workspace
+            assert started.state == workspace_pb2.WORKSPACE_STATE_RUNNING
+            assert started.desired_state == workspace_pb2.DESIRED_STATE_RUNNING
+
+            # Delete preserving /data, then create again restoring it.
+            client.workspaces.DeleteWorkspace(
+                ws.DeleteWorkspaceRequest(workspace_id=workspace_id, preserve_data=True),
+                timeout=TIMEOUT,
+            )
+            _expect_not_found(client, workspace_id)
+            events = list(
+                client.workspaces.CreateWorkspace(
+                    ws.CreateWorkspaceRequest(
+                        workspace_id=workspace_id, image=image, labels=labels, restore_data=True
+                    ),
+                    timeout=TIMEOUT,
+                )
+            )
+            restored = check_create_progress(
+                events, workspace_id=workspace_id, pulled=False, restored=True
+            )
+            assert not restored.has_preserved_data
+
+            client.workspaces.DeleteWorkspace(
+                ws.DeleteWorkspaceRequest(workspace_id=workspace_id), timeout=TIMEOUT
+            )
+            _expect_not_found(client, workspace_id)
+        finally:
+            _delete_quietly(client, workspace_id)
+
+
+def test_error_of_unknown_workspace(server: str) -> None:
+    with berth.connect(server) as client:
+        _expect_not_found(client, unique_id("py-sync-unknown"))
+
+
+def test_error_of_invalid_id_on_a_stream(server: str) -> None:
+    with berth.connect(server) as client:
+        with pytest.raises(grpc.RpcError) as caught:
+            list(
+                client.workspaces.CreateWorkspace(
+                    ws.CreateWorkspaceRequest(workspace_id="Not A Valid Id"), timeout=TIMEOUT
+                )
+            )
+    info = berth.error_info(caught.value)
+    assert info is not None
+    assert (info.code, info.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_WORKSPACE_ID")
+    assert str(info).startswith("INVALID_ARGUMENT INVALID_WORKSPACE_ID: ")
