@@ -172,6 +172,8 @@ impl fmt::Display for Reason {
 pub struct Error {
     reason: Reason,
     message: String,
+    /// Context for `google.rpc.ErrorInfo.metadata`, such as `workspace_id`.
+    metadata: Vec<(&'static str, String)>,
 }
 
 /// Result with the domain error.
@@ -180,7 +182,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error with a reason and a message saying what failed and what to do.
     pub fn new(reason: Reason, message: impl Into<String>) -> Self {
-        Self { reason, message: message.into() }
+        Self { reason, message: message.into(), metadata: Vec::new() }
+    }
+
+    /// Adds a metadata entry (context for programs, e.g. `workspace_id`).
+    pub fn with_metadata(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.metadata.push((key, value.into()));
+        self
+    }
+
+    /// The metadata entries.
+    pub fn metadata(&self) -> &[(&'static str, String)] {
+        &self.metadata
     }
 
     /// The machine-readable reason.
@@ -201,6 +214,7 @@ impl Error {
                 "workspace {workspace_id:?} does not exist; create it with CreateWorkspace or list existing ones with ListWorkspaces"
             ),
         )
+        .with_metadata("workspace_id", workspace_id)
     }
 
     /// The RPC is part of the contract but its behaviour is not built yet.

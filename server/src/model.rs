@@ -29,7 +29,8 @@ impl WorkspaceId {
                 format!(
                     "workspace id {raw:?} is invalid; use 1-63 characters of a-z, 0-9, '_', '.', '-' starting and ending with a letter or digit"
                 ),
-            ));
+            )
+            .with_metadata("workspace_id", raw));
         }
         Ok(Self(raw.to_owned()))
     }

@@ -57,7 +57,9 @@ fn code(reason: Reason) -> Code {
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
-        let details = ErrorDetails::with_error_info(err.reason().as_str(), ERROR_DOMAIN, HashMap::new());
+        let metadata: HashMap<String, String> =
+            err.metadata().iter().map(|(key, value)| ((*key).to_owned(), value.clone())).collect();
+        let details = ErrorDetails::with_error_info(err.reason().as_str(), ERROR_DOMAIN, metadata);
         Status::with_error_details(code(err.reason()), err.message(), details)
     }
 }
@@ -92,5 +94,6 @@ mod tests {
         let info = status.get_details_error_info().expect("error info attached");
         assert_eq!(info.reason, "WORKSPACE_NOT_FOUND");
         assert_eq!(info.domain, "berth.dev");
+        assert_eq!(info.metadata.get("workspace_id").map(String::as_str), Some("bot-1"));
     }
 }
