@@ -141,7 +141,7 @@ async fn create_streams_ordered_progress_and_runs_catatonit_as_pid_1() {
 
     // Inside: hostname, the image's layers and whiteout, env from caller and image.
     assert_eq!(testbed.exec(&server.namespace, "multi", &["hostname"]).trim(), "multi");
-    assert!(testbed.exec(&server.namespace, "multi", &["cat", "/etc/berth-layer2"]).len() > 0);
+    assert!(!testbed.exec(&server.namespace, "multi", &["cat", "/etc/berth-layer2"]).is_empty());
     let removed =
         testbed.exec(&server.namespace, "multi", &["sh", "-c", "test -e /opt/removed && echo present || echo absent"]);
     assert_eq!(removed.trim(), "absent", "the whiteout layer removed /opt/removed");
@@ -426,6 +426,18 @@ async fn bad_input_gets_precise_statuses_and_leaves_nothing_behind() {
         assert_eq!(status.code(), Code::NotFound);
         assert_eq!(error_reason(&status).as_deref(), Some("WORKSPACE_NOT_FOUND"));
     }
+    // A request_id identifies one create: reusing it for another is refused.
+    let mut first = create_request("with-request-id", &busybox);
+    first.request_id = "req-1".to_owned();
+    ready(&create(&mut client, first.clone()).await.unwrap());
+    assert_eq!(create(&mut client, first).await.unwrap().len(), 1, "a retried create answers with ready");
+    let mut reused = create_request("another-id", &busybox);
+    reused.request_id = "req-1".to_owned();
+    let status = create(&mut client, reused).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(error_reason(&status).as_deref(), Some("REQUEST_ID_REUSED"));
+    delete(&mut client, "with-request-id", false).await;
+
     let mut restore = create_request("nothing-preserved", &busybox);
     restore.restore_data = true;
     let status = create(&mut client, restore).await.unwrap_err();

@@ -110,12 +110,15 @@ impl Manager {
             last_start_time: None,
             last_stop_time: None,
         };
-        if let Err(err) = self.store.insert_workspace(&record).await {
+        let recorded = async {
+            if !request.request_id.is_empty() {
+                self.store.insert_request(&request.request_id, &id, &record.spec).await?;
+            }
+            self.store.insert_workspace(&record).await
+        };
+        if let Err(err) = recorded.await {
             self.creating.lock().expect("creating map").remove(&id);
             return Err(err);
-        }
-        if !request.request_id.is_empty() {
-            self.store.insert_request(&request.request_id, &id, &record.spec).await?;
         }
         let stream = operation.log.subscribe();
         let manager = self.clone();
