@@ -36,7 +36,7 @@ source .testbed/env
 export BERTH_BIN="$PWD/target/debug/berth"
 
 step "unit and end-to-end tests"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 step "SDK, example, CLI and browser tests against a live berth"
 scripts/test-sdks.sh
