@@ -210,7 +210,9 @@ async fn data_survives_stop_start_and_delete_preserve_then_create_restore() {
     assert_eq!(error_reason(&status).as_deref(), Some("PRESERVED_DATA_NOT_FOUND"));
 }
 
-#[tokio::test]
+// Multi-threaded: BerthServer::restart blocks this thread while the client connection must
+// keep answering the server's shutdown pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn desired_state_survives_restarts_and_killed_tasks_come_back() {
     let testbed = Testbed::from_env();
     let server = BerthServer::start(&testbed);
@@ -444,7 +446,9 @@ async fn bad_input_gets_precise_statuses_and_leaves_nothing_behind() {
     assert_eq!(error_reason(&status).as_deref(), Some("PRESERVED_DATA_NOT_FOUND"));
 }
 
-#[tokio::test]
+// Multi-threaded: BerthServer::restart blocks this thread while the client connection must
+// keep answering the server's shutdown pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_create_leaves_no_orphans_after_the_next_boot() {
     let testbed = Testbed::from_env();
     let server = BerthServer::start(&testbed);
