@@ -130,7 +130,7 @@ async fn run(config: Config, listener: tokio::net::TcpListener, containerd: Cont
         Arc::new(containerd),
     ));
     if let Err(err) = manager.reconcile().await {
-        warn!(error = %err, "reconcile at boot failed; workspaces are reconciled on their next operation");
+        warn!(error = %err, "reconcile at boot failed (the store could not be read); restart berth to retry");
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

@@ -12,4 +12,4 @@ mod tests;
 
 pub use archive::{ArchiveFormat, ArchiveSummary, preserve_to_file, write_archive};
 pub use extract::{empty_dir, extract_archive, restore_from_file};
-pub use mount::{MountSpec, MountedRootfs, data_dir};
+pub use mount::{MountSpec, MountedRootfs, clear_stale_mounts, data_dir};

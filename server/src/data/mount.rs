@@ -98,6 +98,25 @@ impl Drop for MountedRootfs {
     }
 }
 
+/// Unmounts and removes every mount point a crash left under `dir` (berth mounts stopped
+/// workspaces' root filesystems there for moments); returns how many it cleared. A leftover
+/// overlay mount would make the workspace's next start fail with EBUSY.
+pub fn clear_stale_mounts(dir: &Path) -> u32 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut cleared = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        // EINVAL: not a mount point (the crash hit between mkdir and mount).
+        let _ = umount2(&path, MntFlags::MNT_DETACH);
+        if fs::remove_dir(&path).is_ok() {
+            cleared += 1;
+        }
+    }
+    cleared
+}
+
 /// Returns `rootfs/data`, creating it with mode 0755 when absent. An existing `data` that is a
 /// symlink or not a directory is an error: following it could leave the rootfs.
 pub fn data_dir(rootfs: &Path) -> Result<PathBuf> {

@@ -2,11 +2,12 @@
 //! image, creates the container, prepares (and optionally restores) /data and starts PID 1.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::Stream;
+use futures::{FutureExt as _, Stream};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -110,22 +111,24 @@ impl Manager {
             last_start_time: None,
             last_stop_time: None,
         };
-        let recorded = async {
-            if !request.request_id.is_empty() {
-                self.store.insert_request(&request.request_id, &id, &record.spec).await?;
-            }
-            self.store.insert_workspace(&record).await
-        };
-        if let Err(err) = recorded.await {
-            self.creating.lock().expect("creating map").remove(&id);
-            return Err(err);
-        }
         let stream = operation.log.subscribe();
         let manager = self.clone();
+        // Everything from here runs in its own task: a caller that goes away mid-way cannot
+        // leave the in-flight entry (or a half-written record) behind.
         tokio::spawn(async move {
-            let lock = manager.lock_for(&id);
-            let _guard = lock.lock().await;
-            let outcome = manager.run_create(record, request.pull_policy, request.restore_data, &operation.log).await;
+            let create = async {
+                let lock = manager.lock_for(&id);
+                let _guard = lock.lock().await;
+                if !request.request_id.is_empty() {
+                    manager.store.insert_request(&request.request_id, &id, &record.spec).await?;
+                }
+                manager.store.insert_workspace(&record).await?;
+                manager.run_create(record, request.pull_policy, request.restore_data, &operation.log).await
+            };
+            let outcome = AssertUnwindSafe(create)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| Err(Error::internal("the create task panicked; see the server log")));
             manager.creating.lock().expect("creating map").remove(&id);
             operation.log.finish(outcome);
         });
@@ -190,6 +193,9 @@ impl Manager {
                     existing.id
                 ),
             ));
+        }
+        if existing.state == WorkspaceState::Failed && existing.current_version == 0 {
+            return Err(failed_create(&existing));
         }
         if existing.spec != *spec {
             return Err(Error::new(
@@ -324,6 +330,11 @@ impl Manager {
     /// (rollback, delete, and reconcile of interrupted creates and deletes).
     pub(super) async fn remove_everything(&self, record: &WorkspaceRecord) -> Result<()> {
         self.runtime.delete_container(record.id.as_str()).await?;
+        self.remove_own_parts(record).await
+    }
+
+    /// Removes the snapshot, files and record of a workspace, leaving any container alone.
+    async fn remove_own_parts(&self, record: &WorkspaceRecord) -> Result<()> {
         self.runtime.remove_snapshot(&record.snapshot_key).await?;
         if let Err(err) = tokio::fs::remove_dir_all(self.workspace_dir(&record.id)).await
             && err.kind() != std::io::ErrorKind::NotFound
@@ -336,11 +347,19 @@ impl Manager {
     /// Rolls a failed create back; if containerd cannot clean up now, the workspace stays as
     /// FAILED so DeleteWorkspace or the next boot can finish the job.
     async fn roll_back(&self, record: &mut WorkspaceRecord, cause: &Error) {
-        let Err(err) = self.remove_everything(record).await else {
+        let removed = if cause.reason() == Reason::WorkspaceAlreadyExists {
+            // The container with this id is someone else's: remove only what this create made.
+            self.remove_own_parts(record).await
+        } else {
+            self.remove_everything(record).await
+        };
+        let Err(err) = removed else {
             return;
         };
         warn!(workspace_id = %record.id, error = %err, "rollback incomplete; marking the workspace failed");
         record.state = WorkspaceState::Failed;
+        // Never brought up again by a boot: a failed create is only ever deleted.
+        record.desired_state = DesiredState::Stopped;
         record.failure_reason = cause.reason().as_str().to_owned();
         record.failure_message = format!("{cause}; cleaning up also failed: {err}; delete the workspace");
         if let Err(err) = self.save(record).await {
@@ -352,6 +371,17 @@ impl Manager {
 /// The content of /etc/hosts of a workspace.
 fn hosts_file(id: &WorkspaceId) -> String {
     format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{id}\n")
+}
+
+/// The error for operations on a workspace whose create failed and could not be rolled back.
+pub(super) fn failed_create(record: &WorkspaceRecord) -> Error {
+    Error::new(
+        Reason::InvalidStateTransition,
+        format!(
+            "workspace {} failed to be created ({}); delete it, then create it again",
+            record.id, record.failure_message
+        ),
+    )
 }
 
 fn attach(id: &WorkspaceId, operation: &CreateOperation, spec: &WorkspaceSpec) -> Result<CreateStream> {

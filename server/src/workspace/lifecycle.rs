@@ -1,6 +1,8 @@
 //! Start, stop, delete and the /data operations (preserve, restore, reset) of a workspace.
 
+use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -13,9 +15,52 @@ use crate::model::{DesiredState, WorkspaceId, WorkspaceInfo, WorkspaceRecord, Wo
 use crate::runtime::{ContainerSpec, PullPolicy};
 
 impl Manager {
+    /// Starts a workspace; see [`Manager::start_now`].
+    pub async fn start(self: &Arc<Self>, workspace_id: &str) -> Result<WorkspaceInfo> {
+        let id = workspace_id.to_owned();
+        self.detached(|manager| async move { manager.start_now(&id).await }).await
+    }
+
+    /// Stops a workspace; see [`Manager::stop_now`].
+    pub async fn stop(self: &Arc<Self>, workspace_id: &str, timeout: Option<Duration>) -> Result<WorkspaceInfo> {
+        let id = workspace_id.to_owned();
+        self.detached(move |manager| async move { manager.stop_now(&id, timeout).await }).await
+    }
+
+    /// Deletes a workspace; see [`Manager::delete_now`].
+    pub async fn delete(self: &Arc<Self>, workspace_id: &str, preserve_data: bool) -> Result<()> {
+        let id = workspace_id.to_owned();
+        self.detached(move |manager| async move { manager.delete_now(&id, preserve_data).await }).await
+    }
+
+    /// Restores preserved /data; see [`Manager::restore_data_now`].
+    pub async fn restore_data(self: &Arc<Self>, workspace_id: &str) -> Result<WorkspaceInfo> {
+        let id = workspace_id.to_owned();
+        self.detached(|manager| async move { manager.restore_data_now(&id).await }).await
+    }
+
+    /// Empties /data; see [`Manager::reset_data_now`].
+    pub async fn reset_data(self: &Arc<Self>, workspace_id: &str) -> Result<WorkspaceInfo> {
+        let id = workspace_id.to_owned();
+        self.detached(|manager| async move { manager.reset_data_now(&id).await }).await
+    }
+
+    /// Runs a mutating operation in its own task, so a caller that goes away (client reset,
+    /// deadline) cannot cut it half-way: it finishes and releases the workspace lock.
+    async fn detached<T, F, Fut>(self: &Arc<Self>, operation: F) -> Result<T>
+    where
+        F: FnOnce(Arc<Self>) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(operation(self.clone()))
+            .await
+            .map_err(|err| Error::internal(format!("the workspace operation task failed: {err}")))?
+    }
+
     /// Starts a workspace (idempotent); a container that vanished is rebuilt from the store,
     /// keeping its snapshot when it still exists.
-    pub async fn start(&self, workspace_id: &str) -> Result<WorkspaceInfo> {
+    async fn start_now(&self, workspace_id: &str) -> Result<WorkspaceInfo> {
         let id = WorkspaceId::parse(workspace_id)?;
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
@@ -51,7 +96,8 @@ impl Manager {
     /// Re-creates a vanished container from the stored spec. Its snapshot is kept when it
     /// exists; otherwise a fresh one is prepared from the image (the old filesystem is gone).
     async fn rebuild_container(&self, record: &mut WorkspaceRecord) -> Result<()> {
-        let (progress, _ignored) = tokio::sync::mpsc::channel(1);
+        // Nobody watches a rebuild's pull: the receiver is dropped, so sends never wait.
+        let (progress, _) = tokio::sync::mpsc::channel(1);
         let image = self.runtime.pull_image(&record.spec.image, PullPolicy::IfNotPresent, &progress).await?;
         if !self.runtime.snapshot_exists(&record.snapshot_key).await? {
             warn!(workspace_id = %record.id, "the workspace snapshot is gone; rebuilding from the image");
@@ -79,7 +125,7 @@ impl Manager {
 
     /// Stops a workspace (idempotent): SIGTERM, SIGKILL to all after `timeout`, task deleted.
     /// The stop is persisted, so the workspace stays stopped across server restarts.
-    pub async fn stop(&self, workspace_id: &str, timeout: Option<Duration>) -> Result<WorkspaceInfo> {
+    async fn stop_now(&self, workspace_id: &str, timeout: Option<Duration>) -> Result<WorkspaceInfo> {
         let id = WorkspaceId::parse(workspace_id)?;
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
@@ -110,17 +156,28 @@ impl Manager {
 
     /// Deletes a workspace from any state. With `preserve_data`, /data is archived first; if
     /// that fails nothing is deleted and the workspace runs again if it ran before.
-    pub async fn delete(&self, workspace_id: &str, preserve_data: bool) -> Result<()> {
+    async fn delete_now(&self, workspace_id: &str, preserve_data: bool) -> Result<()> {
         let id = WorkspaceId::parse(workspace_id)?;
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
         let mut record = self.record(&id).await?;
         if preserve_data {
+            // The task stays stopped after archiving: the deletion follows. Only a failed
+            // archive starts it again, leaving the workspace as it was.
+            let was_running = self.runtime.task(id.as_str()).await?.is_some_and(|task| task.running);
+            self.runtime.stop_task(id.as_str(), DEFAULT_STOP_TIMEOUT).await?;
             let archive = self.preserved_archive(&id);
-            self.while_stopped(&mut record, move |data_dir| {
-                crate::data::preserve_to_file(data_dir, &archive, &mut |_| {}).map(|_| ())
-            })
-            .await?;
+            let archived = self
+                .with_data_dir(&record, move |data_dir| {
+                    crate::data::preserve_to_file(data_dir, &archive, &mut |_| {}).map(|_| ())
+                })
+                .await;
+            if let Err(err) = archived {
+                if was_running {
+                    self.restart_after_failure(&record).await;
+                }
+                return Err(err);
+            }
             self.event(&id, "data_preserved", "/data archived before deletion").await;
         }
         record.state = WorkspaceState::Deleting;
@@ -132,7 +189,7 @@ impl Manager {
     }
 
     /// Replaces /data with the archive preserved at deletion, then removes the archive.
-    pub async fn restore_data(&self, workspace_id: &str) -> Result<WorkspaceInfo> {
+    async fn restore_data_now(&self, workspace_id: &str) -> Result<WorkspaceInfo> {
         let id = WorkspaceId::parse(workspace_id)?;
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
@@ -161,7 +218,7 @@ impl Manager {
     }
 
     /// Empties /data.
-    pub async fn reset_data(&self, workspace_id: &str) -> Result<WorkspaceInfo> {
+    async fn reset_data_now(&self, workspace_id: &str) -> Result<WorkspaceInfo> {
         let id = WorkspaceId::parse(workspace_id)?;
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
@@ -184,9 +241,21 @@ impl Manager {
         }
         let outcome = self.with_data_dir(record, work).await;
         if was_running {
-            self.runtime.start_task(record.id.as_str(), &record.snapshot_key).await?;
+            if outcome.is_err() {
+                self.restart_after_failure(record).await;
+            } else {
+                self.runtime.start_task(record.id.as_str(), &record.snapshot_key).await?;
+            }
         }
         outcome
+    }
+
+    /// Starts the task again after a failed data operation; a failure here is logged so the
+    /// caller sees the original error.
+    async fn restart_after_failure(&self, record: &WorkspaceRecord) {
+        if let Err(err) = self.runtime.start_task(record.id.as_str(), &record.snapshot_key).await {
+            warn!(workspace_id = %record.id, error = %err, "cannot start the workspace again after a failed data operation");
+        }
     }
 
     /// Mounts the workspace snapshot on the host (the task must not run) and runs `work` on its
@@ -205,11 +274,8 @@ impl Manager {
             ));
         }
         let mounts = self.runtime.snapshot_mounts(&record.snapshot_key).await?;
-        let target = self.config.state_dir.join("mnt").join(format!(
-            "{}-{}",
-            record.id,
-            OffsetDateTime::now_utc().unix_timestamp_nanos()
-        ));
+        let target =
+            self.mount_dir().join(format!("{}-{}", record.id, OffsetDateTime::now_utc().unix_timestamp_nanos()));
         tokio::task::spawn_blocking(move || {
             let rootfs = MountedRootfs::mount(&mounts, &target)?;
             let data_dir = crate::data::data_dir(rootfs.path())?;

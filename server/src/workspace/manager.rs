@@ -121,7 +121,7 @@ impl Manager {
                 Err(err) => warn!(workspace_id = %record.id, error = %err, "cannot read the task state"),
             }
         }
-        let has_preserved_data = self.preserved_archive(&record.id).exists();
+        let has_preserved_data = tokio::fs::try_exists(self.preserved_archive(&record.id)).await.unwrap_or(false);
         WorkspaceInfo {
             record,
             namespace: self.config.namespace.clone(),
@@ -136,6 +136,11 @@ impl Manager {
     /// Where DeleteWorkspace(preserve_data) keeps a workspace's /data archive.
     pub(super) fn preserved_archive(&self, id: &WorkspaceId) -> PathBuf {
         self.config.state_dir.join("preserved").join(format!("{id}.tar.gz"))
+    }
+
+    /// Where stopped workspaces' root filesystems are mounted for /data operations.
+    pub(super) fn mount_dir(&self) -> PathBuf {
+        self.config.state_dir.join("mnt")
     }
 
     /// The host directory of a workspace's own files (hosts, resolv.conf).
@@ -171,6 +176,7 @@ pub(super) fn ensure_settled(record: &WorkspaceRecord, operation: &str) -> Resul
             Reason::InvalidStateTransition,
             format!("workspace {} is still being created; wait for its ready event before {operation}", record.id),
         )),
+        WorkspaceState::Failed if record.current_version == 0 => Err(super::create::failed_create(record)),
         _ => Ok(()),
     }
 }

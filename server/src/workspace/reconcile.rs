@@ -20,14 +20,22 @@ pub struct ReconcileReport {
     pub failed: u32,
     pub orphans: Vec<String>,
     pub stale_leases: u32,
+    pub stale_mounts: u32,
 }
 
 impl Manager {
     /// Brings containerd in line with the store. Errors for one workspace mark it FAILED and
     /// do not stop the others.
     pub async fn reconcile(&self) -> Result<ReconcileReport> {
-        let mut report =
-            ReconcileReport { stale_leases: self.runtime.remove_stale_leases().await?, ..Default::default() };
+        let mut report = ReconcileReport::default();
+        let mount_dir = self.mount_dir();
+        report.stale_mounts =
+            tokio::task::spawn_blocking(move || crate::data::clear_stale_mounts(&mount_dir)).await.unwrap_or(0);
+        // Best effort: leftover leases only delay garbage collection.
+        match self.runtime.remove_stale_leases().await {
+            Ok(removed) => report.stale_leases = removed,
+            Err(err) => warn!(error = %err, "cannot remove stale leases"),
+        }
         let mut known = HashSet::new();
         let mut after: Option<String> = None;
         loop {
@@ -42,7 +50,11 @@ impl Manager {
                 None => break,
             }
         }
-        for id in self.runtime.list_containers().await? {
+        let containers = self.runtime.list_containers().await.unwrap_or_else(|err| {
+            warn!(error = %err, "cannot list containers to report unknown ones");
+            Vec::new()
+        });
+        for id in containers {
             if known.contains(&id) {
                 continue;
             }
@@ -65,6 +77,7 @@ impl Manager {
             failed = report.failed,
             orphans = report.orphans.len(),
             stale_leases = report.stale_leases,
+            stale_mounts = report.stale_mounts,
             "reconciled the store with containerd"
         );
         Ok(report)
@@ -74,18 +87,10 @@ impl Manager {
         let lock = self.lock_for(&record.id);
         let _guard = lock.lock().await;
         let outcome = match record.state {
-            // A create or delete that a crash interrupted: finish removing what it made.
-            WorkspaceState::Creating | WorkspaceState::Deleting => {
-                let interrupted = record.state;
-                let removed = self.remove_everything(&record).await;
-                if removed.is_ok() {
-                    report.rolled_back += 1;
-                    let what = if interrupted == WorkspaceState::Creating { "create" } else { "delete" };
-                    info!(workspace_id = %record.id, "removed what an interrupted {what} left behind");
-                    self.event(&record.id, "deleted", &format!("interrupted {what} cleaned up at boot")).await;
-                }
-                removed
-            }
+            // A create or delete that a crash interrupted, or a create whose rollback failed:
+            // finish removing what it made.
+            WorkspaceState::Creating | WorkspaceState::Deleting => self.finish_removal(&record, report).await,
+            WorkspaceState::Failed if record.current_version == 0 => self.finish_removal(&record, report).await,
             _ => self.enforce_desired_state(&mut record, report).await,
         };
         if let Err(err) = outcome {
@@ -98,6 +103,16 @@ impl Manager {
                 warn!(workspace_id = %record.id, error = %err, "cannot mark the workspace failed");
             }
         }
+    }
+
+    async fn finish_removal(&self, record: &WorkspaceRecord, report: &mut ReconcileReport) -> Result<()> {
+        let removed = self.remove_everything(record).await;
+        if removed.is_ok() {
+            report.rolled_back += 1;
+            info!(workspace_id = %record.id, state = record.state.as_str(), "removed what an unfinished create or delete left behind");
+            self.event(&record.id, "deleted", "unfinished create or delete cleaned up at boot").await;
+        }
+        removed
     }
 
     async fn enforce_desired_state(&self, record: &mut WorkspaceRecord, report: &mut ReconcileReport) -> Result<()> {

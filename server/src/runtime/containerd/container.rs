@@ -1,7 +1,7 @@
 //! Containers, their writable snapshots and their tasks (PID 1 = catatonit).
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -20,13 +20,14 @@ use containerd_client::services::v1::{
     ListContainersRequest, ListPidsRequest, ListRequest as ListLeasesRequest, StartRequest, WaitRequest,
 };
 use containerd_client::types::v1::Status as ProcessStatus;
+use tokio::time::Instant;
 use tonic::Code;
 use tracing::{debug, warn};
 
 use super::client::{leased_request, request};
 use super::{Containerd, PING_TIMEOUT, SNAPSHOTTER, pull, spec};
 use crate::data::MountSpec;
-use crate::error::{Error, Result};
+use crate::error::{Error, Reason, Result};
 use crate::runtime::{ContainerSpec, PullPolicy, PullProgress, PulledImage, Runtime, TaskState};
 
 /// The shim every workspace runs under.
@@ -36,6 +37,11 @@ pub const LABEL_MANAGED: &str = "berth.workspace";
 pub const LABEL_ID: &str = "berth.workspace.id";
 /// Prefix of every lease berth creates; leases left by a crash are removed at boot.
 pub const LEASE_PREFIX: &str = "berth-";
+
+/// How long PID 1 gets after SIGTERM when the caller's timeout is already used up.
+const INIT_GRACE: Duration = Duration::from_millis(500);
+/// How long a task may take to exit after SIGKILL before the stop fails.
+const KILL_WAIT: Duration = Duration::from_secs(10);
 
 const SIGTERM: u32 = 15;
 const SIGKILL: u32 = 9;
@@ -104,11 +110,51 @@ impl Containerd {
             snapshot_key: spec.snapshot_key.to_owned(),
             ..Default::default()
         };
-        self.containers()
+        match self
+            .containers()
             .create(leased_request(&self.namespace, lease, CreateContainerRequest { container: Some(container) }))
             .await
-            .map_err(|status| self.map_status("container create", status))?;
+        {
+            Ok(_) => Ok(()),
+            Err(status) if is(&status, Code::AlreadyExists) => Err(Error::new(
+                Reason::WorkspaceAlreadyExists,
+                format!(
+                    "a container named {id} already exists in containerd namespace {ns} but berth does not manage it; \
+                     remove it (ctr -n {ns} containers rm {id}) or choose another workspace id",
+                    id = spec.id,
+                    ns = self.namespace
+                ),
+            )),
+            Err(status) => Err(self.map_status("container create", status)),
+        }
+    }
+
+    /// SIGTERM to every process but PID 1, then waits (until `deadline`) for them to exit.
+    /// catatonit, PID 1, exits at once on SIGTERM and the kernel then SIGKILLs everything left
+    /// in the PID namespace, so the bot's processes must get their SIGTERM first.
+    async fn terminate_processes(&self, id: &str, init_pid: u32, deadline: Instant) -> Result<()> {
+        let mut others = self.other_pids(id, init_pid).await?;
+        for pid in &others {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(*pid).unwrap_or(i32::MAX));
+            // ESRCH: it exited meanwhile.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        while !others.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            others = self.other_pids(id, init_pid).await?;
+        }
         Ok(())
+    }
+
+    /// Host pids of the task's processes besides PID 1.
+    async fn other_pids(&self, id: &str, init_pid: u32) -> Result<Vec<u32>> {
+        match self.tasks().list_pids(request(&self.namespace, ListPidsRequest { container_id: id.to_owned() })).await {
+            Ok(response) => {
+                Ok(response.into_inner().processes.into_iter().map(|p| p.pid).filter(|pid| *pid != init_pid).collect())
+            }
+            Err(status) if is(&status, Code::NotFound) => Ok(Vec::new()),
+            Err(status) => Err(self.map_status("task pids", status)),
+        }
     }
 
     async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
@@ -264,28 +310,37 @@ impl Runtime for Containerd {
             return Ok(());
         };
         if task.running {
-            // Subscribe to the exit before signalling so it cannot be missed.
+            let deadline = Instant::now() + timeout;
+            if !timeout.is_zero() {
+                self.terminate_processes(id, task.pid, deadline).await?;
+            }
+            // Subscribe to the exit before signalling PID 1 so it cannot be missed.
             let mut tasks = self.tasks();
-            let wait = WaitRequest { container_id: id.to_owned(), exec_id: String::new() };
-            let exited = tokio::spawn({
-                let wait = request(&self.namespace, wait);
-                async move { tasks.wait(wait).await }
-            });
-            let started = SystemTime::now();
-            self.kill(id, SIGTERM, false).await?;
-            match tokio::time::timeout(timeout, exited).await {
-                Ok(_) => {
-                    debug!(workspace_id = id, elapsed = ?started.elapsed().unwrap_or_default(), "task exited on SIGTERM")
-                }
-                Err(_) => {
-                    debug!(workspace_id = id, "task ignored SIGTERM; sending SIGKILL to all");
-                    self.kill(id, SIGKILL, true).await?;
-                    let mut tasks = self.tasks();
-                    let wait = WaitRequest { container_id: id.to_owned(), exec_id: String::new() };
-                    tasks
-                        .wait(request(&self.namespace, wait))
-                        .await
-                        .map_err(|status| self.map_status("task wait", status))?;
+            let wait = request(&self.namespace, WaitRequest { container_id: id.to_owned(), exec_id: String::new() });
+            let mut exited = tokio::spawn(async move { tasks.wait(wait).await });
+            let exited_on_term = if timeout.is_zero() {
+                false
+            } else {
+                self.kill(id, SIGTERM, false).await?;
+                let grace = deadline.saturating_duration_since(Instant::now()).max(INIT_GRACE);
+                matches!(tokio::time::timeout(grace, &mut exited).await, Ok(Ok(Ok(_))))
+            };
+            if !exited_on_term {
+                debug!(workspace_id = id, "sending SIGKILL to every process of the task");
+                self.kill(id, SIGKILL, true).await?;
+                match tokio::time::timeout(KILL_WAIT, &mut exited).await {
+                    Ok(Ok(Ok(_))) => {}
+                    Ok(Ok(Err(status))) => return Err(self.map_status("task wait", status)),
+                    Ok(Err(err)) => return Err(Error::internal(format!("waiting for the task failed: {err}"))),
+                    Err(_) => {
+                        exited.abort();
+                        return Err(Error::new(
+                            Reason::RuntimeError,
+                            format!(
+                                "the task of {id} did not exit within {KILL_WAIT:?} of SIGKILL; check the containerd shim"
+                            ),
+                        ));
+                    }
                 }
             }
         }
