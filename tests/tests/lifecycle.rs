@@ -473,3 +473,26 @@ async fn kill_9_during_create_leaves_no_orphans_after_the_next_boot() {
     let leases = testbed.ctr(&server.namespace, &["leases", "ls", "-q"]);
     assert!(!leases.lines().any(|l| l.starts_with("berth-")), "leases left: {leases}");
 }
+
+#[tokio::test]
+async fn stop_gives_the_bots_processes_sigterm_before_pid_1_exits() {
+    let testbed = Testbed::from_env();
+    let server = BerthServer::start(&testbed);
+    let mut client = Client::new(server.channel().await);
+    ready(&create(&mut client, create_request("graceful", &testbed.image("BUSYBOX"))).await.unwrap());
+    let script = "trap 'echo flushed > /data/bye; exit 0' TERM; while true; do sleep 0.1; done";
+    testbed
+        .ctr(&server.namespace, &["task", "exec", "--detach", "--exec-id", "bot-loop", "graceful", "sh", "-c", script]);
+    let counted = berth_e2e::eventually(Duration::from_secs(5), || {
+        let mut client = client.clone();
+        async move { get(&mut client, "graceful").await.process_count >= 1 }
+    })
+    .await;
+    assert!(counted, "process_count counts the bot's process");
+
+    let stopped = stop(&mut client, "graceful").await;
+    assert_eq!(stopped.state(), WorkspaceState::Stopped);
+    start(&mut client, "graceful").await;
+    let bye = testbed.exec(&server.namespace, "graceful", &["cat", "/data/bye"]);
+    assert_eq!(bye.trim(), "flushed", "the bot's process ran its SIGTERM handler before the stop completed");
+}
