@@ -208,6 +208,17 @@ async fn data_survives_stop_start_and_delete_preserve_then_create_restore() {
     let status = client.restore_data(RestoreDataRequest { workspace_id: "keeper".to_owned() }).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     assert_eq!(error_reason(&status).as_deref(), Some("PRESERVED_DATA_NOT_FOUND"));
+
+    // A corrupt archive fails the restore and leaves /data as it was, the workspace running.
+    testbed.exec(&server.namespace, "keeper", &["sh", "-c", "echo still-here > /data/current"]);
+    let mut corrupt = vec![0x1f, 0x8b, 0x08, 0x00];
+    corrupt.extend_from_slice(&[0x42; 512]);
+    std::fs::write(server.state_dir.join("preserved/keeper.tar.gz"), corrupt).unwrap();
+    let status = client.restore_data(RestoreDataRequest { workspace_id: "keeper".to_owned() }).await.unwrap_err();
+    assert_eq!(error_reason(&status).as_deref(), Some("DATA_ARCHIVE_FAILED"), "{status:?}");
+    assert_eq!(get(&mut client, "keeper").await.state(), WorkspaceState::Running);
+    assert_eq!(testbed.exec(&server.namespace, "keeper", &["cat", "/data/current"]).trim(), "still-here");
+    assert_eq!(testbed.exec(&server.namespace, "keeper", &["ls", "-A", "/data"]).trim(), "current");
 }
 
 // Multi-threaded: BerthServer::restart blocks this thread while the client connection must

@@ -196,7 +196,7 @@ impl Manager {
         let mut record = self.record(&id).await?;
         ensure_settled(&record, "restoring data")?;
         let archive = self.preserved_archive(&id);
-        if !archive.exists() {
+        if !tokio::fs::try_exists(&archive).await.unwrap_or(false) {
             return Err(Error::new(
                 Reason::PreservedDataNotFound,
                 format!(
@@ -205,11 +205,7 @@ impl Manager {
             ));
         }
         let source = archive.clone();
-        self.while_stopped(&mut record, move |data_dir| {
-            crate::data::empty_dir(data_dir)?;
-            crate::data::restore_from_file(&source, data_dir, &mut |_| {}).map(|_| ())
-        })
-        .await?;
+        self.while_stopped(&mut record, move |data_dir| replace_data_dir(data_dir, &source)).await?;
         if let Err(err) = tokio::fs::remove_file(&archive).await {
             warn!(workspace_id = %id, error = %err, "cannot remove the restored archive");
         }
@@ -284,4 +280,43 @@ impl Manager {
         .await
         .map_err(|err| Error::internal(format!("the /data worker failed: {err}")))?
     }
+}
+
+/// Replaces `data_dir` with the archive's content without ever leaving it half restored: the
+/// archive is extracted next to it and swapped in by rename; a failed extraction leaves /data
+/// untouched. When /data cannot be renamed (it comes from an image layer: EXDEV on overlayfs),
+/// it is emptied and extracted in place instead.
+fn replace_data_dir(data_dir: &Path, archive: &Path) -> Result<()> {
+    let parent = data_dir.parent().ok_or_else(|| Error::internal("/data has no parent directory"))?;
+    let stamp = OffsetDateTime::now_utc().unix_timestamp_nanos();
+    let staging = parent.join(format!(".berth-restore-{stamp}"));
+    let retired = parent.join(format!(".berth-retired-{stamp}"));
+    let io_failed = |what: &str, err: std::io::Error| {
+        Error::new(Reason::DataArchiveFailed, format!("cannot {what} while restoring /data: {err}"))
+    };
+    std::fs::create_dir(&staging).map_err(|err| io_failed("create the staging directory", err))?;
+    let remove_tree = |dir: &Path| {
+        let _ = crate::data::empty_dir(dir);
+        let _ = std::fs::remove_dir(dir);
+    };
+    if let Err(err) = crate::data::restore_from_file(archive, &staging, &mut |_| {}) {
+        remove_tree(&staging);
+        return Err(err);
+    }
+    if let Err(err) = std::fs::rename(data_dir, &retired) {
+        remove_tree(&staging);
+        if err.raw_os_error() != Some(nix::libc::EXDEV) {
+            return Err(io_failed("set the old /data aside", err));
+        }
+        crate::data::empty_dir(data_dir)?;
+        return crate::data::restore_from_file(archive, data_dir, &mut |_| {}).map(|_| ());
+    }
+    if let Err(err) = std::fs::rename(&staging, data_dir) {
+        // Put the old /data back so the workspace is as it was.
+        let _ = std::fs::rename(&retired, data_dir);
+        remove_tree(&staging);
+        return Err(io_failed("move the restored /data in place", err));
+    }
+    remove_tree(&retired);
+    Ok(())
 }
