@@ -328,3 +328,26 @@ async fn request_logs_carry_method_workspace_id_and_status() {
     .await;
     assert!(found, "no request log line; log:\n{}", server.log_text());
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_with_the_rpc_span() {
+    let testbed = Testbed::from_env();
+    let options = berth_e2e::ServerOptions {
+        extra_args: vec!["--log-format".to_owned(), "json".to_owned()],
+        ..Default::default()
+    };
+    let server = BerthServer::start_with(&testbed, options);
+    let mut client = WorkspaceServiceClient::new(server.channel().await);
+    let _ = client.get_workspace(GetWorkspaceRequest { workspace_id: "json-bot".to_owned() }).await;
+    let found = berth_e2e::eventually(Duration::from_secs(5), || async {
+        server.log_text().lines().any(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("every log line is JSON");
+            value["fields"]["message"] == "rpc finished"
+                && value["span"]["workspace_id"] == "json-bot"
+                && value["span"]["method"].as_str().is_some_and(|m| m.ends_with("/GetWorkspace"))
+                && value["fields"]["grpc_code"] == 5
+        })
+    })
+    .await;
+    assert!(found, "no JSON rpc line; log:\n{}", server.log_text());
+}
