@@ -204,6 +204,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_in_deploy_parses() {
+        let config = parse_file(include_str!("../../deploy/berth.toml")).unwrap();
+        assert_eq!(config.namespace.as_deref(), Some("berth"));
+        assert_eq!(config.log_format, Some(LogFormat::Json));
+    }
+
+    #[test]
     fn malformed_value_names_the_line() {
         let err = parse_file("\n\nlisten = \"not an address\"\n").err().unwrap();
         assert!(err.starts_with("line 3: "), "{err}");

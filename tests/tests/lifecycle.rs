@@ -439,6 +439,18 @@ async fn bad_input_gets_precise_statuses_and_leaves_nothing_behind() {
         assert_eq!(status.code(), Code::NotFound);
         assert_eq!(error_reason(&status).as_deref(), Some("WORKSPACE_NOT_FOUND"));
     }
+    // A container berth does not manage blocks the id, and survives the failed create.
+    testbed.ctr(&server.namespace, &["images", "pull", "--plain-http", &busybox]);
+    testbed.ctr(&server.namespace, &["containers", "create", &busybox, "foreign"]);
+    let status = create(&mut client, create_request("foreign", &busybox)).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert_eq!(error_reason(&status).as_deref(), Some("WORKSPACE_ALREADY_EXISTS"));
+    assert!(status.message().contains("does not manage"), "{}", status.message());
+    assert_eq!(testbed.ctr(&server.namespace, &["containers", "ls", "-q"]).trim(), "foreign", "left alone");
+    testbed.ctr(&server.namespace, &["containers", "rm", "foreign"]);
+    let status = client.get_workspace(GetWorkspaceRequest { workspace_id: "foreign".to_owned() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "the failed create left no record");
+
     // A request_id identifies one create: reusing it for another is refused.
     let mut first = create_request("with-request-id", &busybox);
     first.request_id = "req-1".to_owned();
