@@ -15,31 +15,33 @@ use crate::model::{DesiredState, WorkspaceId, WorkspaceInfo, WorkspaceRecord, Wo
 use crate::runtime::{ContainerSpec, PullPolicy};
 
 impl Manager {
-    /// Starts a workspace; see [`Manager::start_now`].
+    /// Starts a workspace (idempotent); a container that vanished is rebuilt from the store,
+    /// keeping its snapshot when it still exists.
     pub async fn start(self: &Arc<Self>, workspace_id: &str) -> Result<WorkspaceInfo> {
         let id = workspace_id.to_owned();
         self.detached(|manager| async move { manager.start_now(&id).await }).await
     }
 
-    /// Stops a workspace; see [`Manager::stop_now`].
+    /// Stops a workspace (idempotent): SIGTERM to its processes, then PID 1, SIGKILL to all after
+    /// `timeout`, task deleted. The stop is persisted across server restarts.
     pub async fn stop(self: &Arc<Self>, workspace_id: &str, timeout: Option<Duration>) -> Result<WorkspaceInfo> {
         let id = workspace_id.to_owned();
         self.detached(move |manager| async move { manager.stop_now(&id, timeout).await }).await
     }
 
-    /// Deletes a workspace; see [`Manager::delete_now`].
+    /// Deletes a workspace from any state, archiving /data first with `preserve_data`.
     pub async fn delete(self: &Arc<Self>, workspace_id: &str, preserve_data: bool) -> Result<()> {
         let id = workspace_id.to_owned();
         self.detached(move |manager| async move { manager.delete_now(&id, preserve_data).await }).await
     }
 
-    /// Restores preserved /data; see [`Manager::restore_data_now`].
+    /// Replaces /data with the archive preserved at deletion, then removes the archive.
     pub async fn restore_data(self: &Arc<Self>, workspace_id: &str) -> Result<WorkspaceInfo> {
         let id = workspace_id.to_owned();
         self.detached(|manager| async move { manager.restore_data_now(&id).await }).await
     }
 
-    /// Empties /data; see [`Manager::reset_data_now`].
+    /// Empties /data.
     pub async fn reset_data(self: &Arc<Self>, workspace_id: &str) -> Result<WorkspaceInfo> {
         let id = workspace_id.to_owned();
         self.detached(|manager| async move { manager.reset_data_now(&id).await }).await
