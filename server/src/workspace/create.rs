@@ -18,7 +18,7 @@ use crate::error::{Error, Reason, Result};
 use crate::model::{
     DesiredState, Resources, WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceSpec, WorkspaceState,
 };
-use crate::runtime::{ContainerSpec, PullEvent, PullPolicy};
+use crate::runtime::{ContainerSpec, PullEvent, PullPolicy, PulledImage};
 
 /// What a caller asks for.
 #[derive(Clone, Debug, Default)]
@@ -258,19 +258,7 @@ impl Manager {
         log.push(CreateEvent::Creating);
         record.image_digest = image.digest.clone();
         self.save(record).await?;
-        let etc_dir = self.write_etc_files(&record.id).await?;
-        self.runtime
-            .create_container(&ContainerSpec {
-                id: record.id.as_str(),
-                image: &image,
-                env: &record.spec.env,
-                resources: record.spec.resources,
-                labels: &record.spec.labels,
-                snapshot_key: &record.snapshot_key,
-                parent_snapshot: &image.chain_id,
-                etc_dir: &etc_dir,
-            })
-            .await?;
+        self.create_container_for(record, &image).await?;
 
         let archive = restore_data.then(|| self.preserved_archive(&record.id));
         let restoring_log = log.clone();
@@ -310,6 +298,24 @@ impl Manager {
         }
         self.event(&record.id, "created", &format!("created from {}", record.spec.image)).await;
         Ok(())
+    }
+
+    /// Creates the workspace's container (and its snapshot unless it exists) from the stored
+    /// spec, with fresh /etc files; used by create and by the rebuild of a vanished container.
+    pub(super) async fn create_container_for(&self, record: &WorkspaceRecord, image: &PulledImage) -> Result<()> {
+        let etc_dir = self.write_etc_files(&record.id).await?;
+        self.runtime
+            .create_container(&ContainerSpec {
+                id: record.id.as_str(),
+                image,
+                env: &record.spec.env,
+                resources: record.spec.resources,
+                labels: &record.spec.labels,
+                snapshot_key: &record.snapshot_key,
+                parent_snapshot: &image.chain_id,
+                etc_dir: &etc_dir,
+            })
+            .await
     }
 
     /// Writes /etc/hosts, /etc/hostname and /etc/resolv.conf sources for the container.

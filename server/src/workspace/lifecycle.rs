@@ -12,7 +12,7 @@ use super::manager::{DEFAULT_STOP_TIMEOUT, Manager, ensure_settled};
 use crate::data::MountedRootfs;
 use crate::error::{Error, Reason, Result};
 use crate::model::{DesiredState, WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceState};
-use crate::runtime::{ContainerSpec, PullPolicy};
+use crate::runtime::PullPolicy;
 
 impl Manager {
     /// Starts a workspace (idempotent); a container that vanished is rebuilt from the store,
@@ -108,19 +108,7 @@ impl Manager {
         }
         record.image_digest = image.digest.clone();
         self.save(record).await?;
-        let etc_dir = self.workspace_dir(&record.id).join("etc");
-        self.runtime
-            .create_container(&ContainerSpec {
-                id: record.id.as_str(),
-                image: &image,
-                env: &record.spec.env,
-                resources: record.spec.resources,
-                labels: &record.spec.labels,
-                snapshot_key: &record.snapshot_key,
-                parent_snapshot: &image.chain_id,
-                etc_dir: &etc_dir,
-            })
-            .await?;
+        self.create_container_for(record, &image).await?;
         info!(workspace_id = %record.id, "container rebuilt from the store");
         Ok(())
     }
