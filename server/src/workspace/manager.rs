@@ -95,10 +95,8 @@ impl Manager {
         let after = decode_page_token(page_token)?;
         let selector = parse_label_selector(label_selector)?;
         let page = self.store.list_workspaces(after.as_deref(), limit, &selector).await?;
-        let mut workspaces = Vec::with_capacity(page.workspaces.len());
-        for record in page.workspaces {
-            workspaces.push(self.info(record).await);
-        }
+        // The runtime is asked about every workspace of the page at once, not one after another.
+        let workspaces = futures::future::join_all(page.workspaces.into_iter().map(|record| self.info(record))).await;
         Ok(WorkspaceList {
             workspaces,
             next_page_token: page.next_after.as_deref().map(encode_page_token).unwrap_or_default(),

@@ -10,4 +10,3 @@ mod selector;
 pub use create::{CreateEvent, CreateRequest, CreateStream};
 pub use manager::{DEFAULT_STOP_TIMEOUT, Manager, ManagerConfig, WorkspaceList};
 pub use reconcile::ReconcileReport;
-pub use selector::parse_label_selector;

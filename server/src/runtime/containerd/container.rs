@@ -148,10 +148,13 @@ impl Containerd {
 
     /// Host pids of the task's processes besides PID 1.
     async fn other_pids(&self, id: &str, init_pid: u32) -> Result<Vec<u32>> {
+        Ok(self.pids(id).await?.into_iter().filter(|pid| *pid != init_pid).collect())
+    }
+
+    /// Host pids of every process of the task; none when there is no task.
+    async fn pids(&self, id: &str) -> Result<Vec<u32>> {
         match self.tasks().list_pids(request(&self.namespace, ListPidsRequest { container_id: id.to_owned() })).await {
-            Ok(response) => {
-                Ok(response.into_inner().processes.into_iter().map(|p| p.pid).filter(|pid| *pid != init_pid).collect())
-            }
+            Ok(response) => Ok(response.into_inner().processes.into_iter().map(|process| process.pid).collect()),
             Err(status) if is(&status, Code::NotFound) => Ok(Vec::new()),
             Err(status) => Err(self.map_status("task pids", status)),
         }
@@ -360,11 +363,7 @@ impl Runtime for Containerd {
     }
 
     async fn process_count(&self, id: &str) -> Result<u32> {
-        match self.tasks().list_pids(request(&self.namespace, ListPidsRequest { container_id: id.to_owned() })).await {
-            Ok(response) => Ok((response.into_inner().processes.len() as u32).saturating_sub(1)),
-            Err(status) if is(&status, Code::NotFound) => Ok(0),
-            Err(status) => Err(self.map_status("task pids", status)),
-        }
+        Ok(u32::try_from(self.pids(id).await?.len()).unwrap_or(u32::MAX).saturating_sub(1))
     }
 
     async fn remove_stale_leases(&self) -> Result<u32> {

@@ -60,11 +60,6 @@ impl Containerd {
         })
     }
 
-    /// The namespace the workspaces live in.
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
     fn map_status(&self, what: &str, status: tonic::Status) -> Error {
         client::map_status(&self.socket, what, status)
     }
