@@ -41,4 +41,13 @@ cargo test --workspace --locked --no-fail-fast
 step "SDK, example, CLI and browser tests against a live berth"
 scripts/test-sdks.sh
 
+step "the tree is as committed"
+# Nothing a test run installs or generates may change tracked files (a rewritten lock file once
+# slipped through) or leave untracked ones outside .gitignore.
+if [ -n "$(git status --porcelain --untracked-files=all)" ]; then
+  git status --short >&2
+  echo "make test changed the work tree (above): fix the step that writes these files" >&2
+  exit 1
+fi
+
 step "done"

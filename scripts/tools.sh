@@ -25,5 +25,5 @@ if [ ! -x .tools/bin/grpcurl ]; then
   GOBIN="$PWD/.tools/bin" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL"
 fi
 if [ ! -x sdk/typescript/node_modules/.bin/protoc-gen-es ] || [ sdk/typescript/package.json -nt sdk/typescript/node_modules/.package-lock.json ]; then
-  (cd sdk/typescript && npm install --no-audit --no-fund --loglevel=error)
+  (cd sdk/typescript && npm ci --no-audit --no-fund --loglevel=error)
 fi

@@ -12,10 +12,10 @@ cd "$(dirname "$0")"
 # The SDK is a file: dependency; (re)build it when its dist is missing or older than its sources.
 sdk=../../sdk/typescript
 if [ ! -f $sdk/dist/index.js ] || [ -n "$(find $sdk/src $sdk/package.json -newer $sdk/dist/index.js -print -quit)" ]; then
-  (cd $sdk && { [ -x node_modules/.bin/tsc ] || npm install --no-audit --no-fund; } && npm run --silent build)
+  (cd $sdk && { [ -x node_modules/.bin/tsc ] || npm ci --no-audit --no-fund; } && npm run --silent build)
 fi
 if [ ! -e node_modules/@berth/sdk ]; then
-  npm install --no-audit --no-fund
+  npm ci --no-audit --no-fund
 fi
 
 export BERTH_SERVER=$BERTH_TEST_SERVER

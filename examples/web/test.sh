@@ -12,23 +12,17 @@ cd "$(dirname "$0")"
 : "${BERTH_TEST_IMAGE_MULTILAYER:?source the testbed env (BERTH_TEST_IMAGE_MULTILAYER is unset)}"
 : "${BERTH_TEST_SDK_NAMESPACE:?BERTH_TEST_SDK_NAMESPACE must name the containerd namespace of the server}"
 
-if ! command -v chromium >/dev/null; then
-  echo "installing Debian chromium" >&2
-  if [ "$(id -u)" -eq 0 ]; then
-    apt-get install -y chromium >/dev/null || { apt-get update >/dev/null && apt-get install -y chromium >/dev/null; }
-  else
-    sudo apt-get install -y chromium >/dev/null
-  fi
-fi
+# Debian's chromium comes from the installer (tests/testbed/install-deps.sh).
+command -v chromium >/dev/null || { echo "chromium is missing: run tests/testbed/install-deps.sh (as root)" >&2; exit 1; }
 
 # The SDK is a file: dependency; (re)build it when its dist is missing or older than its sources.
 sdk=../../sdk/typescript
 if [ ! -f $sdk/dist/web.js ] || [ -n "$(find $sdk/src $sdk/package.json -newer $sdk/dist/web.js -print -quit)" ]; then
-  (cd $sdk && { [ -x node_modules/.bin/tsc ] || npm install --no-audit --no-fund; } && npm run --silent build)
+  (cd $sdk && { [ -x node_modules/.bin/tsc ] || npm ci --no-audit --no-fund; } && npm run --silent build)
 fi
 if [ ! -x node_modules/.bin/esbuild ] || [ ! -d node_modules/playwright-core ] || [ ! -e node_modules/@berth/sdk ] ||
   [ package.json -nt node_modules/.package-lock.json ]; then
-  npm install --no-audit --no-fund
+  npm ci --no-audit --no-fund
 fi
 
 rm -rf dist artifacts

@@ -5,9 +5,18 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
+# Everything is installed with --no-install-recommends, so whatever a package only recommends but
+# the build or the tests use is listed here by name (checked with `apt-cache depends`):
+# debootstrap verifies the mirror's Release file with debian-archive-keyring and gpgv, which it
+# only recommends (through gnupg); chromium only recommends fonts-liberation. protoc needs no
+# libprotobuf-dev: containerd-client vendors the well-known types and berth-api compiles its
+# protos with protox.
 PACKAGES=(
-	containerd runc catatonit docker-registry skopeo protobuf-compiler debootstrap
+	containerd runc catatonit docker-registry skopeo protobuf-compiler
+	debootstrap debian-archive-keyring gpgv
 	busybox-static jq
+	# the browser test of examples/web (headless, driven by playwright-core)
+	chromium fonts-liberation
 	# used by the scripts themselves
 	curl openssl ca-certificates
 )

@@ -150,8 +150,8 @@ impl Puller {
         };
         let manifest_raw = if registry::is_index(&top) {
             let index = parse_index(name, &top)?;
-            let Some(entry) = registry::pick_linux_amd64(&index.manifests) else {
-                return Ok(Local::Missing("it has no linux/amd64 manifest".into()));
+            let Some(entry) = self.registry.platform.pick(&index.manifests) else {
+                return Ok(Local::Missing(format!("it has no {} manifest", self.registry.platform.name())));
             };
             match self.read_manifest(&entry.media_type, &entry.digest).await? {
                 Some(raw) => raw,

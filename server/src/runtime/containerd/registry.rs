@@ -1,5 +1,5 @@
 //! The registry side of a pull: credentials from a docker `config.json`, manifest resolution to
-//! the linux/amd64 image, blob downloads (with HTTP Range for resumed ingests) and the mapping of
+//! the host platform's image, blob downloads (with HTTP Range for resumed ingests) and the mapping of
 //! registry failures to domain errors.
 
 use std::collections::HashMap;
@@ -39,6 +39,7 @@ pub(super) struct Registry {
     client: Client,
     auths: Arc<HashMap<String, RegistryAuth>>,
     insecure: Arc<Vec<String>>,
+    pub platform: HostPlatform,
 }
 
 /// A manifest or index exactly as the registry served it.
@@ -54,7 +55,7 @@ pub(super) struct RawManifest {
 pub(super) struct Resolved {
     /// The index the reference pointed at, if it pointed at one.
     pub index: Option<(RawManifest, OciImageIndex)>,
-    /// The linux/amd64 image manifest.
+    /// The host platform's image manifest.
     pub manifest: RawManifest,
     pub parsed: OciImageManifest,
 }
@@ -84,7 +85,12 @@ impl Registry {
         };
         let client = Client::try_from(config)
             .map_err(|err| Error::internal(format!("cannot build the registry http client: {}", chain(&err))))?;
-        Ok(Self { client, auths: Arc::new(auths), insecure: Arc::new(insecure_registries.to_vec()) })
+        Ok(Self {
+            client,
+            auths: Arc::new(auths),
+            insecure: Arc::new(insecure_registries.to_vec()),
+            platform: HostPlatform::current(),
+        })
     }
 
     fn auth_for(&self, reference: &Reference) -> RegistryAuth {
@@ -95,7 +101,7 @@ impl Registry {
             .unwrap_or(RegistryAuth::Anonymous)
     }
 
-    /// Fetches the manifest the reference names and, for an index, the linux/amd64 manifest.
+    /// Fetches the manifest the reference names and, for an index, the host platform's manifest.
     pub async fn resolve(&self, reference: &Reference) -> Result<Resolved> {
         let top = self.fetch_manifest(reference).await?;
         if !is_index(&top) {
@@ -111,11 +117,12 @@ impl Registry {
                 ),
             )
         })?;
-        let Some(entry) = pick_linux_amd64(&index.manifests) else {
+        let Some(entry) = self.platform.pick(&index.manifests) else {
+            let platform = self.platform.name();
             return Err(Error::new(
                 Reason::NoMatchingPlatform,
                 format!(
-                    "image {reference} has no linux/amd64 manifest (available: {}); use an image built for linux/amd64",
+                    "image {reference} has no {platform} manifest (available: {}); use an image built for {platform}",
                     platforms(&index.manifests)
                 ),
             ));
@@ -126,7 +133,8 @@ impl Registry {
             return Err(Error::new(
                 Reason::ImagePullFailed,
                 format!(
-                    "the linux/amd64 entry of {reference} is another index; nested indexes are not supported, use a platform-specific reference"
+                    "the {} entry of {reference} is another index; nested indexes are not supported, use a platform-specific reference",
+                    self.platform.name()
                 ),
             ));
         }
@@ -292,15 +300,64 @@ pub(super) fn parse_manifest(reference: &impl std::fmt::Display, raw: &RawManife
     })
 }
 
-/// Picks the linux/amd64 entry, preferring one without a variant.
-pub(super) fn pick_linux_amd64(entries: &[ImageIndexEntry]) -> Option<&ImageIndexEntry> {
-    let amd64 = |entry: &&ImageIndexEntry| {
-        entry.platform.as_ref().is_some_and(|platform| platform.os == Os::Linux && platform.architecture == Arch::Amd64)
-    };
-    let no_variant = |entry: &&ImageIndexEntry| {
-        entry.platform.as_ref().is_some_and(|platform| platform.variant.as_deref().is_none_or(str::is_empty))
-    };
-    entries.iter().filter(amd64).find(no_variant).or_else(|| entries.iter().find(amd64))
+/// The platform whose images this host runs: `linux` and the OCI name of the CPU architecture
+/// berth was built for (a berth binary runs natively, so its target is the host's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct HostPlatform {
+    pub architecture: Arch,
+    /// The preferred variant (`v8` for arm64, as containerd normalizes it); None when the
+    /// architecture has no variants.
+    pub variant: Option<&'static str>,
+}
+
+impl HostPlatform {
+    /// The platform of the running binary.
+    pub fn current() -> Self {
+        Self::for_rust_arch(std::env::consts::ARCH)
+    }
+
+    /// Maps Rust's `target_arch` names to OCI architectures (Go's GOARCH names).
+    pub fn for_rust_arch(rust_arch: &str) -> Self {
+        let (architecture, variant) = match rust_arch {
+            "x86_64" => (Arch::Amd64, None),
+            "aarch64" => (Arch::ARM64, Some("v8")),
+            "arm" => (Arch::ARM, Some("v7")),
+            "x86" => (Arch::i386, None),
+            "powerpc64" if cfg!(target_endian = "little") => (Arch::PowerPC64le, None),
+            "powerpc64" => (Arch::PowerPC64, None),
+            "s390x" => (Arch::s390x, None),
+            "riscv64" => (Arch::RISCV64, None),
+            other => (Arch::Other(other.to_owned()), None),
+        };
+        Self { architecture, variant }
+    }
+
+    /// `linux/arm64/v8`-style name for messages.
+    pub fn name(&self) -> String {
+        match self.variant {
+            Some(variant) => format!("linux/{}/{variant}", self.architecture),
+            None => format!("linux/{}", self.architecture),
+        }
+    }
+
+    /// Picks this platform's entry of an index: the preferred variant (or none) first, then an
+    /// entry without a variant, then any variant of the architecture.
+    pub fn pick<'a>(&self, entries: &'a [ImageIndexEntry]) -> Option<&'a ImageIndexEntry> {
+        let ours = |entry: &&ImageIndexEntry| {
+            entry
+                .platform
+                .as_ref()
+                .is_some_and(|platform| platform.os == Os::Linux && platform.architecture == self.architecture)
+        };
+        fn variant(entry: &ImageIndexEntry) -> Option<&str> {
+            entry.platform.as_ref().and_then(|platform| platform.variant.as_deref()).filter(|v| !v.is_empty())
+        }
+        let candidates = || entries.iter().filter(ours);
+        candidates()
+            .find(|entry| variant(entry) == self.variant)
+            .or_else(|| candidates().find(|entry| variant(entry).is_none()))
+            .or_else(|| candidates().next())
+    }
 }
 
 fn platforms(entries: &[ImageIndexEntry]) -> String {
@@ -489,19 +546,44 @@ mod tests {
     }
 
     #[test]
-    fn picks_linux_amd64_without_variant_first() {
+    fn an_amd64_host_picks_linux_amd64_without_variant_first() {
+        let amd64 = HostPlatform::for_rust_arch("x86_64");
         let list = entries(vec![
             entry("linux", "arm64", Some("v8"), "sha256:a"),
             entry("linux", "amd64", Some("v3"), "sha256:b"),
             entry("linux", "amd64", None, "sha256:c"),
         ]);
-        assert_eq!(pick_linux_amd64(&list).map(|e| e.digest.as_str()), Some("sha256:c"));
+        assert_eq!(amd64.pick(&list).map(|e| e.digest.as_str()), Some("sha256:c"));
         let only_variant = entries(vec![entry("linux", "amd64", Some("v2"), "sha256:b")]);
-        assert_eq!(pick_linux_amd64(&only_variant).map(|e| e.digest.as_str()), Some("sha256:b"));
+        assert_eq!(amd64.pick(&only_variant).map(|e| e.digest.as_str()), Some("sha256:b"));
         let none =
             entries(vec![entry("linux", "arm64", Some("v8"), "sha256:a"), entry("windows", "amd64", None, "sha256:w")]);
-        assert!(pick_linux_amd64(&none).is_none());
+        assert!(amd64.pick(&none).is_none());
         assert_eq!(platforms(&none), "linux/arm64/v8, windows/amd64");
+    }
+
+    #[test]
+    fn an_arm64_host_picks_its_own_architecture() {
+        let arm64 = HostPlatform::for_rust_arch("aarch64");
+        assert_eq!(arm64.name(), "linux/arm64/v8");
+        let list = entries(vec![
+            entry("linux", "amd64", None, "sha256:a"),
+            entry("linux", "arm", Some("v7"), "sha256:b"),
+            entry("linux", "arm64", Some("v8"), "sha256:c"),
+        ]);
+        assert_eq!(arm64.pick(&list).map(|e| e.digest.as_str()), Some("sha256:c"));
+        // Many indexes list arm64 without a variant.
+        let no_variant =
+            entries(vec![entry("linux", "amd64", None, "sha256:a"), entry("linux", "arm64", None, "sha256:d")]);
+        assert_eq!(arm64.pick(&no_variant).map(|e| e.digest.as_str()), Some("sha256:d"));
+        let amd64_only = entries(vec![entry("linux", "amd64", None, "sha256:a")]);
+        assert!(arm64.pick(&amd64_only).is_none());
+    }
+
+    #[test]
+    fn the_running_binary_names_a_known_platform() {
+        let platform = HostPlatform::current();
+        assert!(!matches!(platform.architecture, Arch::Other(_)), "unmapped architecture {platform:?}");
     }
 
     #[test]
