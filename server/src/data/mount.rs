@@ -19,8 +19,13 @@ use nix::sys::stat::{Mode, mkdirat};
 use super::fd::{self, Kind};
 use crate::error::{Error, Reason, Result};
 
-/// The kernel copies at most one page of mount data; a longer overlay lowerdir list fails.
+/// The kernel copies at most one page of mount data; a longer overlay lowerdir list (an image of
+/// ~50 layers and more) is mounted through the new mount API instead, one `lowerdir+` at a time.
 const MAX_MOUNT_DATA: usize = 4095;
+
+/// Flags every host mount of a workspace gets: its files are the bot's, and nothing in them may
+/// run, gain privileges or open devices on the host side.
+const HOST_SAFETY: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC);
 
 /// One mount as containerd describes it (`containerd.types.Mount`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -154,16 +159,20 @@ pub fn data_dir(rootfs: &Path) -> Result<PathBuf> {
 }
 
 fn mount_one(spec: &MountSpec, target: &Path) -> Result<()> {
-    let options = MountOptions::parse(&spec.options);
+    let mut options = MountOptions::parse(&spec.options);
+    options.flags |= HOST_SAFETY;
     if spec.kind == "bind" || options.flags.contains(MsFlags::MS_BIND) {
         return bind_mount(spec, target, &options);
     }
     let data = options.data.join(",");
     if data.len() > MAX_MOUNT_DATA {
+        if spec.kind == "overlay" {
+            return mount_long_overlay(&options, target);
+        }
         return Err(mount_error(
             target,
             &format!(
-                "the {} mount options are {} bytes, more than the kernel's limit of {MAX_MOUNT_DATA}; the image has too many layers to mount on the host",
+                "the {} mount options are {} bytes, more than the kernel's limit of {MAX_MOUNT_DATA}",
                 spec.kind,
                 data.len()
             ),
@@ -172,6 +181,47 @@ fn mount_one(spec: &MountSpec, target: &Path) -> Result<()> {
     let data = (!data.is_empty()).then_some(data.as_str());
     mount(Some(spec.source.as_str()), target, Some(spec.kind.as_str()), options.flags, data)
         .map_err(|err| mount_error(target, &format!("mounting {} {:?} failed: {err}", spec.kind, spec.source)))
+}
+
+/// Mounts an overlay whose options exceed a page through fsopen/fsconfig: every lower layer is
+/// its own `lowerdir+` parameter (Linux 6.8 and later), so the layer count has no practical limit.
+/// containerd itself copes by chdir-ing into the snapshot root and passing relative paths, which a
+/// multi-threaded server cannot do without forking.
+fn mount_long_overlay(options: &MountOptions<'_>, target: &Path) -> Result<()> {
+    use rustix::mount::{
+        FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create, fsconfig_set_string, fsmount,
+        fsopen, move_mount,
+    };
+    let failed = |step: &str, err: rustix::io::Errno| {
+        let hint = if err == rustix::io::Errno::INVAL && step.starts_with("lowerdir+") {
+            "; this kernel predates lowerdir+ (Linux 6.8): use an image with fewer layers or a newer kernel"
+        } else {
+            ""
+        };
+        mount_error(target, &format!("mounting the overlay failed at {step}: {err}{hint}"))
+    };
+    let context = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|err| failed("fsopen", err))?;
+    for option in &options.data {
+        let (key, value) = option.split_once('=').unwrap_or((option, ""));
+        if key == "lowerdir" {
+            for layer in value.split(':').filter(|layer| !layer.is_empty()) {
+                fsconfig_set_string(&context, "lowerdir+", layer).map_err(|err| failed("lowerdir+", err))?;
+            }
+        } else if value.is_empty() {
+            rustix::mount::fsconfig_set_flag(&context, key).map_err(|err| failed(key, err))?;
+        } else {
+            fsconfig_set_string(&context, key, value).map_err(|err| failed(key, err))?;
+        }
+    }
+    fsconfig_create(&context).map_err(|err| failed("create", err))?;
+    let mut attributes =
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV | MountAttrFlags::MOUNT_ATTR_NOEXEC;
+    if options.flags.contains(MsFlags::MS_RDONLY) {
+        attributes |= MountAttrFlags::MOUNT_ATTR_RDONLY;
+    }
+    let mounted = fsmount(&context, FsMountFlags::FSMOUNT_CLOEXEC, attributes).map_err(|err| failed("fsmount", err))?;
+    move_mount(&mounted, "", rustix::fs::CWD, target, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
+        .map_err(|err| failed("move_mount", err))
 }
 
 /// A bind mount ignores every flag but `MS_REC` on creation, so read-only and the other flags
@@ -254,4 +304,65 @@ fn data_dir_error(rootfs: &Path, what: &str) -> Error {
         Reason::DataArchiveFailed,
         format!("{what} (root file system at {}); check the server's disk and log", rootfs.display()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An overlay of `layers` lower directories with long paths, each holding one file.
+    fn long_overlay(root: &Path, layers: usize) -> Vec<MountSpec> {
+        let padding = "l".repeat(80);
+        let lowers: Vec<String> = (0..layers)
+            .map(|index| {
+                let dir = root.join(format!("{padding}-{index:03}"));
+                fs::create_dir_all(&dir).unwrap();
+                fs::write(dir.join(format!("layer-{index}")), index.to_string()).unwrap();
+                dir.display().to_string()
+            })
+            .collect();
+        for dir in ["upper", "work"] {
+            fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        vec![MountSpec {
+            kind: "overlay".to_owned(),
+            source: "overlay".to_owned(),
+            options: vec![
+                "index=off".to_owned(),
+                format!("workdir={}", root.join("work").display()),
+                format!("upperdir={}", root.join("upper").display()),
+                format!("lowerdir={}", lowers.join(":")),
+            ],
+        }]
+    }
+
+    #[test]
+    fn an_overlay_with_more_layers_than_a_page_of_options_mounts_without_exec_suid_or_devices() {
+        let root = tempfile::tempdir().unwrap();
+        let mounts = long_overlay(root.path(), 80);
+        let data_len: usize = mounts[0].options.iter().map(|option| option.len() + 1).sum();
+        assert!(data_len > MAX_MOUNT_DATA, "the options must exceed a page ({data_len} bytes)");
+        let target = root.path().join("mnt");
+        let rootfs = MountedRootfs::mount(&mounts, &target).expect("a long overlay mounts");
+        assert_eq!(fs::read_to_string(target.join("layer-0")).unwrap(), "0");
+        assert_eq!(fs::read_to_string(target.join("layer-79")).unwrap(), "79");
+        let flags = nix::sys::statvfs::statvfs(&target).unwrap().flags();
+        use nix::sys::statvfs::FsFlags;
+        assert!(flags.contains(FsFlags::ST_NOEXEC | FsFlags::ST_NOSUID | FsFlags::ST_NODEV), "{flags:?}");
+        fs::write(target.join("written"), "upper").unwrap();
+        rootfs.unmount().unwrap();
+        assert_eq!(fs::read_to_string(root.path().join("upper/written")).unwrap(), "upper");
+        assert!(!target.exists(), "the mountpoint is removed");
+    }
+
+    #[test]
+    fn a_short_overlay_is_mounted_without_exec_suid_or_devices_too() {
+        let root = tempfile::tempdir().unwrap();
+        let mounts = long_overlay(root.path(), 2);
+        let target = root.path().join("mnt");
+        let _rootfs = MountedRootfs::mount(&mounts, &target).unwrap();
+        let flags = nix::sys::statvfs::statvfs(&target).unwrap().flags();
+        use nix::sys::statvfs::FsFlags;
+        assert!(flags.contains(FsFlags::ST_NOEXEC | FsFlags::ST_NOSUID | FsFlags::ST_NODEV), "{flags:?}");
+    }
 }

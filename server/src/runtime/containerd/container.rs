@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tonic::Code;
 use tracing::{debug, warn};
 
-use super::client::{leased_request, request};
+use super::client::{CALL_TIMEOUT, leased_request, request, request_within};
 use super::{Containerd, PING_TIMEOUT, SNAPSHOTTER, pull, spec};
 use crate::data::MountSpec;
 use crate::error::{Error, Reason, Result};
@@ -78,7 +78,7 @@ impl Containerd {
                 ]),
             };
             self.snapshots()
-                .prepare(leased_request(&self.namespace, lease, prepare))
+                .prepare(leased_request(&self.namespace, lease, prepare, CALL_TIMEOUT))
                 .await
                 .map_err(|status| self.map_status("snapshot prepare", status))?;
         }
@@ -112,7 +112,12 @@ impl Containerd {
         };
         match self
             .containers()
-            .create(leased_request(&self.namespace, lease, CreateContainerRequest { container: Some(container) }))
+            .create(leased_request(
+                &self.namespace,
+                lease,
+                CreateContainerRequest { container: Some(container) },
+                CALL_TIMEOUT,
+            ))
             .await
         {
             Ok(_) => Ok(()),
@@ -132,13 +137,30 @@ impl Containerd {
     /// SIGTERM to every process but PID 1, then waits (until `deadline`) for them to exit.
     /// catatonit, PID 1, exits at once on SIGTERM and the kernel then SIGKILLs everything left
     /// in the PID namespace, so the bot's processes must get their SIGTERM first.
+    ///
+    /// The signals go through pidfds: a pid read from ListPids may exit and be reused by an
+    /// unrelated host process before the signal is sent. A pidfd pins the process it was opened
+    /// for, and a second ListPids after opening confirms that this process is still the task's,
+    /// so berth never signals anything outside the workspace.
     async fn terminate_processes(&self, id: &str, init_pid: u32, deadline: Instant) -> Result<()> {
+        let listed = self.other_pids(id, init_pid).await?;
+        let pidfds: Vec<(u32, std::os::fd::OwnedFd)> = listed
+            .iter()
+            .filter_map(|pid| {
+                let raw = rustix::process::Pid::from_raw(i32::try_from(*pid).ok()?)?;
+                // ESRCH: it exited meanwhile; nothing to signal.
+                let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
+                Some((*pid, pidfd))
+            })
+            .collect();
         let mut others = self.other_pids(id, init_pid).await?;
-        for pid in &others {
-            let pid = nix::unistd::Pid::from_raw(i32::try_from(*pid).unwrap_or(i32::MAX));
-            // ESRCH: it exited meanwhile.
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for (pid, pidfd) in &pidfds {
+            if others.contains(pid) {
+                // ESRCH: it exited after the second listing.
+                let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::TERM);
+            }
         }
+        drop(pidfds);
         while !others.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
             others = self.other_pids(id, init_pid).await?;
@@ -157,6 +179,26 @@ impl Containerd {
             Ok(response) => Ok(response.into_inner().processes.into_iter().map(|process| process.pid).collect()),
             Err(status) if is(&status, Code::NotFound) => Ok(Vec::new()),
             Err(status) => Err(self.map_status("task pids", status)),
+        }
+    }
+
+    /// Waits up to `within` for PID 1 to exit; true once it has. Every call is a fresh Wait
+    /// (containerd answers at once for a task that already exited, so nothing signalled before
+    /// the call is missed), and a Wait that fails is answered by asking for the task's state.
+    async fn wait_for_exit(&self, id: &str, within: Duration) -> Result<bool> {
+        let wait = WaitRequest { container_id: id.to_owned(), exec_id: String::new() };
+        // The deadline is ours: containerd gets a little longer so that it never ends the call
+        // before the timeout below does.
+        let mut tasks = self.tasks();
+        let call = tasks.wait(request_within(&self.namespace, wait, within + Duration::from_secs(1)));
+        match tokio::time::timeout(within, call).await {
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(status)) if is(&status, Code::NotFound) => Ok(true),
+            Ok(Err(status)) => {
+                warn!(workspace_id = id, error = %status.message(), "task wait failed; reading the task state instead");
+                Ok(!self.task(id).await?.is_some_and(|task| task.running))
+            }
+            Err(_) => Ok(false),
         }
     }
 
@@ -314,36 +356,24 @@ impl Runtime for Containerd {
         };
         if task.running {
             let deadline = Instant::now() + timeout;
-            if !timeout.is_zero() {
-                self.terminate_processes(id, task.pid, deadline).await?;
-            }
-            // Subscribe to the exit before signalling PID 1 so it cannot be missed.
-            let mut tasks = self.tasks();
-            let wait = request(&self.namespace, WaitRequest { container_id: id.to_owned(), exec_id: String::new() });
-            let mut exited = tokio::spawn(async move { tasks.wait(wait).await });
             let exited_on_term = if timeout.is_zero() {
                 false
             } else {
+                self.terminate_processes(id, task.pid, deadline).await?;
                 self.kill(id, SIGTERM, false).await?;
                 let grace = deadline.saturating_duration_since(Instant::now()).max(INIT_GRACE);
-                matches!(tokio::time::timeout(grace, &mut exited).await, Ok(Ok(Ok(_))))
+                self.wait_for_exit(id, grace).await?
             };
             if !exited_on_term {
                 debug!(workspace_id = id, "sending SIGKILL to every process of the task");
                 self.kill(id, SIGKILL, true).await?;
-                match tokio::time::timeout(KILL_WAIT, &mut exited).await {
-                    Ok(Ok(Ok(_))) => {}
-                    Ok(Ok(Err(status))) => return Err(self.map_status("task wait", status)),
-                    Ok(Err(err)) => return Err(Error::internal(format!("waiting for the task failed: {err}"))),
-                    Err(_) => {
-                        exited.abort();
-                        return Err(Error::new(
-                            Reason::RuntimeError,
-                            format!(
-                                "the task of {id} did not exit within {KILL_WAIT:?} of SIGKILL; check the containerd shim"
-                            ),
-                        ));
-                    }
+                if !self.wait_for_exit(id, KILL_WAIT).await? {
+                    return Err(Error::new(
+                        Reason::RuntimeError,
+                        format!(
+                            "the task of {id} did not exit within {KILL_WAIT:?} of SIGKILL; check the containerd shim"
+                        ),
+                    ));
                 }
             }
         }

@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use super::client::{map_status, request};
+use super::client::{map_status, request, streaming_request};
 use super::registry::BlobStream;
 use crate::error::{Error, Reason, Result};
 use crate::runtime::LayerState;
@@ -162,10 +162,11 @@ impl Content {
             .await
             .map_err(|_| Error::internal("content write channel closed before the first message"))?;
 
-        let mut replies = match self.client().write(request(&self.namespace, ReceiverStream::new(receiver))).await {
-            Ok(response) => response.into_inner(),
-            Err(status) => return self.early_outcome(blob, status),
-        };
+        let mut replies =
+            match self.client().write(streaming_request(&self.namespace, ReceiverStream::new(receiver))).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => return self.early_outcome(blob, status),
+            };
         let status_reply = match replies.message().await {
             Ok(Some(reply)) => reply,
             Ok(None) => return Err(Error::internal("containerd closed the content write without answering stat")),
@@ -303,7 +304,7 @@ impl Content {
     /// Reads a whole blob; `None` when this namespace does not have it.
     pub async fn read(&self, digest: &str) -> Result<Option<Bytes>> {
         let read = ReadContentRequest { digest: digest.to_owned(), offset: 0, size: 0 };
-        let mut stream = match self.client().read(request(&self.namespace, read)).await {
+        let mut stream = match self.client().read(streaming_request(&self.namespace, read)).await {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == Code::NotFound => return Ok(None),
             Err(status) => return Err(self.status_error("content read", status)),

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use super::client::{leased_request, map_status, request};
+use super::client::{CALL_TIMEOUT, leased_request, map_status, request};
 use super::content::Content;
 use crate::error::{Error, Reason, Result};
 
@@ -26,6 +26,10 @@ pub(super) const SNAPSHOTTER: &str = "overlayfs";
 
 /// Label on a layer blob naming its uncompressed digest (what `ctr` sets too).
 const UNCOMPRESSED_LABEL: &str = "containerd.io/uncompressed";
+
+/// How long containerd may take to apply one layer: the work grows with the layer (a GiB layer
+/// takes seconds), so this is generous, but a wedged diff service still fails the pull.
+const LAYER_APPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Chain ids of a layer stack: `chain[0] = diff_id[0]`,
 /// `chain[i] = sha256(chain[i-1] + " " + diff_id[i])`.
@@ -126,7 +130,7 @@ impl Unpacker {
         };
         let mounts = self
             .snapshots()
-            .prepare(leased_request(&self.namespace, lease, prepare))
+            .prepare(leased_request(&self.namespace, lease, prepare, CALL_TIMEOUT))
             .await
             .map_err(|status| self.status_error("snapshot prepare", status))?
             .into_inner()
@@ -149,7 +153,7 @@ impl Unpacker {
     ) -> Result<()> {
         let apply = ApplyRequest { diff: Some(layer.blob.clone()), mounts, payloads: HashMap::new(), sync_fs: false };
         let applied = DiffClient::new(self.channel.clone())
-            .apply(leased_request(&self.namespace, lease, apply))
+            .apply(leased_request(&self.namespace, lease, apply, LAYER_APPLY_TIMEOUT))
             .await
             .map_err(|status| self.status_error(&format!("applying layer {}", layer.blob.digest), status))?
             .into_inner()
@@ -171,7 +175,7 @@ impl Unpacker {
             key: key.to_owned(),
             labels: HashMap::new(),
         };
-        match self.snapshots().commit(leased_request(&self.namespace, lease, commit)).await {
+        match self.snapshots().commit(leased_request(&self.namespace, lease, commit, CALL_TIMEOUT)).await {
             Ok(_) => Ok(()),
             Err(status) if status.code() == Code::AlreadyExists => {
                 // A concurrent unpack committed the same chain id first; its snapshot is as good.
