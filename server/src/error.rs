@@ -54,11 +54,12 @@ pub enum Reason {
     StoreError,
     NotImplemented,
     Internal,
+    UserNotFound,
 }
 
 impl Reason {
     /// Every reason, for exhaustive checks against the proto enum.
-    pub const ALL: [Reason; 46] = [
+    pub const ALL: [Reason; 47] = [
         Reason::InvalidWorkspaceId,
         Reason::WorkspaceNotFound,
         Reason::WorkspaceAlreadyExists,
@@ -105,6 +106,7 @@ impl Reason {
         Reason::StoreError,
         Reason::NotImplemented,
         Reason::Internal,
+        Reason::UserNotFound,
     ];
 
     /// The `ErrorReason` value name, used verbatim as `google.rpc.ErrorInfo.reason`.
@@ -156,6 +158,7 @@ impl Reason {
             Reason::StoreError => "STORE_ERROR",
             Reason::NotImplemented => "NOT_IMPLEMENTED",
             Reason::Internal => "INTERNAL",
+            Reason::UserNotFound => "USER_NOT_FOUND",
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod error;
+pub mod failpoint;
 pub mod model;
 pub mod runtime;
 pub mod store;

@@ -19,7 +19,8 @@ fn code(reason: Reason) -> Code {
         | Reason::RequestIdReused
         | Reason::ChecksumMismatch
         | Reason::InvalidPath
-        | Reason::PathEscapesWorkspace => Code::InvalidArgument,
+        | Reason::PathEscapesWorkspace
+        | Reason::UserNotFound => Code::InvalidArgument,
         Reason::WorkspaceNotFound
         | Reason::ImageNotFound
         | Reason::NoMatchingPlatform

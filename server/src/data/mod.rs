@@ -6,10 +6,14 @@ mod archive;
 mod extract;
 mod fd;
 mod mount;
+mod replace;
+mod users;
 
 #[cfg(test)]
 mod tests;
 
 pub use archive::{ArchiveFormat, ArchiveSummary, preserve_to_file, write_archive};
 pub use extract::{empty_dir, extract_archive, restore_from_file};
-pub use mount::{MountSpec, MountedRootfs, clear_stale_mounts, data_dir};
+pub use mount::{MountSpec, MountedRootfs, clear_stale_mounts, data_dir, prepare_data_dir};
+pub use replace::{WritableLayer, replace_data_dir};
+pub use users::{ResolvedUser, resolve_user};

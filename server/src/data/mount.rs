@@ -158,6 +158,20 @@ pub fn data_dir(rootfs: &Path) -> Result<PathBuf> {
     }
 }
 
+/// Makes `rootfs/data` exist (see [`data_dir`]) and belong to the workspace's user, so an image
+/// whose `User` is not root can write its own /data. Only /data itself changes owner; its content
+/// (from the image or a restore) keeps its own.
+pub fn prepare_data_dir(rootfs: &Path, uid: u32, gid: u32) -> Result<PathBuf> {
+    let data = data_dir(rootfs)?;
+    let root = fd::open_dir(rootfs)
+        .map_err(|err| data_dir_error(rootfs, &format!("opening the root file system failed: {err}")))?;
+    let dir = fd::open_subdir(root.as_fd(), OsStr::new("data"))
+        .map_err(|err| data_dir_error(rootfs, &format!("opening /data failed: {err}")))?;
+    nix::unistd::fchown(&dir, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid)))
+        .map_err(|err| data_dir_error(rootfs, &format!("giving /data to uid {uid} gid {gid} failed: {err}")))?;
+    Ok(data)
+}
+
 fn mount_one(spec: &MountSpec, target: &Path) -> Result<()> {
     let mut options = MountOptions::parse(&spec.options);
     options.flags |= HOST_SAFETY;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use crate::data::MountSpec;
+use crate::data::{MountSpec, ResolvedUser};
 use crate::error::Result;
 use crate::model::Resources;
 
@@ -94,12 +94,23 @@ pub struct ContainerSpec<'a> {
     pub resources: Resources,
     /// Caller labels, stored on the container next to berth's own.
     pub labels: &'a BTreeMap<String, String>,
-    /// Key of the writable snapshot; kept when it already exists (a rebuilt container).
+    /// Key of the writable snapshot, prepared before (see [`Runtime::prepare_snapshot`]).
     pub snapshot_key: &'a str,
-    /// The committed snapshot the writable one is prepared from.
-    pub parent_snapshot: &'a str,
+    /// Who PID 1 and the processes exec'd later run as (the image's `User`, resolved).
+    pub user: &'a ResolvedUser,
     /// Host directory holding the workspace's hosts, hostname and resolv.conf.
     pub etc_dir: &'a Path,
+}
+
+/// Who a container with a workspace's id belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerOwner {
+    /// No container has the id.
+    Absent,
+    /// berth made it for this workspace (its berth labels name the id).
+    Berth,
+    /// Someone else's container: berth never stops or deletes it.
+    Foreign,
 }
 
 /// The init process of a workspace as the runtime sees it.
@@ -123,11 +134,16 @@ pub trait Runtime: Send + Sync + 'static {
     /// Makes the image present and unpacked, reporting progress.
     async fn pull_image(&self, reference: &str, policy: PullPolicy, progress: &PullProgress) -> Result<PulledImage>;
 
-    /// Creates the container and, unless it exists, its writable snapshot.
+    /// Prepares the writable snapshot `key` on top of `parent` (a GC root labelled with the
+    /// workspace id); an existing one is kept.
+    async fn prepare_snapshot(&self, id: &str, key: &str, parent: &str) -> Result<()>;
+
+    /// Creates the container on its prepared snapshot. An existing container with the id is
+    /// WORKSPACE_ALREADY_EXISTS.
     async fn create_container(&self, spec: &ContainerSpec<'_>) -> Result<()>;
 
-    /// Whether the container exists.
-    async fn container_exists(&self, id: &str) -> Result<bool>;
+    /// Whether a container with this id exists and whether berth made it (its labels say so).
+    async fn container_owner(&self, id: &str) -> Result<ContainerOwner>;
 
     /// Ids of every container in the namespace.
     async fn list_containers(&self) -> Result<Vec<String>>;

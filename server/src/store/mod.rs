@@ -81,7 +81,18 @@ impl Store {
         .bind(record.last_stop_time)
         .execute(&mut *tx)
         .await
-        .map_err(map_err)?;
+        .map_err(|err| {
+            if is_unique_violation(&err) {
+                return Error::new(
+                    Reason::WorkspaceAlreadyExists,
+                    format!(
+                        "a workspace with id {} already exists; choose another id or delete the existing workspace",
+                        record.id
+                    ),
+                );
+            }
+            map_err(err)
+        })?;
         for (key, value) in &record.spec.labels {
             sqlx::query("INSERT INTO workspace_labels (workspace_id, key, value) VALUES (?, ?, ?)")
                 .bind(record.id.as_str())
@@ -273,17 +284,15 @@ fn workspace_from_row(row: &SqliteRow) -> Result<WorkspaceRecord> {
     })
 }
 
-/// The one place where sqlx errors become domain errors.
+/// The one place where sqlx errors become domain errors. A unique violation is a STORE_ERROR
+/// here: only the caller knows which conflict it means (a workspace id that exists is
+/// `insert_workspace`'s to say), and a conflict nobody expected is berth's bug, not the caller's.
 fn map_err(err: sqlx::Error) -> Error {
-    if let sqlx::Error::Database(db) = &err
-        && db.is_unique_violation()
-    {
-        return Error::new(
-            Reason::WorkspaceAlreadyExists,
-            "a workspace with this id already exists; choose another id or delete the existing workspace",
-        );
-    }
     Error::new(Reason::StoreError, format!("database error: {err}"))
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 #[cfg(test)]
@@ -326,6 +335,12 @@ mod tests {
 
         let dup = store.insert_workspace(&record("a", &[])).await.unwrap_err();
         assert_eq!(dup.reason(), Reason::WorkspaceAlreadyExists);
+        // Other conflicts are not "the workspace exists": a rollback deciding from that reason
+        // would leave a container of its own behind, or remove someone else's.
+        let id = WorkspaceId::parse("a").unwrap();
+        store.insert_version(&id, 1, "create", "img", "sha256:x").await.unwrap();
+        let version_conflict = store.insert_version(&id, 1, "create", "img", "sha256:x").await.unwrap_err();
+        assert_eq!(version_conflict.reason(), Reason::StoreError);
 
         let first = store.list_workspaces(None, 2, &BTreeMap::new()).await.unwrap();
         let ids: Vec<_> = first.workspaces.iter().map(|w| w.id.as_str()).collect();

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use crate::error::{Error, Reason, Result};
 use crate::model::{
     DesiredState, Resources, WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceSpec, WorkspaceState,
 };
-use crate::runtime::{ContainerSpec, PullEvent, PullPolicy, PulledImage};
+use crate::runtime::{ContainerOwner, ContainerSpec, PullEvent, PullPolicy, PulledImage};
 
 /// What a caller asks for.
 #[derive(Clone, Debug, Default)]
@@ -241,6 +242,11 @@ impl Manager {
         restore_data: bool,
         log: &OperationLog<CreateEvent>,
     ) -> Result<()> {
+        // A container that already holds the id is not this create's, whoever made it: fail
+        // before pulling, and the rollback leaves it alone.
+        if self.runtime.container_owner(record.id.as_str()).await? != ContainerOwner::Absent {
+            return Err(super::lifecycle::foreign_container(record));
+        }
         let (sender, mut receiver) = mpsc::channel(64);
         let forward = {
             let log = log.clone();
@@ -258,29 +264,13 @@ impl Manager {
         log.push(CreateEvent::Creating);
         record.image_digest = image.digest.clone();
         self.save(record).await?;
-        self.create_container_for(record, &image).await?;
-
-        let archive = restore_data.then(|| self.preserved_archive(&record.id));
-        let restoring_log = log.clone();
-        self.with_data_dir(record, move |data_dir| {
-            let Some(archive) = archive else {
-                return Ok(());
-            };
-            let total_bytes = std::fs::metadata(&archive).map(|meta| meta.len()).unwrap_or(0);
-            restoring_log.push(CreateEvent::Restoring { bytes_done: 0, total_bytes });
-            let mut last = Instant::now();
-            let mut done = 0;
-            crate::data::restore_from_file(&archive, data_dir, &mut |bytes| {
-                done = bytes;
-                if last.elapsed() >= PROGRESS_INTERVAL {
-                    last = Instant::now();
-                    restoring_log.push(CreateEvent::Restoring { bytes_done: bytes, total_bytes });
-                }
-            })?;
-            restoring_log.push(CreateEvent::Restoring { bytes_done: done.max(total_bytes), total_bytes });
-            Ok(())
-        })
-        .await?;
+        let restore = restore_data.then(|| {
+            let archive = self.preserved_archive(&record.id);
+            let restoring_log = log.clone();
+            Box::new(move |data_dir: &Path| restore_with_progress(&archive, data_dir, &restoring_log)) as DataWork
+        });
+        self.create_container_for(record, &image, restore).await?;
+        crate::failpoint::hit("create.container");
 
         self.runtime.start_task(record.id.as_str(), &record.snapshot_key).await?;
         let now = OffsetDateTime::now_utc();
@@ -300,9 +290,30 @@ impl Manager {
         Ok(())
     }
 
-    /// Creates the workspace's container (and its snapshot unless it exists) from the stored
-    /// spec, with fresh /etc files; used by create and by the rebuild of a vanished container.
-    pub(super) async fn create_container_for(&self, record: &WorkspaceRecord, image: &PulledImage) -> Result<()> {
+    /// Makes the workspace's container from the stored spec: prepares its writable snapshot (kept
+    /// when it exists), then, through one host mount of it, resolves the image's `User` from the
+    /// image's own /etc/passwd and /etc/group, gives /data to that user and runs `data_work` on
+    /// /data (a restore), and finally creates the container with fresh /etc files. Used by create
+    /// and by the rebuild of a vanished container.
+    pub(super) async fn create_container_for(
+        &self,
+        record: &WorkspaceRecord,
+        image: &PulledImage,
+        data_work: Option<DataWork>,
+    ) -> Result<()> {
+        self.runtime.prepare_snapshot(record.id.as_str(), &record.snapshot_key, &image.chain_id).await?;
+        let image_user = image.config.user.clone();
+        let user = self
+            .with_rootfs(record, move |rootfs| {
+                let user = crate::data::resolve_user(rootfs, &image_user)?;
+                let data_dir = crate::data::prepare_data_dir(rootfs, user.uid, user.gid)?;
+                crate::failpoint::hit("create.data");
+                if let Some(work) = data_work {
+                    work(&data_dir)?;
+                }
+                Ok(user)
+            })
+            .await?;
         let etc_dir = self.write_etc_files(&record.id).await?;
         self.runtime
             .create_container(&ContainerSpec {
@@ -312,7 +323,7 @@ impl Manager {
                 resources: record.spec.resources,
                 labels: &record.spec.labels,
                 snapshot_key: &record.snapshot_key,
-                parent_snapshot: &image.chain_id,
+                user: &user,
                 etc_dir: &etc_dir,
             })
             .await
@@ -332,15 +343,18 @@ impl Manager {
         Ok(etc_dir)
     }
 
-    /// Removes the container, its snapshot, its files and, once those are gone, its record
-    /// (rollback, delete, and reconcile of interrupted creates and deletes).
+    /// Removes the workspace's container (only when berth made it: a container with the same
+    /// id and without berth's labels is someone else's and stays), its snapshot, its files and,
+    /// once those are gone, its record (rollback, delete, and reconcile of interrupted creates
+    /// and deletes).
     pub(super) async fn remove_everything(&self, record: &WorkspaceRecord) -> Result<()> {
-        self.runtime.delete_container(record.id.as_str()).await?;
-        self.remove_own_parts(record).await
-    }
-
-    /// Removes the snapshot, files and record of a workspace, leaving any container alone.
-    async fn remove_own_parts(&self, record: &WorkspaceRecord) -> Result<()> {
+        match self.runtime.container_owner(record.id.as_str()).await? {
+            ContainerOwner::Berth => self.runtime.delete_container(record.id.as_str()).await?,
+            ContainerOwner::Foreign => {
+                warn!(workspace_id = %record.id, "a container with this id is not berth's; leaving it alone");
+            }
+            ContainerOwner::Absent => {}
+        }
         self.runtime.remove_snapshot(&record.snapshot_key).await?;
         if let Err(err) = tokio::fs::remove_dir_all(self.workspace_dir(&record.id)).await
             && err.kind() != std::io::ErrorKind::NotFound
@@ -353,13 +367,7 @@ impl Manager {
     /// Rolls a failed create back; if containerd cannot clean up now, the workspace stays as
     /// FAILED so DeleteWorkspace or the next boot can finish the job.
     async fn roll_back(&self, record: &mut WorkspaceRecord, cause: &Error) {
-        let removed = if cause.reason() == Reason::WorkspaceAlreadyExists {
-            // The container with this id is someone else's: remove only what this create made.
-            self.remove_own_parts(record).await
-        } else {
-            self.remove_everything(record).await
-        };
-        let Err(err) = removed else {
+        let Err(err) = self.remove_everything(record).await else {
             return;
         };
         warn!(workspace_id = %record.id, error = %err, "rollback incomplete; marking the workspace failed");
@@ -372,6 +380,27 @@ impl Manager {
             warn!(workspace_id = %record.id, error = %err, "cannot mark the workspace failed");
         }
     }
+}
+
+/// Work on a workspace's /data (host path) while its snapshot is mounted; runs in a blocking thread.
+pub(super) type DataWork = Box<dyn FnOnce(&Path) -> Result<()> + Send>;
+
+/// Extracts the preserved archive into /data, reporting progress at most every
+/// [`PROGRESS_INTERVAL`].
+fn restore_with_progress(archive: &Path, data_dir: &Path, log: &OperationLog<CreateEvent>) -> Result<()> {
+    let total_bytes = std::fs::metadata(archive).map(|meta| meta.len()).unwrap_or(0);
+    log.push(CreateEvent::Restoring { bytes_done: 0, total_bytes });
+    let mut last = Instant::now();
+    let mut done = 0;
+    crate::data::restore_from_file(archive, data_dir, &mut |bytes| {
+        done = bytes;
+        if last.elapsed() >= PROGRESS_INTERVAL {
+            last = Instant::now();
+            log.push(CreateEvent::Restoring { bytes_done: bytes, total_bytes });
+        }
+    })?;
+    log.push(CreateEvent::Restoring { bytes_done: done.max(total_bytes), total_bytes });
+    Ok(())
 }
 
 /// The content of /etc/hosts of a workspace.

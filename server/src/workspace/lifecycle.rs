@@ -12,7 +12,7 @@ use super::manager::{DEFAULT_STOP_TIMEOUT, Manager, ensure_settled};
 use crate::data::MountedRootfs;
 use crate::error::{Error, Reason, Result};
 use crate::model::{DesiredState, WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceState};
-use crate::runtime::PullPolicy;
+use crate::runtime::{ContainerOwner, PullPolicy};
 
 impl Manager {
     /// Starts a workspace (idempotent); a container that vanished is rebuilt from the store,
@@ -78,8 +78,10 @@ impl Manager {
     pub(super) async fn bring_up(&self, record: &mut WorkspaceRecord) -> Result<()> {
         let already_running = self.runtime.task(record.id.as_str()).await?.is_some_and(|task| task.running);
         if !already_running {
-            if !self.runtime.container_exists(record.id.as_str()).await? {
-                self.rebuild_container(record).await?;
+            match self.runtime.container_owner(record.id.as_str()).await? {
+                ContainerOwner::Berth => {}
+                ContainerOwner::Absent => self.rebuild_container(record).await?,
+                ContainerOwner::Foreign => return Err(foreign_container(record)),
             }
             self.runtime.start_task(record.id.as_str(), &record.snapshot_key).await?;
             record.last_start_time = Some(OffsetDateTime::now_utc());
@@ -108,7 +110,7 @@ impl Manager {
         }
         record.image_digest = image.digest.clone();
         self.save(record).await?;
-        self.create_container_for(record, &image).await?;
+        self.create_container_for(record, &image, None).await?;
         info!(workspace_id = %record.id, "container rebuilt from the store");
         Ok(())
     }
@@ -250,6 +252,16 @@ impl Manager {
     where
         F: FnOnce(&Path) -> Result<()> + Send + 'static,
     {
+        self.with_rootfs(record, move |rootfs| work(&crate::data::data_dir(rootfs)?)).await
+    }
+
+    /// Mounts the workspace snapshot on the host (nosuid, nodev, noexec; the task must not run)
+    /// and runs `work` on the mounted root in a blocking thread; the mount ends with `work`.
+    pub(super) async fn with_rootfs<T, F>(&self, record: &WorkspaceRecord, work: F) -> Result<T>
+    where
+        F: FnOnce(&Path) -> Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
         if !self.runtime.snapshot_exists(&record.snapshot_key).await? {
             return Err(Error::new(
                 Reason::DataArchiveFailed,
@@ -264,8 +276,7 @@ impl Manager {
             self.mount_dir().join(format!("{}-{}", record.id, OffsetDateTime::now_utc().unix_timestamp_nanos()));
         tokio::task::spawn_blocking(move || {
             let rootfs = MountedRootfs::mount(&mounts, &target)?;
-            let data_dir = crate::data::data_dir(rootfs.path())?;
-            work(&data_dir)
+            work(rootfs.path())
         })
         .await
         .map_err(|err| Error::internal(format!("the /data worker failed: {err}")))?
@@ -309,4 +320,17 @@ fn replace_data_dir(data_dir: &Path, archive: &Path) -> Result<()> {
     }
     remove_tree(&retired);
     Ok(())
+}
+
+/// A container with the workspace's id that berth did not make: berth neither starts nor
+/// removes it.
+pub(super) fn foreign_container(record: &WorkspaceRecord) -> Error {
+    Error::new(
+        Reason::WorkspaceAlreadyExists,
+        format!(
+            "a container named {} already exists in containerd but berth does not manage it (it lacks berth's labels); \
+             berth leaves it alone: remove it, or choose another workspace id",
+            record.id
+        ),
+    )
 }

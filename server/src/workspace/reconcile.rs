@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use super::manager::{DEFAULT_STOP_TIMEOUT, Manager};
 use crate::error::Result;
 use crate::model::{DesiredState, WorkspaceId, WorkspaceRecord, WorkspaceState};
+use crate::runtime::ContainerOwner;
 
 /// What a reconcile did, for the boot log.
 #[derive(Debug, Default)]
@@ -128,7 +129,9 @@ impl Manager {
                 self.save(record).await?;
                 report.stopped += 1;
             }
-            DesiredState::Stopped if !self.runtime.container_exists(record.id.as_str()).await? => {
+            DesiredState::Stopped
+                if self.runtime.container_owner(record.id.as_str()).await? == ContainerOwner::Absent =>
+            {
                 // Rebuilt on the next start; nothing runs now.
                 warn!(workspace_id = %record.id, "container is gone; it is rebuilt when the workspace starts");
             }

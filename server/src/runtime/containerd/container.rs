@@ -1,6 +1,7 @@
 //! Containers, their writable snapshots and their tasks (PID 1 = catatonit).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,7 +29,7 @@ use super::client::{CALL_TIMEOUT, leased_request, request, request_within};
 use super::{Containerd, PING_TIMEOUT, SNAPSHOTTER, pull, spec};
 use crate::data::MountSpec;
 use crate::error::{Error, Reason, Result};
-use crate::runtime::{ContainerSpec, PullPolicy, PullProgress, PulledImage, Runtime, TaskState};
+use crate::runtime::{ContainerOwner, ContainerSpec, PullPolicy, PullProgress, PulledImage, Runtime, TaskState};
 
 /// The shim every workspace runs under.
 pub const RUNTIME_NAME: &str = "io.containerd.runc.v2";
@@ -63,29 +64,56 @@ impl Containerd {
         SnapshotsClient::new(self.channel.clone())
     }
 
-    async fn create_container_leased(&self, spec: &ContainerSpec<'_>, lease: &str) -> Result<()> {
-        if !self.snapshot_exists(spec.snapshot_key).await? {
-            let prepare = PrepareSnapshotRequest {
-                snapshotter: SNAPSHOTTER.to_owned(),
-                key: spec.snapshot_key.to_owned(),
-                parent: spec.parent_snapshot.to_owned(),
-                // A GC root: the workspace's filesystem outlives its container (a container
-                // removed behind berth's back is rebuilt on the same snapshot); berth removes it
-                // explicitly on delete.
-                labels: HashMap::from([
-                    (LABEL_ID.to_owned(), spec.id.to_owned()),
-                    ("containerd.io/gc.root".to_owned(), rfc3339_now()),
-                ]),
-            };
-            self.snapshots()
-                .prepare(leased_request(&self.namespace, lease, prepare, CALL_TIMEOUT))
-                .await
-                .map_err(|status| self.map_status("snapshot prepare", status))?;
+    /// Runs `work` under a short-lived lease (what it creates is safe from GC until it is
+    /// referenced), then ends the lease.
+    async fn leased<T, F, Fut>(&self, purpose: &str, id: &str, work: F) -> Result<T>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let lease = format!("{LEASE_PREFIX}{purpose}-{id}");
+        let expire = time::OffsetDateTime::now_utc() + Duration::from_secs(600);
+        let labels = HashMap::from([("containerd.io/gc.expire".to_owned(), rfc3339(expire))]);
+        let mut leases = LeasesClient::new(self.channel.clone());
+        match leases.create(request(&self.namespace, CreateLeaseRequest { id: lease.clone(), labels })).await {
+            Ok(_) => {}
+            Err(status) if is(&status, Code::AlreadyExists) => {}
+            Err(status) => return Err(self.map_status("lease create", status)),
         }
+        let result = work(lease.clone()).await;
+        let delete = DeleteLeaseRequest { id: lease, sync: false };
+        if let Err(status) = leases.delete(request(&self.namespace, delete)).await {
+            warn!(error = %status.message(), "cannot delete a lease; it expires by itself");
+        }
+        result
+    }
+
+    async fn prepare_snapshot_leased(&self, id: &str, key: &str, parent: &str, lease: &str) -> Result<()> {
+        let prepare = PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.to_owned(),
+            key: key.to_owned(),
+            parent: parent.to_owned(),
+            // A GC root: the workspace's filesystem outlives its container (a container
+            // removed behind berth's back is rebuilt on the same snapshot); berth removes it
+            // explicitly on delete.
+            labels: HashMap::from([
+                (LABEL_ID.to_owned(), id.to_owned()),
+                ("containerd.io/gc.root".to_owned(), rfc3339_now()),
+            ]),
+        };
+        match self.snapshots().prepare(leased_request(&self.namespace, lease, prepare, CALL_TIMEOUT)).await {
+            Ok(_) => Ok(()),
+            Err(status) if is(&status, Code::AlreadyExists) => Ok(()),
+            Err(status) => Err(self.map_status("snapshot prepare", status)),
+        }
+    }
+
+    async fn create_container_leased(&self, spec: &ContainerSpec<'_>, lease: &str) -> Result<()> {
         let oci_spec = spec::build(&spec::SpecInput {
             id: spec.id,
             namespace: &self.namespace,
             image: &spec.image.config,
+            user: spec.user,
             env: spec.env,
             resources: spec.resources,
             init_binary: &self.init_binary,
@@ -241,28 +269,26 @@ impl Runtime for Containerd {
         self.puller.pull(reference, policy, progress).await
     }
 
-    async fn create_container(&self, spec: &ContainerSpec<'_>) -> Result<()> {
-        let lease = format!("{LEASE_PREFIX}create-{}", spec.id);
-        let expire = time::OffsetDateTime::now_utc() + Duration::from_secs(600);
-        let labels = HashMap::from([("containerd.io/gc.expire".to_owned(), rfc3339(expire))]);
-        let mut leases = LeasesClient::new(self.channel.clone());
-        match leases.create(request(&self.namespace, CreateLeaseRequest { id: lease.clone(), labels })).await {
-            Ok(_) => {}
-            Err(status) if is(&status, Code::AlreadyExists) => {}
-            Err(status) => return Err(self.map_status("lease create", status)),
+    async fn prepare_snapshot(&self, id: &str, key: &str, parent: &str) -> Result<()> {
+        if self.snapshot_exists(key).await? {
+            return Ok(());
         }
-        let result = self.create_container_leased(spec, &lease).await;
-        let delete = DeleteLeaseRequest { id: lease, sync: false };
-        if let Err(status) = leases.delete(request(&self.namespace, delete)).await {
-            warn!(error = %status.message(), "cannot delete the create lease; it expires by itself");
-        }
-        result
+        self.leased("snapshot", id, |lease| async move { self.prepare_snapshot_leased(id, key, parent, &lease).await })
+            .await
     }
 
-    async fn container_exists(&self, id: &str) -> Result<bool> {
+    async fn create_container(&self, spec: &ContainerSpec<'_>) -> Result<()> {
+        self.leased("create", spec.id, |lease| async move { self.create_container_leased(spec, &lease).await }).await
+    }
+
+    async fn container_owner(&self, id: &str) -> Result<ContainerOwner> {
         match self.containers().get(request(&self.namespace, GetContainerRequest { id: id.to_owned() })).await {
-            Ok(_) => Ok(true),
-            Err(status) if is(&status, Code::NotFound) => Ok(false),
+            Ok(response) => {
+                let labels = response.into_inner().container.map(|container| container.labels).unwrap_or_default();
+                let ours = labels.contains_key(LABEL_MANAGED) && labels.get(LABEL_ID).is_some_and(|owner| owner == id);
+                Ok(if ours { ContainerOwner::Berth } else { ContainerOwner::Foreign })
+            }
+            Err(status) if is(&status, Code::NotFound) => Ok(ContainerOwner::Absent),
             Err(status) => Err(self.map_status("container get", status)),
         }
     }

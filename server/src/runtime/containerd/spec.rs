@@ -10,6 +10,7 @@ use oci_spec::runtime::{
     PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
+use crate::data::ResolvedUser;
 use crate::error::{Error, Result};
 use crate::model::Resources;
 use crate::runtime::ImageConfig;
@@ -44,6 +45,8 @@ pub struct SpecInput<'a> {
     pub id: &'a str,
     pub namespace: &'a str,
     pub image: &'a ImageConfig,
+    /// The image's `User`, resolved from its own /etc/passwd and /etc/group.
+    pub user: &'a ResolvedUser,
     /// Caller-supplied variables; they override the image's.
     pub env: &'a BTreeMap<String, String>,
     pub resources: Resources,
@@ -56,10 +59,13 @@ pub struct SpecInput<'a> {
 pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
     let invalid = |err: oci_spec::OciSpecError| Error::internal(format!("cannot build the runtime spec: {err}"));
     let capabilities: HashSet<Capability> = CAPABILITIES.into_iter().collect();
-    let (uid, gid) = numeric_user(&input.image.user);
+    let mut user = UserBuilder::default().uid(input.user.uid).gid(input.user.gid);
+    if !input.user.additional_gids.is_empty() {
+        user = user.additional_gids(input.user.additional_gids.clone());
+    }
     let process = ProcessBuilder::default()
         .terminal(false)
-        .user(UserBuilder::default().uid(uid).gid(gid).build().map_err(invalid)?)
+        .user(user.build().map_err(invalid)?)
         .args(vec![INIT_PATH.to_owned(), "-P".to_owned()])
         .env(merged_env(&input.image.env, input.env))
         .cwd(if input.image.working_dir.is_empty() { "/" } else { &input.image.working_dir })
@@ -198,17 +204,6 @@ fn merged_env(image_env: &[String], overrides: &BTreeMap<String, String>) -> Vec
     env
 }
 
-/// The uid/gid of an image `User` given as `uid` or `uid:gid`. Named users need the image's
-/// /etc/passwd; PID 1 (catatonit) then runs as root and processes started later resolve names.
-fn numeric_user(user: &str) -> (u32, u32) {
-    let (uid, gid) = user.split_once(':').unwrap_or((user, ""));
-    match (uid.parse::<u32>(), gid.parse::<u32>()) {
-        (Ok(uid), Ok(gid)) => (uid, gid),
-        (Ok(uid), Err(_)) if gid.is_empty() => (uid, uid),
-        _ => (0, 0),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,14 +219,6 @@ mod tests {
     }
 
     #[test]
-    fn numeric_users_parse_and_names_fall_back_to_root() {
-        assert_eq!(numeric_user(""), (0, 0));
-        assert_eq!(numeric_user("1000"), (1000, 1000));
-        assert_eq!(numeric_user("1000:50"), (1000, 50));
-        assert_eq!(numeric_user("nobody"), (0, 0));
-    }
-
-    #[test]
     fn spec_has_init_limits_and_cgroup_path() {
         let image =
             ImageConfig { env: vec!["PATH=/bin".to_owned()], working_dir: "/work".to_owned(), ..Default::default() };
@@ -240,6 +227,7 @@ mod tests {
             id: "bot-1",
             namespace: "berth",
             image: &image,
+            user: &ResolvedUser { uid: 1000, gid: 50, additional_gids: vec![29, 100], name: Some("bot".to_owned()) },
             env: &env,
             resources: Resources { cpu_millis: 500, memory_bytes: 64 << 20, pids_limit: 100 },
             init_binary: Path::new("/usr/bin/catatonit"),
@@ -250,6 +238,7 @@ mod tests {
         assert_eq!(json["process"]["args"][0], INIT_PATH);
         assert_eq!(json["process"]["cwd"], "/work");
         assert_eq!(json["hostname"], "bot-1");
+        assert_eq!(json["process"]["user"], serde_json::json!({"uid": 1000, "gid": 50, "additionalGids": [29, 100]}));
         assert_eq!(json["linux"]["cgroupsPath"], "/berth/bot-1");
         assert_eq!(json["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(json["linux"]["resources"]["memory"]["limit"], 64 << 20);
