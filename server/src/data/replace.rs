@@ -45,7 +45,8 @@ impl WritableLayer {
         match mount.kind.as_str() {
             "overlay" => {
                 let upper = option("upperdir=").ok_or_else(unsupported)?;
-                let lowers = option("lowerdir=").map(|list| list.split(':').map(PathBuf::from).collect()).unwrap_or_default();
+                let lowers =
+                    option("lowerdir=").map(|list| list.split(':').map(PathBuf::from).collect()).unwrap_or_default();
                 let opaque_xattr = if mount.options.iter().any(|option| option == "userxattr") {
                     "user.overlay.opaque"
                 } else {
@@ -130,7 +131,9 @@ fn data_owner(layer: &WritableLayer) -> Result<(u32, u32, u32)> {
     for dir in std::iter::once(&layer.upper).chain(&layer.lowers) {
         let root = fd::open_dir(dir).map_err(|err| failed("open a layer of the snapshot", &err))?;
         match fd::lstat_at(root.as_fd(), data) {
-            Ok(stat) if Kind::of(&stat) == Kind::Directory => return Ok((stat.st_uid, stat.st_gid, stat.st_mode & 0o7777)),
+            Ok(stat) if Kind::of(&stat) == Kind::Directory => {
+                return Ok((stat.st_uid, stat.st_gid, stat.st_mode & 0o7777));
+            }
             // Anything else (a whiteout, a file) hides the layers below.
             Ok(_) => break,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -145,4 +148,105 @@ fn failed(what: &str, err: &std::io::Error) -> Error {
         Reason::DataArchiveFailed,
         format!("cannot {what} while restoring /data: {err}; /data is unchanged, check the server's disk and log"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+    use super::*;
+    use crate::data::MountedRootfs;
+
+    /// An archive of a /data holding `restored.txt`.
+    fn archive(dir: &Path) -> PathBuf {
+        let source = dir.join("source");
+        fs::create_dir_all(source.join("sub")).unwrap();
+        fs::write(source.join("restored.txt"), "restored").unwrap();
+        let archive = dir.join("data.tar.gz");
+        crate::data::preserve_to_file(&source, &archive, &mut |_| {}).unwrap();
+        archive
+    }
+
+    /// lower/ (the image layer, with or without /data), upper/ and work/ of an overlay.
+    fn overlay(dir: &Path, image_has_data: bool) -> (WritableLayer, Vec<MountSpec>) {
+        for name in ["lower", "upper", "work"] {
+            fs::create_dir_all(dir.join(name)).unwrap();
+        }
+        if image_has_data {
+            fs::create_dir_all(dir.join("lower/data")).unwrap();
+            fs::write(dir.join("lower/data/from-image.txt"), "image").unwrap();
+        }
+        let mounts = vec![MountSpec {
+            kind: "overlay".to_owned(),
+            source: "overlay".to_owned(),
+            options: vec![
+                format!("workdir={}", dir.join("work").display()),
+                format!("upperdir={}", dir.join("upper").display()),
+                format!("lowerdir={}", dir.join("lower").display()),
+            ],
+        }];
+        (WritableLayer::from_mounts(&mounts).unwrap(), mounts)
+    }
+
+    /// Makes /data through the mounted overlay as a workspace would: owned by uid 1000, mode 0750,
+    /// with a file of the bot's.
+    fn bot_writes_data(mounts: &[MountSpec], target: &Path) {
+        let rootfs = MountedRootfs::mount(mounts, target).unwrap();
+        let data = crate::data::prepare_data_dir(rootfs.path(), 1000, 1000).unwrap();
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o750)).unwrap();
+        fs::write(data.join("bot.txt"), "bot").unwrap();
+        rootfs.unmount().unwrap();
+    }
+
+    fn assert_restored(mounts: &[MountSpec], target: &Path) {
+        let rootfs = MountedRootfs::mount(mounts, target).unwrap();
+        let data = rootfs.path().join("data");
+        assert_eq!(fs::read_to_string(data.join("restored.txt")).unwrap(), "restored");
+        assert!(data.join("sub").is_dir());
+        assert!(!data.join("bot.txt").exists(), "the old /data is gone");
+        assert!(!data.join("from-image.txt").exists(), "the image's /data content stays hidden");
+        let meta = fs::metadata(&data).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (1000, 1000, 0o750), "owner and mode kept");
+        let leftovers: Vec<_> = fs::read_dir(rootfs.path()).unwrap().flatten().map(|entry| entry.file_name()).collect();
+        assert_eq!(leftovers, [std::ffi::OsString::from("data")], "no staging directory is left");
+    }
+
+    #[test]
+    fn restore_swaps_data_atomically_when_data_comes_from_an_image_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = archive(dir.path());
+        let (layer, mounts) = overlay(dir.path(), true);
+        let target = dir.path().join("mnt");
+        bot_writes_data(&mounts, &target);
+        replace_data_dir(&layer, &archive).unwrap();
+        assert_restored(&mounts, &target);
+    }
+
+    #[test]
+    fn restore_swaps_data_atomically_when_only_the_writable_layer_has_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = archive(dir.path());
+        let (layer, mounts) = overlay(dir.path(), false);
+        let target = dir.path().join("mnt");
+        bot_writes_data(&mounts, &target);
+        replace_data_dir(&layer, &archive).unwrap();
+        assert_restored(&mounts, &target);
+    }
+
+    #[test]
+    fn a_corrupt_archive_leaves_data_and_the_layer_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layer, mounts) = overlay(dir.path(), true);
+        let target = dir.path().join("mnt");
+        bot_writes_data(&mounts, &target);
+        let corrupt = dir.path().join("corrupt.tar.gz");
+        fs::write(&corrupt, b"\x1f\x8b\x08\x00 this is not gzip").unwrap();
+        let err = replace_data_dir(&layer, &corrupt).unwrap_err();
+        assert_eq!(err.reason(), Reason::DataArchiveFailed);
+        let upper: Vec<_> = fs::read_dir(dir.path().join("upper")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(upper, [std::ffi::OsString::from("data")], "no staging directory is left");
+        let rootfs = MountedRootfs::mount(&mounts, &target).unwrap();
+        assert_eq!(fs::read_to_string(rootfs.path().join("data/bot.txt")).unwrap(), "bot");
+    }
 }

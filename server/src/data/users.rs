@@ -134,7 +134,9 @@ fn read_in_root(root: &OwnedFd, path: &str, user: &str) -> Result<String> {
 fn lookup_failed(user: &str, what: &str) -> Error {
     Error::new(
         Reason::UserNotFound,
-        format!("cannot resolve the image's User {user:?}: {what}; fix the image's /etc files or use a numeric uid:gid"),
+        format!(
+            "cannot resolve the image's User {user:?}: {what}; fix the image's /etc files or use a numeric uid:gid"
+        ),
     )
 }
 
@@ -204,7 +206,10 @@ mod tests {
         let numeric = resolved("1000:staff");
         assert_eq!((numeric.uid, numeric.gid), (1000, 50));
         let both_numbers = resolved("1000:7");
-        assert_eq!((both_numbers.uid, both_numbers.gid, both_numbers.additional_gids.as_slice()), (1000, 7, &[29, 50][..]));
+        assert_eq!(
+            (both_numbers.uid, both_numbers.gid, both_numbers.additional_gids.as_slice()),
+            (1000, 7, &[29, 50][..])
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Start, stop, delete and the /data operations (preserve, restore, reset) of a workspace.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::manager::{DEFAULT_STOP_TIMEOUT, Manager, ensure_settled};
-use crate::data::MountedRootfs;
+use crate::data::{MountedRootfs, WritableLayer};
 use crate::error::{Error, Reason, Result};
 use crate::model::{DesiredState, WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceState};
 use crate::runtime::{ContainerOwner, PullPolicy};
@@ -185,7 +185,7 @@ impl Manager {
         let id = WorkspaceId::parse(workspace_id)?;
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
-        let mut record = self.record(&id).await?;
+        let record = self.record(&id).await?;
         ensure_settled(&record, "restoring data")?;
         let archive = self.preserved_archive(&id);
         if !tokio::fs::try_exists(&archive).await.unwrap_or(false) {
@@ -196,8 +196,7 @@ impl Manager {
                 ),
             ));
         }
-        let source = archive.clone();
-        self.while_stopped(&mut record, move |data_dir| replace_data_dir(data_dir, &source)).await?;
+        self.while_stopped(&record, self.replace_data(&record, archive.clone())).await?;
         if let Err(err) = tokio::fs::remove_file(&archive).await {
             warn!(workspace_id = %id, error = %err, "cannot remove the restored archive");
         }
@@ -210,24 +209,22 @@ impl Manager {
         let id = WorkspaceId::parse(workspace_id)?;
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
-        let mut record = self.record(&id).await?;
+        let record = self.record(&id).await?;
         ensure_settled(&record, "resetting data")?;
-        self.while_stopped(&mut record, |data_dir| crate::data::empty_dir(data_dir).map(|_| ())).await?;
+        let emptied = self.with_data_dir(&record, |data_dir| crate::data::empty_dir(data_dir).map(|_| ()));
+        self.while_stopped(&record, emptied).await?;
         self.event(&id, "data_reset", "/data emptied").await;
         Ok(self.info(record).await)
     }
 
-    /// Runs `work` on the host path of /data with the task stopped (an overlay upper dir must
-    /// not be mounted twice), then starts the task again if it ran before, also on failure.
-    async fn while_stopped<F>(&self, record: &mut WorkspaceRecord, work: F) -> Result<()>
-    where
-        F: FnOnce(&Path) -> Result<()> + Send + 'static,
-    {
+    /// Runs `work` (which reaches /data on the host) with the task stopped (an overlay upper dir
+    /// must not be mounted twice), then starts the task again if it ran before, also on failure.
+    async fn while_stopped(&self, record: &WorkspaceRecord, work: impl Future<Output = Result<()>>) -> Result<()> {
         let was_running = self.runtime.task(record.id.as_str()).await?.is_some_and(|task| task.running);
         if was_running {
             self.runtime.stop_task(record.id.as_str(), DEFAULT_STOP_TIMEOUT).await?;
         }
-        let outcome = self.with_data_dir(record, work).await;
+        let outcome = work.await;
         if was_running {
             if outcome.is_err() {
                 self.restart_after_failure(record).await;
@@ -244,6 +241,16 @@ impl Manager {
         if let Err(err) = self.runtime.start_task(record.id.as_str(), &record.snapshot_key).await {
             warn!(workspace_id = %record.id, error = %err, "cannot start the workspace again after a failed data operation");
         }
+    }
+
+    /// Swaps the preserved archive in as /data in the stopped workspace's writable layer (see
+    /// [`crate::data::replace_data_dir`]: atomic whether /data comes from an image layer or not).
+    async fn replace_data(&self, record: &WorkspaceRecord, archive: PathBuf) -> Result<()> {
+        let mounts = self.runtime.snapshot_mounts(&record.snapshot_key).await?;
+        let layer = WritableLayer::from_mounts(&mounts)?;
+        tokio::task::spawn_blocking(move || crate::data::replace_data_dir(&layer, &archive))
+            .await
+            .map_err(|err| Error::internal(format!("the /data worker failed: {err}")))?
     }
 
     /// Mounts the workspace snapshot on the host (the task must not run) and runs `work` on its
@@ -281,45 +288,6 @@ impl Manager {
         .await
         .map_err(|err| Error::internal(format!("the /data worker failed: {err}")))?
     }
-}
-
-/// Replaces `data_dir` with the archive's content without ever leaving it half restored: the
-/// archive is extracted next to it and swapped in by rename; a failed extraction leaves /data
-/// untouched. When /data cannot be renamed (it comes from an image layer: EXDEV on overlayfs),
-/// it is emptied and extracted in place instead.
-fn replace_data_dir(data_dir: &Path, archive: &Path) -> Result<()> {
-    let parent = data_dir.parent().ok_or_else(|| Error::internal("/data has no parent directory"))?;
-    let stamp = OffsetDateTime::now_utc().unix_timestamp_nanos();
-    let staging = parent.join(format!(".berth-restore-{stamp}"));
-    let retired = parent.join(format!(".berth-retired-{stamp}"));
-    let io_failed = |what: &str, err: std::io::Error| {
-        Error::new(Reason::DataArchiveFailed, format!("cannot {what} while restoring /data: {err}"))
-    };
-    std::fs::create_dir(&staging).map_err(|err| io_failed("create the staging directory", err))?;
-    let remove_tree = |dir: &Path| {
-        let _ = crate::data::empty_dir(dir);
-        let _ = std::fs::remove_dir(dir);
-    };
-    if let Err(err) = crate::data::restore_from_file(archive, &staging, &mut |_| {}) {
-        remove_tree(&staging);
-        return Err(err);
-    }
-    if let Err(err) = std::fs::rename(data_dir, &retired) {
-        remove_tree(&staging);
-        if err.raw_os_error() != Some(nix::libc::EXDEV) {
-            return Err(io_failed("set the old /data aside", err));
-        }
-        crate::data::empty_dir(data_dir)?;
-        return crate::data::restore_from_file(archive, data_dir, &mut |_| {}).map(|_| ());
-    }
-    if let Err(err) = std::fs::rename(&staging, data_dir) {
-        // Put the old /data back so the workspace is as it was.
-        let _ = std::fs::rename(&retired, data_dir);
-        remove_tree(&staging);
-        return Err(io_failed("move the restored /data in place", err));
-    }
-    remove_tree(&retired);
-    Ok(())
 }
 
 /// A container with the workspace's id that berth did not make: berth neither starts nor
