@@ -55,11 +55,12 @@ pub enum Reason {
     NotImplemented,
     Internal,
     UserNotFound,
+    ServerShuttingDown,
 }
 
 impl Reason {
     /// Every reason, for exhaustive checks against the proto enum.
-    pub const ALL: [Reason; 47] = [
+    pub const ALL: [Reason; 48] = [
         Reason::InvalidWorkspaceId,
         Reason::WorkspaceNotFound,
         Reason::WorkspaceAlreadyExists,
@@ -107,6 +108,7 @@ impl Reason {
         Reason::NotImplemented,
         Reason::Internal,
         Reason::UserNotFound,
+        Reason::ServerShuttingDown,
     ];
 
     /// The `ErrorReason` value name, used verbatim as `google.rpc.ErrorInfo.reason`.
@@ -159,6 +161,7 @@ impl Reason {
             Reason::NotImplemented => "NOT_IMPLEMENTED",
             Reason::Internal => "INTERNAL",
             Reason::UserNotFound => "USER_NOT_FOUND",
+            Reason::ServerShuttingDown => "SERVER_SHUTTING_DOWN",
         }
     }
 }

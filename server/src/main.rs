@@ -129,17 +129,31 @@ async fn run(config: Config, listener: tokio::net::TcpListener, containerd: Cont
         store.clone(),
         Arc::new(containerd),
     ));
-    if let Err(err) = manager.reconcile().await {
+    // Serving starts at once; each workspace's calls wait for its own reconcile, and health is
+    // NOT_SERVING until all are done.
+    if let Err(err) = manager.start_reconcile().await {
         warn!(error = %err, "reconcile at boot failed (the store could not be read); restart berth to retry");
+        manager.reconciled_without_store();
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     info!(listen = %config.listen, namespace = %config.namespace, state_dir = %config.state_dir.display(), "berth is serving");
-    let served = berth::api::serve(listener, manager, shutdown).await;
+    let served = berth::api::serve(listener, manager.clone(), shutdown).await;
+    // Creates, stops and data operations still running finish before the store closes (a create
+    // cut off here would only be rolled back at the next boot).
+    if !manager.drain(SHUTDOWN_DRAIN).await {
+        warn!(
+            drain_secs = SHUTDOWN_DRAIN.as_secs(),
+            "operations still running after the drain period; the next boot finishes or rolls them back"
+        );
+    }
     store.close().await;
     info!("berth stopped");
     served
 }
+
+/// How long a shutdown waits for operations in flight.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
 
 async fn cancel_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};

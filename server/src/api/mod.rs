@@ -84,11 +84,13 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// Reports SERVING only while containerd answers; NOT_SERVING from the start of shutdown.
+/// Reports SERVING only while containerd answers and the boot reconcile has finished;
+/// NOT_SERVING from the start of shutdown.
 async fn report_health(manager: Arc<Manager>, reporter: HealthReporter, shutdown: CancellationToken) {
     let mut last: Option<ServingStatus> = None;
     loop {
         let status = match manager.check_runtime().await {
+            Ok(_) if !manager.is_reconciled() => ServingStatus::NotServing,
             Ok(_) => ServingStatus::Serving,
             Err(err) => {
                 if last != Some(ServingStatus::NotServing) {
@@ -107,6 +109,8 @@ async fn report_health(manager: Arc<Manager>, reporter: HealthReporter, shutdown
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
+            // Report SERVING as soon as the reconcile ends, not at the next tick.
+            () = manager.wait_reconciled(), if !manager.is_reconciled() => {}
         }
     }
     set_all(&reporter, ServingStatus::NotServing).await;

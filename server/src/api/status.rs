@@ -50,7 +50,10 @@ fn code(reason: Reason) -> Code {
         | Reason::PtyNotAllocated => Code::FailedPrecondition,
         Reason::WorkspaceBusy | Reason::RevisionMismatch => Code::Aborted,
         Reason::ResourceLimitExceeded => Code::ResourceExhausted,
-        Reason::RegistryUnavailable | Reason::ImagePullFailed | Reason::ContainerdUnavailable => Code::Unavailable,
+        Reason::RegistryUnavailable
+        | Reason::ImagePullFailed
+        | Reason::ContainerdUnavailable
+        | Reason::ServerShuttingDown => Code::Unavailable,
         Reason::NotImplemented => Code::Unimplemented,
         Reason::DataArchiveFailed | Reason::RuntimeError | Reason::StoreError | Reason::Internal => Code::Internal,
     }

@@ -45,6 +45,19 @@ pub enum CreateEvent {
     Ready(Box<WorkspaceInfo>),
 }
 
+impl super::operation::Phased for CreateEvent {
+    fn phase(&self) -> u8 {
+        match self {
+            CreateEvent::Pull(PullEvent::Pulling { .. }) => 0,
+            CreateEvent::Pull(PullEvent::Progress { .. }) => 1,
+            CreateEvent::Pull(PullEvent::Unpacking { .. }) => 2,
+            CreateEvent::Creating => 3,
+            CreateEvent::Restoring { .. } => 4,
+            CreateEvent::Ready(_) => 5,
+        }
+    }
+}
+
 /// A stream of create events ending with `Ready` or an error.
 pub type CreateStream = Pin<Box<dyn Stream<Item = Result<CreateEvent>> + Send>>;
 
@@ -61,6 +74,9 @@ impl Manager {
     /// Starts (or attaches to, or answers from an existing workspace) a create. Validation
     /// errors come back here; failures during creation end the stream.
     pub async fn create(self: &Arc<Self>, request: CreateRequest) -> Result<CreateStream> {
+        if self.tasks.is_closed() {
+            return Err(super::lifecycle::shutting_down());
+        }
         let id = WorkspaceId::parse(&request.workspace_id)?;
         let spec = self.validated_spec(&request)?;
         if !request.request_id.is_empty()
@@ -115,11 +131,10 @@ impl Manager {
         let stream = operation.log.subscribe();
         let manager = self.clone();
         // Everything from here runs in its own task: a caller that goes away mid-way cannot
-        // leave the in-flight entry (or a half-written record) behind.
-        tokio::spawn(async move {
+        // leave the in-flight entry (or a half-written record) behind; shutdown waits for it.
+        self.tasks.spawn(async move {
             let create = async {
-                let lock = manager.lock_for(&id);
-                let _guard = lock.lock().await;
+                let _guard = manager.lock(&id).await;
                 if !request.request_id.is_empty() {
                     manager.store.insert_request(&request.request_id, &id, &record.spec).await?;
                 }

@@ -19,53 +19,84 @@ impl Manager {
     /// keeping its snapshot when it still exists.
     pub async fn start(self: &Arc<Self>, workspace_id: &str) -> Result<WorkspaceInfo> {
         let id = workspace_id.to_owned();
-        self.detached(|manager| async move { manager.start_now(&id).await }).await
+        self.detached("start", workspace_id, |manager| async move { manager.start_now(&id).await.map(Some) })
+            .await
+            .map(expect_info)
     }
 
     /// Stops a workspace (idempotent): SIGTERM to its processes, then PID 1, SIGKILL to all after
-    /// `timeout`, task deleted. The stop is persisted across server restarts.
+    /// `timeout`, task deleted. The stop is persisted across server restarts. A stop already in
+    /// flight answers a retry, whatever the retry's timeout.
     pub async fn stop(self: &Arc<Self>, workspace_id: &str, timeout: Option<Duration>) -> Result<WorkspaceInfo> {
         let id = workspace_id.to_owned();
-        self.detached(move |manager| async move { manager.stop_now(&id, timeout).await }).await
+        self.detached(
+            "stop",
+            workspace_id,
+            move |manager| async move { manager.stop_now(&id, timeout).await.map(Some) },
+        )
+        .await
+        .map(expect_info)
     }
 
     /// Deletes a workspace from any state, archiving /data first with `preserve_data`.
     pub async fn delete(self: &Arc<Self>, workspace_id: &str, preserve_data: bool) -> Result<()> {
         let id = workspace_id.to_owned();
-        self.detached(move |manager| async move { manager.delete_now(&id, preserve_data).await }).await
+        let kind = if preserve_data { "delete-preserving" } else { "delete" };
+        self.detached(kind, workspace_id, move |manager| async move {
+            manager.delete_now(&id, preserve_data).await.map(|()| None)
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Replaces /data with the archive preserved at deletion, then removes the archive.
     pub async fn restore_data(self: &Arc<Self>, workspace_id: &str) -> Result<WorkspaceInfo> {
         let id = workspace_id.to_owned();
-        self.detached(|manager| async move { manager.restore_data_now(&id).await }).await
+        self.detached(
+            "restore-data",
+            workspace_id,
+            |manager| async move { manager.restore_data_now(&id).await.map(Some) },
+        )
+        .await
+        .map(expect_info)
     }
 
     /// Empties /data.
     pub async fn reset_data(self: &Arc<Self>, workspace_id: &str) -> Result<WorkspaceInfo> {
         let id = workspace_id.to_owned();
-        self.detached(|manager| async move { manager.reset_data_now(&id).await }).await
+        self.detached("reset-data", workspace_id, |manager| async move { manager.reset_data_now(&id).await.map(Some) })
+            .await
+            .map(expect_info)
     }
 
     /// Runs a mutating operation in its own task, so a caller that goes away (client reset,
-    /// deadline) cannot cut it half-way: it finishes and releases the workspace lock.
-    async fn detached<T, F, Fut>(self: &Arc<Self>, operation: F) -> Result<T>
+    /// deadline) cannot cut it half-way: it finishes and releases the workspace lock. The same
+    /// operation on the same workspace already in flight is joined instead of queued, so
+    /// retries cannot pile up; the server's shutdown waits for the task.
+    async fn detached<F, Fut>(
+        self: &Arc<Self>,
+        kind: &'static str,
+        workspace_id: &str,
+        operation: F,
+    ) -> Result<Option<WorkspaceInfo>>
     where
         F: FnOnce(Arc<Self>) -> Fut,
-        Fut: Future<Output = Result<T>> + Send + 'static,
-        T: Send + 'static,
+        Fut: Future<Output = Result<Option<WorkspaceInfo>>> + Send + 'static,
     {
-        tokio::spawn(operation(self.clone()))
-            .await
-            .map_err(|err| Error::internal(format!("the workspace operation task failed: {err}")))?
+        if self.tasks.is_closed() {
+            return Err(shutting_down());
+        }
+        let manager = self.clone();
+        let outcome =
+            self.in_flight.run(kind, workspace_id, || operation(manager), |task| drop(self.tasks.spawn(task)));
+        outcome.await
     }
 
     /// Starts a workspace (idempotent); a container that vanished is rebuilt from the store,
     /// keeping its snapshot when it still exists.
     async fn start_now(&self, workspace_id: &str) -> Result<WorkspaceInfo> {
         let id = WorkspaceId::parse(workspace_id)?;
-        let lock = self.lock_for(&id);
-        let _guard = lock.lock().await;
+        let _guard = self.lock(&id).await;
         let mut record = self.record(&id).await?;
         ensure_settled(&record, "starting it")?;
         record.desired_state = DesiredState::Running;
@@ -119,8 +150,7 @@ impl Manager {
     /// The stop is persisted, so the workspace stays stopped across server restarts.
     async fn stop_now(&self, workspace_id: &str, timeout: Option<Duration>) -> Result<WorkspaceInfo> {
         let id = WorkspaceId::parse(workspace_id)?;
-        let lock = self.lock_for(&id);
-        let _guard = lock.lock().await;
+        let _guard = self.lock(&id).await;
         let mut record = self.record(&id).await?;
         ensure_settled(&record, "stopping it")?;
         record.desired_state = DesiredState::Stopped;
@@ -150,8 +180,7 @@ impl Manager {
     /// that fails nothing is deleted and the workspace runs again if it ran before.
     async fn delete_now(&self, workspace_id: &str, preserve_data: bool) -> Result<()> {
         let id = WorkspaceId::parse(workspace_id)?;
-        let lock = self.lock_for(&id);
-        let _guard = lock.lock().await;
+        let _guard = self.lock(&id).await;
         let mut record = self.record(&id).await?;
         if preserve_data {
             // The task stays stopped after archiving: the deletion follows. Only a failed
@@ -183,8 +212,7 @@ impl Manager {
     /// Replaces /data with the archive preserved at deletion, then removes the archive.
     async fn restore_data_now(&self, workspace_id: &str) -> Result<WorkspaceInfo> {
         let id = WorkspaceId::parse(workspace_id)?;
-        let lock = self.lock_for(&id);
-        let _guard = lock.lock().await;
+        let _guard = self.lock(&id).await;
         let record = self.record(&id).await?;
         ensure_settled(&record, "restoring data")?;
         let archive = self.preserved_archive(&id);
@@ -207,8 +235,7 @@ impl Manager {
     /// Empties /data.
     async fn reset_data_now(&self, workspace_id: &str) -> Result<WorkspaceInfo> {
         let id = WorkspaceId::parse(workspace_id)?;
-        let lock = self.lock_for(&id);
-        let _guard = lock.lock().await;
+        let _guard = self.lock(&id).await;
         let record = self.record(&id).await?;
         ensure_settled(&record, "resetting data")?;
         let emptied = self.with_data_dir(&record, |data_dir| crate::data::empty_dir(data_dir).map(|_| ()));
@@ -288,6 +315,16 @@ impl Manager {
         .await
         .map_err(|err| Error::internal(format!("the /data worker failed: {err}")))?
     }
+}
+
+/// The answer of an operation that returns the workspace.
+fn expect_info(info: Option<WorkspaceInfo>) -> WorkspaceInfo {
+    info.expect("start, stop and data operations answer with the workspace")
+}
+
+/// Refuses new work once the server is draining for shutdown.
+pub(super) fn shutting_down() -> Error {
+    Error::new(Reason::ServerShuttingDown, "berth is shutting down; retry against the restarted server")
 }
 
 /// A container with the workspace's id that berth did not make: berth neither starts nor

@@ -9,7 +9,11 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::warn;
 
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
 use super::create::CreateOperation;
+use super::locks::{InFlight, WorkspaceGuard, WorkspaceLocks};
 use super::selector::{decode_page_token, encode_page_token, parse_label_selector};
 use crate::error::{Error, Reason, Result};
 use crate::model::{WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceState};
@@ -45,15 +49,31 @@ pub struct Manager {
     pub(super) config: ManagerConfig,
     pub(super) store: Store,
     pub(super) runtime: Arc<dyn Runtime>,
-    locks: Mutex<HashMap<WorkspaceId, Arc<tokio::sync::Mutex<()>>>>,
+    locks: WorkspaceLocks,
+    /// Start, stop, delete and data operations in flight, so a retry attaches to the first.
+    pub(super) in_flight: InFlight<Option<WorkspaceInfo>>,
     /// Creates in flight, so a second create of the same id attaches to the first.
     pub(super) creating: Mutex<HashMap<WorkspaceId, Arc<CreateOperation>>>,
+    /// Every detached task (creates, lifecycle and data operations, the boot reconcile), so a
+    /// shutdown can let them finish before the store closes.
+    pub(super) tasks: TaskTracker,
+    /// True once the boot reconcile has gone through every workspace.
+    pub(super) reconciled: watch::Sender<bool>,
 }
 
 impl Manager {
     /// Creates a Manager over an opened store and a runtime.
     pub fn new(config: ManagerConfig, store: Store, runtime: Arc<dyn Runtime>) -> Self {
-        Self { config, store, runtime, locks: Mutex::new(HashMap::new()), creating: Mutex::new(HashMap::new()) }
+        Self {
+            config,
+            store,
+            runtime,
+            locks: WorkspaceLocks::default(),
+            in_flight: InFlight::default(),
+            creating: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            reconciled: watch::channel(false).0,
+        }
     }
 
     /// Checks that the runtime answers; returns its version.
@@ -61,9 +81,33 @@ impl Manager {
         self.runtime.ping().await
     }
 
-    /// The mutex serializing operations on one workspace.
-    pub(super) fn lock_for(&self, id: &WorkspaceId) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().expect("workspace locks").entry(id.clone()).or_default().clone()
+    /// Whether the boot reconcile has finished; health reports NOT_SERVING until it has.
+    pub fn is_reconciled(&self) -> bool {
+        *self.reconciled.borrow()
+    }
+
+    /// Marks the boot reconcile done when it could not even read the store, so health follows
+    /// containerd alone instead of staying NOT_SERVING forever.
+    pub fn reconciled_without_store(&self) {
+        self.reconciled.send_replace(true);
+    }
+
+    /// Resolves once the boot reconcile has finished.
+    pub async fn wait_reconciled(&self) {
+        let mut reconciled = self.reconciled.subscribe();
+        let _ = reconciled.wait_for(|done| *done).await;
+    }
+
+    /// Stops taking new detached work and waits up to `within` for what runs (creates, stops,
+    /// deletes, data operations) to finish; false if some were still running.
+    pub async fn drain(&self, within: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(within, self.tasks.wait()).await.is_ok()
+    }
+
+    /// Waits for the lock serializing operations on one workspace.
+    pub(super) async fn lock(&self, id: &WorkspaceId) -> WorkspaceGuard {
+        self.locks.lock(id).await
     }
 
     /// The stored record, or WORKSPACE_NOT_FOUND.
@@ -108,14 +152,19 @@ impl Manager {
     pub(super) async fn info(&self, mut record: WorkspaceRecord) -> WorkspaceInfo {
         let mut init_pid = 0;
         let mut process_count = 0;
-        if matches!(record.state, WorkspaceState::Running | WorkspaceState::Stopped) {
+        // A workspace that failed after it was created (a rebuild that could not finish) is
+        // still asked: its task may run again, and callers should see that.
+        let settled = matches!(record.state, WorkspaceState::Running | WorkspaceState::Stopped)
+            || (record.state == WorkspaceState::Failed && record.current_version > 0);
+        if settled {
             match self.runtime.task(record.id.as_str()).await {
                 Ok(Some(task)) if task.running => {
                     record.state = WorkspaceState::Running;
                     init_pid = task.pid;
                     process_count = self.runtime.process_count(record.id.as_str()).await.unwrap_or(0);
                 }
-                Ok(_) => record.state = WorkspaceState::Stopped,
+                Ok(_) if record.state != WorkspaceState::Failed => record.state = WorkspaceState::Stopped,
+                Ok(_) => {}
                 Err(err) => warn!(workspace_id = %record.id, error = %err, "cannot read the task state"),
             }
         }

@@ -2,6 +2,7 @@
 
 mod create;
 mod lifecycle;
+mod locks;
 mod manager;
 mod operation;
 mod reconcile;

@@ -169,6 +169,13 @@ const (
 	// INTERNAL: an unexpected error inside berth. Retry once; if it persists, report it with the
 	// message and the server log.
 	ErrorReason_INTERNAL ErrorReason = 46
+	// INVALID_ARGUMENT: a user or group name (the image's `User`, or a process's `user`) is not in
+	// the workspace's /etc/passwd or /etc/group; the message names it. Add it to the image or use
+	// a numeric uid:gid.
+	ErrorReason_USER_NOT_FOUND ErrorReason = 47
+	// UNAVAILABLE: the server is shutting down and takes no new operations (those already running
+	// finish first). Retry against the restarted server.
+	ErrorReason_SERVER_SHUTTING_DOWN ErrorReason = 48
 )
 
 // Enum value maps for ErrorReason.
@@ -221,6 +228,8 @@ var (
 		44: "STORE_ERROR",
 		45: "NOT_IMPLEMENTED",
 		46: "INTERNAL",
+		47: "USER_NOT_FOUND",
+		48: "SERVER_SHUTTING_DOWN",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -270,6 +279,8 @@ var (
 		"STORE_ERROR":              44,
 		"NOT_IMPLEMENTED":          45,
 		"INTERNAL":                 46,
+		"USER_NOT_FOUND":           47,
+		"SERVER_SHUTTING_DOWN":     48,
 	}
 )
 
@@ -304,7 +315,7 @@ var File_berth_workspace_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_berth_workspace_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"%berth/workspace/v1/error_reason.proto\x12\x12berth.workspace.v1*\xf3\b\n" +
+	"%berth/workspace/v1/error_reason.proto\x12\x12berth.workspace.v1*\xa1\t\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14INVALID_WORKSPACE_ID\x10\x01\x12\x17\n" +
@@ -353,7 +364,9 @@ const file_berth_workspace_v1_error_reason_proto_rawDesc = "" +
 	"\rRUNTIME_ERROR\x10+\x12\x0f\n" +
 	"\vSTORE_ERROR\x10,\x12\x13\n" +
 	"\x0fNOT_IMPLEMENTED\x10-\x12\f\n" +
-	"\bINTERNAL\x10.BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
+	"\bINTERNAL\x10.\x12\x12\n" +
+	"\x0eUSER_NOT_FOUND\x10/\x12\x18\n" +
+	"\x14SERVER_SHUTTING_DOWN\x100BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
 
 var (
 	file_berth_workspace_v1_error_reason_proto_rawDescOnce sync.Once

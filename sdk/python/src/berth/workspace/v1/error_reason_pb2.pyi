@@ -199,6 +199,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INTERNAL: an unexpected error inside berth. Retry once; if it persists, report it with the
     message and the server log.
     """
+    USER_NOT_FOUND: _ErrorReason.ValueType  # 47
+    """INVALID_ARGUMENT: a user or group name (the image's `User`, or a process's `user`) is not in
+    the workspace's /etc/passwd or /etc/group; the message names it. Add it to the image or use
+    a numeric uid:gid.
+    """
+    SERVER_SHUTTING_DOWN: _ErrorReason.ValueType  # 48
+    """UNAVAILABLE: the server is shutting down and takes no new operations (those already running
+    finish first). Retry against the restarted server.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable cause of a failed berth call.
@@ -387,5 +396,14 @@ is missing. Do not retry; upgrade the server.
 INTERNAL: ErrorReason.ValueType  # 46
 """INTERNAL: an unexpected error inside berth. Retry once; if it persists, report it with the
 message and the server log.
+"""
+USER_NOT_FOUND: ErrorReason.ValueType  # 47
+"""INVALID_ARGUMENT: a user or group name (the image's `User`, or a process's `user`) is not in
+the workspace's /etc/passwd or /etc/group; the message names it. Add it to the image or use
+a numeric uid:gid.
+"""
+SERVER_SHUTTING_DOWN: ErrorReason.ValueType  # 48
+"""UNAVAILABLE: the server is shutting down and takes no new operations (those already running
+finish first). Retry against the restarted server.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
