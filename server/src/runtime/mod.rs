@@ -1,6 +1,8 @@
 //! The container runtime seen by the domain: no tonic and no containerd types cross this trait.
 
 pub mod containerd;
+#[cfg(test)]
+pub mod fake;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -49,7 +49,7 @@ pub struct Manager {
     pub(super) config: ManagerConfig,
     pub(super) store: Store,
     pub(super) runtime: Arc<dyn Runtime>,
-    locks: WorkspaceLocks,
+    pub(super) locks: WorkspaceLocks,
     /// Start, stop, delete and data operations in flight, so a retry attaches to the first.
     pub(super) in_flight: InFlight<Option<WorkspaceInfo>>,
     /// Creates in flight, so a second create of the same id attaches to the first.

@@ -7,6 +7,8 @@ mod manager;
 mod operation;
 mod reconcile;
 mod selector;
+#[cfg(test)]
+mod tests;
 
 pub use create::{CreateEvent, CreateRequest, CreateStream};
 pub use manager::{DEFAULT_STOP_TIMEOUT, Manager, ManagerConfig, WorkspaceList};

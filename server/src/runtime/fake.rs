@@ -1,0 +1,221 @@
+//! An in-memory [`Runtime`] for fast unit tests of the Manager's decisions (rollback,
+//! reconcile, idempotency, coalescing). Snapshots are plain directories under a temp dir,
+//! mounted with bind mounts, so the Manager's /data code runs for real. Never the only test of a
+//! feature: the end-to-end suite runs the same paths against containerd.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{
+    ContainerOwner, ContainerSpec, ImageConfig, PullEvent, PullPolicy, PullProgress, PulledImage, Runtime, TaskState,
+};
+use crate::data::{MountSpec, ResolvedUser};
+use crate::error::{Error, Reason, Result};
+
+/// The fake's whole state, public to the tests that inspect it.
+#[derive(Default)]
+pub struct FakeState {
+    /// Container id → who made it.
+    pub containers: HashMap<String, ContainerOwner>,
+    /// The user each container was created with.
+    pub users: HashMap<String, ResolvedUser>,
+    pub snapshots: HashSet<String>,
+    /// Container id → running.
+    pub tasks: HashMap<String, bool>,
+    /// Operation name → the error its next calls return (until cleared).
+    pub failures: HashMap<&'static str, Error>,
+    /// Operation name → how many times it answered with the injected failure before clearing
+    /// itself (0: never clears).
+    pub fail_times: HashMap<&'static str, u32>,
+}
+
+/// The fake runtime.
+pub struct FakeRuntime {
+    pub state: Mutex<FakeState>,
+    root: tempfile::TempDir,
+    /// The image's `User`.
+    pub image_user: Mutex<String>,
+    pub stop_calls: AtomicU32,
+    /// How long a stop takes.
+    pub stop_delay: Mutex<Duration>,
+}
+
+impl FakeRuntime {
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::default(),
+            root: tempfile::tempdir().expect("a temp dir for fake snapshots"),
+            image_user: Mutex::new(String::new()),
+            stop_calls: AtomicU32::new(0),
+            stop_delay: Mutex::new(Duration::ZERO),
+        }
+    }
+
+    /// Makes `operation` fail with `error` the next `times` calls (0: until cleared).
+    pub fn fail(&self, operation: &'static str, error: Error, times: u32) {
+        let mut state = self.state.lock().unwrap();
+        state.failures.insert(operation, error);
+        state.fail_times.insert(operation, times);
+    }
+
+    /// Puts a container berth did not make under `id`.
+    pub fn add_foreign_container(&self, id: &str) {
+        self.state.lock().unwrap().containers.insert(id.to_owned(), ContainerOwner::Foreign);
+    }
+
+    /// The host directory of a snapshot.
+    pub fn snapshot_dir(&self, key: &str) -> PathBuf {
+        self.root.path().join(key)
+    }
+
+    fn check(&self, operation: &'static str) -> Result<()> {
+        let mut state = self.state.lock().unwrap();
+        let Some(error) = state.failures.get(operation).cloned() else {
+            return Ok(());
+        };
+        if let Some(times) = state.fail_times.get_mut(operation)
+            && *times > 0
+        {
+            *times -= 1;
+            if *times == 0 {
+                state.failures.remove(operation);
+            }
+        }
+        Err(error)
+    }
+}
+
+/// containerd not answering, as the real runtime reports it.
+pub fn unavailable() -> Error {
+    Error::new(Reason::ContainerdUnavailable, "containerd is not answering (fake)")
+}
+
+#[async_trait]
+impl Runtime for FakeRuntime {
+    async fn ping(&self) -> Result<String> {
+        self.check("ping")?;
+        Ok("fake".to_owned())
+    }
+
+    fn normalize_image(&self, reference: &str) -> Result<String> {
+        Ok(reference.to_owned())
+    }
+
+    async fn pull_image(&self, reference: &str, _policy: PullPolicy, progress: &PullProgress) -> Result<PulledImage> {
+        self.check("pull_image")?;
+        let _ = progress
+            .send(PullEvent::Pulling {
+                image: reference.to_owned(),
+                digest: "sha256:fake".to_owned(),
+                total_layers: 1,
+                total_bytes: 1,
+            })
+            .await;
+        let image_dir = self.root.path().join("image");
+        std::fs::create_dir_all(image_dir.join("etc")).unwrap();
+        std::fs::write(image_dir.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nbot:x:1000:1000::/home/bot:/bin/sh\n")
+            .unwrap();
+        std::fs::write(image_dir.join("etc/group"), "root:x:0:\nbot:x:1000:\nstaff:x:50:bot\n").unwrap();
+        Ok(PulledImage {
+            name: reference.to_owned(),
+            digest: "sha256:fake".to_owned(),
+            config: ImageConfig { user: self.image_user.lock().unwrap().clone(), ..ImageConfig::default() },
+            chain_id: "image".to_owned(),
+        })
+    }
+
+    async fn prepare_snapshot(&self, _id: &str, key: &str, parent: &str) -> Result<()> {
+        self.check("prepare_snapshot")?;
+        if self.state.lock().unwrap().snapshots.insert(key.to_owned()) {
+            // A copy of the image, as an overlay would show it.
+            let dir = self.snapshot_dir(key);
+            std::fs::create_dir_all(dir.join("etc")).unwrap();
+            for file in ["passwd", "group"] {
+                let image_file = self.root.path().join(parent).join("etc").join(file);
+                std::fs::copy(image_file, dir.join("etc").join(file)).unwrap();
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_container(&self, spec: &ContainerSpec<'_>) -> Result<()> {
+        self.check("create_container")?;
+        let mut state = self.state.lock().unwrap();
+        if state.containers.contains_key(spec.id) {
+            return Err(Error::new(Reason::WorkspaceAlreadyExists, "container exists (fake)"));
+        }
+        state.containers.insert(spec.id.to_owned(), ContainerOwner::Berth);
+        state.users.insert(spec.id.to_owned(), spec.user.clone());
+        Ok(())
+    }
+
+    async fn container_owner(&self, id: &str) -> Result<ContainerOwner> {
+        self.check("container_owner")?;
+        Ok(self.state.lock().unwrap().containers.get(id).copied().unwrap_or(ContainerOwner::Absent))
+    }
+
+    async fn list_containers(&self) -> Result<Vec<String>> {
+        Ok(self.state.lock().unwrap().containers.keys().cloned().collect())
+    }
+
+    async fn delete_container(&self, id: &str) -> Result<()> {
+        self.check("delete_container")?;
+        let mut state = self.state.lock().unwrap();
+        state.tasks.remove(id);
+        state.containers.remove(id);
+        Ok(())
+    }
+
+    async fn snapshot_exists(&self, key: &str) -> Result<bool> {
+        Ok(self.state.lock().unwrap().snapshots.contains(key))
+    }
+
+    async fn snapshot_mounts(&self, key: &str) -> Result<Vec<MountSpec>> {
+        Ok(vec![MountSpec {
+            kind: "bind".to_owned(),
+            source: self.snapshot_dir(key).display().to_string(),
+            options: vec!["rbind".to_owned(), "rw".to_owned()],
+        }])
+    }
+
+    async fn remove_snapshot(&self, key: &str) -> Result<()> {
+        self.check("remove_snapshot")?;
+        if self.state.lock().unwrap().snapshots.remove(key) {
+            let _ = std::fs::remove_dir_all(self.snapshot_dir(key));
+        }
+        Ok(())
+    }
+
+    async fn start_task(&self, id: &str, _snapshot_key: &str) -> Result<u32> {
+        self.check("start_task")?;
+        self.state.lock().unwrap().tasks.insert(id.to_owned(), true);
+        Ok(4242)
+    }
+
+    async fn stop_task(&self, id: &str, _timeout: Duration) -> Result<()> {
+        self.check("stop_task")?;
+        self.stop_calls.fetch_add(1, Ordering::SeqCst);
+        let delay = *self.stop_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        self.state.lock().unwrap().tasks.remove(id);
+        Ok(())
+    }
+
+    async fn task(&self, id: &str) -> Result<Option<TaskState>> {
+        self.check("task")?;
+        Ok(self.state.lock().unwrap().tasks.get(id).map(|running| TaskState { pid: 4242, running: *running }))
+    }
+
+    async fn process_count(&self, _id: &str) -> Result<u32> {
+        Ok(0)
+    }
+
+    async fn remove_stale_leases(&self) -> Result<u32> {
+        Ok(0)
+    }
+}
