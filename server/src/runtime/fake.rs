@@ -45,6 +45,12 @@ pub struct FakeRuntime {
     pub stop_delay: Mutex<Duration>,
 }
 
+impl Default for FakeRuntime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FakeRuntime {
     pub fn new() -> Self {
         Self {

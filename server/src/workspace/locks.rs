@@ -62,9 +62,12 @@ impl Drop for WorkspaceGuard {
 /// What a coalesced operation answers; cloned to every caller that attached.
 pub type Outcome<T> = Shared<BoxFuture<'static, Result<T>>>;
 
+/// An operation's kind and workspace id.
+type OperationKey = (&'static str, String);
+
 /// Operations in flight, keyed by what they do and to which workspace.
 pub struct InFlight<T> {
-    operations: Arc<Mutex<HashMap<(&'static str, String), Outcome<T>>>>,
+    operations: Arc<Mutex<HashMap<OperationKey, Outcome<T>>>>,
 }
 
 impl<T> Default for InFlight<T> {

@@ -1,7 +1,7 @@
 //! The Manager: the only owner of workspace state transitions. Operations on one workspace are
 //! serialized by a per-workspace async mutex; different workspaces proceed in parallel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tracing::warn;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::task::TaskTracker;
 
 use super::create::CreateOperation;
@@ -59,6 +59,10 @@ pub struct Manager {
     pub(super) tasks: TaskTracker,
     /// True once the boot reconcile has gone through every workspace.
     pub(super) reconciled: watch::Sender<bool>,
+    /// Workspaces the boot reconcile has not reached yet: reads of them wait (their stored
+    /// state may be stale), as mutating calls wait on their lock.
+    pub(super) reconciling: Mutex<HashSet<WorkspaceId>>,
+    pub(super) reconcile_progress: Notify,
 }
 
 impl Manager {
@@ -73,6 +77,8 @@ impl Manager {
             creating: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             reconciled: watch::channel(false).0,
+            reconciling: Mutex::new(HashSet::new()),
+            reconcile_progress: Notify::new(),
         }
     }
 
@@ -105,6 +111,28 @@ impl Manager {
         tokio::time::timeout(within, self.tasks.wait()).await.is_ok()
     }
 
+    /// Waits until the boot reconcile has dealt with `id` (all workspaces when `None`); returns
+    /// at once when no reconcile runs.
+    async fn wait_for_reconcile(&self, id: Option<&WorkspaceId>) {
+        loop {
+            let progress = self.reconcile_progress.notified();
+            tokio::pin!(progress);
+            // Register before looking, so a removal between the look and the wait is not lost.
+            progress.as_mut().enable();
+            {
+                let reconciling = self.reconciling.lock().expect("reconciling set");
+                let waiting = match id {
+                    Some(id) => reconciling.contains(id),
+                    None => !reconciling.is_empty(),
+                };
+                if !waiting {
+                    return;
+                }
+            }
+            progress.await;
+        }
+    }
+
     /// Waits for the lock serializing operations on one workspace.
     pub(super) async fn lock(&self, id: &WorkspaceId) -> WorkspaceGuard {
         self.locks.lock(id).await
@@ -118,6 +146,7 @@ impl Manager {
     /// The workspace with this id.
     pub async fn get(&self, workspace_id: &str) -> Result<WorkspaceInfo> {
         let id = WorkspaceId::parse(workspace_id)?;
+        self.wait_for_reconcile(Some(&id)).await;
         let record = self.record(&id).await?;
         Ok(self.info(record).await)
     }
@@ -138,6 +167,7 @@ impl Manager {
         };
         let after = decode_page_token(page_token)?;
         let selector = parse_label_selector(label_selector)?;
+        self.wait_for_reconcile(None).await;
         let page = self.store.list_workspaces(after.as_deref(), limit, &selector).await?;
         // The runtime is asked about every workspace of the page at once, not one after another.
         let workspaces = futures::future::join_all(page.workspaces.into_iter().map(|record| self.info(record))).await;

@@ -66,6 +66,7 @@ impl Manager {
                 None => break,
             }
         }
+        self.reconciling.lock().expect("reconciling set").extend(held.iter().map(|(record, _)| record.id.clone()));
         let manager = self.clone();
         Ok(self.tasks.spawn(async move {
             let report = manager.reconcile_held(held).await;
@@ -95,8 +96,11 @@ impl Manager {
             .for_each_concurrent(RECONCILE_CONCURRENCY, |(record, guard)| {
                 let report = &report;
                 async move {
+                    let id = record.id.clone();
                     self.reconcile_one(record, report).await;
                     drop(guard);
+                    self.reconciling.lock().expect("reconciling set").remove(&id);
+                    self.reconcile_progress.notify_waiters();
                 }
             })
             .await;
