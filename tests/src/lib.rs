@@ -135,6 +135,8 @@ pub struct ServerOptions {
     pub extra_args: Vec<String>,
     /// Reuse this state directory and namespace (a restart); fresh ones when `None`.
     pub reuse: Option<(PathBuf, String)>,
+    /// Extra environment variables (e.g. `BERTH_FAILPOINT`).
+    pub env: Vec<(String, String)>,
 }
 
 impl BerthServer {
@@ -182,6 +184,26 @@ impl BerthServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("berth did not listen on {} within {timeout:?}; log:\n{}", self.addr, self.log_text());
+    }
+
+    /// Waits (up to `timeout`) until the server's health reports SERVING: containerd answers and
+    /// the boot reconcile has finished.
+    pub async fn wait_serving(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel().await);
+        loop {
+            let serving = health
+                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .await
+                .is_ok_and(|response| {
+                    response.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                });
+            if serving {
+                return;
+            }
+            assert!(Instant::now() < deadline, "berth was not SERVING within {timeout:?}; log:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// `http://ADDR`.
@@ -257,6 +279,7 @@ fn spawn_berth(
         .arg("--insecure-registry")
         .arg(&testbed.registry)
         .args(&options.extra_args)
+        .envs(options.env.iter().map(|(key, value)| (key, value)))
         .env_remove("BERTH_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

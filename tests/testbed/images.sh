@@ -7,7 +7,7 @@
 #   images.sh debian      berth-test/debian:bookworm (debootstrap: minutes the first time; the
 #                         rootfs tarball is cached in $TESTBED_DIR/cache)
 #   images.sh all         both
-#   images.sh busybox|multilayer
+#   images.sh busybox|multilayer|users|manylayers
 #
 # Refs and digests go to $TESTBED_DIR/images.env (KEY=VALUE lines).
 set -euo pipefail
@@ -33,7 +33,7 @@ DEBIAN_ENV='["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NORMALIZE=(--owner=0 --group=0 --mtime=@0)
 
 usage() {
-	die "usage: ${0##*/} small|debian|all|busybox|multilayer"
+	die "usage: ${0##*/} small|debian|all|busybox|multilayer|users|manylayers"
 }
 
 # Temporary directories removed at exit (after unmounting anything left inside).
@@ -124,8 +124,9 @@ layer_add() {
 
 # image_add LAYOUT ARCH VARIANT ENV_JSON CMD_JSON LAYER_LINE...: write config and manifest
 # blobs for the layers (lines from layer_add); print the manifest descriptor with its platform.
+# IMAGE_USER, when set, becomes the config's User.
 image_add() {
-	local layout=$1 arch=$2 variant=$3 env=$4 cmd=$5 line
+	local layout=$1 arch=$2 variant=$3 env=$4 cmd=$5 line user=${IMAGE_USER:-}
 	shift 5
 	local diffs='[]' layers='[]' cfg manifest desc
 	for line in "$@"; do
@@ -133,10 +134,11 @@ image_add() {
 		layers=$(jq -c --argjson l "${line#* }" '. + [$l]' <<<"$layers")
 	done
 	cfg=$(jq -cn --arg arch "$arch" --arg variant "$variant" --argjson env "$env" \
-		--argjson cmd "$cmd" --argjson diffs "$diffs" '
+		--argjson cmd "$cmd" --argjson diffs "$diffs" --arg user "$user" '
 		{created: "1970-01-01T00:00:00Z", architecture: $arch}
 		+ (if $variant == "" then {} else {variant: $variant} end)
-		+ {os: "linux", config: {Env: $env, Cmd: $cmd, WorkingDir: "/"},
+		+ {os: "linux", config: ({Env: $env, Cmd: $cmd, WorkingDir: "/"}
+		                         + (if $user == "" then {} else {User: $user} end)),
 		   rootfs: {type: "layers", diff_ids: $diffs}}')
 	cfg=$(blob_json "$layout" "$MT_CONFIG" "$cfg")
 	manifest=$(jq -cn --arg mt "$MT_MANIFEST" --argjson cfg "$cfg" --argjson layers "$layers" \
@@ -327,6 +329,82 @@ build_multilayer_layout() {
 	layout_finish "$layout" latest "$desc" "$IMG_DIR/multilayer"
 }
 
+# berth-test/user:{bot,staff,uid,ghost}: busybox plus a layer with a non-root user `bot`
+# (1000:1000, member of staff 50 and audio 29) and /home/bot; the tags differ only in the
+# config's User: "bot", "bot:staff", "1000:staff" and "ghost" (not in /etc/passwd).
+USER_TAGS=(bot:bot staff:bot:staff uid:1000:staff ghost:ghost)
+
+build_users() {
+	local stamp entry tag
+	stamp=$(small_stamp)
+	up_to_date user-bot "$stamp" || {
+		build_users_layouts
+		for entry in "${USER_TAGS[@]}"; do
+			printf '%s\n' "$stamp" >"$IMG_DIR/user-${entry%%:*}/.source"
+		done
+	}
+	local vars=()
+	for entry in "${USER_TAGS[@]}"; do
+		tag=${entry%%:*}
+		push "$IMG_DIR/user-$tag" berth-test/user "$tag"
+		vars+=("BERTH_TEST_IMAGE_USER_${tag^^}=$REGISTRY/berth-test/user:$tag")
+	done
+	env_set "${vars[@]}"
+}
+
+build_users_layouts() {
+	local work entry tag l1 l2 layout desc
+	tmp_dir work "$IMG_DIR"
+	busybox_tar "$work/l1.tar"
+	mkdir -p "$work/l2/etc" "$work/l2/home/bot"
+	printf 'root:x:0:0:root:/root:/bin/sh\nbot:x:1000:1000:bot:/home/bot:/bin/sh\n' >"$work/l2/etc/passwd"
+	printf 'root:x:0:\naudio:x:29:bot\nstaff:x:50:bot\nbot:x:1000:\n' >"$work/l2/etc/group"
+	tar_dir "$work/l2" "$work/l2.tar" "${NORMALIZE[@]}"
+	for entry in "${USER_TAGS[@]}"; do
+		tag=${entry%%:*}
+		layout=$work/layout-$tag
+		layout_init "$layout"
+		cp "$work/l1.tar" "$work/l1-$tag.tar"
+		cp "$work/l2.tar" "$work/l2-$tag.tar"
+		l1=$(layer_add "$layout" "$work/l1-$tag.tar")
+		l2=$(layer_add "$layout" "$work/l2-$tag.tar")
+		desc=$(IMAGE_USER=${entry#*:} image_add "$layout" "$(oci_arch)" "" "$BUSYBOX_ENV" '["sh"]' "$l1" "$l2")
+		layout_finish "$layout" "$tag" "$(jq -c 'del(.platform)' <<<"$desc")" "$IMG_DIR/user-$tag"
+	done
+}
+
+# berth-test/manylayers:latest: busybox plus 63 one-file layers (/layers/NN), more than the
+# overlay lowerdir list of one page of mount options can name.
+MANY_LAYERS=63
+
+build_manylayers() {
+	local stamp
+	stamp=$(small_stamp)
+	up_to_date manylayers "$stamp" || {
+		build_manylayers_layout
+		printf '%s\n' "$stamp" >"$IMG_DIR/manylayers/.source"
+	}
+	push "$IMG_DIR/manylayers" berth-test/manylayers latest
+	env_set "BERTH_TEST_IMAGE_MANYLAYERS=$REGISTRY/berth-test/manylayers:latest"
+}
+
+build_manylayers_layout() {
+	local work layout n desc lines=()
+	tmp_dir work "$IMG_DIR"
+	layout=$work/layout
+	layout_init "$layout"
+	busybox_tar "$work/l0.tar"
+	lines+=("$(layer_add "$layout" "$work/l0.tar")")
+	for ((n = 1; n <= MANY_LAYERS; n++)); do
+		mkdir -p "$work/l$n/layers"
+		printf 'layer %d\n' "$n" >"$work/l$n/layers/$(printf '%02d' "$n")"
+		tar_dir "$work/l$n" "$work/l$n.tar" "${NORMALIZE[@]}"
+		lines+=("$(layer_add "$layout" "$work/l$n.tar")")
+	done
+	desc=$(image_add "$layout" "$(oci_arch)" "" "$BUSYBOX_ENV" '["sh"]' "${lines[@]}")
+	layout_finish "$layout" latest "$(jq -c 'del(.platform)' <<<"$desc")" "$IMG_DIR/manylayers"
+}
+
 # The Debian mirror apt uses on this machine (BERTH_TESTBED_DEBIAN_MIRROR overrides it).
 debian_mirror() {
 	local m=${BERTH_TESTBED_DEBIAN_MIRROR:-}
@@ -402,7 +480,7 @@ with_image_lock() {
 
 (($# == 1)) || usage
 case $1 in
-small | debian | all | busybox | multilayer) ;;
+small | debian | all | busybox | multilayer | users | manylayers) ;;
 *) usage ;;
 esac
 check_path "$TESTBED_DIR"
@@ -416,14 +494,20 @@ need_registry
 case $1 in
 busybox) with_image_lock busybox build_busybox ;;
 multilayer) with_image_lock multilayer build_multilayer ;;
+users) with_image_lock users build_users ;;
+manylayers) with_image_lock manylayers build_manylayers ;;
 small)
 	with_image_lock busybox build_busybox
 	with_image_lock multilayer build_multilayer
+	with_image_lock users build_users
+	with_image_lock manylayers build_manylayers
 	;;
 debian) with_image_lock debian build_debian ;;
 all)
 	with_image_lock busybox build_busybox
 	with_image_lock multilayer build_multilayer
+	with_image_lock users build_users
+	with_image_lock manylayers build_manylayers
 	with_image_lock debian build_debian
 	;;
 esac
