@@ -5,6 +5,7 @@ mod container;
 mod content;
 pub mod pull;
 mod registry;
+mod sandbox;
 mod spec;
 mod unpack;
 
@@ -41,7 +42,11 @@ pub struct Containerd {
 impl Containerd {
     /// Creates a client for the socket. The connection is lazy and re-established after
     /// containerd restarts, so a missing socket shows up on the first call, not here.
-    pub fn new(socket: &Path, namespace: &str, registry: RegistryOptions) -> Result<Self> {
+    ///
+    /// Also decides the confinement of this host's workspaces (once per process: it is a host
+    /// fact), applying `apparmor_profile` where the host has AppArmor and the profile is loaded.
+    pub fn new(socket: &Path, namespace: &str, registry: RegistryOptions, apparmor_profile: &str) -> Result<Self> {
+        sandbox::init(apparmor_profile);
         let path = socket.to_path_buf();
         // The URI is required by tonic but unused: the connector dials the unix socket.
         let channel = Endpoint::from_static("http://containerd.invalid")
