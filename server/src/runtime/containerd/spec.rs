@@ -56,6 +56,10 @@ fn build_confined(input: &SpecInput<'_>, confinement: &Confinement) -> Result<Sp
                 .bounding(capabilities.clone())
                 .effective(capabilities.clone())
                 .permitted(capabilities)
+                // Empty, as in containerd's default spec: oci-spec's defaults would hand
+                // AUDIT_WRITE, KILL and NET_BIND_SERVICE to every non-root process as ambient.
+                .inheritable(HashSet::new())
+                .ambient(HashSet::new())
                 .build()
                 .map_err(invalid)?,
         )
@@ -287,6 +291,8 @@ mod tests {
         assert!(readonly.contains(&serde_json::json!("/proc/sysrq-trigger")));
         let bounding = json["process"]["capabilities"]["bounding"].as_array().unwrap();
         assert_eq!(bounding.len(), 13);
+        assert_eq!(json["process"]["capabilities"]["ambient"], serde_json::json!([]));
+        assert_eq!(json["process"]["capabilities"]["inheritable"], serde_json::json!([]));
         for dropped in ["CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_NET_ADMIN"] {
             assert!(!bounding.contains(&serde_json::json!(dropped)), "{dropped} is granted");
         }
