@@ -86,7 +86,8 @@ pub const APPARMOR_UNCONFINED: &str = "unconfined";
 /// Default action ERRNO(EPERM); an allow-list of ~360 syscalls; `socket` for every family but
 /// AF_ALG and AF_VSOCK; `personality` for five personas; `clone` without namespace flags and
 /// `clone3` as ENOSYS (so libc falls back to `clone`) unless CAP_SYS_ADMIN; namespace, mount,
-/// bpf, keyring, module, reboot, clock and tracing calls only with their capabilities.
+/// bpf, perf, module, reboot and clock calls only with their capabilities (none of which berth
+/// grants); keyring calls (`keyctl`, `add_key`, `request_key`) never.
 const DEFAULT_SECCOMP_PROFILE: &str = include_str!("seccomp_default.json");
 
 /// The profile, parsed once.
