@@ -18,6 +18,8 @@ pub const DEFAULT_NAMESPACE: &str = "berth";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
 /// The image used when CreateWorkspace names none.
 pub const DEFAULT_IMAGE: &str = "docker.io/library/debian:bookworm";
+/// The AppArmor profile of workspaces: the one containerd's CRI plugin loads for its containers.
+pub const DEFAULT_APPARMOR_PROFILE: &str = "cri-containerd.apparmor.d";
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, ValueEnum)]
@@ -66,6 +68,10 @@ pub struct ServeArgs {
     /// Wait for containerd to answer instead of exiting when it does not
     #[arg(long, env = "BERTH_WAIT_FOR_CONTAINERD")]
     pub wait_for_containerd: bool,
+    /// AppArmor profile of workspaces when the host has AppArmor and the profile is loaded;
+    /// "unconfined" for none [default: cri-containerd.apparmor.d]
+    #[arg(long, env = "BERTH_APPARMOR_PROFILE")]
+    pub apparmor_profile: Option<String>,
 }
 
 /// The keys a `--config` file may hold; unknown keys are errors so typos do not pass silently.
@@ -82,6 +88,7 @@ struct FileConfig {
     default_image: Option<String>,
     log_format: Option<LogFormat>,
     wait_for_containerd: Option<bool>,
+    apparmor_profile: Option<String>,
 }
 
 /// The resolved configuration of a running server.
@@ -107,6 +114,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Whether to wait for containerd at start instead of exiting.
     pub wait_for_containerd: bool,
+    /// AppArmor profile of workspaces (applied only where loaded), or "unconfined".
+    pub apparmor_profile: String,
 }
 
 /// A configuration that cannot be used; its message is one line naming the cause.
@@ -135,6 +144,13 @@ impl Config {
         if namespace.is_empty() {
             return Err(ConfigError("namespace must not be empty".to_owned()));
         }
+        let apparmor_profile =
+            args.apparmor_profile.or(file.apparmor_profile).unwrap_or_else(|| DEFAULT_APPARMOR_PROFILE.to_owned());
+        if apparmor_profile.trim().is_empty() {
+            return Err(ConfigError(
+                "apparmor_profile must not be empty; pass \"unconfined\" to run workspaces without apparmor".to_owned(),
+            ));
+        }
         Ok(Self {
             listen: args
                 .listen
@@ -152,6 +168,7 @@ impl Config {
             default_image: args.default_image.or(file.default_image).unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             wait_for_containerd: args.wait_for_containerd || file.wait_for_containerd.unwrap_or(false),
+            apparmor_profile,
         })
     }
 }
@@ -193,6 +210,19 @@ mod tests {
         assert_eq!(config.database_url, "sqlite:///srv/berth/berth.db?mode=rwc");
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn apparmor_profile_defaults_to_containerds_and_the_flag_wins() {
+        let defaults = Config::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(defaults.apparmor_profile, "cri-containerd.apparmor.d");
+        let file = parse_file("apparmor_profile = \"from-file\"\n").unwrap();
+        assert_eq!(file.apparmor_profile.as_deref(), Some("from-file"));
+        let flag = ServeArgs { apparmor_profile: Some("unconfined".to_owned()), ..ServeArgs::default() };
+        assert_eq!(Config::resolve(flag).unwrap().apparmor_profile, "unconfined");
+        let empty = ServeArgs { apparmor_profile: Some(" ".to_owned()), ..ServeArgs::default() };
+        let err = Config::resolve(empty).err().unwrap().to_string();
+        assert!(err.contains("unconfined"), "{err}");
     }
 
     #[test]

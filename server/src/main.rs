@@ -75,10 +75,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
         insecure_registries: config.insecure_registries.clone(),
         auth_file: config.registry_auth_file.clone(),
     };
-    let containerd = match Containerd::new(&config.containerd_socket, &config.namespace, registry) {
-        Ok(containerd) => containerd,
-        Err(err) => return fail(err.message()),
-    };
+    let containerd =
+        match Containerd::new(&config.containerd_socket, &config.namespace, registry, &config.apparmor_profile) {
+            Ok(containerd) => containerd,
+            Err(err) => return fail(err.message()),
+        };
     if let Err(message) = wait_for_containerd(&containerd, &config).await {
         return fail(&message);
     }

@@ -196,7 +196,8 @@ impl BerthServer {
                 .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
                 .await
                 .is_ok_and(|response| {
-                    response.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                    response.into_inner().status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
                 });
             if serving {
                 return;

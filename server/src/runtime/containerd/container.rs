@@ -109,16 +109,19 @@ impl Containerd {
     }
 
     async fn create_container_leased(&self, spec: &ContainerSpec<'_>, lease: &str) -> Result<()> {
-        let oci_spec = spec::build(&spec::SpecInput {
-            id: spec.id,
-            namespace: &self.namespace,
-            image: &spec.image.config,
-            user: spec.user,
-            env: spec.env,
-            resources: spec.resources,
-            init_binary: &self.init_binary,
-            etc_dir: spec.etc_dir,
-        })?;
+        let oci_spec = spec::build(
+            &spec::SpecInput {
+                id: spec.id,
+                namespace: &self.namespace,
+                image: &spec.image.config,
+                user: spec.user,
+                env: spec.env,
+                resources: spec.resources,
+                init_binary: &self.init_binary,
+                etc_dir: spec.etc_dir,
+            },
+            &self.confinement,
+        )?;
         let spec_json = serde_json::to_vec(&oci_spec)
             .map_err(|err| Error::internal(format!("cannot encode the runtime spec: {err}")))?;
         let mut labels: HashMap<String, String> =

@@ -5,10 +5,12 @@ mod container;
 mod content;
 pub mod pull;
 mod registry;
+mod sandbox;
 mod spec;
 mod unpack;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -36,12 +38,18 @@ pub struct Containerd {
     namespace: String,
     init_binary: PathBuf,
     puller: pull::Puller,
+    /// Seccomp, AppArmor and masked paths of every workspace on this host.
+    confinement: Arc<sandbox::Confinement>,
 }
 
 impl Containerd {
     /// Creates a client for the socket. The connection is lazy and re-established after
     /// containerd restarts, so a missing socket shows up on the first call, not here.
-    pub fn new(socket: &Path, namespace: &str, registry: RegistryOptions) -> Result<Self> {
+    ///
+    /// Also decides the confinement of this host's workspaces, applying `apparmor_profile` where
+    /// the host has AppArmor and the profile is loaded.
+    pub fn new(socket: &Path, namespace: &str, registry: RegistryOptions, apparmor_profile: &str) -> Result<Self> {
+        let confinement = Arc::new(sandbox::detect(apparmor_profile));
         let path = socket.to_path_buf();
         // The URI is required by tonic but unused: the connector dials the unix socket.
         let channel = Endpoint::from_static("http://containerd.invalid")
@@ -57,6 +65,7 @@ impl Containerd {
             namespace: namespace.to_owned(),
             init_binary: find_init()?,
             puller,
+            confinement,
         })
     }
 

@@ -1,7 +1,8 @@
 //! The OCI runtime spec of a workspace container: containerd's default spec (what `ctr run`
-//! produces) plus the image config, with `catatonit -P` as PID 1 and berth's own mounts.
+//! produces) plus the image config, with `catatonit -P` as PID 1 and berth's own mounts, under the
+//! host's [`Confinement`] (capabilities, seccomp, AppArmor, masked and read-only paths).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use oci_spec::runtime::{
@@ -10,6 +11,7 @@ use oci_spec::runtime::{
     PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
+use super::sandbox::{CAPABILITIES, Confinement, SYSCTLS};
 use crate::data::ResolvedUser;
 use crate::error::{Error, Result};
 use crate::model::Resources;
@@ -21,24 +23,6 @@ pub const INIT_PATH: &str = "/run/berth-init";
 
 /// CFS period used to express cpu_millis as a quota.
 const CPU_PERIOD_MICROS: u64 = 100_000;
-
-/// containerd's default capability set.
-const CAPABILITIES: [Capability; 14] = [
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
 
 /// Everything the spec depends on.
 pub struct SpecInput<'a> {
@@ -55,15 +39,19 @@ pub struct SpecInput<'a> {
     pub etc_dir: &'a Path,
 }
 
-/// Builds the runtime spec.
-pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
+/// Builds the runtime spec under this host's confinement.
+pub fn build(input: &SpecInput<'_>, confinement: &Confinement) -> Result<Spec> {
+    build_confined(input, confinement)
+}
+
+fn build_confined(input: &SpecInput<'_>, confinement: &Confinement) -> Result<Spec> {
     let invalid = |err: oci_spec::OciSpecError| Error::internal(format!("cannot build the runtime spec: {err}"));
     let capabilities: HashSet<Capability> = CAPABILITIES.into_iter().collect();
     let mut user = UserBuilder::default().uid(input.user.uid).gid(input.user.gid);
     if !input.user.additional_gids.is_empty() {
         user = user.additional_gids(input.user.additional_gids.clone());
     }
-    let process = ProcessBuilder::default()
+    let mut process = ProcessBuilder::default()
         .terminal(false)
         .user(user.build().map_err(invalid)?)
         .args(vec![INIT_PATH.to_owned(), "-P".to_owned()])
@@ -74,6 +62,10 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
                 .bounding(capabilities.clone())
                 .effective(capabilities.clone())
                 .permitted(capabilities)
+                // Empty, as in containerd's default spec: oci-spec's defaults would hand
+                // AUDIT_WRITE, KILL and NET_BIND_SERVICE to every non-root process as ambient.
+                .inheritable(HashSet::new())
+                .ambient(HashSet::new())
                 .build()
                 .map_err(invalid)?,
         )
@@ -88,6 +80,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
         .no_new_privileges(true)
         .build()
         .map_err(invalid)?;
+    process.set_apparmor_profile(confinement.apparmor_profile.clone());
 
     let namespaces = [
         LinuxNamespaceType::Pid,
@@ -104,25 +97,10 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec> {
         .cgroups_path(format!("/{}/{}", input.namespace, input.id))
         .namespaces(namespaces)
         .resources(resources(input.resources).map_err(invalid)?)
-        .masked_paths(
-            [
-                "/proc/acpi",
-                "/proc/asound",
-                "/proc/kcore",
-                "/proc/keys",
-                "/proc/latency_stats",
-                "/proc/timer_list",
-                "/proc/timer_stats",
-                "/proc/sched_debug",
-                "/sys/firmware",
-                "/proc/scsi",
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-        )
-        .readonly_paths(
-            ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"].map(str::to_owned).to_vec(),
-        )
+        .masked_paths(confinement.masked_paths.clone())
+        .readonly_paths(confinement.readonly_paths.clone())
+        .seccomp(confinement.seccomp.clone())
+        .sysctl(SYSCTLS.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect::<HashMap<_, _>>())
         .build()
         .map_err(invalid)?;
 
@@ -218,12 +196,18 @@ mod tests {
         assert!(env.iter().any(|e| e.starts_with("PATH=")));
     }
 
-    #[test]
-    fn spec_has_init_limits_and_cgroup_path() {
+    /// The spec's JSON (what containerd stores and runc reads) on an amd64 host with kernel 6.1.
+    fn spec_json(apparmor_profile: Option<&str>) -> serde_json::Value {
         let image =
             ImageConfig { env: vec!["PATH=/bin".to_owned()], working_dir: "/work".to_owned(), ..Default::default() };
         let env = BTreeMap::new();
-        let spec = build(&SpecInput {
+        let host = sandbox::HostFacts {
+            arch: sandbox::HostArch { native: "amd64", seccomp: Some(oci_spec::runtime::Arch::ScmpArchX86_64) },
+            kernel: Some(sandbox::KernelVersion(6, 1)),
+            extra_masked_paths: Vec::new(),
+        };
+        let confinement = Confinement::new(&host, apparmor_profile.map(str::to_owned));
+        let input = SpecInput {
             id: "bot-1",
             namespace: "berth",
             image: &image,
@@ -232,9 +216,19 @@ mod tests {
             resources: Resources { cpu_millis: 500, memory_bytes: 64 << 20, pids_limit: 100 },
             init_binary: Path::new("/usr/bin/catatonit"),
             etc_dir: Path::new("/var/lib/berth/workspaces/bot-1/etc"),
-        })
-        .unwrap();
-        let json = serde_json::to_value(&spec).unwrap();
+        };
+        serde_json::to_value(build_confined(&input, &confinement).unwrap()).unwrap()
+    }
+
+    /// The seccomp rules of the spec JSON that name `syscall`.
+    fn seccomp_rules<'a>(json: &'a serde_json::Value, syscall: &str) -> Vec<&'a serde_json::Value> {
+        let rules = json["linux"]["seccomp"]["syscalls"].as_array().expect("seccomp syscalls");
+        rules.iter().filter(|rule| rule["names"].as_array().unwrap().iter().any(|name| name == syscall)).collect()
+    }
+
+    #[test]
+    fn spec_has_init_limits_and_cgroup_path() {
+        let json = spec_json(None);
         assert_eq!(json["process"]["args"][0], INIT_PATH);
         assert_eq!(json["process"]["cwd"], "/work");
         assert_eq!(json["hostname"], "bot-1");
@@ -245,5 +239,60 @@ mod tests {
         assert_eq!(json["linux"]["resources"]["pids"]["limit"], 100);
         let init = json["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == INIT_PATH).unwrap();
         assert!(init["options"].as_array().unwrap().contains(&serde_json::json!("ro")));
+    }
+
+    #[test]
+    fn spec_carries_the_default_seccomp_profile() {
+        let json = spec_json(None);
+        let seccomp = &json["linux"]["seccomp"];
+        assert_eq!(seccomp["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(seccomp["defaultErrnoRet"], 1, "EPERM");
+        assert_eq!(seccomp["architectures"], serde_json::json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]));
+        // Blocked calls have no rule at all, so they get the default action.
+        for syscall in ["unshare", "setns", "keyctl", "add_key", "request_key", "bpf", "mount", "umount2", "kexec_load"]
+        {
+            assert!(
+                seccomp_rules(&json, syscall).is_empty(),
+                "{syscall} has a rule: {:?}",
+                seccomp_rules(&json, syscall)
+            );
+        }
+        // clone is allowed only when arg 0 has no CLONE_NEW* flag.
+        let clone = seccomp_rules(&json, "clone");
+        assert_eq!(clone.len(), 1);
+        assert_eq!(
+            clone[0]["args"],
+            serde_json::json!([{"index": 0, "value": 0x7E02_0000u64, "op": "SCMP_CMP_MASKED_EQ"}])
+        );
+        let allow_all = &seccomp_rules(&json, "read")[0];
+        assert_eq!(allow_all["action"], "SCMP_ACT_ALLOW");
+        assert!(allow_all.get("args").is_none(), "the big allow-list is unconditional");
+    }
+
+    #[test]
+    fn spec_masks_powercap_and_keeps_the_capability_set_minimal() {
+        let json = spec_json(None);
+        let masked = json["linux"]["maskedPaths"].as_array().unwrap();
+        for path in ["/sys/devices/virtual/powercap", "/proc/interrupts", "/proc/kcore", "/proc/keys"] {
+            assert!(masked.contains(&serde_json::json!(path)), "{path} is not masked: {masked:?}");
+        }
+        let readonly = json["linux"]["readonlyPaths"].as_array().unwrap();
+        assert!(readonly.contains(&serde_json::json!("/proc/sysrq-trigger")));
+        let bounding = json["process"]["capabilities"]["bounding"].as_array().unwrap();
+        assert_eq!(bounding.len(), 13);
+        assert_eq!(json["process"]["capabilities"]["ambient"], serde_json::json!([]));
+        assert_eq!(json["process"]["capabilities"]["inheritable"], serde_json::json!([]));
+        for dropped in ["CAP_NET_RAW", "CAP_SYS_ADMIN", "CAP_SYS_PTRACE", "CAP_NET_ADMIN"] {
+            assert!(!bounding.contains(&serde_json::json!(dropped)), "{dropped} is granted");
+        }
+        assert_eq!(json["linux"]["sysctl"]["net.ipv4.ping_group_range"], "0 2147483647");
+        assert_eq!(json["process"]["noNewPrivileges"], true);
+    }
+
+    #[test]
+    fn spec_names_the_apparmor_profile_only_when_the_host_applies_one() {
+        assert!(spec_json(None)["process"].get("apparmorProfile").is_none());
+        let json = spec_json(Some("cri-containerd.apparmor.d"));
+        assert_eq!(json["process"]["apparmorProfile"], "cri-containerd.apparmor.d");
     }
 }
