@@ -134,8 +134,14 @@ async fn run(config: Config, listener: tokio::net::TcpListener, containerd: Cont
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    info!(listen = %config.listen, namespace = %config.namespace, state_dir = %config.state_dir.display(), "berth is serving");
-    let served = berth::api::serve(listener, manager, shutdown).await;
+    info!(
+        listen = %config.listen,
+        namespace = %config.namespace,
+        state_dir = %config.state_dir.display(),
+        cors_origins = ?config.cors_origins,
+        "berth is serving"
+    );
+    let served = berth::api::serve(listener, manager, &config.cors_origins, shutdown).await;
     store.close().await;
     info!("berth stopped");
     served

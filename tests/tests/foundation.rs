@@ -2,6 +2,7 @@
 //! start-up failures and shutdown.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use berth_api::v1::workspace_service_client::WorkspaceServiceClient;
@@ -121,8 +122,8 @@ async fn unknown_and_invalid_workspace_ids_have_precise_statuses() {
 }
 
 /// Sends one HTTP/1.1 request and returns the raw response bytes (the server closes).
-async fn http1(server: &BerthServer, head: &str, body: &[u8]) -> Vec<u8> {
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+async fn http1(addr: SocketAddr, head: &str, body: &[u8]) -> Vec<u8> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(body).await.unwrap();
     let mut response = Vec::new();
@@ -150,26 +151,110 @@ fn header_block(response: &[u8]) -> String {
     String::from_utf8_lossy(&response[..end]).to_ascii_lowercase()
 }
 
-#[tokio::test]
-async fn grpc_web_over_http1_works_and_cors_exposes_grpc_headers() {
-    let testbed = Testbed::from_env();
-    let server = BerthServer::start(&testbed);
-    let path = "/berth.workspace.v1.WorkspaceService/GetWorkspace";
-
-    let preflight = http1(
-        &server,
+/// The response headers of a browser's CORS preflight for a grpc-web call from `origin`.
+async fn preflight(addr: SocketAddr, origin: &str) -> String {
+    let path = "/berth.workspace.v1.WorkspaceService/DeleteWorkspace";
+    let response = http1(
+        addr,
         &format!(
-            "OPTIONS {path} HTTP/1.1\r\nHost: {}\r\nOrigin: http://page.example\r\n\
+            "OPTIONS {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\n\
              Access-Control-Request-Method: POST\r\n\
-             Access-Control-Request-Headers: content-type,x-grpc-web,x-user-agent\r\nConnection: close\r\n\r\n",
-            server.addr
+             Access-Control-Request-Headers: content-type,x-grpc-web,x-user-agent\r\nConnection: close\r\n\r\n"
         ),
         b"",
     )
     .await;
-    let headers = header_block(&preflight);
+    header_block(&response)
+}
+
+/// The value of the preflight's `access-control-allow-origin`, if it has one.
+fn allowed_origin(headers: &str) -> Option<&str> {
+    headers.lines().find_map(|line| line.strip_prefix("access-control-allow-origin:")).map(str::trim)
+}
+
+/// A child process killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn server_allowing(testbed: &Testbed, origins: &[&str]) -> BerthServer {
+    let extra_args = origins.iter().flat_map(|origin| ["--cors-origin".to_owned(), (*origin).to_owned()]).collect();
+    BerthServer::start_with(testbed, berth_e2e::ServerOptions { extra_args, ..Default::default() })
+}
+
+#[tokio::test]
+async fn cors_allows_only_the_configured_origins() {
+    let testbed = Testbed::from_env();
+
+    // By default no web page may call: the preflight carries no allow-origin, so the browser
+    // never sends the DeleteWorkspace.
+    let closed = BerthServer::start(&testbed);
+    let headers = preflight(closed.addr, "http://page.example").await;
+    assert_eq!(allowed_origin(&headers), None, "{headers}");
+
+    let server = server_allowing(&testbed, &["http://page.example", "http://127.0.0.1:8080"]);
+    for unlisted in ["http://evil.example", "http://page.example:8080", "https://page.example", "null"] {
+        let headers = preflight(server.addr, unlisted).await;
+        assert_eq!(allowed_origin(&headers), None, "{unlisted} must be refused: {headers}");
+    }
+    for listed in ["http://page.example", "http://127.0.0.1:8080"] {
+        let headers = preflight(server.addr, listed).await;
+        assert!(headers.starts_with("http/1.1 200"), "{headers}");
+        assert_eq!(allowed_origin(&headers), Some(listed), "{headers}");
+    }
+
+    // BERTH_CORS_ORIGIN takes a comma-separated list.
+    let state = testbed.dir.join("e2e").join(testbed.unique_namespace());
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let from_env = std::process::Command::new(&testbed.berth_bin)
+        .args(["serve", "--listen", &addr.to_string(), "--namespace", &testbed.unique_namespace()])
+        .arg("--containerd-socket")
+        .arg(&testbed.containerd_socket)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("BERTH_CORS_ORIGIN", "http://one.example,http://two.example")
+        .env_remove("BERTH_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut from_env = KillOnDrop(from_env);
+    let listening =
+        berth_e2e::eventually(Duration::from_secs(20), || async { std::net::TcpStream::connect(addr).is_ok() }).await;
+    assert!(listening, "berth with BERTH_CORS_ORIGIN did not listen");
+    for origin in ["http://one.example", "http://two.example"] {
+        let headers = preflight(addr, origin).await;
+        assert_eq!(allowed_origin(&headers), Some(origin), "{headers}");
+    }
+    from_env.0.kill().unwrap();
+    from_env.0.wait().unwrap();
+
+    // A malformed origin stops berth at start with one line saying why.
+    let (status, stderr, _) = run_berth_to_exit(
+        &testbed,
+        &["serve", "--cors-origin", "http://page.example/", "--state-dir", state.to_str().unwrap()],
+        Duration::from_secs(15),
+    );
+    assert!(!status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cors origin") && stderr.contains("no path"), "{stderr}");
+}
+
+#[tokio::test]
+async fn grpc_web_over_http1_works_and_cors_exposes_grpc_headers() {
+    let testbed = Testbed::from_env();
+    let server = server_allowing(&testbed, &["http://page.example"]);
+    let path = "/berth.workspace.v1.WorkspaceService/GetWorkspace";
+
+    let headers = preflight(server.addr, "http://page.example").await;
     assert!(headers.starts_with("http/1.1 200"), "{headers}");
-    assert!(headers.contains("access-control-allow-origin: http://page.example"), "{headers}");
+    assert_eq!(allowed_origin(&headers), Some("http://page.example"), "{headers}");
     assert!(headers.contains("x-grpc-web"), "preflight must allow x-grpc-web: {headers}");
 
     let message = GetWorkspaceRequest { workspace_id: "web-missing".to_owned() }.encode_to_vec();
@@ -177,7 +262,7 @@ async fn grpc_web_over_http1_works_and_cors_exposes_grpc_headers() {
     body.extend_from_slice(&(message.len() as u32).to_be_bytes());
     body.extend_from_slice(&message);
     let response = http1(
-        &server,
+        server.addr,
         &format!(
             "POST {path} HTTP/1.1\r\nHost: {}\r\nOrigin: http://page.example\r\n\
              Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: {}\r\n\

@@ -40,8 +40,14 @@ const SERVICE_NAMES: [&str; 3] = [
 ];
 
 /// Serves every service on `listener` until `shutdown` is cancelled; then ends open streams with
-/// UNAVAILABLE and returns once connections closed (or after a grace period).
-pub async fn serve(listener: TcpListener, manager: Arc<Manager>, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// UNAVAILABLE and returns once connections closed (or after a grace period). Browsers may call
+/// from pages of `cors_origins` only.
+pub async fn serve(
+    listener: TcpListener,
+    manager: Arc<Manager>,
+    cors_origins: &[String],
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(report_health(manager.clone(), health_reporter, shutdown.clone()));
 
@@ -50,7 +56,7 @@ pub async fn serve(listener: TcpListener, manager: Arc<Manager>, shutdown: Cance
 
     let router = Server::builder()
         .accept_http1(true)
-        .layer(cors_layer())
+        .layer(cors_layer(cors_origins)?)
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(shutdown::EndStreamsOnShutdownLayer::new(shutdown.clone()))
         .layer(trace_layer())
@@ -119,12 +125,19 @@ async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// CORS for browsers calling over grpc-web: the grpc headers must be exposed, or errors reach
-/// the page as "missing trailer".
-fn cors_layer() -> CorsLayer {
+/// CORS for browsers calling over grpc-web from the listed origins only: any page the operator
+/// opens could otherwise drive the API (DeleteWorkspace included) on loopback. A preflight from
+/// another origin gets no `Access-Control-Allow-Origin`, so the browser never sends the call.
+/// The grpc headers must be exposed, or errors reach the page as "missing trailer".
+fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
     let header = HeaderName::from_static;
-    CorsLayer::new()
-        .allow_origin(AllowOrigin::mirror_request())
+    let origins = origins
+        .iter()
+        .map(|origin| HeaderValue::from_str(origin))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| anyhow::anyhow!("invalid cors origin: {err}"))?;
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
         .allow_methods([http::Method::POST, http::Method::OPTIONS])
         .allow_headers([
             header("content-type"),
@@ -134,7 +147,7 @@ fn cors_layer() -> CorsLayer {
             header("authorization"),
         ])
         .expose_headers([header("grpc-status"), header("grpc-message"), header("grpc-status-details-bin")])
-        .max_age(Duration::from_secs(24 * 3600))
+        .max_age(Duration::from_secs(24 * 3600)))
 }
 
 type GrpcTraceLayer = TraceLayer<
