@@ -436,3 +436,69 @@ async fn json_logs_are_one_object_per_line_with_the_rpc_span() {
     .await;
     assert!(found, "no JSON rpc line; log:\n{}", server.log_text());
 }
+
+/// The `duration_ms` of the JSON "rpc finished" line of `method` for `workspace_id`.
+fn logged_duration_ms(log: &str, method: &str, workspace_id: &str) -> Option<f64> {
+    log.lines().find_map(|line| {
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        let matches = value["fields"]["message"] == "rpc finished"
+            && value["span"]["workspace_id"] == workspace_id
+            && value["span"]["method"].as_str().is_some_and(|m| m.ends_with(method));
+        if matches { value["fields"]["duration_ms"].as_f64() } else { None }
+    })
+}
+
+#[tokio::test]
+async fn a_slow_unary_call_logs_its_whole_latency() {
+    use berth_api::v1::{CreateWorkspaceRequest, DeleteWorkspaceRequest, StopWorkspaceRequest};
+    let testbed = Testbed::from_env();
+    let options = berth_e2e::ServerOptions {
+        extra_args: vec!["--log-format".to_owned(), "json".to_owned()],
+        ..Default::default()
+    };
+    let server = BerthServer::start_with(&testbed, options);
+    let mut client = WorkspaceServiceClient::new(server.channel().await);
+    let request = CreateWorkspaceRequest {
+        workspace_id: "slow-stop".to_owned(),
+        image: testbed.image("BUSYBOX"),
+        ..Default::default()
+    };
+    let mut events = client.create_workspace(request).await.unwrap().into_inner();
+    while let Some(event) = events.next().await {
+        event.unwrap();
+    }
+    // A process that ignores SIGTERM makes the stop wait for its whole timeout, then SIGKILL.
+    let script = "trap '' TERM; while true; do sleep 0.1; done";
+    testbed.ctr(
+        &server.namespace,
+        &["task", "exec", "--detach", "--exec-id", "stubborn", "slow-stop", "sh", "-c", script],
+    );
+
+    let started = std::time::Instant::now();
+    let stop = StopWorkspaceRequest {
+        workspace_id: "slow-stop".to_owned(),
+        timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+    };
+    client.stop_workspace(stop).await.unwrap();
+    let client_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert!(client_ms >= 1000.0, "the stop waited for its timeout: {client_ms} ms");
+
+    let mut logged = None;
+    for _ in 0..50 {
+        logged = logged_duration_ms(&server.log_text(), "/StopWorkspace", "slow-stop");
+        if logged.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logged = logged.unwrap_or_else(|| panic!("no StopWorkspace log line; log:\n{}", server.log_text()));
+    // The server's clock starts after the request arrived and stops before the client sees the
+    // trailers, so it may be a little shorter than what the client measured, never much.
+    assert!(logged >= client_ms - 50.0, "logged {logged} ms for a call the client measured at {client_ms} ms");
+    assert!(logged <= client_ms + 1.0, "logged {logged} ms, more than the client's {client_ms} ms");
+
+    client
+        .delete_workspace(DeleteWorkspaceRequest { workspace_id: "slow-stop".to_owned(), preserve_data: false })
+        .await
+        .unwrap();
+}

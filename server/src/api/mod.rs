@@ -4,6 +4,7 @@
 mod convert;
 mod filesystem;
 mod process;
+mod request_log;
 mod shutdown;
 mod status;
 mod workspace;
@@ -22,8 +23,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
-use tracing::{Span, info, info_span, warn};
+use tracing::{Span, info, warn};
 
 use crate::workspace::Manager;
 
@@ -58,8 +58,9 @@ pub async fn serve(
         .accept_http1(true)
         .layer(cors_layer(cors_origins)?)
         .layer(tonic_web::GrpcWebLayer::new())
+        // Outside the shutdown layer, so streams it ends are logged with their UNAVAILABLE.
+        .layer(request_log::RequestLogLayer)
         .layer(shutdown::EndStreamsOnShutdownLayer::new(shutdown.clone()))
-        .layer(trace_layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -148,55 +149,6 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
         ])
         .expose_headers([header("grpc-status"), header("grpc-message"), header("grpc-status-details-bin")])
         .max_age(Duration::from_secs(24 * 3600)))
-}
-
-type GrpcTraceLayer = TraceLayer<
-    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
-    fn(&http::Request<tonic::body::Body>) -> Span,
-    (),
-    fn(&http::Response<tonic::body::Body>, Duration, &Span),
-    (),
-    fn(Option<&http::HeaderMap>, Duration, &Span),
-    (),
->;
-
-/// A span per RPC (method, workspace id recorded by the handler) and one log line at its end
-/// with the duration and the gRPC status code.
-fn trace_layer() -> GrpcTraceLayer {
-    TraceLayer::new_for_grpc()
-        .make_span_with(make_rpc_span as fn(&http::Request<tonic::body::Body>) -> Span)
-        .on_request(())
-        .on_response(log_trailers_only_response as fn(&http::Response<tonic::body::Body>, Duration, &Span))
-        .on_body_chunk(())
-        .on_eos(log_end_of_stream as fn(Option<&http::HeaderMap>, Duration, &Span))
-        .on_failure(())
-}
-
-fn make_rpc_span(request: &http::Request<tonic::body::Body>) -> Span {
-    info_span!("rpc", method = %request.uri().path(), workspace_id = tracing::field::Empty)
-}
-
-/// Errors come as trailers-only responses: the status is in the headers.
-fn log_trailers_only_response(response: &http::Response<tonic::body::Body>, latency: Duration, _span: &Span) {
-    if let Some(code) = response.headers().get("grpc-status") {
-        log_finished(code, latency);
-    }
-}
-
-fn log_end_of_stream(trailers: Option<&http::HeaderMap>, duration: Duration, _span: &Span) {
-    if let Some(code) = trailers.and_then(|trailers| trailers.get("grpc-status")) {
-        log_finished(code, duration);
-    }
-}
-
-fn log_finished(code: &HeaderValue, duration: Duration) {
-    let code = code.to_str().ok().and_then(|text| text.parse::<i32>().ok()).unwrap_or(2);
-    info!(
-        grpc_code = code,
-        grpc_status = ?tonic::Code::from(code),
-        duration_ms = duration.as_secs_f64() * 1000.0,
-        "rpc finished"
-    );
 }
 
 /// Records the workspace id on the current RPC span.
