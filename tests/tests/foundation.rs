@@ -502,3 +502,29 @@ async fn a_slow_unary_call_logs_its_whole_latency() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_stream_the_client_abandons_is_logged_as_cancelled() {
+    let testbed = Testbed::from_env();
+    let options = berth_e2e::ServerOptions {
+        extra_args: vec!["--log-format".to_owned(), "json".to_owned()],
+        ..Default::default()
+    };
+    let server = BerthServer::start_with(&testbed, options);
+    let channel = server.channel().await;
+    let mut health = HealthClient::new(channel.clone());
+    let mut watch = health.watch(WatchRequest { service: String::new() }).await.unwrap().into_inner();
+    watch.next().await.unwrap().unwrap();
+    drop(watch);
+    let found = berth_e2e::eventually(Duration::from_secs(5), || async {
+        server.log_text().lines().any(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("every log line is JSON");
+            value["fields"]["message"] == "rpc finished"
+                && value["span"]["method"] == "/grpc.health.v1.Health/Watch"
+                && value["fields"]["grpc_code"] == 1
+                && value["fields"]["grpc_status"] == "Cancelled"
+        })
+    })
+    .await;
+    assert!(found, "no CANCELLED line for the abandoned watch; log:\n{}", server.log_text());
+}
