@@ -216,6 +216,7 @@ async fn data_survives_stop_start_and_delete_preserve_then_create_restore() {
     std::fs::write(server.state_dir.join("preserved/keeper.tar.gz"), corrupt).unwrap();
     let status = client.restore_data(RestoreDataRequest { workspace_id: "keeper".to_owned() }).await.unwrap_err();
     assert_eq!(error_reason(&status).as_deref(), Some("DATA_ARCHIVE_FAILED"), "{status:?}");
+    assert_eq!(status.code(), Code::FailedPrecondition, "a broken archive is not berth's fault: {status:?}");
     assert_eq!(get(&mut client, "keeper").await.state(), WorkspaceState::Running);
     assert_eq!(testbed.exec(&server.namespace, "keeper", &["cat", "/data/current"]).trim(), "still-here");
     assert_eq!(testbed.exec(&server.namespace, "keeper", &["ls", "-A", "/data"]).trim(), "current");
