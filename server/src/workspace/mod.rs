@@ -6,6 +6,7 @@ mod manager;
 mod operation;
 mod reconcile;
 mod selector;
+mod validate;
 
 pub use create::{CreateEvent, CreateRequest, CreateStream};
 pub use manager::{DEFAULT_STOP_TIMEOUT, Manager, ManagerConfig, WorkspaceList};
