@@ -504,6 +504,18 @@ async fn bad_input_gets_precise_statuses_and_leaves_nothing_behind() {
     let snapshots = testbed.ctr(&server.namespace, &["snapshots", "ls"]);
     assert!(!snapshots.contains("-active-"), "{snapshots}");
 
+    // StopWorkspace's timeout is at most 5 minutes, checked before the workspace is looked up.
+    let stop_after = |seconds| StopWorkspaceRequest {
+        workspace_id: "ghost".to_owned(),
+        timeout: Some(prost_types::Duration { seconds, nanos: 0 }),
+    };
+    let status = client.stop_workspace(stop_after(301)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(error_reason(&status).as_deref(), Some("INVALID_ARGUMENT"));
+    assert!(status.message().contains("5 minutes"), "{}", status.message());
+    let status = client.stop_workspace(stop_after(300)).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "5 minutes is allowed: {status:?}");
+
     for status in [
         client.start_workspace(StartWorkspaceRequest { workspace_id: "ghost".to_owned() }).await.unwrap_err(),
         client

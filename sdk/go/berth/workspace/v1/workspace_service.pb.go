@@ -624,7 +624,8 @@ type StopWorkspaceRequest struct {
 	// Identifier of the workspace. Required.
 	WorkspaceId string `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
 	// How long processes get between SIGTERM and SIGKILL. Unset means 10 seconds; zero sends
-	// SIGKILL at once; at most 5 minutes.
+	// SIGKILL at once; at most 5 minutes: a longer or negative one fails with INVALID_ARGUMENT and
+	// reason INVALID_ARGUMENT.
 	Timeout       *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

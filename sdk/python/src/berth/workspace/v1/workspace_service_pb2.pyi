@@ -522,7 +522,8 @@ class StopWorkspaceRequest(_message.Message):
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """How long processes get between SIGTERM and SIGKILL. Unset means 10 seconds; zero sends
-        SIGKILL at once; at most 5 minutes.
+        SIGKILL at once; at most 5 minutes: a longer or negative one fails with INVALID_ARGUMENT and
+        reason INVALID_ARGUMENT.
         """
 
     def __init__(

@@ -515,7 +515,8 @@ export type StopWorkspaceRequest = Message<"berth.workspace.v1.StopWorkspaceRequ
 
   /**
    * How long processes get between SIGTERM and SIGKILL. Unset means 10 seconds; zero sends
-   * SIGKILL at once; at most 5 minutes.
+   * SIGKILL at once; at most 5 minutes: a longer or negative one fails with INVALID_ARGUMENT and
+   * reason INVALID_ARGUMENT.
    *
    * @generated from field: google.protobuf.Duration timeout = 2;
    */
