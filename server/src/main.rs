@@ -56,11 +56,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Err(err) => return fail(&err.to_string()),
     };
     init_tracing(config.log_format);
-    if let Err(err) = std::fs::create_dir_all(&config.state_dir) {
-        return fail(&format!(
-            "cannot create the state directory {}: {err}; pass a writable --state-dir",
-            config.state_dir.display()
-        ));
+    let state_dir = config.state_dir.clone();
+    match tokio::task::spawn_blocking(move || berth::store::private::prepare_state_dir(&state_dir)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return fail(err.message()),
+        Err(err) => return fail(&format!("cannot prepare the state directory: {err}")),
     }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,

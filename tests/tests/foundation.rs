@@ -528,3 +528,24 @@ async fn a_stream_the_client_abandons_is_logged_as_cancelled() {
     .await;
     assert!(found, "no CANCELLED line for the abandoned watch; log:\n{}", server.log_text());
 }
+
+#[tokio::test]
+async fn the_state_dir_and_the_database_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let testbed = Testbed::from_env();
+    // The harness made the state dir 0755, as an older berth would have: berth tightens it.
+    let server = BerthServer::start(&testbed);
+    let mut health = HealthClient::new(server.channel().await);
+    health.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+    let mode = |path: std::path::PathBuf| {
+        let meta = std::fs::metadata(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        meta.permissions().mode() & 0o7777
+    };
+    assert_eq!(mode(server.state_dir.clone()), 0o700);
+    for dir in ["preserved", "mnt", "workspaces"] {
+        assert_eq!(mode(server.state_dir.join(dir)), 0o700, "{dir}");
+    }
+    for file in ["berth.db", "berth.db-wal", "berth.db-shm"] {
+        assert_eq!(mode(server.state_dir.join(file)), 0o600, "{file}");
+    }
+}
