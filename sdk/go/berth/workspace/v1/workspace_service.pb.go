@@ -35,8 +35,8 @@ type CreateWorkspaceRequest struct {
 	Image string `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
 	// Labels to attach to the workspace, usable in ListWorkspaces' `label_selector`. Keys are 1 to
 	// 253 bytes without `=` or `,`, values at most 1024 bytes. Keys starting with `berth.` or
-	// `containerd.io/` are reserved for berth and containerd. Other keys fail with
-	// INVALID_ARGUMENT and reason INVALID_ARGUMENT.
+	// `containerd.io/` are reserved for berth and containerd. Labels breaking these rules fail
+	// with INVALID_ARGUMENT and reason INVALID_ARGUMENT.
 	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Environment variables for the container's init and every process started in it, added to
 	// the image's environment and overriding image variables of the same name. Names are

@@ -102,8 +102,8 @@ class CreateWorkspaceRequest(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Labels to attach to the workspace, usable in ListWorkspaces' `label_selector`. Keys are 1 to
         253 bytes without `=` or `,`, values at most 1024 bytes. Keys starting with `berth.` or
-        `containerd.io/` are reserved for berth and containerd. Other keys fail with
-        INVALID_ARGUMENT and reason INVALID_ARGUMENT.
+        `containerd.io/` are reserved for berth and containerd. Labels breaking these rules fail
+        with INVALID_ARGUMENT and reason INVALID_ARGUMENT.
         """
 
     @_builtins.property

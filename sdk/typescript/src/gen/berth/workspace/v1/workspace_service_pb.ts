@@ -43,8 +43,8 @@ export type CreateWorkspaceRequest = Message<"berth.workspace.v1.CreateWorkspace
   /**
    * Labels to attach to the workspace, usable in ListWorkspaces' `label_selector`. Keys are 1 to
    * 253 bytes without `=` or `,`, values at most 1024 bytes. Keys starting with `berth.` or
-   * `containerd.io/` are reserved for berth and containerd. Other keys fail with
-   * INVALID_ARGUMENT and reason INVALID_ARGUMENT.
+   * `containerd.io/` are reserved for berth and containerd. Labels breaking these rules fail
+   * with INVALID_ARGUMENT and reason INVALID_ARGUMENT.
    *
    * @generated from field: map<string, string> labels = 3;
    */
