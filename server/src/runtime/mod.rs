@@ -102,6 +102,14 @@ pub struct ContainerSpec<'a> {
     pub etc_dir: &'a Path,
 }
 
+/// The init process of a workspace as the runtime sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskState {
+    /// Host pid of PID 1.
+    pub pid: u32,
+    pub running: bool,
+}
+
 impl std::fmt::Debug for ContainerSpec<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ContainerSpec")
@@ -115,14 +123,6 @@ impl std::fmt::Debug for ContainerSpec<'_> {
             .field("etc_dir", &self.etc_dir)
             .finish()
     }
-}
-
-/// The init process of a workspace as the runtime sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TaskState {
-    /// Host pid of PID 1.
-    pub pid: u32,
-    pub running: bool,
 }
 
 /// What the Manager needs from a container runtime. Every call is idempotent where the

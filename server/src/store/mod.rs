@@ -44,9 +44,9 @@ impl Store {
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
             .busy_timeout(std::time::Duration::from_secs(5));
         // The database holds every workspace's env (secrets): owner-only, like the state dir.
-        let file = is_file_url(url).then(|| options.get_filename().to_owned());
+        let file = private::is_file_url(url).then(|| options.get_filename().to_owned());
         if let Some(path) = file.clone() {
-            run_blocking(move || private::create_private_file(&path), url, "create").await?;
+            private::run_blocking(move || private::create_private_file(&path), url, "create").await?;
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -59,7 +59,7 @@ impl Store {
             .map_err(|err| Error::new(Reason::StoreError, format!("database migration failed: {err}")))?;
         if let Some(path) = file {
             // A database of an older berth may be world-readable; the WAL files exist by now.
-            run_blocking(move || private::restrict_database_files(&path), url, "restrict").await?;
+            private::run_blocking(move || private::restrict_database_files(&path), url, "restrict").await?;
         }
         Ok(Self { pool })
     }
@@ -285,28 +285,6 @@ fn workspace_from_row(row: &SqliteRow) -> Result<WorkspaceRecord> {
 }
 
 /// The one place where sqlx errors become domain errors.
-/// Whether a sqlite URL names a file (not an in-memory database).
-fn is_file_url(url: &str) -> bool {
-    !(url.contains(":memory:") || url.contains("mode=memory"))
-}
-
-async fn run_blocking(
-    work: impl FnOnce() -> std::io::Result<()> + Send + 'static,
-    url: &str,
-    what: &str,
-) -> Result<()> {
-    let failed = |err: String| {
-        Error::new(
-            Reason::StoreError,
-            format!("cannot {what} the database file of {url} as owner-only: {err}; check --state-dir"),
-        )
-    };
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| failed(err.to_string()))?
-        .map_err(|err| failed(err.to_string()))
-}
-
 fn map_err(err: sqlx::Error) -> Error {
     if let sqlx::Error::Database(db) = &err
         && db.is_unique_violation()

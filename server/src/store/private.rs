@@ -95,6 +95,29 @@ fn database_files(path: &Path) -> [PathBuf; 3] {
     [path.to_owned(), with_suffix("-wal"), with_suffix("-shm")]
 }
 
+/// Whether a sqlite URL names a file (not an in-memory database).
+pub(super) fn is_file_url(url: &str) -> bool {
+    !(url.contains(":memory:") || url.contains("mode=memory"))
+}
+
+/// Runs file work off the async runtime; a failure is a STORE_ERROR naming the database.
+pub(super) async fn run_blocking(
+    work: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+    url: &str,
+    what: &str,
+) -> Result<()> {
+    let failed = |err: String| {
+        Error::new(
+            Reason::StoreError,
+            format!("cannot {what} the database file of {url} as owner-only: {err}; check --state-dir"),
+        )
+    };
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| failed(err.to_string()))?
+        .map_err(|err| failed(err.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
