@@ -2,13 +2,16 @@
 # `make run`: a working berth on a fresh Debian machine. Installs containerd, runc and
 # catatonit if missing, uses the containerd at BERTH_CONTAINERD_SOCKET (default
 # /run/containerd/containerd.sock) or starts a private one, starts a local registry holding a
-# demo image, and serves berth on 127.0.0.1:50051 with its state in ./.berth. Ctrl-C stops
-# berth and whatever this script started.
+# demo image, and serves berth on 127.0.0.1:50051 with its state in ./.berth, allowing the
+# example web page (examples/web, `node serve.mjs 8080`) to call it from its origin. Ctrl-C
+# stops berth and whatever this script started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 socket=${BERTH_CONTAINERD_SOCKET:-/run/containerd/containerd.sock}
 listen=${BERTH_LISTEN:-127.0.0.1:50051}
+# The origins of examples/web served by `node serve.mjs 8080` (comma-separated).
+cors_origins=${BERTH_CORS_ORIGIN:-http://127.0.0.1:8080,http://localhost:8080}
 
 scripts/deps.sh
 cargo build -p berth --locked
@@ -37,6 +40,7 @@ cat <<MSG
 
 berth serves on http://$listen (containerd $socket, state ./.berth)
 demo image: $registry/berth-test/busybox:latest (the default image of this server)
+web pages allowed to call it: $cors_origins (examples/web: node serve.mjs 8080)
 try:  npx buf curl --protocol grpc --http2-prior-knowledge --list-methods http://$listen
 
 MSG
@@ -45,7 +49,8 @@ target/debug/berth serve \
   --containerd-socket "$socket" \
   --state-dir "$PWD/.berth" \
   --insecure-registry "$registry" \
-  --default-image "$registry/berth-test/busybox:latest" &
+  --default-image "$registry/berth-test/busybox:latest" \
+  --cors-origin "$cors_origins" &
 berth=$!
 trap 'kill -TERM $berth 2>/dev/null || true' INT TERM
 wait $berth || true

@@ -3,7 +3,9 @@
 //
 // Environment: BERTH_TEST_SERVER (required), BERTH_TEST_IMAGE_MULTILAYER (required),
 // BERTH_TEST_SDK_NAMESPACE (required: the image is forgotten there first so its pull moves
-// bytes), TESTBED_DIR (for forget-image.sh), CHROMIUM (default /usr/bin/chromium).
+// bytes), TESTBED_DIR (for forget-image.sh), CHROMIUM (default /usr/bin/chromium),
+// BERTH_TEST_WEB_PORT (the port the page is served on, default 8080: berth must allow the origin
+// http://127.0.0.1:PORT with --cors-origin, as `make run` does for 8080).
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -46,7 +48,7 @@ async function exists(workspaceId) {
 }
 
 mkdirSync(artifacts, { recursive: true });
-const httpServer = await serve(0);
+const httpServer = await serve(Number(process.env.BERTH_TEST_WEB_PORT || 8080));
 const pageUrl = `http://127.0.0.1:${httpServer.address().port}/?server=${encodeURIComponent(berthUrl)}`;
 const userDataDir = mkdtempSync(join(tmpdir(), "berth-web-test-"));
 let context;

@@ -5,7 +5,8 @@
 #
 # Needs BERTH_TEST_SERVER (http://127.0.0.1:PORT), BERTH_TEST_IMAGE_MULTILAYER and
 # BERTH_TEST_SDK_NAMESPACE (the containerd namespace of the server), plus TESTBED_DIR when the
-# testbed is not the repository's .testbed.
+# testbed is not the repository's .testbed. The page is served on BERTH_TEST_WEB_PORT (default
+# 8080), whose origin http://127.0.0.1:PORT the server must allow (--cors-origin).
 set -euo pipefail
 cd "$(dirname "$0")"
 : "${BERTH_TEST_SERVER:?BERTH_TEST_SERVER must name a live berth, e.g. http://127.0.0.1:50051}"

@@ -72,6 +72,10 @@ pub struct ServeArgs {
     /// "unconfined" for none [default: cri-containerd.apparmor.d]
     #[arg(long, env = "BERTH_APPARMOR_PROFILE")]
     pub apparmor_profile: Option<String>,
+    /// Web page origin allowed to call over grpc-web, as SCHEME://HOST[:PORT] (repeatable;
+    /// comma-separated in the env) [default: none]
+    #[arg(long = "cors-origin", env = "BERTH_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
 }
 
 /// The keys a `--config` file may hold; unknown keys are errors so typos do not pass silently.
@@ -89,6 +93,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     wait_for_containerd: Option<bool>,
     apparmor_profile: Option<String>,
+    cors_origins: Option<Vec<String>>,
 }
 
 /// The resolved configuration of a running server.
@@ -116,6 +121,9 @@ pub struct Config {
     pub wait_for_containerd: bool,
     /// AppArmor profile of workspaces (applied only where loaded), or "unconfined".
     pub apparmor_profile: String,
+    /// Origins (`scheme://host[:port]`) whose pages may call berth from a browser; empty
+    /// allows none.
+    pub cors_origins: Vec<String>,
 }
 
 /// A configuration that cannot be used; its message is one line naming the cause.
@@ -140,6 +148,9 @@ impl Config {
         } else {
             args.insecure_registries
         };
+        let cors_origins =
+            if args.cors_origins.is_empty() { file.cors_origins.unwrap_or_default() } else { args.cors_origins };
+        let cors_origins = cors_origins.iter().map(|origin| parse_origin(origin)).collect::<Result<Vec<_>, _>>()?;
         let namespace = args.namespace.or(file.namespace).unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
         if namespace.is_empty() {
             return Err(ConfigError("namespace must not be empty".to_owned()));
@@ -169,8 +180,36 @@ impl Config {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             wait_for_containerd: args.wait_for_containerd || file.wait_for_containerd.unwrap_or(false),
             apparmor_profile,
+            cors_origins,
         })
     }
+}
+
+/// Checks that `text` is an origin as browsers send it in the `Origin` header
+/// (`http://127.0.0.1:8080`): the comparison is exact, so anything else would never match.
+fn parse_origin(text: &str) -> Result<String, ConfigError> {
+    let invalid = |why: &str| {
+        ConfigError(format!(
+            "cors origin {text:?} is invalid: {why}; write it as a browser sends it, e.g. http://127.0.0.1:8080"
+        ))
+    };
+    let host = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+        .ok_or_else(|| invalid("it must start with http:// or https://"))?;
+    if host.is_empty() {
+        return Err(invalid("the host is missing"));
+    }
+    if host.contains(['/', '?', '#']) {
+        return Err(invalid("an origin has no path, not even a trailing '/'"));
+    }
+    if host.contains('@') || host.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control() || !c.is_ascii()) {
+        return Err(invalid("the host may only hold a name or address and a port"));
+    }
+    if host.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(invalid("browsers send origins in lowercase"));
+    }
+    Ok(text.to_owned())
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -238,6 +277,59 @@ mod tests {
         let config = parse_file(include_str!("../../deploy/berth.toml")).unwrap();
         assert_eq!(config.namespace.as_deref(), Some("berth"));
         assert_eq!(config.log_format, Some(LogFormat::Json));
+        assert_eq!(config.cors_origins, Some(Vec::new()), "the example allows no web page");
+    }
+
+    #[test]
+    fn cors_origins_come_from_flags_or_the_file_and_default_to_none() {
+        assert!(Config::resolve(ServeArgs::default()).unwrap().cors_origins.is_empty());
+
+        let dir = std::env::temp_dir().join(format!("berth-config-cors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("berth.toml");
+        std::fs::write(&path, "cors_origins = [\"https://bots.example\", \"http://127.0.0.1:8080\"]\n").unwrap();
+        let from_file = ServeArgs { config: Some(path.clone()), ..ServeArgs::default() };
+        assert_eq!(Config::resolve(from_file).unwrap().cors_origins, ["https://bots.example", "http://127.0.0.1:8080"]);
+        let flags = ServeArgs {
+            config: Some(path),
+            cors_origins: vec!["http://localhost:3000".to_owned()],
+            ..ServeArgs::default()
+        };
+        assert_eq!(Config::resolve(flags).unwrap().cors_origins, ["http://localhost:3000"], "flags replace the file");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn cors_origin_flag_repeats_and_splits_on_commas_like_the_env() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        use clap::Parser as _;
+        let cli =
+            Cli::try_parse_from(["berth", "--cors-origin", "http://a.example", "--cors-origin", "http://b.example"])
+                .unwrap();
+        assert_eq!(cli.serve.cors_origins, ["http://a.example", "http://b.example"]);
+        let cli = Cli::try_parse_from(["berth", "--cors-origin", "http://a.example,https://b.example:8443"]).unwrap();
+        assert_eq!(cli.serve.cors_origins, ["http://a.example", "https://b.example:8443"]);
+    }
+
+    #[test]
+    fn malformed_cors_origins_are_refused_with_the_reason() {
+        for (origin, why) in [
+            ("127.0.0.1:8080", "http://"),
+            ("http://127.0.0.1:8080/", "no path"),
+            ("https://bots.example/app", "no path"),
+            ("http://", "host is missing"),
+            ("http://Bots.example", "lowercase"),
+            ("http://user@bots.example", "name or address"),
+            ("*", "http://"),
+        ] {
+            let args = ServeArgs { cors_origins: vec![origin.to_owned()], ..ServeArgs::default() };
+            let err = Config::resolve(args).err().unwrap().to_string();
+            assert!(err.contains(why) && err.contains(origin), "{origin}: {err}");
+        }
     }
 
     #[test]

@@ -56,11 +56,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Err(err) => return fail(&err.to_string()),
     };
     init_tracing(config.log_format);
-    if let Err(err) = std::fs::create_dir_all(&config.state_dir) {
-        return fail(&format!(
-            "cannot create the state directory {}: {err}; pass a writable --state-dir",
-            config.state_dir.display()
-        ));
+    let state_dir = config.state_dir.clone();
+    match tokio::task::spawn_blocking(move || berth::store::private::prepare_state_dir(&state_dir)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return fail(err.message()),
+        Err(err) => return fail(&format!("cannot prepare the state directory: {err}")),
     }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
@@ -138,8 +138,14 @@ async fn run(config: Config, listener: tokio::net::TcpListener, containerd: Cont
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    info!(listen = %config.listen, namespace = %config.namespace, state_dir = %config.state_dir.display(), "berth is serving");
-    let served = berth::api::serve(listener, manager.clone(), shutdown).await;
+    info!(
+        listen = %config.listen,
+        namespace = %config.namespace,
+        state_dir = %config.state_dir.display(),
+        cors_origins = ?config.cors_origins,
+        "berth is serving"
+    );
+    let served = berth::api::serve(listener, manager.clone(), &config.cors_origins, shutdown).await;
     // Creates, stops and data operations still running finish before the store closes (a create
     // cut off here would only be rolled back at the next boot).
     if !manager.drain(SHUTDOWN_DRAIN).await {

@@ -105,13 +105,45 @@ pub struct Resources {
 }
 
 /// What the caller asked for when creating a workspace; equal specs make a create idempotent.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Its Debug output leaves out environment values, which are secrets.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkspaceSpec {
     pub image: String,
     pub labels: BTreeMap<String, String>,
     pub env: BTreeMap<String, String>,
     pub resources: Resources,
     pub cdi_devices: Vec<String>,
+}
+
+impl fmt::Debug for WorkspaceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkspaceSpec")
+            .field("image", &self.image)
+            .field("labels", &self.labels)
+            .field("env", &RedactedEnv(&self.env))
+            .field("resources", &self.resources)
+            .field("cdi_devices", &self.cdi_devices)
+            .finish()
+    }
+}
+
+/// Debug-formats environment variables as their names only: values are secrets (tokens, keys)
+/// and must not reach a log line or an error message.
+pub struct RedactedEnv<'a>(pub &'a BTreeMap<String, String>);
+
+impl fmt::Debug for RedactedEnv<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.0.keys().map(|key| (key, Redacted))).finish()
+    }
+}
+
+/// Stands in for a secret value.
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// A workspace as the store records it.
@@ -171,5 +203,38 @@ mod tests {
             assert_eq!(state.as_str().parse::<WorkspaceState>().unwrap(), state);
         }
         assert!("paused".parse::<WorkspaceState>().is_err());
+    }
+
+    #[test]
+    fn debug_of_a_spec_and_its_record_names_env_variables_but_hides_their_values() {
+        let spec = WorkspaceSpec {
+            image: "example/image:1".to_owned(),
+            env: BTreeMap::from([("API_TOKEN".to_owned(), "s3cret-value".to_owned())]),
+            labels: BTreeMap::from([("team".to_owned(), "red".to_owned())]),
+            ..WorkspaceSpec::default()
+        };
+        let text = format!("{spec:?}");
+        assert!(text.contains(r#"env: {"API_TOKEN": <redacted>}"#), "{text}");
+        assert!(text.contains("example/image:1") && text.contains("red"), "{text}");
+        assert!(!text.contains("s3cret-value"), "{text}");
+
+        let now = OffsetDateTime::now_utc();
+        let record = WorkspaceRecord {
+            id: WorkspaceId::parse("bot").unwrap(),
+            state: WorkspaceState::Running,
+            desired_state: DesiredState::Running,
+            spec,
+            image_digest: String::new(),
+            snapshot_key: String::new(),
+            current_version: 1,
+            failure_reason: String::new(),
+            failure_message: String::new(),
+            create_time: now,
+            update_time: now,
+            last_start_time: None,
+            last_stop_time: None,
+        };
+        let text = format!("{record:#?}");
+        assert!(text.contains("API_TOKEN") && !text.contains("s3cret-value"), "{text}");
     }
 }

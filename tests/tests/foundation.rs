@@ -2,6 +2,7 @@
 //! start-up failures and shutdown.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use berth_api::v1::workspace_service_client::WorkspaceServiceClient;
@@ -121,8 +122,8 @@ async fn unknown_and_invalid_workspace_ids_have_precise_statuses() {
 }
 
 /// Sends one HTTP/1.1 request and returns the raw response bytes (the server closes).
-async fn http1(server: &BerthServer, head: &str, body: &[u8]) -> Vec<u8> {
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+async fn http1(addr: SocketAddr, head: &str, body: &[u8]) -> Vec<u8> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(body).await.unwrap();
     let mut response = Vec::new();
@@ -150,26 +151,110 @@ fn header_block(response: &[u8]) -> String {
     String::from_utf8_lossy(&response[..end]).to_ascii_lowercase()
 }
 
-#[tokio::test]
-async fn grpc_web_over_http1_works_and_cors_exposes_grpc_headers() {
-    let testbed = Testbed::from_env();
-    let server = BerthServer::start(&testbed);
-    let path = "/berth.workspace.v1.WorkspaceService/GetWorkspace";
-
-    let preflight = http1(
-        &server,
+/// The response headers of a browser's CORS preflight for a grpc-web call from `origin`.
+async fn preflight(addr: SocketAddr, origin: &str) -> String {
+    let path = "/berth.workspace.v1.WorkspaceService/DeleteWorkspace";
+    let response = http1(
+        addr,
         &format!(
-            "OPTIONS {path} HTTP/1.1\r\nHost: {}\r\nOrigin: http://page.example\r\n\
+            "OPTIONS {path} HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\n\
              Access-Control-Request-Method: POST\r\n\
-             Access-Control-Request-Headers: content-type,x-grpc-web,x-user-agent\r\nConnection: close\r\n\r\n",
-            server.addr
+             Access-Control-Request-Headers: content-type,x-grpc-web,x-user-agent\r\nConnection: close\r\n\r\n"
         ),
         b"",
     )
     .await;
-    let headers = header_block(&preflight);
+    header_block(&response)
+}
+
+/// The value of the preflight's `access-control-allow-origin`, if it has one.
+fn allowed_origin(headers: &str) -> Option<&str> {
+    headers.lines().find_map(|line| line.strip_prefix("access-control-allow-origin:")).map(str::trim)
+}
+
+/// A child process killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn server_allowing(testbed: &Testbed, origins: &[&str]) -> BerthServer {
+    let extra_args = origins.iter().flat_map(|origin| ["--cors-origin".to_owned(), (*origin).to_owned()]).collect();
+    BerthServer::start_with(testbed, berth_e2e::ServerOptions { extra_args, ..Default::default() })
+}
+
+#[tokio::test]
+async fn cors_allows_only_the_configured_origins() {
+    let testbed = Testbed::from_env();
+
+    // By default no web page may call: the preflight carries no allow-origin, so the browser
+    // never sends the DeleteWorkspace.
+    let closed = BerthServer::start(&testbed);
+    let headers = preflight(closed.addr, "http://page.example").await;
+    assert_eq!(allowed_origin(&headers), None, "{headers}");
+
+    let server = server_allowing(&testbed, &["http://page.example", "http://127.0.0.1:8080"]);
+    for unlisted in ["http://evil.example", "http://page.example:8080", "https://page.example", "null"] {
+        let headers = preflight(server.addr, unlisted).await;
+        assert_eq!(allowed_origin(&headers), None, "{unlisted} must be refused: {headers}");
+    }
+    for listed in ["http://page.example", "http://127.0.0.1:8080"] {
+        let headers = preflight(server.addr, listed).await;
+        assert!(headers.starts_with("http/1.1 200"), "{headers}");
+        assert_eq!(allowed_origin(&headers), Some(listed), "{headers}");
+    }
+
+    // BERTH_CORS_ORIGIN takes a comma-separated list.
+    let state = testbed.dir.join("e2e").join(testbed.unique_namespace());
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let from_env = std::process::Command::new(&testbed.berth_bin)
+        .args(["serve", "--listen", &addr.to_string(), "--namespace", &testbed.unique_namespace()])
+        .arg("--containerd-socket")
+        .arg(&testbed.containerd_socket)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("BERTH_CORS_ORIGIN", "http://one.example,http://two.example")
+        .env_remove("BERTH_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut from_env = KillOnDrop(from_env);
+    let listening =
+        berth_e2e::eventually(Duration::from_secs(20), || async { std::net::TcpStream::connect(addr).is_ok() }).await;
+    assert!(listening, "berth with BERTH_CORS_ORIGIN did not listen");
+    for origin in ["http://one.example", "http://two.example"] {
+        let headers = preflight(addr, origin).await;
+        assert_eq!(allowed_origin(&headers), Some(origin), "{headers}");
+    }
+    from_env.0.kill().unwrap();
+    from_env.0.wait().unwrap();
+
+    // A malformed origin stops berth at start with one line saying why.
+    let (status, stderr, _) = run_berth_to_exit(
+        &testbed,
+        &["serve", "--cors-origin", "http://page.example/", "--state-dir", state.to_str().unwrap()],
+        Duration::from_secs(15),
+    );
+    assert!(!status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cors origin") && stderr.contains("no path"), "{stderr}");
+}
+
+#[tokio::test]
+async fn grpc_web_over_http1_works_and_cors_exposes_grpc_headers() {
+    let testbed = Testbed::from_env();
+    let server = server_allowing(&testbed, &["http://page.example"]);
+    let path = "/berth.workspace.v1.WorkspaceService/GetWorkspace";
+
+    let headers = preflight(server.addr, "http://page.example").await;
     assert!(headers.starts_with("http/1.1 200"), "{headers}");
-    assert!(headers.contains("access-control-allow-origin: http://page.example"), "{headers}");
+    assert_eq!(allowed_origin(&headers), Some("http://page.example"), "{headers}");
     assert!(headers.contains("x-grpc-web"), "preflight must allow x-grpc-web: {headers}");
 
     let message = GetWorkspaceRequest { workspace_id: "web-missing".to_owned() }.encode_to_vec();
@@ -177,7 +262,7 @@ async fn grpc_web_over_http1_works_and_cors_exposes_grpc_headers() {
     body.extend_from_slice(&(message.len() as u32).to_be_bytes());
     body.extend_from_slice(&message);
     let response = http1(
-        &server,
+        server.addr,
         &format!(
             "POST {path} HTTP/1.1\r\nHost: {}\r\nOrigin: http://page.example\r\n\
              Content-Type: application/grpc-web+proto\r\nX-Grpc-Web: 1\r\nContent-Length: {}\r\n\
@@ -350,4 +435,117 @@ async fn json_logs_are_one_object_per_line_with_the_rpc_span() {
     })
     .await;
     assert!(found, "no JSON rpc line; log:\n{}", server.log_text());
+}
+
+/// The `duration_ms` of the JSON "rpc finished" line of `method` for `workspace_id`.
+fn logged_duration_ms(log: &str, method: &str, workspace_id: &str) -> Option<f64> {
+    log.lines().find_map(|line| {
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        let matches = value["fields"]["message"] == "rpc finished"
+            && value["span"]["workspace_id"] == workspace_id
+            && value["span"]["method"].as_str().is_some_and(|m| m.ends_with(method));
+        if matches { value["fields"]["duration_ms"].as_f64() } else { None }
+    })
+}
+
+#[tokio::test]
+async fn a_slow_unary_call_logs_its_whole_latency() {
+    use berth_api::v1::{CreateWorkspaceRequest, DeleteWorkspaceRequest, StopWorkspaceRequest};
+    let testbed = Testbed::from_env();
+    let options = berth_e2e::ServerOptions {
+        extra_args: vec!["--log-format".to_owned(), "json".to_owned()],
+        ..Default::default()
+    };
+    let server = BerthServer::start_with(&testbed, options);
+    let mut client = WorkspaceServiceClient::new(server.channel().await);
+    let request = CreateWorkspaceRequest {
+        workspace_id: "slow-stop".to_owned(),
+        image: testbed.image("BUSYBOX"),
+        ..Default::default()
+    };
+    let mut events = client.create_workspace(request).await.unwrap().into_inner();
+    while let Some(event) = events.next().await {
+        event.unwrap();
+    }
+    // A process that ignores SIGTERM makes the stop wait for its whole timeout, then SIGKILL.
+    let script = "trap '' TERM; while true; do sleep 0.1; done";
+    testbed.ctr(
+        &server.namespace,
+        &["task", "exec", "--detach", "--exec-id", "stubborn", "slow-stop", "sh", "-c", script],
+    );
+
+    let started = std::time::Instant::now();
+    let stop = StopWorkspaceRequest {
+        workspace_id: "slow-stop".to_owned(),
+        timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+    };
+    client.stop_workspace(stop).await.unwrap();
+    let client_ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert!(client_ms >= 1000.0, "the stop waited for its timeout: {client_ms} ms");
+
+    let mut logged = None;
+    for _ in 0..50 {
+        logged = logged_duration_ms(&server.log_text(), "/StopWorkspace", "slow-stop");
+        if logged.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logged = logged.unwrap_or_else(|| panic!("no StopWorkspace log line; log:\n{}", server.log_text()));
+    // The server's clock starts after the request arrived and stops before the client sees the
+    // trailers, so it may be a little shorter than what the client measured, never much.
+    assert!(logged >= client_ms - 50.0, "logged {logged} ms for a call the client measured at {client_ms} ms");
+    assert!(logged <= client_ms + 1.0, "logged {logged} ms, more than the client's {client_ms} ms");
+
+    client
+        .delete_workspace(DeleteWorkspaceRequest { workspace_id: "slow-stop".to_owned(), preserve_data: false })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_stream_the_client_abandons_is_logged_as_cancelled() {
+    let testbed = Testbed::from_env();
+    let options = berth_e2e::ServerOptions {
+        extra_args: vec!["--log-format".to_owned(), "json".to_owned()],
+        ..Default::default()
+    };
+    let server = BerthServer::start_with(&testbed, options);
+    let channel = server.channel().await;
+    let mut health = HealthClient::new(channel.clone());
+    let mut watch = health.watch(WatchRequest { service: String::new() }).await.unwrap().into_inner();
+    watch.next().await.unwrap().unwrap();
+    drop(watch);
+    let found = berth_e2e::eventually(Duration::from_secs(5), || async {
+        server.log_text().lines().any(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).expect("every log line is JSON");
+            value["fields"]["message"] == "rpc finished"
+                && value["span"]["method"] == "/grpc.health.v1.Health/Watch"
+                && value["fields"]["grpc_code"] == 1
+                && value["fields"]["grpc_status"] == "Cancelled"
+        })
+    })
+    .await;
+    assert!(found, "no CANCELLED line for the abandoned watch; log:\n{}", server.log_text());
+}
+
+#[tokio::test]
+async fn the_state_dir_and_the_database_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let testbed = Testbed::from_env();
+    // The harness made the state dir 0755, as an older berth would have: berth tightens it.
+    let server = BerthServer::start(&testbed);
+    let mut health = HealthClient::new(server.channel().await);
+    health.check(HealthCheckRequest { service: String::new() }).await.unwrap();
+    let mode = |path: std::path::PathBuf| {
+        let meta = std::fs::metadata(&path).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+        meta.permissions().mode() & 0o7777
+    };
+    assert_eq!(mode(server.state_dir.clone()), 0o700);
+    for dir in ["preserved", "mnt", "workspaces"] {
+        assert_eq!(mode(server.state_dir.join(dir)), 0o700, "{dir}");
+    }
+    for file in ["berth.db", "berth.db-wal", "berth.db-shm"] {
+        assert_eq!(mode(server.state_dir.join(file)), 0o600, "{file}");
+    }
 }

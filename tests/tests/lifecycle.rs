@@ -216,6 +216,7 @@ async fn data_survives_stop_start_and_delete_preserve_then_create_restore() {
     std::fs::write(server.state_dir.join("preserved/keeper.tar.gz"), corrupt).unwrap();
     let status = client.restore_data(RestoreDataRequest { workspace_id: "keeper".to_owned() }).await.unwrap_err();
     assert_eq!(error_reason(&status).as_deref(), Some("DATA_ARCHIVE_FAILED"), "{status:?}");
+    assert_eq!(status.code(), Code::FailedPrecondition, "a broken archive is not berth's fault: {status:?}");
     assert_eq!(get(&mut client, "keeper").await.state(), WorkspaceState::Running);
     assert_eq!(testbed.exec(&server.namespace, "keeper", &["cat", "/data/current"]).trim(), "still-here");
     assert_eq!(testbed.exec(&server.namespace, "keeper", &["ls", "-A", "/data"]).trim(), "current");
@@ -408,12 +409,90 @@ async fn bad_input_gets_precise_statuses_and_leaves_nothing_behind() {
             "INVALID_RESOURCES",
         ),
     ];
-    for (request, code, reason) in cases {
+    // Checked before any pull: the image's registry is closed, so a request that got as far as
+    // pulling would fail with REGISTRY_UNAVAILABLE instead.
+    let unpullable = "127.0.0.1:1/berth-test/busybox:latest";
+    let with = |id: &str, change: &dyn Fn(&mut CreateWorkspaceRequest)| {
+        let mut request = create_request(id, unpullable);
+        change(&mut request);
+        request
+    };
+    let limits = |cpu_millis, pids_limit| Some(Resources { cpu_millis, memory_bytes: 0, pids_limit });
+    let label = |key: String, value: String| {
+        move |request: &mut CreateWorkspaceRequest| {
+            request.labels.insert(key.clone(), value.clone());
+        }
+    };
+    let validated: Vec<(CreateWorkspaceRequest, Code, &str, &str)> = vec![
+        (
+            with("tiny-cpu", &|r| r.resources = limits(5, 0)),
+            Code::InvalidArgument,
+            "INVALID_RESOURCES",
+            "minimum of 10",
+        ),
+        (
+            with("huge-cpu", &|r| r.resources = limits(i64::MAX, 0)),
+            Code::InvalidArgument,
+            "INVALID_RESOURCES",
+            "maximum of 8192000",
+        ),
+        (
+            with("huge-pids", &|r| r.resources = limits(0, 1 << 40)),
+            Code::InvalidArgument,
+            "INVALID_RESOURCES",
+            "maximum of 4194304",
+        ),
+        (
+            with("spoof-berth", &label("berth.workspace".to_owned(), "v1".to_owned())),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "reserved",
+        ),
+        (
+            with("spoof-ctrd", &label("containerd.io/gc.ref.snapshot.overlayfs".to_owned(), "x".to_owned())),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "reserved",
+        ),
+        (
+            with("long-key", &label("k".repeat(254), String::new())),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "254 bytes",
+        ),
+        (
+            with("long-value", &label("note".to_owned(), "v".repeat(1025))),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "1025 bytes",
+        ),
+        (
+            with("long-request-id", &|r| r.request_id = "r".repeat(129)),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "request_id",
+        ),
+        (
+            with("odd-request-id", &|r| r.request_id = "not ascii ü".to_owned()),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "printable ASCII",
+        ),
+        (
+            with("gpu", &|r| r.cdi_devices = vec!["nvidia.com/gpu=0".to_owned()]),
+            Code::Unimplemented,
+            "NOT_IMPLEMENTED",
+            "CDI devices are not supported yet; create without cdi_devices",
+        ),
+    ];
+    let cases = cases.into_iter().map(|(request, code, reason)| (request, code, reason, "")).chain(validated);
+    for (request, code, reason, says) in cases {
         let id = request.workspace_id.clone();
         let status = create(&mut client, request).await.unwrap_err();
         assert_eq!(status.code(), code, "{id}: {status:?}");
         assert_eq!(error_reason(&status).as_deref(), Some(reason), "{id}: {status:?}");
         assert!(!status.message().is_empty());
+        assert!(status.message().contains(says), "{id}: {:?} lacks {says:?}", status.message());
         if code == Code::Unavailable {
             assert!(status.message().contains("127.0.0.1:1"), "names the registry: {}", status.message());
         }
@@ -424,6 +503,18 @@ async fn bad_input_gets_precise_statuses_and_leaves_nothing_behind() {
     assert!(testbed.ctr(&server.namespace, &["containers", "ls", "-q"]).trim().is_empty());
     let snapshots = testbed.ctr(&server.namespace, &["snapshots", "ls"]);
     assert!(!snapshots.contains("-active-"), "{snapshots}");
+
+    // StopWorkspace's timeout is at most 5 minutes, checked before the workspace is looked up.
+    let stop_after = |seconds| StopWorkspaceRequest {
+        workspace_id: "ghost".to_owned(),
+        timeout: Some(prost_types::Duration { seconds, nanos: 0 }),
+    };
+    let status = client.stop_workspace(stop_after(301)).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(error_reason(&status).as_deref(), Some("INVALID_ARGUMENT"));
+    assert!(status.message().contains("5 minutes"), "{}", status.message());
+    let status = client.stop_workspace(stop_after(300)).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "5 minutes is allowed: {status:?}");
 
     for status in [
         client.start_workspace(StartWorkspaceRequest { workspace_id: "ghost".to_owned() }).await.unwrap_err(),

@@ -4,6 +4,7 @@
 mod convert;
 mod filesystem;
 mod process;
+mod request_log;
 mod shutdown;
 mod status;
 mod workspace;
@@ -22,8 +23,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::trace::TraceLayer;
-use tracing::{Span, info, info_span, warn};
+use tracing::{Span, info, warn};
 
 use crate::workspace::Manager;
 
@@ -40,8 +40,14 @@ const SERVICE_NAMES: [&str; 3] = [
 ];
 
 /// Serves every service on `listener` until `shutdown` is cancelled; then ends open streams with
-/// UNAVAILABLE and returns once connections closed (or after a grace period).
-pub async fn serve(listener: TcpListener, manager: Arc<Manager>, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// UNAVAILABLE and returns once connections closed (or after a grace period). Browsers may call
+/// from pages of `cors_origins` only.
+pub async fn serve(
+    listener: TcpListener,
+    manager: Arc<Manager>,
+    cors_origins: &[String],
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(report_health(manager.clone(), health_reporter, shutdown.clone()));
 
@@ -50,10 +56,11 @@ pub async fn serve(listener: TcpListener, manager: Arc<Manager>, shutdown: Cance
 
     let router = Server::builder()
         .accept_http1(true)
-        .layer(cors_layer())
+        .layer(cors_layer(cors_origins)?)
         .layer(tonic_web::GrpcWebLayer::new())
+        // Outside the shutdown layer, so streams it ends are logged with their UNAVAILABLE.
+        .layer(request_log::RequestLogLayer)
         .layer(shutdown::EndStreamsOnShutdownLayer::new(shutdown.clone()))
-        .layer(trace_layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -123,12 +130,19 @@ async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// CORS for browsers calling over grpc-web: the grpc headers must be exposed, or errors reach
-/// the page as "missing trailer".
-fn cors_layer() -> CorsLayer {
+/// CORS for browsers calling over grpc-web from the listed origins only: any page the operator
+/// opens could otherwise drive the API (DeleteWorkspace included) on loopback. A preflight from
+/// another origin gets no `Access-Control-Allow-Origin`, so the browser never sends the call.
+/// The grpc headers must be exposed, or errors reach the page as "missing trailer".
+fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
     let header = HeaderName::from_static;
-    CorsLayer::new()
-        .allow_origin(AllowOrigin::mirror_request())
+    let origins = origins
+        .iter()
+        .map(|origin| HeaderValue::from_str(origin))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| anyhow::anyhow!("invalid cors origin: {err}"))?;
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
         .allow_methods([http::Method::POST, http::Method::OPTIONS])
         .allow_headers([
             header("content-type"),
@@ -138,56 +152,7 @@ fn cors_layer() -> CorsLayer {
             header("authorization"),
         ])
         .expose_headers([header("grpc-status"), header("grpc-message"), header("grpc-status-details-bin")])
-        .max_age(Duration::from_secs(24 * 3600))
-}
-
-type GrpcTraceLayer = TraceLayer<
-    tower_http::classify::SharedClassifier<tower_http::classify::GrpcErrorsAsFailures>,
-    fn(&http::Request<tonic::body::Body>) -> Span,
-    (),
-    fn(&http::Response<tonic::body::Body>, Duration, &Span),
-    (),
-    fn(Option<&http::HeaderMap>, Duration, &Span),
-    (),
->;
-
-/// A span per RPC (method, workspace id recorded by the handler) and one log line at its end
-/// with the duration and the gRPC status code.
-fn trace_layer() -> GrpcTraceLayer {
-    TraceLayer::new_for_grpc()
-        .make_span_with(make_rpc_span as fn(&http::Request<tonic::body::Body>) -> Span)
-        .on_request(())
-        .on_response(log_trailers_only_response as fn(&http::Response<tonic::body::Body>, Duration, &Span))
-        .on_body_chunk(())
-        .on_eos(log_end_of_stream as fn(Option<&http::HeaderMap>, Duration, &Span))
-        .on_failure(())
-}
-
-fn make_rpc_span(request: &http::Request<tonic::body::Body>) -> Span {
-    info_span!("rpc", method = %request.uri().path(), workspace_id = tracing::field::Empty)
-}
-
-/// Errors come as trailers-only responses: the status is in the headers.
-fn log_trailers_only_response(response: &http::Response<tonic::body::Body>, latency: Duration, _span: &Span) {
-    if let Some(code) = response.headers().get("grpc-status") {
-        log_finished(code, latency);
-    }
-}
-
-fn log_end_of_stream(trailers: Option<&http::HeaderMap>, duration: Duration, _span: &Span) {
-    if let Some(code) = trailers.and_then(|trailers| trailers.get("grpc-status")) {
-        log_finished(code, duration);
-    }
-}
-
-fn log_finished(code: &HeaderValue, duration: Duration) {
-    let code = code.to_str().ok().and_then(|text| text.parse::<i32>().ok()).unwrap_or(2);
-    info!(
-        grpc_code = code,
-        grpc_status = ?tonic::Code::from(code),
-        duration_ms = duration.as_secs_f64() * 1000.0,
-        "rpc finished"
-    );
+        .max_age(Duration::from_secs(24 * 3600)))
 }
 
 /// Records the workspace id on the current RPC span.

@@ -36,7 +36,10 @@ fn code(reason: Reason) -> Code {
         | Reason::SnapshotAlreadyExists
         | Reason::PathAlreadyExists
         | Reason::ProcessTagInUse => Code::AlreadyExists,
+        // Retrying unchanged fails again: an operator or the caller has to fix something first.
         Reason::RegistryAuthFailed
+        | Reason::ImagePullFailed
+        | Reason::DataArchiveFailed
         | Reason::WorkspaceDeleting
         | Reason::InvalidStateTransition
         | Reason::WorkspaceNotRunning
@@ -50,12 +53,10 @@ fn code(reason: Reason) -> Code {
         | Reason::PtyNotAllocated => Code::FailedPrecondition,
         Reason::WorkspaceBusy | Reason::RevisionMismatch => Code::Aborted,
         Reason::ResourceLimitExceeded => Code::ResourceExhausted,
-        Reason::RegistryUnavailable
-        | Reason::ImagePullFailed
-        | Reason::ContainerdUnavailable
-        | Reason::ServerShuttingDown => Code::Unavailable,
+        // Only causes a retry can cure: clients retry UNAVAILABLE on their own.
+        Reason::RegistryUnavailable | Reason::ContainerdUnavailable | Reason::ServerShuttingDown => Code::Unavailable,
         Reason::NotImplemented => Code::Unimplemented,
-        Reason::DataArchiveFailed | Reason::RuntimeError | Reason::StoreError | Reason::Internal => Code::Internal,
+        Reason::RuntimeError | Reason::StoreError | Reason::Internal => Code::Internal,
     }
 }
 
@@ -88,6 +89,61 @@ mod tests {
         for value in proto_values {
             assert!(known.contains(&value.as_str_name()), "{} has no domain Reason", value.as_str_name());
         }
+    }
+
+    #[test]
+    fn only_causes_a_retry_cures_are_unavailable() {
+        let unavailable: Vec<_> = Reason::ALL.into_iter().filter(|reason| code(*reason) == Code::Unavailable).collect();
+        assert_eq!(
+            unavailable,
+            [Reason::RegistryUnavailable, Reason::ContainerdUnavailable, Reason::ServerShuttingDown]
+        );
+    }
+
+    #[test]
+    fn a_broken_image_and_a_failed_archive_are_failed_precondition() {
+        for reason in [Reason::ImagePullFailed, Reason::DataArchiveFailed] {
+            let status = Status::from(Error::new(reason, "the image is broken in the registry"));
+            assert_eq!(status.code(), Code::FailedPrecondition, "{reason}");
+            assert_eq!(status.get_details_error_info().unwrap().reason, reason.as_str());
+        }
+    }
+
+    #[test]
+    fn every_reason_has_the_code_its_proto_comment_names() {
+        let proto = include_str!("../../../proto/berth/workspace/v1/error_reason.proto");
+        for reason in Reason::ALL {
+            let name = reason.as_str();
+            let comment = proto_comment(proto, name).unwrap_or_else(|| panic!("{name} has no comment in the proto"));
+            let expected = format!("{:?}", code(reason));
+            let documented = screaming_to_camel(comment.split([':', ' ']).next().unwrap_or_default());
+            assert_eq!(documented, expected, "{name}: the proto comment names another code than the mapping");
+        }
+    }
+
+    /// The comment lines right above `NAME = n;` in the proto, joined.
+    fn proto_comment<'a>(proto: &'a str, name: &str) -> Option<String> {
+        let lines: Vec<&'a str> = proto.lines().collect();
+        let at = lines.iter().position(|line| line.trim_start().starts_with(&format!("{name} =")))?;
+        let mut comment: Vec<&str> = lines[..at]
+            .iter()
+            .rev()
+            .map(|line| line.trim())
+            .take_while(|line| line.starts_with("//"))
+            .map(|line| line.trim_start_matches('/').trim())
+            .collect();
+        comment.reverse();
+        Some(comment.join(" "))
+    }
+
+    /// `FAILED_PRECONDITION` → `FailedPrecondition`, as `tonic::Code`'s Debug writes it.
+    fn screaming_to_camel(word: &str) -> String {
+        word.split('_')
+            .map(|part| {
+                let mut chars = part.chars();
+                chars.next().map(|first| first.to_string() + &chars.as_str().to_lowercase()).unwrap_or_default()
+            })
+            .collect()
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use berth_api::v1 as pb;
 use berth_api::v1::workspace_service_server::WorkspaceService;
@@ -9,9 +10,14 @@ use futures::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, not_built, record_workspace_id};
+use crate::error::{Error, Reason};
 use crate::workspace::Manager;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The longest StopWorkspace timeout, as workspace_service.proto documents it: a stop holds the
+/// workspace (and the caller) that long.
+const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 /// The WorkspaceService implementation.
 pub struct WorkspaceApi {
@@ -82,6 +88,9 @@ impl WorkspaceService for WorkspaceApi {
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
         let timeout = request.timeout.map(convert::duration).transpose()?;
+        if let Some(timeout) = timeout {
+            check_stop_timeout(timeout)?;
+        }
         let info = self.manager.stop(&request.workspace_id, timeout).await?;
         Ok(Response::new(pb::StopWorkspaceResponse { workspace: Some(convert::workspace(info)) }))
     }
@@ -201,5 +210,33 @@ impl WorkspaceService for WorkspaceApi {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         record_workspace_id(&request.get_ref().workspace_id);
         not_built("WatchEvents (lifecycle event stream)")
+    }
+}
+
+fn check_stop_timeout(timeout: Duration) -> Result<(), Error> {
+    if timeout <= MAX_STOP_TIMEOUT {
+        return Ok(());
+    }
+    Err(Error::new(
+        Reason::InvalidArgument,
+        format!(
+            "timeout {timeout:?} is longer than the maximum of 5 minutes; pass at most 300s, or 0 to send SIGKILL at once"
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_timeouts_up_to_five_minutes_pass() {
+        for seconds in [0, 10, 300] {
+            assert!(check_stop_timeout(Duration::from_secs(seconds)).is_ok(), "{seconds}s");
+        }
+        let err = check_stop_timeout(Duration::from_secs(300) + Duration::from_nanos(1)).unwrap_err();
+        assert_eq!(err.reason(), Reason::InvalidArgument);
+        assert!(err.message().contains("5 minutes"), "{}", err.message());
+        assert!(Status::from(check_stop_timeout(Duration::MAX).unwrap_err()).code() == tonic::Code::InvalidArgument);
     }
 }

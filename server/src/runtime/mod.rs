@@ -86,8 +86,8 @@ pub struct PulledImage {
 /// A sender of pull events; a closed receiver never fails the pull.
 pub type PullProgress = mpsc::Sender<PullEvent>;
 
-/// What a workspace container is made of.
-#[derive(Clone, Copy, Debug)]
+/// What a workspace container is made of. Its Debug output leaves out environment values.
+#[derive(Clone, Copy)]
 pub struct ContainerSpec<'a> {
     pub id: &'a str,
     pub image: &'a PulledImage,
@@ -121,6 +121,21 @@ pub struct TaskState {
     /// Host pid of PID 1.
     pub pid: u32,
     pub running: bool,
+}
+
+impl std::fmt::Debug for ContainerSpec<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerSpec")
+            .field("id", &self.id)
+            .field("image", &self.image)
+            .field("env", &crate::model::RedactedEnv(self.env))
+            .field("resources", &self.resources)
+            .field("labels", &self.labels)
+            .field("snapshot_key", &self.snapshot_key)
+            .field("user", &self.user)
+            .field("etc_dir", &self.etc_dir)
+            .finish()
+    }
 }
 
 /// What the Manager needs from a container runtime. Every call is idempotent where the
@@ -176,4 +191,34 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Removes leases a crash left behind; returns how many.
     async fn remove_stale_leases(&self) -> Result<u32>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_a_container_spec_hides_env_values() {
+        let image = PulledImage {
+            name: "docker.io/library/busybox:latest".to_owned(),
+            digest: "sha256:0".to_owned(),
+            config: ImageConfig::default(),
+            chain_id: "sha256:1".to_owned(),
+        };
+        let env = BTreeMap::from([("API_TOKEN".to_owned(), "s3cret-value".to_owned())]);
+        let labels = BTreeMap::new();
+        let spec = ContainerSpec {
+            id: "bot",
+            image: &image,
+            env: &env,
+            resources: Resources::default(),
+            labels: &labels,
+            snapshot_key: "bot-active-1",
+            user: &ResolvedUser::default(),
+            etc_dir: Path::new("/var/lib/berth/workspaces/bot/etc"),
+        };
+        let text = format!("{spec:?}");
+        assert!(text.contains("API_TOKEN") && text.contains("bot-active-1"), "{text}");
+        assert!(!text.contains("s3cret-value"), "{text}");
+    }
 }

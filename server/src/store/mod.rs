@@ -11,6 +11,8 @@ use time::OffsetDateTime;
 use crate::error::{Error, Reason, Result};
 use crate::model::{WorkspaceId, WorkspaceRecord, WorkspaceSpec};
 
+pub mod private;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// A handle on the database; cheap to clone.
@@ -41,6 +43,11 @@ impl Store {
             .foreign_keys(true)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
             .busy_timeout(std::time::Duration::from_secs(5));
+        // The database holds every workspace's env (secrets): owner-only, like the state dir.
+        let file = private::is_file_url(url).then(|| options.get_filename().to_owned());
+        if let Some(path) = file.clone() {
+            private::run_blocking(move || private::create_private_file(&path), url, "create").await?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -50,6 +57,10 @@ impl Store {
             .run(&pool)
             .await
             .map_err(|err| Error::new(Reason::StoreError, format!("database migration failed: {err}")))?;
+        if let Some(path) = file {
+            // A database of an older berth may be world-readable; the WAL files exist by now.
+            private::run_blocking(move || private::restrict_database_files(&path), url, "restrict").await?;
+        }
         Ok(Self { pool })
     }
 
@@ -321,6 +332,27 @@ mod tests {
             last_start_time: None,
             last_stop_time: Some(now),
         }
+    }
+
+    #[tokio::test]
+    async fn the_database_and_its_wal_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("berth.db");
+        let store = Store::open(&format!("sqlite://{}?mode=rwc", db.display())).await.unwrap();
+        store.insert_workspace(&record("a", &[])).await.unwrap();
+        let mode = |name: &str| std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
+        for name in ["berth.db", "berth.db-wal", "berth.db-shm"] {
+            assert_eq!(mode(name), 0o600, "{name}");
+        }
+        store.close().await;
+
+        // A database an older berth left world-readable is tightened at open.
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = Store::open(&format!("sqlite://{}", db.display())).await.unwrap();
+        assert_eq!(mode("berth.db"), 0o600);
+        assert!(store.get_workspace(&WorkspaceId::parse("a").unwrap()).await.unwrap().is_some());
+        store.close().await;
     }
 
     #[tokio::test]

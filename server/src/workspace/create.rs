@@ -15,14 +15,15 @@ use tracing::{info, warn};
 
 use super::manager::Manager;
 use super::operation::OperationLog;
+use super::validate;
 use crate::error::{Error, Reason, Result};
 use crate::model::{
     DesiredState, Resources, WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceSpec, WorkspaceState,
 };
 use crate::runtime::{ContainerOwner, ContainerSpec, PullEvent, PullPolicy, PulledImage};
 
-/// What a caller asks for.
-#[derive(Clone, Debug, Default)]
+/// What a caller asks for (its Debug, in validate.rs, leaves out environment values).
+#[derive(Clone, Default)]
 pub struct CreateRequest {
     pub workspace_id: String,
     /// Empty means the server's default image.
@@ -78,7 +79,9 @@ impl Manager {
             return Err(super::lifecycle::shutting_down());
         }
         let id = WorkspaceId::parse(&request.workspace_id)?;
-        let spec = self.validated_spec(&request)?;
+        let spec = validate::validated_spec(&request, &self.config.default_image, |image| {
+            self.runtime.normalize_image(image)
+        })?;
         if !request.request_id.is_empty()
             && let Some((known_id, known_spec)) = self.store.get_request(&request.request_id).await?
             && (known_id != id.as_str() || known_spec != spec)
@@ -149,54 +152,6 @@ impl Manager {
             operation.log.finish(outcome);
         });
         Ok(stream)
-    }
-
-    fn validated_spec(&self, request: &CreateRequest) -> Result<WorkspaceSpec> {
-        let raw_image = if request.image.is_empty() { &self.config.default_image } else { &request.image };
-        let image = self.runtime.normalize_image(raw_image)?;
-        let Resources { cpu_millis, memory_bytes, pids_limit } = request.resources;
-        if cpu_millis < 0 || memory_bytes < 0 || pids_limit < 0 {
-            return Err(Error::new(
-                Reason::InvalidResources,
-                format!(
-                    "resources must not be negative (cpu_millis {cpu_millis}, memory_bytes {memory_bytes}, pids_limit {pids_limit}); use 0 for unlimited"
-                ),
-            ));
-        }
-        if memory_bytes > 0 && memory_bytes < 4 << 20 {
-            return Err(Error::new(
-                Reason::InvalidResources,
-                format!(
-                    "memory_bytes {memory_bytes} is below the 4 MiB a workspace needs to start; raise it or use 0 for unlimited"
-                ),
-            ));
-        }
-        for key in request.labels.keys() {
-            if key.is_empty() || key.contains(['=', ',']) {
-                return Err(Error::new(
-                    Reason::InvalidArgument,
-                    format!("label key {key:?} is invalid; keys are non-empty and contain neither '=' nor ','"),
-                ));
-            }
-        }
-        for key in request.env.keys() {
-            if key.is_empty() || key.contains(['=', '\0']) {
-                return Err(Error::new(
-                    Reason::InvalidArgument,
-                    format!("environment variable name {key:?} is invalid; names are non-empty and contain no '='"),
-                ));
-            }
-        }
-        let mut cdi_devices: Vec<String> = request.cdi_devices.iter().map(|device| device.trim().to_owned()).collect();
-        cdi_devices.sort();
-        cdi_devices.dedup();
-        Ok(WorkspaceSpec {
-            image,
-            labels: request.labels.clone(),
-            env: request.env.clone(),
-            resources: request.resources,
-            cdi_devices,
-        })
     }
 
     /// An existing workspace: the same spec answers with one `Ready`, another is ALREADY_EXISTS.

@@ -9,6 +9,7 @@ mod reconcile;
 mod selector;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 pub use create::{CreateEvent, CreateRequest, CreateStream};
 pub use manager::{DEFAULT_STOP_TIMEOUT, Manager, ManagerConfig, WorkspaceList};

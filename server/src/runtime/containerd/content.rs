@@ -101,8 +101,9 @@ impl Content {
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
                 Attempt::Locked => {
+                    // Someone else's write, not this image: a later pull succeeds.
                     return Err(Error::new(
-                        Reason::ImagePullFailed,
+                        Reason::RuntimeError,
                         format!(
                             "blob {} stayed locked by another writer for {}s; retry the pull later",
                             blob.digest,
@@ -206,11 +207,22 @@ impl Content {
                     }
                     position += buffer.len() as u64;
                 }
-                if position != blob.size {
+                if position < blob.size {
+                    // The download broke off; what arrived stays in the ingest and the next pull
+                    // resumes from there.
+                    return Err(Error::new(
+                        Reason::RegistryUnavailable,
+                        format!(
+                            "the registry ended blob {} after {position} of {} bytes; check the registry and retry the pull (it resumes)",
+                            blob.digest, blob.size
+                        ),
+                    ));
+                }
+                if position > blob.size {
                     return Err(Error::new(
                         Reason::ImagePullFailed,
                         format!(
-                            "the registry sent {position} bytes of blob {}, {} were expected; retry the pull",
+                            "the registry sent {position} bytes of blob {}, whose manifest says {}; the image is broken in the registry",
                             blob.digest, blob.size
                         ),
                     ));
@@ -252,8 +264,10 @@ impl Content {
                         // What the ingest holds is wrong (a corrupt resume): drop it so the next
                         // pull starts from zero.
                         self.abort(&ingest).await;
+                        // Transient: the retry downloads from zero, verified as it arrives, and a
+                        // registry that serves corrupt bytes then fails as IMAGE_PULL_FAILED.
                         return Err(Error::new(
-                            Reason::ImagePullFailed,
+                            Reason::RuntimeError,
                             format!(
                                 "blob {} failed verification in containerd ({}); the broken download was discarded, retry the pull",
                                 blob.digest,

@@ -119,7 +119,10 @@ fn resources(limits: Resources) -> oci_spec::Result<oci_spec::runtime::LinuxReso
     let mut builder = LinuxResourcesBuilder::default()
         .devices(vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build()?]);
     if limits.cpu_millis > 0 {
-        let quota = limits.cpu_millis * CPU_PERIOD_MICROS as i64 / 1000;
+        // Create validation bounds cpu_millis far below overflow; a stored spec from before
+        // that bound still must not wrap into a negative (unlimited) quota.
+        let period = i64::try_from(CPU_PERIOD_MICROS).unwrap_or(i64::MAX);
+        let quota = limits.cpu_millis.saturating_mul(period) / 1000;
         builder = builder.cpu(LinuxCpuBuilder::default().period(CPU_PERIOD_MICROS).quota(quota).build()?);
     }
     if limits.memory_bytes > 0 {
@@ -129,6 +132,19 @@ fn resources(limits: Resources) -> oci_spec::Result<oci_spec::runtime::LinuxReso
         builder = builder.pids(LinuxPidsBuilder::default().limit(limits.pids_limit).build()?);
     }
     builder.build()
+}
+
+#[cfg(test)]
+mod resources_tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_cpu_limit_saturates_instead_of_overflowing() {
+        let limits = Resources { cpu_millis: i64::MAX, ..Resources::default() };
+        let cpu = resources(limits).unwrap().cpu().clone().unwrap();
+        assert_eq!(cpu.quota(), Some(i64::MAX / 1000));
+        assert_eq!(cpu.period(), Some(CPU_PERIOD_MICROS));
+    }
 }
 
 fn mounts(input: &SpecInput<'_>) -> oci_spec::Result<Vec<Mount>> {
@@ -184,6 +200,7 @@ fn merged_env(image_env: &[String], overrides: &BTreeMap<String, String>) -> Vec
 
 #[cfg(test)]
 mod tests {
+    use super::super::sandbox;
     use super::*;
 
     #[test]

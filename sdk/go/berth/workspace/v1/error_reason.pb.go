@@ -51,8 +51,10 @@ const (
 	// NOT_FOUND: the registry has no such repository, tag or digest, or, with PULL_POLICY_NEVER,
 	// the image is not present locally. Check the reference, or pull it.
 	ErrorReason_IMAGE_NOT_FOUND ErrorReason = 6
-	// UNAVAILABLE: the registry could not be reached or answered with a server error; the message
-	// names the registry. Retry later, or check the server's network and `--insecure-registry`.
+	// UNAVAILABLE: the registry could not be reached, answered with a server error or a rate limit,
+	// or broke off a download; the message names the registry or the blob. Retry later (a broken
+	// off download resumes), or check the server's network and `--insecure-registry`. The only
+	// pull failure with this code: every other one fails again when retried unchanged.
 	ErrorReason_REGISTRY_UNAVAILABLE ErrorReason = 7
 	// FAILED_PRECONDITION: the registry rejected berth's credentials or requires some. An operator
 	// must configure credentials for that registry (`--registry-auth-file`); retrying does not help.
@@ -60,9 +62,12 @@ const (
 	// NOT_FOUND: the image has no manifest for the server's platform (for example linux/amd64).
 	// Use an image built for that platform.
 	ErrorReason_NO_MATCHING_PLATFORM ErrorReason = 9
-	// UNAVAILABLE: the image could not be pulled or unpacked for another reason, such as a
-	// download cut short or a blob whose digest does not match. Retry; persistent failures point
-	// at a broken image.
+	// FAILED_PRECONDITION: the image cannot be used as the registry serves it: its manifest,
+	// index or config is malformed or too large, it is not a container image, it nests indexes,
+	// a blob fails digest verification, it has no layers or its layers do not match its config,
+	// or the registry refused the request for a reason none of the above covers. Retrying
+	// unchanged fails again (this is not UNAVAILABLE, so clients do not retry it forever): fix or
+	// rebuild the image, or use another reference.
 	ErrorReason_IMAGE_PULL_FAILED ErrorReason = 10
 	// INVALID_ARGUMENT: resource limits are negative or beyond what the host can provide. Fix the
 	// limits.
@@ -88,9 +93,11 @@ const (
 	// NOT_FOUND: no preserved /data archive exists for this workspace id. Create without
 	// `restore_data`, or preserve data at deletion next time.
 	ErrorReason_PRESERVED_DATA_NOT_FOUND ErrorReason = 18
-	// INVALID_ARGUMENT when a received archive is malformed or holds unsafe entries (the message
-	// names the entry), INTERNAL when writing or reading an archive on the host failed. Fix the
-	// archive, or have an operator check the server's disk; on deletion nothing was deleted.
+	// FAILED_PRECONDITION: /data or an archive of it cannot be used as it is: a preserved or
+	// received archive is malformed or holds unsafe entries (the message names the entry), /data
+	// is a symlink or not a directory, a file in /data cannot be read, or the disk is full. Fix
+	// what the message names (the archive, /data, free space; an operator for the server's disk)
+	// before retrying; on deletion nothing was deleted.
 	ErrorReason_DATA_ARCHIVE_FAILED ErrorReason = 19
 	// INVALID_ARGUMENT: a received archive's SHA-256 differs from the expected one. Upload the
 	// archive again.
@@ -157,11 +164,13 @@ const (
 	// UNAVAILABLE: containerd does not answer on its socket. Retry later; an operator should check
 	// containerd.
 	ErrorReason_CONTAINERD_UNAVAILABLE ErrorReason = 42
-	// INTERNAL: containerd or the OCI runtime refused or failed an operation unexpectedly; the
-	// message has their error. Retry once; if it persists, an operator should read the server log.
+	// INTERNAL: containerd or the OCI runtime refused or failed an operation unexpectedly (also:
+	// a layer another pull was writing stayed locked, or a resumed layer download failed
+	// containerd's verification and was discarded); the message has their error. Retry once; if
+	// it persists, an operator should read the server log.
 	ErrorReason_RUNTIME_ERROR ErrorReason = 43
-	// INTERNAL (UNAVAILABLE when the database cannot be reached): berth's store failed. Retry
-	// later; an operator should check the database.
+	// INTERNAL: berth's store (its database) failed. Retry later; an operator should check the
+	// database.
 	ErrorReason_STORE_ERROR ErrorReason = 44
 	// UNIMPLEMENTED: this server does not implement the RPC or option yet; the message names what
 	// is missing. Do not retry; upgrade the server.

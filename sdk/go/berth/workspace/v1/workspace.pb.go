@@ -548,15 +548,19 @@ func (WorkspaceEventKind) EnumDescriptor() ([]byte, []int) {
 }
 
 // Resources are the limits applied to a workspace's container cgroup. Zero means unlimited;
-// negative values are rejected with INVALID_ARGUMENT and reason INVALID_RESOURCES.
+// negative values, and values outside the ranges below, are rejected with INVALID_ARGUMENT and
+// reason INVALID_RESOURCES before any image is pulled.
 type Resources struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// CPU limit in thousandths of a core (1000 = one full core, 500 = half a core), enforced as a
-	// CFS quota. 0 means unlimited.
+	// CFS quota over a 100 ms period. 0 means unlimited; otherwise 10 (the kernel's minimum quota
+	// of 1 ms per period) to 8192000 (8192 cores).
 	CpuMillis int64 `protobuf:"varint,1,opt,name=cpu_millis,json=cpuMillis,proto3" json:"cpu_millis,omitempty"`
-	// Memory limit in bytes, including page cache the workspace causes. 0 means unlimited.
+	// Memory limit in bytes, including page cache the workspace causes. 0 means unlimited;
+	// otherwise at least 4 MiB (4194304).
 	MemoryBytes int64 `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	// Maximum number of processes and threads alive at once in the workspace. 0 means unlimited.
+	// Maximum number of processes and threads alive at once in the workspace. 0 means unlimited;
+	// otherwise at most 4194304 (the kernel's maximum).
 	PidsLimit     int64 `protobuf:"varint,3,opt,name=pids_limit,json=pidsLimit,proto3" json:"pids_limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -33,24 +33,30 @@ type CreateWorkspaceRequest struct {
 	// `--default-image`. Malformed references fail with INVALID_ARGUMENT and reason
 	// INVALID_IMAGE_REFERENCE.
 	Image string `protobuf:"bytes,2,opt,name=image,proto3" json:"image,omitempty"`
-	// Labels to attach to the workspace, usable in ListWorkspaces' `label_selector`. Keys starting
-	// with `berth.` are reserved.
+	// Labels to attach to the workspace, usable in ListWorkspaces' `label_selector`. Keys are 1 to
+	// 253 bytes without `=` or `,`, values at most 1024 bytes. Keys starting with `berth.` or
+	// `containerd.io/` are reserved for berth and containerd. Labels breaking these rules fail
+	// with INVALID_ARGUMENT and reason INVALID_ARGUMENT.
 	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Environment variables for the container's init and every process started in it, added to
-	// the image's environment and overriding image variables of the same name.
+	// the image's environment and overriding image variables of the same name. Names are
+	// non-empty without `=` or NUL, values without NUL. Values are treated as secrets: berth never
+	// logs them or puts them in error messages (they are stored, and returned in Workspace.env).
 	Env map[string]string `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Resource limits. Unset means unlimited.
 	Resources *Resources `protobuf:"bytes,5,opt,name=resources,proto3" json:"resources,omitempty"`
-	// CDI device names to attach, for example `nvidia.com/gpu=0`. Names are normalized and
-	// deduplicated; an unknown device fails with NOT_FOUND and reason CDI_DEVICE_NOT_FOUND.
+	// CDI device names to attach, for example `nvidia.com/gpu=0`. Not supported yet: a create
+	// naming any device fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything is
+	// pulled or made.
 	CdiDevices []string `protobuf:"bytes,6,rep,name=cdi_devices,json=cdiDevices,proto3" json:"cdi_devices,omitempty"`
 	// Whether to extract the workspace id's preserved /data archive (left by DeleteWorkspace with
 	// `preserve_data`) into /data before `ready`; the archive is removed on success. Fails with
 	// NOT_FOUND and reason PRESERVED_DATA_NOT_FOUND when there is no archive.
 	RestoreData bool `protobuf:"varint,7,opt,name=restore_data,json=restoreData,proto3" json:"restore_data,omitempty"`
-	// Optional idempotency key (at most 128 characters, a UUID is recommended). Retrying with the
-	// same `request_id` never creates a second workspace: the retry follows the creation in
-	// progress or answers with a single `ready`.
+	// Optional idempotency key: at most 128 bytes of printable ASCII without spaces (`!` to `~`);
+	// a UUID is recommended. Other values fail with INVALID_ARGUMENT and reason INVALID_ARGUMENT.
+	// Retrying with the same `request_id` never creates a second workspace: the retry follows the
+	// creation in progress or answers with a single `ready`.
 	RequestId string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// When to contact the registry. Unset means PULL_POLICY_IF_NOT_PRESENT.
 	PullPolicy    PullPolicy `protobuf:"varint,9,opt,name=pull_policy,json=pullPolicy,proto3,enum=berth.workspace.v1.PullPolicy" json:"pull_policy,omitempty"`
@@ -618,7 +624,8 @@ type StopWorkspaceRequest struct {
 	// Identifier of the workspace. Required.
 	WorkspaceId string `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
 	// How long processes get between SIGTERM and SIGKILL. Unset means 10 seconds; zero sends
-	// SIGKILL at once; at most 5 minutes.
+	// SIGKILL at once; at most 5 minutes: a longer or negative one fails with INVALID_ARGUMENT and
+	// reason INVALID_ARGUMENT.
 	Timeout       *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -47,8 +47,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     the image is not present locally. Check the reference, or pull it.
     """
     REGISTRY_UNAVAILABLE: _ErrorReason.ValueType  # 7
-    """UNAVAILABLE: the registry could not be reached or answered with a server error; the message
-    names the registry. Retry later, or check the server's network and `--insecure-registry`.
+    """UNAVAILABLE: the registry could not be reached, answered with a server error or a rate limit,
+    or broke off a download; the message names the registry or the blob. Retry later (a broken
+    off download resumes), or check the server's network and `--insecure-registry`. The only
+    pull failure with this code: every other one fails again when retried unchanged.
     """
     REGISTRY_AUTH_FAILED: _ErrorReason.ValueType  # 8
     """FAILED_PRECONDITION: the registry rejected berth's credentials or requires some. An operator
@@ -59,9 +61,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     Use an image built for that platform.
     """
     IMAGE_PULL_FAILED: _ErrorReason.ValueType  # 10
-    """UNAVAILABLE: the image could not be pulled or unpacked for another reason, such as a
-    download cut short or a blob whose digest does not match. Retry; persistent failures point
-    at a broken image.
+    """FAILED_PRECONDITION: the image cannot be used as the registry serves it: its manifest,
+    index or config is malformed or too large, it is not a container image, it nests indexes,
+    a blob fails digest verification, it has no layers or its layers do not match its config,
+    or the registry refused the request for a reason none of the above covers. Retrying
+    unchanged fails again (this is not UNAVAILABLE, so clients do not retry it forever): fix or
+    rebuild the image, or use another reference.
     """
     INVALID_RESOURCES: _ErrorReason.ValueType  # 11
     """INVALID_ARGUMENT: resource limits are negative or beyond what the host can provide. Fix the
@@ -95,9 +100,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     `restore_data`, or preserve data at deletion next time.
     """
     DATA_ARCHIVE_FAILED: _ErrorReason.ValueType  # 19
-    """INVALID_ARGUMENT when a received archive is malformed or holds unsafe entries (the message
-    names the entry), INTERNAL when writing or reading an archive on the host failed. Fix the
-    archive, or have an operator check the server's disk; on deletion nothing was deleted.
+    """FAILED_PRECONDITION: /data or an archive of it cannot be used as it is: a preserved or
+    received archive is malformed or holds unsafe entries (the message names the entry), /data
+    is a symlink or not a directory, a file in /data cannot be read, or the disk is full. Fix
+    what the message names (the archive, /data, free space; an operator for the server's disk)
+    before retrying; on deletion nothing was deleted.
     """
     CHECKSUM_MISMATCH: _ErrorReason.ValueType  # 20
     """INVALID_ARGUMENT: a received archive's SHA-256 differs from the expected one. Upload the
@@ -184,12 +191,14 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     containerd.
     """
     RUNTIME_ERROR: _ErrorReason.ValueType  # 43
-    """INTERNAL: containerd or the OCI runtime refused or failed an operation unexpectedly; the
-    message has their error. Retry once; if it persists, an operator should read the server log.
+    """INTERNAL: containerd or the OCI runtime refused or failed an operation unexpectedly (also:
+    a layer another pull was writing stayed locked, or a resumed layer download failed
+    containerd's verification and was discarded); the message has their error. Retry once; if
+    it persists, an operator should read the server log.
     """
     STORE_ERROR: _ErrorReason.ValueType  # 44
-    """INTERNAL (UNAVAILABLE when the database cannot be reached): berth's store failed. Retry
-    later; an operator should check the database.
+    """INTERNAL: berth's store (its database) failed. Retry later; an operator should check the
+    database.
     """
     NOT_IMPLEMENTED: _ErrorReason.ValueType  # 45
     """UNIMPLEMENTED: this server does not implement the RPC or option yet; the message names what
@@ -245,8 +254,10 @@ IMAGE_NOT_FOUND: ErrorReason.ValueType  # 6
 the image is not present locally. Check the reference, or pull it.
 """
 REGISTRY_UNAVAILABLE: ErrorReason.ValueType  # 7
-"""UNAVAILABLE: the registry could not be reached or answered with a server error; the message
-names the registry. Retry later, or check the server's network and `--insecure-registry`.
+"""UNAVAILABLE: the registry could not be reached, answered with a server error or a rate limit,
+or broke off a download; the message names the registry or the blob. Retry later (a broken
+off download resumes), or check the server's network and `--insecure-registry`. The only
+pull failure with this code: every other one fails again when retried unchanged.
 """
 REGISTRY_AUTH_FAILED: ErrorReason.ValueType  # 8
 """FAILED_PRECONDITION: the registry rejected berth's credentials or requires some. An operator
@@ -257,9 +268,12 @@ NO_MATCHING_PLATFORM: ErrorReason.ValueType  # 9
 Use an image built for that platform.
 """
 IMAGE_PULL_FAILED: ErrorReason.ValueType  # 10
-"""UNAVAILABLE: the image could not be pulled or unpacked for another reason, such as a
-download cut short or a blob whose digest does not match. Retry; persistent failures point
-at a broken image.
+"""FAILED_PRECONDITION: the image cannot be used as the registry serves it: its manifest,
+index or config is malformed or too large, it is not a container image, it nests indexes,
+a blob fails digest verification, it has no layers or its layers do not match its config,
+or the registry refused the request for a reason none of the above covers. Retrying
+unchanged fails again (this is not UNAVAILABLE, so clients do not retry it forever): fix or
+rebuild the image, or use another reference.
 """
 INVALID_RESOURCES: ErrorReason.ValueType  # 11
 """INVALID_ARGUMENT: resource limits are negative or beyond what the host can provide. Fix the
@@ -293,9 +307,11 @@ PRESERVED_DATA_NOT_FOUND: ErrorReason.ValueType  # 18
 `restore_data`, or preserve data at deletion next time.
 """
 DATA_ARCHIVE_FAILED: ErrorReason.ValueType  # 19
-"""INVALID_ARGUMENT when a received archive is malformed or holds unsafe entries (the message
-names the entry), INTERNAL when writing or reading an archive on the host failed. Fix the
-archive, or have an operator check the server's disk; on deletion nothing was deleted.
+"""FAILED_PRECONDITION: /data or an archive of it cannot be used as it is: a preserved or
+received archive is malformed or holds unsafe entries (the message names the entry), /data
+is a symlink or not a directory, a file in /data cannot be read, or the disk is full. Fix
+what the message names (the archive, /data, free space; an operator for the server's disk)
+before retrying; on deletion nothing was deleted.
 """
 CHECKSUM_MISMATCH: ErrorReason.ValueType  # 20
 """INVALID_ARGUMENT: a received archive's SHA-256 differs from the expected one. Upload the
@@ -382,12 +398,14 @@ CONTAINERD_UNAVAILABLE: ErrorReason.ValueType  # 42
 containerd.
 """
 RUNTIME_ERROR: ErrorReason.ValueType  # 43
-"""INTERNAL: containerd or the OCI runtime refused or failed an operation unexpectedly; the
-message has their error. Retry once; if it persists, an operator should read the server log.
+"""INTERNAL: containerd or the OCI runtime refused or failed an operation unexpectedly (also:
+a layer another pull was writing stayed locked, or a resumed layer download failed
+containerd's verification and was discarded); the message has their error. Retry once; if
+it persists, an operator should read the server log.
 """
 STORE_ERROR: ErrorReason.ValueType  # 44
-"""INTERNAL (UNAVAILABLE when the database cannot be reached): berth's store failed. Retry
-later; an operator should check the database.
+"""INTERNAL: berth's store (its database) failed. Retry later; an operator should check the
+database.
 """
 NOT_IMPLEMENTED: ErrorReason.ValueType  # 45
 """UNIMPLEMENTED: this server does not implement the RPC or option yet; the message names what

@@ -351,7 +351,8 @@ Global___WorkspaceEventKind: _TypeAlias = WorkspaceEventKind  # noqa: Y015
 @_typing.final
 class Resources(_message.Message):
     """Resources are the limits applied to a workspace's container cgroup. Zero means unlimited;
-    negative values are rejected with INVALID_ARGUMENT and reason INVALID_RESOURCES.
+    negative values, and values outside the ranges below, are rejected with INVALID_ARGUMENT and
+    reason INVALID_RESOURCES before any image is pulled.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -361,12 +362,17 @@ class Resources(_message.Message):
     PIDS_LIMIT_FIELD_NUMBER: _builtins.int
     cpu_millis: _builtins.int
     """CPU limit in thousandths of a core (1000 = one full core, 500 = half a core), enforced as a
-    CFS quota. 0 means unlimited.
+    CFS quota over a 100 ms period. 0 means unlimited; otherwise 10 (the kernel's minimum quota
+    of 1 ms per period) to 8192000 (8192 cores).
     """
     memory_bytes: _builtins.int
-    """Memory limit in bytes, including page cache the workspace causes. 0 means unlimited."""
+    """Memory limit in bytes, including page cache the workspace causes. 0 means unlimited;
+    otherwise at least 4 MiB (4194304).
+    """
     pids_limit: _builtins.int
-    """Maximum number of processes and threads alive at once in the workspace. 0 means unlimited."""
+    """Maximum number of processes and threads alive at once in the workspace. 0 means unlimited;
+    otherwise at most 4194304 (the kernel's maximum).
+    """
     def __init__(
         self,
         *,

@@ -91,22 +91,27 @@ class CreateWorkspaceRequest(_message.Message):
     NOT_FOUND and reason PRESERVED_DATA_NOT_FOUND when there is no archive.
     """
     request_id: _builtins.str
-    """Optional idempotency key (at most 128 characters, a UUID is recommended). Retrying with the
-    same `request_id` never creates a second workspace: the retry follows the creation in
-    progress or answers with a single `ready`.
+    """Optional idempotency key: at most 128 bytes of printable ASCII without spaces (`!` to `~`);
+    a UUID is recommended. Other values fail with INVALID_ARGUMENT and reason INVALID_ARGUMENT.
+    Retrying with the same `request_id` never creates a second workspace: the retry follows the
+    creation in progress or answers with a single `ready`.
     """
     pull_policy: _workspace_pb2.PullPolicy.ValueType
     """When to contact the registry. Unset means PULL_POLICY_IF_NOT_PRESENT."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Labels to attach to the workspace, usable in ListWorkspaces' `label_selector`. Keys starting
-        with `berth.` are reserved.
+        """Labels to attach to the workspace, usable in ListWorkspaces' `label_selector`. Keys are 1 to
+        253 bytes without `=` or `,`, values at most 1024 bytes. Keys starting with `berth.` or
+        `containerd.io/` are reserved for berth and containerd. Labels breaking these rules fail
+        with INVALID_ARGUMENT and reason INVALID_ARGUMENT.
         """
 
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Environment variables for the container's init and every process started in it, added to
-        the image's environment and overriding image variables of the same name.
+        the image's environment and overriding image variables of the same name. Names are
+        non-empty without `=` or NUL, values without NUL. Values are treated as secrets: berth never
+        logs them or puts them in error messages (they are stored, and returned in Workspace.env).
         """
 
     @_builtins.property
@@ -115,8 +120,9 @@ class CreateWorkspaceRequest(_message.Message):
 
     @_builtins.property
     def cdi_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """CDI device names to attach, for example `nvidia.com/gpu=0`. Names are normalized and
-        deduplicated; an unknown device fails with NOT_FOUND and reason CDI_DEVICE_NOT_FOUND.
+        """CDI device names to attach, for example `nvidia.com/gpu=0`. Not supported yet: a create
+        naming any device fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything is
+        pulled or made.
         """
 
     def __init__(
@@ -516,7 +522,8 @@ class StopWorkspaceRequest(_message.Message):
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """How long processes get between SIGTERM and SIGKILL. Unset means 10 seconds; zero sends
-        SIGKILL at once; at most 5 minutes.
+        SIGKILL at once; at most 5 minutes: a longer or negative one fails with INVALID_ARGUMENT and
+        reason INVALID_ARGUMENT.
         """
 
     def __init__(

@@ -79,8 +79,10 @@ export enum ErrorReason {
   IMAGE_NOT_FOUND = 6,
 
   /**
-   * UNAVAILABLE: the registry could not be reached or answered with a server error; the message
-   * names the registry. Retry later, or check the server's network and `--insecure-registry`.
+   * UNAVAILABLE: the registry could not be reached, answered with a server error or a rate limit,
+   * or broke off a download; the message names the registry or the blob. Retry later (a broken
+   * off download resumes), or check the server's network and `--insecure-registry`. The only
+   * pull failure with this code: every other one fails again when retried unchanged.
    *
    * @generated from enum value: REGISTRY_UNAVAILABLE = 7;
    */
@@ -103,9 +105,12 @@ export enum ErrorReason {
   NO_MATCHING_PLATFORM = 9,
 
   /**
-   * UNAVAILABLE: the image could not be pulled or unpacked for another reason, such as a
-   * download cut short or a blob whose digest does not match. Retry; persistent failures point
-   * at a broken image.
+   * FAILED_PRECONDITION: the image cannot be used as the registry serves it: its manifest,
+   * index or config is malformed or too large, it is not a container image, it nests indexes,
+   * a blob fails digest verification, it has no layers or its layers do not match its config,
+   * or the registry refused the request for a reason none of the above covers. Retrying
+   * unchanged fails again (this is not UNAVAILABLE, so clients do not retry it forever): fix or
+   * rebuild the image, or use another reference.
    *
    * @generated from enum value: IMAGE_PULL_FAILED = 10;
    */
@@ -176,9 +181,11 @@ export enum ErrorReason {
   PRESERVED_DATA_NOT_FOUND = 18,
 
   /**
-   * INVALID_ARGUMENT when a received archive is malformed or holds unsafe entries (the message
-   * names the entry), INTERNAL when writing or reading an archive on the host failed. Fix the
-   * archive, or have an operator check the server's disk; on deletion nothing was deleted.
+   * FAILED_PRECONDITION: /data or an archive of it cannot be used as it is: a preserved or
+   * received archive is malformed or holds unsafe entries (the message names the entry), /data
+   * is a symlink or not a directory, a file in /data cannot be read, or the disk is full. Fix
+   * what the message names (the archive, /data, free space; an operator for the server's disk)
+   * before retrying; on deletion nothing was deleted.
    *
    * @generated from enum value: DATA_ARCHIVE_FAILED = 19;
    */
@@ -365,16 +372,18 @@ export enum ErrorReason {
   CONTAINERD_UNAVAILABLE = 42,
 
   /**
-   * INTERNAL: containerd or the OCI runtime refused or failed an operation unexpectedly; the
-   * message has their error. Retry once; if it persists, an operator should read the server log.
+   * INTERNAL: containerd or the OCI runtime refused or failed an operation unexpectedly (also:
+   * a layer another pull was writing stayed locked, or a resumed layer download failed
+   * containerd's verification and was discarded); the message has their error. Retry once; if
+   * it persists, an operator should read the server log.
    *
    * @generated from enum value: RUNTIME_ERROR = 43;
    */
   RUNTIME_ERROR = 43,
 
   /**
-   * INTERNAL (UNAVAILABLE when the database cannot be reached): berth's store failed. Retry
-   * later; an operator should check the database.
+   * INTERNAL: berth's store (its database) failed. Retry later; an operator should check the
+   * database.
    *
    * @generated from enum value: STORE_ERROR = 44;
    */

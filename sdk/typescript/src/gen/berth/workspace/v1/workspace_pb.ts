@@ -16,28 +16,32 @@ export const file_berth_workspace_v1_workspace: GenFile = /*@__PURE__*/
 
 /**
  * Resources are the limits applied to a workspace's container cgroup. Zero means unlimited;
- * negative values are rejected with INVALID_ARGUMENT and reason INVALID_RESOURCES.
+ * negative values, and values outside the ranges below, are rejected with INVALID_ARGUMENT and
+ * reason INVALID_RESOURCES before any image is pulled.
  *
  * @generated from message berth.workspace.v1.Resources
  */
 export type Resources = Message<"berth.workspace.v1.Resources"> & {
   /**
    * CPU limit in thousandths of a core (1000 = one full core, 500 = half a core), enforced as a
-   * CFS quota. 0 means unlimited.
+   * CFS quota over a 100 ms period. 0 means unlimited; otherwise 10 (the kernel's minimum quota
+   * of 1 ms per period) to 8192000 (8192 cores).
    *
    * @generated from field: int64 cpu_millis = 1;
    */
   cpuMillis: bigint;
 
   /**
-   * Memory limit in bytes, including page cache the workspace causes. 0 means unlimited.
+   * Memory limit in bytes, including page cache the workspace causes. 0 means unlimited;
+   * otherwise at least 4 MiB (4194304).
    *
    * @generated from field: int64 memory_bytes = 2;
    */
   memoryBytes: bigint;
 
   /**
-   * Maximum number of processes and threads alive at once in the workspace. 0 means unlimited.
+   * Maximum number of processes and threads alive at once in the workspace. 0 means unlimited;
+   * otherwise at most 4194304 (the kernel's maximum).
    *
    * @generated from field: int64 pids_limit = 3;
    */

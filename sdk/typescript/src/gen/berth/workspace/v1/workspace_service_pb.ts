@@ -41,8 +41,10 @@ export type CreateWorkspaceRequest = Message<"berth.workspace.v1.CreateWorkspace
   image: string;
 
   /**
-   * Labels to attach to the workspace, usable in ListWorkspaces' `label_selector`. Keys starting
-   * with `berth.` are reserved.
+   * Labels to attach to the workspace, usable in ListWorkspaces' `label_selector`. Keys are 1 to
+   * 253 bytes without `=` or `,`, values at most 1024 bytes. Keys starting with `berth.` or
+   * `containerd.io/` are reserved for berth and containerd. Labels breaking these rules fail
+   * with INVALID_ARGUMENT and reason INVALID_ARGUMENT.
    *
    * @generated from field: map<string, string> labels = 3;
    */
@@ -50,7 +52,9 @@ export type CreateWorkspaceRequest = Message<"berth.workspace.v1.CreateWorkspace
 
   /**
    * Environment variables for the container's init and every process started in it, added to
-   * the image's environment and overriding image variables of the same name.
+   * the image's environment and overriding image variables of the same name. Names are
+   * non-empty without `=` or NUL, values without NUL. Values are treated as secrets: berth never
+   * logs them or puts them in error messages (they are stored, and returned in Workspace.env).
    *
    * @generated from field: map<string, string> env = 4;
    */
@@ -64,8 +68,9 @@ export type CreateWorkspaceRequest = Message<"berth.workspace.v1.CreateWorkspace
   resources?: Resources | undefined;
 
   /**
-   * CDI device names to attach, for example `nvidia.com/gpu=0`. Names are normalized and
-   * deduplicated; an unknown device fails with NOT_FOUND and reason CDI_DEVICE_NOT_FOUND.
+   * CDI device names to attach, for example `nvidia.com/gpu=0`. Not supported yet: a create
+   * naming any device fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything is
+   * pulled or made.
    *
    * @generated from field: repeated string cdi_devices = 6;
    */
@@ -81,9 +86,10 @@ export type CreateWorkspaceRequest = Message<"berth.workspace.v1.CreateWorkspace
   restoreData: boolean;
 
   /**
-   * Optional idempotency key (at most 128 characters, a UUID is recommended). Retrying with the
-   * same `request_id` never creates a second workspace: the retry follows the creation in
-   * progress or answers with a single `ready`.
+   * Optional idempotency key: at most 128 bytes of printable ASCII without spaces (`!` to `~`);
+   * a UUID is recommended. Other values fail with INVALID_ARGUMENT and reason INVALID_ARGUMENT.
+   * Retrying with the same `request_id` never creates a second workspace: the retry follows the
+   * creation in progress or answers with a single `ready`.
    *
    * @generated from field: string request_id = 8;
    */
@@ -509,7 +515,8 @@ export type StopWorkspaceRequest = Message<"berth.workspace.v1.StopWorkspaceRequ
 
   /**
    * How long processes get between SIGTERM and SIGKILL. Unset means 10 seconds; zero sends
-   * SIGKILL at once; at most 5 minutes.
+   * SIGKILL at once; at most 5 minutes: a longer or negative one fails with INVALID_ARGUMENT and
+   * reason INVALID_ARGUMENT.
    *
    * @generated from field: google.protobuf.Duration timeout = 2;
    */

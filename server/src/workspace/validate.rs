@@ -1,0 +1,337 @@
+//! Validation of a CreateWorkspace request into the spec berth stores: a pure function, so
+//! every limit is checked before anything is pulled or made, and tested without I/O.
+
+use std::fmt;
+
+use super::create::CreateRequest;
+use crate::error::{Error, Reason, Result};
+use crate::model::{RedactedEnv, Resources, WorkspaceSpec};
+
+/// The smallest CPU limit: the kernel's minimum CFS quota is 1 ms per period, and berth's period
+/// is 100 ms.
+pub const MIN_CPU_MILLIS: i64 = 10;
+/// The largest CPU limit: 8192 cores, the most CPUs a Linux build supports (NR_CPUS); beyond it
+/// a limit means nothing, and far beyond it the CFS quota overflows.
+pub const MAX_CPU_MILLIS: i64 = 8192 * 1000;
+/// The smallest memory limit a workspace starts with.
+pub const MIN_MEMORY_BYTES: i64 = 4 << 20;
+/// The largest pids limit the kernel accepts (PID_MAX_LIMIT).
+pub const MAX_PIDS_LIMIT: i64 = 4 << 20;
+/// Label key prefixes berth and containerd put on containers themselves; a caller's label must
+/// not pass for theirs (berth decides which containers it owns from its labels).
+pub const RESERVED_LABEL_PREFIXES: [&str; 2] = ["berth.", "containerd.io/"];
+/// The longest label key, in bytes (a Kubernetes-style `prefix/name` fits).
+pub const MAX_LABEL_KEY_BYTES: usize = 253;
+/// The longest label value, in bytes.
+pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
+/// The longest `request_id`, in bytes of printable ASCII.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// Checks a create request and returns the spec to store; `normalize_image` turns a reference
+/// into its canonical form (the runtime's parser), `default_image` is used when none is named.
+pub(super) fn validated_spec(
+    request: &CreateRequest,
+    default_image: &str,
+    normalize_image: impl FnOnce(&str) -> Result<String>,
+) -> Result<WorkspaceSpec> {
+    check_request_id(&request.request_id)?;
+    check_resources(request.resources)?;
+    check_labels(request)?;
+    check_env(request)?;
+    if !request.cdi_devices.is_empty() {
+        return Err(Error::new(
+            Reason::NotImplemented,
+            "CDI devices are not supported yet; create without cdi_devices",
+        ));
+    }
+    let raw_image = if request.image.is_empty() { default_image } else { &request.image };
+    let image = normalize_image(raw_image)?;
+    Ok(WorkspaceSpec {
+        image,
+        labels: request.labels.clone(),
+        env: request.env.clone(),
+        resources: request.resources,
+        cdi_devices: Vec::new(),
+    })
+}
+
+fn invalid(message: String) -> Error {
+    Error::new(Reason::InvalidArgument, message)
+}
+
+fn check_request_id(request_id: &str) -> Result<()> {
+    if request_id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(invalid(format!(
+            "request_id is {} bytes long, more than the {MAX_REQUEST_ID_BYTES} allowed; use a shorter id such as a UUID",
+            request_id.len()
+        )));
+    }
+    if !request_id.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err(invalid(format!(
+            "request_id {request_id:?} holds characters other than printable ASCII; use letters, digits and punctuation only, such as a UUID"
+        )));
+    }
+    Ok(())
+}
+
+fn check_resources(resources: Resources) -> Result<()> {
+    let Resources { cpu_millis, memory_bytes, pids_limit } = resources;
+    let bad = |message: String| Err(Error::new(Reason::InvalidResources, message));
+    if cpu_millis < 0 || memory_bytes < 0 || pids_limit < 0 {
+        return bad(format!(
+            "resources must not be negative (cpu_millis {cpu_millis}, memory_bytes {memory_bytes}, pids_limit {pids_limit}); use 0 for unlimited"
+        ));
+    }
+    if cpu_millis > 0 && cpu_millis < MIN_CPU_MILLIS {
+        return bad(format!(
+            "cpu_millis {cpu_millis} is below the minimum of {MIN_CPU_MILLIS} (the kernel's smallest CFS quota is 1 ms per 100 ms period); raise it or use 0 for unlimited"
+        ));
+    }
+    if cpu_millis > MAX_CPU_MILLIS {
+        return bad(format!(
+            "cpu_millis {cpu_millis} is above the maximum of {MAX_CPU_MILLIS} ({} cores); lower it or use 0 for unlimited",
+            MAX_CPU_MILLIS / 1000
+        ));
+    }
+    if memory_bytes > 0 && memory_bytes < MIN_MEMORY_BYTES {
+        return bad(format!(
+            "memory_bytes {memory_bytes} is below the 4 MiB a workspace needs to start; raise it or use 0 for unlimited"
+        ));
+    }
+    if pids_limit > MAX_PIDS_LIMIT {
+        return bad(format!(
+            "pids_limit {pids_limit} is above the kernel's maximum of {MAX_PIDS_LIMIT}; lower it or use 0 for unlimited"
+        ));
+    }
+    Ok(())
+}
+
+fn check_labels(request: &CreateRequest) -> Result<()> {
+    for (key, value) in &request.labels {
+        if key.is_empty() || key.contains(['=', ',']) {
+            return Err(invalid(format!(
+                "label key {key:?} is invalid; keys are non-empty and contain neither '=' nor ','"
+            )));
+        }
+        if let Some(prefix) = RESERVED_LABEL_PREFIXES.iter().find(|prefix| key.starts_with(**prefix)) {
+            return Err(invalid(format!(
+                "label key {key:?} starts with {prefix:?}, which is reserved for berth and containerd; choose another key"
+            )));
+        }
+        if key.len() > MAX_LABEL_KEY_BYTES {
+            return Err(invalid(format!(
+                "label key {:?}… is {} bytes long, more than the {MAX_LABEL_KEY_BYTES} allowed; use a shorter key",
+                truncated(key),
+                key.len()
+            )));
+        }
+        if value.len() > MAX_LABEL_VALUE_BYTES {
+            return Err(invalid(format!(
+                "the value of label {key:?} is {} bytes long, more than the {MAX_LABEL_VALUE_BYTES} allowed; keep larger data out of labels",
+                value.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Names only: environment values are secrets and never appear in a message.
+fn check_env(request: &CreateRequest) -> Result<()> {
+    for (key, value) in &request.env {
+        if key.is_empty() || key.contains(['=', '\0']) {
+            return Err(invalid(format!(
+                "environment variable name {key:?} is invalid; names are non-empty and contain neither '=' nor NUL"
+            )));
+        }
+        if value.contains('\0') {
+            return Err(invalid(format!(
+                "the value of environment variable {key:?} contains a NUL byte, which no process can receive; remove it"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The first 32 bytes of `text` (at a character boundary), for naming long input in messages.
+fn truncated(text: &str) -> &str {
+    let mut end = text.len().min(32);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Environment values never reach a log line or an error message through `{:?}`.
+impl fmt::Debug for CreateRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreateRequest")
+            .field("workspace_id", &self.workspace_id)
+            .field("image", &self.image)
+            .field("labels", &self.labels)
+            .field("env", &RedactedEnv(&self.env))
+            .field("resources", &self.resources)
+            .field("cdi_devices", &self.cdi_devices)
+            .field("restore_data", &self.restore_data)
+            .field("request_id", &self.request_id)
+            .field("pull_policy", &self.pull_policy)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULT_IMAGE: &str = "docker.io/library/debian:bookworm";
+
+    fn request() -> CreateRequest {
+        CreateRequest { workspace_id: "bot".to_owned(), image: "busybox".to_owned(), ..CreateRequest::default() }
+    }
+
+    fn normalize(image: &str) -> Result<String> {
+        Ok(format!("normalized/{image}"))
+    }
+
+    fn validate(request: &CreateRequest) -> Result<WorkspaceSpec> {
+        validated_spec(request, DEFAULT_IMAGE, normalize)
+    }
+
+    #[track_caller]
+    fn rejected(request: &CreateRequest, reason: Reason, needle: &str) -> String {
+        let err = validate(request).expect_err("the request must be rejected");
+        assert_eq!(err.reason(), reason, "{}", err.message());
+        assert!(err.message().contains(needle), "{:?} lacks {needle:?}", err.message());
+        err.message().to_owned()
+    }
+
+    fn with_resources(cpu_millis: i64, memory_bytes: i64, pids_limit: i64) -> CreateRequest {
+        CreateRequest { resources: Resources { cpu_millis, memory_bytes, pids_limit }, ..request() }
+    }
+
+    #[test]
+    fn a_valid_request_becomes_its_spec_with_the_image_normalized() {
+        let mut good = with_resources(MIN_CPU_MILLIS, MIN_MEMORY_BYTES, MAX_PIDS_LIMIT);
+        good.labels.insert("team".to_owned(), "red".to_owned());
+        good.env.insert("TOKEN".to_owned(), "s3cret".to_owned());
+        good.request_id = "7f0c1a52-8c1e-4d4b-9a57-1b1f3c9f6f0e".to_owned();
+        let spec = validate(&good).unwrap();
+        assert_eq!(spec.image, "normalized/busybox");
+        assert_eq!(spec.labels, good.labels);
+        assert_eq!(spec.env, good.env);
+        assert_eq!(spec.resources, good.resources);
+        assert!(spec.cdi_devices.is_empty());
+
+        let unnamed = CreateRequest { image: String::new(), ..request() };
+        assert_eq!(validate(&unnamed).unwrap().image, format!("normalized/{DEFAULT_IMAGE}"));
+        assert!(validate(&with_resources(MAX_CPU_MILLIS, 0, 0)).is_ok());
+        assert!(validate(&with_resources(0, 0, 0)).is_ok(), "0 is unlimited");
+    }
+
+    #[test]
+    fn the_image_parser_decides_on_references() {
+        let err = validated_spec(&request(), DEFAULT_IMAGE, |_| {
+            Err(Error::new(Reason::InvalidImageReference, "image reference is malformed"))
+        })
+        .unwrap_err();
+        assert_eq!(err.reason(), Reason::InvalidImageReference);
+    }
+
+    #[test]
+    fn negative_and_tiny_limits_are_invalid_resources() {
+        rejected(&with_resources(-1, 0, 0), Reason::InvalidResources, "must not be negative");
+        rejected(&with_resources(0, 0, -5), Reason::InvalidResources, "must not be negative");
+        for cpu_millis in [1, 9] {
+            rejected(&with_resources(cpu_millis, 0, 0), Reason::InvalidResources, "minimum of 10");
+        }
+        rejected(&with_resources(0, MIN_MEMORY_BYTES - 1, 0), Reason::InvalidResources, "4 MiB");
+    }
+
+    #[test]
+    fn absurd_limits_are_invalid_resources_naming_the_maximum() {
+        // cpu_millis * 100000 overflows an i64 from here on.
+        let overflowing = i64::MAX / 100_000 + 1;
+        for cpu_millis in [MAX_CPU_MILLIS + 1, overflowing, i64::MAX] {
+            let message = rejected(&with_resources(cpu_millis, 0, 0), Reason::InvalidResources, "maximum");
+            assert!(message.contains(&MAX_CPU_MILLIS.to_string()), "{message}");
+        }
+        let message = rejected(&with_resources(0, 0, MAX_PIDS_LIMIT + 1), Reason::InvalidResources, "maximum");
+        assert!(message.contains(&MAX_PIDS_LIMIT.to_string()), "{message}");
+    }
+
+    #[test]
+    fn reserved_label_prefixes_are_refused() {
+        for key in ["berth.workspace", "berth.workspace.id", "berth.", "containerd.io/gc.ref.snapshot"] {
+            let mut spoof = request();
+            spoof.labels.insert(key.to_owned(), "v1".to_owned());
+            rejected(&spoof, Reason::InvalidArgument, "reserved");
+        }
+        let mut near = request();
+        near.labels.insert("berthing".to_owned(), "ok".to_owned());
+        near.labels.insert("example.com/berth.role".to_owned(), "ok".to_owned());
+        assert!(validate(&near).is_ok(), "only the prefixes themselves are reserved");
+    }
+
+    #[test]
+    fn label_keys_and_values_are_bounded() {
+        let mut malformed = request();
+        malformed.labels.insert("a=b".to_owned(), String::new());
+        rejected(&malformed, Reason::InvalidArgument, "neither '=' nor ','");
+
+        let mut longest = request();
+        longest.labels.insert("k".repeat(MAX_LABEL_KEY_BYTES), "v".repeat(MAX_LABEL_VALUE_BYTES));
+        assert!(validate(&longest).is_ok());
+
+        let mut long_key = request();
+        long_key.labels.insert("k".repeat(MAX_LABEL_KEY_BYTES + 1), String::new());
+        let message = rejected(&long_key, Reason::InvalidArgument, "254 bytes");
+        assert!(message.len() < 200, "a long key is not echoed whole: {message}");
+
+        let mut long_value = request();
+        long_value.labels.insert("note".to_owned(), "v".repeat(MAX_LABEL_VALUE_BYTES + 1));
+        rejected(&long_value, Reason::InvalidArgument, "1025 bytes");
+    }
+
+    #[test]
+    fn request_ids_are_short_printable_ascii() {
+        let longest = CreateRequest { request_id: "r".repeat(MAX_REQUEST_ID_BYTES), ..request() };
+        assert!(validate(&longest).is_ok());
+        let too_long = CreateRequest { request_id: "r".repeat(MAX_REQUEST_ID_BYTES + 1), ..request() };
+        rejected(&too_long, Reason::InvalidArgument, "129 bytes");
+        for id in ["with space", "tab\there", "new\nline", "ümlaut", "nul\0"] {
+            let odd = CreateRequest { request_id: id.to_owned(), ..request() };
+            rejected(&odd, Reason::InvalidArgument, "printable ASCII");
+        }
+    }
+
+    #[test]
+    fn env_names_are_checked_and_values_never_echoed() {
+        let mut bad_name = request();
+        bad_name.env.insert("A=B".to_owned(), "s3cret".to_owned());
+        rejected(&bad_name, Reason::InvalidArgument, "environment variable name");
+
+        let mut nul_value = request();
+        nul_value.env.insert("TOKEN".to_owned(), "s3cret\0tail".to_owned());
+        let message = rejected(&nul_value, Reason::InvalidArgument, "\"TOKEN\"");
+        assert!(!message.contains("s3cret"), "{message}");
+    }
+
+    #[test]
+    fn cdi_devices_are_not_implemented_before_any_pull() {
+        let with_device = CreateRequest { cdi_devices: vec!["nvidia.com/gpu=0".to_owned()], ..request() };
+        let err =
+            validated_spec(&with_device, DEFAULT_IMAGE, |_| panic!("no image work for a refused create")).unwrap_err();
+        assert_eq!(err.reason(), Reason::NotImplemented);
+        assert_eq!(err.message(), "CDI devices are not supported yet; create without cdi_devices");
+    }
+
+    #[test]
+    fn debug_of_a_request_shows_env_names_but_not_values() {
+        let mut secret = request();
+        secret.env.insert("API_TOKEN".to_owned(), "s3cret-value".to_owned());
+        let text = format!("{secret:?}");
+        assert!(text.contains("API_TOKEN"), "{text}");
+        assert!(!text.contains("s3cret-value"), "{text}");
+        let pretty = format!("{secret:#?}");
+        assert!(!pretty.contains("s3cret-value"), "{pretty}");
+    }
+}
