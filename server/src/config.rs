@@ -20,6 +20,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
 pub const DEFAULT_IMAGE: &str = "docker.io/library/debian:bookworm";
 /// The AppArmor profile of workspaces: the one containerd's CRI plugin loads for its containers.
 pub const DEFAULT_APPARMOR_PROFILE: &str = "cri-containerd.apparmor.d";
+/// How long one containerd call may take.
+pub const DEFAULT_CONTAINERD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, ValueEnum)]
@@ -68,6 +70,10 @@ pub struct ServeArgs {
     /// Wait for containerd to answer instead of exiting when it does not
     #[arg(long, env = "BERTH_WAIT_FOR_CONTAINERD")]
     pub wait_for_containerd: bool,
+    /// Seconds one containerd call may take before it fails with UNAVAILABLE (layer applies and
+    /// content streams have their own bounds) [default: 30]
+    #[arg(long, env = "BERTH_CONTAINERD_TIMEOUT")]
+    pub containerd_timeout: Option<u64>,
     /// AppArmor profile of workspaces when the host has AppArmor and the profile is loaded;
     /// "unconfined" for none [default: cri-containerd.apparmor.d]
     #[arg(long, env = "BERTH_APPARMOR_PROFILE")]
@@ -92,6 +98,7 @@ struct FileConfig {
     default_image: Option<String>,
     log_format: Option<LogFormat>,
     wait_for_containerd: Option<bool>,
+    containerd_timeout: Option<u64>,
     apparmor_profile: Option<String>,
     cors_origins: Option<Vec<String>>,
 }
@@ -119,6 +126,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Whether to wait for containerd at start instead of exiting.
     pub wait_for_containerd: bool,
+    /// How long one unary containerd call may take.
+    pub containerd_timeout: std::time::Duration,
     /// AppArmor profile of workspaces (applied only where loaded), or "unconfined".
     pub apparmor_profile: String,
     /// Origins (`scheme://host[:port]`) whose pages may call berth from a browser; empty
@@ -162,6 +171,13 @@ impl Config {
                 "apparmor_profile must not be empty; pass \"unconfined\" to run workspaces without apparmor".to_owned(),
             ));
         }
+        let containerd_timeout = match args.containerd_timeout.or(file.containerd_timeout) {
+            None => DEFAULT_CONTAINERD_TIMEOUT,
+            Some(0) => {
+                return Err(ConfigError("containerd_timeout must be at least 1 second; the default is 30".to_owned()));
+            }
+            Some(seconds) => std::time::Duration::from_secs(seconds),
+        };
         Ok(Self {
             listen: args
                 .listen
@@ -179,6 +195,7 @@ impl Config {
             default_image: args.default_image.or(file.default_image).unwrap_or_else(|| DEFAULT_IMAGE.to_owned()),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             wait_for_containerd: args.wait_for_containerd || file.wait_for_containerd.unwrap_or(false),
+            containerd_timeout,
             apparmor_profile,
             cors_origins,
         })

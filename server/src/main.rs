@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use berth::cli::{ClientCommand, ServerArgs};
 use berth::config::{Config, LogFormat, ServeArgs};
 use berth::runtime::Runtime as _;
-use berth::runtime::containerd::{Containerd, RUNTIME_NAME, RegistryOptions, SNAPSHOTTER};
+use berth::runtime::containerd::{Containerd, Namespace, RUNTIME_NAME, RegistryOptions, SNAPSHOTTER};
 use berth::store::Store;
 use berth::workspace::{Manager, ManagerConfig};
 use clap::{Parser, Subcommand};
@@ -75,11 +75,15 @@ async fn serve(args: ServeArgs) -> ExitCode {
         insecure_registries: config.insecure_registries.clone(),
         auth_file: config.registry_auth_file.clone(),
     };
-    let containerd =
-        match Containerd::new(&config.containerd_socket, &config.namespace, registry, &config.apparmor_profile) {
-            Ok(containerd) => containerd,
-            Err(err) => return fail(err.message()),
-        };
+    let containerd = match Containerd::new(
+        &config.containerd_socket,
+        Namespace::new(&config.namespace, config.containerd_timeout),
+        registry,
+        &config.apparmor_profile,
+    ) {
+        Ok(containerd) => containerd,
+        Err(err) => return fail(err.message()),
+    };
     if let Err(message) = wait_for_containerd(&containerd, &config).await {
         return fail(&message);
     }

@@ -90,7 +90,8 @@ impl Testbed {
             insecure_registries: insecure.iter().map(|host| (*host).to_owned()).collect(),
             auth_file: None,
         };
-        Puller::new(self.channel(), self.socket.clone(), namespace.name.clone(), options).expect("puller builds")
+        let scope = berth::runtime::containerd::Namespace::new(&namespace.name, std::time::Duration::from_secs(30));
+        Puller::new(self.channel(), self.socket.clone(), scope, options).expect("puller builds")
     }
 
     /// Runs `ctr -n NAMESPACE args…` against the testbed and returns stdout; fails the test if

@@ -27,6 +27,13 @@ async fn health_is_serving_for_every_service() {
     let testbed = Testbed::from_env();
     let server = BerthServer::start(&testbed);
     let mut health = HealthClient::new(server.channel().await);
+    // Right after start every service is registered (NOT_SERVING until the boot reconcile is
+    // done), then SERVING.
+    for service in std::iter::once("").chain(SERVICES) {
+        let response = health.check(HealthCheckRequest { service: service.to_owned() }).await;
+        assert!(response.is_ok(), "health knows {service:?} from the start: {response:?}");
+    }
+    server.wait_serving(Duration::from_secs(10)).await;
     for service in std::iter::once("").chain(SERVICES) {
         let response = health
             .check(HealthCheckRequest { service: service.to_owned() })

@@ -35,8 +35,10 @@ async fn create(client: &mut Client, request: CreateWorkspaceRequest) -> Result<
 }
 
 async fn stop(client: &mut Client, id: &str, seconds: i64) -> Result<Workspace, tonic::Status> {
-    let request =
-        StopWorkspaceRequest { workspace_id: id.to_owned(), timeout: Some(prost_types::Duration { seconds, nanos: 0 }) };
+    let request = StopWorkspaceRequest {
+        workspace_id: id.to_owned(),
+        timeout: Some(prost_types::Duration { seconds, nanos: 0 }),
+    };
     Ok(client.stop_workspace(request).await?.into_inner().workspace.expect("stop answers with the workspace"))
 }
 
@@ -172,10 +174,8 @@ async fn restore_data_replaces_data_whole_whichever_layer_it_comes_from() {
 async fn kill_9_inside_a_create_leaves_nothing_after_the_next_boot() {
     let testbed = Testbed::from_env();
     for point in ["create.container", "create.data"] {
-        let options = ServerOptions {
-            env: vec![("BERTH_FAILPOINT".to_owned(), point.to_owned())],
-            ..ServerOptions::default()
-        };
+        let options =
+            ServerOptions { env: vec![("BERTH_FAILPOINT".to_owned(), point.to_owned())], ..ServerOptions::default() };
         let mut server = BerthServer::start_with(&testbed, options);
         let mut client = Client::new(server.channel().await);
         let id = format!("crash-{}", point.replace('.', "-"));
@@ -184,14 +184,22 @@ async fn kill_9_inside_a_create_leaves_nothing_after_the_next_boot() {
         let status = server.wait_exit(Duration::from_secs(20));
         assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "{point}: {status}");
         if point == "create.container" {
-            assert!(testbed.ctr(&server.namespace, &["containers", "ls", "-q"]).contains(&id), "{point}: the container exists at the crash");
+            assert!(
+                testbed.ctr(&server.namespace, &["containers", "ls", "-q"]).contains(&id),
+                "{point}: the container exists at the crash"
+            );
         } else {
             let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-            assert!(mounts.contains(&server.state_dir.display().to_string()), "{point}: the rootfs is mounted at the crash");
+            assert!(
+                mounts.contains(&server.state_dir.display().to_string()),
+                "{point}: the rootfs is mounted at the crash"
+            );
         }
 
-        let options =
-            ServerOptions { reuse: Some((server.state_dir.clone(), server.namespace.clone())), ..ServerOptions::default() };
+        let options = ServerOptions {
+            reuse: Some((server.state_dir.clone(), server.namespace.clone())),
+            ..ServerOptions::default()
+        };
         drop(server);
         let server = BerthServer::start_with(&testbed, options);
         server.wait_serving(Duration::from_secs(30)).await;
@@ -239,12 +247,9 @@ async fn concurrent_stop_and_delete_of_one_workspace_end_with_it_gone() {
         let mut deleter = client.clone();
         let stop_id = id.clone();
         let delete_id = id.clone();
-        let (stopped, deleted) = tokio::join!(
-            async move { stop(&mut stopper, &stop_id, 5).await },
-            async move {
-                deleter.delete_workspace(DeleteWorkspaceRequest { workspace_id: delete_id, preserve_data: false }).await
-            }
-        );
+        let (stopped, deleted) = tokio::join!(async move { stop(&mut stopper, &stop_id, 5).await }, async move {
+            deleter.delete_workspace(DeleteWorkspaceRequest { workspace_id: delete_id, preserve_data: false }).await
+        });
         deleted.unwrap();
         match stopped {
             Ok(workspace) => assert_eq!(workspace.state(), WorkspaceState::Stopped),

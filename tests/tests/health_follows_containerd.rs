@@ -22,6 +22,7 @@ async fn health_follows_containerd_down_and_up() {
     let testbed = Testbed::from_env();
     let server = BerthServer::start(&testbed);
     let mut health = HealthClient::new(server.channel().await);
+    server.wait_serving(Duration::from_secs(10)).await;
     assert_eq!(status(&mut health).await, ServingStatus::Serving);
 
     testbed.containerd_ctl("stop");

@@ -49,6 +49,10 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // Every service is known to health before the first connection is accepted (NOT_SERVING
+    // until containerd answers and the boot reconcile is done), so a check never gets
+    // "service not registered".
+    set_all(&health_reporter, ServingStatus::NotServing).await;
     let health_task = tokio::spawn(report_health(manager.clone(), health_reporter, shutdown.clone()));
 
     let reflection_v1 = reflection().build_v1()?;

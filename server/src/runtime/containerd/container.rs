@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tonic::Code;
 use tracing::{debug, warn};
 
-use super::client::{CALL_TIMEOUT, leased_request, request, request_within};
+use super::client::{leased_request, request, request_within};
 use super::{Containerd, PING_TIMEOUT, SNAPSHOTTER, pull, spec};
 use crate::data::MountSpec;
 use crate::error::{Error, Reason, Result};
@@ -101,7 +101,11 @@ impl Containerd {
                 ("containerd.io/gc.root".to_owned(), rfc3339_now()),
             ]),
         };
-        match self.snapshots().prepare(leased_request(&self.namespace, lease, prepare, CALL_TIMEOUT)).await {
+        match self
+            .snapshots()
+            .prepare(leased_request(&self.namespace, lease, prepare, self.namespace.call_timeout))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(status) if is(&status, Code::AlreadyExists) => Ok(()),
             Err(status) => Err(self.map_status("snapshot prepare", status)),
@@ -112,7 +116,7 @@ impl Containerd {
         let oci_spec = spec::build(
             &spec::SpecInput {
                 id: spec.id,
-                namespace: &self.namespace,
+                namespace: &self.namespace.name,
                 image: &spec.image.config,
                 user: spec.user,
                 env: spec.env,
@@ -147,7 +151,7 @@ impl Containerd {
                 &self.namespace,
                 lease,
                 CreateContainerRequest { container: Some(container) },
-                CALL_TIMEOUT,
+                self.namespace.call_timeout,
             ))
             .await
         {

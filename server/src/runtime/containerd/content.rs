@@ -19,7 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use super::client::{map_status, request, streaming_request};
+use super::client::{Namespace, map_status, request, streaming_request};
 use super::registry::BlobStream;
 use crate::error::{Error, Reason, Result};
 use crate::runtime::LayerState;
@@ -46,7 +46,7 @@ pub(super) struct Blob {
 pub(super) struct Content {
     channel: Channel,
     socket: PathBuf,
-    namespace: String,
+    namespace: Namespace,
 }
 
 enum Attempt {
@@ -55,7 +55,7 @@ enum Attempt {
 }
 
 impl Content {
-    pub fn new(channel: Channel, socket: PathBuf, namespace: String) -> Self {
+    pub fn new(channel: Channel, socket: PathBuf, namespace: Namespace) -> Self {
         Self { channel, socket, namespace }
     }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
 
+pub use self::client::Namespace;
 pub use self::container::RUNTIME_NAME;
 pub use self::pull::RegistryOptions;
 use crate::error::{Error, Reason, Result};
@@ -35,7 +36,7 @@ const INIT_CANDIDATES: [&str; 3] =
 pub struct Containerd {
     channel: Channel,
     socket: PathBuf,
-    namespace: String,
+    namespace: Namespace,
     init_binary: PathBuf,
     puller: pull::Puller,
     /// Seccomp, AppArmor and masked paths of every workspace on this host.
@@ -48,7 +49,7 @@ impl Containerd {
     ///
     /// Also decides the confinement of this host's workspaces, applying `apparmor_profile` where
     /// the host has AppArmor and the profile is loaded.
-    pub fn new(socket: &Path, namespace: &str, registry: RegistryOptions, apparmor_profile: &str) -> Result<Self> {
+    pub fn new(socket: &Path, namespace: Namespace, registry: RegistryOptions, apparmor_profile: &str) -> Result<Self> {
         let confinement = Arc::new(sandbox::detect(apparmor_profile));
         let path = socket.to_path_buf();
         // The URI is required by tonic but unused: the connector dials the unix socket.
@@ -58,15 +59,8 @@ impl Containerd {
                 let path = path.clone();
                 async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
             }));
-        let puller = pull::Puller::new(channel.clone(), socket.to_path_buf(), namespace.to_owned(), registry)?;
-        Ok(Self {
-            channel,
-            socket: socket.to_path_buf(),
-            namespace: namespace.to_owned(),
-            init_binary: find_init()?,
-            puller,
-            confinement,
-        })
+        let puller = pull::Puller::new(channel.clone(), socket.to_path_buf(), namespace.clone(), registry)?;
+        Ok(Self { channel, socket: socket.to_path_buf(), namespace, init_binary: find_init()?, puller, confinement })
     }
 
     fn map_status(&self, what: &str, status: tonic::Status) -> Error {

@@ -28,7 +28,7 @@ use tokio::task::JoinSet;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use super::client::{map_status, request};
+use super::client::{Namespace, map_status, request};
 use super::content::{Blob, Content};
 use super::registry::{self, RawManifest, Registry, Resolved};
 use super::unpack::{self, Layer, Unpacker};
@@ -59,7 +59,7 @@ pub struct Puller {
     unpacker: Unpacker,
     channel: Channel,
     socket: PathBuf,
-    namespace: String,
+    namespace: Namespace,
 }
 
 impl fmt::Debug for Puller {
@@ -97,7 +97,7 @@ enum Local {
 impl Puller {
     /// Builds the registry client (once: it costs ~100 ms) and reads the auth file.
     /// `channel` must allow calls as long as unpacking a layer takes (`Diff.Apply` is unary).
-    pub fn new(channel: Channel, socket: PathBuf, namespace: String, options: RegistryOptions) -> Result<Self> {
+    pub fn new(channel: Channel, socket: PathBuf, namespace: Namespace, options: RegistryOptions) -> Result<Self> {
         let registry = Registry::new(&options.insecure_registries, options.auth_file.as_deref())?;
         Ok(Self {
             registry,
@@ -540,7 +540,7 @@ impl Tracker {
 struct Lease {
     id: String,
     leases: LeasesClient<Channel>,
-    namespace: String,
+    namespace: Namespace,
     released: bool,
 }
 

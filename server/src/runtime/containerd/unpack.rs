@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use super::client::{CALL_TIMEOUT, leased_request, map_status, request};
+use super::client::{Namespace, leased_request, map_status, request};
 use super::content::Content;
 use crate::error::{Error, Reason, Result};
 
@@ -57,11 +57,11 @@ pub(super) struct Layer {
 pub(super) struct Unpacker {
     channel: Channel,
     socket: PathBuf,
-    namespace: String,
+    namespace: Namespace,
 }
 
 impl Unpacker {
-    pub fn new(channel: Channel, socket: PathBuf, namespace: String) -> Self {
+    pub fn new(channel: Channel, socket: PathBuf, namespace: Namespace) -> Self {
         Self { channel, socket, namespace }
     }
 
@@ -130,7 +130,7 @@ impl Unpacker {
         };
         let mounts = self
             .snapshots()
-            .prepare(leased_request(&self.namespace, lease, prepare, CALL_TIMEOUT))
+            .prepare(leased_request(&self.namespace, lease, prepare, self.namespace.call_timeout))
             .await
             .map_err(|status| self.status_error("snapshot prepare", status))?
             .into_inner()
@@ -175,7 +175,8 @@ impl Unpacker {
             key: key.to_owned(),
             labels: HashMap::new(),
         };
-        match self.snapshots().commit(leased_request(&self.namespace, lease, commit, CALL_TIMEOUT)).await {
+        match self.snapshots().commit(leased_request(&self.namespace, lease, commit, self.namespace.call_timeout)).await
+        {
             Ok(_) => Ok(()),
             Err(status) if status.code() == Code::AlreadyExists => {
                 // A concurrent unpack committed the same chain id first; its snapshot is as good.
