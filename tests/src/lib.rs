@@ -337,3 +337,41 @@ where
     }
     false
 }
+
+/// A container's cgroup limits as the kernel holds them, read from cgroup v2 (the unified
+/// hierarchy) or v1 (one hierarchy per controller), whichever the host mounts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupLimits {
+    /// `max` when unlimited (v1 reports a huge number instead).
+    pub memory_bytes: String,
+    /// `max` when unlimited (v1: `-1`).
+    pub cpu_quota_micros: String,
+    pub cpu_period_micros: String,
+    pub pids: String,
+}
+
+impl CgroupLimits {
+    /// Reads the limits of the cgroup at `path` (relative to the hierarchy root, e.g.
+    /// `NAMESPACE/ID` for a berth workspace).
+    pub fn read(path: &str) -> Self {
+        let read = |file: String| {
+            std::fs::read_to_string(&file).unwrap_or_else(|err| panic!("{file}: {err}")).trim().to_owned()
+        };
+        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+            let cpu_max = read(format!("/sys/fs/cgroup/{path}/cpu.max"));
+            let (quota, period) = cpu_max.split_once(' ').expect("cpu.max is QUOTA PERIOD");
+            return Self {
+                memory_bytes: read(format!("/sys/fs/cgroup/{path}/memory.max")),
+                cpu_quota_micros: quota.to_owned(),
+                cpu_period_micros: period.to_owned(),
+                pids: read(format!("/sys/fs/cgroup/{path}/pids.max")),
+            };
+        }
+        Self {
+            memory_bytes: read(format!("/sys/fs/cgroup/memory/{path}/memory.limit_in_bytes")),
+            cpu_quota_micros: read(format!("/sys/fs/cgroup/cpu/{path}/cpu.cfs_quota_us")),
+            cpu_period_micros: read(format!("/sys/fs/cgroup/cpu/{path}/cpu.cfs_period_us")),
+            pids: read(format!("/sys/fs/cgroup/pids/{path}/pids.max")),
+        }
+    }
+}

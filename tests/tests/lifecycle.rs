@@ -355,12 +355,11 @@ async fn resources_become_cgroup_limits() {
     request.resources = Some(Resources { cpu_millis: 500, memory_bytes: 64 << 20, pids_limit: 64 });
     let workspace = ready(&create(&mut client, request).await.unwrap());
     assert_eq!(workspace.resources.unwrap().memory_bytes, 64 << 20);
-    let cgroup = format!("{}/limited", server.namespace);
-    let read =
-        |path: String| std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("{path}: {err}")).trim().to_owned();
-    assert_eq!(read(format!("/sys/fs/cgroup/memory/{cgroup}/memory.limit_in_bytes")), (64u64 << 20).to_string());
-    assert_eq!(read(format!("/sys/fs/cgroup/cpu/{cgroup}/cpu.cfs_quota_us")), "50000");
-    assert_eq!(read(format!("/sys/fs/cgroup/pids/{cgroup}/pids.max")), "64");
+    let limits = berth_e2e::CgroupLimits::read(&format!("{}/limited", server.namespace));
+    assert_eq!(limits.memory_bytes, (64u64 << 20).to_string());
+    assert_eq!(limits.cpu_quota_micros, "50000");
+    assert_eq!(limits.cpu_period_micros, "100000");
+    assert_eq!(limits.pids, "64");
 }
 
 #[tokio::test]
