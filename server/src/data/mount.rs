@@ -81,8 +81,15 @@ impl MountedRootfs {
 
     fn release(&mut self) -> Result<()> {
         while self.mounted > 0 {
-            umount2(&self.target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
-                .map_err(|err| mount_error(&self.target, &format!("unmounting failed: {err}")))?;
+            // A plain unmount first: it ends the overlay's superblock before returning, so the
+            // task that mounts the same upper dir next does not find it still in use. Only a
+            // busy mount (a file still open) is detached lazily.
+            match umount2(&self.target, MntFlags::UMOUNT_NOFOLLOW) {
+                Ok(()) => {}
+                Err(Errno::EBUSY) => umount2(&self.target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
+                    .map_err(|err| mount_error(&self.target, &format!("unmounting failed: {err}")))?,
+                Err(err) => return Err(mount_error(&self.target, &format!("unmounting failed: {err}"))),
+            }
             self.mounted -= 1;
         }
         // remove_dir, never remove_dir_all: if anything is still mounted here, its files stay.
