@@ -205,7 +205,7 @@ impl<R: Read> TarReader<R> {
     /// The next entry, skipping what the caller did not read of the current one; `None` at the
     /// end of the archive.
     pub(crate) fn next_entry(&mut self) -> Result<Option<TarEntry>, ReadError> {
-        self.skip(self.left + self.padding)?;
+        self.skip(self.left.saturating_add(self.padding))?;
         self.left = 0;
         self.padding = 0;
         let mut extensions = Extensions::default();
@@ -237,7 +237,7 @@ impl<R: Read> TarReader<R> {
                     let data = self.read_extension(size, MAX_PAX_BYTES, "pax header", at)?;
                     extensions.parse_pax(&data, at)?;
                 }
-                EntryType::XGlobalHeader => self.skip(size + padding(size))?,
+                EntryType::XGlobalHeader => self.skip(size.saturating_add(padding(size)))?,
                 kind => return self.entry(header, kind, size, extensions).map(Some),
             }
         }

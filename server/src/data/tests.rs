@@ -795,6 +795,22 @@ fn an_oversized_long_name_is_rejected_without_reading_it() {
     assert!(err.message().contains("more than the 65536"), "{}", err.message());
 }
 
+#[test]
+fn an_entry_claiming_an_absurd_size_fails_cleanly() {
+    for kind in [EntryType::Fifo, EntryType::Regular, EntryType::XGlobalHeader] {
+        let mut header = Header::new_gnu();
+        header.as_old_mut().name[..4].copy_from_slice(b"huge");
+        header.set_entry_type(kind);
+        header.set_size(u64::MAX);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let jail = Jail::new();
+        let err = jail.extract(&gzip(header.as_bytes())).unwrap_err();
+        assert_eq!(err.reason(), Reason::DataArchiveFailed, "{kind:?}");
+        assert!(err.message().contains("ends in the middle"), "{kind:?}: {}", err.message());
+    }
+}
+
 // ---------- hard links ----------
 
 /// Bytes gzip cannot shrink, so an archive's size shows how often they are stored.
