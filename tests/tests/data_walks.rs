@@ -46,8 +46,9 @@ fn sh(testbed: &Testbed, server: &BerthServer, id: &str, script: &str) -> String
 }
 
 /// Runs a read-only check that always prints something. `ctr task exec` now and then loses a
-/// process's whole output (it cancels the I/O copy when it deletes the exec), so an empty
-/// output is retried; a real answer is never empty here.
+/// process's whole output: its deferred delete of the exec cancels the output copy still in
+/// flight (fixed upstream by containerd/containerd#13931), so an empty output is retried; a real
+/// answer is never empty here.
 fn check(testbed: &Testbed, server: &BerthServer, id: &str, script: &str) -> String {
     for _ in 0..3 {
         let output = sh(testbed, server, id, script);
