@@ -7,10 +7,24 @@ mod extract;
 mod fd;
 mod mount;
 mod replace;
+mod tar_read;
 mod users;
 
 #[cfg(test)]
 mod tests;
+
+/// The longest path below the archived directory, in bytes, that an archive holds and an
+/// extraction accepts: Linux's PATH_MAX. A program inside the workspace cannot open a longer
+/// path by name anyway, and the bound keeps a hostile tree cheap: a tar entry stores its whole
+/// path, so without it an archive would grow with the square of a tree's depth. It also bounds
+/// the depth of what is archived or extracted to 2048 levels. (Emptying a directory has no
+/// bound: it walks any depth.)
+pub(crate) const MAX_PATH_BYTES: usize = 4096;
+
+/// The most data regions (runs of data between holes, plus the end of the file) that a sparse
+/// file may have in an archive: its map is held in memory (16 bytes a region) before its data is
+/// read or written. Files with holes are rare; files with tens of thousands of them rarer still.
+pub(crate) const MAX_SPARSE_REGIONS: usize = 65536;
 
 pub use archive::{ArchiveFormat, ArchiveSummary, preserve_to_file, write_archive};
 pub use extract::{empty_dir, extract_archive, restore_from_file};

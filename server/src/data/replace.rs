@@ -95,12 +95,26 @@ pub fn replace_data_dir(layer: &WritableLayer, archive: &Path) -> Result<()> {
         return Err(failed("swap the restored /data in", &err.into()));
     }
     if exchange == RenameFlags::EXCHANGE {
-        // The staging name now holds the old /data (a directory, or a whiteout of a deleted one).
-        if fd::remove_entry(upper.as_fd(), staging).is_err() {
-            discard(&staging_path);
+        // The staging name now holds the old /data: a directory, or a whiteout of a deleted one.
+        // /data is restored either way; a leftover only costs disk until the next restore.
+        if let Err(err) = remove_old(upper.as_fd(), staging) {
+            tracing::warn!(path = %staging_path.display(), error = %err, "cannot remove the replaced /data");
         }
     }
     Ok(())
+}
+
+/// Removes what the exchange left under `name` (the old /data, of any depth, or a whiteout).
+fn remove_old(upper: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> std::io::Result<()> {
+    use nix::unistd::{UnlinkatFlags, unlinkat};
+    let stat = fd::lstat_at(upper, name)?;
+    if Kind::of(&stat) != Kind::Directory {
+        return unlinkat(upper, name, UnlinkatFlags::NoRemoveDir).map_err(std::io::Error::from);
+    }
+    let dir = fd::open_subdir(upper, name)?;
+    fd::remove_contents(dir.as_fd())?;
+    drop(dir);
+    unlinkat(upper, name, UnlinkatFlags::RemoveDir).map_err(std::io::Error::from)
 }
 
 /// Gives the staging directory /data's owner and mode and hides lower layers' /data below it.

@@ -3,11 +3,14 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, symlink};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt, chown, symlink};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
+use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, UtimensatFlags, utimensat};
 use nix::sys::time::TimeSpec;
 use tar::{EntryType, Header};
@@ -555,6 +558,433 @@ fn hard_links_inside_the_archive_are_restored() {
     assert_eq!(a.ino(), b.ino());
 }
 
+// ---------- sparse files ----------
+
+const TIB: u64 = 1 << 40;
+const GIB: u64 = 1 << 30;
+
+/// A file of `size` bytes that is all hole except the `pieces` written at their offsets.
+fn sparse_file(path: &Path, size: u64, pieces: &[(u64, &[u8])]) {
+    let file = fs::File::create(path).unwrap();
+    file.set_len(size).unwrap();
+    for (offset, bytes) in pieces {
+        file.write_all_at(bytes, *offset).unwrap();
+    }
+}
+
+fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    fs::File::open(path).unwrap().read_exact_at(&mut buf, offset).unwrap();
+    buf
+}
+
+/// The file holds `pieces` at their offsets, has `size` bytes, and allocates little.
+fn assert_sparse_copy(path: &Path, size: u64, pieces: &[(u64, &[u8])]) {
+    let meta = fs::metadata(path).unwrap();
+    assert_eq!(meta.len(), size);
+    assert!(
+        meta.blocks() < 2048,
+        "{} allocates {} blocks of 512 bytes: it is not sparse",
+        path.display(),
+        meta.blocks()
+    );
+    for (offset, bytes) in pieces {
+        assert_eq!(&read_at(path, *offset, bytes.len()), bytes, "content at {offset}");
+        if *offset >= 4096 {
+            assert_eq!(read_at(path, offset - 4096, 4096), vec![0u8; 4096], "a hole before {offset} reads as zeros");
+        }
+    }
+}
+
+#[test]
+fn ten_tib_sparse_file_is_preserved_and_restored_in_well_under_a_second_and_stays_sparse() {
+    let src = TempDir::new().unwrap();
+    let state = TempDir::new().unwrap();
+    let dest = TempDir::new().unwrap();
+    let pieces: [(u64, &[u8]); 3] = [(0, b"head"), (5 * TIB, b"middle"), (10 * TIB - 4, b"tail")];
+    sparse_file(&src.path().join("huge"), 10 * TIB, &pieces);
+    write(&src.path().join("small"), b"dense", 0o644);
+    let archive = state.path().join("ws.tar.gz");
+
+    let started = Instant::now();
+    let written = preserve_to_file(src.path(), &archive, &mut no_progress()).unwrap();
+    let read = restore_from_file(&archive, dest.path(), &mut no_progress()).unwrap();
+    let elapsed = started.elapsed();
+
+    assert!(elapsed < Duration::from_secs(1), "preserve + restore took {elapsed:?}");
+    let archive_len = fs::metadata(&archive).unwrap().len();
+    assert!(archive_len < 16 * 1024, "the archive is {archive_len} bytes");
+    assert_sparse_copy(&dest.path().join("huge"), 10 * TIB, &pieces);
+    assert_eq!(fs::read(dest.path().join("small")).unwrap(), b"dense");
+    assert_eq!((written.entries, read.entries), (2, 2));
+    assert_eq!(written.content_bytes, read.content_bytes);
+    assert!(written.content_bytes < 64 * 1024, "{} content bytes stored", written.content_bytes);
+}
+
+#[test]
+fn sparse_entries_are_gnu_sparse_and_the_tar_crate_reads_them() {
+    let src = TempDir::new().unwrap();
+    let pieces: [(u64, &[u8]); 2] = [(1 << 20, b"one"), (3 << 20, b"three")];
+    sparse_file(&src.path().join("f"), 8 << 20, &pieces);
+    let mut archive = Vec::new();
+    write_archive(src.path(), &mut archive, ArchiveFormat::TarGzip, &mut no_progress()).unwrap();
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive.as_slice()));
+    let mut entries = tar.entries().unwrap();
+    let mut entry = entries.next().unwrap().unwrap();
+    assert_eq!(entry.header().entry_type(), EntryType::GNUSparse);
+    let mut content = Vec::new();
+    entry.read_to_end(&mut content).unwrap();
+    assert_eq!(content.len(), 8 << 20);
+    assert_eq!(&content[1 << 20..(1 << 20) + 3], b"one");
+    assert_eq!(&content[3 << 20..(3 << 20) + 5], b"three");
+    assert_eq!(content.iter().map(|b| u64::from(*b != 0)).sum::<u64>(), 8);
+}
+
+#[test]
+fn gnu_tar_extracts_our_sparse_archives_sparsely() {
+    let src = TempDir::new().unwrap();
+    let dest = TempDir::new().unwrap();
+    let pieces: [(u64, &[u8]); 3] = [(0, b"start"), (TIB / 2, b"half"), (TIB - 3, b"end")];
+    sparse_file(&src.path().join("big"), TIB, &pieces);
+    let mut archive = Vec::new();
+    write_archive(src.path(), &mut archive, ArchiveFormat::TarGzip, &mut no_progress()).unwrap();
+    let mut child = std::process::Command::new("tar")
+        .args(["--numeric-owner", "-xzf", "-", "-C"])
+        .arg(dest.path())
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("GNU tar is installed");
+    child.stdin.take().unwrap().write_all(&archive).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_sparse_copy(&dest.path().join("big"), TIB, &pieces);
+}
+
+#[test]
+fn sparse_archives_made_by_gnu_tar_in_gnu_and_pax_formats_extract_sparsely() {
+    let src = TempDir::new().unwrap();
+    let pieces: [(u64, &[u8]); 3] = [(4096, b"early"), (GIB / 2, b"mid"), (GIB - 2, b"zz")];
+    sparse_file(&src.path().join("disk.img"), GIB, &pieces);
+    for format in ["gnu", "pax"] {
+        let dest = TempDir::new().unwrap();
+        let output = std::process::Command::new("tar")
+            .args(["--sparse", &format!("--format={format}"), "--numeric-owner", "-czf", "-", "-C"])
+            .arg(src.path())
+            .arg("disk.img")
+            .output()
+            .expect("GNU tar is installed");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let summary =
+            extract_archive(output.stdout.as_slice(), ArchiveFormat::TarGzip, dest.path(), &mut no_progress()).unwrap();
+        assert_eq!(summary.entries, 1, "{format}");
+        let names: Vec<_> = fs::read_dir(dest.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["disk.img"], "{format}: the real name, not GNU's placeholder");
+        assert_sparse_copy(&dest.path().join("disk.img"), GIB, &pieces);
+    }
+}
+
+/// A raw, uncompressed GNU sparse ('S') entry: the map as given (extension headers when it has
+/// more than four regions), then `data` bytes; `complete` adds the data and the end blocks.
+fn sparse_tar(name: &str, real_size: u64, regions: &[(u64, u64)], stored: u64, complete: bool) -> Vec<u8> {
+    let mut header = Header::new_gnu();
+    header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    header.set_entry_type(EntryType::GNUSparse);
+    header.set_size(stored);
+    header.set_mode(0o644);
+    header.set_mtime(1_700_000_000);
+    let gnu = header.as_gnu_mut().unwrap();
+    gnu.set_real_size(real_size);
+    for (slot, (offset, len)) in gnu.sparse.iter_mut().zip(regions) {
+        slot.set_offset(*offset);
+        slot.set_length(*len);
+    }
+    gnu.set_is_extended(regions.len() > 4);
+    header.set_cksum();
+    let mut out = header.as_bytes().to_vec();
+    let rest: Vec<_> = regions.iter().skip(4).collect();
+    let chunks: Vec<_> = rest.chunks(21).collect();
+    for (index, chunk) in chunks.iter().enumerate() {
+        let mut ext = tar::GnuExtSparseHeader::new();
+        for (slot, (offset, len)) in ext.sparse_mut().iter_mut().zip(chunk.iter()) {
+            slot.set_offset(*offset);
+            slot.set_length(*len);
+        }
+        ext.set_is_extended(index + 1 < chunks.len());
+        out.extend_from_slice(ext.as_bytes());
+    }
+    if complete {
+        out.extend(std::iter::repeat_n(b'x', stored as usize));
+        out.resize(out.len().next_multiple_of(512) + 1024, 0);
+    }
+    out
+}
+
+#[test]
+fn malformed_sparse_maps_are_rejected_naming_the_entry() {
+    /// Name, real size, regions, stored bytes, and what the message must say.
+    type Case = (&'static str, u64, &'static [(u64, u64)], u64, &'static str);
+    let cases: [Case; 4] = [
+        ("overlap", 4096, &[(0, 1024), (512, 1024)], 2048, "overlap"),
+        ("backwards", 8192, &[(4096, 512), (0, 512)], 1024, "overlap"),
+        ("past-the-end", 1024, &[(0, 512), (4096, 512)], 1024, "beyond"),
+        ("short", 8192, &[(0, 512)], 1024, "stores"),
+    ];
+    for (name, real_size, regions, stored, why) in cases {
+        let jail = Jail::new();
+        let archive = gzip(&sparse_tar(name, real_size, regions, stored, true));
+        assert_rejected(jail.extract(&archive), name, why);
+        assert!(!jail.dest().join(name).exists(), "{name} was not written");
+        jail.assert_contained();
+    }
+}
+
+#[test]
+fn a_sparse_map_with_more_regions_than_the_limit_is_rejected_before_its_data() {
+    let regions: Vec<(u64, u64)> = (0..65_537u64).map(|i| (i * 1024, 512)).collect();
+    let jail = Jail::new();
+    let archive = gzip(&sparse_tar("many", 65_537 * 1024, &regions, 65_537 * 512, false));
+    assert_rejected(jail.extract(&archive), "many", "65536");
+    jail.assert_contained();
+}
+
+#[test]
+fn archiving_a_file_with_more_data_regions_than_the_limit_fails_naming_it() {
+    let src = TempDir::new().unwrap();
+    let path = src.path().join("fragmented");
+    let file = fs::File::create(&path).unwrap();
+    // One byte every 8 KiB: 65,537 data blocks separated by holes.
+    for index in 0..65_537u64 {
+        file.write_all_at(b"x", index * 8192).unwrap();
+    }
+    let mut archive = Vec::new();
+    let err = write_archive(src.path(), &mut archive, ArchiveFormat::TarGzip, &mut no_progress()).unwrap_err();
+    assert_eq!(err.reason(), Reason::DataArchiveFailed);
+    assert!(err.message().contains("\"fragmented\""), "{}", err.message());
+    assert!(err.message().contains("65536"), "{}", err.message());
+}
+
+#[test]
+fn gnu_pax_sparse_formats_older_than_1_0_are_refused_clearly() {
+    let src = TempDir::new().unwrap();
+    sparse_file(&src.path().join("old.img"), 64 << 20, &[(1 << 20, b"x")]);
+    let output = std::process::Command::new("tar")
+        .args(["--sparse", "--format=pax", "--sparse-version=0.1", "-czf", "-", "-C"])
+        .arg(src.path())
+        .arg("old.img")
+        .output()
+        .expect("GNU tar is installed");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let jail = Jail::new();
+    let err = jail.extract(&output.stdout).unwrap_err();
+    assert_eq!(err.reason(), Reason::DataArchiveFailed);
+    assert!(err.message().contains("pax formats 0.x"), "{}", err.message());
+    assert_eq!(fs::read_dir(jail.dest()).unwrap().count(), 0, "no placeholder file is left");
+}
+
+#[test]
+fn an_oversized_long_name_is_rejected_without_reading_it() {
+    let mut header = Header::new_gnu();
+    header.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+    header.set_entry_type(EntryType::GNULongName);
+    header.set_size(1 << 30);
+    header.set_mode(0o644);
+    header.set_cksum();
+    let jail = Jail::new();
+    let err = jail.extract(&gzip(header.as_bytes())).unwrap_err();
+    assert_eq!(err.reason(), Reason::DataArchiveFailed);
+    assert!(err.message().contains("GNU long name"), "{}", err.message());
+    assert!(err.message().contains("more than the 65536"), "{}", err.message());
+}
+
+#[test]
+fn an_entry_claiming_an_absurd_size_fails_cleanly() {
+    for kind in [EntryType::Fifo, EntryType::Regular, EntryType::XGlobalHeader] {
+        let mut header = Header::new_gnu();
+        header.as_old_mut().name[..4].copy_from_slice(b"huge");
+        header.set_entry_type(kind);
+        header.set_size(u64::MAX);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let jail = Jail::new();
+        let err = jail.extract(&gzip(header.as_bytes())).unwrap_err();
+        assert_eq!(err.reason(), Reason::DataArchiveFailed, "{kind:?}");
+        assert!(err.message().contains("ends in the middle"), "{kind:?}: {}", err.message());
+    }
+}
+
+// ---------- hard links ----------
+
+/// Bytes gzip cannot shrink, so an archive's size shows how often they are stored.
+fn incompressible(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+#[test]
+fn hard_linked_files_are_stored_once_and_restored_as_one_inode() {
+    let src = TempDir::new().unwrap();
+    let dest = TempDir::new().unwrap();
+    let content = incompressible(1 << 20);
+    write(&src.path().join("a"), &content, 0o640);
+    fs::create_dir(src.path().join("sub")).unwrap();
+    fs::hard_link(src.path().join("a"), src.path().join("b")).unwrap();
+    fs::hard_link(src.path().join("a"), src.path().join("sub/c")).unwrap();
+    write(&src.path().join("single"), b"one link", 0o644);
+
+    let mut archive = Vec::new();
+    let written = write_archive(src.path(), &mut archive, ArchiveFormat::TarGzip, &mut no_progress()).unwrap();
+    assert_eq!(written.content_bytes, (1 << 20) + 8, "the linked bytes are stored once");
+    assert!(archive.len() < (1 << 20) + (256 << 10), "the archive is {} bytes", archive.len());
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive.as_slice()));
+    let links: Vec<_> = tar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.header().entry_type() == EntryType::Link)
+        .map(|e| (e.path().unwrap().into_owned(), e.link_name().unwrap().unwrap().into_owned()))
+        .collect();
+    assert_eq!(links, [(PathBuf::from("b"), PathBuf::from("a")), (PathBuf::from("sub/c"), PathBuf::from("a"))]);
+
+    let read = extract_archive(archive.as_slice(), ArchiveFormat::TarGzip, dest.path(), &mut no_progress()).unwrap();
+    assert_eq!(read.entries, written.entries);
+    let a = fs::metadata(dest.path().join("a")).unwrap();
+    assert_eq!(a.nlink(), 3);
+    for other in ["b", "sub/c"] {
+        assert_eq!(fs::metadata(dest.path().join(other)).unwrap().ino(), a.ino(), "{other}");
+    }
+    assert_eq!(fs::read(dest.path().join("sub/c")).unwrap(), content);
+    assert_eq!(fs::metadata(dest.path().join("single")).unwrap().nlink(), 1);
+    assert_eq!(snapshot(src.path()), snapshot(dest.path()));
+}
+
+#[test]
+fn hard_link_to_a_file_not_in_the_archive_is_rejected_clearly() {
+    let jail = Jail::new();
+    let archive = raw_archive(&[
+        Raw { data: b"x", ..raw("present", EntryType::Regular) },
+        Raw { link: b"missing", ..raw("h", EntryType::Link) },
+    ]);
+    assert_rejected(jail.extract(&archive), "h", "hard link to \"missing\", which the archive does not hold before it");
+    assert!(!jail.dest().join("h").exists());
+    jail.assert_contained();
+}
+
+// ---------- deep trees ----------
+
+/// Makes `depth` nested directories named `name` below `root` with fd-relative calls (their
+/// paths outgrow PATH_MAX); returns the deepest one.
+fn deep_chain(root: &Path, name: &str, depth: usize) -> OwnedFd {
+    let mut dir = nix::fcntl::open(root, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+    for _ in 0..depth {
+        nix::sys::stat::mkdirat(&dir, name, Mode::from_bits_truncate(0o755)).unwrap();
+        dir = nix::fcntl::openat(&dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+    }
+    dir
+}
+
+/// Opens the directory `depth` levels of `name` below `root`.
+fn open_chain(root: &Path, name: &str, depth: usize) -> OwnedFd {
+    let mut dir = nix::fcntl::open(root, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+    for level in 0..depth {
+        dir = nix::fcntl::openat(&dir, name, OFlag::O_RDONLY | OFlag::O_DIRECTORY, Mode::empty())
+            .unwrap_or_else(|err| panic!("level {level}: {err}"));
+    }
+    dir
+}
+
+fn write_in(dir: &OwnedFd, name: &str, content: &[u8]) {
+    let fd = nix::fcntl::openat(dir, name, OFlag::O_WRONLY | OFlag::O_CREAT, Mode::from_bits_truncate(0o644)).unwrap();
+    fs::File::from(fd).write_all(content).unwrap();
+}
+
+fn read_in(dir: &OwnedFd, name: &str) -> Vec<u8> {
+    let fd = nix::fcntl::openat(dir, name, OFlag::O_RDONLY, Mode::empty()).unwrap();
+    let mut content = Vec::new();
+    fs::File::from(fd).read_to_end(&mut content).unwrap();
+    content
+}
+
+#[test]
+fn archiving_a_tree_10000_deep_fails_cleanly_naming_the_path_and_the_limit() {
+    let src = TempDir::new().unwrap();
+    write(&src.path().join("a-first"), b"x", 0o644);
+    let bottom = deep_chain(src.path(), "d", 10_000);
+    write_in(&bottom, "f", b"deep");
+    let state = TempDir::new().unwrap();
+    let archive = state.path().join("ws.tar.gz");
+    let err = preserve_to_file(src.path(), &archive, &mut no_progress()).unwrap_err();
+    assert_eq!(err.reason(), Reason::DataArchiveFailed);
+    assert!(err.message().contains("\"d/d/d/d/d/d/d/d/d/d/"), "names the path: {}", err.message());
+    assert!(err.message().contains("4096 bytes"), "names the limit: {}", err.message());
+    assert!(err.message().contains("remove"), "says what to do: {}", err.message());
+    assert!(err.message().len() < 1024, "the message stays short: {} bytes", err.message().len());
+    assert!(!archive.exists());
+}
+
+#[test]
+fn a_tree_just_under_the_path_limit_round_trips() {
+    let src = TempDir::new().unwrap();
+    let dest = TempDir::new().unwrap();
+    // 2047 levels of "d" and a file "ff": "d/d/.../d/ff" is 4096 bytes, the limit.
+    let bottom = deep_chain(src.path(), "d", 2047);
+    write_in(&bottom, "ff", b"at the bottom");
+    write(&src.path().join("e"), b"beside", 0o644);
+    let mut archive = Vec::new();
+    let started = Instant::now();
+    let written = write_archive(src.path(), &mut archive, ArchiveFormat::TarGzip, &mut no_progress()).unwrap();
+    let read = extract_archive(archive.as_slice(), ArchiveFormat::TarGzip, dest.path(), &mut no_progress()).unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(written.entries, 2049);
+    assert_eq!(read.entries, 2049);
+    assert_eq!(read_in(&open_chain(dest.path(), "d", 2047), "ff"), b"at the bottom");
+    assert_eq!(fs::read(dest.path().join("e")).unwrap(), b"beside");
+    assert!(elapsed < Duration::from_secs(10), "archive + extract took {elapsed:?}");
+}
+
+#[test]
+fn extracting_a_path_over_the_limit_is_rejected_naming_the_limit() {
+    let jail = Jail::new();
+    let long = format!("{}f", "d/".repeat(2048));
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = Header::new_gnu();
+    header.set_size(4);
+    header.set_mode(0o644);
+    builder.append_data(&mut header, &long, &b"deep"[..]).unwrap();
+    let archive = gzip(&builder.into_inner().unwrap());
+    let err = jail.extract(&archive).unwrap_err();
+    assert_eq!(err.reason(), Reason::DataArchiveFailed);
+    assert!(err.message().contains("\"d/d/d/d/"), "names the path: {}", err.message());
+    assert!(err.message().contains("4096 bytes"), "names the limit: {}", err.message());
+    assert!(!jail.dest().join("d").exists(), "nothing of it was created");
+    jail.assert_contained();
+}
+
+#[test]
+fn a_directory_moved_while_archived_fails_the_archive_instead_of_mixing_directories() {
+    let src = TempDir::new().unwrap();
+    write(&src.path().join("a/b/big"), &vec![1u8; 1 << 20], 0o644);
+    write(&src.path().join("a/z"), b"a's own", 0o644);
+    write(&src.path().join("c/z"), b"c's own", 0o644);
+    let mut moved = false;
+    let mut archive = Vec::new();
+    let result = write_archive(src.path(), &mut archive, ArchiveFormat::TarGzip, &mut |_| {
+        if !moved {
+            moved = true;
+            fs::rename(src.path().join("a/b"), src.path().join("c/b")).unwrap();
+        }
+    });
+    assert!(moved);
+    let err = result.unwrap_err();
+    assert_eq!(err.reason(), Reason::DataArchiveFailed);
+    assert!(err.message().contains("moved"), "{}", err.message());
+}
+
 // ---------- empty_dir ----------
 
 #[test]
@@ -570,6 +1000,23 @@ fn empty_dir_removes_everything_without_following_symlinks() {
     assert_eq!(empty_dir(&dest).unwrap(), 6);
     assert_eq!(fs::read_dir(&dest).unwrap().count(), 0);
     assert_eq!(fs::read(jail.outside().join("keep")).unwrap(), b"host");
+}
+
+#[test]
+fn empty_dir_removes_a_tree_10000_deep() {
+    let jail = Jail::new();
+    let dest = jail.dest();
+    write(&dest.join("top"), b"y", 0o644);
+    let bottom = deep_chain(&dest, "d", 10_000);
+    write_in(&bottom, "f", b"deep");
+    drop(bottom);
+    let middle = open_chain(&dest, "d", 5_000);
+    write_in(&middle, "g", b"middle");
+    nix::unistd::symlinkat(jail.outside().as_os_str(), &middle, "out").unwrap();
+    drop(middle);
+    assert_eq!(empty_dir(&dest).unwrap(), 10_004);
+    assert_eq!(fs::read_dir(&dest).unwrap().count(), 0);
+    jail.assert_contained();
 }
 
 // ---------- mounts ----------
