@@ -164,6 +164,28 @@ pub struct WorkspaceRecord {
     pub last_stop_time: Option<OffsetDateTime>,
 }
 
+impl WorkspaceRecord {
+    /// The record of a workspace a create is about to make: CREATING, meant to run, no version
+    /// yet, with a fresh writable snapshot key.
+    pub fn creating(id: WorkspaceId, spec: WorkspaceSpec, now: OffsetDateTime) -> Self {
+        Self {
+            snapshot_key: format!("{id}-active-{}", now.unix_timestamp_nanos()),
+            id,
+            state: WorkspaceState::Creating,
+            desired_state: DesiredState::Running,
+            spec,
+            image_digest: String::new(),
+            current_version: 0,
+            failure_reason: String::new(),
+            failure_message: String::new(),
+            create_time: now,
+            update_time: now,
+            last_start_time: None,
+            last_stop_time: None,
+        }
+    }
+}
+
 /// A workspace as callers see it: the stored record plus what the runtime reports now.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkspaceInfo {
@@ -218,22 +240,7 @@ mod tests {
         assert!(text.contains("example/image:1") && text.contains("red"), "{text}");
         assert!(!text.contains("s3cret-value"), "{text}");
 
-        let now = OffsetDateTime::now_utc();
-        let record = WorkspaceRecord {
-            id: WorkspaceId::parse("bot").unwrap(),
-            state: WorkspaceState::Running,
-            desired_state: DesiredState::Running,
-            spec,
-            image_digest: String::new(),
-            snapshot_key: String::new(),
-            current_version: 1,
-            failure_reason: String::new(),
-            failure_message: String::new(),
-            create_time: now,
-            update_time: now,
-            last_start_time: None,
-            last_stop_time: None,
-        };
+        let record = WorkspaceRecord::creating(WorkspaceId::parse("bot").unwrap(), spec, OffsetDateTime::now_utc());
         let text = format!("{record:#?}");
         assert!(text.contains("API_TOKEN") && !text.contains("s3cret-value"), "{text}");
     }

@@ -313,24 +313,17 @@ mod tests {
 
     fn record(id: &str, labels: &[(&str, &str)]) -> WorkspaceRecord {
         let now = OffsetDateTime::now_utc();
+        let spec = WorkspaceSpec {
+            image: "example/image:1".to_owned(),
+            labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+            ..WorkspaceSpec::default()
+        };
         WorkspaceRecord {
-            id: WorkspaceId::parse(id).unwrap(),
             state: WorkspaceState::Stopped,
             desired_state: DesiredState::Stopped,
-            spec: WorkspaceSpec {
-                image: "example/image:1".to_owned(),
-                labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
-                ..WorkspaceSpec::default()
-            },
-            image_digest: String::new(),
-            snapshot_key: String::new(),
             current_version: 1,
-            failure_reason: String::new(),
-            failure_message: String::new(),
-            create_time: now,
-            update_time: now,
-            last_start_time: None,
             last_stop_time: Some(now),
+            ..WorkspaceRecord::creating(WorkspaceId::parse(id).unwrap(), spec, now)
         }
     }
 

@@ -116,21 +116,7 @@ impl Manager {
             creating.insert(id.clone(), operation.clone());
         }
         let now = OffsetDateTime::now_utc();
-        let record = WorkspaceRecord {
-            id: id.clone(),
-            state: WorkspaceState::Creating,
-            desired_state: DesiredState::Running,
-            spec,
-            image_digest: String::new(),
-            snapshot_key: format!("{id}-active-{}", now.unix_timestamp_nanos()),
-            current_version: 0,
-            failure_reason: String::new(),
-            failure_message: String::new(),
-            create_time: now,
-            update_time: now,
-            last_start_time: None,
-            last_stop_time: None,
-        };
+        let record = WorkspaceRecord::creating(id.clone(), spec, now);
         let stream = operation.log.subscribe();
         let manager = self.clone();
         // Everything from here runs in its own task: a caller that goes away mid-way cannot

@@ -78,22 +78,15 @@ async fn a_foreign_container_survives_a_failed_create_and_the_next_reconcile() {
     assert!(err.message().contains("does not manage"), "{err}");
     // Even a record left FAILED (cleanup impossible at the time) must not remove it at boot.
     let now = OffsetDateTime::now_utc();
+    let spec = WorkspaceSpec { image: "fake/image:latest".to_owned(), ..WorkspaceSpec::default() };
     harness
         .store
         .insert_workspace(&WorkspaceRecord {
-            id: WorkspaceId::parse("bot-1").unwrap(),
             state: WorkspaceState::Failed,
             desired_state: DesiredState::Stopped,
-            spec: WorkspaceSpec { image: "fake/image:latest".to_owned(), ..WorkspaceSpec::default() },
-            image_digest: String::new(),
-            snapshot_key: "bot-1-active-1".to_owned(),
-            current_version: 0,
             failure_reason: "RUNTIME_ERROR".to_owned(),
             failure_message: "cleanup failed".to_owned(),
-            create_time: now,
-            update_time: now,
-            last_start_time: None,
-            last_stop_time: None,
+            ..WorkspaceRecord::creating(WorkspaceId::parse("bot-1").unwrap(), spec, now)
         })
         .await
         .unwrap();
