@@ -203,13 +203,12 @@ impl Runtime for FakeRuntime {
         Ok(4242)
     }
 
-    async fn stop_task(&self, id: &str, _timeout: Duration) -> Result<()> {
+    async fn stop_task(&self, id: &str, _timeout: Duration) -> Result<bool> {
         self.check("stop_task")?;
         self.stop_calls.fetch_add(1, Ordering::SeqCst);
         let delay = *self.stop_delay.lock().unwrap();
         tokio::time::sleep(delay).await;
-        self.state.lock().unwrap().tasks.remove(id);
-        Ok(())
+        Ok(self.state.lock().unwrap().tasks.remove(id).unwrap_or(false))
     }
 
     async fn task(&self, id: &str) -> Result<Option<TaskState>> {

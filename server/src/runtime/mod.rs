@@ -180,8 +180,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// Starts PID 1 (idempotent); returns its host pid.
     async fn start_task(&self, id: &str, snapshot_key: &str) -> Result<u32>;
 
-    /// SIGTERM, SIGKILL to all after `timeout`, then deletes the task; missing is fine.
-    async fn stop_task(&self, id: &str, timeout: Duration) -> Result<()>;
+    /// SIGTERM, SIGKILL to all after `timeout`, then deletes the task; missing is fine. Returns
+    /// whether a running task was stopped.
+    async fn stop_task(&self, id: &str, timeout: Duration) -> Result<bool>;
 
     /// The task, if one exists.
     async fn task(&self, id: &str) -> Result<Option<TaskState>>;

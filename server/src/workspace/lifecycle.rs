@@ -160,8 +160,7 @@ impl Manager {
     }
 
     async fn bring_down(&self, record: &mut WorkspaceRecord, timeout: Duration) -> Result<()> {
-        let was_running = self.runtime.task(record.id.as_str()).await?.is_some_and(|task| task.running);
-        self.runtime.stop_task(record.id.as_str(), timeout).await?;
+        let was_running = self.runtime.stop_task(record.id.as_str(), timeout).await?;
         if was_running {
             record.last_stop_time = Some(OffsetDateTime::now_utc());
         }

@@ -179,6 +179,9 @@ impl Containerd {
     /// so berth never signals anything outside the workspace.
     async fn terminate_processes(&self, id: &str, init_pid: u32, deadline: Instant) -> Result<()> {
         let listed = self.other_pids(id, init_pid).await?;
+        if listed.is_empty() {
+            return Ok(());
+        }
         let pidfds: Vec<(u32, std::os::fd::OwnedFd)> = listed
             .iter()
             .filter_map(|pid| {
@@ -383,9 +386,9 @@ impl Runtime for Containerd {
         Ok(response.into_inner().pid)
     }
 
-    async fn stop_task(&self, id: &str, timeout: Duration) -> Result<()> {
+    async fn stop_task(&self, id: &str, timeout: Duration) -> Result<bool> {
         let Some(task) = self.task(id).await? else {
-            return Ok(());
+            return Ok(false);
         };
         if task.running {
             let deadline = Instant::now() + timeout;
@@ -410,7 +413,8 @@ impl Runtime for Containerd {
                 }
             }
         }
-        self.delete_task(id).await
+        self.delete_task(id).await?;
+        Ok(task.running)
     }
 
     async fn task(&self, id: &str) -> Result<Option<TaskState>> {
