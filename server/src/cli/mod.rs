@@ -1,6 +1,8 @@
-//! Client subcommands: `berth ls | create | get | start | stop | rm` over the generated Rust
-//! client. A failed call prints one line (status code, ErrorInfo reason, message) and exits 1.
+//! Client subcommands: `berth ls | create | get | start | stop | rm | exec | ps` over the
+//! generated Rust client. A failed call prints one line (status code, ErrorInfo reason, message)
+//! and exits 1; `exec` exits with the process's own code.
 
+mod exec;
 mod output;
 mod progress;
 
@@ -81,6 +83,40 @@ pub enum ClientCommand {
         #[arg(long)]
         preserve_data: bool,
     },
+    /// Run a command in a running workspace; exits with its exit code (128+n for a signal)
+    Exec {
+        id: String,
+        /// Keep the process's stdin open and forward ours (EOF closes it)
+        #[arg(long, short = 'i')]
+        interactive: bool,
+        /// Run on a pseudo-terminal sized like ours, ours in raw mode
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// User as name, uid or uid:gid [default: the image's user]
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        /// Working directory inside the workspace
+        #[arg(long, short = 'w')]
+        cwd: Option<String>,
+        /// Environment variable as NAME=value (repeatable)
+        #[arg(long = "env", short = 'e', value_parser = parse_key_value)]
+        env: Vec<(String, String)>,
+        /// Name for the process, for `berth ps` and reconnecting
+        #[arg(long)]
+        tag: Option<String>,
+        /// Seconds after which the process gets SIGKILL
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// The command and its arguments, after --
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List the processes running in a workspace
+    Ps {
+        id: String,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: OutputFormat,
+    },
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -92,7 +128,7 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 /// Runs a client subcommand; returns the process exit code.
 pub async fn run(server: ServerArgs, command: ClientCommand) -> ExitCode {
     match execute(&server.server, command).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(failure) => {
             eprintln!("berth: {failure}");
             ExitCode::FAILURE
@@ -100,13 +136,13 @@ pub async fn run(server: ServerArgs, command: ClientCommand) -> ExitCode {
     }
 }
 
-async fn execute(server: &str, command: ClientCommand) -> Result<(), String> {
+async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, String> {
     let channel = Channel::from_shared(server.to_owned())
         .map_err(|err| format!("invalid --server {server:?}: {err}"))?
         .connect()
         .await
         .map_err(|err| format!("UNAVAILABLE cannot reach berth at {server}: {err}; start it or pass --server"))?;
-    let mut client = WorkspaceServiceClient::new(channel);
+    let mut client = WorkspaceServiceClient::new(channel.clone());
     match command {
         ClientCommand::Ls { selector, output } => {
             let mut workspaces = Vec::new();
@@ -168,8 +204,14 @@ async fn execute(server: &str, command: ClientCommand) -> Result<(), String> {
             client.delete_workspace(request).await.map_err(describe)?;
             println!("{id} deleted{}", if preserve_data { " (/data preserved)" } else { "" });
         }
+        ClientCommand::Exec { id, interactive, tty, user, cwd, env, tag, timeout, command } => {
+            let options =
+                exec::ExecOptions { workspace_id: id, command, stdin: interactive, tty, user, cwd, env, tag, timeout };
+            return exec::exec(channel, options).await;
+        }
+        ClientCommand::Ps { id, output } => exec::ps(channel, id, output == OutputFormat::Json).await?,
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One line: `CODE REASON: message`.
