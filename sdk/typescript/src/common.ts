@@ -6,5 +6,6 @@ export * from "./gen/berth/workspace/v1/process_service_pb.js";
 export * from "./gen/berth/workspace/v1/workspace_pb.js";
 export * from "./gen/berth/workspace/v1/workspace_service_pb.js";
 export { createBerthClientFromTransport, type BerthClient } from "./client.js";
+export { runCommand, streamCommand, type CommandEvent, type CommandOptions, type CommandResult } from "./commands.js";
 export { BERTH_ERROR_DOMAIN, berthErrorInfo, ErrorInfoSchema, type BerthErrorInfo, type ErrorInfo } from "./errors.js";
 export { Code, ConnectError } from "@connectrpc/connect";

@@ -20,6 +20,12 @@ from berth import aio as aio
 from berth._client import ChannelOptions as ChannelOptions
 from berth._client import Client as Client
 from berth._client import connect as connect
+from berth.commands import CommandResult as CommandResult
+from berth.commands import Output as Output
+from berth.commands import run as run
+from berth.commands import run_async as run_async
+from berth.commands import stream as stream
+from berth.commands import stream_async as stream_async
 from berth.errors import ERROR_DOMAIN as ERROR_DOMAIN
 from berth.errors import BerthError as BerthError
 from berth.errors import error_info as error_info
@@ -40,6 +46,8 @@ __all__ = [
     "BerthError",
     "ChannelOptions",
     "Client",
+    "CommandResult",
+    "Output",
     "aio",
     "connect",
     "error_info",
@@ -49,6 +57,10 @@ __all__ = [
     "is_reason",
     "process_service_pb2",
     "process_service_pb2_grpc",
+    "run",
+    "run_async",
+    "stream",
+    "stream_async",
     "workspace_pb2",
     "workspace_service_pb2",
     "workspace_service_pb2_grpc",
