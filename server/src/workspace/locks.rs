@@ -106,17 +106,32 @@ impl<T: Clone + Send + Sync + 'static> InFlight<T> {
         operations.insert(key.clone(), outcome.clone());
         drop(operations);
         let work = start();
-        let registry = self.operations.clone();
+        let entry = Entry { operations: self.operations.clone(), key };
         spawn(
             async move {
                 let result = work.await;
                 // Forget the entry before answering, so a call after this one starts afresh.
-                registry.lock().expect("in-flight operations").remove(&key);
+                drop(entry);
                 let _ = sender.send(result);
             }
             .boxed(),
         );
         outcome
+    }
+}
+
+/// An operation's place in the in-flight map, given up when the operation ends, also when its
+/// task panics (a stale entry would answer every later call with that failure).
+struct Entry<T> {
+    operations: Arc<Mutex<HashMap<OperationKey, Outcome<T>>>>,
+    key: OperationKey,
+}
+
+impl<T> Drop for Entry<T> {
+    fn drop(&mut self) {
+        if let Ok(mut operations) = self.operations.lock() {
+            operations.remove(&self.key);
+        }
     }
 }
 
@@ -179,6 +194,20 @@ mod tests {
         // Once finished, the same operation runs again.
         let again = in_flight.run("stop", "bot-1", || async { Ok(8) }, |task| drop(tokio::spawn(task)));
         assert_eq!(again.await.unwrap(), 8);
+        // An operation whose task panics answers with an error, and the next call runs again.
+        let panicked = in_flight.run(
+            "stop",
+            "bot-2",
+            || async {
+                panic!("boom");
+                #[allow(unreachable_code)]
+                Ok(0)
+            },
+            |task| drop(tokio::spawn(task)),
+        );
+        assert!(panicked.await.is_err());
+        let after = in_flight.run("stop", "bot-2", || async { Ok(5) }, |task| drop(tokio::spawn(task)));
+        assert_eq!(after.await.unwrap(), 5);
         // Another kind or workspace never attaches.
         let other = in_flight.run("start", "bot-1", || async { Ok(9) }, |task| drop(tokio::spawn(task)));
         assert_eq!(other.await.unwrap(), 9);
