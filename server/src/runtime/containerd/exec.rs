@@ -49,7 +49,10 @@ impl Containerd {
             .await
             .map_err(|status| self.map_status("container get", status))?;
         let spec = response.into_inner().container.and_then(|container| container.spec).ok_or_else(|| {
-            Error::new(Reason::RuntimeError, format!("the container of {id} has no runtime spec; recreate the workspace"))
+            Error::new(
+                Reason::RuntimeError,
+                format!("the container of {id} has no runtime spec; recreate the workspace"),
+            )
         })?;
         let mut spec: serde_json::Value = serde_json::from_slice(&spec.value)
             .map_err(|err| Error::internal(format!("cannot decode the runtime spec of {id}: {err}")))?;
@@ -106,12 +109,13 @@ impl Containerd {
         }
         // Readers are opened before the exec (a non-blocking open of a FIFO's read end needs no
         // writer); the stdin end read-write, so its open never waits for the shim.
-        let stdout = pipe::OpenOptions::new().open_receiver(&stdout_path).map_err(|err| fifo_error(&stdout_path, &err))?;
+        let stdout =
+            pipe::OpenOptions::new().open_receiver(&stdout_path).map_err(|err| fifo_error(&stdout_path, &err))?;
         let stderr = match spec.pty {
             Some(_) => None,
-            None => {
-                Some(pipe::OpenOptions::new().open_receiver(&stderr_path).map_err(|err| fifo_error(&stderr_path, &err))?)
-            }
+            None => Some(
+                pipe::OpenOptions::new().open_receiver(&stderr_path).map_err(|err| fifo_error(&stderr_path, &err))?,
+            ),
         };
         let stdin = if with_stdin {
             Some(
