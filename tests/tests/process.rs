@@ -446,3 +446,81 @@ async fn stopping_the_workspace_ends_attached_streams() {
     let status = processes.start(start_request("nowhere", "true", &[])).await.unwrap_err();
     assert_status(&status, Code::NotFound, "WORKSPACE_NOT_FOUND");
 }
+
+#[tokio::test]
+async fn fifty_concurrent_processes_and_a_slow_reader_that_stalls_nobody() {
+    let testbed = Testbed::from_env();
+    let server = BerthServer::start(&testbed);
+    create_workspace(&server, "busy", &testbed.image("BUSYBOX")).await;
+    let channel = server.channel().await;
+
+    let runs = (0..50).map(|n| {
+        let mut processes = Processes::new(channel.clone());
+        async move {
+            let script = format!("sleep 0.3; echo job-{n}; exit {}", n % 7);
+            (n, run(&mut processes, start_request("busy", "sh", &["-c", &script])).await)
+        }
+    });
+    for (n, outcome) in futures::future::join_all(runs).await {
+        assert_eq!(outcome.stdout_text(), format!("job-{n}\n"));
+        assert_eq!(outcome.end().exit_code, n % 7);
+    }
+
+    // A client that attaches and never reads is dropped with RESOURCE_EXHAUSTED once it is 4 MiB
+    // behind; the process and a client on another connection get everything meanwhile.
+    let mut fast = Processes::new(server.channel().await);
+    let mut slow = Processes::new(server.channel().await);
+    let mut request = start_request("busy", "sh", &["-c", "read go; head -c 33554432 /dev/zero"]);
+    request.stdin = true;
+    request.tag = "flood".to_owned();
+    let (_, fast_stream) = start(&mut fast, request).await;
+    let mut slow_stream = slow
+        .connect(ConnectRequest { workspace_id: "busy".to_owned(), process: tag("flood"), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = slow_stream.next().await.unwrap().unwrap();
+    assert!(matches!(first.event.unwrap().event, Some(Event::Start(_))));
+    fast.send_input(SendInputRequest { workspace_id: "busy".to_owned(), process: tag("flood"), input: stdin(b"go\n") })
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(60), collect(fast_stream)).await.expect("not stalled");
+    assert_eq!(outcome.stdout.len(), 32 << 20);
+    assert_eq!(outcome.end().exit_code, 0);
+    let mut slow_error = None;
+    while let Some(item) = slow_stream.next().await {
+        if let Err(status) = item {
+            slow_error = Some(status);
+            break;
+        }
+    }
+    let status = slow_error.expect("the slow client was dropped with an error");
+    assert_status(&status, Code::ResourceExhausted, "RESOURCE_LIMIT_EXCEEDED");
+}
+
+#[tokio::test]
+async fn processes_run_as_the_images_named_user_and_deletion_ends_streams() {
+    let testbed = Testbed::from_env();
+    let server = BerthServer::start(&testbed);
+    create_workspace(&server, "named", &testbed.image("USER_BOT")).await;
+    let mut processes = Processes::new(server.channel().await);
+    let outcome = run(&mut processes, start_request("named", "id", &["-un"])).await;
+    assert_eq!(outcome.stdout_text(), "bot\n", "{outcome:?}");
+
+    let (_, stream) = start(&mut processes, start_request("named", "sleep", &["300"])).await;
+    let mut workspaces = WorkspaceServiceClient::new(server.channel().await);
+    let deleter = tokio::spawn(async move {
+        workspaces
+            .delete_workspace(berth_api::v1::DeleteWorkspaceRequest {
+                workspace_id: "named".to_owned(),
+                preserve_data: false,
+            })
+            .await
+            .unwrap();
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(20), collect(stream)).await.expect("the stream ends");
+    assert!(outcome.end().error.contains("deleted"), "{:?}", outcome.end());
+    deleter.await.unwrap();
+    let status = connect(&mut processes, "named", tag("x"), 0).await.unwrap_err();
+    assert_status(&status, Code::NotFound, "WORKSPACE_NOT_FOUND");
+}

@@ -11,8 +11,12 @@ use tokio::time::Instant;
 
 /// Quiet time after the exit that ends the reading.
 pub const IDLE_GRACE: Duration = Duration::from_millis(200);
-/// The longest berth reads after the exit.
+/// The longest berth reads after the exit while its clients keep up.
 pub const GRACE_CAP: Duration = Duration::from_secs(3);
+/// The longest berth reads after the exit at all: the grace restarts each time slow clients
+/// catch up (what is still in the pipe then is theirs), but a backgrounded child that writes
+/// forever must not keep the process "running" forever either.
+pub const HARD_CAP: Duration = Duration::from_secs(30);
 
 /// When the reading ends, given when the main process exited and when output last came.
 pub fn drain_deadline(exited_at: Instant, last_output: Instant) -> Instant {

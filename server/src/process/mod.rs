@@ -377,7 +377,7 @@ impl Processes {
             .iter()
             .filter(matches)
             .find(|process| process.is_running())
-            .or_else(|| processes.iter().filter(matches).last())
+            .or_else(|| processes.iter().rev().find(matches))
             .cloned()
     }
 

@@ -1,7 +1,12 @@
 //! One process's output: a ring of the last bytes (for replay on Connect) and a fan-out to every
 //! attached client. Publishing never waits: each subscriber has an unbounded queue whose
 //! unread bytes are counted, and a subscriber whose backlog passes its bound is dropped (it
-//! may Connect again), so a slow client never blocks the process or the other clients.
+//! may Connect again), so a slow client never blocks the other clients.
+//!
+//! The process is paced by its fastest client: the reader of its pipes pauses while every
+//! subscriber has at least [`HIGH_WATER`] unread (the pipe then fills and the process waits on
+//! its writes, as on a terminal). Without that, a client reading as fast as it can, but slower
+//! than `cat` of a big file, would be dropped. A process nobody is attached to is never paused.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,12 +14,14 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 /// Output kept per process for replay.
 pub const RING_BYTES: usize = 256 << 10;
 /// Unread output a subscriber may have queued before it is dropped.
 pub const SUBSCRIBER_BACKLOG: usize = 4 << 20;
+/// Unread bytes of the fastest subscriber at which the reader pauses.
+pub const HIGH_WATER: usize = 1 << 20;
 /// The most a Connect may ask to replay.
 pub const MAX_REPLAY_BYTES: usize = 1 << 20;
 
@@ -149,13 +156,46 @@ struct State {
 pub struct Output {
     state: Mutex<State>,
     backlog_limit: usize,
+    high_water: usize,
+    /// Woken when a subscriber reads below the high water mark or goes away.
+    drained: Arc<Notify>,
 }
 
 impl Output {
     pub fn new(ring_bytes: usize, backlog_limit: usize) -> Self {
+        Self::with_high_water(ring_bytes, backlog_limit, HIGH_WATER)
+    }
+
+    pub fn with_high_water(ring_bytes: usize, backlog_limit: usize, high_water: usize) -> Self {
         Self {
             state: Mutex::new(State { ring: Ring::new(ring_bytes), subscribers: Vec::new(), exit: None }),
             backlog_limit,
+            high_water,
+            drained: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Whether the reader may read more: nobody is attached, or someone has caught up.
+    pub fn accepts_more(&self) -> bool {
+        let state = self.state.lock().expect("output state");
+        state.subscribers.is_empty()
+            || state.subscribers.iter().any(|subscriber| {
+                subscriber.sender.is_closed() || subscriber.backlog.load(Ordering::Acquire) < self.high_water
+            })
+    }
+
+    /// Resolves once [`Self::accepts_more`]; cancel-safe.
+    pub async fn ready(&self) {
+        loop {
+            // Registered before looking, so a wake-up between the look and the wait is kept;
+            // every waiter is woken (stdout and stderr wait at once).
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.accepts_more() {
+                return;
+            }
+            drained.await;
         }
     }
 
@@ -198,7 +238,7 @@ impl Output {
             }
             None => state.subscribers.push(subscriber),
         }
-        Subscription { receiver, backlog }
+        Subscription { receiver, backlog, high_water: self.high_water, drained: self.drained.clone() }
     }
 
     #[cfg(test)]
@@ -211,6 +251,8 @@ impl Output {
 pub struct Subscription {
     receiver: mpsc::UnboundedReceiver<Event>,
     backlog: Arc<AtomicUsize>,
+    high_water: usize,
+    drained: Arc<Notify>,
 }
 
 impl Subscription {
@@ -218,9 +260,20 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Event> {
         let event = self.receiver.recv().await?;
         if let Event::Data(chunk) = &event {
-            self.backlog.fetch_sub(chunk.bytes.len(), Ordering::AcqRel);
+            let before = self.backlog.fetch_sub(chunk.bytes.len(), Ordering::AcqRel);
+            if before >= self.high_water && before - chunk.bytes.len() < self.high_water {
+                self.drained.notify_waiters();
+            }
         }
         Some(event)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // The reader may be paused for this subscriber alone.
+        self.receiver.close();
+        self.drained.notify_waiters();
     }
 }
 
@@ -295,6 +348,40 @@ mod tests {
             assert!(matches!(reader.next().await, Some(Event::Data(_))));
         }
         assert_eq!(output.subscriber_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_reader_pauses_only_while_every_subscriber_is_behind() {
+        let output = Output::with_high_water(16, 100, 8);
+        assert!(output.accepts_more(), "nobody attached: never paused");
+        let mut fast = output.subscribe(0);
+        let slow = output.subscribe(0);
+        output.publish(chunk(Stream::Stdout, "abcdefgh"));
+        assert!(!output.accepts_more(), "both are 8 bytes behind");
+        assert!(matches!(fast.next().await, Some(Event::Data(_))));
+        assert!(output.accepts_more(), "the fast one caught up");
+        tokio::time::timeout(std::time::Duration::from_secs(1), output.ready()).await.unwrap();
+        output.publish(chunk(Stream::Stdout, "abcdefgh"));
+        assert!(!output.accepts_more());
+        let waiter = output.ready();
+        drop(fast);
+        drop(slow);
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter).await.expect("gone subscribers unpause");
+    }
+
+    #[tokio::test]
+    async fn both_readers_wake_when_a_subscriber_catches_up() {
+        let output = Arc::new(Output::with_high_water(16, 100, 8));
+        let mut reader = output.subscribe(0);
+        output.publish(chunk(Stream::Stdout, "abcdefgh"));
+        // stdout's and stderr's reads wait at once.
+        let waiters = tokio::spawn({
+            let output = output.clone();
+            async move { tokio::join!(output.ready(), output.ready()) }
+        });
+        tokio::task::yield_now().await;
+        assert!(matches!(reader.next().await, Some(Event::Data(_))));
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiters).await.expect("both woke").unwrap();
     }
 
     #[test]

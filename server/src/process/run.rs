@@ -11,19 +11,20 @@ use tokio::net::unix::pipe;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::grace::drain_deadline;
-use super::output::{Chunk, Exit, Stream};
+use super::grace::{HARD_CAP, drain_deadline};
+use super::output::{Chunk, Exit, Output, Stream};
 use super::{Process, SIGKILL};
 
 /// Bytes read from a FIFO at once.
 const READ_BYTES: usize = 64 << 10;
 
-/// Reads one FIFO until end-of-file; `None` stands for a stream that does not exist.
-async fn read(receiver: Option<&mut pipe::Receiver>, buffer: &mut [u8]) -> std::io::Result<usize> {
-    match receiver {
-        Some(receiver) => receiver.read(buffer).await,
-        None => std::future::pending().await,
-    }
+/// Reads one FIFO once the output accepts more; `None` stands for a stream that does not exist.
+async fn read(output: &Output, receiver: Option<&mut pipe::Receiver>, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let Some(receiver) = receiver else {
+        return std::future::pending().await;
+    };
+    output.ready().await;
+    receiver.read(buffer).await
 }
 
 pub(super) async fn run(
@@ -38,6 +39,7 @@ pub(super) async fn run(
     tokio::pin!(wait);
     let mut status: Option<crate::error::Result<u32>> = None;
     let mut exited_at: Option<Instant> = None;
+    let mut first_exit: Option<Instant> = None;
     let mut last_output = Instant::now();
     let mut out_open = true;
     let mut err_open = stderr.is_some();
@@ -51,14 +53,14 @@ pub(super) async fn run(
         }
         let drained = exited_at.map(|exited_at| drain_deadline(exited_at, last_output));
         tokio::select! {
-            read_out = read(Some(&mut stdout), &mut out_buffer), if out_open => match read_out {
+            read_out = read(&process.output, Some(&mut stdout), &mut out_buffer), if out_open => match read_out {
                 Ok(0) | Err(_) => out_open = false,
                 Ok(n) => {
                     process.output.publish(Chunk { stream: out_stream, bytes: Bytes::copy_from_slice(&out_buffer[..n]) });
                     last_output = Instant::now();
                 }
             },
-            read_err = read(stderr.as_mut(), &mut err_buffer), if err_open => match read_err {
+            read_err = read(&process.output, stderr.as_mut(), &mut err_buffer), if err_open => match read_err {
                 Ok(0) | Err(_) => err_open = false,
                 Ok(n) => {
                     process.output.publish(Chunk { stream: Stream::Stderr, bytes: Bytes::copy_from_slice(&err_buffer[..n]) });
@@ -68,6 +70,7 @@ pub(super) async fn run(
             exit = &mut wait, if status.is_none() => {
                 status = Some(exit);
                 exited_at = Some(Instant::now());
+                first_exit = exited_at;
             }
             () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !timed_out && status.is_none() => {
                 timed_out = true;
@@ -75,6 +78,18 @@ pub(super) async fn run(
                 process.kill_group(format!("the process ran longer than its timeout of {timeout:?} and was killed with SIGKILL")).await;
             }
             () = tokio::time::sleep_until(drained.unwrap_or_else(Instant::now)), if drained.is_some() => {
+                let exit_time = first_exit.unwrap_or_else(Instant::now);
+                if !process.output.accepts_more() && exit_time.elapsed() < HARD_CAP {
+                    // The reader was paused for slow clients, not idle: wait for them, then
+                    // give the pipe a fresh grace.
+                    tokio::select! {
+                        () = process.output.ready() => {}
+                        () = process.abandoned.cancelled() => break,
+                    }
+                    exited_at = Some(Instant::now());
+                    last_output = Instant::now();
+                    continue;
+                }
                 debug!(pid = process.pid, "output still open after the exit; ending without waiting for end-of-file");
                 break;
             }
