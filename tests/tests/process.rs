@@ -62,6 +62,7 @@ struct Outcome {
     stderr: Vec<u8>,
     pty: Vec<u8>,
     end: Option<End>,
+    keepalives: usize,
     /// Events after `end` (must be none).
     after_end: usize,
 }
@@ -95,7 +96,8 @@ where
                 None => panic!("data without output"),
             },
             Some(Event::End(end)) => outcome.end = Some(end),
-            Some(Event::Keepalive(_)) | None => {}
+            Some(Event::Keepalive(_)) => outcome.keepalives += 1,
+            None => {}
         }
     }
     assert_eq!(outcome.after_end, 0, "end is the last event");
@@ -332,6 +334,13 @@ async fn connect_by_tag_with_replay_and_after_the_end() {
     assert!(after.stdout.is_empty());
     assert_eq!(after.end().exit_code, 5);
 
+    // Keepalives while the process is quiet.
+    let mut request = start_request("attach", "sleep", &["2.5"]);
+    request.keepalive_interval = Some(prost_types::Duration { seconds: 1, nanos: 0 });
+    let outcome = run(&mut processes, request).await;
+    assert!(outcome.keepalives >= 2, "{outcome:?}");
+    assert_eq!(outcome.end().exit_code, 0);
+
     // 4 MiB of random output arrives byte-identical.
     let write = "head -c 4194304 /dev/urandom > /tmp/random && cat /tmp/random";
     let outcome = run(&mut processes, start_request("attach", "sh", &["-c", write])).await;
@@ -371,6 +380,11 @@ async fn users_by_name_on_debian() {
     let mut request = start_request("deb", "pwd", &[]);
     request.process.as_mut().unwrap().cwd = "/tmp".to_owned();
     assert_eq!(run(&mut processes, request).await.stdout_text(), "/tmp\n");
+    let mut request = start_request("deb", "pwd", &[]);
+    request.process.as_mut().unwrap().cwd = "/no/such/dir".to_owned();
+    let status = processes.start(request).await.unwrap_err();
+    assert_status(&status, Code::NotFound, "PATH_NOT_FOUND");
+    assert!(status.message().contains("/no/such/dir"), "{}", status.message());
 }
 
 #[tokio::test]

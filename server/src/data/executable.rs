@@ -52,6 +52,30 @@ pub fn find_executable(rootfs: &Path, cmd: &str, path: &str, cwd: &str) -> Resul
     ))
 }
 
+/// Checks that `dir` is a directory inside the workspace (a process's working directory).
+pub fn check_directory(rootfs: &Path, dir: &str) -> Result<()> {
+    let root =
+        rustix::fs::open(rootfs, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty()).map_err(|err| {
+            Error::new(Reason::RuntimeError, format!("cannot open the workspace's root file system: {err}"))
+        })?;
+    rustix::fs::openat2(
+        root.as_fd(),
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map(drop)
+    .map_err(|err| {
+        Error::new(
+            Reason::PathNotFound,
+            format!(
+                "working directory {dir:?} is not a directory in the workspace ({err}); create it or pass another cwd"
+            ),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
@@ -77,5 +101,8 @@ mod tests {
         let host = find_executable(root.path(), "env", "/hostbin", "/").unwrap_err();
         assert_eq!(host.reason(), Reason::ExecutableNotFound);
         assert!(host.message().contains("\"env\"") && host.message().contains("/hostbin"), "{}", host.message());
+        assert!(check_directory(root.path(), "/bin").is_ok());
+        assert_eq!(check_directory(root.path(), "/nope").unwrap_err().reason(), Reason::PathNotFound);
+        assert_eq!(check_directory(root.path(), "/bin/tool").unwrap_err().reason(), Reason::PathNotFound);
     }
 }

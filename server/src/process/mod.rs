@@ -297,6 +297,7 @@ impl Processes {
         let (cmd, user_text) = (options.config.cmd.clone(), options.config.user.clone());
         let id_text = workspace_id.to_owned();
         let (executable, user) = tokio::task::spawn_blocking(move || {
+            crate::data::check_directory(&rootfs, &cwd)?;
             let executable = crate::data::find_executable(&rootfs, &cmd, &path, &cwd)?;
             let user = if user_text.is_empty() {
                 None
@@ -390,6 +391,16 @@ impl Processes {
     pub fn workspace_ending(&self, workspace_id: &str, why: &str) {
         for process in self.of(workspace_id) {
             process.ending.lock().expect("ending").get_or_insert_with(|| why.to_owned());
+        }
+    }
+
+    /// Called when a stop failed and the processes run on: their `end` no longer says `why`.
+    pub fn workspace_not_ending(&self, workspace_id: &str, why: &str) {
+        for process in self.of(workspace_id) {
+            let mut ending = process.ending.lock().expect("ending");
+            if ending.as_deref() == Some(why) {
+                *ending = None;
+            }
         }
     }
 

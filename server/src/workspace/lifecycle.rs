@@ -292,8 +292,9 @@ impl Manager {
     ) -> Result<T> {
         self.processes.workspace_ending(id.as_str(), why);
         let outcome = stop.await;
-        if outcome.is_ok() {
-            self.processes.workspace_ended(id.as_str(), forget);
+        match &outcome {
+            Ok(_) => self.processes.workspace_ended(id.as_str(), forget),
+            Err(_) => self.processes.workspace_not_ending(id.as_str(), why),
         }
         outcome
     }
