@@ -70,7 +70,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(WorkspaceServiceServer::new(workspace::WorkspaceApi::new(manager.clone())))
         .add_service(FilesystemServiceServer::new(filesystem::FilesystemApi))
-        .add_service(ProcessServiceServer::new(process::ProcessApi));
+        .add_service(ProcessServiceServer::new(process::ProcessApi::new(manager.clone())));
 
     let stopped = shutdown.clone();
     let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped.cancelled_owned());

@@ -3,6 +3,7 @@
 //! to reach it. Everything here blocks; callers run it in `spawn_blocking`.
 
 mod archive;
+mod executable;
 mod extract;
 mod fd;
 mod mount;
@@ -27,6 +28,7 @@ pub(crate) const MAX_PATH_BYTES: usize = 4096;
 pub(crate) const MAX_SPARSE_REGIONS: usize = 65536;
 
 pub use archive::{ArchiveFormat, ArchiveSummary, preserve_to_file, write_archive};
+pub use executable::{check_directory, find_executable};
 pub use extract::{empty_dir, extract_archive, restore_from_file};
 pub use mount::{MountSpec, MountedRootfs, clear_stale_mounts, data_dir, prepare_data_dir};
 pub use replace::{WritableLayer, replace_data_dir};

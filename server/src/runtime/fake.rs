@@ -12,7 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    ContainerOwner, ContainerSpec, ImageConfig, PullEvent, PullPolicy, PullProgress, PulledImage, Runtime, TaskState,
+    ContainerOwner, ContainerSpec, ExecSpec, ImageConfig, ProcessBase, PtySize, PullEvent, PullPolicy, PullProgress,
+    PulledImage, Runtime, StartedExec, TaskState,
 };
 use crate::data::{MountSpec, ResolvedUser};
 use crate::error::{Error, Reason, Result};
@@ -222,5 +223,38 @@ impl Runtime for FakeRuntime {
 
     async fn remove_stale_leases(&self) -> Result<u32> {
         Ok(0)
+    }
+
+    async fn process_base(&self, _id: &str) -> Result<ProcessBase> {
+        Ok(ProcessBase::default())
+    }
+
+    // Processes are tested end to end against containerd only: the fake has no task to exec in.
+    async fn exec(&self, spec: &ExecSpec<'_>) -> Result<StartedExec> {
+        Err(Error::not_implemented(&format!("exec in the fake runtime ({})", spec.exec_id)))
+    }
+
+    async fn wait_exec(&self, _id: &str, _exec_id: &str) -> Result<u32> {
+        Err(Error::not_implemented("exec in the fake runtime"))
+    }
+
+    async fn signal_exec(&self, _id: &str, _exec_id: &str, _signal: u32) -> Result<()> {
+        Ok(())
+    }
+
+    async fn signal_group(&self, _id: &str, _pgid: u32, _signal: u32) -> Result<()> {
+        Ok(())
+    }
+
+    async fn resize_exec(&self, _id: &str, _exec_id: &str, _size: PtySize) -> Result<()> {
+        Ok(())
+    }
+
+    async fn close_exec_stdin(&self, _id: &str, _exec_id: &str) -> Result<()> {
+        Ok(())
+    }
+
+    async fn delete_exec(&self, _id: &str, _exec_id: &str, _fifo_dir: &std::path::Path) -> Result<()> {
+        Ok(())
     }
 }

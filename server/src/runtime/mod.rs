@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 
 use crate::data::{MountSpec, ResolvedUser};
@@ -138,6 +139,73 @@ impl std::fmt::Debug for ContainerSpec<'_> {
     }
 }
 
+/// The size of a pseudo-terminal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PtySize {
+    pub cols: u16,
+    pub rows: u16,
+}
+
+/// What every process of a workspace starts from: the container's process (PID 1's environment,
+/// which is the image's plus the workspace's `env`, and working directory).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProcessBase {
+    /// `KEY=value` entries.
+    pub env: Vec<String>,
+    pub cwd: String,
+}
+
+/// A process to exec in a workspace's running task. Its Debug output leaves out the environment.
+pub struct ExecSpec<'a> {
+    pub id: &'a str,
+    /// Unique among the task's exec processes.
+    pub exec_id: &'a str,
+    /// argv; argv[0] is the executable's path inside the workspace.
+    pub args: &'a [String],
+    /// The whole environment, `KEY=value`.
+    pub env: &'a [String],
+    /// Empty: the container's working directory.
+    pub cwd: &'a str,
+    /// `None`: the container's user (the image's `User`).
+    pub user: Option<&'a ResolvedUser>,
+    /// `Some`: one pseudo-terminal for stdin, stdout and stderr.
+    pub pty: Option<PtySize>,
+    /// Whether stdin is a FIFO berth writes to (always with a PTY); otherwise empty.
+    pub stdin: bool,
+    /// Host directory for the exec's FIFOs.
+    pub fifo_dir: &'a Path,
+}
+
+impl std::fmt::Debug for ExecSpec<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecSpec")
+            .field("id", &self.id)
+            .field("exec_id", &self.exec_id)
+            .field("args", &self.args)
+            .field("cwd", &self.cwd)
+            .field("user", &self.user)
+            .field("pty", &self.pty)
+            .field("stdin", &self.stdin)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A started exec process: its host pid, process group and the FIFO ends berth holds (opened
+/// non-blocking, so reads and writes wait on the async runtime, never in a syscall).
+#[derive(Debug)]
+pub struct StartedExec {
+    pub host_pid: u32,
+    /// Its pid inside the workspace's PID namespace; 0 when it exited before berth could read it.
+    pub pid: u32,
+    /// Its process group (host numbering); 0 when unknown.
+    pub pgid: u32,
+    pub stdin: Option<pipe::Sender>,
+    /// stdout, or the PTY's merged output.
+    pub stdout: pipe::Receiver,
+    /// `None` with a PTY.
+    pub stderr: Option<pipe::Receiver>,
+}
+
 /// What the Manager needs from a container runtime. Every call is idempotent where the
 /// doc says "missing is fine", so rollbacks and reconciles can repeat them.
 #[async_trait]
@@ -192,6 +260,31 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Removes leases a crash left behind; returns how many.
     async fn remove_stale_leases(&self) -> Result<u32>;
+
+    /// The environment and working directory exec'd processes start from.
+    async fn process_base(&self, id: &str) -> Result<ProcessBase>;
+
+    /// Creates the exec's FIFOs, execs it in the running task and starts it.
+    async fn exec(&self, spec: &ExecSpec<'_>) -> Result<StartedExec>;
+
+    /// Waits for the exec to exit; returns its exit status as containerd reports it (128+n
+    /// for a signal).
+    async fn wait_exec(&self, id: &str, exec_id: &str) -> Result<u32>;
+
+    /// Sends `signal` to the exec's main process; an exited one is fine.
+    async fn signal_exec(&self, id: &str, exec_id: &str, signal: u32) -> Result<()>;
+
+    /// Sends `signal` to every process of the task in process group `pgid` (never PID 1).
+    async fn signal_group(&self, id: &str, pgid: u32, signal: u32) -> Result<()>;
+
+    /// Resizes the exec's pseudo-terminal.
+    async fn resize_exec(&self, id: &str, exec_id: &str, size: PtySize) -> Result<()>;
+
+    /// Closes the exec's stdin, so it reads end-of-file.
+    async fn close_exec_stdin(&self, id: &str, exec_id: &str) -> Result<()>;
+
+    /// Deletes the exited exec from the task and removes its FIFOs; missing is fine.
+    async fn delete_exec(&self, id: &str, exec_id: &str, fifo_dir: &Path) -> Result<()>;
 }
 
 #[cfg(test)]

@@ -160,7 +160,14 @@ impl Manager {
     }
 
     async fn bring_down(&self, record: &mut WorkspaceRecord, timeout: Duration) -> Result<()> {
-        let was_running = self.runtime.stop_task(record.id.as_str(), timeout).await?;
+        let was_running = self
+            .ending_processes(
+                &record.id,
+                "the workspace was stopped",
+                false,
+                self.runtime.stop_task(record.id.as_str(), timeout),
+            )
+            .await?;
         if was_running {
             record.last_stop_time = Some(OffsetDateTime::now_utc());
         }
@@ -185,7 +192,13 @@ impl Manager {
             // The task stays stopped after archiving: the deletion follows. Only a failed
             // archive starts it again, leaving the workspace as it was.
             let was_running = self.runtime.task(id.as_str()).await?.is_some_and(|task| task.running);
-            self.runtime.stop_task(id.as_str(), DEFAULT_STOP_TIMEOUT).await?;
+            self.ending_processes(
+                &id,
+                "the workspace was deleted",
+                false,
+                self.runtime.stop_task(id.as_str(), DEFAULT_STOP_TIMEOUT),
+            )
+            .await?;
             let archive = self.preserved_archive(&id);
             let archived = self
                 .with_data_dir(&record, move |data_dir| {
@@ -202,7 +215,7 @@ impl Manager {
         }
         record.state = WorkspaceState::Deleting;
         self.save(&mut record).await?;
-        self.remove_everything(&record).await?;
+        self.ending_processes(&id, "the workspace was deleted", true, self.remove_everything(&record)).await?;
         self.event(&id, "deleted", if preserve_data { "deleted; /data preserved" } else { "deleted" }).await;
         info!(workspace_id = %id, preserve_data, "workspace deleted");
         Ok(())
@@ -248,7 +261,14 @@ impl Manager {
     async fn while_stopped(&self, record: &WorkspaceRecord, work: impl Future<Output = Result<()>>) -> Result<()> {
         let was_running = self.runtime.task(record.id.as_str()).await?.is_some_and(|task| task.running);
         if was_running {
-            self.runtime.stop_task(record.id.as_str(), DEFAULT_STOP_TIMEOUT).await?;
+            let why = "the workspace was stopped for a /data operation";
+            self.ending_processes(
+                &record.id,
+                why,
+                false,
+                self.runtime.stop_task(record.id.as_str(), DEFAULT_STOP_TIMEOUT),
+            )
+            .await?;
         }
         let outcome = work.await;
         if was_running {
@@ -257,6 +277,24 @@ impl Manager {
             } else {
                 self.runtime.start_task(record.id.as_str(), &record.snapshot_key).await?;
             }
+        }
+        outcome
+    }
+
+    /// Runs `stop` (which ends the workspace's task) so that the `end` of every process started
+    /// through ProcessService says `why`, and no stream outlives the task.
+    async fn ending_processes<T>(
+        &self,
+        id: &WorkspaceId,
+        why: &str,
+        forget: bool,
+        stop: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.processes.workspace_ending(id.as_str(), why);
+        let outcome = stop.await;
+        match &outcome {
+            Ok(_) => self.processes.workspace_ended(id.as_str(), forget),
+            Err(_) => self.processes.workspace_not_ending(id.as_str(), why),
         }
         outcome
     }

@@ -17,6 +17,7 @@ use super::locks::{InFlight, WorkspaceGuard, WorkspaceLocks};
 use super::selector::{decode_page_token, encode_page_token, parse_label_selector};
 use crate::error::{Error, Reason, Result};
 use crate::model::{WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceState};
+use crate::process::Processes;
 use crate::runtime::Runtime;
 use crate::store::Store;
 
@@ -63,12 +64,16 @@ pub struct Manager {
     /// state may be stale), as mutating calls wait on their lock.
     pub(super) reconciling: Mutex<HashSet<WorkspaceId>>,
     pub(super) reconcile_progress: Notify,
+    /// Processes started through ProcessService, per workspace.
+    pub(super) processes: Processes,
 }
 
 impl Manager {
     /// Creates a Manager over an opened store and a runtime.
     pub fn new(config: ManagerConfig, store: Store, runtime: Arc<dyn Runtime>) -> Self {
+        let processes = Processes::new(runtime.clone(), config.state_dir.join("workspaces"));
         Self {
+            processes,
             config,
             store,
             runtime,

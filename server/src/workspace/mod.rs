@@ -5,6 +5,7 @@ mod lifecycle;
 mod locks;
 mod manager;
 mod operation;
+mod processes;
 mod reconcile;
 mod selector;
 #[cfg(test)]

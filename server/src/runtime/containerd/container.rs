@@ -29,7 +29,10 @@ use super::client::{leased_request, request, request_within};
 use super::{Containerd, PING_TIMEOUT, SNAPSHOTTER, pull, spec};
 use crate::data::MountSpec;
 use crate::error::{Error, Reason, Result};
-use crate::runtime::{ContainerOwner, ContainerSpec, PullPolicy, PullProgress, PulledImage, Runtime, TaskState};
+use crate::runtime::{
+    ContainerOwner, ContainerSpec, ExecSpec, ProcessBase, PtySize, PullPolicy, PullProgress, PulledImage, Runtime,
+    StartedExec, TaskState,
+};
 
 /// The shim every workspace runs under.
 pub const RUNTIME_NAME: &str = "io.containerd.runc.v2";
@@ -452,6 +455,38 @@ impl Runtime for Containerd {
             removed += 1;
         }
         Ok(removed)
+    }
+
+    async fn process_base(&self, id: &str) -> Result<ProcessBase> {
+        self.process_base_of(id).await
+    }
+
+    async fn exec(&self, spec: &ExecSpec<'_>) -> Result<StartedExec> {
+        self.exec_process(spec).await
+    }
+
+    async fn wait_exec(&self, id: &str, exec_id: &str) -> Result<u32> {
+        self.wait_exec_process(id, exec_id).await
+    }
+
+    async fn signal_exec(&self, id: &str, exec_id: &str, signal: u32) -> Result<()> {
+        self.signal_exec_process(id, exec_id, signal).await
+    }
+
+    async fn signal_group(&self, id: &str, pgid: u32, signal: u32) -> Result<()> {
+        self.signal_process_group(id, pgid, signal).await
+    }
+
+    async fn resize_exec(&self, id: &str, exec_id: &str, size: PtySize) -> Result<()> {
+        self.resize_exec_pty(id, exec_id, size).await
+    }
+
+    async fn close_exec_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        self.close_exec_stdin_of(id, exec_id).await
+    }
+
+    async fn delete_exec(&self, id: &str, exec_id: &str, fifo_dir: &std::path::Path) -> Result<()> {
+        self.delete_exec_process(id, exec_id, fifo_dir).await
     }
 }
 

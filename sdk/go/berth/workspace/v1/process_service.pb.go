@@ -800,8 +800,13 @@ type ConnectRequest struct {
 	// Time between keepalives while the process is quiet. Unset means 15 seconds; values are
 	// clamped to between 1 second and 5 minutes.
 	KeepaliveInterval *durationpb.Duration `protobuf:"bytes,3,opt,name=keepalive_interval,json=keepaliveInterval,proto3" json:"keepalive_interval,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// How many bytes of the output produced before this call to replay first, at most 1 MiB
+	// (larger values fail with INVALID_ARGUMENT). berth keeps the last 256 KiB of each process's
+	// output; 0 replays nothing. On a process with a pseudo-terminal this redraws a terminal after
+	// a page reload.
+	ReplayBytes   uint32 `protobuf:"varint,4,opt,name=replay_bytes,json=replayBytes,proto3" json:"replay_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConnectRequest) Reset() {
@@ -853,6 +858,13 @@ func (x *ConnectRequest) GetKeepaliveInterval() *durationpb.Duration {
 		return x.KeepaliveInterval
 	}
 	return nil
+}
+
+func (x *ConnectRequest) GetReplayBytes() uint32 {
+	if x != nil {
+		return x.ReplayBytes
+	}
+	return 0
 }
 
 // ConnectResponse is one event of a Connect stream.
@@ -1961,11 +1973,12 @@ const file_berth_workspace_v1_process_service_proto_rawDesc = "" +
 	"\atimeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12H\n" +
 	"\x12keepalive_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x11keepaliveInterval\"G\n" +
 	"\rStartResponse\x126\n" +
-	"\x05event\x18\x01 \x01(\v2 .berth.workspace.v1.ProcessEventR\x05event\"\xbc\x01\n" +
+	"\x05event\x18\x01 \x01(\v2 .berth.workspace.v1.ProcessEventR\x05event\"\xdf\x01\n" +
 	"\x0eConnectRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12=\n" +
 	"\aprocess\x18\x02 \x01(\v2#.berth.workspace.v1.ProcessSelectorR\aprocess\x12H\n" +
-	"\x12keepalive_interval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11keepaliveInterval\"I\n" +
+	"\x12keepalive_interval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11keepaliveInterval\x12!\n" +
+	"\freplay_bytes\x18\x04 \x01(\rR\vreplayBytes\"I\n" +
 	"\x0fConnectResponse\x126\n" +
 	"\x05event\x18\x01 \x01(\v2 .berth.workspace.v1.ProcessEventR\x05event\"\xac\x01\n" +
 	"\x10SendInputRequest\x12!\n" +

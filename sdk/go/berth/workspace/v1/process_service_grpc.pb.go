@@ -46,9 +46,12 @@ type ProcessServiceClient interface {
 	// `end` with its exit status, plus `keepalive` while it is quiet. A process that cannot be
 	// started (for example an executable that does not exist) fails the call before `start`.
 	Start(ctx context.Context, in *StartRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[StartResponse], error)
-	// Re-attaches to a running process and streams its events like Start: `start` first, then the
-	// output produced from then on (earlier output is not replayed), then `end`. A process that
-	// ended shortly before still answers with `start` and `end`, so its exit status is not lost.
+	// Re-attaches to a process and streams its events like Start: `start` first, then the last
+	// `replay_bytes` of output kept from before, then the output produced from then on, then
+	// `end`. A process that ended within the last 5 minutes still answers with `start`, its
+	// replay and `end`, so its exit status is not lost. Several clients may be attached at once;
+	// one that falls more than 4 MiB behind is ended with RESOURCE_EXHAUSTED (reason
+	// RESOURCE_LIMIT_EXCEEDED) and may Connect again. Start streams end the same way.
 	Connect(ctx context.Context, in *ConnectRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ConnectResponse], error)
 	// Writes bytes to a process's stdin or pseudo-terminal.
 	SendInput(ctx context.Context, in *SendInputRequest, opts ...grpc.CallOption) (*SendInputResponse, error)
@@ -191,9 +194,12 @@ type ProcessServiceServer interface {
 	// `end` with its exit status, plus `keepalive` while it is quiet. A process that cannot be
 	// started (for example an executable that does not exist) fails the call before `start`.
 	Start(*StartRequest, grpc.ServerStreamingServer[StartResponse]) error
-	// Re-attaches to a running process and streams its events like Start: `start` first, then the
-	// output produced from then on (earlier output is not replayed), then `end`. A process that
-	// ended shortly before still answers with `start` and `end`, so its exit status is not lost.
+	// Re-attaches to a process and streams its events like Start: `start` first, then the last
+	// `replay_bytes` of output kept from before, then the output produced from then on, then
+	// `end`. A process that ended within the last 5 minutes still answers with `start`, its
+	// replay and `end`, so its exit status is not lost. Several clients may be attached at once;
+	// one that falls more than 4 MiB behind is ended with RESOURCE_EXHAUSTED (reason
+	// RESOURCE_LIMIT_EXCEEDED) and may Connect again. Start streams end the same way.
 	Connect(*ConnectRequest, grpc.ServerStreamingServer[ConnectResponse]) error
 	// Writes bytes to a process's stdin or pseudo-terminal.
 	SendInput(context.Context, *SendInputRequest) (*SendInputResponse, error)

@@ -534,8 +534,15 @@ class ConnectRequest(_message.Message):
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     PROCESS_FIELD_NUMBER: _builtins.int
     KEEPALIVE_INTERVAL_FIELD_NUMBER: _builtins.int
+    REPLAY_BYTES_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """Identifier of the workspace. Required."""
+    replay_bytes: _builtins.int
+    """How many bytes of the output produced before this call to replay first, at most 1 MiB
+    (larger values fail with INVALID_ARGUMENT). berth keeps the last 256 KiB of each process's
+    output; 0 replays nothing. On a process with a pseudo-terminal this redraws a terminal after
+    a page reload.
+    """
     @_builtins.property
     def process(self) -> Global___ProcessSelector:
         """The process. Required."""
@@ -552,10 +559,11 @@ class ConnectRequest(_message.Message):
         workspace_id: _builtins.str = ...,
         process: Global___ProcessSelector | None = ...,
         keepalive_interval: _duration_pb2.Duration | None = ...,
+        replay_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["keepalive_interval", b"keepalive_interval", "process", b"process"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keepalive_interval", b"keepalive_interval", "process", b"process", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keepalive_interval", b"keepalive_interval", "process", b"process", "replay_bytes", b"replay_bytes", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

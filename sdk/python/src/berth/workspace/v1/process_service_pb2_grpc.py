@@ -105,9 +105,12 @@ class ProcessServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Connect(self, request, context):
-        """Re-attaches to a running process and streams its events like Start: `start` first, then the
-        output produced from then on (earlier output is not replayed), then `end`. A process that
-        ended shortly before still answers with `start` and `end`, so its exit status is not lost.
+        """Re-attaches to a process and streams its events like Start: `start` first, then the last
+        `replay_bytes` of output kept from before, then the output produced from then on, then
+        `end`. A process that ended within the last 5 minutes still answers with `start`, its
+        replay and `end`, so its exit status is not lost. Several clients may be attached at once;
+        one that falls more than 4 MiB behind is ended with RESOURCE_EXHAUSTED (reason
+        RESOURCE_LIMIT_EXCEEDED) and may Connect again. Start streams end the same way.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -47,9 +47,12 @@ class ProcessServiceStub:
     started (for example an executable that does not exist) fails the call before `start`.
     """
     Connect: _grpc.UnaryStreamMultiCallable[_process_service_pb2.ConnectRequest, _process_service_pb2.ConnectResponse]
-    """Re-attaches to a running process and streams its events like Start: `start` first, then the
-    output produced from then on (earlier output is not replayed), then `end`. A process that
-    ended shortly before still answers with `start` and `end`, so its exit status is not lost.
+    """Re-attaches to a process and streams its events like Start: `start` first, then the last
+    `replay_bytes` of output kept from before, then the output produced from then on, then
+    `end`. A process that ended within the last 5 minutes still answers with `start`, its
+    replay and `end`, so its exit status is not lost. Several clients may be attached at once;
+    one that falls more than 4 MiB behind is ended with RESOURCE_EXHAUSTED (reason
+    RESOURCE_LIMIT_EXCEEDED) and may Connect again. Start streams end the same way.
     """
     SendInput: _grpc.UnaryUnaryMultiCallable[_process_service_pb2.SendInputRequest, _process_service_pb2.SendInputResponse]
     """Writes bytes to a process's stdin or pseudo-terminal."""
@@ -85,9 +88,12 @@ class ProcessServiceAsyncStub(ProcessServiceStub):
     started (for example an executable that does not exist) fails the call before `start`.
     """
     Connect: _aio.UnaryStreamMultiCallable[_process_service_pb2.ConnectRequest, _process_service_pb2.ConnectResponse]  # type: ignore[assignment]
-    """Re-attaches to a running process and streams its events like Start: `start` first, then the
-    output produced from then on (earlier output is not replayed), then `end`. A process that
-    ended shortly before still answers with `start` and `end`, so its exit status is not lost.
+    """Re-attaches to a process and streams its events like Start: `start` first, then the last
+    `replay_bytes` of output kept from before, then the output produced from then on, then
+    `end`. A process that ended within the last 5 minutes still answers with `start`, its
+    replay and `end`, so its exit status is not lost. Several clients may be attached at once;
+    one that falls more than 4 MiB behind is ended with RESOURCE_EXHAUSTED (reason
+    RESOURCE_LIMIT_EXCEEDED) and may Connect again. Start streams end the same way.
     """
     SendInput: _aio.UnaryUnaryMultiCallable[_process_service_pb2.SendInputRequest, _process_service_pb2.SendInputResponse]  # type: ignore[assignment]
     """Writes bytes to a process's stdin or pseudo-terminal."""
@@ -132,9 +138,12 @@ class ProcessServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _process_service_pb2.ConnectRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_process_service_pb2.ConnectResponse], _abc.AsyncIterator[_process_service_pb2.ConnectResponse]]:
-        """Re-attaches to a running process and streams its events like Start: `start` first, then the
-        output produced from then on (earlier output is not replayed), then `end`. A process that
-        ended shortly before still answers with `start` and `end`, so its exit status is not lost.
+        """Re-attaches to a process and streams its events like Start: `start` first, then the last
+        `replay_bytes` of output kept from before, then the output produced from then on, then
+        `end`. A process that ended within the last 5 minutes still answers with `start`, its
+        replay and `end`, so its exit status is not lost. Several clients may be attached at once;
+        one that falls more than 4 MiB behind is ended with RESOURCE_EXHAUSTED (reason
+        RESOURCE_LIMIT_EXCEEDED) and may Connect again. Start streams end the same way.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,121 @@
+//! The reader of one process: its FIFOs to the fan-out, its exit from containerd, its timeout,
+//! then `end` once every byte read was published, then the exec's cleanup.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncReadExt as _;
+use tokio::net::unix::pipe;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::grace::{HARD_CAP, drain_deadline};
+use super::output::{Chunk, Exit, Output, Stream};
+use super::{Process, SIGKILL};
+
+/// Bytes read from a FIFO at once.
+const READ_BYTES: usize = 64 << 10;
+
+/// Reads one FIFO once the output accepts more; `None` stands for a stream that does not exist.
+async fn read(output: &Output, receiver: Option<&mut pipe::Receiver>, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let Some(receiver) = receiver else {
+        return std::future::pending().await;
+    };
+    output.ready().await;
+    receiver.read(buffer).await
+}
+
+pub(super) async fn run(
+    process: Arc<Process>,
+    mut stdout: pipe::Receiver,
+    mut stderr: Option<pipe::Receiver>,
+    timeout: Option<Duration>,
+    fifo_dir: PathBuf,
+) {
+    let out_stream = if process.has_pty() { Stream::Pty } else { Stream::Stdout };
+    let wait = process.runtime.wait_exec(&process.workspace_id, &process.exec_id);
+    tokio::pin!(wait);
+    let mut status: Option<crate::error::Result<u32>> = None;
+    let mut exited_at: Option<Instant> = None;
+    let mut first_exit: Option<Instant> = None;
+    let mut last_output = Instant::now();
+    let mut out_open = true;
+    let mut err_open = stderr.is_some();
+    let mut out_buffer = vec![0u8; READ_BYTES];
+    let mut err_buffer = vec![0u8; READ_BYTES];
+    let deadline = timeout.map(|timeout| Instant::now() + timeout);
+    let mut timed_out = false;
+    loop {
+        if status.is_some() && !out_open && !err_open {
+            break;
+        }
+        let drained = exited_at.map(|exited_at| drain_deadline(exited_at, last_output));
+        tokio::select! {
+            read_out = read(&process.output, Some(&mut stdout), &mut out_buffer), if out_open => match read_out {
+                Ok(0) | Err(_) => out_open = false,
+                Ok(n) => {
+                    process.output.publish(Chunk { stream: out_stream, bytes: Bytes::copy_from_slice(&out_buffer[..n]) });
+                    last_output = Instant::now();
+                }
+            },
+            read_err = read(&process.output, stderr.as_mut(), &mut err_buffer), if err_open => match read_err {
+                Ok(0) | Err(_) => err_open = false,
+                Ok(n) => {
+                    process.output.publish(Chunk { stream: Stream::Stderr, bytes: Bytes::copy_from_slice(&err_buffer[..n]) });
+                    last_output = Instant::now();
+                }
+            },
+            exit = &mut wait, if status.is_none() => {
+                status = Some(exit);
+                exited_at = Some(Instant::now());
+                first_exit = exited_at;
+            }
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && !timed_out && status.is_none() => {
+                timed_out = true;
+                let timeout = timeout.unwrap_or_default();
+                process.kill_group(format!("the process ran longer than its timeout of {timeout:?} and was killed with SIGKILL")).await;
+            }
+            () = tokio::time::sleep_until(drained.unwrap_or_else(Instant::now)), if drained.is_some() => {
+                let exit_time = first_exit.unwrap_or_else(Instant::now);
+                if !process.output.accepts_more() && exit_time.elapsed() < HARD_CAP {
+                    // The reader was paused for slow clients, not idle: wait for them, then
+                    // give the pipe a fresh grace.
+                    tokio::select! {
+                        () = process.output.ready() => {}
+                        () = process.abandoned.cancelled() => break,
+                    }
+                    exited_at = Some(Instant::now());
+                    last_output = Instant::now();
+                    continue;
+                }
+                debug!(pid = process.pid, "output still open after the exit; ending without waiting for end-of-file");
+                break;
+            }
+            () = process.abandoned.cancelled() => break,
+        }
+    }
+    let ending = process.ending.lock().expect("ending").clone();
+    let exit = match status {
+        Some(Ok(status)) => Exit::from_status(status, ending.unwrap_or_default()),
+        Some(Err(err)) => {
+            let why = ending.unwrap_or_else(|| format!("berth lost track of the process: {err}"));
+            Exit { code: -1, ..Exit::from_status(0, why) }
+        }
+        None => {
+            Exit { code: -1, ..Exit::from_status(0, ending.unwrap_or_else(|| "the workspace's task ended".to_owned())) }
+        }
+    };
+    drop(stdout);
+    drop(stderr);
+    process.stdin.lock().await.take();
+    process.output.finish(exit);
+    // The exec's resources in the shim; a process still running (abandoned) is killed first.
+    if process.abandoned.is_cancelled() {
+        let _ = process.runtime.signal_exec(&process.workspace_id, &process.exec_id, SIGKILL).await;
+    }
+    if let Err(err) = process.runtime.delete_exec(&process.workspace_id, &process.exec_id, &fifo_dir).await {
+        warn!(workspace_id = %process.workspace_id, exec_id = %process.exec_id, error = %err, "cannot delete the exec");
+    }
+}
