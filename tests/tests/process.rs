@@ -15,7 +15,7 @@ use berth_api::v1::{
     ProcessSelector, PtyConfig, ResizePtyRequest, SendInputRequest, SendSignalRequest, Signal, StartRequest,
     StopWorkspaceRequest, StreamInputRequest, process_input, process_selector, stream_input_request,
 };
-use berth_e2e::{BerthServer, Testbed, error_reason};
+use berth_e2e::{BerthServer, ServerOptions, Testbed, error_reason};
 use sha2::Digest as _;
 use tokio_stream::StreamExt as _;
 use tonic::Code;
@@ -537,4 +537,71 @@ async fn processes_run_as_the_images_named_user_and_deletion_ends_streams() {
     deleter.await.unwrap();
     let status = connect(&mut processes, "named", tag("x"), 0).await.unwrap_err();
     assert_status(&status, Code::NotFound, "WORKSPACE_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn processes_survive_a_berth_restart() {
+    let testbed = Testbed::from_env();
+    let mut server = BerthServer::start(&testbed);
+    create_workspace(&server, "survive", &testbed.image("BUSYBOX")).await;
+    let mut processes = Processes::new(server.channel().await);
+
+    let mut request = start_request(
+        "survive",
+        "sh",
+        &[
+            "-c",
+            "echo before; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo during; read line; echo \"after $line\"; exit 6",
+        ],
+    );
+    request.stdin = true;
+    request.tag = "long".to_owned();
+    let (long_pid, mut long_stream) = start(&mut processes, request).await;
+    let first = long_stream.next().await.unwrap().unwrap();
+    assert!(matches!(first.event, Some(Event::Data(_))), "{first:?}");
+    let mut request =
+        start_request("survive", "sh", &["-c", "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo gone; exit 9"]);
+    request.tag = "exits-while-down".to_owned();
+    let (short_pid, short_stream) = start(&mut processes, request).await;
+    drop(short_stream);
+    drop(long_stream);
+
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(20)).success(), "{}", server.log_text());
+    // While berth is down, one process exits and the other writes "during".
+    testbed.exec(&server.namespace, "survive", &["touch", "/tmp/go"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let options =
+        ServerOptions { reuse: Some((server.state_dir.clone(), server.namespace.clone())), ..Default::default() };
+    let server = BerthServer::start_with(&testbed, options);
+    server.wait_serving(Duration::from_secs(30)).await;
+    let mut processes = Processes::new(server.channel().await);
+
+    let listed = processes.list(ListRequest { workspace_id: "survive".to_owned() }).await.unwrap().into_inner();
+    let tags: Vec<&str> = listed.processes.iter().map(|process| process.tag.as_str()).collect();
+    assert_eq!(tags, ["long"], "{listed:?}");
+    assert_eq!(listed.processes[0].pid, long_pid);
+
+    let ended = connect(&mut processes, "survive", tag("exits-while-down"), 0).await.unwrap();
+    assert_eq!(ended.pid, short_pid);
+    assert_eq!(ended.end().exit_code, 9, "the exit status from containerd survives the restart");
+
+    let stream = processes
+        .connect(ConnectRequest {
+            workspace_id: "survive".to_owned(),
+            process: tag("long"),
+            replay_bytes: 1024,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|item| item.map(|response| response.event.unwrap()));
+    processes
+        .send_input(SendInputRequest { workspace_id: "survive".to_owned(), process: tag("long"), input: stdin(b"x\n") })
+        .await
+        .unwrap();
+    let outcome = collect(stream).await;
+    assert_eq!(outcome.stdout_text(), "during\nafter x\n", "output written while berth was down is in the replay");
+    assert_eq!(outcome.end().exit_code, 6);
 }

@@ -1,7 +1,7 @@
 //! The reader of one process: its FIFOs to the fan-out, its exit from containerd, its timeout,
 //! then `end` once every byte read was published, then the exec's cleanup.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -115,7 +115,13 @@ pub(super) async fn run(
     if process.abandoned.is_cancelled() {
         let _ = process.runtime.signal_exec(&process.workspace_id, &process.exec_id, SIGKILL).await;
     }
-    if let Err(err) = process.runtime.delete_exec(&process.workspace_id, &process.exec_id, &fifo_dir).await {
+    clean_up(&process, &fifo_dir).await;
+}
+
+/// Deletes the ended exec from the task, its FIFOs and its record.
+pub(super) async fn clean_up(process: &Process, fifo_dir: &Path) {
+    if let Err(err) = process.runtime.delete_exec(&process.workspace_id, &process.exec_id, fifo_dir).await {
         warn!(workspace_id = %process.workspace_id, exec_id = %process.exec_id, error = %err, "cannot delete the exec");
     }
+    let _ = tokio::fs::remove_file(super::recover::record_path(fifo_dir, &process.exec_id)).await;
 }
