@@ -405,6 +405,29 @@ async fn pty_reports_a_terminal_and_follows_resizes() {
     assert_eq!(lines[2], "30 100");
     assert_eq!(outcome.end().exit_code, 0);
 
+    // Keystrokes through the terminal; stdin bytes to a pty process are refused.
+    let mut request = start_request("term", "sh", &["-c", "read line; echo \"typed $line\""]);
+    request.pty = Some(PtyConfig { cols: 80, rows: 24 });
+    let (typing_pid, stream) = start(&mut processes, request).await;
+    let status = processes
+        .send_input(SendInputRequest { workspace_id: "term".to_owned(), process: pid(typing_pid), input: stdin(b"x") })
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::FailedPrecondition, "STDIN_NOT_OPEN");
+    let keys = Some(ProcessInput { input: Some(process_input::Input::Pty(b"hello\r".to_vec())) });
+    processes
+        .send_input(SendInputRequest { workspace_id: "term".to_owned(), process: pid(typing_pid), input: keys })
+        .await
+        .unwrap();
+    let outcome = collect(stream).await;
+    assert!(String::from_utf8_lossy(&outcome.pty).contains("typed hello"), "{outcome:?}");
+    assert_eq!(outcome.end().exit_code, 0);
+
+    let mut request = start_request("term", "sh", &[]);
+    request.pty = Some(PtyConfig { cols: 0, rows: 24 });
+    let status = processes.start(request).await.unwrap_err();
+    assert_status(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
+
     // Resize while running: the process sees the new size after SIGWINCH.
     let mut request =
         start_request("term", "sh", &["-c", "trap 'stty size; exit 0' WINCH; while :; do sleep 0.05; done"]);
