@@ -334,6 +334,15 @@ async fn connect_by_tag_with_replay_and_after_the_end() {
     assert!(after.stdout.is_empty());
     assert_eq!(after.end().exit_code, 5);
 
+    // A process that exits at once can still be named by its tag afterwards.
+    let mut request = start_request("attach", "true", &[]);
+    request.tag = "quick".to_owned();
+    assert_eq!(run(&mut processes, request).await.end().exit_code, 0);
+    let after = connect(&mut processes, "attach", tag("quick"), 0).await.unwrap();
+    assert_eq!(after.end().exit_code, 0);
+    let status = connect(&mut processes, "attach", pid(0), 0).await.unwrap_err();
+    assert_status(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
+
     // Keepalives while the process is quiet.
     let mut request = start_request("attach", "sleep", &["2.5"]);
     request.keepalive_interval = Some(prost_types::Duration { seconds: 1, nanos: 0 });
