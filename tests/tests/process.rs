@@ -204,6 +204,30 @@ async fn pipes_exit_codes_background_children_stdin_and_signals() {
     let listed = processes.list(ListRequest { workspace_id: "proc".to_owned() }).await.unwrap().into_inner();
     assert!(listed.processes.iter().all(|process| process.tag != "cat"), "ended processes are not listed");
 
+    // After CloseStdin, List says stdin is closed.
+    let mut request = start_request("proc", "sh", &["-c", "cat >/dev/null; sleep 300"]);
+    request.stdin = true;
+    request.tag = "closer".to_owned();
+    let (closer_pid, closer) = start(&mut processes, request).await;
+    processes.close_stdin(CloseStdinRequest { workspace_id: "proc".to_owned(), process: tag("closer") }).await.unwrap();
+    let listed = processes.list(ListRequest { workspace_id: "proc".to_owned() }).await.unwrap().into_inner();
+    let closer_info = listed.processes.iter().find(|process| process.pid == closer_pid).expect("listed");
+    assert!(!closer_info.stdin, "{closer_info:?}");
+    let status = processes
+        .close_stdin(CloseStdinRequest { workspace_id: "proc".to_owned(), process: tag("closer") })
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::FailedPrecondition, "STDIN_NOT_OPEN");
+    processes
+        .send_signal(SendSignalRequest {
+            workspace_id: "proc".to_owned(),
+            process: tag("closer"),
+            signal: Signal::Sigkill as i32,
+        })
+        .await
+        .unwrap();
+    assert_eq!(collect(closer).await.end().exit_code, 137);
+
     // SIGTERM ends sleep: signal SIGTERM, code 143.
     let (sleep_pid, stream) = start(&mut processes, start_request("proc", "sleep", &["300"])).await;
     processes

@@ -100,7 +100,6 @@ pub struct Process {
     /// Open until CloseStdin or the end; never for a process started without stdin (a PTY
     /// process always has one).
     stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
-    stdin_requested: bool,
     start_time: OffsetDateTime,
     output: Output,
     /// Why berth ends the process (timeout, workspace stop), for its `end`.
@@ -129,7 +128,9 @@ impl Process {
             tag: self.tag.clone(),
             config: self.config.clone(),
             pty: *self.pty.lock().expect("pty size"),
-            stdin: self.stdin_requested || self.pty.lock().expect("pty size").is_some(),
+            // Held only while stdin is open (dropped by CloseStdin); a writer holding the lock
+            // means it is open.
+            stdin: self.stdin.try_lock().map_or(true, |stdin| stdin.is_some()),
             start_time: self.start_time,
         }
     }
@@ -364,7 +365,6 @@ impl Processes {
             config: options.config.clone(),
             pty: Mutex::new(options.pty),
             stdin: tokio::sync::Mutex::new(started.stdin),
-            stdin_requested: options.stdin,
             start_time: OffsetDateTime::now_utc(),
             output: Output::new(RING_BYTES, SUBSCRIBER_BACKLOG),
             ending: Mutex::new(None),
@@ -419,7 +419,11 @@ impl Processes {
     /// The workspace's running processes, oldest first.
     pub async fn list(&self, workspace_id: &str) -> Vec<ProcessInfo> {
         self.recover(workspace_id).await;
-        self.of(workspace_id).iter().filter(|process| process.is_running()).map(|process| process.info()).collect()
+        let mut running: Vec<ProcessInfo> =
+            self.of(workspace_id).iter().filter(|process| process.is_running()).map(|process| process.info()).collect();
+        // Processes read back after a restart come in directory order.
+        running.sort_by_key(|info| info.start_time);
+        running
     }
 
     /// Called before the workspace's task stops: every running process's `end` will say why.

@@ -111,7 +111,6 @@ impl Processes {
             },
             pty: Mutex::new(pty),
             stdin: tokio::sync::Mutex::new(None),
-            stdin_requested: record.stdin,
             start_time: OffsetDateTime::from_unix_timestamp_nanos(record.start_unix_nanos)
                 .unwrap_or_else(|_| OffsetDateTime::now_utc()),
             output: Output::new(RING_BYTES, SUBSCRIBER_BACKLOG),
