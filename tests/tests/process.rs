@@ -15,7 +15,7 @@ use berth_api::v1::{
     ProcessSelector, PtyConfig, ResizePtyRequest, SendInputRequest, SendSignalRequest, Signal, StartRequest,
     StopWorkspaceRequest, StreamInputRequest, process_input, process_selector, stream_input_request,
 };
-use berth_e2e::{BerthServer, Testbed, error_reason};
+use berth_e2e::{BerthServer, ServerOptions, Testbed, error_reason};
 use sha2::Digest as _;
 use tokio_stream::StreamExt as _;
 use tonic::Code;
@@ -204,6 +204,30 @@ async fn pipes_exit_codes_background_children_stdin_and_signals() {
     let listed = processes.list(ListRequest { workspace_id: "proc".to_owned() }).await.unwrap().into_inner();
     assert!(listed.processes.iter().all(|process| process.tag != "cat"), "ended processes are not listed");
 
+    // After CloseStdin, List says stdin is closed.
+    let mut request = start_request("proc", "sh", &["-c", "cat >/dev/null; sleep 300"]);
+    request.stdin = true;
+    request.tag = "closer".to_owned();
+    let (closer_pid, closer) = start(&mut processes, request).await;
+    processes.close_stdin(CloseStdinRequest { workspace_id: "proc".to_owned(), process: tag("closer") }).await.unwrap();
+    let listed = processes.list(ListRequest { workspace_id: "proc".to_owned() }).await.unwrap().into_inner();
+    let closer_info = listed.processes.iter().find(|process| process.pid == closer_pid).expect("listed");
+    assert!(!closer_info.stdin, "{closer_info:?}");
+    let status = processes
+        .close_stdin(CloseStdinRequest { workspace_id: "proc".to_owned(), process: tag("closer") })
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::FailedPrecondition, "STDIN_NOT_OPEN");
+    processes
+        .send_signal(SendSignalRequest {
+            workspace_id: "proc".to_owned(),
+            process: tag("closer"),
+            signal: Signal::Sigkill as i32,
+        })
+        .await
+        .unwrap();
+    assert_eq!(collect(closer).await.end().exit_code, 137);
+
     // SIGTERM ends sleep: signal SIGTERM, code 143.
     let (sleep_pid, stream) = start(&mut processes, start_request("proc", "sleep", &["300"])).await;
     processes
@@ -334,6 +358,15 @@ async fn connect_by_tag_with_replay_and_after_the_end() {
     assert!(after.stdout.is_empty());
     assert_eq!(after.end().exit_code, 5);
 
+    // A process that exits at once can still be named by its tag afterwards.
+    let mut request = start_request("attach", "true", &[]);
+    request.tag = "quick".to_owned();
+    assert_eq!(run(&mut processes, request).await.end().exit_code, 0);
+    let after = connect(&mut processes, "attach", tag("quick"), 0).await.unwrap();
+    assert_eq!(after.end().exit_code, 0);
+    let status = connect(&mut processes, "attach", pid(0), 0).await.unwrap_err();
+    assert_status(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
+
     // Keepalives while the process is quiet.
     let mut request = start_request("attach", "sleep", &["2.5"]);
     request.keepalive_interval = Some(prost_types::Duration { seconds: 1, nanos: 0 });
@@ -404,6 +437,29 @@ async fn pty_reports_a_terminal_and_follows_resizes() {
     assert_eq!(lines[1], "xterm-256color");
     assert_eq!(lines[2], "30 100");
     assert_eq!(outcome.end().exit_code, 0);
+
+    // Keystrokes through the terminal; stdin bytes to a pty process are refused.
+    let mut request = start_request("term", "sh", &["-c", "read line; echo \"typed $line\""]);
+    request.pty = Some(PtyConfig { cols: 80, rows: 24 });
+    let (typing_pid, stream) = start(&mut processes, request).await;
+    let status = processes
+        .send_input(SendInputRequest { workspace_id: "term".to_owned(), process: pid(typing_pid), input: stdin(b"x") })
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::FailedPrecondition, "STDIN_NOT_OPEN");
+    let keys = Some(ProcessInput { input: Some(process_input::Input::Pty(b"hello\r".to_vec())) });
+    processes
+        .send_input(SendInputRequest { workspace_id: "term".to_owned(), process: pid(typing_pid), input: keys })
+        .await
+        .unwrap();
+    let outcome = collect(stream).await;
+    assert!(String::from_utf8_lossy(&outcome.pty).contains("typed hello"), "{outcome:?}");
+    assert_eq!(outcome.end().exit_code, 0);
+
+    let mut request = start_request("term", "sh", &[]);
+    request.pty = Some(PtyConfig { cols: 0, rows: 24 });
+    let status = processes.start(request).await.unwrap_err();
+    assert_status(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
 
     // Resize while running: the process sees the new size after SIGWINCH.
     let mut request =
@@ -537,4 +593,71 @@ async fn processes_run_as_the_images_named_user_and_deletion_ends_streams() {
     deleter.await.unwrap();
     let status = connect(&mut processes, "named", tag("x"), 0).await.unwrap_err();
     assert_status(&status, Code::NotFound, "WORKSPACE_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn processes_survive_a_berth_restart() {
+    let testbed = Testbed::from_env();
+    let mut server = BerthServer::start(&testbed);
+    create_workspace(&server, "survive", &testbed.image("BUSYBOX")).await;
+    let mut processes = Processes::new(server.channel().await);
+
+    let mut request = start_request(
+        "survive",
+        "sh",
+        &[
+            "-c",
+            "echo before; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo during; read line; echo \"after $line\"; exit 6",
+        ],
+    );
+    request.stdin = true;
+    request.tag = "long".to_owned();
+    let (long_pid, mut long_stream) = start(&mut processes, request).await;
+    let first = long_stream.next().await.unwrap().unwrap();
+    assert!(matches!(first.event, Some(Event::Data(_))), "{first:?}");
+    let mut request =
+        start_request("survive", "sh", &["-c", "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo gone; exit 9"]);
+    request.tag = "exits-while-down".to_owned();
+    let (short_pid, short_stream) = start(&mut processes, request).await;
+    drop(short_stream);
+    drop(long_stream);
+
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(20)).success(), "{}", server.log_text());
+    // While berth is down, one process exits and the other writes "during".
+    testbed.exec(&server.namespace, "survive", &["touch", "/tmp/go"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let options =
+        ServerOptions { reuse: Some((server.state_dir.clone(), server.namespace.clone())), ..Default::default() };
+    let server = BerthServer::start_with(&testbed, options);
+    server.wait_serving(Duration::from_secs(30)).await;
+    let mut processes = Processes::new(server.channel().await);
+
+    let listed = processes.list(ListRequest { workspace_id: "survive".to_owned() }).await.unwrap().into_inner();
+    let tags: Vec<&str> = listed.processes.iter().map(|process| process.tag.as_str()).collect();
+    assert_eq!(tags, ["long"], "{listed:?}");
+    assert_eq!(listed.processes[0].pid, long_pid);
+
+    let ended = connect(&mut processes, "survive", tag("exits-while-down"), 0).await.unwrap();
+    assert_eq!(ended.pid, short_pid);
+    assert_eq!(ended.end().exit_code, 9, "the exit status from containerd survives the restart");
+
+    let stream = processes
+        .connect(ConnectRequest {
+            workspace_id: "survive".to_owned(),
+            process: tag("long"),
+            replay_bytes: 1024,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|item| item.map(|response| response.event.unwrap()));
+    processes
+        .send_input(SendInputRequest { workspace_id: "survive".to_owned(), process: tag("long"), input: stdin(b"x\n") })
+        .await
+        .unwrap();
+    let outcome = collect(stream).await;
+    assert_eq!(outcome.stdout_text(), "during\nafter x\n", "output written while berth was down is in the replay");
+    assert_eq!(outcome.end().exit_code, 6);
 }

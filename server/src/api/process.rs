@@ -44,6 +44,9 @@ fn invalid(message: impl Into<String>) -> Error {
 
 fn selector(selector: Option<pb::ProcessSelector>) -> Result<Selector, Error> {
     match selector.and_then(|selector| selector.selector) {
+        Some(pb::process_selector::Selector::Pid(0)) => {
+            Err(invalid("pid 0 names no process; pass the pid from the start event or List, or a tag"))
+        }
         Some(pb::process_selector::Selector::Pid(pid)) => Ok(Selector::Pid(pid)),
         Some(pb::process_selector::Selector::Tag(tag)) if !tag.is_empty() => Ok(Selector::Tag(tag)),
         _ => Err(invalid("process is required; name it by pid or tag")),

@@ -6,6 +6,7 @@
 
 mod grace;
 mod output;
+mod recover;
 mod run;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +20,7 @@ use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 pub use self::output::{Chunk, Event, Exit, MAX_REPLAY_BYTES, Stream, Subscription};
 use self::output::{Output, RING_BYTES, SUBSCRIBER_BACKLOG};
@@ -99,7 +100,6 @@ pub struct Process {
     /// Open until CloseStdin or the end; never for a process started without stdin (a PTY
     /// process always has one).
     stdin: tokio::sync::Mutex<Option<pipe::Sender>>,
-    stdin_requested: bool,
     start_time: OffsetDateTime,
     output: Output,
     /// Why berth ends the process (timeout, workspace stop), for its `end`.
@@ -128,7 +128,9 @@ impl Process {
             tag: self.tag.clone(),
             config: self.config.clone(),
             pty: *self.pty.lock().expect("pty size"),
-            stdin: self.stdin_requested || self.pty.lock().expect("pty size").is_some(),
+            // Held only while stdin is open (dropped by CloseStdin); a writer holding the lock
+            // means it is open.
+            stdin: self.stdin.try_lock().map_or(true, |stdin| stdin.is_some()),
             start_time: self.start_time,
         }
     }
@@ -243,11 +245,23 @@ pub struct Processes {
     workspaces_dir: PathBuf,
     by_workspace: Mutex<HashMap<String, Vec<Arc<Process>>>>,
     next_exec: AtomicU64,
+    /// Workspaces whose processes from before a restart were read back (see `recover`).
+    recovered: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
 }
 
 impl Processes {
     pub fn new(runtime: Arc<dyn Runtime>, workspaces_dir: PathBuf) -> Self {
-        Self { runtime, workspaces_dir, by_workspace: Mutex::new(HashMap::new()), next_exec: AtomicU64::new(1) }
+        Self {
+            runtime,
+            workspaces_dir,
+            by_workspace: Mutex::new(HashMap::new()),
+            next_exec: AtomicU64::new(1),
+            recovered: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn register(&self, workspace_id: &str, process: Arc<Process>) {
+        self.by_workspace.lock().expect("process registry").entry(workspace_id.to_owned()).or_default().push(process);
     }
 
     fn fifo_dir(&self, workspace_id: &str) -> PathBuf {
@@ -274,6 +288,7 @@ impl Processes {
         options: StartOptions,
     ) -> Result<(Arc<Process>, Subscription)> {
         validate(&options)?;
+        self.recover(workspace_id).await;
         if !options.tag.is_empty()
             && self.of(workspace_id).iter().any(|process| process.is_running() && process.tag == options.tag)
         {
@@ -319,9 +334,10 @@ impl Processes {
 
         let mut args = vec![executable];
         args.extend(options.config.args.iter().cloned());
+        // Unique across berth restarts too: FIFOs and records of running execs are kept.
         let exec_id = format!(
             "berth-{}-{}",
-            OffsetDateTime::now_utc().unix_timestamp(),
+            OffsetDateTime::now_utc().unix_timestamp_nanos(),
             self.next_exec.fetch_add(1, Ordering::Relaxed)
         );
         let fifo_dir = self.fifo_dir(workspace_id);
@@ -349,12 +365,29 @@ impl Processes {
             config: options.config.clone(),
             pty: Mutex::new(options.pty),
             stdin: tokio::sync::Mutex::new(started.stdin),
-            stdin_requested: options.stdin,
             start_time: OffsetDateTime::now_utc(),
             output: Output::new(RING_BYTES, SUBSCRIBER_BACKLOG),
             ending: Mutex::new(None),
             abandoned: CancellationToken::new(),
         });
+        let record = recover::ExecRecord {
+            exec_id: process.exec_id.clone(),
+            pid: process.pid,
+            pgid: process.pgid,
+            tag: process.tag.clone(),
+            cmd: options.config.cmd.clone(),
+            args: options.config.args.clone(),
+            env: options.config.env.clone(),
+            cwd: options.config.cwd.clone(),
+            user: options.config.user.clone(),
+            pty: options.pty.map(|size| (size.cols, size.rows)),
+            stdin: options.stdin,
+            start_unix_nanos: process.start_time.unix_timestamp_nanos(),
+            deadline_unix_nanos: options.timeout.map(|timeout| (process.start_time + timeout).unix_timestamp_nanos()),
+        };
+        if let Err(err) = recover::save(&fifo_dir, &record).await {
+            warn!(workspace_id, exec_id = %process.exec_id, error = %err, "cannot save the exec record; a restart forgets this process");
+        }
         let subscription = process.subscribe(0);
         info!(workspace_id, pid = process.pid, exec_id = %process.exec_id, "process started");
         self.by_workspace
@@ -368,7 +401,8 @@ impl Processes {
     }
 
     /// The process a selector names: a running one first, else the latest that ended.
-    pub fn find(&self, workspace_id: &str, selector: &Selector) -> Option<Arc<Process>> {
+    pub async fn find(&self, workspace_id: &str, selector: &Selector) -> Option<Arc<Process>> {
+        self.recover(workspace_id).await;
         let processes = self.of(workspace_id);
         let matches = |process: &&Arc<Process>| match selector {
             Selector::Pid(pid) => process.pid == *pid,
@@ -383,8 +417,13 @@ impl Processes {
     }
 
     /// The workspace's running processes, oldest first.
-    pub fn list(&self, workspace_id: &str) -> Vec<ProcessInfo> {
-        self.of(workspace_id).iter().filter(|process| process.is_running()).map(|process| process.info()).collect()
+    pub async fn list(&self, workspace_id: &str) -> Vec<ProcessInfo> {
+        self.recover(workspace_id).await;
+        let mut running: Vec<ProcessInfo> =
+            self.of(workspace_id).iter().filter(|process| process.is_running()).map(|process| process.info()).collect();
+        // Processes read back after a restart come in directory order.
+        running.sort_by_key(|info| info.start_time);
+        running
     }
 
     /// Called before the workspace's task stops: every running process's `end` will say why.
@@ -412,6 +451,7 @@ impl Processes {
         }
         if forget {
             self.by_workspace.lock().expect("process registry").remove(workspace_id);
+            self.recovered.lock().expect("recovered").remove(workspace_id);
         }
     }
 }

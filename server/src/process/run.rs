@@ -1,7 +1,7 @@
 //! The reader of one process: its FIFOs to the fan-out, its exit from containerd, its timeout,
 //! then `end` once every byte read was published, then the exec's cleanup.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +14,13 @@ use tracing::{debug, warn};
 use super::grace::{HARD_CAP, drain_deadline};
 use super::output::{Chunk, Exit, Output, Stream};
 use super::{Process, SIGKILL};
+use crate::runtime::ExecState;
 
 /// Bytes read from a FIFO at once.
 const READ_BYTES: usize = 64 << 10;
+/// How long a process's wait survives containerd not answering: about 5 minutes.
+const WAIT_RETRIES: u32 = 1500;
+const WAIT_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// Reads one FIFO once the output accepts more; `None` stands for a stream that does not exist.
 async fn read(output: &Output, receiver: Option<&mut pipe::Receiver>, buffer: &mut [u8]) -> std::io::Result<usize> {
@@ -35,7 +39,7 @@ pub(super) async fn run(
     fifo_dir: PathBuf,
 ) {
     let out_stream = if process.has_pty() { Stream::Pty } else { Stream::Stdout };
-    let wait = process.runtime.wait_exec(&process.workspace_id, &process.exec_id);
+    let wait = wait_exit(&process);
     tokio::pin!(wait);
     let mut status: Option<crate::error::Result<u32>> = None;
     let mut exited_at: Option<Instant> = None;
@@ -115,7 +119,37 @@ pub(super) async fn run(
     if process.abandoned.is_cancelled() {
         let _ = process.runtime.signal_exec(&process.workspace_id, &process.exec_id, SIGKILL).await;
     }
-    if let Err(err) = process.runtime.delete_exec(&process.workspace_id, &process.exec_id, &fifo_dir).await {
+    clean_up(&process, &fifo_dir).await;
+}
+
+/// The exec's exit status from containerd. A wait that breaks (containerd restarting or not
+/// answering for a while) is followed by asking where the process is: it runs on in its shim
+/// meanwhile, so berth waits again.
+async fn wait_exit(process: &Process) -> crate::error::Result<u32> {
+    let mut tries = 0;
+    loop {
+        let err = match process.runtime.wait_exec(&process.workspace_id, &process.exec_id).await {
+            Ok(status) => return Ok(status),
+            Err(err) => err,
+        };
+        tries += 1;
+        if tries > WAIT_RETRIES {
+            return Err(err);
+        }
+        warn!(workspace_id = %process.workspace_id, pid = process.pid, error = %err, "waiting for a process failed; asking containerd again");
+        tokio::time::sleep(WAIT_RETRY_DELAY).await;
+        match process.runtime.exec_state(&process.workspace_id, &process.exec_id).await {
+            Ok(ExecState::Running) | Err(_) => {}
+            Ok(ExecState::Exited(status)) => return Ok(status),
+            Ok(ExecState::Missing) => return Err(err),
+        }
+    }
+}
+
+/// Deletes the ended exec from the task, its FIFOs and its record.
+pub(super) async fn clean_up(process: &Process, fifo_dir: &Path) {
+    if let Err(err) = process.runtime.delete_exec(&process.workspace_id, &process.exec_id, fifo_dir).await {
         warn!(workspace_id = %process.workspace_id, exec_id = %process.exec_id, error = %err, "cannot delete the exec");
     }
+    let _ = tokio::fs::remove_file(super::recover::record_path(fifo_dir, &process.exec_id)).await;
 }

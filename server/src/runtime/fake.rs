@@ -12,8 +12,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    ContainerOwner, ContainerSpec, ExecSpec, ImageConfig, ProcessBase, PtySize, PullEvent, PullPolicy, PullProgress,
-    PulledImage, Runtime, StartedExec, TaskState,
+    ContainerOwner, ContainerSpec, ExecIo, ExecSpec, ExecState, ImageConfig, ProcessBase, PtySize, PullEvent,
+    PullPolicy, PullProgress, PulledImage, Runtime, StartedExec, TaskState,
 };
 use crate::data::{MountSpec, ResolvedUser};
 use crate::error::{Error, Reason, Result};
@@ -252,6 +252,20 @@ impl Runtime for FakeRuntime {
 
     async fn close_exec_stdin(&self, _id: &str, _exec_id: &str) -> Result<()> {
         Ok(())
+    }
+
+    async fn exec_state(&self, _id: &str, _exec_id: &str) -> Result<ExecState> {
+        Ok(ExecState::Missing)
+    }
+
+    async fn reopen_exec(
+        &self,
+        exec_id: &str,
+        _fifo_dir: &std::path::Path,
+        _pty: bool,
+        _stdin: bool,
+    ) -> Result<ExecIo> {
+        Err(Error::not_implemented(&format!("exec in the fake runtime ({exec_id})")))
     }
 
     async fn delete_exec(&self, _id: &str, _exec_id: &str, _fifo_dir: &std::path::Path) -> Result<()> {

@@ -206,6 +206,24 @@ pub struct StartedExec {
     pub stderr: Option<pipe::Receiver>,
 }
 
+/// Where an exec process is, as the runtime sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecState {
+    /// The task has no exec with the id.
+    Missing,
+    Running,
+    /// Exited with this status (128+n for a signal), not deleted yet.
+    Exited(u32),
+}
+
+/// The FIFO ends of an exec, as berth holds them.
+#[derive(Debug)]
+pub struct ExecIo {
+    pub stdin: Option<pipe::Sender>,
+    pub stdout: pipe::Receiver,
+    pub stderr: Option<pipe::Receiver>,
+}
+
 /// What the Manager needs from a container runtime. Every call is idempotent where the
 /// doc says "missing is fine", so rollbacks and reconciles can repeat them.
 #[async_trait]
@@ -282,6 +300,12 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Closes the exec's stdin, so it reads end-of-file.
     async fn close_exec_stdin(&self, id: &str, exec_id: &str) -> Result<()>;
+
+    /// Where the exec is (after a berth restart: whether it still runs).
+    async fn exec_state(&self, id: &str, exec_id: &str) -> Result<ExecState>;
+
+    /// Opens again the FIFOs of an exec started by an earlier berth process.
+    async fn reopen_exec(&self, exec_id: &str, fifo_dir: &Path, pty: bool, stdin: bool) -> Result<ExecIo>;
 
     /// Deletes the exited exec from the task and removes its FIFOs; missing is fine.
     async fn delete_exec(&self, id: &str, exec_id: &str, fifo_dir: &Path) -> Result<()>;

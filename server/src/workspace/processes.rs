@@ -25,7 +25,7 @@ impl Manager {
     /// The process `selector` names: a running one, or one that ended in the last minutes.
     pub async fn process(&self, workspace_id: &str, selector: &Selector) -> Result<Arc<Process>> {
         let id = WorkspaceId::parse(workspace_id)?;
-        if let Some(process) = self.processes.find(id.as_str(), selector) {
+        if let Some(process) = self.processes.find(id.as_str(), selector).await {
             return Ok(process);
         }
         self.running_init_pid(&id).await?;
@@ -42,7 +42,7 @@ impl Manager {
     pub async fn list_processes(&self, workspace_id: &str) -> Result<Vec<ProcessInfo>> {
         let id = WorkspaceId::parse(workspace_id)?;
         self.running_init_pid(&id).await?;
-        Ok(self.processes.list(id.as_str()))
+        Ok(self.processes.list(id.as_str()).await)
     }
 
     /// The host pid of the workspace's PID 1, or WORKSPACE_NOT_FOUND / WORKSPACE_NOT_RUNNING.

@@ -30,8 +30,8 @@ use super::{Containerd, PING_TIMEOUT, SNAPSHOTTER, pull, spec};
 use crate::data::MountSpec;
 use crate::error::{Error, Reason, Result};
 use crate::runtime::{
-    ContainerOwner, ContainerSpec, ExecSpec, ProcessBase, PtySize, PullPolicy, PullProgress, PulledImage, Runtime,
-    StartedExec, TaskState,
+    ContainerOwner, ContainerSpec, ExecIo, ExecSpec, ExecState, ProcessBase, PtySize, PullPolicy, PullProgress,
+    PulledImage, Runtime, StartedExec, TaskState,
 };
 
 /// The shim every workspace runs under.
@@ -483,6 +483,14 @@ impl Runtime for Containerd {
 
     async fn close_exec_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
         self.close_exec_stdin_of(id, exec_id).await
+    }
+
+    async fn exec_state(&self, id: &str, exec_id: &str) -> Result<ExecState> {
+        self.exec_state_of(id, exec_id).await
+    }
+
+    async fn reopen_exec(&self, exec_id: &str, fifo_dir: &std::path::Path, pty: bool, stdin: bool) -> Result<ExecIo> {
+        super::exec::open_fifos(fifo_dir, exec_id, pty, stdin)
     }
 
     async fn delete_exec(&self, id: &str, exec_id: &str, fifo_dir: &std::path::Path) -> Result<()> {

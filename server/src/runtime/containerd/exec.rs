@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
-    CloseIoRequest, DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, KillRequest, ListPidsRequest,
-    ResizePtyRequest, StartRequest, WaitRequest,
+    CloseIoRequest, DeleteProcessRequest, ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest,
+    ListPidsRequest, ResizePtyRequest, StartRequest, WaitRequest,
 };
+use containerd_client::types::v1::Status as ProcessStatus;
 use tokio::net::unix::pipe;
 use tonic::Code;
 use tracing::warn;
@@ -18,7 +19,7 @@ use tracing::warn;
 use super::Containerd;
 use super::client::{request, streaming_request};
 use crate::error::{Error, Reason, Result};
-use crate::runtime::{ExecSpec, ProcessBase, PtySize, StartedExec};
+use crate::runtime::{ExecIo, ExecSpec, ExecState, ProcessBase, PtySize, StartedExec};
 
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 
@@ -37,7 +38,46 @@ fn fifo_error(path: &Path, err: &std::io::Error) -> Error {
     Error::new(Reason::RuntimeError, format!("cannot open the exec fifo {}: {err}", path.display()))
 }
 
+/// Opens berth's ends of an exec's FIFOs. Readers are opened before the exec (a non-blocking
+/// open of a FIFO's read end needs no writer); the stdin end read-write, so its open never waits
+/// for the shim. After a restart the same opens re-attach: the shim keeps its ends open.
+pub(super) fn open_fifos(fifo_dir: &Path, exec_id: &str, pty: bool, stdin: bool) -> Result<ExecIo> {
+    let [stdin_path, stdout_path, stderr_path] = fifo_paths(fifo_dir, exec_id);
+    let stdout = pipe::OpenOptions::new().open_receiver(&stdout_path).map_err(|err| fifo_error(&stdout_path, &err))?;
+    let stderr = if pty {
+        None
+    } else {
+        Some(pipe::OpenOptions::new().open_receiver(&stderr_path).map_err(|err| fifo_error(&stderr_path, &err))?)
+    };
+    let stdin = if stdin || pty {
+        Some(
+            pipe::OpenOptions::new()
+                .read_write(true)
+                .open_sender(&stdin_path)
+                .map_err(|err| fifo_error(&stdin_path, &err))?,
+        )
+    } else {
+        None
+    };
+    Ok(ExecIo { stdin, stdout, stderr })
+}
+
 impl Containerd {
+    pub(super) async fn exec_state_of(&self, id: &str, exec_id: &str) -> Result<ExecState> {
+        let get = GetRequest { container_id: id.to_owned(), exec_id: exec_id.to_owned() };
+        match self.exec_tasks().get(request(&self.namespace, get)).await {
+            Ok(response) => Ok(match response.into_inner().process {
+                Some(process) if process.status == ProcessStatus::Stopped as i32 => {
+                    ExecState::Exited(process.exit_status)
+                }
+                Some(_) => ExecState::Running,
+                None => ExecState::Missing,
+            }),
+            Err(status) if status.code() == Code::NotFound => Ok(ExecState::Missing),
+            Err(status) => Err(self.map_status("task get", status)),
+        }
+    }
+
     fn exec_tasks(&self) -> TasksClient<tonic::transport::Channel> {
         TasksClient::new(self.channel.clone())
     }
@@ -107,26 +147,7 @@ impl Containerd {
         if spec.pty.is_none() {
             mkfifo(&stderr_path)?;
         }
-        // Readers are opened before the exec (a non-blocking open of a FIFO's read end needs no
-        // writer); the stdin end read-write, so its open never waits for the shim.
-        let stdout =
-            pipe::OpenOptions::new().open_receiver(&stdout_path).map_err(|err| fifo_error(&stdout_path, &err))?;
-        let stderr = match spec.pty {
-            Some(_) => None,
-            None => Some(
-                pipe::OpenOptions::new().open_receiver(&stderr_path).map_err(|err| fifo_error(&stderr_path, &err))?,
-            ),
-        };
-        let stdin = if with_stdin {
-            Some(
-                pipe::OpenOptions::new()
-                    .read_write(true)
-                    .open_sender(&stdin_path)
-                    .map_err(|err| fifo_error(&stdin_path, &err))?,
-            )
-        } else {
-            None
-        };
+        let ExecIo { stdin, stdout, stderr } = open_fifos(spec.fifo_dir, spec.exec_id, spec.pty.is_some(), spec.stdin)?;
         let path_text = |path: &Path| path.display().to_string();
         let exec = ExecProcessRequest {
             container_id: spec.id.to_owned(),

@@ -1556,7 +1556,9 @@ func (x *ListResponse) GetProcesses() []*ProcessInfo {
 // Start reports that the process is running (or, for Connect, that the client is attached).
 type ProcessEvent_Start struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// PID of the process as seen inside the workspace.
+	// PID of the process as seen inside the workspace. 0 when the process ended before berth
+	// could read it (a command such as `true` may exit within milliseconds of starting); such a
+	// process can still be named by its tag.
 	Pid           uint32 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

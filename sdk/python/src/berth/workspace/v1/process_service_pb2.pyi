@@ -247,7 +247,10 @@ class ProcessEvent(_message.Message):
 
         PID_FIELD_NUMBER: _builtins.int
         pid: _builtins.int
-        """PID of the process as seen inside the workspace."""
+        """PID of the process as seen inside the workspace. 0 when the process ended before berth
+        could read it (a command such as `true` may exit within milliseconds of starting); such a
+        process can still be named by its tag.
+        """
         def __init__(
             self,
             *,

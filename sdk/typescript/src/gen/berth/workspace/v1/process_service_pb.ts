@@ -231,7 +231,9 @@ export const ProcessEventSchema: GenMessage<ProcessEvent> = /*@__PURE__*/
  */
 export type ProcessEvent_Start = Message<"berth.workspace.v1.ProcessEvent.Start"> & {
   /**
-   * PID of the process as seen inside the workspace.
+   * PID of the process as seen inside the workspace. 0 when the process ended before berth
+   * could read it (a command such as `true` may exit within milliseconds of starting); such a
+   * process can still be named by its tag.
    *
    * @generated from field: uint32 pid = 1;
    */
