@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The berth CLI against a live server (BERTH_TEST_SERVER): create with progress (plain lines
 # when piped, per-layer bars on a terminal), ls with a selector, get as table and JSON,
-# stop/start, rm --preserve-data + create --restore-data, and a failing call's one-line error.
+# stop/start, rm --preserve-data + create --restore-data, exec (exit codes, stdin, -t through
+# script, a missing command), ps, and a failing call's one-line error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BERTH_TEST_SERVER:?BERTH_TEST_SERVER must name a running berth (scripts/test-sdks.sh sets it)}"
 export BERTH_SERVER=$BERTH_TEST_SERVER
 berth=target/debug/berth
 id=cli-$RANDOM$RANDOM
+TMPDIR_CLI=$(mktemp -d)
+trap 'rm -rf "$TMPDIR_CLI"' EXIT
 fail() { echo "test-cli: $*" >&2; exit 1; }
 
 tests/testbed/forget-image.sh "$BERTH_TEST_SDK_NAMESPACE" "$BERTH_TEST_IMAGE_MULTILAYER"
@@ -22,7 +25,37 @@ $berth get "$id" | grep -q '^STATE  *RUNNING' || fail "get table lacks STATE RUN
 state=$($berth get "$id" -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
 [ "$state" = WORKSPACE_STATE_RUNNING ] || fail "get -o json state is $state"
 
+# exec: output as it comes, the process's exit code, stdin with -i, a terminal with -t.
+set +e
+out=$($berth exec "$id" -- sh -c 'echo out; echo err >&2; exit 7' 2>"$TMPDIR_CLI/err")
+code=$?
+set -e
+[ "$code" = 7 ] || fail "exec exits $code, not the process's 7"
+[ "$out" = out ] && [ "$(cat "$TMPDIR_CLI/err")" = err ] || fail "exec output: $out / $(cat "$TMPDIR_CLI/err")"
+[ "$(printf 'typed\n' | $berth exec "$id" -i -- cat)" = typed ] || fail "exec -i does not forward stdin"
+set +e
+$berth exec "$id" -- sh -c 'kill -TERM $$'
+code=$?
+set -e
+[ "$code" = 143 ] || fail "a SIGTERMed process exits $code, not 143"
+tty_out=$(script -qec "$berth exec $id -t -- sh -c 'tty; stty size'" /dev/null | tr -d '\r')
+grep -q '^/dev/pts/[0-9]' <<<"$tty_out" || fail "exec -t has no pty: $tty_out"
+grep -q '^[0-9][0-9]* [0-9][0-9]*$' <<<"$tty_out" || fail "exec -t has no size: $tty_out"
+$berth exec "$id" --tag cli-sleeper --timeout 30 -- sleep 20 >/dev/null 2>&1 &
+sleeper=$!
+for _ in $(seq 50); do $berth ps "$id" | grep -q cli-sleeper && break; sleep 0.1; done
+$berth ps "$id" | grep -q '^[0-9][0-9]*  *cli-sleeper  *no  *sleep 20$' || fail "ps: $($berth ps "$id")"
+[ "$($berth ps "$id" -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["tag"])')" = cli-sleeper ] ||
+  fail "ps -o json"
+set +e
+err=$($berth exec "$id" -- no-such-command 2>&1 >/dev/null)
+code=$?
+set -e
+[ "$code" = 1 ] || fail "a missing command exits $code"
+grep -q '^berth: NOT_FOUND EXECUTABLE_NOT_FOUND: ' <<<"$err" || fail "missing command: $err"
+
 [ "$($berth stop "$id" --timeout 5)" = "$id STOPPED" ] || fail "stop"
+wait "$sleeper" || true
 [ "$($berth start "$id")" = "$id RUNNING" ] || fail "start"
 $berth rm "$id" --preserve-data | grep -q preserved || fail "rm --preserve-data"
 out=$($berth create "$id" --image "$BERTH_TEST_IMAGE_MULTILAYER" --restore-data)

@@ -182,13 +182,17 @@ async fn forward_resizes(
 struct LocalTerminal;
 
 impl LocalTerminal {
-    /// Columns and rows of our terminal, when stdin and stdout are one.
+    /// Columns and rows of our terminal, when stdin and stdout are one; 80x24 when the terminal
+    /// does not know its size (a pty whose creator never set it, as `script` without a terminal).
     fn size() -> Option<(u32, u32)> {
         if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
             return None;
         }
         let size = rustix::termios::tcgetwinsize(std::io::stdout().as_fd()).ok()?;
-        (size.ws_col > 0 && size.ws_row > 0).then_some((u32::from(size.ws_col), u32::from(size.ws_row)))
+        if size.ws_col == 0 || size.ws_row == 0 {
+            return Some((80, 24));
+        }
+        Some((u32::from(size.ws_col), u32::from(size.ws_row)))
     }
 }
 
