@@ -1,6 +1,7 @@
 package berth_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -170,6 +171,32 @@ func TestWorkspaceLifecycle(t *testing.T) {
 		t.Logf("pull bytes %d -> %d of %d over %d events", first.GetOffsetBytes(), last.GetOffsetBytes(), last.GetTotalBytes(), len(progress))
 		if ws.GetImageDigest() == "" || ws.GetLabels()["run"] != suffix {
 			t.Errorf("ready workspace: digest %q labels %v", ws.GetImageDigest(), ws.GetLabels())
+		}
+	})
+
+	step(t, "run a command", func(t *testing.T) {
+		result, err := client.Run(ctx, id, "sh", "-c", "echo out; echo err >&2; exit 3")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(result.Stdout) != "out\n" || string(result.Stderr) != "err\n" || result.ExitCode != 3 {
+			t.Errorf("Run = stdout %q stderr %q exit %d, want \"out\\n\", \"err\\n\", 3", result.Stdout, result.Stderr, result.ExitCode)
+		}
+		var streamed bytes.Buffer
+		req := &workspacev1.StartRequest{
+			WorkspaceId: id,
+			Process:     &workspacev1.ProcessConfig{Cmd: "sh", Args: []string{"-c", "kill -TERM $$"}},
+		}
+		end, err := client.Stream(ctx, req, &streamed, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if end.GetExitCode() != 143 || end.GetSignal() != workspacev1.Signal_SIGNAL_SIGTERM {
+			t.Errorf("Stream end = exit %d signal %v, want 143 SIGTERM", end.GetExitCode(), end.GetSignal())
+		}
+		_, err = client.Run(ctx, id, "no-such-command")
+		if !berth.IsReason(err, workspacev1.ErrorReason_EXECUTABLE_NOT_FOUND) {
+			t.Errorf("Run of a missing command: %v, want EXECUTABLE_NOT_FOUND", err)
 		}
 	})
 

@@ -69,6 +69,16 @@ async def test_workspace_lifecycle(
             )
             assert dict(created.labels) == labels
 
+            # Run a command with the asyncio helpers.
+            result = await berth.run_async(client, workspace_id, "sh", "-c", "echo hi; exit 4")
+            assert (result.stdout, result.exit_code) == (b"hi\n", 4)
+            ends = [
+                event
+                async for event in berth.stream_async(client, workspace_id, "true")
+                if not isinstance(event, berth.Output)
+            ]
+            assert len(ends) == 1 and ends[0].exit_code == 0
+
             # Get.
             got = (
                 await client.workspaces.GetWorkspace(

@@ -75,6 +75,20 @@ def test_workspace_lifecycle(
             assert got.image_digest.startswith("sha256:")
             assert dict(got.labels) == labels
 
+            # Run commands: output apart, exit codes, a signal, streaming, a missing command.
+            result = berth.run(client, workspace_id, "sh", "-c", "echo out; echo err >&2; exit 3")
+            assert (result.stdout, result.stderr, result.exit_code) == (b"out\n", b"err\n", 3)
+            assert result.error == ""
+            killed = berth.run(client, workspace_id, "sh", "-c", "kill -TERM $$")
+            assert (killed.exit_code, killed.signal) == (143, berth.process_service_pb2.SIGNAL_SIGTERM)
+            chunks = list(berth.stream(client, workspace_id, "sh", "-c", "echo one; echo two"))
+            output = b"".join(c.data for c in chunks if isinstance(c, berth.Output))
+            assert output == b"one\ntwo\n"
+            assert chunks[-1].exit_code == 0  # type: ignore[union-attr]
+            with pytest.raises(grpc.RpcError) as missing:
+                berth.run(client, workspace_id, "no-such-command")
+            assert berth.is_reason(missing.value, "EXECUTABLE_NOT_FOUND")
+
             # List with a label selector: found with its value, not with another.
             listed = client.workspaces.ListWorkspaces(
                 ws.ListWorkspacesRequest(label_selector=f"{LABEL_KEY}={workspace_id}"),

@@ -14,6 +14,9 @@ import {
   berthErrorInfo,
   Code,
   createBerthClient,
+  runCommand,
+  Signal,
+  streamCommand,
   WorkspaceState,
   type BerthClient,
   CreateWorkspaceRequestSchema,
@@ -110,6 +113,28 @@ for (const transport of ["grpc", "grpc-web"] as const) {
       assert.equal(workspace?.state, WorkspaceState.RUNNING);
       assert.ok(workspace?.imageDigest.startsWith("sha256:"));
       assert.ok((workspace?.initPid ?? 0) > 0);
+    });
+
+    test("runCommand and streamCommand run a command to its end", async () => {
+      const text = new TextDecoder();
+      const result = await runCommand(client, id, "sh", ["-c", "echo out; echo err >&2; exit 3"]);
+      assert.equal(text.decode(result.stdout), "out\n");
+      assert.equal(text.decode(result.stderr), "err\n");
+      assert.equal(result.exitCode, 3);
+      assert.equal(result.error, "");
+      const killed = await runCommand(client, id, "sh", ["-c", "kill -TERM $$"]);
+      assert.equal(killed.exitCode, 143);
+      assert.equal(killed.signal, Signal.SIGTERM);
+      const kinds: string[] = [];
+      for await (const event of streamCommand(client, id, "sh", ["-c", "echo one; echo two >&2"])) {
+        kinds.push(event.kind);
+      }
+      assert.equal(kinds.at(-1), "end");
+      assert.ok(kinds.includes("stdout") && kinds.includes("stderr"), kinds.join(","));
+      await assert.rejects(runCommand(client, id, "no-such-command"), (err: unknown) => {
+        assert.equal(berthErrorInfo(err)?.reason, "EXECUTABLE_NOT_FOUND");
+        return true;
+      });
     });
 
     test("list with a label selector", async () => {
