@@ -111,6 +111,13 @@ func run(ctx context.Context, server, id, image string, labels map[string]string
 	ws = resp.GetWorkspace()
 	fmt.Printf("workspace %s: state=%s image=%s digest=%s init_pid=%d\n",
 		ws.GetWorkspaceId(), stateName(ws.GetState()), ws.GetImage(), ws.GetImageDigest(), ws.GetInitPid())
+
+	// Run a command in it: its output and exit code.
+	res, err := client.Run(ctx, ws.GetWorkspaceId(), "uname", "-s")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("uname -s: %s (exit %d)\n", strings.TrimSpace(string(res.Stdout)), res.ExitCode)
 	return nil
 }
 

@@ -20,6 +20,7 @@ out=$("$bin/berth-example" -server "$BERTH_TEST_SERVER" -id "$id" \
 echo "$out"
 grep -q '^ready ' <<<"$out" || { echo "FAIL: no ready line" >&2; exit 1; }
 grep -q "^workspace $id: state=RUNNING" <<<"$out" || { echo "FAIL: final state is not RUNNING" >&2; exit 1; }
+grep -q '^uname -s: Linux (exit 0)$' <<<"$out" || { echo "FAIL: the command did not run" >&2; exit 1; }
 grep -q "^deleted $id\$" <<<"$out" || { echo "FAIL: workspace not deleted" >&2; exit 1; }
 
 # A failing call: an invalid workspace id.

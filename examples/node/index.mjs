@@ -8,7 +8,7 @@
 // The server is $BERTH_SERVER (default http://127.0.0.1:50051); $BERTH_TRANSPORT picks "grpc"
 // (default) or "grpc-web".
 
-import { berthErrorInfo, createBerthClient, DesiredState, LayerState, WorkspaceState } from "@berth/sdk";
+import { berthErrorInfo, createBerthClient, DesiredState, LayerState, runCommand, WorkspaceState } from "@berth/sdk";
 
 const server = process.env.BERTH_SERVER || "http://127.0.0.1:50051";
 const transport = process.env.BERTH_TRANSPORT || "grpc";
@@ -59,6 +59,10 @@ async function create(berth, workspaceId, image) {
   console.log(`  image    ${workspace.image}`);
   console.log(`  digest   ${workspace.imageDigest}`);
   console.log(`  init pid ${workspace.initPid}`);
+
+  // Run a command in it: its output and exit code.
+  const result = await runCommand(berth, workspace.workspaceId, "uname", ["-s"]);
+  console.log(`uname -s: ${new TextDecoder().decode(result.stdout).trim()} (exit ${result.exitCode})`);
 }
 
 async function main() {

@@ -95,6 +95,9 @@ def main() -> int:
                 ws.GetWorkspaceRequest(workspace_id=args.id)
             ).workspace
             print(f"state {state_name(workspace.state)}")
+            # Run a command in it: its output and exit code.
+            result = berth.run(client, args.id, "uname", "-s", timeout=30)
+            print(f"uname -s: {result.stdout.decode().strip()} (exit {result.exit_code})")
             if args.delete:
                 client.workspaces.DeleteWorkspace(ws.DeleteWorkspaceRequest(workspace_id=args.id))
                 print(f"deleted {args.id}")

@@ -36,6 +36,7 @@ expect '^unpacking [0-9]+/[0-9]+ layers$' "an unpacking line"
 expect '^creating$' "a creating line"
 expect "^ready $id: RUNNING " "a ready line with RUNNING"
 expect '^state RUNNING$' "the final state RUNNING"
+expect '^uname -s: Linux \(exit 0\)$' "the command's output and exit code"
 expect "^deleted ${id}\$" "the deletion"
 
 # A failed call prints the status code and the berth reason, and exits non-zero.
