@@ -1,5 +1,6 @@
-// Bundles src/main.ts into dist/app.js for browsers. `platform: "browser"` makes the build fail
-// if anything pulls in Node modules (@berth/sdk/web must not).
+// Bundles src/main.ts into dist/app.js for browsers, and the CSS it imports (xterm's) into
+// dist/app.css. `platform: "browser"` makes the build fail if anything pulls in Node modules
+// (@berth/sdk/web must not).
 import { build } from "esbuild";
 import { fileURLToPath } from "node:url";
 

@@ -1,5 +1,6 @@
 // Drives the page in headless Chromium against a live berth: create with a live progress bar,
-// RUNNING, stop, start, delete with preserved data. Saves artifacts/screenshot.png.
+// RUNNING, a shell in the terminal panel that comes back after a reload, stop, start, delete with
+// preserved data. Saves artifacts/screenshot.png and artifacts/terminal.png.
 //
 // Environment: BERTH_TEST_SERVER (required), BERTH_TEST_IMAGE_MULTILAYER (required),
 // BERTH_TEST_SDK_NAMESPACE (required: the image is forgotten there first so its pull moves
@@ -150,6 +151,70 @@ try {
   log(`error shown: ${errorText}`);
   assert.match(errorText, /ALREADY_EXISTS WORKSPACE_ALREADY_EXISTS/);
   assert.equal(await page.locator("#ws-state").textContent(), "RUNNING");
+
+  // The terminal: a shell on a PTY, typed into with the keyboard; after a reload the page selects
+  // the workspace again (from the URL) and re-attaches, and the replay brings the screen back.
+  const terminalRows = page.locator("#terminal .xterm-rows");
+  const terminalShows = async (text, what) => {
+    try {
+      await waitFor(terminalRows.filter({ hasText: text }));
+    } catch (err) {
+      log(`terminal buffer (${what}):\n${await page.evaluate(() => window.berthTerminalText?.()).catch(() => "?")}`);
+      throw err;
+    }
+  };
+  await page.click("#terminal-open");
+  await waitFor(page.locator("#status", { hasText: `Open terminal of ${id}: done` }));
+  await page.click("#terminal");
+  await page.keyboard.type("echo berth-$((6*7))");
+  await page.keyboard.press("Enter");
+  await terminalShows("berth-42", "typed");
+  log(`terminal after typing:\n${await page.evaluate(() => window.berthTerminalText())}`);
+  const shellsOf = async () =>
+    (await sdk.processes.list({ workspaceId: id })).processes.filter((p) => p.tag === "web-terminal");
+  const shells = await shellsOf();
+  const size = await page.evaluate(() => window.berthTerminalSize());
+  assert.equal(shells.length, 1, "one web-terminal shell runs");
+  assert.ok(size.cols > 20 && size.rows > 5, `the panel has a usable size (${size.cols}x${size.rows})`);
+  assert.deepEqual(
+    { cols: shells[0].pty?.cols, rows: shells[0].pty?.rows },
+    size,
+    "the shell's PTY is sized to the panel",
+  );
+  log(`shell pid ${shells[0].pid}, pty ${size.cols}x${size.rows}`);
+
+  // A narrower window narrows the panel: ResizePty gives the shell the new size (and back).
+  // Waits until the panel's size passes `fits` and the shell's PTY has that size.
+  const ptyFollows = async (viewport, fits) => {
+    await page.setViewportSize(viewport);
+    for (let tries = 0; ; tries++) {
+      const want = await page.evaluate(() => window.berthTerminalSize());
+      const pty = (await shellsOf())[0]?.pty;
+      if (fits(want) && pty?.cols === want.cols && pty?.rows === want.rows) return want;
+      const got = `${pty?.cols}x${pty?.rows}`;
+      assert.ok(tries < 100, `the PTY follows the panel to ${want.cols}x${want.rows} (it is ${got})`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  };
+  const narrow = await ptyFollows({ width: 900, height: 860 }, (want) => want.cols < size.cols);
+  log(`resized: pty ${narrow.cols}x${narrow.rows}`);
+  await ptyFollows({ width: 1200, height: 860 }, (want) => want.cols === size.cols && want.rows === size.rows);
+
+  await page.reload();
+  await waitFor(page.locator("#status", { hasText: `Open ${id}: done` }));
+  assert.match(page.url(), new RegExp(`[?&]workspace=${id}(&|$)`), "the URL keeps the selected workspace");
+  assert.equal(await page.locator("#ws-id").textContent(), id);
+  await terminalShows("berth-42", "after reload");
+  assert.match(await page.locator("#terminal-status").textContent(), /re-attached/);
+  const after = await shellsOf();
+  assert.deepEqual(after.map((p) => p.pid), [shells[0].pid], "the reload re-attached to the same shell");
+  // The re-attached shell still takes input.
+  await page.click("#terminal");
+  await page.keyboard.type("echo again-$((6*7))");
+  await page.keyboard.press("Enter");
+  await terminalShows("again-42", "typed after reload");
+  await page.screenshot({ path: join(artifacts, "terminal.png"), fullPage: true });
+  log(`terminal re-attached after reload; screenshot: ${join(artifacts, "terminal.png")}`);
 
   // Stop, start.
   await page.click("#stop");

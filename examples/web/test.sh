@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the page (tsc type check + esbuild), serves it, and drives it in headless Chromium
 # (Debian chromium + playwright-core) against a live berth: create with a live progress bar,
-# RUNNING, stop, start, delete with preserved data. Writes artifacts/screenshot.png.
+# RUNNING, a terminal that comes back after a reload, stop, start, delete with preserved data.
+# Writes artifacts/screenshot.png and artifacts/terminal.png.
 #
 # Needs BERTH_TEST_SERVER (http://127.0.0.1:PORT), BERTH_TEST_IMAGE_MULTILAYER and
 # BERTH_TEST_SDK_NAMESPACE (the containerd namespace of the server), plus TESTBED_DIR when the

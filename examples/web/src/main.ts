@@ -1,6 +1,10 @@
 // A page that manages berth workspaces from the browser over grpc-web, with @berth/sdk/web.
 //
-// The berth URL comes from the `server` query parameter (`?server=http://127.0.0.1:50051`).
+// The berth URL comes from the `server` query parameter (`?server=http://127.0.0.1:50051`); the
+// selected workspace is kept in `workspace` (`&workspace=bot-1`), so a reload shows it again and
+// re-attaches its terminal.
+
+import "@xterm/xterm/css/xterm.css"; // bundled by esbuild into dist/app.css
 
 import {
   berthErrorInfo,
@@ -12,9 +16,12 @@ import {
   type LayerProgress,
   type Workspace,
 } from "@berth/sdk/web";
+import { TerminalPanel } from "./terminal.js";
 
 const DEFAULT_SERVER = "http://127.0.0.1:50051";
-const server = new URL(location.href).searchParams.get("server") || DEFAULT_SERVER;
+const params = new URL(location.href).searchParams;
+const server = params.get("server") || DEFAULT_SERVER;
+const initialId = params.get("workspace") || undefined;
 const berth = createBerthClient({ baseUrl: server });
 
 function $<T extends HTMLElement = HTMLElement>(id: string): T {
@@ -52,12 +59,31 @@ const el = {
   stop: $<HTMLButtonElement>("stop"),
   preserve: $<HTMLInputElement>("preserve"),
   del: $<HTMLButtonElement>("delete"),
+  terminalSection: $("terminal-section"),
+  terminalOpen: $<HTMLButtonElement>("terminal-open"),
+  terminalHost: $("terminal"),
+  terminalStatus: $("terminal-status"),
   error: $("error"),
   status: $("status"),
 };
 
 let selectedId: string | undefined;
 let busy = false;
+
+const terminal = new TerminalPanel(berth, el.terminalHost, (text) => {
+  el.terminalStatus.textContent = text;
+});
+
+declare global {
+  interface Window {
+    /** The terminal's buffer as text (for tests). */
+    berthTerminalText?: () => string;
+    /** The terminal's size in cells (for tests). */
+    berthTerminalSize?: () => { cols: number; rows: number };
+  }
+}
+window.berthTerminalText = () => terminal.text();
+window.berthTerminalSize = () => terminal.size();
 
 const stateName = (s: WorkspaceState) => WorkspaceState[s] ?? `STATE_${s}`;
 function bytes(n: bigint): string {
@@ -147,6 +173,8 @@ async function refreshList(): Promise<void> {
 
 function showInfo(ws: Workspace | undefined): void {
   selectedId = ws?.workspaceId;
+  rememberSelection(selectedId);
+  showTerminal(ws);
   el.info.hidden = !ws;
   el.infoNone.hidden = !!ws;
   for (const tr of el.listBody.querySelectorAll("tr")) {
@@ -181,6 +209,27 @@ async function select(workspaceId: string): Promise<void> {
   showInfo(workspace);
 }
 
+// Keeps the selection in the URL, so that a reload selects the workspace again.
+function rememberSelection(workspaceId: string | undefined): void {
+  const url = new URL(location.href);
+  if (workspaceId) url.searchParams.set("workspace", workspaceId);
+  else url.searchParams.delete("workspace");
+  if (url.href !== location.href) history.replaceState(null, "", url);
+}
+
+// ---- terminal ----
+
+// The panel is there for a RUNNING workspace only; another selection or state detaches it (the
+// shell keeps running, and Open terminal re-attaches).
+function showTerminal(ws: Workspace | undefined): void {
+  const running = ws?.state === WorkspaceState.RUNNING;
+  el.terminalSection.hidden = !running;
+  if (!running || terminal.attachedTo !== ws?.workspaceId) {
+    if (terminal.attachedTo) el.terminalStatus.textContent = "detached";
+    terminal.close();
+  }
+}
+
 function updateButtons(): void {
   const state = el.wsState.dataset.state;
   const none = !selectedId;
@@ -189,6 +238,7 @@ function updateButtons(): void {
   el.start.disabled = busy || none || state === "RUNNING";
   el.stop.disabled = busy || none || state === "STOPPED";
   el.del.disabled = busy || none;
+  el.terminalOpen.disabled = busy || none || state !== "RUNNING";
 }
 
 // ---- create with progress ----
@@ -311,5 +361,29 @@ el.del.addEventListener("click", () => {
   });
 });
 
-showInfo(undefined);
-void run("Refresh", refreshList);
+el.terminalOpen.addEventListener("click", () => {
+  const id = selectedId;
+  if (!id) return;
+  void run(`Open terminal of ${id}`, () => terminal.open(id));
+});
+
+// After a reload: select the workspace of the URL again and, when its panel shell still runs,
+// re-attach to it (Connect replays the screen).
+async function reopen(workspaceId: string): Promise<void> {
+  try {
+    await select(workspaceId);
+  } catch (err) {
+    if (berthErrorInfo(err)?.reason !== "WORKSPACE_NOT_FOUND") throw err;
+    showInfo(undefined); // deleted meanwhile: nothing to show
+    return;
+  }
+  const running = selectedId === workspaceId && el.wsState.dataset.state === "RUNNING";
+  if (running && (await terminal.shellRunning(workspaceId))) await terminal.open(workspaceId);
+}
+
+// Not showInfo(undefined): that would drop the workspace of the URL before reopen reads it.
+updateButtons();
+void (async () => {
+  await run("Refresh", refreshList);
+  if (initialId) await run(`Open ${initialId}`, () => reopen(initialId));
+})();
