@@ -148,6 +148,11 @@ impl Config {
             None => FileConfig::default(),
         };
         let state_dir = args.state_dir.or(file.state_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        // Paths under the state dir go into container specs (bind-mount sources) that runc
+        // resolves from the task's own directory: a relative one would name the wrong files.
+        let state_dir = std::path::absolute(&state_dir).map_err(|err| {
+            ConfigError(format!("state_dir {} cannot be made absolute: {err}", state_dir.display()))
+        })?;
         let database_url = args
             .database_url
             .or(file.database_url)
@@ -266,6 +271,14 @@ mod tests {
         assert_eq!(config.database_url, "sqlite:///srv/berth/berth.db?mode=rwc");
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_relative_state_dir_becomes_absolute() {
+        let args = ServeArgs { state_dir: Some(PathBuf::from(".testbed/state")), ..ServeArgs::default() };
+        let config = Config::resolve(args).unwrap();
+        assert!(config.state_dir.is_absolute(), "{}", config.state_dir.display());
+        assert_eq!(config.state_dir, std::env::current_dir().unwrap().join(".testbed/state"));
     }
 
     #[test]
