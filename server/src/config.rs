@@ -150,9 +150,8 @@ impl Config {
         let state_dir = args.state_dir.or(file.state_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
         // Paths under the state dir go into container specs (bind-mount sources) that runc
         // resolves from the task's own directory: a relative one would name the wrong files.
-        let state_dir = std::path::absolute(&state_dir).map_err(|err| {
-            ConfigError(format!("state_dir {} cannot be made absolute: {err}", state_dir.display()))
-        })?;
+        let state_dir = std::path::absolute(&state_dir)
+            .map_err(|err| ConfigError(format!("state_dir {} cannot be made absolute: {err}", state_dir.display())))?;
         let database_url = args
             .database_url
             .or(file.database_url)

@@ -106,6 +106,10 @@ fn event(event: pb::process_event::Event) -> pb::ProcessEvent {
     pb::ProcessEvent { event: Some(event) }
 }
 
+/// The most output bytes one message carries: chunks already queued are merged up to this, so
+/// heavy output costs few messages (gRPC's default limit is 4 MiB a message).
+const MESSAGE_BYTES: usize = 256 << 10;
+
 /// A process's events as a response stream: `start`, then output, then `end`, with keepalives
 /// while it is quiet. The stream holds the subscription only: a client that goes away leaves the
 /// process running.
@@ -121,10 +125,14 @@ fn events<T: Send + 'static>(
         if sender.send(Ok(wrap(event(E::Start(Start { pid }))))).await.is_err() {
             return;
         }
+        // One timer, pushed back by every event, instead of a new one per message.
+        let quiet = tokio::time::sleep(keepalive);
+        tokio::pin!(quiet);
         loop {
             let next = tokio::select! {
-                next = subscription.next() => next,
-                () = tokio::time::sleep(keepalive) => {
+                next = subscription.next_batch(MESSAGE_BYTES) => next,
+                () = &mut quiet => {
+                    quiet.as_mut().reset(tokio::time::Instant::now() + keepalive);
                     if sender.send(Ok(wrap(event(E::Keepalive(Keepalive {}))))).await.is_err() {
                         return;
                     }
@@ -132,6 +140,7 @@ fn events<T: Send + 'static>(
                 }
                 () = sender.closed() => return,
             };
+            quiet.as_mut().reset(tokio::time::Instant::now() + keepalive);
             let last = !matches!(next, Some(Event::Data(_)));
             let item = match next {
                 Some(Event::Data(chunk)) => {

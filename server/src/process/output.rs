@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, mpsc};
 
@@ -238,7 +238,7 @@ impl Output {
             }
             None => state.subscribers.push(subscriber),
         }
-        Subscription { receiver, backlog, high_water: self.high_water, drained: self.drained.clone() }
+        Subscription { receiver, backlog, high_water: self.high_water, drained: self.drained.clone(), held: None }
     }
 
     #[cfg(test)]
@@ -253,19 +253,62 @@ pub struct Subscription {
     backlog: Arc<AtomicUsize>,
     high_water: usize,
     drained: Arc<Notify>,
+    /// An event taken while batching that did not fit the batch.
+    held: Option<Event>,
 }
 
 impl Subscription {
     /// The next event; `None` after the end (or overflow).
     pub async fn next(&mut self) -> Option<Event> {
-        let event = self.receiver.recv().await?;
+        let event = match self.held.take() {
+            Some(event) => event,
+            None => self.receiver.recv().await?,
+        };
         if let Event::Data(chunk) = &event {
-            let before = self.backlog.fetch_sub(chunk.bytes.len(), Ordering::AcqRel);
-            if before >= self.high_water && before - chunk.bytes.len() < self.high_water {
-                self.drained.notify_waiters();
-            }
+            self.consumed(chunk.bytes.len());
         }
         Some(event)
+    }
+
+    /// The next event, with the data chunks of the same stream already queued behind it merged
+    /// into it, up to `max_bytes`. A FIFO read returns what the pipe holds at that moment (a few
+    /// KiB under load); one message per read would cost a gRPC message each.
+    pub async fn next_batch(&mut self, max_bytes: usize) -> Option<Event> {
+        let event = self.next().await?;
+        let Event::Data(first) = event else {
+            return Some(event);
+        };
+        let mut merged: Option<BytesMut> = None;
+        let mut size = first.bytes.len();
+        while size < max_bytes {
+            let Ok(next) = self.receiver.try_recv() else {
+                break;
+            };
+            match next {
+                Event::Data(chunk) if chunk.stream == first.stream && size + chunk.bytes.len() <= max_bytes => {
+                    self.consumed(chunk.bytes.len());
+                    size += chunk.bytes.len();
+                    merged.get_or_insert_with(|| BytesMut::from(&first.bytes[..])).extend_from_slice(&chunk.bytes);
+                }
+                other => {
+                    self.held = Some(other);
+                    break;
+                }
+            }
+        }
+        Some(Event::Data(match merged {
+            Some(bytes) => Chunk { stream: first.stream, bytes: bytes.freeze() },
+            None => first,
+        }))
+    }
+
+    /// Takes `bytes` off the backlog, waking a reader paused for this client once it is back
+    /// under the high-water mark.
+    fn consumed(&self, bytes: usize) {
+        let before = self.backlog.fetch_sub(bytes, Ordering::AcqRel);
+        if before >= self.high_water && before - bytes < self.high_water {
+            self.drained.notify_waiters();
+        }
     }
 }
 
@@ -321,6 +364,26 @@ mod tests {
         let mut after_end = output.subscribe(5);
         assert_eq!(after_end.next().await, Some(Event::Data(chunk(Stream::Stderr, "after"))));
         assert_eq!(after_end.next().await, Some(Event::End(exit)));
+    }
+
+    #[tokio::test]
+    async fn queued_chunks_of_one_stream_are_batched_up_to_the_limit_keeping_order() {
+        let output = Output::new(RING_BYTES, SUBSCRIBER_BACKLOG);
+        let mut subscription = output.subscribe(0);
+        for text in ["ab", "cd", "ef", "gh"] {
+            output.publish(chunk(Stream::Stdout, text));
+        }
+        output.publish(chunk(Stream::Stderr, "err"));
+        output.publish(chunk(Stream::Stdout, "ij"));
+        let exit = Exit::from_status(0, String::new());
+        output.finish(exit.clone());
+        assert_eq!(subscription.next_batch(6).await, Some(Event::Data(chunk(Stream::Stdout, "abcdef"))));
+        assert_eq!(subscription.next_batch(6).await, Some(Event::Data(chunk(Stream::Stdout, "gh"))));
+        assert_eq!(subscription.next_batch(6).await, Some(Event::Data(chunk(Stream::Stderr, "err"))));
+        assert_eq!(subscription.next_batch(6).await, Some(Event::Data(chunk(Stream::Stdout, "ij"))));
+        assert_eq!(subscription.next_batch(6).await, Some(Event::End(exit)));
+        assert_eq!(subscription.next_batch(6).await, None);
+        assert_eq!(subscription.backlog.load(Ordering::Acquire), 0, "every batched byte left the backlog");
     }
 
     #[tokio::test]
