@@ -87,24 +87,48 @@ impl Testbed {
             .expect("run ctr")
     }
 
-    /// Runs a command inside a workspace with `ctr task exec`; returns its stdout.
-    ///
-    /// containerd 1.6's `ctr task exec` sometimes loses a process's whole output (a race in its
-    /// FIFO copy, fixed upstream in containerd#13931; seen about once in 40 execs here). The
-    /// command runs under `sh`, which prints a marker after it; an output without the marker is
-    /// retried, so commands passed here must be safe to run twice (reads, idempotent writes).
+    /// Runs a command inside a workspace with `ctr task exec`, asserts it succeeded, and returns
+    /// its stdout.
     pub fn exec(&self, namespace: &str, workspace_id: &str, command: &[&str]) -> String {
+        let output = self.exec_output(namespace, workspace_id, None, command);
+        assert!(output.success, "{command:?} failed in {workspace_id}: {}{}", output.stdout, output.stderr);
+        output.stdout
+    }
+
+    /// Runs a command inside a workspace with `ctr task exec` (as `user` when given, uid[:gid]),
+    /// whatever its exit status.
+    ///
+    /// containerd 1.6's `ctr task exec` sometimes loses a process's whole output (its deferred
+    /// delete of the exec cancels the output copy still in flight, fixed upstream in
+    /// containerd#13931; seen about once in 40 execs here). The command runs under `sh`, which
+    /// prints a marker with the exit status after it; an output without the marker is retried,
+    /// so commands passed here must be safe to run twice (reads, idempotent writes).
+    pub fn exec_output(&self, namespace: &str, workspace_id: &str, user: Option<&str>, command: &[&str]) -> ExecOutput {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         const WRAPPER: &str = "\"$@\"; rc=$?; printf '\\n%s%s\\n' __berth_exec_rc= \"$rc\"; exit $rc";
-        const MARKER: &str = "\n__berth_exec_rc=0\n";
+        const MARKER: &str = "\n__berth_exec_rc=";
         for _ in 0..3 {
             let exec_id = format!("e2e-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-            let mut args = vec!["task", "exec", "--exec-id", &exec_id, workspace_id, "sh", "-c", WRAPPER, "sh"];
-            args.extend_from_slice(command);
-            let output = self.ctr(namespace, &args);
-            if let Some(body) = output.strip_suffix(MARKER) {
-                return body.to_owned();
+            let mut args = vec!["task", "exec"];
+            if let Some(user) = user {
+                args.extend(["--user", user]);
             }
+            args.extend(["--exec-id", &exec_id, workspace_id, "sh", "-c", WRAPPER, "sh"]);
+            args.extend_from_slice(command);
+            let output = self.ctr_output(namespace, &args);
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let Some(at) = stdout.rfind(MARKER) else {
+                continue;
+            };
+            let status = stdout[at + MARKER.len()..].trim_end();
+            if status.parse::<i32>().is_err() {
+                continue;
+            }
+            return ExecOutput {
+                success: output.status.success() && status == "0",
+                stdout: stdout[..at].to_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            };
         }
         panic!("ctr task exec {command:?} in {workspace_id} lost its output three times");
     }
@@ -119,6 +143,15 @@ impl Testbed {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         format!("{}-{}-{}", self.namespace, std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
     }
+}
+
+/// What a command run with [`Testbed::exec_output`] produced.
+#[derive(Clone, Debug)]
+pub struct ExecOutput {
+    /// Whether it exited with status 0.
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// Picks a free loopback port.

@@ -2,7 +2,6 @@
 //! the host files it cannot see, the capabilities it lacks, and that ordinary work (a shell,
 //! dpkg, perl, threads, fork, ping) still runs under all of it.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use berth_api::v1::create_workspace_response::Event;
 use berth_api::v1::workspace_service_client::WorkspaceServiceClient;
@@ -41,15 +40,8 @@ fn run(testbed: &Testbed, server: &BerthServer, id: &str, script: &str) -> Run {
 /// numeric `UID:GID`: given a name or a lone uid, ctr mounts the running workspace's snapshot on
 /// the host to read /etc/passwd, and that second overlay mount breaks copy-up in the workspace.
 fn run_as(testbed: &Testbed, server: &BerthServer, id: &str, user: &str, script: &str) -> Run {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let exec_id = format!("sandbox-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-    let args = ["task", "exec", "--user", user, "--exec-id", &exec_id, id, "sh", "-c", script];
-    let output = testbed.ctr_output(&server.namespace, &args);
-    Run {
-        success: output.status.success(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    let output = testbed.exec_output(&server.namespace, id, Some(user), &["sh", "-c", script]);
+    Run { success: output.success, stdout: output.stdout, stderr: output.stderr }
 }
 
 /// Asserts that `script` fails inside the workspace because the kernel said EPERM.
