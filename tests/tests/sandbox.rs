@@ -2,7 +2,6 @@
 //! the host files it cannot see, the capabilities it lacks, and that ordinary work (a shell,
 //! dpkg, perl, threads, fork, ping) still runs under all of it.
 
-
 use berth_api::v1::create_workspace_response::Event;
 use berth_api::v1::workspace_service_client::WorkspaceServiceClient;
 use berth_api::v1::{CreateWorkspaceRequest, CreateWorkspaceResponse};

@@ -16,19 +16,31 @@ use super::output::{Chunk, Exit, Output, Stream};
 use super::{Process, SIGKILL};
 use crate::runtime::ExecState;
 
-/// Bytes read from a FIFO at once.
-const READ_BYTES: usize = 64 << 10;
+/// Bytes read from stdout (or the PTY) at once: heavy output comes in chunks this large.
+const READ_BYTES: usize = 256 << 10;
+/// Bytes read from stderr at once; it rarely carries much.
+const ERR_READ_BYTES: usize = 64 << 10;
 /// How long a process's wait survives containerd not answering: about 5 minutes.
 const WAIT_RETRIES: u32 = 1500;
 const WAIT_RETRY_DELAY: Duration = Duration::from_millis(200);
 
 /// Reads one FIFO once the output accepts more; `None` stands for a stream that does not exist.
+/// After the read that woke it, it takes what else the pipe holds without waiting, so a process
+/// writing fast costs one chunk per wake-up, not one per write.
 async fn read(output: &Output, receiver: Option<&mut pipe::Receiver>, buffer: &mut [u8]) -> std::io::Result<usize> {
     let Some(receiver) = receiver else {
         return std::future::pending().await;
     };
     output.ready().await;
-    receiver.read(buffer).await
+    let mut filled = receiver.read(buffer).await?;
+    while filled > 0 && filled < buffer.len() {
+        match receiver.try_read(&mut buffer[filled..]) {
+            // End of file or nothing more for now: what was read goes out; the next read sees it.
+            Ok(0) | Err(_) => break,
+            Ok(more) => filled += more,
+        }
+    }
+    Ok(filled)
 }
 
 pub(super) async fn run(
@@ -48,7 +60,7 @@ pub(super) async fn run(
     let mut out_open = true;
     let mut err_open = stderr.is_some();
     let mut out_buffer = vec![0u8; READ_BYTES];
-    let mut err_buffer = vec![0u8; READ_BYTES];
+    let mut err_buffer = vec![0u8; ERR_READ_BYTES];
     let deadline = timeout.map(|timeout| Instant::now() + timeout);
     let mut timed_out = false;
     loop {

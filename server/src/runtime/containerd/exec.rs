@@ -38,16 +38,31 @@ fn fifo_error(path: &Path, err: &std::io::Error) -> Error {
     Error::new(Reason::RuntimeError, format!("cannot open the exec fifo {}: {err}", path.display()))
 }
 
+/// How much a FIFO may hold: with the default 64 KiB, a process writing fast wakes berth for a
+/// few KiB at a time; a larger pipe lets each read take more (heavy output costs per message).
+const FIFO_BYTES: i32 = 1 << 20;
+
+/// Grows a FIFO to [`FIFO_BYTES`]; a kernel that refuses (a lower `pipe-max-size` for
+/// unprivileged users) keeps its default, which only costs speed.
+fn widen(receiver: &pipe::Receiver) {
+    use std::os::fd::AsFd as _;
+    let _ = nix::fcntl::fcntl(receiver.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(FIFO_BYTES));
+}
+
 /// Opens berth's ends of an exec's FIFOs. Readers are opened before the exec (a non-blocking
 /// open of a FIFO's read end needs no writer); the stdin end read-write, so its open never waits
 /// for the shim. After a restart the same opens re-attach: the shim keeps its ends open.
 pub(super) fn open_fifos(fifo_dir: &Path, exec_id: &str, pty: bool, stdin: bool) -> Result<ExecIo> {
     let [stdin_path, stdout_path, stderr_path] = fifo_paths(fifo_dir, exec_id);
     let stdout = pipe::OpenOptions::new().open_receiver(&stdout_path).map_err(|err| fifo_error(&stdout_path, &err))?;
+    widen(&stdout);
     let stderr = if pty {
         None
     } else {
-        Some(pipe::OpenOptions::new().open_receiver(&stderr_path).map_err(|err| fifo_error(&stderr_path, &err))?)
+        let stderr =
+            pipe::OpenOptions::new().open_receiver(&stderr_path).map_err(|err| fifo_error(&stderr_path, &err))?;
+        widen(&stderr);
+        Some(stderr)
     };
     let stdin = if stdin || pty {
         Some(
