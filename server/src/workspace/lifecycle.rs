@@ -191,14 +191,14 @@ impl Manager {
         if preserve_data {
             // The task stays stopped after archiving: the deletion follows. Only a failed
             // archive starts it again, leaving the workspace as it was.
-            let was_running = self.runtime.task(id.as_str()).await?.is_some_and(|task| task.running);
-            self.ending_processes(
-                &id,
-                "the workspace was deleted",
-                false,
-                self.runtime.stop_task(id.as_str(), DEFAULT_STOP_TIMEOUT),
-            )
-            .await?;
+            let was_running = self
+                .ending_processes(
+                    &id,
+                    "the workspace was deleted",
+                    false,
+                    self.runtime.stop_task(id.as_str(), DEFAULT_STOP_TIMEOUT),
+                )
+                .await?;
             let archive = self.preserved_archive(&id);
             let archived = self
                 .with_data_dir(&record, move |data_dir| {

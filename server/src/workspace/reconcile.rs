@@ -75,7 +75,8 @@ impl Manager {
         }))
     }
 
-    /// Brings containerd in line with the store now (the boot reconcile, awaited).
+    /// Brings containerd in line with the store now (the boot reconcile, awaited; for tests).
+    #[cfg(test)]
     pub async fn reconcile(self: &Arc<Self>) -> Result<ReconcileReport> {
         let handle = self.start_reconcile().await?;
         handle.await.map_err(|err| crate::error::Error::internal(format!("the reconcile task failed: {err}")))
