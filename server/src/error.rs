@@ -56,6 +56,7 @@ pub enum Reason {
     Internal,
     UserNotFound,
     ServerShuttingDown,
+    NotARegularFile,
 }
 
 impl Reason {
@@ -109,6 +110,7 @@ impl Reason {
         Reason::Internal,
         Reason::UserNotFound,
         Reason::ServerShuttingDown,
+        Reason::NotARegularFile,
     ];
 
     /// The `ErrorReason` value name, used verbatim as `google.rpc.ErrorInfo.reason`.
@@ -162,6 +164,7 @@ impl Reason {
             Reason::Internal => "INTERNAL",
             Reason::UserNotFound => "USER_NOT_FOUND",
             Reason::ServerShuttingDown => "SERVER_SHUTTING_DOWN",
+            Reason::NotARegularFile => "NOT_A_REGULAR_FILE",
         }
     }
 }

@@ -42,6 +42,14 @@ impl FilesystemService for FilesystemApi {
         not_built("WriteFile (atomic file writes)")
     }
 
+    async fn write_file_chunk(
+        &self,
+        request: Request<pb::WriteFileChunkRequest>,
+    ) -> Result<Response<pb::WriteFileChunkResponse>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("WriteFileChunk (unary file uploads)")
+    }
+
     async fn make_dir(&self, request: Request<pb::MakeDirRequest>) -> Result<Response<pb::MakeDirResponse>, Status> {
         record_workspace_id(&request.get_ref().workspace_id);
         not_built("MakeDir (directory creation)")

@@ -48,6 +48,7 @@ fn code(reason: Reason) -> Code {
         | Reason::NotADirectory
         | Reason::IsADirectory
         | Reason::DirectoryNotEmpty
+        | Reason::NotARegularFile
         | Reason::ProcessExited
         | Reason::StdinNotOpen
         | Reason::PtyNotAllocated => Code::FailedPrecondition,

@@ -119,7 +119,8 @@ const (
 	// NOT_FOUND: the workspace has no such version, or the version has no snapshot to restore.
 	// List the versions and use one of them.
 	ErrorReason_VERSION_NOT_FOUND ErrorReason = 26
-	// INVALID_ARGUMENT: a path is empty, relative, or contains a NUL byte. Pass an absolute path.
+	// INVALID_ARGUMENT: a path is empty, relative, contains a NUL byte, is longer than 4096 bytes
+	// or has a component longer than 255 bytes. Pass an absolute path within those bounds.
 	ErrorReason_INVALID_PATH ErrorReason = 27
 	// NOT_FOUND: nothing exists at the path, or a parent directory is missing. Check the path, or
 	// create the parents.
@@ -185,6 +186,9 @@ const (
 	// UNAVAILABLE: the server is shutting down and takes no new operations (those already running
 	// finish first). Retry against the restarted server.
 	ErrorReason_SERVER_SHUTTING_DOWN ErrorReason = 48
+	// FAILED_PRECONDITION: the path is a device node, FIFO or socket, which berth never opens for
+	// reading or writing (it could block forever or reach the host's devices). Use a regular file.
+	ErrorReason_NOT_A_REGULAR_FILE ErrorReason = 49
 )
 
 // Enum value maps for ErrorReason.
@@ -239,6 +243,7 @@ var (
 		46: "INTERNAL",
 		47: "USER_NOT_FOUND",
 		48: "SERVER_SHUTTING_DOWN",
+		49: "NOT_A_REGULAR_FILE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -290,6 +295,7 @@ var (
 		"INTERNAL":                 46,
 		"USER_NOT_FOUND":           47,
 		"SERVER_SHUTTING_DOWN":     48,
+		"NOT_A_REGULAR_FILE":       49,
 	}
 )
 
@@ -324,7 +330,7 @@ var File_berth_workspace_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_berth_workspace_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"%berth/workspace/v1/error_reason.proto\x12\x12berth.workspace.v1*\xa1\t\n" +
+	"%berth/workspace/v1/error_reason.proto\x12\x12berth.workspace.v1*\xb9\t\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14INVALID_WORKSPACE_ID\x10\x01\x12\x17\n" +
@@ -375,7 +381,8 @@ const file_berth_workspace_v1_error_reason_proto_rawDesc = "" +
 	"\x0fNOT_IMPLEMENTED\x10-\x12\f\n" +
 	"\bINTERNAL\x10.\x12\x12\n" +
 	"\x0eUSER_NOT_FOUND\x10/\x12\x18\n" +
-	"\x14SERVER_SHUTTING_DOWN\x100BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
+	"\x14SERVER_SHUTTING_DOWN\x100\x12\x16\n" +
+	"\x12NOT_A_REGULAR_FILE\x101BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
 
 var (
 	file_berth_workspace_v1_error_reason_proto_rawDescOnce sync.Once

@@ -898,6 +898,202 @@ func (x *WriteFileResponse) GetEntry() *EntryInfo {
 	return nil
 }
 
+// WriteFileChunkRequest carries one chunk of a file uploaded with unary calls. Chunks are sent in
+// order; the first one (offset 0) also says which file to write and how.
+type WriteFileChunkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Identifier of the workspace. Required, the same in every chunk of an upload.
+	WorkspaceId string `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	// Identifier of the upload, chosen by the client (1 to 128 characters of `A-Z a-z 0-9 . _ -`;
+	// a UUID is recommended) and the same in every chunk. Unfinished uploads are discarded after
+	// 10 minutes without a chunk; a chunk of a discarded or unknown upload at a nonzero offset
+	// fails with NOT_FOUND and reason UPLOAD_NOT_FOUND. At most 16 uploads of a workspace are
+	// unfinished at once; another one fails with RESOURCE_EXHAUSTED and reason
+	// RESOURCE_LIMIT_EXCEEDED.
+	UploadId string `protobuf:"bytes,2,opt,name=upload_id,json=uploadId,proto3" json:"upload_id,omitempty"`
+	// Position of `data` in the file, in bytes. It must equal the number of bytes received so far;
+	// resending an already received chunk is acknowledged without effect, so retries are safe. Any
+	// other offset fails with FAILED_PRECONDITION and reason UPLOAD_OFFSET_MISMATCH.
+	Offset int64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	// The chunk's bytes, at most 3 MiB. Larger chunks fail with INVALID_ARGUMENT.
+	Data []byte `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+	// Whether this is the last chunk. The server then replaces the file before answering; a
+	// failed replace (for example REVISION_MISMATCH) discards the upload and leaves the file as it
+	// was.
+	Last bool `protobuf:"varint,5,opt,name=last,proto3" json:"last,omitempty"`
+	// Absolute path of the file to create or replace. Read from the first chunk only; required
+	// there. Same rules as WriteFileRequest.Header.path.
+	Path string `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`
+	// Permission bits of the file. Read from the first chunk only. Same rules as
+	// WriteFileRequest.Header.mode.
+	Mode uint32 `protobuf:"varint,7,opt,name=mode,proto3" json:"mode,omitempty"`
+	// Revision the file must still have when the last chunk arrives. Read from the first chunk
+	// only. Same rules as WriteFileRequest.Header.expected_revision.
+	ExpectedRevision string `protobuf:"bytes,8,opt,name=expected_revision,json=expectedRevision,proto3" json:"expected_revision,omitempty"`
+	// Whether to create missing parent directories. Read from the first chunk only. Same rules as
+	// WriteFileRequest.Header.create_parents.
+	CreateParents bool `protobuf:"varint,9,opt,name=create_parents,json=createParents,proto3" json:"create_parents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteFileChunkRequest) Reset() {
+	*x = WriteFileChunkRequest{}
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteFileChunkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteFileChunkRequest) ProtoMessage() {}
+
+func (x *WriteFileChunkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteFileChunkRequest.ProtoReflect.Descriptor instead.
+func (*WriteFileChunkRequest) Descriptor() ([]byte, []int) {
+	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *WriteFileChunkRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *WriteFileChunkRequest) GetUploadId() string {
+	if x != nil {
+		return x.UploadId
+	}
+	return ""
+}
+
+func (x *WriteFileChunkRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *WriteFileChunkRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *WriteFileChunkRequest) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
+func (x *WriteFileChunkRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *WriteFileChunkRequest) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *WriteFileChunkRequest) GetExpectedRevision() string {
+	if x != nil {
+		return x.ExpectedRevision
+	}
+	return ""
+}
+
+func (x *WriteFileChunkRequest) GetCreateParents() bool {
+	if x != nil {
+		return x.CreateParents
+	}
+	return false
+}
+
+// WriteFileChunkResponse acknowledges one chunk.
+type WriteFileChunkResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Bytes of the file received so far; the `offset` of the next chunk.
+	ReceivedBytes int64 `protobuf:"varint,1,opt,name=received_bytes,json=receivedBytes,proto3" json:"received_bytes,omitempty"`
+	// Whether the file was written (the answer to the `last` chunk).
+	Done bool `protobuf:"varint,2,opt,name=done,proto3" json:"done,omitempty"`
+	// The file as written, with its new revision. Set when `done`.
+	Entry         *EntryInfo `protobuf:"bytes,3,opt,name=entry,proto3" json:"entry,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WriteFileChunkResponse) Reset() {
+	*x = WriteFileChunkResponse{}
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteFileChunkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteFileChunkResponse) ProtoMessage() {}
+
+func (x *WriteFileChunkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteFileChunkResponse.ProtoReflect.Descriptor instead.
+func (*WriteFileChunkResponse) Descriptor() ([]byte, []int) {
+	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *WriteFileChunkResponse) GetReceivedBytes() int64 {
+	if x != nil {
+		return x.ReceivedBytes
+	}
+	return 0
+}
+
+func (x *WriteFileChunkResponse) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
+func (x *WriteFileChunkResponse) GetEntry() *EntryInfo {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
 // MakeDirRequest names the directory to create.
 type MakeDirRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -917,7 +1113,7 @@ type MakeDirRequest struct {
 
 func (x *MakeDirRequest) Reset() {
 	*x = MakeDirRequest{}
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[10]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -929,7 +1125,7 @@ func (x *MakeDirRequest) String() string {
 func (*MakeDirRequest) ProtoMessage() {}
 
 func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[10]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -942,7 +1138,7 @@ func (x *MakeDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirRequest.ProtoReflect.Descriptor instead.
 func (*MakeDirRequest) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{10}
+	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MakeDirRequest) GetWorkspaceId() string {
@@ -984,7 +1180,7 @@ type MakeDirResponse struct {
 
 func (x *MakeDirResponse) Reset() {
 	*x = MakeDirResponse{}
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[11]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1192,7 @@ func (x *MakeDirResponse) String() string {
 func (*MakeDirResponse) ProtoMessage() {}
 
 func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[11]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1205,7 @@ func (x *MakeDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MakeDirResponse.ProtoReflect.Descriptor instead.
 func (*MakeDirResponse) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{11}
+	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MakeDirResponse) GetEntry() *EntryInfo {
@@ -1036,7 +1232,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[12]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1244,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[12]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1257,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{12}
+	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RemoveRequest) GetWorkspaceId() string {
@@ -1094,7 +1290,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[13]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1106,7 +1302,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[13]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1119,7 +1315,7 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{13}
+	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{15}
 }
 
 // MoveRequest names the entry to move and where to.
@@ -1141,7 +1337,7 @@ type MoveRequest struct {
 
 func (x *MoveRequest) Reset() {
 	*x = MoveRequest{}
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[14]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1153,7 +1349,7 @@ func (x *MoveRequest) String() string {
 func (*MoveRequest) ProtoMessage() {}
 
 func (x *MoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[14]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1166,7 +1362,7 @@ func (x *MoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveRequest.ProtoReflect.Descriptor instead.
 func (*MoveRequest) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{14}
+	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MoveRequest) GetWorkspaceId() string {
@@ -1208,7 +1404,7 @@ type MoveResponse struct {
 
 func (x *MoveResponse) Reset() {
 	*x = MoveResponse{}
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[15]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1416,7 @@ func (x *MoveResponse) String() string {
 func (*MoveResponse) ProtoMessage() {}
 
 func (x *MoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[15]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1429,7 @@ func (x *MoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MoveResponse.ProtoReflect.Descriptor instead.
 func (*MoveResponse) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{15}
+	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *MoveResponse) GetEntry() *EntryInfo {
@@ -1259,7 +1455,7 @@ type WatchDirRequest struct {
 
 func (x *WatchDirRequest) Reset() {
 	*x = WatchDirRequest{}
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[16]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1271,7 +1467,7 @@ func (x *WatchDirRequest) String() string {
 func (*WatchDirRequest) ProtoMessage() {}
 
 func (x *WatchDirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[16]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1284,7 +1480,7 @@ func (x *WatchDirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchDirRequest.ProtoReflect.Descriptor instead.
 func (*WatchDirRequest) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{16}
+	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchDirRequest) GetWorkspaceId() string {
@@ -1325,7 +1521,7 @@ type WatchDirResponse struct {
 
 func (x *WatchDirResponse) Reset() {
 	*x = WatchDirResponse{}
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[17]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1337,7 +1533,7 @@ func (x *WatchDirResponse) String() string {
 func (*WatchDirResponse) ProtoMessage() {}
 
 func (x *WatchDirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[17]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1350,7 +1546,7 @@ func (x *WatchDirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchDirResponse.ProtoReflect.Descriptor instead.
 func (*WatchDirResponse) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{17}
+	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchDirResponse) GetEvent() isWatchDirResponse_Event {
@@ -1436,7 +1632,7 @@ type WriteFileRequest_Header struct {
 
 func (x *WriteFileRequest_Header) Reset() {
 	*x = WriteFileRequest_Header{}
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[18]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1644,7 @@ func (x *WriteFileRequest_Header) String() string {
 func (*WriteFileRequest_Header) ProtoMessage() {}
 
 func (x *WriteFileRequest_Header) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[18]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1508,7 +1704,7 @@ type WatchDirResponse_Start struct {
 
 func (x *WatchDirResponse_Start) Reset() {
 	*x = WatchDirResponse_Start{}
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[19]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1716,7 @@ func (x *WatchDirResponse_Start) String() string {
 func (*WatchDirResponse_Start) ProtoMessage() {}
 
 func (x *WatchDirResponse_Start) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[19]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1729,7 @@ func (x *WatchDirResponse_Start) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchDirResponse_Start.ProtoReflect.Descriptor instead.
 func (*WatchDirResponse_Start) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{17, 0}
+	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{19, 0}
 }
 
 // Keepalive is sent about every 15 seconds while nothing changes, so that proxies keep the
@@ -1546,7 +1742,7 @@ type WatchDirResponse_Keepalive struct {
 
 func (x *WatchDirResponse_Keepalive) Reset() {
 	*x = WatchDirResponse_Keepalive{}
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[20]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1558,7 +1754,7 @@ func (x *WatchDirResponse_Keepalive) String() string {
 func (*WatchDirResponse_Keepalive) ProtoMessage() {}
 
 func (x *WatchDirResponse_Keepalive) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[20]
+	mi := &file_berth_workspace_v1_filesystem_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1571,7 +1767,7 @@ func (x *WatchDirResponse_Keepalive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchDirResponse_Keepalive.ProtoReflect.Descriptor instead.
 func (*WatchDirResponse_Keepalive) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{17, 1}
+	return file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP(), []int{19, 1}
 }
 
 var File_berth_workspace_v1_filesystem_service_proto protoreflect.FileDescriptor
@@ -1634,7 +1830,21 @@ const file_berth_workspace_v1_filesystem_service_proto_rawDesc = "" +
 	"\x0ecreate_parents\x18\x05 \x01(\bR\rcreateParentsB\a\n" +
 	"\x05event\"H\n" +
 	"\x11WriteFileResponse\x123\n" +
-	"\x05entry\x18\x01 \x01(\v2\x1d.berth.workspace.v1.EntryInfoR\x05entry\"u\n" +
+	"\x05entry\x18\x01 \x01(\v2\x1d.berth.workspace.v1.EntryInfoR\x05entry\"\x93\x02\n" +
+	"\x15WriteFileChunkRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x1b\n" +
+	"\tupload_id\x18\x02 \x01(\tR\buploadId\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x12\n" +
+	"\x04data\x18\x04 \x01(\fR\x04data\x12\x12\n" +
+	"\x04last\x18\x05 \x01(\bR\x04last\x12\x12\n" +
+	"\x04path\x18\x06 \x01(\tR\x04path\x12\x12\n" +
+	"\x04mode\x18\a \x01(\rR\x04mode\x12+\n" +
+	"\x11expected_revision\x18\b \x01(\tR\x10expectedRevision\x12%\n" +
+	"\x0ecreate_parents\x18\t \x01(\bR\rcreateParents\"\x88\x01\n" +
+	"\x16WriteFileChunkResponse\x12%\n" +
+	"\x0ereceived_bytes\x18\x01 \x01(\x03R\rreceivedBytes\x12\x12\n" +
+	"\x04done\x18\x02 \x01(\bR\x04done\x123\n" +
+	"\x05entry\x18\x03 \x01(\v2\x1d.berth.workspace.v1.EntryInfoR\x05entry\"u\n" +
 	"\x0eMakeDirRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x18\n" +
@@ -1679,12 +1889,13 @@ const file_berth_workspace_v1_filesystem_service_proto_rawDesc = "" +
 	"\x1cFILESYSTEM_EVENT_KIND_REMOVE\x10\x03\x12 \n" +
 	"\x1cFILESYSTEM_EVENT_KIND_RENAME\x10\x04\x12\x1f\n" +
 	"\x1bFILESYSTEM_EVENT_KIND_CHMOD\x10\x05\x12\"\n" +
-	"\x1eFILESYSTEM_EVENT_KIND_OVERFLOW\x10\x062\xb0\x05\n" +
+	"\x1eFILESYSTEM_EVENT_KIND_OVERFLOW\x10\x062\x99\x06\n" +
 	"\x11FilesystemService\x12I\n" +
 	"\x04Stat\x12\x1f.berth.workspace.v1.StatRequest\x1a .berth.workspace.v1.StatResponse\x12R\n" +
 	"\aListDir\x12\".berth.workspace.v1.ListDirRequest\x1a#.berth.workspace.v1.ListDirResponse\x12W\n" +
 	"\bReadFile\x12#.berth.workspace.v1.ReadFileRequest\x1a$.berth.workspace.v1.ReadFileResponse0\x01\x12Z\n" +
-	"\tWriteFile\x12$.berth.workspace.v1.WriteFileRequest\x1a%.berth.workspace.v1.WriteFileResponse(\x01\x12R\n" +
+	"\tWriteFile\x12$.berth.workspace.v1.WriteFileRequest\x1a%.berth.workspace.v1.WriteFileResponse(\x01\x12g\n" +
+	"\x0eWriteFileChunk\x12).berth.workspace.v1.WriteFileChunkRequest\x1a*.berth.workspace.v1.WriteFileChunkResponse\x12R\n" +
 	"\aMakeDir\x12\".berth.workspace.v1.MakeDirRequest\x1a#.berth.workspace.v1.MakeDirResponse\x12O\n" +
 	"\x06Remove\x12!.berth.workspace.v1.RemoveRequest\x1a\".berth.workspace.v1.RemoveResponse\x12I\n" +
 	"\x04Move\x12\x1f.berth.workspace.v1.MoveRequest\x1a .berth.workspace.v1.MoveResponse\x12W\n" +
@@ -1703,7 +1914,7 @@ func file_berth_workspace_v1_filesystem_service_proto_rawDescGZIP() []byte {
 }
 
 var file_berth_workspace_v1_filesystem_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_berth_workspace_v1_filesystem_service_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_berth_workspace_v1_filesystem_service_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_berth_workspace_v1_filesystem_service_proto_goTypes = []any{
 	(FileType)(0),                      // 0: berth.workspace.v1.FileType
 	(FilesystemEventKind)(0),           // 1: berth.workspace.v1.FilesystemEventKind
@@ -1717,55 +1928,60 @@ var file_berth_workspace_v1_filesystem_service_proto_goTypes = []any{
 	(*ReadFileResponse)(nil),           // 9: berth.workspace.v1.ReadFileResponse
 	(*WriteFileRequest)(nil),           // 10: berth.workspace.v1.WriteFileRequest
 	(*WriteFileResponse)(nil),          // 11: berth.workspace.v1.WriteFileResponse
-	(*MakeDirRequest)(nil),             // 12: berth.workspace.v1.MakeDirRequest
-	(*MakeDirResponse)(nil),            // 13: berth.workspace.v1.MakeDirResponse
-	(*RemoveRequest)(nil),              // 14: berth.workspace.v1.RemoveRequest
-	(*RemoveResponse)(nil),             // 15: berth.workspace.v1.RemoveResponse
-	(*MoveRequest)(nil),                // 16: berth.workspace.v1.MoveRequest
-	(*MoveResponse)(nil),               // 17: berth.workspace.v1.MoveResponse
-	(*WatchDirRequest)(nil),            // 18: berth.workspace.v1.WatchDirRequest
-	(*WatchDirResponse)(nil),           // 19: berth.workspace.v1.WatchDirResponse
-	(*WriteFileRequest_Header)(nil),    // 20: berth.workspace.v1.WriteFileRequest.Header
-	(*WatchDirResponse_Start)(nil),     // 21: berth.workspace.v1.WatchDirResponse.Start
-	(*WatchDirResponse_Keepalive)(nil), // 22: berth.workspace.v1.WatchDirResponse.Keepalive
-	(*timestamppb.Timestamp)(nil),      // 23: google.protobuf.Timestamp
+	(*WriteFileChunkRequest)(nil),      // 12: berth.workspace.v1.WriteFileChunkRequest
+	(*WriteFileChunkResponse)(nil),     // 13: berth.workspace.v1.WriteFileChunkResponse
+	(*MakeDirRequest)(nil),             // 14: berth.workspace.v1.MakeDirRequest
+	(*MakeDirResponse)(nil),            // 15: berth.workspace.v1.MakeDirResponse
+	(*RemoveRequest)(nil),              // 16: berth.workspace.v1.RemoveRequest
+	(*RemoveResponse)(nil),             // 17: berth.workspace.v1.RemoveResponse
+	(*MoveRequest)(nil),                // 18: berth.workspace.v1.MoveRequest
+	(*MoveResponse)(nil),               // 19: berth.workspace.v1.MoveResponse
+	(*WatchDirRequest)(nil),            // 20: berth.workspace.v1.WatchDirRequest
+	(*WatchDirResponse)(nil),           // 21: berth.workspace.v1.WatchDirResponse
+	(*WriteFileRequest_Header)(nil),    // 22: berth.workspace.v1.WriteFileRequest.Header
+	(*WatchDirResponse_Start)(nil),     // 23: berth.workspace.v1.WatchDirResponse.Start
+	(*WatchDirResponse_Keepalive)(nil), // 24: berth.workspace.v1.WatchDirResponse.Keepalive
+	(*timestamppb.Timestamp)(nil),      // 25: google.protobuf.Timestamp
 }
 var file_berth_workspace_v1_filesystem_service_proto_depIdxs = []int32{
 	0,  // 0: berth.workspace.v1.EntryInfo.type:type_name -> berth.workspace.v1.FileType
-	23, // 1: berth.workspace.v1.EntryInfo.modify_time:type_name -> google.protobuf.Timestamp
+	25, // 1: berth.workspace.v1.EntryInfo.modify_time:type_name -> google.protobuf.Timestamp
 	1,  // 2: berth.workspace.v1.FilesystemEvent.kind:type_name -> berth.workspace.v1.FilesystemEventKind
-	23, // 3: berth.workspace.v1.FilesystemEvent.event_time:type_name -> google.protobuf.Timestamp
+	25, // 3: berth.workspace.v1.FilesystemEvent.event_time:type_name -> google.protobuf.Timestamp
 	2,  // 4: berth.workspace.v1.StatResponse.entry:type_name -> berth.workspace.v1.EntryInfo
 	2,  // 5: berth.workspace.v1.ListDirResponse.entries:type_name -> berth.workspace.v1.EntryInfo
 	2,  // 6: berth.workspace.v1.ReadFileResponse.entry:type_name -> berth.workspace.v1.EntryInfo
-	20, // 7: berth.workspace.v1.WriteFileRequest.header:type_name -> berth.workspace.v1.WriteFileRequest.Header
+	22, // 7: berth.workspace.v1.WriteFileRequest.header:type_name -> berth.workspace.v1.WriteFileRequest.Header
 	2,  // 8: berth.workspace.v1.WriteFileResponse.entry:type_name -> berth.workspace.v1.EntryInfo
-	2,  // 9: berth.workspace.v1.MakeDirResponse.entry:type_name -> berth.workspace.v1.EntryInfo
-	2,  // 10: berth.workspace.v1.MoveResponse.entry:type_name -> berth.workspace.v1.EntryInfo
-	21, // 11: berth.workspace.v1.WatchDirResponse.start:type_name -> berth.workspace.v1.WatchDirResponse.Start
-	3,  // 12: berth.workspace.v1.WatchDirResponse.change:type_name -> berth.workspace.v1.FilesystemEvent
-	22, // 13: berth.workspace.v1.WatchDirResponse.keepalive:type_name -> berth.workspace.v1.WatchDirResponse.Keepalive
-	4,  // 14: berth.workspace.v1.FilesystemService.Stat:input_type -> berth.workspace.v1.StatRequest
-	6,  // 15: berth.workspace.v1.FilesystemService.ListDir:input_type -> berth.workspace.v1.ListDirRequest
-	8,  // 16: berth.workspace.v1.FilesystemService.ReadFile:input_type -> berth.workspace.v1.ReadFileRequest
-	10, // 17: berth.workspace.v1.FilesystemService.WriteFile:input_type -> berth.workspace.v1.WriteFileRequest
-	12, // 18: berth.workspace.v1.FilesystemService.MakeDir:input_type -> berth.workspace.v1.MakeDirRequest
-	14, // 19: berth.workspace.v1.FilesystemService.Remove:input_type -> berth.workspace.v1.RemoveRequest
-	16, // 20: berth.workspace.v1.FilesystemService.Move:input_type -> berth.workspace.v1.MoveRequest
-	18, // 21: berth.workspace.v1.FilesystemService.WatchDir:input_type -> berth.workspace.v1.WatchDirRequest
-	5,  // 22: berth.workspace.v1.FilesystemService.Stat:output_type -> berth.workspace.v1.StatResponse
-	7,  // 23: berth.workspace.v1.FilesystemService.ListDir:output_type -> berth.workspace.v1.ListDirResponse
-	9,  // 24: berth.workspace.v1.FilesystemService.ReadFile:output_type -> berth.workspace.v1.ReadFileResponse
-	11, // 25: berth.workspace.v1.FilesystemService.WriteFile:output_type -> berth.workspace.v1.WriteFileResponse
-	13, // 26: berth.workspace.v1.FilesystemService.MakeDir:output_type -> berth.workspace.v1.MakeDirResponse
-	15, // 27: berth.workspace.v1.FilesystemService.Remove:output_type -> berth.workspace.v1.RemoveResponse
-	17, // 28: berth.workspace.v1.FilesystemService.Move:output_type -> berth.workspace.v1.MoveResponse
-	19, // 29: berth.workspace.v1.FilesystemService.WatchDir:output_type -> berth.workspace.v1.WatchDirResponse
-	22, // [22:30] is the sub-list for method output_type
-	14, // [14:22] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	2,  // 9: berth.workspace.v1.WriteFileChunkResponse.entry:type_name -> berth.workspace.v1.EntryInfo
+	2,  // 10: berth.workspace.v1.MakeDirResponse.entry:type_name -> berth.workspace.v1.EntryInfo
+	2,  // 11: berth.workspace.v1.MoveResponse.entry:type_name -> berth.workspace.v1.EntryInfo
+	23, // 12: berth.workspace.v1.WatchDirResponse.start:type_name -> berth.workspace.v1.WatchDirResponse.Start
+	3,  // 13: berth.workspace.v1.WatchDirResponse.change:type_name -> berth.workspace.v1.FilesystemEvent
+	24, // 14: berth.workspace.v1.WatchDirResponse.keepalive:type_name -> berth.workspace.v1.WatchDirResponse.Keepalive
+	4,  // 15: berth.workspace.v1.FilesystemService.Stat:input_type -> berth.workspace.v1.StatRequest
+	6,  // 16: berth.workspace.v1.FilesystemService.ListDir:input_type -> berth.workspace.v1.ListDirRequest
+	8,  // 17: berth.workspace.v1.FilesystemService.ReadFile:input_type -> berth.workspace.v1.ReadFileRequest
+	10, // 18: berth.workspace.v1.FilesystemService.WriteFile:input_type -> berth.workspace.v1.WriteFileRequest
+	12, // 19: berth.workspace.v1.FilesystemService.WriteFileChunk:input_type -> berth.workspace.v1.WriteFileChunkRequest
+	14, // 20: berth.workspace.v1.FilesystemService.MakeDir:input_type -> berth.workspace.v1.MakeDirRequest
+	16, // 21: berth.workspace.v1.FilesystemService.Remove:input_type -> berth.workspace.v1.RemoveRequest
+	18, // 22: berth.workspace.v1.FilesystemService.Move:input_type -> berth.workspace.v1.MoveRequest
+	20, // 23: berth.workspace.v1.FilesystemService.WatchDir:input_type -> berth.workspace.v1.WatchDirRequest
+	5,  // 24: berth.workspace.v1.FilesystemService.Stat:output_type -> berth.workspace.v1.StatResponse
+	7,  // 25: berth.workspace.v1.FilesystemService.ListDir:output_type -> berth.workspace.v1.ListDirResponse
+	9,  // 26: berth.workspace.v1.FilesystemService.ReadFile:output_type -> berth.workspace.v1.ReadFileResponse
+	11, // 27: berth.workspace.v1.FilesystemService.WriteFile:output_type -> berth.workspace.v1.WriteFileResponse
+	13, // 28: berth.workspace.v1.FilesystemService.WriteFileChunk:output_type -> berth.workspace.v1.WriteFileChunkResponse
+	15, // 29: berth.workspace.v1.FilesystemService.MakeDir:output_type -> berth.workspace.v1.MakeDirResponse
+	17, // 30: berth.workspace.v1.FilesystemService.Remove:output_type -> berth.workspace.v1.RemoveResponse
+	19, // 31: berth.workspace.v1.FilesystemService.Move:output_type -> berth.workspace.v1.MoveResponse
+	21, // 32: berth.workspace.v1.FilesystemService.WatchDir:output_type -> berth.workspace.v1.WatchDirResponse
+	24, // [24:33] is the sub-list for method output_type
+	15, // [15:24] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_berth_workspace_v1_filesystem_service_proto_init() }
@@ -1781,7 +1997,7 @@ func file_berth_workspace_v1_filesystem_service_proto_init() {
 		(*WriteFileRequest_Header_)(nil),
 		(*WriteFileRequest_Chunk)(nil),
 	}
-	file_berth_workspace_v1_filesystem_service_proto_msgTypes[17].OneofWrappers = []any{
+	file_berth_workspace_v1_filesystem_service_proto_msgTypes[19].OneofWrappers = []any{
 		(*WatchDirResponse_Start_)(nil),
 		(*WatchDirResponse_Change)(nil),
 		(*WatchDirResponse_Keepalive_)(nil),
@@ -1792,7 +2008,7 @@ func file_berth_workspace_v1_filesystem_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_workspace_v1_filesystem_service_proto_rawDesc), len(file_berth_workspace_v1_filesystem_service_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,14 +19,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	FilesystemService_Stat_FullMethodName      = "/berth.workspace.v1.FilesystemService/Stat"
-	FilesystemService_ListDir_FullMethodName   = "/berth.workspace.v1.FilesystemService/ListDir"
-	FilesystemService_ReadFile_FullMethodName  = "/berth.workspace.v1.FilesystemService/ReadFile"
-	FilesystemService_WriteFile_FullMethodName = "/berth.workspace.v1.FilesystemService/WriteFile"
-	FilesystemService_MakeDir_FullMethodName   = "/berth.workspace.v1.FilesystemService/MakeDir"
-	FilesystemService_Remove_FullMethodName    = "/berth.workspace.v1.FilesystemService/Remove"
-	FilesystemService_Move_FullMethodName      = "/berth.workspace.v1.FilesystemService/Move"
-	FilesystemService_WatchDir_FullMethodName  = "/berth.workspace.v1.FilesystemService/WatchDir"
+	FilesystemService_Stat_FullMethodName           = "/berth.workspace.v1.FilesystemService/Stat"
+	FilesystemService_ListDir_FullMethodName        = "/berth.workspace.v1.FilesystemService/ListDir"
+	FilesystemService_ReadFile_FullMethodName       = "/berth.workspace.v1.FilesystemService/ReadFile"
+	FilesystemService_WriteFile_FullMethodName      = "/berth.workspace.v1.FilesystemService/WriteFile"
+	FilesystemService_WriteFileChunk_FullMethodName = "/berth.workspace.v1.FilesystemService/WriteFileChunk"
+	FilesystemService_MakeDir_FullMethodName        = "/berth.workspace.v1.FilesystemService/MakeDir"
+	FilesystemService_Remove_FullMethodName         = "/berth.workspace.v1.FilesystemService/Remove"
+	FilesystemService_Move_FullMethodName           = "/berth.workspace.v1.FilesystemService/Move"
+	FilesystemService_WatchDir_FullMethodName       = "/berth.workspace.v1.FilesystemService/WatchDir"
 )
 
 // FilesystemServiceClient is the client API for FilesystemService service.
@@ -39,7 +40,21 @@ const (
 // INVALID_ARGUMENT and reason INVALID_PATH. They are resolved as if the workspace's root
 // were `/`: `..` and symlinks, absolute targets included, never lead outside the workspace.
 // Symlinks along a path are followed; a symlink at the end of a path is followed only where a
-// request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND.
+// request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND. Paths longer
+// than 4096 bytes, or with a component longer than 255 bytes, fail with INVALID_ARGUMENT and
+// reason INVALID_PATH. Device nodes, FIFOs and sockets are never opened: reading or writing one
+// fails with FAILED_PRECONDITION and reason NOT_A_REGULAR_FILE.
+//
+// A RUNNING workspace is reached through its init process's root; a STOPPED one through a
+// private mount of its filesystem that lasts only as long as the call, so a StartWorkspace waits
+// for calls on a stopped workspace to finish. Stopping a running workspace ends its calls in
+// flight (and WatchDir streams) with FAILED_PRECONDITION and reason WORKSPACE_NOT_RUNNING. A
+// workspace that is still being created, or is being deleted, fails with FAILED_PRECONDITION
+// and reason INVALID_STATE_TRANSITION or WORKSPACE_DELETING.
+//
+// Files and directories the server creates belong to the workspace's user (the image's `User`,
+// root when it names none), so the bot can change what the API wrote. Owners are numeric ids as
+// seen inside the workspace.
 type FilesystemServiceClient interface {
 	// Describes one file, directory or symlink.
 	Stat(ctx context.Context, in *StatRequest, opts ...grpc.CallOption) (*StatResponse, error)
@@ -52,6 +67,10 @@ type FilesystemServiceClient interface {
 	// atomically: readers see either the old or the new content, never a mix. With
 	// `expected_revision`, the write happens only if the file has not changed since it was read.
 	WriteFile(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[WriteFileRequest, WriteFileResponse], error)
+	// Writes a file with unary calls, for clients that cannot stream requests (browsers over
+	// grpc-web): the content arrives in chunks of one upload, staged on the server, and the last
+	// chunk replaces the file atomically with the same rules as WriteFile. Chunks are retry-safe.
+	WriteFileChunk(ctx context.Context, in *WriteFileChunkRequest, opts ...grpc.CallOption) (*WriteFileChunkResponse, error)
 	// Creates a directory, and with `parents` its missing ancestors (like `mkdir -p`).
 	MakeDir(ctx context.Context, in *MakeDirRequest, opts ...grpc.CallOption) (*MakeDirResponse, error)
 	// Removes a file, symlink or empty directory, and with `recursive` a directory and everything
@@ -124,6 +143,16 @@ func (c *filesystemServiceClient) WriteFile(ctx context.Context, opts ...grpc.Ca
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type FilesystemService_WriteFileClient = grpc.ClientStreamingClient[WriteFileRequest, WriteFileResponse]
 
+func (c *filesystemServiceClient) WriteFileChunk(ctx context.Context, in *WriteFileChunkRequest, opts ...grpc.CallOption) (*WriteFileChunkResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WriteFileChunkResponse)
+	err := c.cc.Invoke(ctx, FilesystemService_WriteFileChunk_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *filesystemServiceClient) MakeDir(ctx context.Context, in *MakeDirRequest, opts ...grpc.CallOption) (*MakeDirResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(MakeDirResponse)
@@ -183,7 +212,21 @@ type FilesystemService_WatchDirClient = grpc.ServerStreamingClient[WatchDirRespo
 // INVALID_ARGUMENT and reason INVALID_PATH. They are resolved as if the workspace's root
 // were `/`: `..` and symlinks, absolute targets included, never lead outside the workspace.
 // Symlinks along a path are followed; a symlink at the end of a path is followed only where a
-// request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND.
+// request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND. Paths longer
+// than 4096 bytes, or with a component longer than 255 bytes, fail with INVALID_ARGUMENT and
+// reason INVALID_PATH. Device nodes, FIFOs and sockets are never opened: reading or writing one
+// fails with FAILED_PRECONDITION and reason NOT_A_REGULAR_FILE.
+//
+// A RUNNING workspace is reached through its init process's root; a STOPPED one through a
+// private mount of its filesystem that lasts only as long as the call, so a StartWorkspace waits
+// for calls on a stopped workspace to finish. Stopping a running workspace ends its calls in
+// flight (and WatchDir streams) with FAILED_PRECONDITION and reason WORKSPACE_NOT_RUNNING. A
+// workspace that is still being created, or is being deleted, fails with FAILED_PRECONDITION
+// and reason INVALID_STATE_TRANSITION or WORKSPACE_DELETING.
+//
+// Files and directories the server creates belong to the workspace's user (the image's `User`,
+// root when it names none), so the bot can change what the API wrote. Owners are numeric ids as
+// seen inside the workspace.
 type FilesystemServiceServer interface {
 	// Describes one file, directory or symlink.
 	Stat(context.Context, *StatRequest) (*StatResponse, error)
@@ -196,6 +239,10 @@ type FilesystemServiceServer interface {
 	// atomically: readers see either the old or the new content, never a mix. With
 	// `expected_revision`, the write happens only if the file has not changed since it was read.
 	WriteFile(grpc.ClientStreamingServer[WriteFileRequest, WriteFileResponse]) error
+	// Writes a file with unary calls, for clients that cannot stream requests (browsers over
+	// grpc-web): the content arrives in chunks of one upload, staged on the server, and the last
+	// chunk replaces the file atomically with the same rules as WriteFile. Chunks are retry-safe.
+	WriteFileChunk(context.Context, *WriteFileChunkRequest) (*WriteFileChunkResponse, error)
 	// Creates a directory, and with `parents` its missing ancestors (like `mkdir -p`).
 	MakeDir(context.Context, *MakeDirRequest) (*MakeDirResponse, error)
 	// Removes a file, symlink or empty directory, and with `recursive` a directory and everything
@@ -227,6 +274,9 @@ func (UnimplementedFilesystemServiceServer) ReadFile(*ReadFileRequest, grpc.Serv
 }
 func (UnimplementedFilesystemServiceServer) WriteFile(grpc.ClientStreamingServer[WriteFileRequest, WriteFileResponse]) error {
 	return status.Error(codes.Unimplemented, "method WriteFile not implemented")
+}
+func (UnimplementedFilesystemServiceServer) WriteFileChunk(context.Context, *WriteFileChunkRequest) (*WriteFileChunkResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method WriteFileChunk not implemented")
 }
 func (UnimplementedFilesystemServiceServer) MakeDir(context.Context, *MakeDirRequest) (*MakeDirResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method MakeDir not implemented")
@@ -315,6 +365,24 @@ func _FilesystemService_WriteFile_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type FilesystemService_WriteFileServer = grpc.ClientStreamingServer[WriteFileRequest, WriteFileResponse]
 
+func _FilesystemService_WriteFileChunk_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WriteFileChunkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FilesystemServiceServer).WriteFileChunk(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FilesystemService_WriteFileChunk_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FilesystemServiceServer).WriteFileChunk(ctx, req.(*WriteFileChunkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _FilesystemService_MakeDir_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(MakeDirRequest)
 	if err := dec(in); err != nil {
@@ -394,6 +462,10 @@ var FilesystemService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListDir",
 			Handler:    _FilesystemService_ListDir_Handler,
+		},
+		{
+			MethodName: "WriteFileChunk",
+			Handler:    _FilesystemService_WriteFileChunk_Handler,
 		},
 		{
 			MethodName: "MakeDir",

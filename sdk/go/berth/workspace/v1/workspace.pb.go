@@ -752,8 +752,17 @@ type Workspace struct {
 	// Human-readable description of the last failure and what to do about it. Set while the
 	// state is FAILED; empty otherwise.
 	FailureMessage string `protobuf:"bytes,23,opt,name=failure_message,json=failureMessage,proto3" json:"failure_message,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Path of the workspace's data directory inside the workspace: `/data`. Files there are part
+	// of the writable snapshot, like everything else the bot writes, and are what ExportData,
+	// preserve and restore work on.
+	DataPath string `protobuf:"bytes,24,opt,name=data_path,json=dataPath,proto3" json:"data_path,omitempty"`
+	// Directory on the host where the workspace's /data lives: `data` in the writable snapshot's
+	// own directory (the overlay upper directory), for operators' backups and debugging. Read it
+	// only while the workspace is STOPPED or with tools that do not follow symlinks: its content
+	// is the bot's. Empty when the snapshotter cannot say, or the workspace has no snapshot yet.
+	HostDataPath  string `protobuf:"bytes,25,opt,name=host_data_path,json=hostDataPath,proto3" json:"host_data_path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Workspace) Reset() {
@@ -943,6 +952,20 @@ func (x *Workspace) GetFailureReason() string {
 func (x *Workspace) GetFailureMessage() string {
 	if x != nil {
 		return x.FailureMessage
+	}
+	return ""
+}
+
+func (x *Workspace) GetDataPath() string {
+	if x != nil {
+		return x.DataPath
+	}
+	return ""
+}
+
+func (x *Workspace) GetHostDataPath() string {
+	if x != nil {
+		return x.HostDataPath
 	}
 	return ""
 }
@@ -1712,7 +1735,7 @@ const file_berth_workspace_v1_workspace_proto_rawDesc = "" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x14\n" +
 	"\x05total\x18\x03 \x01(\x04R\x05total\x124\n" +
-	"\x05state\x18\x04 \x01(\x0e2\x1e.berth.workspace.v1.LayerStateR\x05state\"\x9a\t\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x1e.berth.workspace.v1.LayerStateR\x05state\"\xdd\t\n" +
 	"\tWorkspace\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x128\n" +
 	"\x05state\x18\x02 \x01(\x0e2\".berth.workspace.v1.WorkspaceStateR\x05state\x12E\n" +
@@ -1740,7 +1763,9 @@ const file_berth_workspace_v1_workspace_proto_rawDesc = "" +
 	"\x0flast_start_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\rlastStartTime\x12@\n" +
 	"\x0elast_stop_time\x18\x15 \x01(\v2\x1a.google.protobuf.TimestampR\flastStopTime\x12%\n" +
 	"\x0efailure_reason\x18\x16 \x01(\tR\rfailureReason\x12'\n" +
-	"\x0ffailure_message\x18\x17 \x01(\tR\x0efailureMessage\x1a9\n" +
+	"\x0ffailure_message\x18\x17 \x01(\tR\x0efailureMessage\x12\x1b\n" +
+	"\tdata_path\x18\x18 \x01(\tR\bdataPath\x12$\n" +
+	"\x0ehost_data_path\x18\x19 \x01(\tR\fhostDataPath\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +

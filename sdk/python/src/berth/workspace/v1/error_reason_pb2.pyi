@@ -133,7 +133,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     List the versions and use one of them.
     """
     INVALID_PATH: _ErrorReason.ValueType  # 27
-    """INVALID_ARGUMENT: a path is empty, relative, or contains a NUL byte. Pass an absolute path."""
+    """INVALID_ARGUMENT: a path is empty, relative, contains a NUL byte, is longer than 4096 bytes
+    or has a component longer than 255 bytes. Pass an absolute path within those bounds.
+    """
     PATH_NOT_FOUND: _ErrorReason.ValueType  # 28
     """NOT_FOUND: nothing exists at the path, or a parent directory is missing. Check the path, or
     create the parents.
@@ -216,6 +218,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     SERVER_SHUTTING_DOWN: _ErrorReason.ValueType  # 48
     """UNAVAILABLE: the server is shutting down and takes no new operations (those already running
     finish first). Retry against the restarted server.
+    """
+    NOT_A_REGULAR_FILE: _ErrorReason.ValueType  # 49
+    """FAILED_PRECONDITION: the path is a device node, FIFO or socket, which berth never opens for
+    reading or writing (it could block forever or reach the host's devices). Use a regular file.
     """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
@@ -340,7 +346,9 @@ VERSION_NOT_FOUND: ErrorReason.ValueType  # 26
 List the versions and use one of them.
 """
 INVALID_PATH: ErrorReason.ValueType  # 27
-"""INVALID_ARGUMENT: a path is empty, relative, or contains a NUL byte. Pass an absolute path."""
+"""INVALID_ARGUMENT: a path is empty, relative, contains a NUL byte, is longer than 4096 bytes
+or has a component longer than 255 bytes. Pass an absolute path within those bounds.
+"""
 PATH_NOT_FOUND: ErrorReason.ValueType  # 28
 """NOT_FOUND: nothing exists at the path, or a parent directory is missing. Check the path, or
 create the parents.
@@ -423,5 +431,9 @@ a numeric uid:gid.
 SERVER_SHUTTING_DOWN: ErrorReason.ValueType  # 48
 """UNAVAILABLE: the server is shutting down and takes no new operations (those already running
 finish first). Retry against the restarted server.
+"""
+NOT_A_REGULAR_FILE: ErrorReason.ValueType  # 49
+"""FAILED_PRECONDITION: the path is a device node, FIFO or socket, which berth never opens for
+reading or writing (it could block forever or reach the host's devices). Use a regular file.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

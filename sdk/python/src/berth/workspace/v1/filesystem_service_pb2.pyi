@@ -498,6 +498,114 @@ class WriteFileResponse(_message.Message):
 Global___WriteFileResponse: _TypeAlias = WriteFileResponse  # noqa: Y015
 
 @_typing.final
+class WriteFileChunkRequest(_message.Message):
+    """WriteFileChunkRequest carries one chunk of a file uploaded with unary calls. Chunks are sent in
+    order; the first one (offset 0) also says which file to write and how.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
+    CREATE_PARENTS_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """Identifier of the workspace. Required, the same in every chunk of an upload."""
+    upload_id: _builtins.str
+    """Identifier of the upload, chosen by the client (1 to 128 characters of `A-Z a-z 0-9 . _ -`;
+    a UUID is recommended) and the same in every chunk. Unfinished uploads are discarded after
+    10 minutes without a chunk; a chunk of a discarded or unknown upload at a nonzero offset
+    fails with NOT_FOUND and reason UPLOAD_NOT_FOUND. At most 16 uploads of a workspace are
+    unfinished at once; another one fails with RESOURCE_EXHAUSTED and reason
+    RESOURCE_LIMIT_EXCEEDED.
+    """
+    offset: _builtins.int
+    """Position of `data` in the file, in bytes. It must equal the number of bytes received so far;
+    resending an already received chunk is acknowledged without effect, so retries are safe. Any
+    other offset fails with FAILED_PRECONDITION and reason UPLOAD_OFFSET_MISMATCH.
+    """
+    data: _builtins.bytes
+    """The chunk's bytes, at most 3 MiB. Larger chunks fail with INVALID_ARGUMENT."""
+    last: _builtins.bool
+    """Whether this is the last chunk. The server then replaces the file before answering; a
+    failed replace (for example REVISION_MISMATCH) discards the upload and leaves the file as it
+    was.
+    """
+    path: _builtins.str
+    """Absolute path of the file to create or replace. Read from the first chunk only; required
+    there. Same rules as WriteFileRequest.Header.path.
+    """
+    mode: _builtins.int
+    """Permission bits of the file. Read from the first chunk only. Same rules as
+    WriteFileRequest.Header.mode.
+    """
+    expected_revision: _builtins.str
+    """Revision the file must still have when the last chunk arrives. Read from the first chunk
+    only. Same rules as WriteFileRequest.Header.expected_revision.
+    """
+    create_parents: _builtins.bool
+    """Whether to create missing parent directories. Read from the first chunk only. Same rules as
+    WriteFileRequest.Header.create_parents.
+    """
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        upload_id: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+        last: _builtins.bool = ...,
+        path: _builtins.str = ...,
+        mode: _builtins.int = ...,
+        expected_revision: _builtins.str = ...,
+        create_parents: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_parents", b"create_parents", "data", b"data", "expected_revision", b"expected_revision", "last", b"last", "mode", b"mode", "offset", b"offset", "path", b"path", "upload_id", b"upload_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteFileChunkRequest: _TypeAlias = WriteFileChunkRequest  # noqa: Y015
+
+@_typing.final
+class WriteFileChunkResponse(_message.Message):
+    """WriteFileChunkResponse acknowledges one chunk."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECEIVED_BYTES_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    received_bytes: _builtins.int
+    """Bytes of the file received so far; the `offset` of the next chunk."""
+    done: _builtins.bool
+    """Whether the file was written (the answer to the `last` chunk)."""
+    @_builtins.property
+    def entry(self) -> Global___EntryInfo:
+        """The file as written, with its new revision. Set when `done`."""
+
+    def __init__(
+        self,
+        *,
+        received_bytes: _builtins.int = ...,
+        done: _builtins.bool = ...,
+        entry: Global___EntryInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "entry", b"entry", "received_bytes", b"received_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteFileChunkResponse: _TypeAlias = WriteFileChunkResponse  # noqa: Y015
+
+@_typing.final
 class MakeDirRequest(_message.Message):
     """MakeDirRequest names the directory to create."""
 

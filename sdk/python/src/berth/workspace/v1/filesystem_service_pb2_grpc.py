@@ -32,7 +32,21 @@ class FilesystemServiceStub:
     INVALID_ARGUMENT and reason INVALID_PATH. They are resolved as if the workspace's root
     were `/`: `..` and symlinks, absolute targets included, never lead outside the workspace.
     Symlinks along a path are followed; a symlink at the end of a path is followed only where a
-    request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND.
+    request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND. Paths longer
+    than 4096 bytes, or with a component longer than 255 bytes, fail with INVALID_ARGUMENT and
+    reason INVALID_PATH. Device nodes, FIFOs and sockets are never opened: reading or writing one
+    fails with FAILED_PRECONDITION and reason NOT_A_REGULAR_FILE.
+
+    A RUNNING workspace is reached through its init process's root; a STOPPED one through a
+    private mount of its filesystem that lasts only as long as the call, so a StartWorkspace waits
+    for calls on a stopped workspace to finish. Stopping a running workspace ends its calls in
+    flight (and WatchDir streams) with FAILED_PRECONDITION and reason WORKSPACE_NOT_RUNNING. A
+    workspace that is still being created, or is being deleted, fails with FAILED_PRECONDITION
+    and reason INVALID_STATE_TRANSITION or WORKSPACE_DELETING.
+
+    Files and directories the server creates belong to the workspace's user (the image's `User`,
+    root when it names none), so the bot can change what the API wrote. Owners are numeric ids as
+    seen inside the workspace.
     """
 
     def __init__(self, channel):
@@ -60,6 +74,11 @@ class FilesystemServiceStub:
                 '/berth.workspace.v1.FilesystemService/WriteFile',
                 request_serializer=berth_dot_workspace_dot_v1_dot_filesystem__service__pb2.WriteFileRequest.SerializeToString,
                 response_deserializer=berth_dot_workspace_dot_v1_dot_filesystem__service__pb2.WriteFileResponse.FromString,
+                _registered_method=True)
+        self.WriteFileChunk = channel.unary_unary(
+                '/berth.workspace.v1.FilesystemService/WriteFileChunk',
+                request_serializer=berth_dot_workspace_dot_v1_dot_filesystem__service__pb2.WriteFileChunkRequest.SerializeToString,
+                response_deserializer=berth_dot_workspace_dot_v1_dot_filesystem__service__pb2.WriteFileChunkResponse.FromString,
                 _registered_method=True)
         self.MakeDir = channel.unary_unary(
                 '/berth.workspace.v1.FilesystemService/MakeDir',
@@ -90,7 +109,21 @@ class FilesystemServiceServicer:
     INVALID_ARGUMENT and reason INVALID_PATH. They are resolved as if the workspace's root
     were `/`: `..` and symlinks, absolute targets included, never lead outside the workspace.
     Symlinks along a path are followed; a symlink at the end of a path is followed only where a
-    request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND.
+    request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND. Paths longer
+    than 4096 bytes, or with a component longer than 255 bytes, fail with INVALID_ARGUMENT and
+    reason INVALID_PATH. Device nodes, FIFOs and sockets are never opened: reading or writing one
+    fails with FAILED_PRECONDITION and reason NOT_A_REGULAR_FILE.
+
+    A RUNNING workspace is reached through its init process's root; a STOPPED one through a
+    private mount of its filesystem that lasts only as long as the call, so a StartWorkspace waits
+    for calls on a stopped workspace to finish. Stopping a running workspace ends its calls in
+    flight (and WatchDir streams) with FAILED_PRECONDITION and reason WORKSPACE_NOT_RUNNING. A
+    workspace that is still being created, or is being deleted, fails with FAILED_PRECONDITION
+    and reason INVALID_STATE_TRANSITION or WORKSPACE_DELETING.
+
+    Files and directories the server creates belong to the workspace's user (the image's `User`,
+    root when it names none), so the bot can change what the API wrote. Owners are numeric ids as
+    seen inside the workspace.
     """
 
     def Stat(self, request, context):
@@ -119,6 +152,15 @@ class FilesystemServiceServicer:
         """Receives a file's content as a client stream (a header, then chunks) and replaces the file
         atomically: readers see either the old or the new content, never a mix. With
         `expected_revision`, the write happens only if the file has not changed since it was read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteFileChunk(self, request, context):
+        """Writes a file with unary calls, for clients that cannot stream requests (browsers over
+        grpc-web): the content arrives in chunks of one upload, staged on the server, and the last
+        chunk replaces the file atomically with the same rules as WriteFile. Chunks are retry-safe.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -177,6 +219,11 @@ def add_FilesystemServiceServicer_to_server(servicer, server):
                     request_deserializer=berth_dot_workspace_dot_v1_dot_filesystem__service__pb2.WriteFileRequest.FromString,
                     response_serializer=berth_dot_workspace_dot_v1_dot_filesystem__service__pb2.WriteFileResponse.SerializeToString,
             ),
+            'WriteFileChunk': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteFileChunk,
+                    request_deserializer=berth_dot_workspace_dot_v1_dot_filesystem__service__pb2.WriteFileChunkRequest.FromString,
+                    response_serializer=berth_dot_workspace_dot_v1_dot_filesystem__service__pb2.WriteFileChunkResponse.SerializeToString,
+            ),
             'MakeDir': grpc.unary_unary_rpc_method_handler(
                     servicer.MakeDir,
                     request_deserializer=berth_dot_workspace_dot_v1_dot_filesystem__service__pb2.MakeDirRequest.FromString,
@@ -212,7 +259,21 @@ class FilesystemService:
     INVALID_ARGUMENT and reason INVALID_PATH. They are resolved as if the workspace's root
     were `/`: `..` and symlinks, absolute targets included, never lead outside the workspace.
     Symlinks along a path are followed; a symlink at the end of a path is followed only where a
-    request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND.
+    request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND. Paths longer
+    than 4096 bytes, or with a component longer than 255 bytes, fail with INVALID_ARGUMENT and
+    reason INVALID_PATH. Device nodes, FIFOs and sockets are never opened: reading or writing one
+    fails with FAILED_PRECONDITION and reason NOT_A_REGULAR_FILE.
+
+    A RUNNING workspace is reached through its init process's root; a STOPPED one through a
+    private mount of its filesystem that lasts only as long as the call, so a StartWorkspace waits
+    for calls on a stopped workspace to finish. Stopping a running workspace ends its calls in
+    flight (and WatchDir streams) with FAILED_PRECONDITION and reason WORKSPACE_NOT_RUNNING. A
+    workspace that is still being created, or is being deleted, fails with FAILED_PRECONDITION
+    and reason INVALID_STATE_TRANSITION or WORKSPACE_DELETING.
+
+    Files and directories the server creates belong to the workspace's user (the image's `User`,
+    root when it names none), so the bot can change what the API wrote. Owners are numeric ids as
+    seen inside the workspace.
     """
 
     @staticmethod
@@ -313,6 +374,33 @@ class FilesystemService:
             '/berth.workspace.v1.FilesystemService/WriteFile',
             berth_dot_workspace_dot_v1_dot_filesystem__service__pb2.WriteFileRequest.SerializeToString,
             berth_dot_workspace_dot_v1_dot_filesystem__service__pb2.WriteFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteFileChunk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.workspace.v1.FilesystemService/WriteFileChunk',
+            berth_dot_workspace_dot_v1_dot_filesystem__service__pb2.WriteFileChunkRequest.SerializeToString,
+            berth_dot_workspace_dot_v1_dot_filesystem__service__pb2.WriteFileChunkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,7 +33,21 @@ class FilesystemServiceStub:
     INVALID_ARGUMENT and reason INVALID_PATH. They are resolved as if the workspace's root
     were `/`: `..` and symlinks, absolute targets included, never lead outside the workspace.
     Symlinks along a path are followed; a symlink at the end of a path is followed only where a
-    request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND.
+    request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND. Paths longer
+    than 4096 bytes, or with a component longer than 255 bytes, fail with INVALID_ARGUMENT and
+    reason INVALID_PATH. Device nodes, FIFOs and sockets are never opened: reading or writing one
+    fails with FAILED_PRECONDITION and reason NOT_A_REGULAR_FILE.
+
+    A RUNNING workspace is reached through its init process's root; a STOPPED one through a
+    private mount of its filesystem that lasts only as long as the call, so a StartWorkspace waits
+    for calls on a stopped workspace to finish. Stopping a running workspace ends its calls in
+    flight (and WatchDir streams) with FAILED_PRECONDITION and reason WORKSPACE_NOT_RUNNING. A
+    workspace that is still being created, or is being deleted, fails with FAILED_PRECONDITION
+    and reason INVALID_STATE_TRANSITION or WORKSPACE_DELETING.
+
+    Files and directories the server creates belong to the workspace's user (the image's `User`,
+    root when it names none), so the bot can change what the API wrote. Owners are numeric ids as
+    seen inside the workspace.
     """
 
     @_typing.overload
@@ -52,6 +66,11 @@ class FilesystemServiceStub:
     """Receives a file's content as a client stream (a header, then chunks) and replaces the file
     atomically: readers see either the old or the new content, never a mix. With
     `expected_revision`, the write happens only if the file has not changed since it was read.
+    """
+    WriteFileChunk: _grpc.UnaryUnaryMultiCallable[_filesystem_service_pb2.WriteFileChunkRequest, _filesystem_service_pb2.WriteFileChunkResponse]
+    """Writes a file with unary calls, for clients that cannot stream requests (browsers over
+    grpc-web): the content arrives in chunks of one upload, staged on the server, and the last
+    chunk replaces the file atomically with the same rules as WriteFile. Chunks are retry-safe.
     """
     MakeDir: _grpc.UnaryUnaryMultiCallable[_filesystem_service_pb2.MakeDirRequest, _filesystem_service_pb2.MakeDirResponse]
     """Creates a directory, and with `parents` its missing ancestors (like `mkdir -p`)."""
@@ -74,7 +93,21 @@ class FilesystemServiceAsyncStub(FilesystemServiceStub):
     INVALID_ARGUMENT and reason INVALID_PATH. They are resolved as if the workspace's root
     were `/`: `..` and symlinks, absolute targets included, never lead outside the workspace.
     Symlinks along a path are followed; a symlink at the end of a path is followed only where a
-    request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND.
+    request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND. Paths longer
+    than 4096 bytes, or with a component longer than 255 bytes, fail with INVALID_ARGUMENT and
+    reason INVALID_PATH. Device nodes, FIFOs and sockets are never opened: reading or writing one
+    fails with FAILED_PRECONDITION and reason NOT_A_REGULAR_FILE.
+
+    A RUNNING workspace is reached through its init process's root; a STOPPED one through a
+    private mount of its filesystem that lasts only as long as the call, so a StartWorkspace waits
+    for calls on a stopped workspace to finish. Stopping a running workspace ends its calls in
+    flight (and WatchDir streams) with FAILED_PRECONDITION and reason WORKSPACE_NOT_RUNNING. A
+    workspace that is still being created, or is being deleted, fails with FAILED_PRECONDITION
+    and reason INVALID_STATE_TRANSITION or WORKSPACE_DELETING.
+
+    Files and directories the server creates belong to the workspace's user (the image's `User`,
+    root when it names none), so the bot can change what the API wrote. Owners are numeric ids as
+    seen inside the workspace.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -90,6 +123,11 @@ class FilesystemServiceAsyncStub(FilesystemServiceStub):
     """Receives a file's content as a client stream (a header, then chunks) and replaces the file
     atomically: readers see either the old or the new content, never a mix. With
     `expected_revision`, the write happens only if the file has not changed since it was read.
+    """
+    WriteFileChunk: _aio.UnaryUnaryMultiCallable[_filesystem_service_pb2.WriteFileChunkRequest, _filesystem_service_pb2.WriteFileChunkResponse]  # type: ignore[assignment]
+    """Writes a file with unary calls, for clients that cannot stream requests (browsers over
+    grpc-web): the content arrives in chunks of one upload, staged on the server, and the last
+    chunk replaces the file atomically with the same rules as WriteFile. Chunks are retry-safe.
     """
     MakeDir: _aio.UnaryUnaryMultiCallable[_filesystem_service_pb2.MakeDirRequest, _filesystem_service_pb2.MakeDirResponse]  # type: ignore[assignment]
     """Creates a directory, and with `parents` its missing ancestors (like `mkdir -p`)."""
@@ -111,7 +149,21 @@ class FilesystemServiceServicer(metaclass=_abc_1.ABCMeta):
     INVALID_ARGUMENT and reason INVALID_PATH. They are resolved as if the workspace's root
     were `/`: `..` and symlinks, absolute targets included, never lead outside the workspace.
     Symlinks along a path are followed; a symlink at the end of a path is followed only where a
-    request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND.
+    request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND. Paths longer
+    than 4096 bytes, or with a component longer than 255 bytes, fail with INVALID_ARGUMENT and
+    reason INVALID_PATH. Device nodes, FIFOs and sockets are never opened: reading or writing one
+    fails with FAILED_PRECONDITION and reason NOT_A_REGULAR_FILE.
+
+    A RUNNING workspace is reached through its init process's root; a STOPPED one through a
+    private mount of its filesystem that lasts only as long as the call, so a StartWorkspace waits
+    for calls on a stopped workspace to finish. Stopping a running workspace ends its calls in
+    flight (and WatchDir streams) with FAILED_PRECONDITION and reason WORKSPACE_NOT_RUNNING. A
+    workspace that is still being created, or is being deleted, fails with FAILED_PRECONDITION
+    and reason INVALID_STATE_TRANSITION or WORKSPACE_DELETING.
+
+    Files and directories the server creates belong to the workspace's user (the image's `User`,
+    root when it names none), so the bot can change what the API wrote. Owners are numeric ids as
+    seen inside the workspace.
     """
 
     @_abc_1.abstractmethod
@@ -149,6 +201,17 @@ class FilesystemServiceServicer(metaclass=_abc_1.ABCMeta):
         """Receives a file's content as a client stream (a header, then chunks) and replaces the file
         atomically: readers see either the old or the new content, never a mix. With
         `expected_revision`, the write happens only if the file has not changed since it was read.
+        """
+
+    @_abc_1.abstractmethod
+    def WriteFileChunk(
+        self,
+        request: _filesystem_service_pb2.WriteFileChunkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_filesystem_service_pb2.WriteFileChunkResponse, _abc.Awaitable[_filesystem_service_pb2.WriteFileChunkResponse]]:
+        """Writes a file with unary calls, for clients that cannot stream requests (browsers over
+        grpc-web): the content arrives in chunks of one upload, staged on the server, and the last
+        chunk replaces the file atomically with the same rules as WriteFile. Chunks are retry-safe.
         """
 
     @_abc_1.abstractmethod

@@ -496,6 +496,8 @@ class Workspace(_message.Message):
     LAST_STOP_TIME_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     FAILURE_MESSAGE_FIELD_NUMBER: _builtins.int
+    DATA_PATH_FIELD_NUMBER: _builtins.int
+    HOST_DATA_PATH_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """Identifier chosen by the caller at creation, matching `^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$`.
     Never changes.
@@ -539,6 +541,17 @@ class Workspace(_message.Message):
     failure_message: _builtins.str
     """Human-readable description of the last failure and what to do about it. Set while the
     state is FAILED; empty otherwise.
+    """
+    data_path: _builtins.str
+    """Path of the workspace's data directory inside the workspace: `/data`. Files there are part
+    of the writable snapshot, like everything else the bot writes, and are what ExportData,
+    preserve and restore work on.
+    """
+    host_data_path: _builtins.str
+    """Directory on the host where the workspace's /data lives: `data` in the writable snapshot's
+    own directory (the overlay upper directory), for operators' backups and debugging. Read it
+    only while the workspace is STOPPED or with tools that do not follow symlinks: its content
+    is the bot's. Empty when the snapshotter cannot say, or the workspace has no snapshot yet.
     """
     @_builtins.property
     def cdi_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -603,10 +616,12 @@ class Workspace(_message.Message):
         last_stop_time: _timestamp_pb2.Timestamp | None = ...,
         failure_reason: _builtins.str = ...,
         failure_message: _builtins.str = ...,
+        data_path: _builtins.str = ...,
+        host_data_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_start_time", b"last_start_time", "last_stop_time", b"last_stop_time", "resources", b"resources", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cdi_devices", b"cdi_devices", "container_id", b"container_id", "create_time", b"create_time", "current_version", b"current_version", "desired_state", b"desired_state", "env", b"env", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "has_preserved_data", b"has_preserved_data", "image", b"image", "image_digest", b"image_digest", "init_pid", b"init_pid", "labels", b"labels", "last_start_time", b"last_start_time", "last_stop_time", b"last_stop_time", "namespace", b"namespace", "process_count", b"process_count", "resources", b"resources", "runtime", b"runtime", "snapshotter", b"snapshotter", "state", b"state", "update_time", b"update_time", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cdi_devices", b"cdi_devices", "container_id", b"container_id", "create_time", b"create_time", "current_version", b"current_version", "data_path", b"data_path", "desired_state", b"desired_state", "env", b"env", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "has_preserved_data", b"has_preserved_data", "host_data_path", b"host_data_path", "image", b"image", "image_digest", b"image_digest", "init_pid", b"init_pid", "labels", b"labels", "last_start_time", b"last_start_time", "last_stop_time", b"last_stop_time", "namespace", b"namespace", "process_count", b"process_count", "resources", b"resources", "runtime", b"runtime", "snapshotter", b"snapshotter", "state", b"state", "update_time", b"update_time", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

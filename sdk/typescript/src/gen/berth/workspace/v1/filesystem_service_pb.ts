@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file berth/workspace/v1/filesystem_service.proto.
  */
 export const file_berth_workspace_v1_filesystem_service: GenFile = /*@__PURE__*/
-  fileDesc("CitiZXJ0aC93b3Jrc3BhY2UvdjEvZmlsZXN5c3RlbV9zZXJ2aWNlLnByb3RvEhJiZXJ0aC53b3Jrc3BhY2UudjEi6gEKCUVudHJ5SW5mbxIMCgRuYW1lGAEgASgJEgwKBHBhdGgYAiABKAkSKgoEdHlwZRgDIAEoDjIcLmJlcnRoLndvcmtzcGFjZS52MS5GaWxlVHlwZRISCgpzaXplX2J5dGVzGAQgASgDEgwKBG1vZGUYBSABKA0SCwoDdWlkGAYgASgNEgsKA2dpZBgHIAEoDRIvCgttb2RpZnlfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOc3ltbGlua190YXJnZXQYCSABKAkSEAoIcmV2aXNpb24YCiABKAkihgEKD0ZpbGVzeXN0ZW1FdmVudBI1CgRraW5kGAEgASgOMicuYmVydGgud29ya3NwYWNlLnYxLkZpbGVzeXN0ZW1FdmVudEtpbmQSDAoEcGF0aBgCIAEoCRIuCgpldmVudF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJKCgtTdGF0UmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDAoEcGF0aBgCIAEoCRIXCg9mb2xsb3dfc3ltbGlua3MYAyABKAgiPAoMU3RhdFJlc3BvbnNlEiwKBWVudHJ5GAEgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLkVudHJ5SW5mbyJqCg5MaXN0RGlyUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDAoEcGF0aBgCIAEoCRINCgVkZXB0aBgDIAEoDRIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJaCg9MaXN0RGlyUmVzcG9uc2USLgoHZW50cmllcxgBIAMoCzIdLmJlcnRoLndvcmtzcGFjZS52MS5FbnRyeUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlUKD1JlYWRGaWxlUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDAoEcGF0aBgCIAEoCRIOCgZvZmZzZXQYAyABKAMSDgoGbGVuZ3RoGAQgASgDIlwKEFJlYWRGaWxlUmVzcG9uc2USLgoFZW50cnkYASABKAsyHS5iZXJ0aC53b3Jrc3BhY2UudjEuRW50cnlJbmZvSAASDwoFY2h1bmsYAiABKAxIAEIHCgVldmVudCLaAQoQV3JpdGVGaWxlUmVxdWVzdBI9CgZoZWFkZXIYASABKAsyKy5iZXJ0aC53b3Jrc3BhY2UudjEuV3JpdGVGaWxlUmVxdWVzdC5IZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAGm0KBkhlYWRlchIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDAoEcGF0aBgCIAEoCRIMCgRtb2RlGAMgASgNEhkKEWV4cGVjdGVkX3JldmlzaW9uGAQgASgJEhYKDmNyZWF0ZV9wYXJlbnRzGAUgASgIQgcKBWV2ZW50IkEKEVdyaXRlRmlsZVJlc3BvbnNlEiwKBWVudHJ5GAEgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLkVudHJ5SW5mbyJTCg5NYWtlRGlyUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDAoEcGF0aBgCIAEoCRIPCgdwYXJlbnRzGAMgASgIEgwKBG1vZGUYBCABKA0iPwoPTWFrZURpclJlc3BvbnNlEiwKBWVudHJ5GAEgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLkVudHJ5SW5mbyJGCg1SZW1vdmVSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIMCgRwYXRoGAIgASgJEhEKCXJlY3Vyc2l2ZRgDIAEoCCIQCg5SZW1vdmVSZXNwb25zZSJlCgtNb3ZlUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSEwoLc291cmNlX3BhdGgYAiABKAkSGAoQZGVzdGluYXRpb25fcGF0aBgDIAEoCRIRCglvdmVyd3JpdGUYBCABKAgiPAoMTW92ZVJlc3BvbnNlEiwKBWVudHJ5GAEgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLkVudHJ5SW5mbyJICg9XYXRjaERpclJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSEQoJcmVjdXJzaXZlGAMgASgIIuoBChBXYXRjaERpclJlc3BvbnNlEjsKBXN0YXJ0GAEgASgLMiouYmVydGgud29ya3NwYWNlLnYxLldhdGNoRGlyUmVzcG9uc2UuU3RhcnRIABI1CgZjaGFuZ2UYAiABKAsyIy5iZXJ0aC53b3Jrc3BhY2UudjEuRmlsZXN5c3RlbUV2ZW50SAASQwoJa2VlcGFsaXZlGAMgASgLMi4uYmVydGgud29ya3NwYWNlLnYxLldhdGNoRGlyUmVzcG9uc2UuS2VlcGFsaXZlSAAaBwoFU3RhcnQaCwoJS2VlcGFsaXZlQgcKBWV2ZW50Kn4KCEZpbGVUeXBlEhkKFUZJTEVfVFlQRV9VTlNQRUNJRklFRBAAEhIKDkZJTEVfVFlQRV9GSUxFEAESFwoTRklMRV9UWVBFX0RJUkVDVE9SWRACEhUKEUZJTEVfVFlQRV9TWU1MSU5LEAMSEwoPRklMRV9UWVBFX09USEVSEAQqiAIKE0ZpbGVzeXN0ZW1FdmVudEtpbmQSJQohRklMRVNZU1RFTV9FVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASIAocRklMRVNZU1RFTV9FVkVOVF9LSU5EX0NSRUFURRABEh8KG0ZJTEVTWVNURU1fRVZFTlRfS0lORF9XUklURRACEiAKHEZJTEVTWVNURU1fRVZFTlRfS0lORF9SRU1PVkUQAxIgChxGSUxFU1lTVEVNX0VWRU5UX0tJTkRfUkVOQU1FEAQSHwobRklMRVNZU1RFTV9FVkVOVF9LSU5EX0NITU9EEAUSIgoeRklMRVNZU1RFTV9FVkVOVF9LSU5EX09WRVJGTE9XEAYysAUKEUZpbGVzeXN0ZW1TZXJ2aWNlEkkKBFN0YXQSHy5iZXJ0aC53b3Jrc3BhY2UudjEuU3RhdFJlcXVlc3QaIC5iZXJ0aC53b3Jrc3BhY2UudjEuU3RhdFJlc3BvbnNlElIKB0xpc3REaXISIi5iZXJ0aC53b3Jrc3BhY2UudjEuTGlzdERpclJlcXVlc3QaIy5iZXJ0aC53b3Jrc3BhY2UudjEuTGlzdERpclJlc3BvbnNlElcKCFJlYWRGaWxlEiMuYmVydGgud29ya3NwYWNlLnYxLlJlYWRGaWxlUmVxdWVzdBokLmJlcnRoLndvcmtzcGFjZS52MS5SZWFkRmlsZVJlc3BvbnNlMAESWgoJV3JpdGVGaWxlEiQuYmVydGgud29ya3NwYWNlLnYxLldyaXRlRmlsZVJlcXVlc3QaJS5iZXJ0aC53b3Jrc3BhY2UudjEuV3JpdGVGaWxlUmVzcG9uc2UoARJSCgdNYWtlRGlyEiIuYmVydGgud29ya3NwYWNlLnYxLk1ha2VEaXJSZXF1ZXN0GiMuYmVydGgud29ya3NwYWNlLnYxLk1ha2VEaXJSZXNwb25zZRJPCgZSZW1vdmUSIS5iZXJ0aC53b3Jrc3BhY2UudjEuUmVtb3ZlUmVxdWVzdBoiLmJlcnRoLndvcmtzcGFjZS52MS5SZW1vdmVSZXNwb25zZRJJCgRNb3ZlEh8uYmVydGgud29ya3NwYWNlLnYxLk1vdmVSZXF1ZXN0GiAuYmVydGgud29ya3NwYWNlLnYxLk1vdmVSZXNwb25zZRJXCghXYXRjaERpchIjLmJlcnRoLndvcmtzcGFjZS52MS5XYXRjaERpclJlcXVlc3QaJC5iZXJ0aC53b3Jrc3BhY2UudjEuV2F0Y2hEaXJSZXNwb25zZTABQkJaQGdpdGh1Yi5jb20vYmVydGgtZGV2L2JlcnRoL3Nkay9nby9iZXJ0aC93b3Jrc3BhY2UvdjE7d29ya3NwYWNldjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("CitiZXJ0aC93b3Jrc3BhY2UvdjEvZmlsZXN5c3RlbV9zZXJ2aWNlLnByb3RvEhJiZXJ0aC53b3Jrc3BhY2UudjEi6gEKCUVudHJ5SW5mbxIMCgRuYW1lGAEgASgJEgwKBHBhdGgYAiABKAkSKgoEdHlwZRgDIAEoDjIcLmJlcnRoLndvcmtzcGFjZS52MS5GaWxlVHlwZRISCgpzaXplX2J5dGVzGAQgASgDEgwKBG1vZGUYBSABKA0SCwoDdWlkGAYgASgNEgsKA2dpZBgHIAEoDRIvCgttb2RpZnlfdGltZRgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOc3ltbGlua190YXJnZXQYCSABKAkSEAoIcmV2aXNpb24YCiABKAkihgEKD0ZpbGVzeXN0ZW1FdmVudBI1CgRraW5kGAEgASgOMicuYmVydGgud29ya3NwYWNlLnYxLkZpbGVzeXN0ZW1FdmVudEtpbmQSDAoEcGF0aBgCIAEoCRIuCgpldmVudF90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJKCgtTdGF0UmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDAoEcGF0aBgCIAEoCRIXCg9mb2xsb3dfc3ltbGlua3MYAyABKAgiPAoMU3RhdFJlc3BvbnNlEiwKBWVudHJ5GAEgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLkVudHJ5SW5mbyJqCg5MaXN0RGlyUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDAoEcGF0aBgCIAEoCRINCgVkZXB0aBgDIAEoDRIRCglwYWdlX3NpemUYBCABKAUSEgoKcGFnZV90b2tlbhgFIAEoCSJaCg9MaXN0RGlyUmVzcG9uc2USLgoHZW50cmllcxgBIAMoCzIdLmJlcnRoLndvcmtzcGFjZS52MS5FbnRyeUluZm8SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlUKD1JlYWRGaWxlUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDAoEcGF0aBgCIAEoCRIOCgZvZmZzZXQYAyABKAMSDgoGbGVuZ3RoGAQgASgDIlwKEFJlYWRGaWxlUmVzcG9uc2USLgoFZW50cnkYASABKAsyHS5iZXJ0aC53b3Jrc3BhY2UudjEuRW50cnlJbmZvSAASDwoFY2h1bmsYAiABKAxIAEIHCgVldmVudCLaAQoQV3JpdGVGaWxlUmVxdWVzdBI9CgZoZWFkZXIYASABKAsyKy5iZXJ0aC53b3Jrc3BhY2UudjEuV3JpdGVGaWxlUmVxdWVzdC5IZWFkZXJIABIPCgVjaHVuaxgCIAEoDEgAGm0KBkhlYWRlchIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDAoEcGF0aBgCIAEoCRIMCgRtb2RlGAMgASgNEhkKEWV4cGVjdGVkX3JldmlzaW9uGAQgASgJEhYKDmNyZWF0ZV9wYXJlbnRzGAUgASgIQgcKBWV2ZW50IkEKEVdyaXRlRmlsZVJlc3BvbnNlEiwKBWVudHJ5GAEgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLkVudHJ5SW5mbyK7AQoVV3JpdGVGaWxlQ2h1bmtSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIRCgl1cGxvYWRfaWQYAiABKAkSDgoGb2Zmc2V0GAMgASgDEgwKBGRhdGEYBCABKAwSDAoEbGFzdBgFIAEoCBIMCgRwYXRoGAYgASgJEgwKBG1vZGUYByABKA0SGQoRZXhwZWN0ZWRfcmV2aXNpb24YCCABKAkSFgoOY3JlYXRlX3BhcmVudHMYCSABKAgibAoWV3JpdGVGaWxlQ2h1bmtSZXNwb25zZRIWCg5yZWNlaXZlZF9ieXRlcxgBIAEoAxIMCgRkb25lGAIgASgIEiwKBWVudHJ5GAMgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLkVudHJ5SW5mbyJTCg5NYWtlRGlyUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDAoEcGF0aBgCIAEoCRIPCgdwYXJlbnRzGAMgASgIEgwKBG1vZGUYBCABKA0iPwoPTWFrZURpclJlc3BvbnNlEiwKBWVudHJ5GAEgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLkVudHJ5SW5mbyJGCg1SZW1vdmVSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIMCgRwYXRoGAIgASgJEhEKCXJlY3Vyc2l2ZRgDIAEoCCIQCg5SZW1vdmVSZXNwb25zZSJlCgtNb3ZlUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSEwoLc291cmNlX3BhdGgYAiABKAkSGAoQZGVzdGluYXRpb25fcGF0aBgDIAEoCRIRCglvdmVyd3JpdGUYBCABKAgiPAoMTW92ZVJlc3BvbnNlEiwKBWVudHJ5GAEgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLkVudHJ5SW5mbyJICg9XYXRjaERpclJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEgwKBHBhdGgYAiABKAkSEQoJcmVjdXJzaXZlGAMgASgIIuoBChBXYXRjaERpclJlc3BvbnNlEjsKBXN0YXJ0GAEgASgLMiouYmVydGgud29ya3NwYWNlLnYxLldhdGNoRGlyUmVzcG9uc2UuU3RhcnRIABI1CgZjaGFuZ2UYAiABKAsyIy5iZXJ0aC53b3Jrc3BhY2UudjEuRmlsZXN5c3RlbUV2ZW50SAASQwoJa2VlcGFsaXZlGAMgASgLMi4uYmVydGgud29ya3NwYWNlLnYxLldhdGNoRGlyUmVzcG9uc2UuS2VlcGFsaXZlSAAaBwoFU3RhcnQaCwoJS2VlcGFsaXZlQgcKBWV2ZW50Kn4KCEZpbGVUeXBlEhkKFUZJTEVfVFlQRV9VTlNQRUNJRklFRBAAEhIKDkZJTEVfVFlQRV9GSUxFEAESFwoTRklMRV9UWVBFX0RJUkVDVE9SWRACEhUKEUZJTEVfVFlQRV9TWU1MSU5LEAMSEwoPRklMRV9UWVBFX09USEVSEAQqiAIKE0ZpbGVzeXN0ZW1FdmVudEtpbmQSJQohRklMRVNZU1RFTV9FVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASIAocRklMRVNZU1RFTV9FVkVOVF9LSU5EX0NSRUFURRABEh8KG0ZJTEVTWVNURU1fRVZFTlRfS0lORF9XUklURRACEiAKHEZJTEVTWVNURU1fRVZFTlRfS0lORF9SRU1PVkUQAxIgChxGSUxFU1lTVEVNX0VWRU5UX0tJTkRfUkVOQU1FEAQSHwobRklMRVNZU1RFTV9FVkVOVF9LSU5EX0NITU9EEAUSIgoeRklMRVNZU1RFTV9FVkVOVF9LSU5EX09WRVJGTE9XEAYymQYKEUZpbGVzeXN0ZW1TZXJ2aWNlEkkKBFN0YXQSHy5iZXJ0aC53b3Jrc3BhY2UudjEuU3RhdFJlcXVlc3QaIC5iZXJ0aC53b3Jrc3BhY2UudjEuU3RhdFJlc3BvbnNlElIKB0xpc3REaXISIi5iZXJ0aC53b3Jrc3BhY2UudjEuTGlzdERpclJlcXVlc3QaIy5iZXJ0aC53b3Jrc3BhY2UudjEuTGlzdERpclJlc3BvbnNlElcKCFJlYWRGaWxlEiMuYmVydGgud29ya3NwYWNlLnYxLlJlYWRGaWxlUmVxdWVzdBokLmJlcnRoLndvcmtzcGFjZS52MS5SZWFkRmlsZVJlc3BvbnNlMAESWgoJV3JpdGVGaWxlEiQuYmVydGgud29ya3NwYWNlLnYxLldyaXRlRmlsZVJlcXVlc3QaJS5iZXJ0aC53b3Jrc3BhY2UudjEuV3JpdGVGaWxlUmVzcG9uc2UoARJnCg5Xcml0ZUZpbGVDaHVuaxIpLmJlcnRoLndvcmtzcGFjZS52MS5Xcml0ZUZpbGVDaHVua1JlcXVlc3QaKi5iZXJ0aC53b3Jrc3BhY2UudjEuV3JpdGVGaWxlQ2h1bmtSZXNwb25zZRJSCgdNYWtlRGlyEiIuYmVydGgud29ya3NwYWNlLnYxLk1ha2VEaXJSZXF1ZXN0GiMuYmVydGgud29ya3NwYWNlLnYxLk1ha2VEaXJSZXNwb25zZRJPCgZSZW1vdmUSIS5iZXJ0aC53b3Jrc3BhY2UudjEuUmVtb3ZlUmVxdWVzdBoiLmJlcnRoLndvcmtzcGFjZS52MS5SZW1vdmVSZXNwb25zZRJJCgRNb3ZlEh8uYmVydGgud29ya3NwYWNlLnYxLk1vdmVSZXF1ZXN0GiAuYmVydGgud29ya3NwYWNlLnYxLk1vdmVSZXNwb25zZRJXCghXYXRjaERpchIjLmJlcnRoLndvcmtzcGFjZS52MS5XYXRjaERpclJlcXVlc3QaJC5iZXJ0aC53b3Jrc3BhY2UudjEuV2F0Y2hEaXJSZXNwb25zZTABQkJaQGdpdGh1Yi5jb20vYmVydGgtZGV2L2JlcnRoL3Nkay9nby9iZXJ0aC93b3Jrc3BhY2UvdjE7d29ya3NwYWNldjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * EntryInfo describes one filesystem entry, as lstat(2) sees it. All fields are output only.
@@ -472,6 +472,132 @@ export const WriteFileResponseSchema: GenMessage<WriteFileResponse> = /*@__PURE_
   messageDesc(file_berth_workspace_v1_filesystem_service, 9);
 
 /**
+ * WriteFileChunkRequest carries one chunk of a file uploaded with unary calls. Chunks are sent in
+ * order; the first one (offset 0) also says which file to write and how.
+ *
+ * @generated from message berth.workspace.v1.WriteFileChunkRequest
+ */
+export type WriteFileChunkRequest = Message<"berth.workspace.v1.WriteFileChunkRequest"> & {
+  /**
+   * Identifier of the workspace. Required, the same in every chunk of an upload.
+   *
+   * @generated from field: string workspace_id = 1;
+   */
+  workspaceId: string;
+
+  /**
+   * Identifier of the upload, chosen by the client (1 to 128 characters of `A-Z a-z 0-9 . _ -`;
+   * a UUID is recommended) and the same in every chunk. Unfinished uploads are discarded after
+   * 10 minutes without a chunk; a chunk of a discarded or unknown upload at a nonzero offset
+   * fails with NOT_FOUND and reason UPLOAD_NOT_FOUND. At most 16 uploads of a workspace are
+   * unfinished at once; another one fails with RESOURCE_EXHAUSTED and reason
+   * RESOURCE_LIMIT_EXCEEDED.
+   *
+   * @generated from field: string upload_id = 2;
+   */
+  uploadId: string;
+
+  /**
+   * Position of `data` in the file, in bytes. It must equal the number of bytes received so far;
+   * resending an already received chunk is acknowledged without effect, so retries are safe. Any
+   * other offset fails with FAILED_PRECONDITION and reason UPLOAD_OFFSET_MISMATCH.
+   *
+   * @generated from field: int64 offset = 3;
+   */
+  offset: bigint;
+
+  /**
+   * The chunk's bytes, at most 3 MiB. Larger chunks fail with INVALID_ARGUMENT.
+   *
+   * @generated from field: bytes data = 4;
+   */
+  data: Uint8Array;
+
+  /**
+   * Whether this is the last chunk. The server then replaces the file before answering; a
+   * failed replace (for example REVISION_MISMATCH) discards the upload and leaves the file as it
+   * was.
+   *
+   * @generated from field: bool last = 5;
+   */
+  last: boolean;
+
+  /**
+   * Absolute path of the file to create or replace. Read from the first chunk only; required
+   * there. Same rules as WriteFileRequest.Header.path.
+   *
+   * @generated from field: string path = 6;
+   */
+  path: string;
+
+  /**
+   * Permission bits of the file. Read from the first chunk only. Same rules as
+   * WriteFileRequest.Header.mode.
+   *
+   * @generated from field: uint32 mode = 7;
+   */
+  mode: number;
+
+  /**
+   * Revision the file must still have when the last chunk arrives. Read from the first chunk
+   * only. Same rules as WriteFileRequest.Header.expected_revision.
+   *
+   * @generated from field: string expected_revision = 8;
+   */
+  expectedRevision: string;
+
+  /**
+   * Whether to create missing parent directories. Read from the first chunk only. Same rules as
+   * WriteFileRequest.Header.create_parents.
+   *
+   * @generated from field: bool create_parents = 9;
+   */
+  createParents: boolean;
+};
+
+/**
+ * Describes the message berth.workspace.v1.WriteFileChunkRequest.
+ * Use `create(WriteFileChunkRequestSchema)` to create a new message.
+ */
+export const WriteFileChunkRequestSchema: GenMessage<WriteFileChunkRequest> = /*@__PURE__*/
+  messageDesc(file_berth_workspace_v1_filesystem_service, 10);
+
+/**
+ * WriteFileChunkResponse acknowledges one chunk.
+ *
+ * @generated from message berth.workspace.v1.WriteFileChunkResponse
+ */
+export type WriteFileChunkResponse = Message<"berth.workspace.v1.WriteFileChunkResponse"> & {
+  /**
+   * Bytes of the file received so far; the `offset` of the next chunk.
+   *
+   * @generated from field: int64 received_bytes = 1;
+   */
+  receivedBytes: bigint;
+
+  /**
+   * Whether the file was written (the answer to the `last` chunk).
+   *
+   * @generated from field: bool done = 2;
+   */
+  done: boolean;
+
+  /**
+   * The file as written, with its new revision. Set when `done`.
+   *
+   * @generated from field: berth.workspace.v1.EntryInfo entry = 3;
+   */
+  entry?: EntryInfo | undefined;
+};
+
+/**
+ * Describes the message berth.workspace.v1.WriteFileChunkResponse.
+ * Use `create(WriteFileChunkResponseSchema)` to create a new message.
+ */
+export const WriteFileChunkResponseSchema: GenMessage<WriteFileChunkResponse> = /*@__PURE__*/
+  messageDesc(file_berth_workspace_v1_filesystem_service, 11);
+
+/**
  * MakeDirRequest names the directory to create.
  *
  * @generated from message berth.workspace.v1.MakeDirRequest
@@ -513,7 +639,7 @@ export type MakeDirRequest = Message<"berth.workspace.v1.MakeDirRequest"> & {
  * Use `create(MakeDirRequestSchema)` to create a new message.
  */
 export const MakeDirRequestSchema: GenMessage<MakeDirRequest> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_filesystem_service, 10);
+  messageDesc(file_berth_workspace_v1_filesystem_service, 12);
 
 /**
  * MakeDirResponse describes the created directory.
@@ -534,7 +660,7 @@ export type MakeDirResponse = Message<"berth.workspace.v1.MakeDirResponse"> & {
  * Use `create(MakeDirResponseSchema)` to create a new message.
  */
 export const MakeDirResponseSchema: GenMessage<MakeDirResponse> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_filesystem_service, 11);
+  messageDesc(file_berth_workspace_v1_filesystem_service, 13);
 
 /**
  * RemoveRequest names the entry to remove.
@@ -571,7 +697,7 @@ export type RemoveRequest = Message<"berth.workspace.v1.RemoveRequest"> & {
  * Use `create(RemoveRequestSchema)` to create a new message.
  */
 export const RemoveRequestSchema: GenMessage<RemoveRequest> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_filesystem_service, 12);
+  messageDesc(file_berth_workspace_v1_filesystem_service, 14);
 
 /**
  * RemoveResponse confirms a removal.
@@ -586,7 +712,7 @@ export type RemoveResponse = Message<"berth.workspace.v1.RemoveResponse"> & {
  * Use `create(RemoveResponseSchema)` to create a new message.
  */
 export const RemoveResponseSchema: GenMessage<RemoveResponse> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_filesystem_service, 13);
+  messageDesc(file_berth_workspace_v1_filesystem_service, 15);
 
 /**
  * MoveRequest names the entry to move and where to.
@@ -630,7 +756,7 @@ export type MoveRequest = Message<"berth.workspace.v1.MoveRequest"> & {
  * Use `create(MoveRequestSchema)` to create a new message.
  */
 export const MoveRequestSchema: GenMessage<MoveRequest> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_filesystem_service, 14);
+  messageDesc(file_berth_workspace_v1_filesystem_service, 16);
 
 /**
  * MoveResponse describes the moved entry.
@@ -651,7 +777,7 @@ export type MoveResponse = Message<"berth.workspace.v1.MoveResponse"> & {
  * Use `create(MoveResponseSchema)` to create a new message.
  */
 export const MoveResponseSchema: GenMessage<MoveResponse> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_filesystem_service, 15);
+  messageDesc(file_berth_workspace_v1_filesystem_service, 17);
 
 /**
  * WatchDirRequest names the directory to watch.
@@ -687,7 +813,7 @@ export type WatchDirRequest = Message<"berth.workspace.v1.WatchDirRequest"> & {
  * Use `create(WatchDirRequestSchema)` to create a new message.
  */
 export const WatchDirRequestSchema: GenMessage<WatchDirRequest> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_filesystem_service, 16);
+  messageDesc(file_berth_workspace_v1_filesystem_service, 18);
 
 /**
  * WatchDirResponse is one message of a WatchDir stream.
@@ -732,7 +858,7 @@ export type WatchDirResponse = Message<"berth.workspace.v1.WatchDirResponse"> & 
  * Use `create(WatchDirResponseSchema)` to create a new message.
  */
 export const WatchDirResponseSchema: GenMessage<WatchDirResponse> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_filesystem_service, 17);
+  messageDesc(file_berth_workspace_v1_filesystem_service, 19);
 
 /**
  * Start confirms that the watch is in place; changes after it are reported.
@@ -747,7 +873,7 @@ export type WatchDirResponse_Start = Message<"berth.workspace.v1.WatchDirRespons
  * Use `create(WatchDirResponse_StartSchema)` to create a new message.
  */
 export const WatchDirResponse_StartSchema: GenMessage<WatchDirResponse_Start> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_filesystem_service, 17, 0);
+  messageDesc(file_berth_workspace_v1_filesystem_service, 19, 0);
 
 /**
  * Keepalive is sent about every 15 seconds while nothing changes, so that proxies keep the
@@ -763,7 +889,7 @@ export type WatchDirResponse_Keepalive = Message<"berth.workspace.v1.WatchDirRes
  * Use `create(WatchDirResponse_KeepaliveSchema)` to create a new message.
  */
 export const WatchDirResponse_KeepaliveSchema: GenMessage<WatchDirResponse_Keepalive> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_filesystem_service, 17, 1);
+  messageDesc(file_berth_workspace_v1_filesystem_service, 19, 1);
 
 /**
  * FileType is the type of a filesystem entry.
@@ -883,7 +1009,21 @@ export const FilesystemEventKindSchema: GenEnum<FilesystemEventKind> = /*@__PURE
  * INVALID_ARGUMENT and reason INVALID_PATH. They are resolved as if the workspace's root
  * were `/`: `..` and symlinks, absolute targets included, never lead outside the workspace.
  * Symlinks along a path are followed; a symlink at the end of a path is followed only where a
- * request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND.
+ * request says so. A missing path fails with NOT_FOUND and reason PATH_NOT_FOUND. Paths longer
+ * than 4096 bytes, or with a component longer than 255 bytes, fail with INVALID_ARGUMENT and
+ * reason INVALID_PATH. Device nodes, FIFOs and sockets are never opened: reading or writing one
+ * fails with FAILED_PRECONDITION and reason NOT_A_REGULAR_FILE.
+ *
+ * A RUNNING workspace is reached through its init process's root; a STOPPED one through a
+ * private mount of its filesystem that lasts only as long as the call, so a StartWorkspace waits
+ * for calls on a stopped workspace to finish. Stopping a running workspace ends its calls in
+ * flight (and WatchDir streams) with FAILED_PRECONDITION and reason WORKSPACE_NOT_RUNNING. A
+ * workspace that is still being created, or is being deleted, fails with FAILED_PRECONDITION
+ * and reason INVALID_STATE_TRANSITION or WORKSPACE_DELETING.
+ *
+ * Files and directories the server creates belong to the workspace's user (the image's `User`,
+ * root when it names none), so the bot can change what the API wrote. Owners are numeric ids as
+ * seen inside the workspace.
  *
  * @generated from service berth.workspace.v1.FilesystemService
  */
@@ -930,6 +1070,18 @@ export const FilesystemService: GenService<{
     methodKind: "client_streaming";
     input: typeof WriteFileRequestSchema;
     output: typeof WriteFileResponseSchema;
+  },
+  /**
+   * Writes a file with unary calls, for clients that cannot stream requests (browsers over
+   * grpc-web): the content arrives in chunks of one upload, staged on the server, and the last
+   * chunk replaces the file atomically with the same rules as WriteFile. Chunks are retry-safe.
+   *
+   * @generated from rpc berth.workspace.v1.FilesystemService.WriteFileChunk
+   */
+  writeFileChunk: {
+    methodKind: "unary";
+    input: typeof WriteFileChunkRequestSchema;
+    output: typeof WriteFileChunkResponseSchema;
   },
   /**
    * Creates a directory, and with `parents` its missing ancestors (like `mkdir -p`).
