@@ -61,7 +61,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for exhaustive checks against the proto enum.
-    pub const ALL: [Reason; 48] = [
+    pub const ALL: [Reason; 49] = [
         Reason::InvalidWorkspaceId,
         Reason::WorkspaceNotFound,
         Reason::WorkspaceAlreadyExists,

@@ -196,6 +196,9 @@ pub struct WorkspaceInfo {
     pub init_pid: u32,
     pub process_count: u32,
     pub has_preserved_data: bool,
+    /// Where /data lives on the host (in the writable snapshot's own directory); None when the
+    /// snapshotter cannot say.
+    pub host_data_path: Option<std::path::PathBuf>,
 }
 
 #[cfg(test)]

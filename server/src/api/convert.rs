@@ -66,6 +66,8 @@ pub fn workspace(info: WorkspaceInfo) -> pb::Workspace {
         last_stop_time: record.last_stop_time.map(timestamp),
         failure_reason: record.failure_reason,
         failure_message: record.failure_message,
+        data_path: crate::data::DATA_PATH.to_owned(),
+        host_data_path: info.host_data_path.map(|path| path.display().to_string()).unwrap_or_default(),
     }
 }
 

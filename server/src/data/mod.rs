@@ -14,6 +14,9 @@ mod users;
 #[cfg(test)]
 mod tests;
 
+/// The workspace's data directory, as a path inside the workspace.
+pub const DATA_PATH: &str = "/data";
+
 /// The longest path below the archived directory, in bytes, that an archive holds and an
 /// extraction accepts: Linux's PATH_MAX. A program inside the workspace cannot open a longer
 /// path by name anyway, and the bound keeps a hostile tree cheap: a tar entry stores its whole

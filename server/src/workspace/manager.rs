@@ -17,6 +17,7 @@ use super::locks::{InFlight, WorkspaceGuard, WorkspaceLocks};
 use super::selector::{decode_page_token, encode_page_token, parse_label_selector};
 use crate::error::{Error, Reason, Result};
 use crate::model::{WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceState};
+use crate::data::WritableLayer;
 use crate::process::Processes;
 use crate::runtime::Runtime;
 use crate::store::Store;
@@ -66,6 +67,9 @@ pub struct Manager {
     pub(super) reconcile_progress: Notify,
     /// Processes started through ProcessService, per workspace.
     pub(super) processes: Processes,
+    /// Writable snapshot key → its own directory on the host (the overlay upper dir), for
+    /// `host_data_path`; a key's directory never changes, so it is asked once.
+    pub(super) snapshot_dirs: Mutex<HashMap<String, PathBuf>>,
 }
 
 impl Manager {
@@ -84,6 +88,7 @@ impl Manager {
             reconciled: watch::channel(false).0,
             reconciling: Mutex::new(HashSet::new()),
             reconcile_progress: Notify::new(),
+            snapshot_dirs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -204,6 +209,11 @@ impl Manager {
             }
         }
         let has_preserved_data = tokio::fs::try_exists(self.preserved_archive(&record.id)).await.unwrap_or(false);
+        let host_data_path = if record.current_version > 0 {
+            self.snapshot_dir(&record.snapshot_key).await.map(|dir| dir.join("data"))
+        } else {
+            None
+        };
         WorkspaceInfo {
             record,
             namespace: self.config.namespace.clone(),
@@ -212,7 +222,25 @@ impl Manager {
             init_pid,
             process_count,
             has_preserved_data,
+            host_data_path,
         }
+    }
+
+    /// The writable snapshot's own directory on the host; None when the snapshot is missing or
+    /// is neither an overlay nor a bind mount.
+    async fn snapshot_dir(&self, snapshot_key: &str) -> Option<PathBuf> {
+        if let Some(dir) = self.snapshot_dirs.lock().expect("snapshot dirs").get(snapshot_key) {
+            return Some(dir.clone());
+        }
+        let mounts = self.runtime.snapshot_mounts(snapshot_key).await.ok()?;
+        let upper = WritableLayer::from_mounts(&mounts).ok()?.upper;
+        let mut dirs = self.snapshot_dirs.lock().expect("snapshot dirs");
+        // Bounded by the number of workspaces: keys of deleted workspaces are dropped lazily.
+        if dirs.len() > 10_000 {
+            dirs.clear();
+        }
+        dirs.insert(snapshot_key.to_owned(), upper.clone());
+        Some(upper)
     }
 
     /// Where DeleteWorkspace(preserve_data) keeps a workspace's /data archive.
