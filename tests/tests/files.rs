@@ -397,3 +397,66 @@ async fn watch_dir_sees_changes_made_inside() {
         .unwrap_err();
     assert_eq!(error_reason(&stopped).as_deref(), Some("WORKSPACE_NOT_RUNNING"));
 }
+
+/// A stop ends a read in flight on the running workspace (its stream fails with
+/// WORKSPACE_NOT_RUNNING) instead of waiting for it; a start waits for a read of the stopped
+/// workspace (its snapshot is mounted for the read) and no mount outlives it.
+#[tokio::test]
+async fn stop_and_start_are_serialized_with_file_operations() {
+    let testbed = Testbed::from_env();
+    let server = BerthServer::start(&testbed);
+    create_workspace(&server, "serial", &testbed.image("BUSYBOX")).await;
+    testbed.exec(&server.namespace, "serial", &["sh", "-c", "head -c 67108864 /dev/zero > /data/big"]);
+    let mut files = Files::new(server.channel().await);
+    let request = berth_api::v1::ReadFileRequest {
+        workspace_id: "serial".into(),
+        path: "/data/big".into(),
+        offset: 0,
+        length: 0,
+    };
+
+    let mut running = files.read_file(request.clone()).await.unwrap().into_inner();
+    running.next().await.unwrap().unwrap();
+    let stopped_in = Instant::now();
+    stop_workspace(&server, "serial").await;
+    assert!(stopped_in.elapsed() < Duration::from_secs(15), "the stop waited for the client");
+    let end = loop {
+        match running.next().await {
+            Some(Ok(_)) => continue,
+            other => break other,
+        }
+    };
+    let status = end.expect("the read ended without a status").unwrap_err();
+    assert_eq!(error_reason(&status).as_deref(), Some("WORKSPACE_NOT_RUNNING"), "{status:?}");
+
+    let mut reading = files.read_file(request).await.unwrap().into_inner();
+    reading.next().await.unwrap().unwrap();
+    let mount_dir = server.state_dir.join("mnt").display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(mounts.contains(&mount_dir), "the read holds no mount under {mount_dir}:\n{mounts}");
+    let start = tokio::spawn({
+        let channel = server.channel().await;
+        async move {
+            let mut workspaces = WorkspaceServiceClient::new(channel);
+            let request = berth_api::v1::StartWorkspaceRequest { workspace_id: "serial".into() };
+            workspaces.start_workspace(request).await.map(|_| Instant::now())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!start.is_finished(), "the start did not wait for the read of the stopped workspace");
+    let mut total = 0;
+    while let Some(message) = reading.next().await {
+        if let Some(berth_api::v1::read_file_response::Event::Chunk(chunk)) = message.unwrap().event {
+            total += chunk.len();
+        }
+    }
+    assert_eq!(total, 64 << 20, "the read of the stopped workspace completes");
+    let read_done = Instant::now();
+    let started = start.await.unwrap().unwrap();
+    assert!(started >= read_done, "the start finished before the read");
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains(&mount_dir),
+        "a mount outlived the read"
+    );
+    assert_eq!(testbed.exec(&server.namespace, "serial", &["sh", "-c", "wc -c < /data/big"]).trim(), "67108864");
+}

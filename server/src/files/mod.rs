@@ -111,9 +111,13 @@ impl Files {
         let access = self.manager.file_access(workspace_id).await?;
         let (sender, mut receiver) = mpsc::channel(CHANNEL_CHUNKS);
         tokio::task::spawn_blocking(move || {
+            // The whole access moves in (a closure would otherwise capture only the fields it
+            // names), so the mount or gate it holds lasts exactly as long as the read.
+            let access = access;
             if let Err(err) = read::read_file(&access.root, &path, offset, length, &access.cancel, &sender) {
                 let _ = sender.blocking_send(Err(err));
             }
+            drop(access);
         });
         match receiver.recv().await {
             Some(Ok(first)) => Ok(futures::stream::iter([Ok(first)]).chain(ReceiverStream::new(receiver))),
