@@ -1,5 +1,6 @@
 // Command berth-example creates a berth workspace, prints its creation progress and its final
-// state, and optionally deletes it again.
+// state, runs a command in it, writes a file into it and reads it back, and optionally deletes
+// it again.
 //
 //	go run . -server 127.0.0.1:50051 -id my-bot -image docker.io/library/debian:bookworm
 package main
@@ -118,6 +119,19 @@ func run(ctx context.Context, server, id, image string, labels map[string]string
 		return err
 	}
 	fmt.Printf("uname -s: %s (exit %d)\n", strings.TrimSpace(string(res.Stdout)), res.ExitCode)
+
+	// Write a file into its /data and read it back.
+	const path = "/data/hello.txt"
+	entry, err := client.WriteFile(ctx, ws.GetWorkspaceId(), path, []byte("hello from "+ws.GetWorkspaceId()+"\n"))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("wrote %s (%d bytes, revision %s)\n", entry.GetPath(), entry.GetSizeBytes(), entry.GetRevision())
+	content, err := client.ReadFile(ctx, ws.GetWorkspaceId(), path)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("read %s: %s\n", path, strings.TrimSpace(string(content)))
 	return nil
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// Creates a berth workspace, prints its progress and then its state.
+// Creates a berth workspace, prints its progress and then its state, runs a command in it, and
+// writes a file into it and reads it back.
 //
 //   node index.mjs WORKSPACE_ID [IMAGE]     create (IMAGE defaults to $BERTH_IMAGE, then to the
 //                                           server's --default-image)
@@ -8,7 +9,16 @@
 // The server is $BERTH_SERVER (default http://127.0.0.1:50051); $BERTH_TRANSPORT picks "grpc"
 // (default) or "grpc-web".
 
-import { berthErrorInfo, createBerthClient, DesiredState, LayerState, runCommand, WorkspaceState } from "@berth/sdk";
+import {
+  berthErrorInfo,
+  createBerthClient,
+  DesiredState,
+  LayerState,
+  readTextFile,
+  runCommand,
+  WorkspaceState,
+  writeFile,
+} from "@berth/sdk";
 
 const server = process.env.BERTH_SERVER || "http://127.0.0.1:50051";
 const transport = process.env.BERTH_TRANSPORT || "grpc";
@@ -63,6 +73,13 @@ async function create(berth, workspaceId, image) {
   // Run a command in it: its output and exit code.
   const result = await runCommand(berth, workspace.workspaceId, "uname", ["-s"]);
   console.log(`uname -s: ${new TextDecoder().decode(result.stdout).trim()} (exit ${result.exitCode})`);
+
+  // Write a file into its /data and read it back.
+  const path = "/data/hello.txt";
+  const entry = await writeFile(berth, workspace.workspaceId, path, `hello from ${workspace.workspaceId}\n`);
+  console.log(`wrote ${entry.path} (${entry.sizeBytes} bytes, revision ${entry.revision})`);
+  const text = await readTextFile(berth, workspace.workspaceId, path);
+  console.log(`read ${path}: ${text.trim()}`);
 }
 
 async function main() {

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Creates a berth workspace and prints its progress, then its final state.
+"""Creates a berth workspace and prints its progress, then its final state; runs a command in it,
+writes a file into it and reads it back.
 
     python create_workspace.py --id my-bot --image docker.io/library/debian:bookworm
     python create_workspace.py --server http://127.0.0.1:50051 --id my-bot --delete
@@ -98,6 +99,12 @@ def main() -> int:
             # Run a command in it: its output and exit code.
             result = berth.run(client, args.id, "uname", "-s", timeout=30)
             print(f"uname -s: {result.stdout.decode().strip()} (exit {result.exit_code})")
+            # Write a file into its /data and read it back.
+            path = "/data/hello.txt"
+            entry = berth.write_file(client, args.id, path, f"hello from {args.id}\n", timeout=30)
+            print(f"wrote {entry.path} ({entry.size_bytes} bytes, revision {entry.revision})")
+            text = berth.read_file(client, args.id, path, encoding="utf-8", timeout=30)
+            print(f"read {path}: {text.strip()}")
             if args.delete:
                 client.workspaces.DeleteWorkspace(ws.DeleteWorkspaceRequest(workspace_id=args.id))
                 print(f"deleted {args.id}")

@@ -37,6 +37,8 @@ expect '^creating$' "a creating line"
 expect "^ready $id: RUNNING " "a ready line with RUNNING"
 expect '^state RUNNING$' "the final state RUNNING"
 expect '^uname -s: Linux \(exit 0\)$' "the command's output and exit code"
+expect "^wrote /data/hello.txt \\($(( ${#id} + 12 )) bytes, revision .+\\)\$" "the written file"
+expect "^read /data/hello.txt: hello from ${id}\$" "the file read back"
 expect "^deleted ${id}\$" "the deletion"
 
 # A failed call prints the status code and the berth reason, and exits non-zero.

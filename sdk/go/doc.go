@@ -10,7 +10,9 @@
 //     fields are the generated grpc-go clients sharing it;
 //   - [AsError] and [ErrorReason] read the gRPC status code and the berth ErrorInfo reason of a
 //     failed call;
-//   - [Client.CreateWorkspace] and [Phase] help consume the CreateWorkspace progress stream.
+//   - [Client.CreateWorkspace] and [Phase] help consume the CreateWorkspace progress stream;
+//   - [Client.Run] and [Client.Stream] run commands, [Client.ReadFile] and [Client.WriteFile]
+//     read and write whole files.
 //
 // A typical program:
 //

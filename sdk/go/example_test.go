@@ -56,6 +56,34 @@ func ExampleClient_CreateWorkspace() {
 	fmt.Println(ws.GetWorkspaceId(), ws.GetState())
 }
 
+func ExampleClient_WriteFile() {
+	ctx := context.Background()
+	client, err := berth.Dial(ctx, "127.0.0.1:50051")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close()
+
+	entry, err := client.WriteFile(ctx, "bot-1", "/data/notes.md", []byte("# notes\n"), berth.WithCreateParents())
+	if err != nil {
+		log.Fatal(err)
+	}
+	notes, err := client.ReadFile(ctx, "bot-1", "/data/notes.md")
+	if err != nil {
+		log.Fatal(err)
+	}
+	// Append a line, unless the file changed since it was written.
+	_, err = client.WriteFile(ctx, "bot-1", "/data/notes.md", append(notes, "- more\n"...),
+		berth.WithExpectedRevision(entry.GetRevision()))
+	if berth.IsReason(err, workspacev1.ErrorReason_REVISION_MISMATCH) {
+		fmt.Println("someone else changed /data/notes.md: read it again")
+		return
+	}
+	if err != nil {
+		log.Fatal(err)
+	}
+}
+
 func ExampleAsError() {
 	// What a berth server sends for an unknown workspace id.
 	st, _ := status.New(codes.NotFound, `workspace "bot-1" does not exist`).WithDetails(

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -197,6 +199,82 @@ func TestWorkspaceLifecycle(t *testing.T) {
 		_, err = client.Run(ctx, id, "no-such-command")
 		if !berth.IsReason(err, workspacev1.ErrorReason_EXECUTABLE_NOT_FOUND) {
 			t.Errorf("Run of a missing command: %v, want EXECUTABLE_NOT_FOUND", err)
+		}
+	})
+
+	step(t, "write and read files", func(t *testing.T) {
+		notes := "héllo from the Go SDK\nline two\n"
+		entry, err := client.WriteFile(ctx, id, "/data/sdk/notes.txt", []byte(notes), berth.WithCreateParents(), berth.WithFileMode(0o600))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if entry.GetPath() != "/data/sdk/notes.txt" || entry.GetSizeBytes() != int64(len(notes)) || entry.GetMode() != 0o600 || entry.GetRevision() == "" {
+			t.Errorf("WriteFile entry = %v", entry)
+		}
+		back, err := client.ReadFile(ctx, id, "/data/sdk/notes.txt")
+		if err != nil || string(back) != notes {
+			t.Errorf("ReadFile = %q, %v; want %q", back, err, notes)
+		}
+		// What a process inside the workspace sees.
+		if res, err := client.Run(ctx, id, "cat", "/data/sdk/notes.txt"); err != nil || string(res.Stdout) != notes {
+			t.Errorf("cat inside = %v, %v", res, err)
+		}
+
+		// Several 1 MiB WriteFile and ReadFile chunks.
+		payload := make([]byte, 3<<20+123457)
+		if _, err := rand.Read(payload); err != nil {
+			t.Fatal(err)
+		}
+		if entry, err := client.WriteFile(ctx, id, "/data/sdk/payload.bin", payload); err != nil || entry.GetSizeBytes() != int64(len(payload)) {
+			t.Fatalf("WriteFile of %d bytes = %v, %v", len(payload), entry, err)
+		}
+		back, err = client.ReadFile(ctx, id, "/data/sdk/payload.bin")
+		if err != nil || !bytes.Equal(back, payload) {
+			t.Fatalf("ReadFile = %d bytes, %v; want the %d bytes written", len(back), err, len(payload))
+		}
+		sum := sha256.Sum256(payload)
+		if res, err := client.Run(ctx, id, "sha256sum", "/data/sdk/payload.bin"); err != nil || !strings.HasPrefix(string(res.Stdout), hex.EncodeToString(sum[:])+" ") {
+			t.Errorf("sha256sum inside = %v, %v; want %x", res, err, sum)
+		}
+
+		// Missing files and directories.
+		_, err = client.ReadFile(ctx, id, "/data/sdk/no-such-file")
+		if code, reason, _ := berth.ErrorReason(err); code != codes.NotFound || reason != "PATH_NOT_FOUND" {
+			t.Errorf("ReadFile of a missing file: %v, want NotFound PATH_NOT_FOUND", err)
+		}
+		_, err = client.WriteFile(ctx, id, "/data/no-such-dir/file.txt", []byte("x"))
+		if code, reason, _ := berth.ErrorReason(err); code != codes.NotFound || reason != "PATH_NOT_FOUND" {
+			t.Errorf("WriteFile into a missing directory: %v, want NotFound PATH_NOT_FOUND", err)
+		}
+	})
+
+	step(t, "write with an expected revision", func(t *testing.T) {
+		path := "/data/sdk/edited.txt"
+		first, err := client.WriteFile(ctx, id, path, []byte("one\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		second, err := client.WriteFile(ctx, id, path, []byte("two\n"), berth.WithExpectedRevision(first.GetRevision()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if second.GetRevision() == first.GetRevision() {
+			t.Errorf("the revision did not change: %q", second.GetRevision())
+		}
+		_, err = client.WriteFile(ctx, id, path, []byte("stale\n"), berth.WithExpectedRevision(first.GetRevision()))
+		if code, reason, _ := berth.ErrorReason(err); code != codes.Aborted || reason != "REVISION_MISMATCH" {
+			t.Errorf("WriteFile with a stale revision: %v, want Aborted REVISION_MISMATCH", err)
+		}
+		// A change made inside the workspace changes the revision too.
+		if res, err := client.Run(ctx, id, "sh", "-c", "echo three >> "+path); err != nil || res.ExitCode != 0 {
+			t.Fatalf("append inside: %v, %v", res, err)
+		}
+		_, err = client.WriteFile(ctx, id, path, []byte("stale\n"), berth.WithExpectedRevision(second.GetRevision()))
+		if !berth.IsReason(err, workspacev1.ErrorReason_REVISION_MISMATCH) {
+			t.Errorf("WriteFile after a change inside: %v, want REVISION_MISMATCH", err)
+		}
+		if back, err := client.ReadFile(ctx, id, path); err != nil || string(back) != "two\nthree\n" {
+			t.Errorf("after the refused writes: %q, %v; want \"two\\nthree\\n\"", back, err)
 		}
 	})
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 from collections.abc import Callable
 
 import grpc
@@ -78,6 +80,36 @@ async def test_workspace_lifecycle(
                 if not isinstance(event, berth.Output)
             ]
             assert len(ends) == 1 and ends[0].exit_code == 0
+
+            # Whole files with the asyncio helpers: text, and a payload of several 1 MiB chunks.
+            entry = await berth.write_file_async(
+                client, workspace_id, "/data/sdk/notes.txt", "ünïcode\n", create_parents=True
+            )
+            assert entry.size_bytes == len("ünïcode\n".encode()) and entry.revision, entry
+            text = await berth.read_file_async(
+                client, workspace_id, "/data/sdk/notes.txt", encoding="utf-8"
+            )
+            assert text == "ünïcode\n"
+            payload = os.urandom((3 << 20) + 4321)
+            await berth.write_file_async(client, workspace_id, "/data/sdk/payload.bin", payload)
+            assert await berth.read_file_async(client, workspace_id, "/data/sdk/payload.bin") == payload
+            digest = await berth.run_async(client, workspace_id, "sha256sum", "/data/sdk/payload.bin")
+            assert digest.stdout.split()[0].decode() == hashlib.sha256(payload).hexdigest()
+            with pytest.raises(grpc.aio.AioRpcError) as stale:
+                await berth.write_file_async(
+                    client, workspace_id, "/data/sdk/notes.txt", "x", expected_revision="stale"
+                )
+            info = berth.error_info(stale.value)
+            assert info is not None
+            assert (info.code, info.reason) == (grpc.StatusCode.ABORTED, "REVISION_MISMATCH")
+            assert (
+                await berth.read_file_async(client, workspace_id, "/data/sdk/notes.txt")
+            ) == "ünïcode\n".encode()
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await berth.read_file_async(client, workspace_id, "/data/sdk/no-such-file")
+            info = berth.error_info(missing.value)
+            assert info is not None
+            assert (info.code, info.reason) == (grpc.StatusCode.NOT_FOUND, "PATH_NOT_FOUND")
 
             # Get.
             got = (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
 
 import grpc
@@ -88,6 +90,61 @@ def test_workspace_lifecycle(
             with pytest.raises(grpc.RpcError) as missing:
                 berth.run(client, workspace_id, "no-such-command")
             assert berth.is_reason(missing.value, "EXECUTABLE_NOT_FOUND")
+
+            # Whole files: text and a binary payload of several 1 MiB chunks, read back as written.
+            notes = "héllo from the Python SDK\nline two\n"
+            entry = berth.write_file(
+                client, workspace_id, "/data/sdk/notes.txt", notes, create_parents=True, mode=0o600
+            )
+            assert (entry.path, entry.name) == ("/data/sdk/notes.txt", "notes.txt"), entry
+            assert entry.size_bytes == len(notes.encode()) and entry.mode == 0o600, entry
+            assert entry.revision, entry
+            assert berth.read_file(client, workspace_id, "/data/sdk/notes.txt", encoding="utf-8") == notes
+            inside = berth.run(client, workspace_id, "cat", "/data/sdk/notes.txt")
+            assert inside.stdout == notes.encode()
+            payload = os.urandom((3 << 20) + 123_457)
+            entry = berth.write_file(client, workspace_id, "/data/sdk/payload.bin", payload)
+            assert entry.size_bytes == len(payload), entry
+            assert berth.read_file(client, workspace_id, "/data/sdk/payload.bin") == payload
+            digest = berth.run(client, workspace_id, "sha256sum", "/data/sdk/payload.bin")
+            assert digest.stdout.split()[0].decode() == hashlib.sha256(payload).hexdigest()
+            assert berth.write_file(client, workspace_id, "/data/sdk/empty", b"").size_bytes == 0
+            assert berth.read_file(client, workspace_id, "/data/sdk/empty") == b""
+
+            # A write with an expected revision refuses a file that changed meanwhile.
+            edited = "/data/sdk/edited.txt"
+            first = berth.write_file(client, workspace_id, edited, "one\n")
+            second = berth.write_file(
+                client, workspace_id, edited, "two\n", expected_revision=first.revision
+            )
+            assert second.revision != first.revision
+            with pytest.raises(grpc.RpcError) as stale:
+                berth.write_file(
+                    client, workspace_id, edited, "stale\n", expected_revision=first.revision
+                )
+            info = berth.error_info(stale.value)
+            assert info is not None
+            assert (info.code, info.reason) == (grpc.StatusCode.ABORTED, "REVISION_MISMATCH")
+            appended = berth.run(client, workspace_id, "sh", "-c", f"echo three >> {edited}")
+            assert appended.exit_code == 0
+            with pytest.raises(grpc.RpcError) as changed_inside:
+                berth.write_file(
+                    client, workspace_id, edited, "stale\n", expected_revision=second.revision
+                )
+            assert berth.is_reason(changed_inside.value, "REVISION_MISMATCH")
+            assert berth.read_file(client, workspace_id, edited) == b"two\nthree\n"
+
+            # Missing files and directories.
+            with pytest.raises(grpc.RpcError) as missing_file:
+                berth.read_file(client, workspace_id, "/data/sdk/no-such-file")
+            info = berth.error_info(missing_file.value)
+            assert info is not None
+            assert (info.code, info.reason) == (grpc.StatusCode.NOT_FOUND, "PATH_NOT_FOUND")
+            with pytest.raises(grpc.RpcError) as missing_dir:
+                berth.write_file(client, workspace_id, "/data/no-such-dir/file.txt", b"x")
+            info = berth.error_info(missing_dir.value)
+            assert info is not None
+            assert (info.code, info.reason) == (grpc.StatusCode.NOT_FOUND, "PATH_NOT_FOUND")
 
             # List with a label selector: found with its value, not with another.
             listed = client.workspaces.ListWorkspaces(

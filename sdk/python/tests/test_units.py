@@ -133,3 +133,24 @@ def test_unreachable_server_is_unavailable_without_reason() -> None:
     got = berth.error_info(caught.value)
     assert got is not None
     assert got.code == grpc.StatusCode.UNAVAILABLE and got.reason is None
+
+
+def test_write_file_requests_are_a_header_then_chunks_of_at_most_1_mib() -> None:
+    from berth.files import _write_requests
+
+    payload = bytes(range(256)) * ((3 << 20) // 256) + b"tail"
+    requests = list(_write_requests("bot-1", "/data/f", payload, 0o640, "rev", True, "utf-8"))
+    header = requests[0]
+    assert header.WhichOneof("event") == "header"
+    assert (header.header.workspace_id, header.header.path) == ("bot-1", "/data/f")
+    assert (header.header.mode, header.header.expected_revision) == (0o640, "rev")
+    assert header.header.create_parents
+    chunks = [r.chunk for r in requests[1:]]
+    assert all(r.WhichOneof("event") == "chunk" for r in requests[1:])
+    assert [len(c) for c in chunks] == [1 << 20, 1 << 20, 1 << 20, 4]
+    assert b"".join(chunks) == payload
+
+    text = list(_write_requests("bot-1", "/data/t", "é", 0, "", False, "latin-1"))
+    assert [r.chunk for r in text[1:]] == [b"\xe9"]
+    empty = list(_write_requests("bot-1", "/data/e", b"", 0, "", False, "utf-8"))
+    assert [r.WhichOneof("event") for r in empty] == ["header"]

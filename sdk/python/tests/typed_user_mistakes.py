@@ -30,3 +30,11 @@ def unchecked_error_info(err: grpc.RpcError) -> str:
 async def aio_without_await(client: berth.aio.AsyncClient) -> None:
     reply = client.workspaces.GetWorkspace(workspace_service_pb2.GetWorkspaceRequest())
     print(reply.workspace)  # error: attr-defined
+
+
+def read_file_is_bytes_unless_decoded(client: berth.Client) -> str:
+    return berth.read_file(client, "bot-1", "/data/notes.txt")  # error: return-value
+
+
+def write_file_takes_bytes_or_str(client: berth.Client) -> None:
+    berth.write_file(client, "bot-1", "/data/count", 42)  # error: arg-type

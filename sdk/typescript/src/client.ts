@@ -13,13 +13,28 @@ export interface BerthClient {
   files: Client<typeof FilesystemService>;
   /** ProcessService: start processes in a workspace and stream their output. */
   processes: Client<typeof ProcessService>;
+  /**
+   * Whether the transport can stream requests (gRPC over HTTP/2; gRPC-web cannot). `writeFile`
+   * uses the client-streaming WriteFile when true and unary WriteFileChunk calls otherwise.
+   */
+  canStreamRequests?: boolean;
+}
+
+/** Options of {@link createBerthClientFromTransport}. */
+export interface BerthTransportOptions {
+  /**
+   * Whether the transport can stream requests: true for a gRPC transport over HTTP/2, false
+   * (the default) for gRPC-web.
+   */
+  canStreamRequests?: boolean;
 }
 
 /** Creates the berth service clients over any Connect transport you built yourself. */
-export function createBerthClientFromTransport(transport: Transport): BerthClient {
+export function createBerthClientFromTransport(transport: Transport, options: BerthTransportOptions = {}): BerthClient {
   return {
     workspaces: createClient(WorkspaceService, transport),
     files: createClient(FilesystemService, transport),
     processes: createClient(ProcessService, transport),
+    canStreamRequests: options.canStreamRequests ?? false,
   };
 }

@@ -35,7 +35,7 @@ export function createBerthClient(options: BerthClientOptions): BerthClient {
   switch (options.transport) {
     case "grpc": {
       const { transport: _, ...rest } = options;
-      return createBerthClientFromTransport(createGrpcTransport(rest));
+      return createBerthClientFromTransport(createGrpcTransport(rest), { canStreamRequests: true });
     }
     case "grpc-web": {
       const { transport: _, httpVersion, ...rest } = options;

@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { after, describe, test } from "node:test";
 import type { MessageInitShape } from "@bufbuild/protobuf";
@@ -14,10 +14,13 @@ import {
   berthErrorInfo,
   Code,
   createBerthClient,
+  readFile,
+  readTextFile,
   runCommand,
   Signal,
   streamCommand,
   WorkspaceState,
+  writeFile,
   type BerthClient,
   CreateWorkspaceRequestSchema,
   type CreateWorkspaceResponse,
@@ -133,6 +136,71 @@ for (const transport of ["grpc", "grpc-web"] as const) {
       assert.ok(kinds.includes("stdout") && kinds.includes("stderr"), kinds.join(","));
       await assert.rejects(runCommand(client, id, "no-such-command"), (err: unknown) => {
         assert.equal(berthErrorInfo(err)?.reason, "EXECUTABLE_NOT_FOUND");
+        return true;
+      });
+    });
+
+    test("writeFile and readFile move whole files, text and binary", async () => {
+      const text = new TextDecoder();
+      const notes = "héllo from the SDK\nline two\n";
+      const written = await writeFile(client, id, "/data/sdk/notes.txt", notes, { createParents: true, mode: 0o600 });
+      assert.equal(written.path, "/data/sdk/notes.txt");
+      assert.equal(written.name, "notes.txt");
+      assert.equal(written.sizeBytes, BigInt(new TextEncoder().encode(notes).length));
+      assert.equal(written.mode, 0o600);
+      assert.ok(written.revision.length > 0, "a written file has a revision");
+      assert.equal(await readTextFile(client, id, "/data/sdk/notes.txt"), notes);
+      // What a process inside the workspace sees.
+      const cat = await runCommand(client, id, "cat", ["/data/sdk/notes.txt"]);
+      assert.equal(text.decode(cat.stdout), notes);
+
+      // More than one WriteFileChunk (3 MiB) and several WriteFile / ReadFile chunks (1 MiB).
+      const payload = randomBytes((3 << 20) + 123_457);
+      const entry = await writeFile(client, id, "/data/sdk/payload.bin", payload);
+      assert.equal(entry.sizeBytes, BigInt(payload.length));
+      const back = await readFile(client, id, "/data/sdk/payload.bin");
+      assert.equal(back.length, payload.length);
+      assert.ok(Buffer.from(back).equals(payload), "the payload reads back byte-identical");
+      const sum = await runCommand(client, id, "sha256sum", ["/data/sdk/payload.bin"]);
+      assert.equal(text.decode(sum.stdout).split(" ")[0], createHash("sha256").update(payload).digest("hex"));
+
+      const empty = await writeFile(client, id, "/data/sdk/empty", new Uint8Array());
+      assert.equal(empty.sizeBytes, 0n);
+      assert.equal((await readFile(client, id, "/data/sdk/empty")).length, 0);
+    });
+
+    test("writeFile with expectedRevision refuses a file that changed", async () => {
+      const path = "/data/sdk/edited.txt";
+      const first = await writeFile(client, id, path, "one\n", { createParents: true });
+      const second = await writeFile(client, id, path, "two\n", { expectedRevision: first.revision });
+      assert.notEqual(second.revision, first.revision);
+      await assert.rejects(writeFile(client, id, path, "stale\n", { expectedRevision: first.revision }), (err: unknown) => {
+        const info = berthErrorInfo(err);
+        assert.equal(info?.code, Code.Aborted);
+        assert.equal(info?.reason, "REVISION_MISMATCH");
+        return true;
+      });
+      // A change made inside the workspace changes the revision too.
+      const appended = await runCommand(client, id, "sh", ["-c", `echo three >> ${path}`]);
+      assert.equal(appended.exitCode, 0);
+      await assert.rejects(writeFile(client, id, path, "stale\n", { expectedRevision: second.revision }), (err: unknown) => {
+        assert.equal(berthErrorInfo(err)?.reason, "REVISION_MISMATCH");
+        return true;
+      });
+      assert.equal(await readTextFile(client, id, path), "two\nthree\n", "refused writes leave the file as it was");
+    });
+
+    test("readFile and writeFile of missing paths fail with PATH_NOT_FOUND", async () => {
+      await assert.rejects(readFile(client, id, "/data/sdk/no-such-file"), (err: unknown) => {
+        const info = berthErrorInfo(err);
+        assert.equal(info?.code, Code.NotFound);
+        assert.equal(info?.reason, "PATH_NOT_FOUND");
+        return true;
+      });
+      await assert.rejects(writeFile(client, id, "/data/no-such-dir/file.txt", "x"), (err: unknown) => {
+        const info = berthErrorInfo(err);
+        assert.equal(info?.code, Code.NotFound);
+        assert.equal(info?.reason, "PATH_NOT_FOUND");
         return true;
       });
     });

@@ -12,8 +12,9 @@
 :func:`connect` gives a synchronous :class:`Client`, :func:`berth.aio.connect` an asyncio one.
 Their ``workspaces``, ``files`` and ``processes`` are the generated gRPC stubs; the request and
 response messages are in the re-exported ``*_pb2`` modules (generated from
-``proto/berth/workspace/v1``). :func:`error_info` reads the status code and berth's ErrorInfo
-reason of a failed call.
+``proto/berth/workspace/v1``). :func:`run` / :func:`stream` run commands, :func:`read_file` /
+:func:`write_file` move whole files (with ``_async`` forms for :mod:`berth.aio`), and
+:func:`error_info` reads the status code and berth's ErrorInfo reason of a failed call.
 """
 
 from berth import aio as aio
@@ -30,6 +31,10 @@ from berth.errors import ERROR_DOMAIN as ERROR_DOMAIN
 from berth.errors import BerthError as BerthError
 from berth.errors import error_info as error_info
 from berth.errors import is_reason as is_reason
+from berth.files import read_file as read_file
+from berth.files import read_file_async as read_file_async
+from berth.files import write_file as write_file
+from berth.files import write_file_async as write_file_async
 from berth.workspace.v1 import error_reason_pb2 as error_reason_pb2
 from berth.workspace.v1 import filesystem_service_pb2 as filesystem_service_pb2
 from berth.workspace.v1 import filesystem_service_pb2_grpc as filesystem_service_pb2_grpc
@@ -57,6 +62,8 @@ __all__ = [
     "is_reason",
     "process_service_pb2",
     "process_service_pb2_grpc",
+    "read_file",
+    "read_file_async",
     "run",
     "run_async",
     "stream",
@@ -64,4 +71,6 @@ __all__ = [
     "workspace_pb2",
     "workspace_service_pb2",
     "workspace_service_pb2_grpc",
+    "write_file",
+    "write_file_async",
 ]
