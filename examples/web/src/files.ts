@@ -101,6 +101,8 @@ export class FilesPanel {
   private workspaceId: string | undefined;
   private cwd = "/";
   private entries: EntryInfo[] = [];
+  // Whether `entries` are those of `cwd` (not so before its first listing, or after a failed one).
+  private listed = false;
   private nextPageToken = "";
   private opened: OpenFile | undefined;
   private busy = false;
@@ -177,6 +179,7 @@ export class FilesPanel {
     this.workspaceId = workspaceId;
     this.cwd = cwd;
     this.entries = [];
+    this.listed = false;
     this.nextPageToken = "";
     this.closeEditor();
     this.clearError();
@@ -299,6 +302,7 @@ export class FilesPanel {
     const page = await this.berth.files.listDir({ workspaceId, path, pageSize: PAGE_SIZE }, { signal });
     this.cwd = path;
     this.entries = page.entries;
+    this.listed = true;
     this.nextPageToken = page.nextPageToken;
     this.renderPath();
     this.renderEntries();
@@ -408,7 +412,7 @@ export class FilesPanel {
       rows.push(tr);
     }
     this.el.rows.replaceChildren(...rows);
-    this.el.empty.hidden = this.entries.length > 0 || !this.workspaceId;
+    this.el.empty.hidden = !this.listed || this.entries.length > 0;
     this.el.more.hidden = !this.nextPageToken;
   }
 
