@@ -252,7 +252,14 @@ try {
     ]);
   };
   const filesFails = async (action) => {
-    await filesStatus.filter({ hasText: new RegExp(`^${escapeRegExp(action)}: failed$`) }).waitFor();
+    const succeeded = filesStatus
+      .filter({ hasText: new RegExp(`^${escapeRegExp(action)}: done$`) })
+      .waitFor()
+      .then(() => {
+        throw new Error(`${action} succeeded, but it should have failed`);
+      });
+    succeeded.catch(() => {});
+    await Promise.race([filesStatus.filter({ hasText: new RegExp(`^${escapeRegExp(action)}: failed$`) }).waitFor(), succeeded]);
     return filesError.textContent();
   };
   const currentDir = () => page.locator("#files-path [aria-current]").getAttribute("data-path");
@@ -329,6 +336,18 @@ try {
   assert.equal((await shell(id, "cat /data/page.txt")).toString(), thirdVersion);
   log("conflict shown, reloaded, saved again");
 
+  // Another change inside; this time Overwrite keeps the page's version.
+  await shell(id, "echo y >> /data/page.txt");
+  const overwritten = "the page's version wins\n";
+  await page.fill("#files-text", overwritten);
+  await page.click("#files-save");
+  assert.match(await filesFails("Save /data/page.txt"), /ABORTED REVISION_MISMATCH/);
+  await page.click("#files-conflict-overwrite");
+  await filesDone("Overwrite /data/page.txt");
+  assert.equal(await page.locator("#files-conflict").isHidden(), true);
+  assert.equal((await shell(id, "cat /data/page.txt")).toString(), overwritten);
+  log("conflict overwritten");
+
   // Upload through the file input: more than 3 MiB, so several WriteFileChunk calls of at most
   // 3 MiB each; the workspace has exactly these bytes.
   const uploadBytes = randomBytes(7 * 1024 * 1024 + 12345);
@@ -366,6 +385,21 @@ try {
   const downloaded = readFileSync(await download.path());
   assert.equal(downloaded.length, 2500000, "the download's size");
   assert.equal(sha256(downloaded), made, "the download's bytes");
+
+  // A symlink made inside opens what it points to, under its own path.
+  await shell(id, "ln -s page.txt /data/page-link");
+  await page.click("#files-refresh");
+  await filesDone("List /data");
+  assert.equal(await filesRow("page-link").getAttribute("data-type"), "symlink");
+  await filesRow("page-link").click();
+  await filesDone("Follow /data/page-link");
+  assert.equal(await page.locator("#files-editor-path").textContent(), "/data/page-link");
+  assert.equal(await page.inputValue("#files-text"), overwritten);
+  const throughLink = "saved through the link\n";
+  await page.fill("#files-text", throughLink);
+  await page.click("#files-save");
+  await filesDone("Save /data/page-link");
+  assert.equal((await shell(id, "test -L /data/page-link && cat /data/page.txt")).toString(), throughLink);
   await page.screenshot({ path: join(artifacts, "files.png"), fullPage: true });
   log(`downloaded ${downloaded.length} bytes; screenshot: ${join(artifacts, "files.png")}`);
 
@@ -384,7 +418,7 @@ try {
   assert.equal(await page.locator("#files-editor").isHidden(), true);
   await filesRow("page.txt").click();
   await filesDone("Open /data/page.txt");
-  assert.equal(await page.inputValue("#files-text"), thirdVersion);
+  assert.equal(await page.inputValue("#files-text"), throughLink);
   log("browsed and opened a file of the stopped workspace");
   await page.click("#start");
   await waitFor(page.locator("#ws-state", { hasText: "RUNNING" }));

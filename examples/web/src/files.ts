@@ -54,23 +54,6 @@ function parentOf(path: string): string {
   return slash <= 0 ? "/" : path.slice(0, slash);
 }
 
-/** Drops `.`, `..` and repeated slashes, as the workspace's root resolves them. */
-function normalizePath(path: string): string {
-  const parts: string[] = [];
-  for (const part of path.split("/")) {
-    if (part === "" || part === ".") continue;
-    if (part === "..") parts.pop();
-    else parts.push(part);
-  }
-  return `/${parts.join("/")}`;
-}
-
-/** Where a symlink points, as an absolute path (its target may be relative to its directory). */
-function linkTarget(entry: EntryInfo): string {
-  const target = entry.symlinkTarget;
-  return normalizePath(target.startsWith("/") ? target : joinPath(parentOf(entry.path), target));
-}
-
 /** `drwxr-xr-x`, as `ls -l` shows type and permission bits. */
 function modeString(entry: EntryInfo): string {
   const types: Partial<Record<FileType, string>> = { [FileType.DIRECTORY]: "d", [FileType.SYMLINK]: "l", [FileType.FILE]: "-" };
@@ -336,13 +319,14 @@ export class FilesPanel {
     }
   }
 
+  // ListDir and ReadFile follow a symlink at the end of a path (inside the workspace's root), so
+  // the link's own path serves, as `cd` into a link does in a shell; Stat says which it is.
   private async follow(link: EntryInfo): Promise<void> {
     const { workspaceId, signal } = this.target();
     const { entry } = await this.berth.files.stat({ workspaceId, path: link.path, followSymlinks: true }, { signal });
-    const target = linkTarget(link);
-    if (entry?.type === FileType.DIRECTORY) await this.list(target);
-    else if (entry?.type === FileType.FILE) await this.openFile(target);
-    else throw new Error(`${link.path} points to ${target}, which is neither a file nor a directory`);
+    if (entry?.type === FileType.DIRECTORY) await this.list(link.path);
+    else if (entry?.type === FileType.FILE) await this.openFile(link.path);
+    else throw new Error(`${link.path} points to ${link.symlinkTarget}, which is neither a file nor a directory`);
   }
 
   private renderPath(): void {
@@ -374,7 +358,7 @@ export class FilesPanel {
   private renderEntries(): void {
     const rows: HTMLTableRowElement[] = [];
     if (this.cwd !== "/") {
-      const up = this.row(["..", "", "", ""]);
+      const up = this.row([".."]);
       up.className = "up";
       up.dataset.name = "..";
       const parent = parentOf(this.cwd);
@@ -397,7 +381,6 @@ export class FilesPanel {
       tr.dataset.type = type;
       tr.title = entry.path;
       tr.addEventListener("click", () => this.activate(entry));
-      const actions = tr.insertCell();
       if (entry.type === FileType.FILE) {
         const download = document.createElement("button");
         download.type = "button";
@@ -407,7 +390,7 @@ export class FilesPanel {
           e.stopPropagation(); // not an open
           void this.run(`Download ${entry.path}`, () => this.download(entry));
         });
-        actions.append(download);
+        tr.cells[4]?.append(download);
       }
       rows.push(tr);
     }
@@ -416,9 +399,10 @@ export class FilesPanel {
     this.el.more.hidden = !this.nextPageToken;
   }
 
+  /** A row of the table: name, size, mode and modified time, and a cell for the row's buttons. */
   private row(cells: string[]): HTMLTableRowElement {
     const tr = document.createElement("tr");
-    for (const [i, cls] of ["name", "size", "mode", "modified"].entries()) {
+    for (const [i, cls] of ["name", "size", "mode", "modified", "actions"].entries()) {
       const td = tr.insertCell();
       td.className = cls;
       td.textContent = cells[i] ?? "";
