@@ -1,6 +1,8 @@
 // Drives the page in headless Chromium against a live berth: create with a live progress bar,
-// RUNNING, a shell in the terminal panel that comes back after a reload, stop, start, delete with
-// preserved data. Saves artifacts/screenshot.png and artifacts/terminal.png.
+// RUNNING, a shell in the terminal panel that comes back after a reload, the file manager
+// (browse, new folder and file, edit and save, a conflicting change inside the workspace,
+// upload, download), stop, start, delete with preserved data. Saves artifacts/screenshot.png,
+// artifacts/terminal.png and artifacts/files.png.
 //
 // Environment: BERTH_TEST_SERVER (required), BERTH_TEST_IMAGE_MULTILAYER (required),
 // BERTH_TEST_SDK_NAMESPACE (required: the image is forgotten there first so its pull moves
@@ -10,13 +12,13 @@
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
-import { berthErrorInfo, createBerthClient } from "@berth/sdk";
+import { berthErrorInfo, createBerthClient, runCommand } from "@berth/sdk";
 import { serve } from "./serve.mjs";
 
 function requireEnv(name) {
@@ -37,6 +39,16 @@ const timeout = 60_000;
 const log = (...args) => console.log("[web-test]", ...args);
 const consoleErrors = [];
 const sdk = createBerthClient({ baseUrl: berthUrl, transport: "grpc" });
+
+// Runs a shell command inside the workspace and returns its stdout, failing on a non-zero exit.
+async function shell(workspaceId, script) {
+  const result = await runCommand(sdk, workspaceId, "sh", ["-c", script]);
+  const stderr = Buffer.from(result.stderr).toString();
+  assert.equal(result.exitCode, 0, `sh -c ${JSON.stringify(script)} exited with ${result.exitCode}: ${stderr}`);
+  return Buffer.from(result.stdout);
+}
+
+const sha256 = (bytes) => createHash("sha256").update(bytes).digest("hex");
 
 async function exists(workspaceId) {
   try {
@@ -216,12 +228,198 @@ try {
   await page.screenshot({ path: join(artifacts, "terminal.png"), fullPage: true });
   log(`terminal re-attached after reload; screenshot: ${join(artifacts, "terminal.png")}`);
 
+  // The info panel shows where the workspace's data lives, as GetWorkspace says.
+  const { workspace: described } = await sdk.workspaces.getWorkspace({ workspaceId: id });
+  assert.equal(described.dataPath, "/data");
+  assert.ok(described.hostDataPath.startsWith("/"), `the server names the host data path (${described.hostDataPath})`);
+  assert.equal(await page.locator("#ws-data-path").textContent(), "/data");
+  assert.equal(await page.locator("#ws-host-data-path").textContent(), described.hostDataPath);
+
+  // The file manager. Each action ends with "ACTION: done" in the panel's status line, or with
+  // the panel's error box (code and reason).
+  const filesStatus = page.locator("#files-status");
+  const filesError = page.locator("#files-error:not([hidden])");
+  const filesRow = (name) => page.locator(`#files-rows tr[data-name="${name}"]`);
+  const escapeRegExp = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  const filesDone = async (action) => {
+    const failed = filesError.waitFor().then(async () => {
+      throw new Error(`the files panel shows an error: ${await filesError.textContent()}`);
+    });
+    failed.catch(() => {});
+    await Promise.race([
+      filesStatus.filter({ hasText: new RegExp(`^${escapeRegExp(action)}: done$`) }).waitFor(),
+      failed,
+    ]);
+  };
+  const filesFails = async (action) => {
+    const succeeded = filesStatus
+      .filter({ hasText: new RegExp(`^${escapeRegExp(action)}: done$`) })
+      .waitFor()
+      .then(() => {
+        throw new Error(`${action} succeeded, but it should have failed`);
+      });
+    succeeded.catch(() => {});
+    await Promise.race([filesStatus.filter({ hasText: new RegExp(`^${escapeRegExp(action)}: failed$`) }).waitFor(), succeeded]);
+    return filesError.textContent();
+  };
+  const currentDir = () => page.locator("#files-path [aria-current]").getAttribute("data-path");
+
+  // It opens on the data directory; browse up to / and back down, into a new folder and back
+  // through the breadcrumb.
+  await page.locator("#files-section").waitFor();
+  await filesDone("List /data");
+  assert.equal(await currentDir(), "/data");
+  await page.fill("#files-new-name", "notes");
+  await page.click("#files-new-dir");
+  await filesDone("New folder /data/notes");
+  await filesRow("notes").waitFor();
+  assert.equal(await filesRow("notes").getAttribute("data-type"), "directory");
+  await page.fill("#files-new-name", "notes");
+  await page.click("#files-new-dir");
+  const existsError = await filesFails("New folder /data/notes");
+  log(`files error shown: ${existsError}`);
+  assert.match(existsError, /^New folder \/data\/notes failed: ALREADY_EXISTS PATH_ALREADY_EXISTS: /);
+  await filesRow("notes").click();
+  await filesDone("List /data/notes");
+  assert.equal(await currentDir(), "/data/notes");
+  await page.locator("#files-empty").waitFor();
+  await page.click('#files-path button[data-path="/data"]');
+  await filesDone("List /data");
+  await filesRow("..").click();
+  await filesDone("List /");
+  assert.equal(await currentDir(), "/");
+  assert.equal(await filesRow("bin").getAttribute("data-type"), "directory", "the root of the image is listed");
+  await filesRow("data").click();
+  await filesDone("List /data");
+  assert.equal(await currentDir(), "/data");
+
+  // A new file opens in the editor; edit and save it: the workspace has the new content.
+  await page.fill("#files-new-name", "page.txt");
+  await page.click("#files-new-file");
+  await filesDone("New file /data/page.txt");
+  assert.equal(await page.locator("#files-editor-path").textContent(), "/data/page.txt");
+  assert.equal(await page.inputValue("#files-text"), "");
+  assert.equal((await shell(id, "wc -c < /data/page.txt")).toString().trim(), "0");
+  const firstVersion = "written by the page\nline two\n";
+  await page.fill("#files-text", firstVersion);
+  assert.equal(await page.locator("#files-editor-state").textContent(), "modified");
+  await page.click("#files-save");
+  await filesDone("Save /data/page.txt");
+  assert.equal(await page.locator("#files-editor-state").textContent(), "");
+  assert.equal((await shell(id, "cat /data/page.txt")).toString(), firstVersion, "the save reached the workspace");
+  await filesRow("page.txt").locator("td.size", { hasText: `${firstVersion.length} B` }).waitFor();
+  log("saved a file from the page's editor");
+
+  // A change made inside the workspace meanwhile: the next save fails with REVISION_MISMATCH,
+  // the page says so, and the workspace keeps its version.
+  await shell(id, "echo x >> /data/page.txt");
+  const changedInside = `${firstVersion}x\n`;
+  await page.fill("#files-text", "a second version from the page\n");
+  await page.click("#files-save");
+  const conflictError = await filesFails("Save /data/page.txt");
+  log(`conflict shown: ${conflictError}`);
+  assert.match(conflictError, /^Save \/data\/page\.txt failed: ABORTED REVISION_MISMATCH: /);
+  await page.locator("#files-conflict:not([hidden])").waitFor();
+  assert.match(await page.locator("#files-conflict-text").textContent(), /ABORTED REVISION_MISMATCH: \/data\/page\.txt was changed/);
+  assert.equal((await shell(id, "cat /data/page.txt")).toString(), changedInside, "the conflicting save changed nothing");
+  await page.screenshot({ path: join(artifacts, "files-conflict.png"), fullPage: true });
+
+  // Reload takes the workspace's version; saving after it works.
+  await page.click("#files-conflict-reload");
+  await filesDone("Open /data/page.txt");
+  assert.equal(await page.locator("#files-conflict").isHidden(), true);
+  assert.equal(await page.inputValue("#files-text"), changedInside);
+  const thirdVersion = `${changedInside}edited after the reload\n`;
+  await page.fill("#files-text", thirdVersion);
+  await page.click("#files-save");
+  await filesDone("Save /data/page.txt");
+  assert.equal((await shell(id, "cat /data/page.txt")).toString(), thirdVersion);
+  log("conflict shown, reloaded, saved again");
+
+  // Another change inside; this time Overwrite keeps the page's version.
+  await shell(id, "echo y >> /data/page.txt");
+  const overwritten = "the page's version wins\n";
+  await page.fill("#files-text", overwritten);
+  await page.click("#files-save");
+  assert.match(await filesFails("Save /data/page.txt"), /ABORTED REVISION_MISMATCH/);
+  await page.click("#files-conflict-overwrite");
+  await filesDone("Overwrite /data/page.txt");
+  assert.equal(await page.locator("#files-conflict").isHidden(), true);
+  assert.equal((await shell(id, "cat /data/page.txt")).toString(), overwritten);
+  log("conflict overwritten");
+
+  // Upload through the file input: more than 3 MiB, so several WriteFileChunk calls of at most
+  // 3 MiB each; the workspace has exactly these bytes.
+  const uploadBytes = randomBytes(7 * 1024 * 1024 + 12345);
+  const chunkBodies = [];
+  const recordChunk = (req) => {
+    if (req.url().endsWith("/berth.workspace.v1.FilesystemService/WriteFileChunk")) {
+      chunkBodies.push(req.postDataBuffer()?.length ?? 0);
+    }
+  };
+  page.on("request", recordChunk);
+  await page.setInputFiles("#files-upload", { name: "upload.bin", mimeType: "application/octet-stream", buffer: uploadBytes });
+  await filesDone("Upload upload.bin");
+  page.off("request", recordChunk);
+  log(`upload request bodies: ${chunkBodies.join(", ")} bytes`);
+  assert.equal(chunkBodies.length, 3, "7 MiB go up in three chunks");
+  const grpcWebOverhead = 1024; // the frame header and the request's other fields
+  for (const size of chunkBodies) assert.ok(size <= 3 * 1024 * 1024 + grpcWebOverhead, `a chunk of ${size} bytes`);
+  await filesRow("upload.bin").waitFor();
+  const uploaded = (await shell(id, "wc -c < /data/upload.bin && sha256sum /data/upload.bin")).toString().trim().split(/\s+/);
+  assert.equal(Number(uploaded[0]), uploadBytes.length, "the upload's size in the workspace");
+  assert.equal(uploaded[1], sha256(uploadBytes), "the upload's bytes in the workspace");
+  log(`uploaded ${uploadBytes.length} bytes`);
+
+  // Download a file made inside the workspace: the browser saves exactly its bytes.
+  const made = (await shell(id, "head -c 2500000 /dev/urandom > /data/made-inside.bin && sha256sum /data/made-inside.bin"))
+    .toString()
+    .split(/\s+/)[0];
+  await page.click("#files-refresh");
+  await filesDone("List /data");
+  const downloading = page.waitForEvent("download");
+  await filesRow("made-inside.bin").locator("button.download").click();
+  const download = await downloading;
+  await filesDone("Download /data/made-inside.bin");
+  assert.equal(download.suggestedFilename(), "made-inside.bin");
+  const downloaded = readFileSync(await download.path());
+  assert.equal(downloaded.length, 2500000, "the download's size");
+  assert.equal(sha256(downloaded), made, "the download's bytes");
+
+  // A symlink made inside opens what it points to, under its own path.
+  await shell(id, "ln -s page.txt /data/page-link");
+  await page.click("#files-refresh");
+  await filesDone("List /data");
+  assert.equal(await filesRow("page-link").getAttribute("data-type"), "symlink");
+  await filesRow("page-link").click();
+  await filesDone("Follow /data/page-link");
+  assert.equal(await page.locator("#files-editor-path").textContent(), "/data/page-link");
+  assert.equal(await page.inputValue("#files-text"), overwritten);
+  const throughLink = "saved through the link\n";
+  await page.fill("#files-text", throughLink);
+  await page.click("#files-save");
+  await filesDone("Save /data/page-link");
+  assert.equal((await shell(id, "test -L /data/page-link && cat /data/page.txt")).toString(), throughLink);
+  await page.screenshot({ path: join(artifacts, "files.png"), fullPage: true });
+  log(`downloaded ${downloaded.length} bytes; screenshot: ${join(artifacts, "files.png")}`);
+
   // Stop, start.
   await page.click("#stop");
   await waitFor(page.locator("#ws-state", { hasText: "STOPPED" }));
   await waitFor(row.locator("td.state", { hasText: "STOPPED" }));
   assert.equal(await page.locator("#ws-pid").textContent(), "—");
   log("stopped");
+
+  // A stopped workspace's files are still there to browse.
+  await page.click("#files-refresh");
+  await filesDone("List /data");
+  await filesRow("page.txt").waitFor();
+  await page.click("#files-close");
+  assert.equal(await page.locator("#files-editor").isHidden(), true);
+  await filesRow("page.txt").click();
+  await filesDone("Open /data/page.txt");
+  assert.equal(await page.inputValue("#files-text"), throughLink);
+  log("browsed and opened a file of the stopped workspace");
   await page.click("#start");
   await waitFor(page.locator("#ws-state", { hasText: "RUNNING" }));
   await waitFor(row.locator("td.state", { hasText: "RUNNING" }));

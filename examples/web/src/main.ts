@@ -16,6 +16,8 @@ import {
   type LayerProgress,
   type Workspace,
 } from "@berth/sdk/web";
+import { FilesPanel } from "./files.js";
+import { describeError, formatBytes as bytes } from "./format.js";
 import { TerminalPanel } from "./terminal.js";
 
 const DEFAULT_SERVER = "http://127.0.0.1:50051";
@@ -55,6 +57,8 @@ const el = {
   wsLabels: $("ws-labels"),
   wsCreated: $("ws-created"),
   wsPreserved: $("ws-preserved"),
+  wsDataPath: $("ws-data-path"),
+  wsHostDataPath: $("ws-host-data-path"),
   start: $<HTMLButtonElement>("start"),
   stop: $<HTMLButtonElement>("stop"),
   preserve: $<HTMLInputElement>("preserve"),
@@ -63,6 +67,7 @@ const el = {
   terminalOpen: $<HTMLButtonElement>("terminal-open"),
   terminalHost: $("terminal"),
   terminalStatus: $("terminal-status"),
+  filesSection: $("files-section"),
   error: $("error"),
   status: $("status"),
 };
@@ -82,23 +87,15 @@ declare global {
     berthTerminalSize?: () => { cols: number; rows: number };
   }
 }
+const files = new FilesPanel(berth, el.filesSection);
+
 window.berthTerminalText = () => terminal.text();
 window.berthTerminalSize = () => terminal.size();
 
 const stateName = (s: WorkspaceState) => WorkspaceState[s] ?? `STATE_${s}`;
-function bytes(n: bigint): string {
-  const x = Number(n);
-  if (x < 1024) return `${x} B`;
-  if (x < 1024 ** 2) return `${(x / 1024).toFixed(1)} KiB`;
-  if (x < 1024 ** 3) return `${(x / 1024 ** 2).toFixed(1)} MiB`;
-  return `${(x / 1024 ** 3).toFixed(2)} GiB`;
-}
 
 function showError(action: string, err: unknown): void {
-  const info = berthErrorInfo(err);
-  el.error.textContent = info
-    ? `${action} failed: ${info.codeName}${info.reason ? ` ${info.reason}` : ""}: ${info.message}`
-    : `${action} failed: ${String(err)}`;
+  el.error.textContent = describeError(action, err);
   el.error.hidden = false;
   // Visible in the browser console (and in the test's log).
   console.warn(el.error.textContent);
@@ -175,6 +172,7 @@ function showInfo(ws: Workspace | undefined): void {
   selectedId = ws?.workspaceId;
   rememberSelection(selectedId);
   showTerminal(ws);
+  files.show(ws);
   el.info.hidden = !ws;
   el.infoNone.hidden = !!ws;
   for (const tr of el.listBody.querySelectorAll("tr")) {
@@ -198,6 +196,8 @@ function showInfo(ws: Workspace | undefined): void {
       .join(", ") || "—";
   el.wsCreated.textContent = ws.createTime ? new Date(Number(ws.createTime.seconds) * 1000).toLocaleString() : "—";
   el.wsPreserved.textContent = ws.hasPreservedData ? "yes" : "no";
+  el.wsDataPath.textContent = ws.dataPath || "—";
+  el.wsHostDataPath.textContent = ws.hostDataPath || "—";
   if (ws.failureReason) {
     el.wsState.textContent += ` (${ws.failureReason}: ${ws.failureMessage})`;
   }
