@@ -7,6 +7,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod failpoint;
+pub mod files;
 pub mod model;
 pub mod process;
 pub mod runtime;

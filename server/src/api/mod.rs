@@ -69,7 +69,9 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(WorkspaceServiceServer::new(workspace::WorkspaceApi::new(manager.clone())))
-        .add_service(FilesystemServiceServer::new(filesystem::FilesystemApi))
+        .add_service(FilesystemServiceServer::new(filesystem::FilesystemApi::new(Arc::new(crate::files::Files::new(
+            manager.clone(),
+        )))))
         .add_service(ProcessServiceServer::new(process::ProcessApi::new(manager.clone())));
 
     let stopped = shutdown.clone();

@@ -147,12 +147,15 @@ pub struct PtySize {
 }
 
 /// What every process of a workspace starts from: the container's process (PID 1's environment,
-/// which is the image's plus the workspace's `env`, and working directory).
+/// which is the image's plus the workspace's `env`, working directory and user).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessBase {
     /// `KEY=value` entries.
     pub env: Vec<String>,
     pub cwd: String,
+    /// The user and primary group the container's process runs as (the image's `User`).
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// A process to exec in a workspace's running task. Its Debug output leaves out the environment.

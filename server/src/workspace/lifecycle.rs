@@ -282,7 +282,8 @@ impl Manager {
     }
 
     /// Runs `stop` (which ends the workspace's task) so that the `end` of every process started
-    /// through ProcessService says `why`, and no stream outlives the task.
+    /// through ProcessService says `why`, no stream outlives the task, and no file operation
+    /// holds the running root meanwhile.
     async fn ending_processes<T>(
         &self,
         id: &WorkspaceId,
@@ -291,7 +292,12 @@ impl Manager {
         stop: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         self.processes.workspace_ending(id.as_str(), why);
+        let files = self.file_gates.quiesce(id).await;
         let outcome = stop.await;
+        drop(files);
+        if forget && outcome.is_ok() {
+            self.file_gates.forget(id);
+        }
         match &outcome {
             Ok(_) => self.processes.workspace_ended(id.as_str(), forget),
             Err(_) => self.processes.workspace_not_ending(id.as_str(), why),

@@ -13,11 +13,12 @@ use tokio::sync::{Notify, watch};
 use tokio_util::task::TaskTracker;
 
 use super::create::CreateOperation;
+use super::files::FileGates;
 use super::locks::{InFlight, WorkspaceGuard, WorkspaceLocks};
 use super::selector::{decode_page_token, encode_page_token, parse_label_selector};
+use crate::data::WritableLayer;
 use crate::error::{Error, Reason, Result};
 use crate::model::{WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceState};
-use crate::data::WritableLayer;
 use crate::process::Processes;
 use crate::runtime::Runtime;
 use crate::store::Store;
@@ -70,6 +71,8 @@ pub struct Manager {
     /// Writable snapshot key → its own directory on the host (the overlay upper dir), for
     /// `host_data_path`; a key's directory never changes, so it is asked once.
     pub(super) snapshot_dirs: Mutex<HashMap<String, PathBuf>>,
+    /// File operations on running workspaces, so a stop can end them first.
+    pub(super) file_gates: FileGates,
 }
 
 impl Manager {
@@ -89,6 +92,7 @@ impl Manager {
             reconciling: Mutex::new(HashSet::new()),
             reconcile_progress: Notify::new(),
             snapshot_dirs: Mutex::new(HashMap::new()),
+            file_gates: FileGates::default(),
         }
     }
 

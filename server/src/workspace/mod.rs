@@ -1,6 +1,7 @@
 //! The domain: the [`Manager`] orchestrates workspaces over the runtime and the store.
 
 mod create;
+mod files;
 mod lifecycle;
 mod locks;
 mod manager;
@@ -13,5 +14,6 @@ mod tests;
 mod validate;
 
 pub use create::{CreateEvent, CreateRequest, CreateStream};
+pub use files::FileAccess;
 pub use manager::{DEFAULT_STOP_TIMEOUT, Manager, ManagerConfig, WorkspaceList};
 pub use reconcile::ReconcileReport;

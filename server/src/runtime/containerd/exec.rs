@@ -121,7 +121,8 @@ impl Containerd {
             .map(|entries| entries.iter().filter_map(|entry| entry.as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
         let cwd = process["cwd"].as_str().unwrap_or("/").to_owned();
-        Ok(ProcessBase { env, cwd })
+        let id_of = |key: &str| process["user"][key].as_u64().and_then(|id| u32::try_from(id).ok()).unwrap_or(0);
+        Ok(ProcessBase { env, cwd, uid: id_of("uid"), gid: id_of("gid") })
     }
 
     pub(super) async fn exec_process(&self, spec: &ExecSpec<'_>) -> Result<StartedExec> {

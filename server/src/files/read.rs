@@ -1,0 +1,87 @@
+//! ReadFile: the entry first, then the requested byte range in chunks of at most 1 MiB, read on
+//! a blocking thread into a small bounded channel, so memory stays flat for any file size and a
+//! slow client only slows the reader down.
+
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt as _;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::entry::{Entry, EntryKind};
+use super::{fs_error, not_regular, stopped_meanwhile};
+use crate::data::InRoot;
+use crate::data::in_root;
+use crate::error::{Error, Reason, Result};
+
+/// Largest chunk of a ReadFile stream, as the proto promises.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// One message of a read.
+#[derive(Debug)]
+pub enum ReadEvent {
+    Entry(Entry),
+    Chunk(Bytes),
+}
+
+/// Reads `length` bytes (0: to the end) of the regular file at `path` from `offset`, sending the
+/// entry and then the chunks; stops when the receiver goes away or `cancel` fires.
+pub fn read_file(
+    root: &InRoot,
+    path: &str,
+    offset: i64,
+    length: i64,
+    cancel: &CancellationToken,
+    events: &mpsc::Sender<Result<ReadEvent>>,
+) -> Result<()> {
+    if offset < 0 || length < 0 {
+        return Err(Error::new(
+            Reason::InvalidArgument,
+            format!("offset ({offset}) and length ({length}) must not be negative"),
+        ));
+    }
+    let fd = root.resolve(path, true).map_err(|err| fs_error(&err, "read", path))?;
+    let entry = super::ops::describe(&fd, path)?;
+    match entry.kind {
+        EntryKind::File => {}
+        EntryKind::Directory => {
+            return Err(Error::new(Reason::IsADirectory, format!("{path} is a directory; list it with ListDir")));
+        }
+        _ => return Err(not_regular(path)),
+    }
+    let file = in_root::reopen_for_reading(fd.as_fd()).map_err(|err| fs_error(&err, "read", path))?;
+    if events.blocking_send(Ok(ReadEvent::Entry(entry))).is_err() {
+        return Ok(());
+    }
+    let mut position = offset as u64;
+    let end = if length == 0 { u64::MAX } else { position.saturating_add(length as u64) };
+    while position < end {
+        if cancel.is_cancelled() {
+            return Err(stopped_meanwhile(path));
+        }
+        let want = usize::try_from((end - position).min(CHUNK_BYTES as u64)).expect("a chunk fits in memory");
+        let mut buffer = vec![0; want];
+        let mut filled = 0;
+        while filled < want {
+            match file.read_at(&mut buffer[filled..], position + filled as u64) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(fs_error(&err, "read", path)),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        buffer.truncate(filled);
+        position += filled as u64;
+        if events.blocking_send(Ok(ReadEvent::Chunk(Bytes::from(buffer)))).is_err() {
+            return Ok(());
+        }
+        if filled < want {
+            break;
+        }
+    }
+    Ok(())
+}
