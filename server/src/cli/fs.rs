@@ -1,5 +1,6 @@
 //! `berth fs ls | cat | stat | mkdir | rm | mv`: a workspace's files, named `ID:/path`.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use berth_api::v1 as pb;
@@ -85,7 +86,7 @@ pub async fn run(channel: Channel, command: FsCommand) -> Result<ExitCode, Strin
     let mut client = FilesystemServiceClient::new(channel);
     match command {
         FsCommand::Ls { path, recursive, output } => {
-            ls(&mut client, &paths::parse_workspace_path(&path)?, recursive, output).await?
+            return ls(&mut client, &paths::parse_workspace_path(&path)?, recursive, output).await;
         }
         FsCommand::Cat { paths } => {
             let targets = parse_all(&paths)?;
@@ -155,7 +156,8 @@ async fn for_each(
     let mut code = ExitCode::SUCCESS;
     for target in targets {
         if let Err(status) = call(client, target).await {
-            eprintln!("berth: {target}: {}", describe(status));
+            // The server's message names the path.
+            eprintln!("berth: {}", describe(status));
             code = ExitCode::FAILURE;
         }
     }
@@ -188,35 +190,78 @@ pub async fn cat(client: &mut Client, target: &WorkspacePath) -> Result<ExitCode
 
 /// `berth fs ls`: a directory's entries (all of them with `-R`) as rows or a JSON array, printed
 /// page by page; anything else as one row.
-async fn ls(client: &mut Client, target: &WorkspacePath, recursive: bool, format: OutputFormat) -> Result<(), String> {
+async fn ls(
+    client: &mut Client,
+    target: &WorkspacePath,
+    recursive: bool,
+    format: OutputFormat,
+) -> Result<ExitCode, String> {
     let entry = cp::stat(client, target, target.path.ends_with('/')).await?;
-    let json = format == OutputFormat::Json;
-    if json {
-        println!("[");
-    } else {
-        output::print_entry_header();
-    }
-    let mut first = true;
-    let mut print = |name: &str, entry: &pb::EntryInfo| {
-        if json {
-            println!("{}{}", if first { "  " } else { ", " }, output::entry_json(entry));
+    let mut rows = Rows { json: format == OutputFormat::Json, held: None };
+    let listed = async {
+        rows.start()?;
+        if entry.r#type() == pb::FileType::Directory {
+            let mut walk = RemoteWalk::new(client.clone(), target.workspace_id.clone(), entry.path.clone(), recursive);
+            while let Some(listed) = walk.next().await.map_err(Listing::Failed)? {
+                rows.print(&listed.relative, &listed.entry)?;
+            }
         } else {
-            output::print_entry_row(name, entry);
+            rows.print(&entry.path, &entry)?;
         }
-        first = false;
+        rows.end()?;
+        Ok::<(), Listing>(())
     };
-    if entry.r#type() == pb::FileType::Directory {
-        let mut walk = RemoteWalk::new(client.clone(), target.workspace_id.clone(), entry.path.clone(), recursive);
-        while let Some(listed) = walk.next().await? {
-            print(&listed.relative, &listed.entry);
+    match listed.await {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(Listing::Failed(message)) => Err(message),
+        // Our reader went away (`| head`): stop quietly, as a failure.
+        Err(Listing::Closed) => Ok(ExitCode::FAILURE),
+    }
+}
+
+enum Listing {
+    Failed(String),
+    Closed,
+}
+
+impl From<std::io::Error> for Listing {
+    fn from(_: std::io::Error) -> Self {
+        Self::Closed
+    }
+}
+
+/// The rows of `berth fs ls` on stdout: a table, or a JSON array with one entry per line (each
+/// held back until the next one shows whether a comma follows).
+struct Rows {
+    json: bool,
+    held: Option<String>,
+}
+
+impl Rows {
+    fn start(&mut self) -> std::io::Result<()> {
+        let first = if self.json { "[".to_owned() } else { output::entry_header() };
+        writeln!(std::io::stdout(), "{first}")
+    }
+
+    fn print(&mut self, name: &str, entry: &pb::EntryInfo) -> std::io::Result<()> {
+        if !self.json {
+            return writeln!(std::io::stdout(), "{}", output::entry_row(name, entry));
         }
-    } else {
-        print(&entry.path, &entry);
+        if let Some(previous) = self.held.replace(output::entry_json(entry).to_string()) {
+            writeln!(std::io::stdout(), "  {previous},")?;
+        }
+        Ok(())
     }
-    if json {
-        println!("]");
+
+    fn end(&mut self) -> std::io::Result<()> {
+        if !self.json {
+            return Ok(());
+        }
+        if let Some(last) = self.held.take() {
+            writeln!(std::io::stdout(), "  {last}")?;
+        }
+        writeln!(std::io::stdout(), "]")
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -167,21 +167,21 @@ fn short_time(timestamp: Option<&prost_types::Timestamp>) -> String {
 }
 
 /// The header of `berth fs ls`.
-pub fn print_entry_header() {
-    println!("{:<10} {:>11} {:>12} {:<20} NAME", "MODE", "UID:GID", "SIZE", "MODIFIED");
+pub fn entry_header() -> String {
+    format!("{:<10} {:>11} {:>12} {:<20} NAME", "MODE", "UID:GID", "SIZE", "MODIFIED")
 }
 
 /// One row of `berth fs ls`: `name` is the entry's path relative to the listed directory.
-pub fn print_entry_row(name: &str, entry: &pb::EntryInfo) {
+pub fn entry_row(name: &str, entry: &pb::EntryInfo) -> String {
     let target =
         if entry.r#type() == pb::FileType::Symlink { format!(" -> {}", entry.symlink_target) } else { String::new() };
-    println!(
+    format!(
         "{:<10} {:>11} {:>12} {:<20} {name}{target}",
         mode_text(entry),
         format!("{}:{}", entry.uid, entry.gid),
         entry.size_bytes,
         short_time(entry.modify_time.as_ref()),
-    );
+    )
 }
 
 /// `berth fs stat`.

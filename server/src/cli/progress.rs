@@ -154,10 +154,11 @@ impl TransferProgress {
 
     fn make_bar(&self) -> ProgressBar {
         let (bar, template) = match self.total {
-            Some(total) => {
-                (ProgressBar::new(total), "{msg:30!} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
-            }
-            None => (ProgressBar::new_spinner(), "{spinner} {msg:30!} {bytes} {binary_bytes_per_sec}"),
+            Some(total) => (
+                ProgressBar::new(total),
+                "{msg:20!} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            ),
+            None => (ProgressBar::new_spinner(), "{spinner} {bytes} {binary_bytes_per_sec} {wide_msg}"),
         };
         bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
         bar.set_style(
