@@ -4,6 +4,8 @@
 //! Under `make test` every variable below is set; a test that cannot reach the testbed fails
 //! with a message saying how to start it. It never skips.
 
+pub mod files;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

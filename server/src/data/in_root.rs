@@ -119,7 +119,13 @@ impl InRoot {
         let mut current = path.to_owned();
         for _ in 0..MAX_SYMLINK_HOPS {
             let (parent, name) = split_parent(&current);
-            let parent_fd = self.resolve_dir(parent)?;
+            let parent_fd = match self.resolve_dir(parent) {
+                Ok(fd) => fd,
+                // A missing parent holds no symlink: the caller finds it missing too (or
+                // creates it).
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(current),
+                Err(err) => return Err(err),
+            };
             match rustix::fs::readlinkat(&parent_fd, name, Vec::new()) {
                 Ok(target) => {
                     let target = target.to_string_lossy().into_owned();

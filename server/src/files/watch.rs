@@ -70,6 +70,8 @@ impl Default for Watches {
     }
 }
 
+/// What a watch reports. No DONT_FOLLOW: watches are added through `/proc/self/fd/N`, a magic
+/// link that must be followed to reach the directory the fd was resolved to (in-root).
 fn mask() -> WatchMask {
     WatchMask::CREATE
         | WatchMask::MODIFY
@@ -79,7 +81,6 @@ fn mask() -> WatchMask {
         | WatchMask::ATTRIB
         | WatchMask::DELETE_SELF
         | WatchMask::ONLYDIR
-        | WatchMask::DONT_FOLLOW
 }
 
 impl Watches {
