@@ -1,6 +1,6 @@
 //! Client subcommands: `berth ls | create | get | start | stop | rm | exec | ps | cp | fs` over
-//! the generated Rust clients. A failed call prints one line (status code, ErrorInfo reason, message)
-//! and exits 1; `exec` exits with the process's own code.
+//! the generated Rust clients. A failed call prints one line (status code, ErrorInfo reason,
+//! message) and exits 1; `exec` exits with the process's own code.
 
 mod cp;
 mod exec;
