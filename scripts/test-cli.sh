@@ -2,7 +2,9 @@
 # The berth CLI against a live server (BERTH_TEST_SERVER): create with progress (plain lines
 # when piped, per-layer bars on a terminal), ls with a selector, get as table and JSON,
 # stop/start, rm --preserve-data + create --restore-data, exec (exit codes, stdin, -t through
-# script, a missing command), ps, and a failing call's one-line error.
+# script, a missing command), ps, cp and fs (files and trees both ways, byte-identical with their
+# modes; symlinks made in the workspace never followed on this host; a stopped workspace's
+# files), and a failing call's one-line error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BERTH_TEST_SERVER:?BERTH_TEST_SERVER must name a running berth (scripts/test-sdks.sh sets it)}"
@@ -10,7 +12,7 @@ export BERTH_SERVER=$BERTH_TEST_SERVER
 berth=target/debug/berth
 id=cli-$RANDOM$RANDOM
 TMPDIR_CLI=$(mktemp -d)
-trap 'rm -rf "$TMPDIR_CLI"' EXIT
+trap '$berth rm "$id" >/dev/null 2>&1 || true; rm -rf "$TMPDIR_CLI"' EXIT
 fail() { echo "test-cli: $*" >&2; exit 1; }
 
 tests/testbed/forget-image.sh "$BERTH_TEST_SDK_NAMESPACE" "$BERTH_TEST_IMAGE_MULTILAYER"
@@ -21,9 +23,14 @@ grep -q "^ready $id RUNNING pid [1-9]" <<<"$out" || fail "no ready line: $out"
 
 $berth ls --selector "run=$id" | grep -q "^$id  *RUNNING" || fail "ls with a selector misses $id"
 [ "$($berth ls --selector "run=nothing-$id" | wc -l)" = 1 ] || fail "ls with another selector is not empty"
-$berth get "$id" | grep -q '^STATE  *RUNNING' || fail "get table lacks STATE RUNNING"
+grep -q '^STATE  *RUNNING' <<<"$($berth get "$id")" || fail "get table lacks STATE RUNNING"
 state=$($berth get "$id" -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')
 [ "$state" = WORKSPACE_STATE_RUNNING ] || fail "get -o json state is $state"
+data_paths=$($berth get "$id" -o json | python3 -c 'import json,sys; w=json.load(sys.stdin); print(w["dataPath"], w["hostDataPath"])')
+[[ $data_paths == "/data /"*/data ]] || fail "get -o json dataPath, hostDataPath: $data_paths"
+get_out=$($berth get "$id")
+grep -q '^DATA PATH  */data$' <<<"$get_out" || fail "get table lacks DATA PATH /data: $get_out"
+grep -qF "HOST DATA PATH ${data_paths#/data }" <<<"$get_out" || fail "get table lacks HOST DATA PATH: $get_out"
 
 # exec: output as it comes, the process's exit code, stdin with -i, a terminal with -t.
 set +e
@@ -54,8 +61,120 @@ set -e
 [ "$code" = 1 ] || fail "a missing command exits $code"
 grep -q '^berth: NOT_FOUND EXECUTABLE_NOT_FOUND: ' <<<"$err" || fail "missing command: $err"
 
+# Files. A host tree with modes, an empty directory, a multi-chunk file and a symlink.
+work=$TMPDIR_CLI/files
+mkdir -p "$work/tree/sub/deeper" "$work/tree/empty"
+printf 'hello\n' >"$work/tree/a.txt"
+head -c 3000000 /dev/urandom >"$work/tree/sub/blob.bin"
+printf 'deep\n' >"$work/tree/sub/deeper/d.txt"
+chmod 0600 "$work/tree/a.txt"
+chmod 0750 "$work/tree/sub"
+chmod 0755 "$work/tree/sub/blob.bin"
+chmod 0700 "$work/tree/empty"
+ln -s a.txt "$work/tree/link"
+# Type and permission bits of everything below $1 but symlinks, which uploads skip.
+modes() { (cd "$1" && find . -mindepth 1 ! -type l -printf '%P %y %m\n' | sort); }
+expect_failure() { # expect_failure PATTERN COMMAND...: exits 1 with one line matching PATTERN on stderr
+  local pattern=$1 err code
+  shift
+  set +e
+  err=$("$@" 2>&1 >/dev/null)
+  code=$?
+  set -e
+  [ "$code" = 1 ] || fail "$* exits $code, not 1 ($err)"
+  grep -q "$pattern" <<<"$err" || fail "$*: stderr is not $pattern: $err"
+}
+
+# One file in and out, byte-identical with its mode; stdin in and stdout out.
+$berth cp "$work/tree/a.txt" "$id:/data/a.txt"
+[ "$($berth fs cat "$id:/data/a.txt")" = hello ] || fail "fs cat does not print what cp wrote"
+$berth cp "$id:/data/a.txt" "$work/a.out"
+cmp "$work/tree/a.txt" "$work/a.out" || fail "a file copied in and out differs"
+[ "$(stat -c %a "$work/a.out")" = 600 ] || fail "the file's mode is $(stat -c %a "$work/a.out"), not 600"
+printf 'piped\n' | $berth cp - "$id:/data/piped.txt"
+[ "$($berth cp "$id:/data/piped.txt" -)" = piped ] || fail "cp - and cp to - do not round-trip"
+
+# A tree into an existing directory lands inside it; the host symlink is skipped, said on stderr.
+$berth fs mkdir -p "$id:/data/cli/in"
+err=$($berth cp "$work/tree" "$id:/data/cli/in" 2>&1 >/dev/null)
+grep -q "^berth: skipped symlink .*tree/link -> a.txt" <<<"$err" || fail "the skipped symlink is not reported: $err"
+ls_out=$($berth fs ls -R "$id:/data/cli/in")
+for name in tree tree/a.txt tree/empty tree/sub tree/sub/blob.bin tree/sub/deeper tree/sub/deeper/d.txt; do
+  grep -q " $name\$" <<<"$ls_out" || fail "fs ls -R lacks $name: $ls_out"
+done
+grep -q '^-rw------- .* 6 .* tree/a.txt$' <<<"$ls_out" || fail "fs ls -R row of a.txt: $ls_out"
+grep -q 'link' <<<"$ls_out" && fail "the host symlink was uploaded: $ls_out"
+names=$($berth fs ls "$id:/data/cli/in/tree" -o json | python3 -c 'import json,sys; print(" ".join(e["name"] for e in json.load(sys.stdin)))')
+[ "$names" = "a.txt empty sub" ] || fail "fs ls -o json names: $names"
+# ... and back to a missing destination, which becomes the copy; then into an existing directory,
+# and a directory's content (DIR/.) into an existing one.
+$berth cp "$id:/data/cli/in/tree" "$work/back"
+diff -r -x link "$work/tree" "$work/back" || fail "the tree copied in and out differs"
+[ "$(modes "$work/tree")" = "$(modes "$work/back")" ] || fail "modes differ: $(modes "$work/back")"
+mkdir "$work/into" "$work/contents"
+$berth cp "$id:/data/cli/in/tree" "$work/into"
+diff -r -x link "$work/tree" "$work/into/tree" || fail "the tree copied into a directory differs"
+$berth cp "$id:/data/cli/in/tree/." "$work/contents"
+diff -r -x link "$work/tree" "$work/contents" || fail "DIR/. copied into a directory differs"
+
+# fs stat, mkdir -p, mv, rm.
+stat_out=$($berth fs stat "$id:/data/cli/in/tree/a.txt")
+grep -q '^TYPE  *FILE$' <<<"$stat_out" && grep -q '^SIZE  *6$' <<<"$stat_out" &&
+  grep -q '^MODE  *0600 (-rw-------)$' <<<"$stat_out" || fail "fs stat: $stat_out"
+$berth fs mkdir -p "$id:/data/cli/x/y/z"
+grep -q '^TYPE  *DIRECTORY$' <<<"$($berth fs stat "$id:/data/cli/x/y/z")" || fail "fs mkdir -p made no directory"
+$berth fs mkdir -p "$id:/data/cli/x/y/z" || fail "fs mkdir -p of an existing directory fails"
+expect_failure '^berth: ALREADY_EXISTS PATH_ALREADY_EXISTS: ' $berth fs mkdir "$id:/data/cli/x"
+$berth fs mv "$id:/data/piped.txt" "$id:/data/cli/x/moved.txt"
+[ "$($berth fs cat "$id:/data/cli/x/moved.txt")" = piped ] || fail "fs mv lost the content"
+expect_failure '^berth: FAILED_PRECONDITION DIRECTORY_NOT_EMPTY: ' $berth fs rm "$id:/data/cli/x"
+$berth fs rm -r "$id:/data/cli/x"
+expect_failure '^berth: NOT_FOUND PATH_NOT_FOUND: .*/data/cli/x' $berth fs stat "$id:/data/cli/x"
+$berth fs rm "$id:/data/a.txt"
+expect_failure '^berth: NOT_FOUND PATH_NOT_FOUND: ' $berth fs cat "$id:/data/a.txt"
+
+# Copies of missing paths fail with the reason and create nothing.
+expect_failure '^berth: NOT_FOUND PATH_NOT_FOUND: .*/data/cli/missing' $berth cp "$id:/data/cli/missing" "$work/missing"
+[ ! -e "$work/missing" ] || fail "a failed download left $work/missing"
+expect_failure "^berth: cannot read $work/missing: " $berth cp "$work/missing" "$id:/data/cli/missing"
+expect_failure '^berth: NOT_FOUND PATH_NOT_FOUND: ' $berth cp "$work/tree/a.txt" "$id:/data/cli/no/such/dir/a.txt"
+expect_failure '^berth: INVALID_ARGUMENT INVALID_PATH: ' $berth fs ls "$id:data"
+expect_failure 'must be ID:/path' $berth cp "$work/tree" "$work/elsewhere"
+
+# Symlinks made in the workspace come out as symlinks, never followed to this host's files.
+$berth exec "$id" -- sh -c 'ln -s /etc/shadow /data/evil && mkdir /data/cli/links &&
+  ln -s /etc/shadow /data/cli/links/shadow && ln -s /etc /data/cli/links/etc && echo x >/data/cli/links/plain'
+grep -q ' shadow -> /etc/shadow$' <<<"$($berth fs ls "$id:/data/cli/links")" || fail "fs ls shows no symlink target"
+grep -q '^TARGET  */etc/shadow$' <<<"$($berth fs stat "$id:/data/evil")" || fail "fs stat shows no symlink target"
+$berth cp "$id:/data/evil" "$work/evil"
+[ -L "$work/evil" ] && [ "$(readlink "$work/evil")" = /etc/shadow ] || fail "the symlink was not copied as a symlink"
+$berth cp "$id:/data/cli/links" "$work/links"
+[ "$(readlink "$work/links/shadow")" = /etc/shadow ] && [ "$(readlink "$work/links/etc")" = /etc ] ||
+  fail "symlinks in a tree were not copied as symlinks: $(ls -l "$work/links")"
+[ "$(cd "$work" && find evil links -type f)" = links/plain ] || fail "a symlink was followed: $(find "$work/links")"
+# A later copy into the same place meets the symlinks the first one made: it never writes
+# through them (here the workspace turned escape, a symlink to a host directory, into a directory).
+mkdir "$work/host-target"
+$berth exec "$id" -- sh -c "mkdir /data/cli/swap && ln -s '$work/host-target' /data/cli/swap/escape"
+$berth cp "$id:/data/cli/swap" "$work/"
+[ "$(readlink "$work/swap/escape")" = "$work/host-target" ] || fail "escape was not copied as a symlink"
+$berth exec "$id" -- sh -c 'rm /data/cli/swap/escape && mkdir /data/cli/swap/escape && echo planted >/data/cli/swap/escape/planted'
+expect_failure "^berth: cannot overwrite $work/swap/escape" $berth cp "$id:/data/cli/swap" "$work/"
+[ -z "$(ls -A "$work/host-target")" ] || fail "a download wrote through a host symlink: $(ls -A "$work/host-target")"
+
+# A large file: no output when piped, a progress bar on a terminal; byte-identical both ways.
+head -c 20000000 /dev/urandom >"$work/big"
+[ -z "$($berth cp "$work/big" "$id:/data/cli/big" 2>&1)" ] || fail "cp prints something when not on a terminal"
+tty_out=$(script -qec "$berth cp $id:/data/cli/big $work/big.out" /dev/null)
+grep -q '\[=*' <<<"$tty_out" || fail "no progress bar on a terminal: $tty_out"
+cmp "$work/big" "$work/big.out" || fail "a 20 MB file copied in and out differs"
+
 [ "$($berth stop "$id" --timeout 5)" = "$id STOPPED" ] || fail "stop"
 wait "$sleeper" || true
+# A stopped workspace's files are reachable too.
+[ "$($berth fs cat "$id:/data/cli/in/tree/a.txt")" = hello ] || fail "fs cat of a stopped workspace"
+$berth cp "$id:/data/cli/in/tree/sub" "$work/stopped"
+diff -r "$work/tree/sub" "$work/stopped" || fail "cp out of a stopped workspace differs"
 [ "$($berth start "$id")" = "$id RUNNING" ] || fail "start"
 $berth rm "$id" --preserve-data | grep -q preserved || fail "rm --preserve-data"
 out=$($berth create "$id" --image "$BERTH_TEST_IMAGE_MULTILAYER" --restore-data)

@@ -1,10 +1,15 @@
-//! Client subcommands: `berth ls | create | get | start | stop | rm | exec | ps` over the
-//! generated Rust client. A failed call prints one line (status code, ErrorInfo reason, message)
-//! and exits 1; `exec` exits with the process's own code.
+//! Client subcommands: `berth ls | create | get | start | stop | rm | exec | ps | cp | fs` over
+//! the generated Rust clients. A failed call prints one line (status code, ErrorInfo reason,
+//! message) and exits 1; `exec` exits with the process's own code.
 
+mod cp;
 mod exec;
+mod fs;
+mod host;
 mod output;
+mod paths;
 mod progress;
+mod remote;
 
 use std::process::ExitCode;
 
@@ -117,6 +122,27 @@ pub enum ClientCommand {
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: OutputFormat,
     },
+    /// Copy files and directories between this host and a workspace, like docker cp
+    ///
+    /// One of SRC and DST is ID:/path. An existing directory as DST receives the source inside
+    /// it (DIR/. copies a directory's content); otherwise DST becomes the copy. `-` as DST writes
+    /// a workspace file to stdout, as SRC reads stdin into one. Modes are kept (setuid and setgid
+    /// are dropped on this host). Symlinks in the workspace are copied as symlinks and never
+    /// followed; symlinks in a host directory are skipped (the API cannot create them).
+    #[command(verbatim_doc_comment)]
+    Cp {
+        /// ID:/path, a host path, or - (stdin)
+        #[arg(value_name = "SRC")]
+        source: String,
+        /// ID:/path, a host path, or - (stdout)
+        #[arg(value_name = "DST")]
+        destination: String,
+    },
+    /// Read and change a workspace's files (ls, cat, stat, mkdir, rm, mv)
+    Fs {
+        #[command(subcommand)]
+        command: fs::FsCommand,
+    },
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -210,6 +236,8 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
             return exec::exec(channel, options).await;
         }
         ClientCommand::Ps { id, output } => exec::ps(channel, id, output == OutputFormat::Json).await?,
+        ClientCommand::Cp { source, destination } => return cp::copy(channel, &source, &destination).await,
+        ClientCommand::Fs { command } => return fs::run(channel, command).await,
     }
     Ok(ExitCode::SUCCESS)
 }

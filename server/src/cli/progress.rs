@@ -1,4 +1,5 @@
-//! Create progress: per-layer bars with indicatif on a terminal, plain lines otherwise.
+//! Create progress: per-layer bars with indicatif on a terminal, plain lines otherwise; copy
+//! progress (`berth cp`): a bar on stderr when it is a terminal and the copy is large.
 
 use std::collections::HashMap;
 use std::io::IsTerminal as _;
@@ -95,6 +96,108 @@ impl CreateProgress {
             for bar in bars.values() {
                 bar.abandon();
             }
+        }
+    }
+}
+
+/// Copies smaller than this finish too fast for a bar to tell anything.
+const LARGE_TRANSFER_BYTES: u64 = 8 << 20;
+
+/// The progress of one `berth cp`, on stderr (stdout may carry the copied bytes): nothing until
+/// the copy is large, then a bar of bytes for one file of known size, or a running count of
+/// bytes and files for a tree. Nothing at all when stderr is not a terminal.
+pub struct TransferProgress {
+    terminal: bool,
+    /// The size of a single file; `None` for a tree, whose size is not known in advance.
+    total: Option<u64>,
+    bytes: u64,
+    files: u64,
+    current: String,
+    bar: Option<ProgressBar>,
+}
+
+impl TransferProgress {
+    /// One file of `size` bytes.
+    pub fn file(size: u64) -> Self {
+        Self::new(Some(size))
+    }
+
+    /// A directory tree.
+    pub fn tree() -> Self {
+        Self::new(None)
+    }
+
+    fn new(total: Option<u64>) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        Self { terminal, total, bytes: 0, files: 0, current: String::new(), bar: None }
+    }
+
+    /// A file starts: its name shows next to the counts.
+    pub fn start_file(&mut self, name: &str) {
+        self.files += 1;
+        self.current = name.to_owned();
+        if let Some(bar) = &self.bar {
+            bar.set_message(self.message());
+        }
+    }
+
+    /// `bytes` more were copied.
+    pub fn advance(&mut self, bytes: u64) {
+        self.bytes += bytes;
+        if self.bar.is_none() && self.terminal && self.total.unwrap_or(self.bytes) >= LARGE_TRANSFER_BYTES {
+            self.bar = Some(self.make_bar());
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_position(self.bytes);
+        }
+    }
+
+    fn make_bar(&self) -> ProgressBar {
+        let (bar, template) = match self.total {
+            Some(total) => (
+                ProgressBar::new(total),
+                "{msg:20!} [{wide_bar}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            ),
+            None => (ProgressBar::new_spinner(), "{spinner} {bytes} {binary_bytes_per_sec} {wide_msg}"),
+        };
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_position(self.bytes);
+        bar.set_message(self.message());
+        bar
+    }
+
+    fn message(&self) -> String {
+        match self.total {
+            Some(_) => self.current.clone(),
+            None => format!("{} files, {}", self.files, self.current),
+        }
+    }
+
+    /// A line on stderr (a skipped entry) that does not garble the bar.
+    pub fn warn(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("{text}")),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// The copy is complete: the bar stays at its final count.
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(self.message());
+            bar.finish();
+        }
+    }
+
+    /// The copy failed: the bar stays where it stopped, and the error follows it.
+    pub fn abandon(&self) {
+        if let Some(bar) = &self.bar {
+            bar.abandon();
         }
     }
 }
