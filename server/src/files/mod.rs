@@ -14,11 +14,13 @@ mod write;
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 
 pub use entry::{Entry, EntryKind};
 pub use list::Page;
@@ -33,6 +35,9 @@ use crate::workspace::{FileAccess, Manager};
 
 /// Chunks queued between a blocking reader or writer and its stream: bounds memory per call.
 const CHANNEL_CHUNKS: usize = 4;
+/// How long a transfer waits for a client that neither reads nor sends: it holds a stopped
+/// workspace's lock (a start waits for it) or a running workspace's gate.
+const CLIENT_STALL: Duration = Duration::from_secs(60);
 
 /// The file manager.
 pub struct Files {
@@ -110,19 +115,39 @@ impl Files {
     ) -> Result<impl Stream<Item = Result<ReadEvent>> + Send + 'static> {
         let access = self.manager.file_access(workspace_id).await?;
         let (sender, mut receiver) = mpsc::channel(CHANNEL_CHUNKS);
+        let (outcome, last_word) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             // The whole access moves in (a closure would otherwise capture only the fields it
             // names), so the mount or gate it holds lasts exactly as long as the read.
             let access = access;
-            if let Err(err) = read::read_file(&access.root, &path, offset, length, &access.cancel, &sender) {
-                let _ = sender.blocking_send(Err(err));
-            }
+            let read = read::read_file(&access.root, &path, offset, length, &mut |event| {
+                hand_over(&runtime, &sender, event, &access.cancel, &path)
+            });
             drop(access);
+            let _ = outcome.send(read);
         });
+        // The reader's own outcome comes apart from the chunks, so an error (a stop, a client
+        // that stopped reading) ends the stream even when the channel is full.
+        let tail = futures::stream::once(async move {
+            match last_word.await {
+                Ok(Err(err)) => Some(Err(err)),
+                Ok(Ok(())) => None,
+                Err(_) => Some(Err(Error::internal("the file reader ended without a word; see the server log"))),
+            }
+        })
+        .filter_map(|item| async move { item });
         match receiver.recv().await {
-            Some(Ok(first)) => Ok(futures::stream::iter([Ok(first)]).chain(ReceiverStream::new(receiver))),
-            Some(Err(err)) => Err(err),
-            None => Err(Error::internal("the file reader ended without a word; see the server log")),
+            Some(first) => {
+                Ok(futures::stream::iter([Ok(first)]).chain(ReceiverStream::new(receiver).map(Ok)).chain(tail).boxed())
+            }
+            None => {
+                let mut tail = Box::pin(tail);
+                match tail.next().await {
+                    Some(Err(err)) => Err(err),
+                    _ => Err(Error::internal("the file reader ended without a word; see the server log")),
+                }
+            }
         }
     }
 
@@ -133,8 +158,12 @@ impl Files {
         options: WriteOptions,
         mut chunks: mpsc::Receiver<Result<Bytes>>,
     ) -> Result<Entry> {
+        let runtime = tokio::runtime::Handle::current();
         self.on_root(workspace_id, move |access| {
-            write::write_file(&access.root, &options, &access.cancel, &mut || chunks.blocking_recv().transpose())
+            let path = options.path.clone();
+            write::write_file(&access.root, &options, &access.cancel, &mut || {
+                take_over(&runtime, &mut chunks, &access.cancel, &path)
+            })
         })
         .await
     }
@@ -178,6 +207,52 @@ impl Files {
         })
         .await
     }
+}
+
+/// Hands one item from a blocking worker to its stream; false when the stream is gone. Waits
+/// for room in the channel as long as the client reads, but not past a stop of the workspace
+/// (which must not wait for a client) or a client that stopped reading altogether.
+fn hand_over<T>(
+    runtime: &tokio::runtime::Handle,
+    sender: &mpsc::Sender<T>,
+    item: T,
+    cancel: &CancellationToken,
+    path: &str,
+) -> Result<bool> {
+    runtime.block_on(async {
+        tokio::select! {
+            sent = sender.send(item) => Ok(sent.is_ok()),
+            () = cancel.cancelled() => Err(stopped_meanwhile(path)),
+            () = tokio::time::sleep(CLIENT_STALL) => Err(stalled(path)),
+        }
+    })
+}
+
+/// Takes the next chunk a client sends to a blocking writer (None: the end), with the same
+/// bounds as [`hand_over`].
+fn take_over(
+    runtime: &tokio::runtime::Handle,
+    chunks: &mut mpsc::Receiver<Result<Bytes>>,
+    cancel: &CancellationToken,
+    path: &str,
+) -> Result<Option<Bytes>> {
+    runtime.block_on(async {
+        tokio::select! {
+            chunk = chunks.recv() => chunk.transpose(),
+            () = cancel.cancelled() => Err(stopped_meanwhile(path)),
+            () = tokio::time::sleep(CLIENT_STALL) => Err(stalled(path)),
+        }
+    })
+}
+
+fn stalled(path: &str) -> Error {
+    Error::new(
+        Reason::ResourceLimitExceeded,
+        format!(
+            "the client moved no data of {path} for {} s, and the transfer holds the workspace; retry with a client that keeps up",
+            CLIENT_STALL.as_secs()
+        ),
+    )
 }
 
 /// Runs blocking file work off the async runtime.

@@ -1,16 +1,15 @@
 //! ReadFile: the entry first, then the requested byte range in chunks of at most 1 MiB, read on
-//! a blocking thread into a small bounded channel, so memory stays flat for any file size and a
-//! slow client only slows the reader down.
+//! a blocking thread and handed on one chunk at a time (into a small bounded channel, see
+//! [`super::Files::read_file`]), so memory stays flat for any file size and a slow client only
+//! slows the reader down.
 
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt as _;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::entry::{Entry, EntryKind};
-use super::{fs_error, not_regular, stopped_meanwhile};
+use super::{fs_error, not_regular};
 use crate::data::InRoot;
 use crate::data::in_root;
 use crate::error::{Error, Reason, Result};
@@ -25,15 +24,14 @@ pub enum ReadEvent {
     Chunk(Bytes),
 }
 
-/// Reads `length` bytes (0: to the end) of the regular file at `path` from `offset`, sending the
-/// entry and then the chunks; stops when the receiver goes away or `cancel` fires.
+/// Reads `length` bytes (0: to the end) of the regular file at `path` from `offset`, handing the
+/// entry and then the chunks to `emit`, which answers false once nobody listens any more.
 pub fn read_file(
     root: &InRoot,
     path: &str,
     offset: i64,
     length: i64,
-    cancel: &CancellationToken,
-    events: &mpsc::Sender<Result<ReadEvent>>,
+    emit: &mut dyn FnMut(ReadEvent) -> Result<bool>,
 ) -> Result<()> {
     if offset < 0 || length < 0 {
         return Err(Error::new(
@@ -51,15 +49,12 @@ pub fn read_file(
         _ => return Err(not_regular(path)),
     }
     let file = in_root::reopen_for_reading(fd.as_fd()).map_err(|err| fs_error(&err, "read", path))?;
-    if events.blocking_send(Ok(ReadEvent::Entry(entry))).is_err() {
+    if !emit(ReadEvent::Entry(entry))? {
         return Ok(());
     }
     let mut position = offset as u64;
     let end = if length == 0 { u64::MAX } else { position.saturating_add(length as u64) };
     while position < end {
-        if cancel.is_cancelled() {
-            return Err(stopped_meanwhile(path));
-        }
         let want = usize::try_from((end - position).min(CHUNK_BYTES as u64)).expect("a chunk fits in memory");
         let mut buffer = vec![0; want];
         let mut filled = 0;
@@ -76,7 +71,7 @@ pub fn read_file(
         }
         buffer.truncate(filled);
         position += filled as u64;
-        if events.blocking_send(Ok(ReadEvent::Chunk(Bytes::from(buffer)))).is_err() {
+        if !emit(ReadEvent::Chunk(Bytes::from(buffer)))? {
             return Ok(());
         }
         if filled < want {
