@@ -21,7 +21,7 @@
 //! `source .testbed/env; BERTH_BIN=$PWD/target/release/berth BERTH_BENCH_ONLY=files cargo bench
 //! -p berth-e2e --bench lifecycle`. Only the `pull` section purges the testbed's other
 //! `berth-test-*` namespaces (their content would make its cold pulls warm), so leave it out on
-//! a testbed that others use.
+//! a testbed that others use. The run purges its own namespace at the end.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -678,6 +678,19 @@ async fn bench_create_and_stop(testbed: &Testbed, server: &BerthServer, client: 
     forget_image(testbed, &ctr_namespace, busybox);
 }
 
+/// Empties and removes containerd namespaces (tests/testbed/containerd.sh purge).
+fn purge_namespaces(testbed: &Testbed, namespaces: &[&str]) {
+    if namespaces.is_empty() {
+        return;
+    }
+    let status = std::process::Command::new(testbed.repo_root().join("tests/testbed/containerd.sh"))
+        .arg("purge")
+        .args(namespaces)
+        .status()
+        .expect("purge namespaces");
+    assert!(status.success(), "purging {namespaces:?} failed");
+}
+
 /// Cold pull of the multi-layer image: berth create (pull + unpack + create + start) vs ctr pull
 /// (pull + unpack). Both namespaces forget the image between rounds.
 async fn bench_cold_pull(testbed: &Testbed, server: &BerthServer, client: &mut Client, multilayer: &str) {
@@ -686,14 +699,7 @@ async fn bench_cold_pull(testbed: &Testbed, server: &BerthServer, client: &mut C
     let namespaces = testbed.ctr(&server.namespace, &["namespaces", "ls", "-q"]);
     let others: Vec<&str> =
         namespaces.lines().filter(|ns| ns.starts_with("berth-test-") && *ns != server.namespace).collect();
-    if !others.is_empty() {
-        let status = std::process::Command::new(testbed.repo_root().join("tests/testbed/containerd.sh"))
-            .arg("purge")
-            .args(&others)
-            .status()
-            .expect("purge namespaces");
-        assert!(status.success(), "purging {others:?} failed");
-    }
+    purge_namespaces(testbed, &others);
     let mut berth_pull = Vec::new();
     let mut ctr_pull = Vec::new();
     for round in 0..ROUNDS {
@@ -739,4 +745,8 @@ async fn main() {
         }
     }
     let _ = testbed.ctr_output(&ctr_namespace, &["namespaces", "rm", &ctr_namespace]);
+    // Nothing of the run stays on a testbed that outlives it (one shared with others).
+    let namespace = server.namespace.clone();
+    drop(server);
+    purge_namespaces(&testbed, &[&namespace]);
 }
