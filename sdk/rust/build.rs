@@ -25,6 +25,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("berth_descriptor.bin"), descriptors.encode_to_vec())?;
     tonic_prost_build::configure()
+        // `bytes` fields (file chunks, process output) decode as `bytes::Bytes`: a slice of the
+        // received buffer instead of a copy into a Vec.
+        .bytes(".")
         // ProcessService has a `Connect` RPC, which would clash with the generated
         // `XxxClient::connect` constructor: clients are built with `XxxClient::new(channel)`.
         .build_transport(false)

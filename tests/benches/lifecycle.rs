@@ -409,7 +409,7 @@ async fn read_file(
 async fn write_file(files: &mut FilesClient, workspace: &str, path: &str, content: &[u8]) -> (Duration, EntryInfo) {
     let header = WriteHeader { workspace_id: workspace.to_owned(), path: path.to_owned(), ..Default::default() };
     let messages: Vec<WriteFileRequest> = std::iter::once(WriteEvent::Header(header))
-        .chain(content.chunks(WRITE_CHUNK_BYTES).map(|chunk| WriteEvent::Chunk(chunk.to_vec())))
+        .chain(content.chunks(WRITE_CHUNK_BYTES).map(|chunk| WriteEvent::Chunk(chunk.to_vec().into())))
         .map(|event| WriteFileRequest { event: Some(event) })
         .collect();
     let started = Instant::now();

@@ -56,7 +56,7 @@ pub async fn write_with(
     messages.extend(
         content
             .chunks(chunk.max(1))
-            .map(|part| WriteFileRequest { event: Some(write_file_request::Event::Chunk(part.to_vec())) }),
+            .map(|part| WriteFileRequest { event: Some(write_file_request::Event::Chunk(part.to_vec().into())) }),
     );
     files.write_file(tokio_stream::iter(messages)).await.map(|response| response.into_inner().entry.unwrap())
 }

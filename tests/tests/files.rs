@@ -286,7 +286,7 @@ fn chunk(upload: &str, offset: i64, data: &[u8], last: bool) -> WriteFileChunkRe
         workspace_id: "upload".into(),
         upload_id: upload.into(),
         offset,
-        data: data.to_vec(),
+        data: data.to_vec().into(),
         last,
         path: "/data/up/file.bin".into(),
         create_parents: true,

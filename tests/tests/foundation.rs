@@ -301,14 +301,14 @@ async fn grpc_web_over_http1_works_and_cors_exposes_grpc_headers() {
 async fn unbuilt_rpcs_say_unimplemented_with_a_reason() {
     let testbed = Testbed::from_env();
     let server = BerthServer::start(&testbed);
-    let mut files = berth_api::v1::filesystem_service_client::FilesystemServiceClient::new(server.channel().await);
-    let status = files
-        .stat(berth_api::v1::StatRequest { workspace_id: "bot".to_owned(), ..Default::default() })
+    let mut workspaces = WorkspaceServiceClient::new(server.channel().await);
+    let status = workspaces
+        .create_snapshot(berth_api::v1::CreateSnapshotRequest { workspace_id: "bot".to_owned(), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
     assert_eq!(error_reason(&status).as_deref(), Some("NOT_IMPLEMENTED"));
-    assert!(status.message().contains("Stat"), "{}", status.message());
+    assert!(status.message().contains("CreateSnapshot"), "{}", status.message());
 }
 
 #[test]

@@ -134,7 +134,7 @@ async fn connect(
 }
 
 fn stdin(bytes: &[u8]) -> Option<ProcessInput> {
-    Some(ProcessInput { input: Some(process_input::Input::Stdin(bytes.to_vec())) })
+    Some(ProcessInput { input: Some(process_input::Input::Stdin(bytes.to_vec().into())) })
 }
 
 fn assert_status(status: &tonic::Status, code: Code, reason: &str) {
@@ -447,7 +447,7 @@ async fn pty_reports_a_terminal_and_follows_resizes() {
         .await
         .unwrap_err();
     assert_status(&status, Code::FailedPrecondition, "STDIN_NOT_OPEN");
-    let keys = Some(ProcessInput { input: Some(process_input::Input::Pty(b"hello\r".to_vec())) });
+    let keys = Some(ProcessInput { input: Some(process_input::Input::Pty(b"hello\r".to_vec().into())) });
     processes
         .send_input(SendInputRequest { workspace_id: "term".to_owned(), process: pid(typing_pid), input: keys })
         .await

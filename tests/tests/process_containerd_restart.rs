@@ -53,7 +53,7 @@ async fn a_process_outlives_a_containerd_restart() {
     testbed.containerd_ctl("start");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let input = ProcessInput { input: Some(process_input::Input::Stdin(b"y\n".to_vec())) };
+    let input = ProcessInput { input: Some(process_input::Input::Stdin(b"y\n".to_vec().into())) };
     processes
         .send_input(SendInputRequest {
             workspace_id: "steady".to_owned(),

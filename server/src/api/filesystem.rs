@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use berth_api::v1 as pb;
 use berth_api::v1::filesystem_service_server::FilesystemService;
-use bytes::Bytes;
 use futures::{Stream, StreamExt as _};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
@@ -143,7 +142,7 @@ impl FilesystemService for FilesystemApi {
         tokio::spawn(async move {
             loop {
                 let next = match stream.message().await {
-                    Ok(Some(pb::WriteFileRequest { event: Some(Event::Chunk(chunk)) })) => Some(Ok(Bytes::from(chunk))),
+                    Ok(Some(pb::WriteFileRequest { event: Some(Event::Chunk(chunk)) })) => Some(Ok(chunk)),
                     Ok(Some(_)) => Some(Err(Error::new(
                         Reason::InvalidArgument,
                         "only the first message of WriteFile is a header; the others carry chunks",

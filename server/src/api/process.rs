@@ -144,7 +144,7 @@ fn events<T: Send + 'static>(
             let last = !matches!(next, Some(Event::Data(_)));
             let item = match next {
                 Some(Event::Data(chunk)) => {
-                    let bytes = chunk.bytes.to_vec();
+                    let bytes = chunk.bytes;
                     let output = match chunk.stream {
                         process::Stream::Stdout => Output::Stdout(bytes),
                         process::Stream::Stderr => Output::Stderr(bytes),

@@ -142,7 +142,11 @@ async fn forward_stdin(
         })),
     };
     let chunks = tokio_stream::wrappers::ReceiverStream::new(receiver).map(move |chunk| {
-        let input = if tty { pb::process_input::Input::Pty(chunk) } else { pb::process_input::Input::Stdin(chunk) };
+        let input = if tty {
+            pb::process_input::Input::Pty(chunk.into())
+        } else {
+            pb::process_input::Input::Stdin(chunk.into())
+        };
         pb::StreamInputRequest {
             event: Some(pb::stream_input_request::Event::Data(pb::ProcessInput { input: Some(input) })),
         }

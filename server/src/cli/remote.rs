@@ -157,7 +157,7 @@ async fn feed_upload(
             break;
         }
         chunk.truncate(filled);
-        let message = Upload::Message(pb::WriteFileRequest { event: Some(Event::Chunk(chunk)) });
+        let message = Upload::Message(pb::WriteFileRequest { event: Some(Event::Chunk(chunk.into())) });
         if sender.send(message).await.is_err() {
             return Ok(());
         }

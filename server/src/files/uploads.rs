@@ -29,7 +29,7 @@ pub struct UploadChunk {
     pub workspace_id: String,
     pub upload_id: String,
     pub offset: i64,
-    pub data: Vec<u8>,
+    pub data: bytes::Bytes,
     pub last: bool,
     /// The first chunk's write options (path still unparsed: only the first chunk's counts).
     pub path: String,

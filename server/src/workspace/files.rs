@@ -1,6 +1,7 @@
 //! The Manager's side of FilesystemService: how a file operation reaches a workspace's files.
 //!
-//! A RUNNING workspace is reached through `/proc/<init pid>/root`. The operation holds a read
+//! A RUNNING workspace is reached through `/proc/<init pid>/root`, opened once per task and kept
+//! with a pidfd of that init (so a reused pid is never mistaken for it). The operation holds a read
 //! guard of the workspace's file gate; a stop (every path that ends the task goes through
 //! `ending_processes`) first cancels the operations in flight, then takes the write guard, so no
 //! fd on the old root outlives the task (such an fd would keep the old overlay alive on the
@@ -57,6 +58,25 @@ pub struct FileGates {
 struct Gate {
     lock: Arc<RwLock<()>>,
     cancel: Mutex<CancellationToken>,
+    /// The running root, opened once per task: most calls (a Stat, a small read) then cost no
+    /// containerd round trip. Dropped by `quiesce`; a task that ended on its own is noticed
+    /// through its init's pidfd.
+    running: Mutex<Option<Arc<RunningRoot>>>,
+}
+
+struct RunningRoot {
+    pid: u32,
+    /// Refers to exactly the init process the root was opened through (no pid reuse).
+    pidfd: std::os::fd::OwnedFd,
+    root: InRoot,
+}
+
+impl RunningRoot {
+    fn alive(&self) -> bool {
+        let mut fds = [rustix::event::PollFd::new(&self.pidfd, rustix::event::PollFlags::IN)];
+        // A pidfd polls readable once its process exited.
+        matches!(rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(0))
+    }
 }
 
 /// Held while a workspace's task is being stopped: no file operation on the running root is in
@@ -75,7 +95,14 @@ impl FileGates {
         let gate = self.gate(id);
         let token = std::mem::take(&mut *gate.cancel.lock().expect("file gate token"));
         token.cancel();
-        QuiescedFiles { _guard: gate.lock.clone().write_owned().await }
+        let guard = gate.lock.clone().write_owned().await;
+        gate.running.lock().expect("file gate root").take();
+        QuiescedFiles { _guard: guard }
+    }
+
+    /// Drops the cached running root of a task that is gone, once no operation uses it.
+    pub async fn forget_root(&self, id: &WorkspaceId) {
+        drop(self.quiesce(id).await);
     }
 
     /// Forgets a deleted workspace's gate.
@@ -93,17 +120,47 @@ impl Manager {
         let gate = self.file_gates.gate(&id);
         let read = gate.lock.clone().read_owned().await;
         let cancel = gate.cancel.lock().expect("file gate token").child_token();
-        if let Some(pid) = self.running_pid(&id).await? {
-            let owner = self.workspace_owner(&id).await?;
-            let root = open_running_root(pid, owner).await?;
-            // The pid was read before the root was opened: if the task ended in between, the
-            // pid may name another process. A task still running with the same pid proves it.
-            if self.running_pid(&id).await? == Some(pid) {
-                return Ok(FileAccess { root, cancel, init_pid: Some(pid), _hold: Hold::Running { _read: read } });
-            }
+        let cached = gate.running.lock().expect("file gate root").clone().filter(|running| running.alive());
+        let running = match cached {
+            Some(running) => Some(running),
+            None => self.open_running(&id).await?.inspect(|running| {
+                *gate.running.lock().expect("file gate root") = Some(running.clone());
+            }),
+        };
+        if let Some(running) = running {
+            let root = running
+                .root
+                .try_clone()
+                .map_err(|err| Error::internal(format!("duplicating the root fd failed: {err}")))?;
+            return Ok(FileAccess { root, cancel, init_pid: Some(running.pid), _hold: Hold::Running { _read: read } });
         }
         drop(read);
         self.stopped_file_access(&id).await
+    }
+
+    /// Opens the root of the workspace's running task; None when no task runs.
+    async fn open_running(&self, id: &WorkspaceId) -> Result<Option<Arc<RunningRoot>>> {
+        let Some(pid) = self.running_pid(id).await? else {
+            return Ok(None);
+        };
+        let owner = self.workspace_owner(id).await?;
+        let opened = tokio::task::spawn_blocking(move || {
+            let init = rustix::process::Pid::from_raw(pid as i32).ok_or(rustix::io::Errno::SRCH)?;
+            let pidfd = rustix::process::pidfd_open(init, rustix::process::PidfdFlags::empty())?;
+            let root = InRoot::open(&PathBuf::from(format!("/proc/{pid}/root")), owner)?;
+            Ok::<_, std::io::Error>((pidfd, root))
+        })
+        .await
+        .map_err(|err| Error::internal(format!("the root worker failed: {err}")))?;
+        let Ok((pidfd, root)) = opened else {
+            return Ok(None); // the task ended meanwhile
+        };
+        // The pid was read before the pidfd was opened: if the task ended in between, the pid
+        // may name another process. A task still running with the same pid proves it did not.
+        if self.running_pid(id).await? != Some(pid) {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(RunningRoot { pid, pidfd, root })))
     }
 
     async fn stopped_file_access(&self, id: &WorkspaceId) -> Result<FileAccess> {
@@ -157,17 +214,4 @@ impl Manager {
     pub fn upload_dir(&self) -> PathBuf {
         self.config.state_dir.join("uploads")
     }
-}
-
-async fn open_running_root(pid: u32, owner: Owner) -> Result<InRoot> {
-    tokio::task::spawn_blocking(move || {
-        InRoot::open(&PathBuf::from(format!("/proc/{pid}/root")), owner).map_err(|err| {
-            Error::new(
-                Reason::WorkspaceNotRunning,
-                format!("the workspace's init process ({pid}) is gone ({err}); the workspace stopped meanwhile"),
-            )
-        })
-    })
-    .await
-    .map_err(|err| Error::internal(format!("the root worker failed: {err}")))?
 }

@@ -114,6 +114,9 @@ impl Manager {
                 ContainerOwner::Absent => self.rebuild_container(record).await?,
                 ContainerOwner::Foreign => return Err(foreign_container(record)),
             }
+            // A task that ended on its own may leave its root open in the file gate: it must
+            // not keep the old overlay alive beside the new task's.
+            self.file_gates.forget_root(&record.id).await;
             self.runtime.start_task(record.id.as_str(), &record.snapshot_key).await?;
             record.last_start_time = Some(OffsetDateTime::now_utc());
             info!(workspace_id = %record.id, "workspace started");
