@@ -605,8 +605,8 @@ type ReadFileRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Identifier of the workspace. Required.
 	WorkspaceId string `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
-	// Absolute path of a regular file. Required. A directory fails with FAILED_PRECONDITION and
-	// reason IS_A_DIRECTORY.
+	// Absolute path of a regular file. Required. A symlink at its end is followed (inside the
+	// workspace). A directory fails with FAILED_PRECONDITION and reason IS_A_DIRECTORY.
 	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
 	// Position of the first byte to read, in bytes from the start of the file. 0 reads from the
 	// start; an offset at or beyond the end yields no content. Negative values fail with
@@ -1445,9 +1445,14 @@ type WatchDirRequest struct {
 	// Identifier of the workspace. Required. It must be RUNNING; otherwise the call fails with
 	// FAILED_PRECONDITION and reason WORKSPACE_NOT_RUNNING.
 	WorkspaceId string `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
-	// Absolute path of the directory to watch. Required.
+	// Absolute path of the directory to watch. Required. A path that is not a directory fails with
+	// FAILED_PRECONDITION and reason NOT_A_DIRECTORY.
 	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
-	// Whether to also report changes in subdirectories, including ones created while watching.
+	// Whether to also report changes in subdirectories, including ones created while watching
+	// (their entries are reported as CREATE when their watch begins). Other file systems mounted
+	// below the directory (/proc, /sys, /dev) are not descended into. A tree of more than 8192
+	// directories fails with RESOURCE_EXHAUSTED and reason RESOURCE_LIMIT_EXCEEDED, as does a
+	// 65th stream open on the server at once.
 	Recursive     bool `protobuf:"varint,3,opt,name=recursive,proto3" json:"recursive,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1613,7 +1618,8 @@ type WriteFileRequest_Header struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Identifier of the workspace. Required.
 	WorkspaceId string `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
-	// Absolute path of the file to create or replace. Required. A directory fails with
+	// Absolute path of the file to create or replace. Required. A symlink at its end is followed
+	// (inside the workspace): its target is replaced and the link stays. A directory fails with
 	// FAILED_PRECONDITION and reason IS_A_DIRECTORY.
 	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
 	// Permission bits of the file (for example 0644 = 420). 0 keeps the mode of the file being

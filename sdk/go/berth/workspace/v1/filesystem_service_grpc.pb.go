@@ -79,7 +79,8 @@ type FilesystemServiceClient interface {
 	// Moves or renames a file, symlink or directory, like rename(2).
 	Move(ctx context.Context, in *MoveRequest, opts ...grpc.CallOption) (*MoveResponse, error)
 	// Streams changes below a directory of a running workspace until the client cancels or the
-	// workspace stops.
+	// workspace stops; a stop ends the stream with FAILED_PRECONDITION and reason
+	// WORKSPACE_NOT_RUNNING, and a removal of the watched directory with its REMOVE event.
 	WatchDir(ctx context.Context, in *WatchDirRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchDirResponse], error)
 }
 
@@ -251,7 +252,8 @@ type FilesystemServiceServer interface {
 	// Moves or renames a file, symlink or directory, like rename(2).
 	Move(context.Context, *MoveRequest) (*MoveResponse, error)
 	// Streams changes below a directory of a running workspace until the client cancels or the
-	// workspace stops.
+	// workspace stops; a stop ends the stream with FAILED_PRECONDITION and reason
+	// WORKSPACE_NOT_RUNNING, and a removal of the watched directory with its REMOVE event.
 	WatchDir(*WatchDirRequest, grpc.ServerStreamingServer[WatchDirResponse]) error
 	mustEmbedUnimplementedFilesystemServiceServer()
 }

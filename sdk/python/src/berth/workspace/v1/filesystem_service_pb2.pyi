@@ -338,8 +338,8 @@ class ReadFileRequest(_message.Message):
     workspace_id: _builtins.str
     """Identifier of the workspace. Required."""
     path: _builtins.str
-    """Absolute path of a regular file. Required. A directory fails with FAILED_PRECONDITION and
-    reason IS_A_DIRECTORY.
+    """Absolute path of a regular file. Required. A symlink at its end is followed (inside the
+    workspace). A directory fails with FAILED_PRECONDITION and reason IS_A_DIRECTORY.
     """
     offset: _builtins.int
     """Position of the first byte to read, in bytes from the start of the file. 0 reads from the
@@ -418,7 +418,8 @@ class WriteFileRequest(_message.Message):
         workspace_id: _builtins.str
         """Identifier of the workspace. Required."""
         path: _builtins.str
-        """Absolute path of the file to create or replace. Required. A directory fails with
+        """Absolute path of the file to create or replace. Required. A symlink at its end is followed
+        (inside the workspace): its target is replaced and the link stays. A directory fails with
         FAILED_PRECONDITION and reason IS_A_DIRECTORY.
         """
         mode: _builtins.int
@@ -792,9 +793,16 @@ class WatchDirRequest(_message.Message):
     FAILED_PRECONDITION and reason WORKSPACE_NOT_RUNNING.
     """
     path: _builtins.str
-    """Absolute path of the directory to watch. Required."""
+    """Absolute path of the directory to watch. Required. A path that is not a directory fails with
+    FAILED_PRECONDITION and reason NOT_A_DIRECTORY.
+    """
     recursive: _builtins.bool
-    """Whether to also report changes in subdirectories, including ones created while watching."""
+    """Whether to also report changes in subdirectories, including ones created while watching
+    (their entries are reported as CREATE when their watch begins). Other file systems mounted
+    below the directory (/proc, /sys, /dev) are not descended into. A tree of more than 8192
+    directories fails with RESOURCE_EXHAUSTED and reason RESOURCE_LIMIT_EXCEEDED, as does a
+    65th stream open on the server at once.
+    """
     def __init__(
         self,
         *,

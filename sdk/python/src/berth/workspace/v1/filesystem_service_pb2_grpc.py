@@ -190,7 +190,8 @@ class FilesystemServiceServicer:
 
     def WatchDir(self, request, context):
         """Streams changes below a directory of a running workspace until the client cancels or the
-        workspace stops.
+        workspace stops; a stop ends the stream with FAILED_PRECONDITION and reason
+        WORKSPACE_NOT_RUNNING, and a removal of the watched directory with its REMOVE event.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

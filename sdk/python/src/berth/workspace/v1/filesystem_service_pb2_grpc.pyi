@@ -82,7 +82,8 @@ class FilesystemServiceStub:
     """Moves or renames a file, symlink or directory, like rename(2)."""
     WatchDir: _grpc.UnaryStreamMultiCallable[_filesystem_service_pb2.WatchDirRequest, _filesystem_service_pb2.WatchDirResponse]
     """Streams changes below a directory of a running workspace until the client cancels or the
-    workspace stops.
+    workspace stops; a stop ends the stream with FAILED_PRECONDITION and reason
+    WORKSPACE_NOT_RUNNING, and a removal of the watched directory with its REMOVE event.
     """
 
 @_typing.type_check_only
@@ -139,7 +140,8 @@ class FilesystemServiceAsyncStub(FilesystemServiceStub):
     """Moves or renames a file, symlink or directory, like rename(2)."""
     WatchDir: _aio.UnaryStreamMultiCallable[_filesystem_service_pb2.WatchDirRequest, _filesystem_service_pb2.WatchDirResponse]  # type: ignore[assignment]
     """Streams changes below a directory of a running workspace until the client cancels or the
-    workspace stops.
+    workspace stops; a stop ends the stream with FAILED_PRECONDITION and reason
+    WORKSPACE_NOT_RUNNING, and a removal of the watched directory with its REMOVE event.
     """
 
 class FilesystemServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -247,7 +249,8 @@ class FilesystemServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_filesystem_service_pb2.WatchDirResponse], _abc.AsyncIterator[_filesystem_service_pb2.WatchDirResponse]]:
         """Streams changes below a directory of a running workspace until the client cancels or the
-        workspace stops.
+        workspace stops; a stop ends the stream with FAILED_PRECONDITION and reason
+        WORKSPACE_NOT_RUNNING, and a removal of the watched directory with its REMOVE event.
         """
 
 def add_FilesystemServiceServicer_to_server(servicer: FilesystemServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

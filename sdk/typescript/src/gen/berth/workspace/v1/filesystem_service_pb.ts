@@ -289,8 +289,8 @@ export type ReadFileRequest = Message<"berth.workspace.v1.ReadFileRequest"> & {
   workspaceId: string;
 
   /**
-   * Absolute path of a regular file. Required. A directory fails with FAILED_PRECONDITION and
-   * reason IS_A_DIRECTORY.
+   * Absolute path of a regular file. Required. A symlink at its end is followed (inside the
+   * workspace). A directory fails with FAILED_PRECONDITION and reason IS_A_DIRECTORY.
    *
    * @generated from field: string path = 2;
    */
@@ -410,7 +410,8 @@ export type WriteFileRequest_Header = Message<"berth.workspace.v1.WriteFileReque
   workspaceId: string;
 
   /**
-   * Absolute path of the file to create or replace. Required. A directory fails with
+   * Absolute path of the file to create or replace. Required. A symlink at its end is followed
+   * (inside the workspace): its target is replaced and the link stays. A directory fails with
    * FAILED_PRECONDITION and reason IS_A_DIRECTORY.
    *
    * @generated from field: string path = 2;
@@ -794,14 +795,19 @@ export type WatchDirRequest = Message<"berth.workspace.v1.WatchDirRequest"> & {
   workspaceId: string;
 
   /**
-   * Absolute path of the directory to watch. Required.
+   * Absolute path of the directory to watch. Required. A path that is not a directory fails with
+   * FAILED_PRECONDITION and reason NOT_A_DIRECTORY.
    *
    * @generated from field: string path = 2;
    */
   path: string;
 
   /**
-   * Whether to also report changes in subdirectories, including ones created while watching.
+   * Whether to also report changes in subdirectories, including ones created while watching
+   * (their entries are reported as CREATE when their watch begins). Other file systems mounted
+   * below the directory (/proc, /sys, /dev) are not descended into. A tree of more than 8192
+   * directories fails with RESOURCE_EXHAUSTED and reason RESOURCE_LIMIT_EXCEEDED, as does a
+   * 65th stream open on the server at once.
    *
    * @generated from field: bool recursive = 3;
    */
@@ -1116,7 +1122,8 @@ export const FilesystemService: GenService<{
   },
   /**
    * Streams changes below a directory of a running workspace until the client cancels or the
-   * workspace stops.
+   * workspace stops; a stop ends the stream with FAILED_PRECONDITION and reason
+   * WORKSPACE_NOT_RUNNING, and a removal of the watched directory with its REMOVE event.
    *
    * @generated from rpc berth.workspace.v1.FilesystemService.WatchDir
    */
