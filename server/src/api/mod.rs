@@ -2,7 +2,9 @@
 //! grpc-web with CORS, reflection, health, request tracing and shutdown handling.
 
 mod convert;
+mod export;
 mod filesystem;
+mod import;
 mod process;
 mod request_log;
 mod shutdown;
@@ -57,6 +59,7 @@ pub async fn serve(
     set_all(&health_reporter, ServingStatus::NotServing).await;
     let health_task = tokio::spawn(report_health(manager.clone(), health_reporter, shutdown.clone()));
 
+    let files = Arc::new(crate::files::Files::new(manager.clone()));
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
@@ -74,10 +77,8 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(WorkspaceServiceServer::new(workspace::WorkspaceApi::new(manager.clone())))
-        .add_service(FilesystemServiceServer::new(filesystem::FilesystemApi::new(Arc::new(crate::files::Files::new(
-            manager.clone(),
-        )))))
+        .add_service(WorkspaceServiceServer::new(workspace::WorkspaceApi::new(manager.clone(), files.clone())))
+        .add_service(FilesystemServiceServer::new(filesystem::FilesystemApi::new(files)))
         .add_service(ProcessServiceServer::new(process::ProcessApi::new(manager.clone())));
 
     let stopped = shutdown.clone();

@@ -11,9 +11,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, not_built, record_workspace_id};
 use crate::error::{Error, Reason};
+use crate::files::Files;
 use crate::workspace::Manager;
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(super) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The longest StopWorkspace timeout, as workspace_service.proto documents it: a stop holds the
 /// workspace (and the caller) that long.
@@ -22,12 +23,14 @@ const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// The WorkspaceService implementation.
 pub struct WorkspaceApi {
     manager: Arc<Manager>,
+    /// /data (or any directory) in and out as archives: ExportData and ImportData.
+    files: Arc<Files>,
 }
 
 impl WorkspaceApi {
-    /// Serves WorkspaceService over the Manager.
-    pub fn new(manager: Arc<Manager>) -> Self {
-        Self { manager }
+    /// Serves WorkspaceService over the Manager and the file manager.
+    pub fn new(manager: Arc<Manager>, files: Arc<Files>) -> Self {
+        Self { manager, files }
     }
 }
 
@@ -185,23 +188,21 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::ExportDataRequest>,
     ) -> Result<Response<Self::ExportDataStream>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("ExportData (streamed /data archives)")
+        super::export::export_data(&self.files, request.into_inner()).await
     }
 
     async fn import_data(
         &self,
-        _request: Request<Streaming<pb::ImportDataRequest>>,
+        request: Request<Streaming<pb::ImportDataRequest>>,
     ) -> Result<Response<pb::ImportDataResponse>, Status> {
-        not_built("ImportData (streamed /data import)")
+        super::import::import_data(&self.files, request.into_inner()).await
     }
 
     async fn import_data_chunk(
         &self,
         request: Request<pb::ImportDataChunkRequest>,
     ) -> Result<Response<pb::ImportDataChunkResponse>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("ImportDataChunk (chunked /data import)")
+        super::import::import_data_chunk(&self.files, request.into_inner()).await
     }
 
     async fn watch_events(
