@@ -33,6 +33,7 @@ const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// HTTP/2 flow-control windows the server grants its clients.
 const STREAM_WINDOW_BYTES: u32 = 4 << 20;
 const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+const MAX_FRAME_BYTES: u32 = 1 << 20;
 /// How long open connections get to finish after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -69,6 +70,9 @@ pub async fn serve(
         // and per connection by default), so one transfer is not paced by round trips.
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        // Clients may send DATA frames of up to 1 MiB instead of h2's 16 KiB: a 1 MiB file chunk
+        // is then one frame, not 64.
+        .max_frame_size(Some(MAX_FRAME_BYTES))
         .layer(cors_layer(cors_origins)?)
         .layer(tonic_web::GrpcWebLayer::new())
         // Outside the shutdown layer, so streams it ends are logged with their UNAVAILABLE.
