@@ -4,12 +4,10 @@
 // unary WriteFileChunk calls where it cannot (gRPC-web, browsers).
 
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
 import type { BerthClient } from "./client.js";
+import { callWithOneRetry, concat, randomUuid } from "./internal.js";
 import {
   type EntryInfo,
-  type WriteFileChunkRequest,
-  type WriteFileChunkResponse,
   ReadFileRequestSchema,
   WriteFileChunkRequestSchema,
   WriteFileRequest_HeaderSchema,
@@ -176,7 +174,8 @@ async function writeChunked(
       expectedRevision: options.expectedRevision ?? "",
       createParents: options.createParents ?? false,
     });
-    const response = await sendChunkWithRetry(client, request, options);
+    const callOptions = { signal: options.signal, timeoutMs: options.timeoutMs };
+    const response = await callWithOneRetry(() => client.files.writeFileChunk(request, callOptions), options.signal);
     const expected = offset + data.length;
     if (response.receivedBytes !== BigInt(expected)) {
       throw new Error(`the upload of ${JSON.stringify(path)} in ${JSON.stringify(workspaceId)} stands at ${response.receivedBytes} bytes, expected ${expected}`);
@@ -189,46 +188,4 @@ async function writeChunked(
     }
     offset = expected;
   }
-}
-
-/** Sends one chunk; a chunk that failed with UNAVAILABLE is sent once more (chunks are retry-safe). */
-async function sendChunkWithRetry(
-  client: BerthClient,
-  request: WriteFileChunkRequest,
-  options: WriteFileOptions,
-): Promise<WriteFileChunkResponse> {
-  const callOptions = { signal: options.signal, timeoutMs: options.timeoutMs };
-  try {
-    return await client.files.writeFileChunk(request, callOptions);
-  } catch (err) {
-    if (!(err instanceof ConnectError) || err.code !== Code.Unavailable || options.signal?.aborted) {
-      throw err;
-    }
-    return await client.files.writeFileChunk(request, callOptions);
-  }
-}
-
-/** A random (version 4) UUID; `crypto.randomUUID` exists only in secure browser contexts. */
-function randomUuid(): string {
-  if (typeof globalThis.crypto.randomUUID === "function") {
-    return globalThis.crypto.randomUUID();
-  }
-  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(16));
-  bytes[6] = (bytes[6]! & 0x0f) | 0x40;
-  bytes[8] = (bytes[8]! & 0x3f) | 0x80;
-  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
-}
-
-function concat(chunks: Uint8Array[]): Uint8Array {
-  if (chunks.length === 1) {
-    return chunks[0]!;
-  }
-  const out = new Uint8Array(chunks.reduce((total, chunk) => total + chunk.length, 0));
-  let offset = 0;
-  for (const chunk of chunks) {
-    out.set(chunk, offset);
-    offset += chunk.length;
-  }
-  return out;
 }

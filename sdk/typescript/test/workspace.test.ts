@@ -6,14 +6,19 @@
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
+import { Readable } from "node:stream";
 import { createHash, randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { after, describe, test } from "node:test";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import {
+  ArchiveFormat,
   berthErrorInfo,
   Code,
   createBerthClient,
+  exportData,
+  exportDataBytes,
+  importData,
   readFile,
   readTextFile,
   runCommand,
@@ -167,6 +172,78 @@ for (const transport of ["grpc", "grpc-web"] as const) {
       const empty = await writeFile(client, id, "/data/sdk/empty", new Uint8Array());
       assert.equal(empty.sizeBytes, 0n);
       assert.equal((await readFile(client, id, "/data/sdk/empty")).length, 0);
+    });
+
+    test("exportData and importData move a tree out and into another directory", async () => {
+      const text = new TextDecoder();
+      const shell = async (script: string) => {
+        const result = await runCommand(client, id, "sh", ["-c", script]);
+        assert.equal(result.exitCode, 0, `sh -c ${JSON.stringify(script)}: ${text.decode(result.stderr)}`);
+        return text.decode(result.stdout);
+      };
+      // A small tree made inside the workspace: a file with its own mode, a symlink, and in a
+      // subdirectory 3.5 MB of random bytes (they do not compress: several 1 MiB export chunks,
+      // and two ImportDataChunk calls over grpc-web).
+      await shell(
+        "rm -rf /data/tree /data/copy && mkdir -p /data/tree/sub && printf 'hello\\n' > /data/tree/a.txt && " +
+          "chmod 640 /data/tree/a.txt && ln -s a.txt /data/tree/link && head -c 3500000 /dev/urandom > /data/tree/sub/r.bin",
+      );
+      // What a directory holds, as seen inside: names, types, modes, link targets and contents.
+      const manifest = (dir: string) =>
+        shell(`cd ${dir} && find . | sort && stat -c '%n %F %a' a.txt link sub sub/r.bin && readlink link && sha256sum a.txt sub/r.bin`);
+      const treeManifest = await manifest("/data/tree");
+
+      const { archive, trailer } = await exportDataBytes(client, id, { path: "/data/tree" });
+      assert.equal(trailer.sizeBytes, BigInt(archive.length), "the trailer's size is the bytes received");
+      assert.equal(trailer.sha256, createHash("sha256").update(archive).digest("hex"), "the trailer's sha256 is that of the bytes received");
+      assert.equal(trailer.entryCount, 4n, "a.txt, link, sub, sub/r.bin");
+      assert.deepEqual([...archive.subarray(0, 2)], [0x1f, 0x8b], "a gzip stream");
+      // The system's tar reads it: names relative to the directory, the symlink kept as a link.
+      const listing = execFileSync("tar", ["-tvzf", "-"], { input: archive }).toString();
+      assert.match(listing, /^l.* link -> a\.txt$/m, listing);
+      assert.match(listing, /^-rw-r-----.* a\.txt$/m, listing);
+      assert.match(listing, /^d.* sub\/?$/m, listing);
+      const bin = execFileSync("tar", ["-xzOf", "-", "sub/r.bin"], { input: archive, maxBuffer: 1 << 24 });
+      assert.equal(createHash("sha256").update(bin).digest("hex"), (await shell("sha256sum /data/tree/sub/r.bin")).split(" ")[0]);
+
+      // zstd, chunk by chunk.
+      const exported = exportData(client, id, { path: "/data/tree", format: ArchiveFormat.TAR_ZSTD });
+      const zstdChunks: Uint8Array[] = [];
+      for await (const chunk of exported) zstdChunks.push(chunk);
+      const zstdArchive = Buffer.concat(zstdChunks);
+      assert.ok(zstdChunks.length >= 2 && zstdChunks.every((c) => c.length <= 1 << 20), `chunks of ${zstdChunks.map((c) => c.length)}`);
+      assert.equal(exported.trailer?.sizeBytes, BigInt(zstdArchive.length));
+      assert.deepEqual([...zstdArchive.subarray(0, 4)], [0x28, 0xb5, 0x2f, 0xfd], "a zstd frame");
+      assert.match(execFileSync("tar", ["--zstd", "-tvf", "-"], { input: zstdArchive }).toString(), /^l.* link -> a\.txt$/m);
+
+      // Import into another directory (created by the import): the same tree inside.
+      const imported = await importData(client, id, archive, { path: "/data/copy", sha256: trailer.sha256 });
+      assert.equal(imported.sizeBytes, BigInt(archive.length));
+      assert.equal(imported.sha256, trailer.sha256);
+      assert.equal(imported.entryCount, 4n);
+      assert.equal(await manifest("/data/copy"), treeManifest, "the imported tree equals the exported one");
+
+      // zstd from a stream, with replace: the directory ends up holding exactly the archive.
+      await shell("echo stray > /data/copy/stray.txt && rm /data/copy/a.txt");
+      const pieces = Array.from({ length: Math.ceil(zstdArchive.length / 65536) }, (_, i) => zstdArchive.subarray(i * 65536, (i + 1) * 65536));
+      await importData(client, id, Readable.from(pieces), { path: "/data/copy", format: ArchiveFormat.TAR_ZSTD, replace: true });
+      assert.equal(await manifest("/data/copy"), treeManifest, "replace leaves exactly the archive's tree");
+
+      // A wrong sha256 fails before anything becomes visible.
+      await shell("echo marker > /data/copy/marker");
+      await assert.rejects(importData(client, id, archive, { path: "/data/copy", replace: true, sha256: "0".repeat(64) }), (err: unknown) => {
+        const info = berthErrorInfo(err);
+        assert.equal(info?.code, Code.InvalidArgument, String(err));
+        assert.equal(info?.reason, "CHECKSUM_MISMATCH");
+        return true;
+      });
+      assert.equal(await shell("cat /data/copy/marker"), "marker\n", "a refused import leaves the directory as it was");
+
+      // Exporting a missing directory fails with its reason.
+      await assert.rejects(exportDataBytes(client, id, { path: "/data/no-such-dir" }), (err: unknown) => {
+        assert.equal(berthErrorInfo(err)?.reason, "PATH_NOT_FOUND", String(err));
+        return true;
+      });
     });
 
     test("writeFile with expectedRevision refuses a file that changed", async () => {
