@@ -1,11 +1,16 @@
 package berth_test
 
 import (
+	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
+	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"slices"
@@ -275,6 +280,119 @@ func TestWorkspaceLifecycle(t *testing.T) {
 		}
 		if back, err := client.ReadFile(ctx, id, path); err != nil || string(back) != "two\nthree\n" {
 			t.Errorf("after the refused writes: %q, %v; want \"two\\nthree\\n\"", back, err)
+		}
+	})
+
+	step(t, "export and import data", func(t *testing.T) {
+		shell := func(script string) string {
+			t.Helper()
+			res, err := client.Run(ctx, id, "sh", "-c", script)
+			if err != nil || res.ExitCode != 0 {
+				t.Fatalf("sh -c %q: %v, %+v", script, err, res)
+			}
+			return string(res.Stdout)
+		}
+		// A small tree made inside the workspace: a file with its own mode, a symlink, and in a
+		// subdirectory 1.5 MB of random bytes (they do not compress: more than one 1 MiB chunk).
+		shell("rm -rf /data/tree /data/copy && mkdir -p /data/tree/sub && printf 'hello\\n' > /data/tree/a.txt && " +
+			"chmod 640 /data/tree/a.txt && ln -s a.txt /data/tree/link && head -c 1500000 /dev/urandom > /data/tree/sub/r.bin")
+		// What a directory holds, as seen inside: names, types, modes, link targets and contents.
+		manifest := func(dir string) string {
+			return shell("cd " + dir + " && find . | sort && stat -c '%n %F %a' a.txt link sub sub/r.bin && readlink link && sha256sum a.txt sub/r.bin")
+		}
+		treeManifest := manifest("/data/tree")
+
+		var archive bytes.Buffer
+		trailer, err := client.ExportData(ctx, id, &archive, berth.WithDataPath("/data/tree"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(archive.Bytes())
+		if trailer.GetSizeBytes() != int64(archive.Len()) || trailer.GetSha256() != hex.EncodeToString(sum[:]) || trailer.GetEntryCount() != 4 {
+			t.Errorf("trailer = %v; received %d bytes with sha256 %x, want 4 entries", trailer, archive.Len(), sum)
+		}
+		// The archive decodes: names relative to the directory, the symlink kept as a link.
+		gz, err := gzip.NewReader(bytes.NewReader(archive.Bytes()))
+		if err != nil {
+			t.Fatalf("the export is not gzip: %v", err)
+		}
+		entries := map[string]*tar.Header{}
+		contents := map[string][]byte{}
+		for tr := tar.NewReader(gz); ; {
+			hdr, err := tr.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("reading the exported tar: %v", err)
+			}
+			name := strings.TrimSuffix(hdr.Name, "/")
+			entries[name] = hdr
+			if contents[name], err = io.ReadAll(tr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(entries) != 4 {
+			t.Errorf("the archive holds %v, want a.txt, link, sub, sub/r.bin", slices.Sorted(maps.Keys(entries)))
+		}
+		if h := entries["a.txt"]; h == nil || h.Typeflag != tar.TypeReg || h.Mode&0o7777 != 0o640 || string(contents["a.txt"]) != "hello\n" {
+			t.Errorf("a.txt in the archive: %+v %q", h, contents["a.txt"])
+		}
+		if h := entries["link"]; h == nil || h.Typeflag != tar.TypeSymlink || h.Linkname != "a.txt" {
+			t.Errorf("link in the archive: %+v, want a symlink to a.txt", h)
+		}
+		if h := entries["sub"]; h == nil || h.Typeflag != tar.TypeDir {
+			t.Errorf("sub in the archive: %+v, want a directory", h)
+		}
+		binSum := sha256.Sum256(contents["sub/r.bin"])
+		if inside := shell("sha256sum /data/tree/sub/r.bin"); !strings.HasPrefix(inside, hex.EncodeToString(binSum[:])+" ") {
+			t.Errorf("sub/r.bin in the archive has sha256 %x, inside %s", binSum, inside)
+		}
+
+		// Import into another directory (created by the import): the same tree inside.
+		resp, err := client.ImportData(ctx, id, bytes.NewReader(archive.Bytes()), berth.WithDataPath("/data/copy"), berth.WithExpectedSHA256(trailer.GetSha256()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.GetSizeBytes() != int64(archive.Len()) || resp.GetSha256() != trailer.GetSha256() || resp.GetEntryCount() != 4 {
+			t.Errorf("ImportData = %v, want the archive's size and sha256 and 4 entries", resp)
+		}
+		if got := manifest("/data/copy"); got != treeManifest {
+			t.Errorf("the imported tree differs:\n%s\nwant\n%s", got, treeManifest)
+		}
+
+		// zstd both ways, with replace: the directory ends up holding exactly the archive.
+		var zstdArchive bytes.Buffer
+		zstdFormat := berth.WithArchiveFormat(workspacev1.ArchiveFormat_ARCHIVE_FORMAT_TAR_ZSTD)
+		if _, err := client.ExportData(ctx, id, &zstdArchive, berth.WithDataPath("/data/tree"), zstdFormat); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.HasPrefix(zstdArchive.Bytes(), []byte{0x28, 0xb5, 0x2f, 0xfd}) {
+			t.Errorf("the zstd export starts with % x, not a zstd frame", zstdArchive.Bytes()[:min(4, zstdArchive.Len())])
+		}
+		shell("echo stray > /data/copy/stray.txt && rm /data/copy/a.txt")
+		if _, err := client.ImportData(ctx, id, &zstdArchive, berth.WithDataPath("/data/copy"), zstdFormat, berth.WithReplace()); err != nil {
+			t.Fatal(err)
+		}
+		if got := manifest("/data/copy"); got != treeManifest {
+			t.Errorf("after the import with replace:\n%s\nwant\n%s", got, treeManifest)
+		}
+
+		// A wrong sha256 fails before anything becomes visible.
+		shell("echo marker > /data/copy/marker")
+		_, err = client.ImportData(ctx, id, bytes.NewReader(archive.Bytes()), berth.WithDataPath("/data/copy"), berth.WithReplace(),
+			berth.WithExpectedSHA256(strings.Repeat("0", 64)))
+		if code, reason, _ := berth.ErrorReason(err); code != codes.InvalidArgument || reason != "CHECKSUM_MISMATCH" {
+			t.Errorf("ImportData with a wrong sha256: %v, want InvalidArgument CHECKSUM_MISMATCH", err)
+		}
+		if got := shell("cat /data/copy/marker"); got != "marker\n" {
+			t.Errorf("after the refused import the marker reads %q", got)
+		}
+
+		// Exporting a missing directory fails with its reason.
+		_, err = client.ExportData(ctx, id, io.Discard, berth.WithDataPath("/data/no-such-dir"))
+		if !berth.IsReason(err, workspacev1.ErrorReason_PATH_NOT_FOUND) {
+			t.Errorf("ExportData of a missing directory: %v, want PATH_NOT_FOUND", err)
 		}
 	})
 
