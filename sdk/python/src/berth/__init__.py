@@ -13,7 +13,8 @@
 Their ``workspaces``, ``files`` and ``processes`` are the generated gRPC stubs; the request and
 response messages are in the re-exported ``*_pb2`` modules (generated from
 ``proto/berth/workspace/v1``). :func:`run` / :func:`stream` run commands, :func:`read_file` /
-:func:`write_file` move whole files (with ``_async`` forms for :mod:`berth.aio`), and
+:func:`write_file` move whole files, :func:`export_data` / :func:`import_data` move a directory
+out and in as an archive (all with ``_async`` forms for :mod:`berth.aio`), and
 :func:`error_info` reads the status code and berth's ErrorInfo reason of a failed call.
 """
 
@@ -27,6 +28,11 @@ from berth.commands import run as run
 from berth.commands import run_async as run_async
 from berth.commands import stream as stream
 from berth.commands import stream_async as stream_async
+from berth.data import ArchiveIntegrityError as ArchiveIntegrityError
+from berth.data import export_data as export_data
+from berth.data import export_data_async as export_data_async
+from berth.data import import_data as import_data
+from berth.data import import_data_async as import_data_async
 from berth.errors import ERROR_DOMAIN as ERROR_DOMAIN
 from berth.errors import BerthError as BerthError
 from berth.errors import error_info as error_info
@@ -48,6 +54,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ERROR_DOMAIN",
+    "ArchiveIntegrityError",
     "BerthError",
     "ChannelOptions",
     "Client",
@@ -57,8 +64,12 @@ __all__ = [
     "connect",
     "error_info",
     "error_reason_pb2",
+    "export_data",
+    "export_data_async",
     "filesystem_service_pb2",
     "filesystem_service_pb2_grpc",
+    "import_data",
+    "import_data_async",
     "is_reason",
     "process_service_pb2",
     "process_service_pb2_grpc",
