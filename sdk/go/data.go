@@ -1,6 +1,7 @@
 package berth
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -57,7 +58,8 @@ func (f archiveFormat) applyImport(h *workspacev1.ImportDataRequest_Header) {
 }
 
 // WithArchiveFormat picks the archive's compression: workspacev1.ArchiveFormat_ARCHIVE_FORMAT_TAR_GZIP
-// (the default) or workspacev1.ArchiveFormat_ARCHIVE_FORMAT_TAR_ZSTD.
+// or workspacev1.ArchiveFormat_ARCHIVE_FORMAT_TAR_ZSTD. Without it ExportData makes gzip and
+// ImportData reads the format from the archive's first bytes (zstd's magic number, else gzip).
 func WithArchiveFormat(format workspacev1.ArchiveFormat) DataOption { return archiveFormat(format) }
 
 type importFunc func(*workspacev1.ImportDataRequest_Header)
@@ -135,8 +137,8 @@ func (c *Client) ExportData(ctx context.Context, workspaceID string, w io.Writer
 	return trailer, nil
 }
 
-// ImportData extracts an archive read from r (tar + gzip unless WithArchiveFormat says zstd, as
-// ExportData makes it) into a directory of a workspace, running or stopped (/data unless
+// ImportData extracts an archive read from r (tar + gzip or zstd, as ExportData makes it; unless
+// WithArchiveFormat says which, the archive's first bytes do) into a directory of a workspace, running or stopped (/data unless
 // WithDataPath says otherwise), and returns what the server received: the archive's size,
 // SHA-256 and the number of entries extracted. The archive is streamed in 1 MiB messages of
 // one ImportData call. Extraction is path-safe (no "..", absolute names or writes through
@@ -165,9 +167,13 @@ func (c *Client) ImportData(ctx context.Context, workspaceID string, r io.Reader
 	return stream.CloseAndRecv()
 }
 
-// sendArchive sends the header, then r's bytes in chunks of importChunkBytes. It stops without
-// an error when the server ends the call early (Send returns io.EOF): CloseAndRecv then returns
-// its status.
+// zstdMagic starts every zstd frame.
+var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
+
+// sendArchive sends the header, then r's bytes in chunks of importChunkBytes. The first chunk is
+// read before the header, which names the format it shows when none was asked for. It stops
+// without an error when the server ends the call early (Send returns io.EOF): CloseAndRecv then
+// returns its status.
 func sendArchive(stream grpc.ClientStreamingClient[workspacev1.ImportDataRequest, workspacev1.ImportDataResponse], header *workspacev1.ImportDataRequest_Header, r io.Reader) error {
 	send := func(msg *workspacev1.ImportDataRequest) (ended bool, err error) {
 		err = stream.Send(msg)
@@ -176,24 +182,40 @@ func sendArchive(stream grpc.ClientStreamingClient[workspacev1.ImportDataRequest
 		}
 		return false, err
 	}
+	chunk, readErr := readChunk(r)
+	if header.GetFormat() == workspacev1.ArchiveFormat_ARCHIVE_FORMAT_UNSPECIFIED {
+		header.Format = workspacev1.ArchiveFormat_ARCHIVE_FORMAT_TAR_GZIP
+		if bytes.HasPrefix(chunk, zstdMagic) {
+			header.Format = workspacev1.ArchiveFormat_ARCHIVE_FORMAT_TAR_ZSTD
+		}
+	}
 	if ended, err := send(&workspacev1.ImportDataRequest{Event: &workspacev1.ImportDataRequest_Header_{Header: header}}); ended || err != nil {
 		return err
 	}
 	for {
-		// A fresh buffer per message: grpc-go forbids changing a message once sent (stats
-		// handlers may read it later).
-		buf := make([]byte, importChunkBytes)
-		n, readErr := io.ReadFull(r, buf)
-		if n > 0 {
-			if ended, err := send(&workspacev1.ImportDataRequest{Event: &workspacev1.ImportDataRequest_Chunk{Chunk: buf[:n]}}); ended || err != nil {
+		if len(chunk) > 0 {
+			if ended, err := send(&workspacev1.ImportDataRequest{Event: &workspacev1.ImportDataRequest_Chunk{Chunk: chunk}}); ended || err != nil {
 				return err
 			}
 		}
-		if errors.Is(readErr, io.EOF) || errors.Is(readErr, io.ErrUnexpectedEOF) {
+		if errors.Is(readErr, io.EOF) {
 			return nil
 		}
 		if readErr != nil {
 			return fmt.Errorf("berth: ImportData into %q: reading the archive: %w", header.GetWorkspaceId(), readErr)
 		}
+		chunk, readErr = readChunk(r)
 	}
+}
+
+// readChunk reads the next importChunkBytes of r (fewer at its end, with io.EOF). Each chunk
+// is a fresh buffer: grpc-go forbids changing a message once sent (stats handlers may read it
+// later).
+func readChunk(r io.Reader) ([]byte, error) {
+	buf := make([]byte, importChunkBytes)
+	n, err := io.ReadFull(r, buf)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		err = io.EOF
+	}
+	return buf[:n], err
 }

@@ -206,12 +206,32 @@ func TestImportDataStreamsAHeaderThenChunks(t *testing.T) {
 		t.Errorf("the server received %d bytes, not the archive's %d", len(fake.imported), len(archive))
 	}
 
-	// Defaults: nothing set in the header.
+	// Defaults: no path, replace or sha256; the format from the first bytes.
 	if _, err := client.ImportData(ctx, "bot-1", bytes.NewReader([]byte("x"))); err != nil {
 		t.Fatal(err)
 	}
-	if h := fake.header; h.GetPath() != "" || h.GetReplace() || h.GetSha256() != "" || h.GetFormat() != workspacev1.ArchiveFormat_ARCHIVE_FORMAT_UNSPECIFIED {
+	if h := fake.header; h.GetPath() != "" || h.GetReplace() || h.GetSha256() != "" || h.GetFormat() != workspacev1.ArchiveFormat_ARCHIVE_FORMAT_TAR_GZIP {
 		t.Errorf("default header = %v", h)
+	}
+	zstdLike := append([]byte{0x28, 0xb5, 0x2f, 0xfd}, archive[:100]...)
+	if _, err := client.ImportData(ctx, "bot-1", bytes.NewReader(zstdLike)); err != nil {
+		t.Fatal(err)
+	}
+	if f := fake.header.GetFormat(); f != workspacev1.ArchiveFormat_ARCHIVE_FORMAT_TAR_ZSTD {
+		t.Errorf("format of an archive starting with zstd's magic number = %v, want TAR_ZSTD", f)
+	}
+	if !bytes.Equal(fake.imported, zstdLike) {
+		t.Errorf("the server received % x, want % x", fake.imported, zstdLike)
+	}
+	if _, err := client.ImportData(ctx, "bot-1", bytes.NewReader(zstdLike), WithArchiveFormat(workspacev1.ArchiveFormat_ARCHIVE_FORMAT_TAR_GZIP)); err != nil {
+		t.Fatal(err)
+	}
+	if f := fake.header.GetFormat(); f != workspacev1.ArchiveFormat_ARCHIVE_FORMAT_TAR_GZIP {
+		t.Errorf("an explicit format = %v, want TAR_GZIP", f)
+	}
+	// An empty reader is a header alone.
+	if _, err := client.ImportData(ctx, "bot-1", bytes.NewReader(nil)); err != nil || len(fake.chunkSizes) != 0 {
+		t.Errorf("import of nothing: chunks %v, %v", fake.chunkSizes, err)
 	}
 
 	// The server's error keeps its code and reason.

@@ -371,7 +371,8 @@ func TestWorkspaceLifecycle(t *testing.T) {
 			t.Errorf("the zstd export starts with % x, not a zstd frame", zstdArchive.Bytes()[:min(4, zstdArchive.Len())])
 		}
 		shell("echo stray > /data/copy/stray.txt && rm /data/copy/a.txt")
-		if _, err := client.ImportData(ctx, id, &zstdArchive, berth.WithDataPath("/data/copy"), zstdFormat, berth.WithReplace()); err != nil {
+		// The format is read from the archive's first bytes.
+		if _, err := client.ImportData(ctx, id, &zstdArchive, berth.WithDataPath("/data/copy"), berth.WithReplace()); err != nil {
 			t.Fatal(err)
 		}
 		if got := manifest("/data/copy"); got != treeManifest {

@@ -165,6 +165,19 @@ def test_import_data_streams_a_header_then_1_mib_chunks_from_any_source(
             header = servicer.header
             assert header is not None
             assert (header.path, header.replace, header.sha256) == ("", False, "")
+            assert header.format == workspace_pb2.ARCHIVE_FORMAT_TAR_GZIP, "not zstd's magic: gzip"
+
+        # Without a format, zstd's magic number in the first bytes means zstd; a format wins.
+        zstd_like = b"\x28\xb5\x2f\xfd" + archive[:100]
+        berth.import_data(client, "bot-1", zstd_like)
+        assert servicer.header is not None
+        assert servicer.header.format == workspace_pb2.ARCHIVE_FORMAT_TAR_ZSTD
+        assert servicer.imported == zstd_like
+        berth.import_data(client, "bot-1", zstd_like, format=workspace_pb2.ARCHIVE_FORMAT_TAR_GZIP)
+        assert servicer.header.format == workspace_pb2.ARCHIVE_FORMAT_TAR_GZIP
+        # Nothing at all: a header alone.
+        berth.import_data(client, "bot-1", b"")
+        assert servicer.chunk_sizes == []
 
 
 class BrokenReader(io.RawIOBase):
@@ -196,15 +209,20 @@ async def test_async_forms(fake: tuple[FakeData, str]) -> None:
         with pytest.raises(berth.ArchiveIntegrityError):
             await berth.export_data_async(client, "bot-1", io.BytesIO())
 
-        async def pieces() -> AsyncIterator[bytes]:
-            for offset in range(0, len(servicer.archive), 1000):
-                yield servicer.archive[offset : offset + 1000]
+        archive = b"\x28\xb5\x2f\xfd" + servicer.archive
 
-        archive = servicer.archive
+        async def pieces() -> AsyncIterator[bytes]:
+            for offset in range(0, len(archive), 1000):
+                yield archive[offset : offset + 1000]
+
         response = await berth.import_data_async(client, "bot-1", pieces(), replace=True)
         assert response.size_bytes == len(archive)
-        assert servicer.chunk_sizes == [MiB, 1] and servicer.imported == archive
+        assert servicer.chunk_sizes == [MiB, 5] and servicer.imported == archive
         assert servicer.header is not None and servicer.header.replace
+        assert servicer.header.format == workspace_pb2.ARCHIVE_FORMAT_TAR_ZSTD
+        await berth.import_data_async(client, "bot-1", io.BytesIO(archive[4:]))
+        assert servicer.header.format == workspace_pb2.ARCHIVE_FORMAT_TAR_GZIP
+        assert servicer.imported == archive[4:]
 
         with pytest.raises(OSError, match="the disk went away"):
             await berth.import_data_async(client, "bot-1", BrokenReader())

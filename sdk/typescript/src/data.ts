@@ -6,7 +6,7 @@
 
 import { create } from "@bufbuild/protobuf";
 import type { BerthClient } from "./client.js";
-import type { ArchiveFormat } from "./gen/berth/workspace/v1/workspace_pb.js";
+import { ArchiveFormat } from "./gen/berth/workspace/v1/workspace_pb.js";
 import {
   type ExportDataResponse_Trailer,
   type ImportDataRequest,
@@ -46,7 +46,10 @@ export interface ImportDataOptions {
    * Unset imports into `/data`.
    */
   path?: string;
-  /** `ArchiveFormat.TAR_GZIP` (the default) or `ArchiveFormat.TAR_ZSTD`. */
+  /**
+   * `ArchiveFormat.TAR_GZIP` or `ArchiveFormat.TAR_ZSTD`. Unset, the archive's first bytes say
+   * (zstd's magic number, else gzip).
+   */
   format?: ArchiveFormat;
   /**
    * Whether the directory ends up holding exactly the archive's contents (it is extracted beside
@@ -213,10 +216,10 @@ export async function exportDataBytes(
 }
 
 /**
- * Extracts an archive (tar + gzip unless `options.format` says zstd, as {@link exportData}
- * makes) into a directory of a workspace, running or stopped (`/data` unless `options.path`
- * says otherwise), and returns what the server received: the archive's size, SHA-256 and the
- * number of entries extracted. Extraction is path-safe (no `..`, absolute names or writes
+ * Extracts an archive (tar + gzip or zstd, as {@link exportData} makes it; unless
+ * `options.format` says which, the archive's first bytes do) into a directory of a workspace,
+ * running or stopped (`/data` unless `options.path` says otherwise), and returns what the
+ * server received: the archive's size, SHA-256 and the number of entries extracted. Extraction is path-safe (no `..`, absolute names or writes
  * through symlinks; device nodes and FIFOs are refused) and nothing becomes visible before the
  * whole archive arrived and checked out.
  *
@@ -251,20 +254,23 @@ async function importStreamed(
   archive: ArchiveSource,
   options: ImportDataOptions,
 ): Promise<ImportDataResponse> {
-  const header = create(ImportDataRequest_HeaderSchema, {
-    workspaceId,
-    path: options.path ?? "",
-    format: options.format,
-    replace: options.replace ?? false,
-    sha256: options.sha256 ?? "",
-  });
   const total = sizeOf(archive);
   async function* messages(): AsyncGenerator<ImportDataRequest> {
+    const chunks = rechunk(piecesOf(archive), STREAM_CHUNK_BYTES)[Symbol.asyncIterator]();
+    // The first chunk comes before the header, which names the format it shows.
+    let next = await chunks.next();
+    const header = create(ImportDataRequest_HeaderSchema, {
+      workspaceId,
+      path: options.path ?? "",
+      format: formatOf(options.format, next.done ? undefined : next.value),
+      replace: options.replace ?? false,
+      sha256: options.sha256 ?? "",
+    });
     yield create(ImportDataRequestSchema, { event: { case: "header", value: header } });
     let sent = 0;
-    for await (const chunk of rechunk(piecesOf(archive), STREAM_CHUNK_BYTES)) {
-      yield create(ImportDataRequestSchema, { event: { case: "chunk", value: chunk } });
-      sent += chunk.length;
+    for (; !next.done; next = await chunks.next()) {
+      yield create(ImportDataRequestSchema, { event: { case: "chunk", value: next.value } });
+      sent += next.value.length;
       options.onProgress?.(sent, total);
     }
   }
@@ -283,6 +289,7 @@ async function importChunked(
   const chunks = rechunk(piecesOf(archive), UPLOAD_CHUNK_BYTES)[Symbol.asyncIterator]();
   // One chunk ahead, to know which one is the last.
   let next = await chunks.next();
+  const format = formatOf(options.format, next.done ? undefined : next.value);
   let offset = 0;
   for (;;) {
     const data = next.done ? new Uint8Array() : next.value;
@@ -296,7 +303,7 @@ async function importChunked(
       offset: BigInt(offset),
       data,
       last,
-      format: options.format,
+      format,
       path: options.path ?? "",
       replace: options.replace ?? false,
       sha256: options.sha256 ?? "",
@@ -319,6 +326,16 @@ async function importChunked(
     }
     offset = expected;
   }
+}
+
+/** zstd's frame magic number, 0xFD2FB528 little-endian. */
+const ZSTD_MAGIC = [0x28, 0xb5, 0x2f, 0xfd];
+
+/** The requested format, or when unset the one the archive's first bytes show. */
+function formatOf(requested: ArchiveFormat | undefined, first: Uint8Array | undefined): ArchiveFormat {
+  if (requested !== undefined && requested !== ArchiveFormat.UNSPECIFIED) return requested;
+  const zstd = first !== undefined && ZSTD_MAGIC.every((byte, i) => first[i] === byte);
+  return zstd ? ArchiveFormat.TAR_ZSTD : ArchiveFormat.TAR_GZIP;
 }
 
 function sizeOf(archive: ArchiveSource): number | undefined {

@@ -221,6 +221,22 @@ describe("importData over an in-memory server", () => {
     assert.ok(Buffer.from(recorded.archive).equals(archive));
     assert.equal(recorded.header?.path, "", "no path: the server's default (/data)");
     assert.equal(recorded.header?.replace, false);
+    assert.equal(recorded.header?.format, ArchiveFormat.TAR_GZIP, "not zstd's magic number: gzip");
+  });
+
+  test("without a format, zstd's magic number in the first bytes means TAR_ZSTD", async () => {
+    const zstdLike = Buffer.concat([Buffer.from([0x28, 0xb5, 0x2f, 0xfd]), randomBytes(100)]);
+    const streamed = emptyRecord();
+    await importData(createBerthClientFromTransport(importTransport(streamed), { canStreamRequests: true }), "bot-1", zstdLike);
+    assert.equal(streamed.header?.format, ArchiveFormat.TAR_ZSTD);
+    const chunked = emptyRecord();
+    await importData(createBerthClientFromTransport(importTransport(chunked)), "bot-1", new Blob([zstdLike]));
+    assert.equal(chunked.uploadCalls[0]?.format, ArchiveFormat.TAR_ZSTD);
+    // An explicit format wins over the bytes.
+    await importData(createBerthClientFromTransport(importTransport(streamed), { canStreamRequests: true }), "bot-1", zstdLike, {
+      format: ArchiveFormat.TAR_GZIP,
+    });
+    assert.equal(streamed.header?.format, ArchiveFormat.TAR_GZIP);
   });
 
   test("uploads 3 MiB ImportDataChunk calls otherwise, from a Blob, retrying one UNAVAILABLE", async () => {

@@ -44,7 +44,8 @@ _CHUNK_BYTES = 1 << 20
 """Bytes per ImportData message: the size of the server's own ExportData chunks."""
 
 ArchiveFormat: TypeAlias = workspace_pb2.ArchiveFormat.ValueType
-"""``ARCHIVE_FORMAT_TAR_GZIP`` (what ``ARCHIVE_FORMAT_UNSPECIFIED`` means) or ``ARCHIVE_FORMAT_TAR_ZSTD``."""
+"""``ARCHIVE_FORMAT_TAR_GZIP`` or ``ARCHIVE_FORMAT_TAR_ZSTD``; ``ARCHIVE_FORMAT_UNSPECIFIED`` means
+gzip for an export and, for an import, the format the archive's first bytes show."""
 
 
 @runtime_checkable
@@ -148,11 +149,9 @@ def _export_request(workspace_id: str, path: str, format: ArchiveFormat) -> ws.E
 
 def _import_header(
     workspace_id: str, path: str, format: ArchiveFormat, replace: bool, sha256: str
-) -> ws.ImportDataRequest:
-    return ws.ImportDataRequest(
-        header=ws.ImportDataRequest.Header(
-            workspace_id=workspace_id, path=path, format=format, replace=replace, sha256=sha256
-        )
+) -> ws.ImportDataRequest.Header:
+    return ws.ImportDataRequest.Header(
+        workspace_id=workspace_id, path=path, format=format, replace=replace, sha256=sha256
     )
 
 
@@ -188,41 +187,57 @@ def _rechunk(pieces: Iterable[bytes]) -> Iterator[bytes]:
         yield bytes(pending)
 
 
-class _Requests:
-    """An ImportData request iterator that remembers why it stopped: grpcio turns an exception
-    raised while iterating requests into a bare status (grpc.aio into a CancelledError), so the
-    helpers raise the original error instead."""
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+"""The first bytes of every zstd frame."""
 
-    def __init__(self, header: ws.ImportDataRequest, source: Source | AsyncIterable[bytes]) -> None:
+
+class _Requests:
+    """An ImportData request iterator: the header (with the format the first chunk shows when
+    none was asked for, so the first chunk is read before it), then the chunks. It remembers why
+    it stopped: grpcio turns an exception raised while iterating requests into a bare status
+    (grpc.aio into a CancelledError), so the helpers raise the original error instead."""
+
+    def __init__(self, header: ws.ImportDataRequest.Header, source: Source | AsyncIterable[bytes]) -> None:
         self.header = header
         self.source = source
         self.error: Exception | None = None
 
+    def _header_for(self, first: bytes) -> ws.ImportDataRequest:
+        if self.header.format == workspace_pb2.ARCHIVE_FORMAT_UNSPECIFIED:
+            zstd = first.startswith(_ZSTD_MAGIC)
+            self.header.format = (
+                workspace_pb2.ARCHIVE_FORMAT_TAR_ZSTD if zstd else workspace_pb2.ARCHIVE_FORMAT_TAR_GZIP
+            )
+        return ws.ImportDataRequest(header=self.header)
+
     def __iter__(self) -> Iterator[ws.ImportDataRequest]:
-        yield self.header
         try:
             if isinstance(self.source, AsyncIterable):
                 raise TypeError("import_data takes no async iterable: use import_data_async")
-            for chunk in _chunks_of(self.source):
+            chunks = _chunks_of(self.source)
+            first = next(chunks, b"")
+            yield self._header_for(first)
+            if first:
+                yield ws.ImportDataRequest(chunk=first)
+            for chunk in chunks:
                 yield ws.ImportDataRequest(chunk=chunk)
         except Exception as err:
             self.error = err
             raise
 
     async def __aiter__(self) -> AsyncIterator[ws.ImportDataRequest]:
-        yield self.header
         try:
-            chunks = (
-                _arechunk(self.source)
-                if isinstance(self.source, AsyncIterable)
-                else _chunks_of(self.source)
-            )
-            if isinstance(chunks, AsyncIterator):
+            if isinstance(self.source, AsyncIterable):
+                chunks = _arechunk(self.source)
+                first = await anext(chunks, b"")
+                yield self._header_for(first)
+                if first:
+                    yield ws.ImportDataRequest(chunk=first)
                 async for chunk in chunks:
                     yield ws.ImportDataRequest(chunk=chunk)
             else:
-                for chunk in chunks:
-                    yield ws.ImportDataRequest(chunk=chunk)
+                for request in self:
+                    yield request
         except Exception as err:
             self.error = err
             raise
@@ -297,8 +312,8 @@ def import_data(
     sha256: str = "",
     timeout: float | None = None,
 ) -> ws.ImportDataResponse:
-    """Extracts an archive (tar + gzip unless ``format`` says zstd, as :func:`export_data`
-    makes it) into a directory of a workspace and returns what the server received:
+    """Extracts an archive (tar + gzip or zstd, as :func:`export_data` makes it) into a
+    directory of a workspace and returns what the server received:
     ``size_bytes``, ``sha256`` and the ``entry_count`` extracted. The archive is streamed in
     1 MiB messages of one ImportData call.
 
@@ -307,7 +322,8 @@ def import_data(
             of byte chunks.
         path: absolute path of the directory to extract into, inside the workspace (created
             if missing); empty imports into ``/data``.
-        format: ``ARCHIVE_FORMAT_TAR_GZIP`` (the default) or ``ARCHIVE_FORMAT_TAR_ZSTD``.
+        format: ``ARCHIVE_FORMAT_TAR_GZIP`` or ``ARCHIVE_FORMAT_TAR_ZSTD``; unspecified, the
+            archive's first bytes say (zstd's magic number, else gzip).
         replace: make the directory hold exactly the archive's contents (extracted beside it
             and swapped in); otherwise entries replace files of the same path and others stay.
         sha256: the archive's expected SHA-256 (64 lowercase hex characters, as an export's
