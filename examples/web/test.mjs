@@ -1,8 +1,9 @@
 // Drives the page in headless Chromium against a live berth: create with a live progress bar,
 // RUNNING, a shell in the terminal panel that comes back after a reload, the file manager
 // (browse, new folder and file, edit and save, a conflicting change inside the workspace,
-// upload, download), stop, start, delete with preserved data. Saves artifacts/screenshot.png,
-// artifacts/terminal.png and artifacts/files.png.
+// upload, download), the data panel (export as .tar.gz and .tar.zst, import with chunked
+// uploads), stop, start, delete with preserved data. Saves artifacts/screenshot.png,
+// artifacts/terminal.png, artifacts/files.png and artifacts/data.png.
 //
 // Environment: BERTH_TEST_SERVER (required), BERTH_TEST_IMAGE_MULTILAYER (required),
 // BERTH_TEST_SDK_NAMESPACE (required: the image is forgotten there first so its pull moves
@@ -13,7 +14,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -98,11 +99,14 @@ try {
   page.on("requestfailed", (req) => log(`request failed: ${req.url()} ${req.failure()?.errorText}`));
 
   // Record every value the overall progress bar takes (setting `.value` sets the attribute).
+  // The same for the data panel's transfer bar.
   await page.addInitScript(() => {
     window.__pullBarValues = [];
+    window.__dataBarValues = [];
     new MutationObserver((mutations) => {
       for (const m of mutations) {
         if (m.target.id === "pull-bar") window.__pullBarValues.push(Number(m.target.value));
+        if (m.target.id === "data-bar") window.__dataBarValues.push(Number(m.target.value));
       }
     }).observe(document, { subtree: true, attributes: true, attributeFilter: ["value"] });
   });
@@ -402,6 +406,106 @@ try {
   assert.equal((await shell(id, "test -L /data/page-link && cat /data/page.txt")).toString(), throughLink);
   await page.screenshot({ path: join(artifacts, "files.png"), fullPage: true });
   log(`downloaded ${downloaded.length} bytes; screenshot: ${join(artifacts, "files.png")}`);
+
+  // The data panel. Export downloads /data as one archive: its size and sha256 are those of the
+  // trailer the page shows, and tar reads the files made above from it.
+  const dataStatus = page.locator("#data-status");
+  const dataError = page.locator("#data-error:not([hidden])");
+  const dataResult = page.locator("#data-result");
+  const dataEnds = async (action, outcome) => {
+    const other = outcome === "done" ? "failed" : "done";
+    const wrong = dataStatus
+      .filter({ hasText: new RegExp(`^${escapeRegExp(action)}: ${other}$`) })
+      .waitFor()
+      .then(async () => {
+        throw new Error(`${action} ${other}: ${await dataError.textContent().catch(() => "")}`);
+      });
+    wrong.catch(() => {});
+    await Promise.race([dataStatus.filter({ hasText: new RegExp(`^${escapeRegExp(action)}: ${outcome}$`) }).waitFor(), wrong]);
+  };
+  await page.locator("#data-panel").waitFor();
+  assert.equal(await page.locator("#data-path").textContent(), "/data");
+  const exporting = page.waitForEvent("download");
+  await page.click("#data-export");
+  const exportDownload = await exporting;
+  await dataEnds("Export /data", "done");
+  assert.equal(exportDownload.suggestedFilename(), `${id}-data.tar.gz`);
+  const exportedArchive = readFileSync(await exportDownload.path());
+  log(`export shown: ${await dataResult.textContent()}`);
+  assert.equal(Number(await dataResult.getAttribute("data-size-bytes")), exportedArchive.length, "the download's size is the trailer's");
+  assert.equal(await dataResult.getAttribute("data-sha256"), sha256(exportedArchive), "the download's sha256 is the trailer's");
+  const entriesInside = Number((await shell(id, "find /data -mindepth 1 | wc -l")).toString().trim());
+  assert.equal(Number(await dataResult.getAttribute("data-entry-count")), entriesInside, "one entry per file, directory and link of /data");
+  const exportedNames = execFileSync("tar", ["-tzf", "-"], { input: exportedArchive }).toString().split("\n");
+  for (const name of ["page.txt", "upload.bin", "made-inside.bin", "page-link"]) {
+    assert.ok(exportedNames.includes(name), `the export lists ${name}: ${exportedNames.join(" ")}`);
+  }
+  const exportedUpload = execFileSync("tar", ["-xzOf", "-", "upload.bin"], { input: exportedArchive, maxBuffer: 64 << 20 });
+  assert.equal(sha256(exportedUpload), sha256(uploadBytes), "the export holds the uploaded bytes");
+  const dataBarBeforeImport = (await page.evaluate(() => window.__dataBarValues)).length;
+
+  // zstd, picked in the format menu.
+  await page.selectOption("#data-format", "zstd");
+  const exportingZstd = page.waitForEvent("download");
+  await page.click("#data-export");
+  const zstdDownload = await exportingZstd;
+  await dataEnds("Export /data", "done");
+  assert.equal(zstdDownload.suggestedFilename(), `${id}-data.tar.zst`);
+  const zstdArchive = readFileSync(await zstdDownload.path());
+  assert.equal(Number(await dataResult.getAttribute("data-size-bytes")), zstdArchive.length);
+  assert.ok(execFileSync("tar", ["--zstd", "-tf", "-"], { input: zstdArchive }).toString().split("\n").includes("page.txt"));
+  log(`exported ${exportedArchive.length} bytes (gzip) and ${zstdArchive.length} bytes (zstd)`);
+
+  // Import an archive made on this machine: more than 3 MiB (its random file does not
+  // compress), so several ImportDataChunk requests of at most 3 MiB, with the bar moving; its
+  // files appear inside the workspace, next to the ones already there.
+  const archiveDir = mkdtempSync(join(tmpdir(), "berth-web-import-"));
+  let importArchive;
+  const importedRandom = randomBytes(4 * 1024 * 1024 + 4321);
+  try {
+    mkdirSync(join(archiveDir, "imported"));
+    writeFileSync(join(archiveDir, "imported", "hello.txt"), "hello from an archive\n");
+    writeFileSync(join(archiveDir, "imported", "random.bin"), importedRandom);
+    symlinkSync("hello.txt", join(archiveDir, "imported", "link"));
+    execFileSync("tar", ["-czf", join(archiveDir, "import.tar.gz"), "-C", archiveDir, "imported"]);
+    importArchive = readFileSync(join(archiveDir, "import.tar.gz"));
+  } finally {
+    rmSync(archiveDir, { recursive: true, force: true });
+  }
+  const importBodies = [];
+  const recordImportChunk = (req) => {
+    if (req.url().endsWith("/berth.workspace.v1.WorkspaceService/ImportDataChunk")) importBodies.push(req.postDataBuffer()?.length ?? 0);
+  };
+  page.on("request", recordImportChunk);
+  await page.setInputFiles("#data-import", { name: "import.tar.gz", mimeType: "application/gzip", buffer: importArchive });
+  await dataEnds("Import import.tar.gz", "done");
+  page.off("request", recordImportChunk);
+  log(`import shown: ${await dataResult.textContent()}; request bodies ${importBodies.join(", ")} bytes`);
+  assert.equal(importBodies.length, Math.ceil(importArchive.length / (3 * 1024 * 1024)), "3 MiB chunks");
+  for (const size of importBodies) assert.ok(size <= 3 * 1024 * 1024 + grpcWebOverhead, `a chunk of ${size} bytes`);
+  const importBar = (await page.evaluate(() => window.__dataBarValues)).slice(dataBarBeforeImport);
+  assert.ok(importBar.some((v) => v > 0 && v < 100), `the bar moved through the upload: ${importBar.map((v) => v.toFixed(1)).join(", ")}`);
+  assert.ok(importBar.includes(100), "the bar reached 100%");
+  assert.equal(Number(await dataResult.getAttribute("data-size-bytes")), importArchive.length);
+  assert.equal(await dataResult.getAttribute("data-sha256"), sha256(importArchive));
+  assert.equal(await dataResult.getAttribute("data-entry-count"), "4", "imported/, hello.txt, random.bin, link");
+  assert.equal((await shell(id, "cat /data/imported/hello.txt")).toString(), "hello from an archive\n");
+  assert.equal((await shell(id, "sha256sum /data/imported/random.bin")).toString().split(/\s+/)[0], sha256(importedRandom));
+  assert.equal((await shell(id, "readlink /data/imported/link")).toString(), "hello.txt\n");
+  assert.equal((await shell(id, "cat /data/page.txt")).toString(), throughLink, "the files already there stay");
+  await page.click("#files-refresh");
+  await filesDone("List /data");
+  assert.equal(await filesRow("imported").getAttribute("data-type"), "directory", "the Files panel lists the import");
+
+  // Something that is no archive: the error box shows the code and reason, nothing changes.
+  await page.setInputFiles("#data-import", { name: "garbage.tar.gz", mimeType: "application/gzip", buffer: randomBytes(5000) });
+  await dataEnds("Import garbage.tar.gz", "failed");
+  const importError = await dataError.textContent();
+  log(`import error shown: ${importError}`);
+  assert.match(importError, /^Import garbage\.tar\.gz failed: FAILED_PRECONDITION DATA_ARCHIVE_FAILED: /);
+  assert.equal(Number((await shell(id, "find /data -mindepth 1 | wc -l")).toString().trim()), entriesInside + 4);
+  await page.screenshot({ path: join(artifacts, "data.png"), fullPage: true });
+  log(`imported into the workspace; screenshot: ${join(artifacts, "data.png")}`);
 
   // Stop, start.
   await page.click("#stop");

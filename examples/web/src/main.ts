@@ -16,6 +16,7 @@ import {
   type LayerProgress,
   type Workspace,
 } from "@berth/sdk/web";
+import { DataPanel } from "./data.js";
 import { FilesPanel } from "./files.js";
 import { describeError, formatBytes as bytes } from "./format.js";
 import { TerminalPanel } from "./terminal.js";
@@ -88,6 +89,7 @@ declare global {
   }
 }
 const files = new FilesPanel(berth, el.filesSection);
+const data = new DataPanel(berth, $("data-panel"));
 
 window.berthTerminalText = () => terminal.text();
 window.berthTerminalSize = () => terminal.size();
@@ -173,6 +175,7 @@ function showInfo(ws: Workspace | undefined): void {
   rememberSelection(selectedId);
   showTerminal(ws);
   files.show(ws);
+  data.show(ws);
   el.info.hidden = !ws;
   el.infoNone.hidden = !!ws;
   for (const tr of el.listBody.querySelectorAll("tr")) {
