@@ -2,8 +2,9 @@
 # Builds the page (tsc type check + esbuild), serves it, and drives it in headless Chromium
 # (Debian chromium + playwright-core) against a live berth: create with a live progress bar,
 # RUNNING, a terminal that comes back after a reload, the file manager (browse, edit and save, a
-# conflicting change inside the workspace, upload, download), stop, start, delete with preserved
-# data. Writes artifacts/screenshot.png, terminal.png, files.png and files-conflict.png.
+# conflicting change inside the workspace, upload, download), the data part (export as .tar.gz
+# and .tar.zst, import with chunked uploads), stop, start, delete with preserved data. Writes
+# artifacts/screenshot.png, terminal.png, files.png, files-conflict.png and data.png.
 #
 # Needs BERTH_TEST_SERVER (http://127.0.0.1:PORT), BERTH_TEST_IMAGE_MULTILAYER and
 # BERTH_TEST_SDK_NAMESPACE (the containerd namespace of the server), plus TESTBED_DIR when the
