@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeAlias, runtime_checkable
@@ -192,15 +193,17 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 class _Requests:
-    """An ImportData request iterator: the header (with the format the first chunk shows when
-    none was asked for, so the first chunk is read before it), then the chunks. It remembers why
-    it stopped: grpcio turns an exception raised while iterating requests into a bare status
-    (grpc.aio into a CancelledError), so the helpers raise the original error instead."""
+    """The messages of an ImportData call: the header (with the format the first chunk shows when
+    none was asked for, so the first chunk is read before it), then the chunks. An error of the
+    source is kept in ``error``: grpcio would turn it into a bare status (and log it), so the
+    helpers raise it instead."""
 
     def __init__(self, header: ws.ImportDataRequest.Header, source: Source | AsyncIterable[bytes]) -> None:
         self.header = header
         self.source = source
         self.error: Exception | None = None
+        self._call: grpc.Future[ws.ImportDataResponse] | None = None
+        self._call_started = threading.Event()
 
     def _header_for(self, first: bytes) -> ws.ImportDataRequest:
         if self.header.format == workspace_pb2.ARCHIVE_FORMAT_UNSPECIFIED:
@@ -210,20 +213,32 @@ class _Requests:
             )
         return ws.ImportDataRequest(header=self.header)
 
-    def __iter__(self) -> Iterator[ws.ImportDataRequest]:
+    def _messages(self) -> Iterator[ws.ImportDataRequest]:
+        if isinstance(self.source, AsyncIterable):
+            raise TypeError("import_data takes no async iterable: use import_data_async")
+        chunks = _chunks_of(self.source)
+        first = next(chunks, b"")
+        yield self._header_for(first)
+        if first:
+            yield ws.ImportDataRequest(chunk=first)
+        for chunk in chunks:
+            yield ws.ImportDataRequest(chunk=chunk)
+
+    def for_call(self) -> Iterator[ws.ImportDataRequest]:
+        """The messages for a synchronous call (iterated on grpcio's thread). An error of the
+        source cancels the call (see :meth:`started`), so the server discards what it got."""
         try:
-            if isinstance(self.source, AsyncIterable):
-                raise TypeError("import_data takes no async iterable: use import_data_async")
-            chunks = _chunks_of(self.source)
-            first = next(chunks, b"")
-            yield self._header_for(first)
-            if first:
-                yield ws.ImportDataRequest(chunk=first)
-            for chunk in chunks:
-                yield ws.ImportDataRequest(chunk=chunk)
+            yield from self._messages()
         except Exception as err:
             self.error = err
-            raise
+            self._call_started.wait()
+            if self._call is not None:
+                self._call.cancel()
+
+    def started(self, call: grpc.Future[ws.ImportDataResponse]) -> None:
+        """Names the call :meth:`for_call` feeds, for it to cancel."""
+        self._call = call
+        self._call_started.set()
 
     async def __aiter__(self) -> AsyncIterator[ws.ImportDataRequest]:
         try:
@@ -236,7 +251,7 @@ class _Requests:
                 async for chunk in chunks:
                     yield ws.ImportDataRequest(chunk=chunk)
             else:
-                for request in self:
+                for request in self._messages():
                     yield request
         except Exception as err:
             self.error = err
@@ -337,12 +352,16 @@ def import_data(
         OSError: reading ``source`` failed (the import is cancelled, nothing changed).
     """
     requests = _Requests(_import_header(workspace_id, path, format, replace, sha256), source)
+    call = client.workspaces.ImportData.future(requests.for_call(), timeout=timeout)
+    requests.started(call)
     try:
-        return client.workspaces.ImportData(iter(requests), timeout=timeout)
-    except grpc.RpcError:
+        return call.result()
+    except (grpc.RpcError, grpc.FutureCancelledError):
         if requests.error is not None:
             raise requests.error from None
         raise
+    finally:
+        call.cancel()  # a no-op once the call ended; ends it when the wait was interrupted
 
 
 async def export_data_async(
