@@ -255,10 +255,21 @@ async function importStreamed(
   options: ImportDataOptions,
 ): Promise<ImportDataResponse> {
   const total = sizeOf(archive);
+  // Connect turns an error thrown by the request iterable into a bare INTERNAL (aborting the
+  // call, so the server discards what it got): the archive's own error is rethrown instead.
+  let sourceError: { error: unknown } | undefined;
   async function* messages(): AsyncGenerator<ImportDataRequest> {
     const chunks = rechunk(piecesOf(archive), STREAM_CHUNK_BYTES)[Symbol.asyncIterator]();
+    const read = async () => {
+      try {
+        return await chunks.next();
+      } catch (error) {
+        sourceError = { error };
+        throw error;
+      }
+    };
     // The first chunk comes before the header, which names the format it shows.
-    let next = await chunks.next();
+    let next = await read();
     const header = create(ImportDataRequest_HeaderSchema, {
       workspaceId,
       path: options.path ?? "",
@@ -268,13 +279,17 @@ async function importStreamed(
     });
     yield create(ImportDataRequestSchema, { event: { case: "header", value: header } });
     let sent = 0;
-    for (; !next.done; next = await chunks.next()) {
+    for (; !next.done; next = await read()) {
       yield create(ImportDataRequestSchema, { event: { case: "chunk", value: next.value } });
       sent += next.value.length;
       options.onProgress?.(sent, total);
     }
   }
-  return await client.workspaces.importData(messages(), { signal: options.signal, timeoutMs: options.timeoutMs });
+  try {
+    return await client.workspaces.importData(messages(), { signal: options.signal, timeoutMs: options.timeoutMs });
+  } catch (err) {
+    throw sourceError ? sourceError.error : err;
+  }
 }
 
 async function importChunked(

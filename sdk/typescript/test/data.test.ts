@@ -271,6 +271,17 @@ describe("importData over an in-memory server", () => {
     assert.ok(recorded.uploadCalls.every((c) => c.workspaceId === "bot-1" && c.path === "/data/in" && c.sha256 === "ab".repeat(32)));
   });
 
+  test("an archive whose source fails rejects with the source's error, on both paths", async () => {
+    async function* broken() {
+      yield randomBytes(10);
+      throw new Error("the disk went away");
+    }
+    for (const canStreamRequests of [true, false]) {
+      const client = createBerthClientFromTransport(importTransport(emptyRecord()), { canStreamRequests });
+      await assert.rejects(importData(client, "bot-1", broken()), /^Error: the disk went away$/, `canStreamRequests ${canStreamRequests}`);
+    }
+  });
+
   test("an archive of exactly 3 MiB is one last chunk; a second UNAVAILABLE fails the import", async () => {
     const recorded = emptyRecord();
     const client = createBerthClientFromTransport(importTransport(recorded));
