@@ -66,9 +66,9 @@ type importFunc func(*workspacev1.ImportDataRequest_Header)
 
 func (f importFunc) applyImport(h *workspacev1.ImportDataRequest_Header) { f(h) }
 
-// WithReplace makes the directory end up holding exactly the archive's contents: the archive is
-// extracted beside it and swapped in. Without it archive entries replace files of the same path
-// and other files stay.
+// WithReplace makes the directory end up holding exactly the archive's contents, swapped in
+// once the whole archive is extracted. Without it archive entries replace those of the same
+// path and other files stay.
 func WithReplace() ImportOption {
 	return importFunc(func(h *workspacev1.ImportDataRequest_Header) { h.Replace = true })
 }
@@ -148,7 +148,7 @@ func (c *Client) ExportData(ctx context.Context, workspaceID string, w io.Writer
 // Errors are the gRPC errors of the call (decode them with AsError): a WithExpectedSHA256 that
 // does not match is codes.InvalidArgument with reason CHECKSUM_MISMATCH, an archive with
 // unsafe entries codes.FailedPrecondition with DATA_ARCHIVE_FAILED, one past the server's
-// limits codes.ResourceExhausted. An error reading r ends the import and is returned as it is.
+// limits codes.ResourceExhausted with RESOURCE_LIMIT_EXCEEDED. An error reading r ends the import and is returned as it is.
 func (c *Client) ImportData(ctx context.Context, workspaceID string, r io.Reader, opts ...ImportOption) (*workspacev1.ImportDataResponse, error) {
 	header := &workspacev1.ImportDataRequest_Header{WorkspaceId: workspaceID}
 	for _, opt := range opts {

@@ -52,8 +52,8 @@ export interface ImportDataOptions {
    */
   format?: ArchiveFormat;
   /**
-   * Whether the directory ends up holding exactly the archive's contents (it is extracted beside
-   * the directory and swapped in). When false, entries replace files of the same path and other
+   * Whether the directory ends up holding exactly the archive's contents (swapped in once the
+   * whole archive is extracted). When false, entries replace those of the same path and other
    * files stay.
    */
   replace?: boolean;
@@ -229,7 +229,8 @@ export async function exportDataBytes(
  * each retried once when it fails with `Code.Unavailable`. Failures are `ConnectError`s (read
  * them with `berthErrorInfo`): a `sha256` that does not match is `Code.InvalidArgument` with
  * reason `CHECKSUM_MISMATCH`, an archive with unsafe entries `Code.FailedPrecondition` with
- * `DATA_ARCHIVE_FAILED`, one past the server's limits `Code.ResourceExhausted`.
+ * `DATA_ARCHIVE_FAILED`, one past the server's limits `Code.ResourceExhausted` with
+ * `RESOURCE_LIMIT_EXCEEDED`.
  *
  * ```ts
  * const { archive, trailer } = await exportDataBytes(berth, "bot-1");

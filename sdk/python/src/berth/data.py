@@ -339,8 +339,9 @@ def import_data(
             if missing); empty imports into ``/data``.
         format: ``ARCHIVE_FORMAT_TAR_GZIP`` or ``ARCHIVE_FORMAT_TAR_ZSTD``; unspecified, the
             archive's first bytes say (zstd's magic number, else gzip).
-        replace: make the directory hold exactly the archive's contents (extracted beside it
-            and swapped in); otherwise entries replace files of the same path and others stay.
+        replace: make the directory hold exactly the archive's contents (swapped in once the
+            whole archive is extracted); otherwise entries replace those of the same path and
+            others stay.
         sha256: the archive's expected SHA-256 (64 lowercase hex characters, as an export's
             trailer has it), checked before anything becomes visible; empty skips the check.
 
@@ -348,7 +349,8 @@ def import_data(
         grpc.RpcError: the call failed (read it with :func:`berth.error_info`); a ``sha256``
             that does not match is ``INVALID_ARGUMENT`` with reason ``CHECKSUM_MISMATCH``, an
             archive with unsafe entries ``FAILED_PRECONDITION`` with ``DATA_ARCHIVE_FAILED``,
-            one past the server's limits ``RESOURCE_EXHAUSTED``. Nothing changed then.
+            one past the server's limits ``RESOURCE_EXHAUSTED`` with ``RESOURCE_LIMIT_EXCEEDED``.
+            Nothing changed then.
         OSError: reading ``source`` failed (the import is cancelled, nothing changed).
     """
     requests = _Requests(_import_header(workspace_id, path, format, replace, sha256), source)
