@@ -38,6 +38,8 @@ pub struct ManagerConfig {
     pub default_image: String,
     pub snapshotter: String,
     pub runtime_name: String,
+    /// What one ImportData may extract.
+    pub import_limits: crate::data::ExtractLimits,
 }
 
 /// One page of ListWorkspaces.

@@ -33,6 +33,7 @@ async fn harness() -> Harness {
         default_image: "fake/image:latest".to_owned(),
         snapshotter: "overlayfs".to_owned(),
         runtime_name: "fake".to_owned(),
+        import_limits: crate::data::ExtractLimits { max_bytes: 1 << 30, max_entries: 1000 },
     };
     let manager = Arc::new(Manager::new(config, store.clone(), runtime.clone()));
     Harness { manager, runtime, store, _state_dir: state_dir }
