@@ -258,7 +258,8 @@ struct Meter<'o> {
     options: &'o ExtractOptions<'o>,
     content: u64,
     entries: u64,
-    /// Why a read of entry data failed, when the meter failed it.
+    /// Why a read of entry data failed (the meter's limits, or the archive itself): the
+    /// extraction's error then says that rather than blaming the write.
     failure: Option<Error>,
 }
 
@@ -309,7 +310,10 @@ struct Metered<'m, 'o, R> {
 
 impl<R: Read> Read for Metered<'_, '_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let read = self.inner.read(buf)?;
+        let read = self.inner.read(buf).inspect_err(|err| {
+            // The archive failed (truncated, corrupt), not the write of the entry.
+            self.meter.failure = Some(malformed(err));
+        })?;
         if read > 0 {
             self.meter.read(read)?;
         }

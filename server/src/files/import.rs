@@ -322,6 +322,7 @@ fn import_into(
                     }
                 }
                 Err(err) if merge::cannot_exchange(&err) => {
+                    tracing::info!(path, error = %err, "the import's target cannot be swapped (on overlayfs: it comes from the image); emptying it and moving the archive's entries in");
                     let target_dir =
                         in_root::open_subdir(parent, name).map_err(|err| fs_error(&err, "import into", path))?;
                     in_root::remove_contents(target_dir.as_fd()).map_err(|err| fs_error(&err, "empty", path))?;
