@@ -1,6 +1,6 @@
 //! ImportData and ImportDataChunk end to end, on the real containerd: archives made with the
-//! host's `tar` (gzip and zstd) reproduce their tree byte for byte in a running and a stopped
-//! workspace; replace vs merge (an image's /data, which overlayfs cannot swap, and a directory of
+//! host's `tar` (gzip and zstd), and ExportData's, reproduce their tree byte for byte in a
+//! running and a stopped workspace; replace vs merge (an image's /data, which overlayfs cannot swap, and a directory of
 //! the writable layer, which it can); hostile archives each fail with their exact code and reason
 //! and leave the target untouched; chunked uploads are retry-safe.
 
@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use berth_api::v1::{
-    ArchiveFormat, FileType, ImportDataChunkRequest, ImportDataRequest, ListDirRequest, WriteFileChunkRequest,
-    import_data_request,
+    ArchiveFormat, ExportDataRequest, FileType, ImportDataChunkRequest, ImportDataRequest, ListDirRequest,
+    WriteFileChunkRequest, import_data_request,
 };
 use berth_e2e::files::{Files, create_workspace, start_workspace, stat, stop_workspace, write};
 use berth_e2e::import::{
@@ -106,6 +106,24 @@ fn assert_hard_linked(testbed: &Testbed, server: &BerthServer, id: &str, dir: &s
     assert!(found[0].ends_with(" 2"), "two links: {found:?}");
 }
 
+/// The archive ExportData streams of `path`, its trailer checked.
+async fn export(workspaces: &mut Workspaces, id: &str, path: &str, format: ArchiveFormat) -> Vec<u8> {
+    use berth_api::v1::export_data_response::Event;
+    let request = ExportDataRequest { workspace_id: id.to_owned(), format: format.into(), path: path.to_owned() };
+    let mut stream = workspaces.export_data(request).await.unwrap().into_inner();
+    let mut archive = Vec::new();
+    let mut trailer = None;
+    while let Some(message) = stream.message().await.unwrap() {
+        match message.event {
+            Some(Event::Chunk(chunk)) => archive.extend_from_slice(&chunk),
+            Some(Event::Trailer(end)) => trailer = Some(end),
+            None => panic!("an empty ExportData message"),
+        }
+    }
+    assert_eq!(trailer.expect("a trailer").sha256, sha256_hex(&archive));
+    archive
+}
+
 /// Writes a file, creating its parents.
 async fn write_parents(files: &mut Files, id: &str, path: &str, content: &[u8]) {
     let header =
@@ -168,8 +186,17 @@ async fn host_tar_archives_import_byte_for_byte_into_a_running_and_a_stopped_wor
     assert_eq!(workspace_tree(&mut files, id, "/data/gz").await, expected, "the first import survived the restart");
     assert_no_staging_left(&mut files, id).await;
 
+    // An export imports back byte for byte, in both formats.
+    for (format, dir) in [(ArchiveFormat::TarGzip, "/data/again-gz"), (ArchiveFormat::TarZstd, "/data/again-zst")] {
+        let exported = export(&mut workspaces, id, "/data/gz", format).await;
+        let imported = import(&mut workspaces, header(id, dir, format, false), &exported).await.unwrap();
+        assert_eq!((imported.size_bytes, imported.entry_count), (exported.len() as i64, expected.len() as u64));
+        assert_eq!(workspace_tree(&mut files, id, dir).await, expected, "{dir}");
+        assert_hard_linked(&testbed, &server, id, dir);
+    }
+
     let events = imported_events(&server.state_dir, id);
-    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events.len(), 4, "{events:?}");
     assert!(events[0].contains("/data/gz") && events[0].contains(&sha256_hex(&gzip)), "{events:?}");
     assert!(events[1].contains("into /data/zst") && events[1].contains("20 entries"), "{events:?}");
 }
