@@ -20,6 +20,11 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
 pub const DEFAULT_IMAGE: &str = "docker.io/library/debian:bookworm";
 /// The AppArmor profile of workspaces: the one containerd's CRI plugin loads for its containers.
 pub const DEFAULT_APPARMOR_PROFILE: &str = "cri-containerd.apparmor.d";
+/// How many snapshots may stack on a workspace's image by default.
+pub const DEFAULT_MAX_SNAPSHOT_DEPTH: u32 = 100;
+/// The most snapshots a server may allow on an image: overlayfs stacks about 500 lower layers
+/// (a 505-deep chain killed the shim), and an image brings up to 127 of its own.
+pub const MAX_SNAPSHOT_DEPTH_LIMIT: u32 = 350;
 /// How long one containerd call may take.
 pub const DEFAULT_CONTAINERD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -82,6 +87,10 @@ pub struct ServeArgs {
     /// comma-separated in the env) [default: none]
     #[arg(long = "cors-origin", env = "BERTH_CORS_ORIGIN", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// How many snapshots may stack on a workspace's image before CreateSnapshot refuses (each
+    /// is an overlayfs layer), 1 to 350 [default: 100]
+    #[arg(long, env = "BERTH_MAX_SNAPSHOT_DEPTH")]
+    pub max_snapshot_depth: Option<u32>,
 }
 
 /// The keys a `--config` file may hold; unknown keys are errors so typos do not pass silently.
@@ -101,6 +110,7 @@ struct FileConfig {
     containerd_timeout: Option<u64>,
     apparmor_profile: Option<String>,
     cors_origins: Option<Vec<String>>,
+    max_snapshot_depth: Option<u32>,
 }
 
 /// The resolved configuration of a running server.
@@ -133,6 +143,8 @@ pub struct Config {
     /// Origins (`scheme://host[:port]`) whose pages may call berth from a browser; empty
     /// allows none.
     pub cors_origins: Vec<String>,
+    /// How many snapshots may stack on a workspace's image.
+    pub max_snapshot_depth: u32,
 }
 
 /// A configuration that cannot be used; its message is one line naming the cause.
@@ -182,6 +194,13 @@ impl Config {
             }
             Some(seconds) => std::time::Duration::from_secs(seconds),
         };
+        let max_snapshot_depth =
+            args.max_snapshot_depth.or(file.max_snapshot_depth).unwrap_or(DEFAULT_MAX_SNAPSHOT_DEPTH);
+        if !(1..=MAX_SNAPSHOT_DEPTH_LIMIT).contains(&max_snapshot_depth) {
+            return Err(ConfigError(format!(
+                "max_snapshot_depth {max_snapshot_depth} is out of range; pass 1 to {MAX_SNAPSHOT_DEPTH_LIMIT} (overlayfs stacks about 500 layers, images bring their own); the default is {DEFAULT_MAX_SNAPSHOT_DEPTH}"
+            )));
+        }
         Ok(Self {
             listen: args
                 .listen
@@ -202,6 +221,7 @@ impl Config {
             containerd_timeout,
             apparmor_profile,
             cors_origins,
+            max_snapshot_depth,
         })
     }
 }
@@ -358,6 +378,20 @@ mod tests {
             let args = ServeArgs { cors_origins: vec![origin.to_owned()], ..ServeArgs::default() };
             let err = Config::resolve(args).err().unwrap().to_string();
             assert!(err.contains(why) && err.contains(origin), "{origin}: {err}");
+        }
+    }
+
+    #[test]
+    fn max_snapshot_depth_defaults_to_100_and_is_bounded() {
+        assert_eq!(Config::resolve(ServeArgs::default()).unwrap().max_snapshot_depth, 100);
+        let file = parse_file("max_snapshot_depth = 20\n").unwrap();
+        assert_eq!(file.max_snapshot_depth, Some(20));
+        let flag = ServeArgs { max_snapshot_depth: Some(350), ..ServeArgs::default() };
+        assert_eq!(Config::resolve(flag).unwrap().max_snapshot_depth, 350);
+        for bad in [0, 351] {
+            let args = ServeArgs { max_snapshot_depth: Some(bad), ..ServeArgs::default() };
+            let err = Config::resolve(args).err().unwrap().to_string();
+            assert!(err.contains("1 to 350") && err.contains(&bad.to_string()), "{err}");
         }
     }
 

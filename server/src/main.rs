@@ -130,6 +130,7 @@ async fn run(config: Config, listener: tokio::net::TcpListener, containerd: Cont
             default_image: config.default_image.clone(),
             snapshotter: SNAPSHOTTER.to_owned(),
             runtime_name: RUNTIME_NAME.to_owned(),
+            max_snapshot_depth: config.max_snapshot_depth,
         },
         store.clone(),
         Arc::new(containerd),
