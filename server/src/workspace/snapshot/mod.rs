@@ -419,9 +419,14 @@ impl Manager {
             return Err(Error::new(
                 Reason::SnapshotInUse,
                 format!(
-                    "snapshot {name} of workspace {id} cannot be deleted: {} built on it; delete those snapshots first{}",
+                    "snapshot {name} of workspace {id} cannot be deleted: {} {} built on it; {}",
                     dependents.join(" and "),
-                    if current { ", or restore another snapshot" } else { "" }
+                    if dependents.len() == 1 { "is" } else { "are" },
+                    match (children.is_empty(), current) {
+                        (false, true) => "delete those snapshots and restore another one first",
+                        (false, false) => "delete those snapshots first",
+                        _ => "restore another snapshot first",
+                    }
                 ),
             )
             .with_metadata("snapshot_name", name)

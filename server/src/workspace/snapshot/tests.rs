@@ -210,7 +210,10 @@ async fn snapshots_that_others_are_built_on_cannot_be_deleted_and_say_what_depen
     assert!(!err.message().contains("current filesystem"), "{err}");
     let err = harness.manager.delete_snapshot(ID, "b").await.unwrap_err();
     assert_eq!(err.reason(), Reason::SnapshotInUse);
-    assert!(err.message().contains("current filesystem") && err.message().contains("restore another"), "{err}");
+    assert!(
+        err.message().contains("current filesystem is built") && err.message().contains("restore another"),
+        "{err}"
+    );
     let err = harness.manager.delete_snapshot(ID, "image").await.unwrap_err();
     assert_eq!(err.reason(), Reason::SnapshotInUse, "image layers cannot be deleted: {err}");
     assert_eq!(harness.manager.delete_snapshot(ID, "ghost").await.unwrap_err().reason(), Reason::SnapshotNotFound);
