@@ -60,12 +60,13 @@ async fn assert_exact(harness: &Harness) {
     let rows = harness.store.list_snapshots(&id()).await.unwrap();
     let mut expected: BTreeSet<String> = rows.iter().map(|row| row.snapshot_key.clone()).collect();
     expected.insert(record.snapshot_key.clone());
-    let state = harness.runtime.state.lock().unwrap();
-    let held: BTreeSet<String> = state.snapshots.iter().cloned().collect();
-    assert_eq!(held, expected, "the runtime holds exactly the listed snapshots and one writable layer");
-    assert_eq!(state.container_keys.get(ID), Some(&record.snapshot_key), "the container points at the layer");
-    assert!(!state.committed.contains(&record.snapshot_key), "the layer is writable");
-    drop(state);
+    {
+        let state = harness.runtime.state.lock().unwrap();
+        let held: BTreeSet<String> = state.snapshots.iter().cloned().collect();
+        assert_eq!(held, expected, "the runtime holds exactly the listed snapshots and one writable layer");
+        assert_eq!(state.container_keys.get(ID), Some(&record.snapshot_key), "the container points at the layer");
+        assert!(!state.committed.contains(&record.snapshot_key), "the layer is writable");
+    }
     assert!(harness.store.snapshot_operation(&id()).await.unwrap().is_none(), "no operation is left in flight");
 }
 
