@@ -4,7 +4,8 @@
 # stop/start, rm --preserve-data + create --restore-data, exec (exit codes, stdin, -t through
 # script, a missing command), ps, cp and fs (files and trees both ways, byte-identical with their
 # modes; symlinks made in the workspace never followed on this host; a stopped workspace's
-# files), snapshot create/ls/restore/rm and versions, and a failing call's one-line error.
+# files), export (gzip and zstd, read back with tar), snapshot create/ls/restore/rm and versions,
+# and a failing call's one-line error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BERTH_TEST_SERVER:?BERTH_TEST_SERVER must name a running berth (scripts/test-sdks.sh sets it)}"
@@ -168,6 +169,18 @@ head -c 20000000 /dev/urandom >"$work/big"
 tty_out=$(script -qec "$berth cp $id:/data/cli/big $work/big.out" /dev/null)
 grep -q '\[=*' <<<"$tty_out" || fail "no progress bar on a terminal: $tty_out"
 cmp "$work/big" "$work/big.out" || fail "a 20 MB file copied in and out differs"
+
+# export: an archive of a directory to stdout or -o, which the system tools read; a failed
+# export leaves no file behind.
+$berth export "$id" --path /data/cli/in >"$work/in.tar.gz" 2>"$work/export.err"
+grep -q '^exported [0-9]* entries, [0-9]* bytes, sha256 [0-9a-f]\{64\}$' "$work/export.err" ||
+  fail "export summary: $(cat "$work/export.err")"
+listing=$(tar -tzf "$work/in.tar.gz")
+grep -qx 'tree/a.txt' <<<"$listing" || fail "export lacks tree/a.txt: $listing"
+$berth export "$id" --path /data/cli/in --format zstd -o "$work/in.tar.zst" 2>/dev/null
+[ "$(tar --use-compress-program=zstd -xOf "$work/in.tar.zst" tree/a.txt)" = hello ] || fail "zstd export content"
+expect_failure '^berth: NOT_FOUND PATH_NOT_FOUND: ' $berth export "$id" --path /data/nope -o "$work/nope.tar.gz"
+[ -z "$(find "$work" -maxdepth 1 -name '*nope*')" ] || fail "a failed export left a file: $(ls -A "$work")"
 
 [ "$($berth stop "$id" --timeout 5)" = "$id STOPPED" ] || fail "stop"
 wait "$sleeper" || true

@@ -19,6 +19,8 @@ PACKAGES=(
 	chromium fonts-liberation
 	# used by the scripts themselves
 	curl openssl ca-certificates
+	# the export/import tests decode and build archives with the system tools
+	zstd
 )
 
 installed() {

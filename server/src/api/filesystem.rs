@@ -106,7 +106,7 @@ impl FilesystemService for FilesystemApi {
         let stream = events.map(|event| {
             let event = match event? {
                 ReadEvent::Entry(found) => Event::Entry(entry(found)),
-                ReadEvent::Chunk(bytes) => Event::Chunk(bytes.into()),
+                ReadEvent::Chunk(bytes) => Event::Chunk(bytes),
             };
             Ok(pb::ReadFileResponse { event: Some(event) })
         });

@@ -69,8 +69,8 @@ fn keepalive(interval: Option<prost_types::Duration>) -> Result<Duration, Error>
 
 fn input(input: Option<pb::ProcessInput>) -> Result<Input, Error> {
     match input.and_then(|input| input.input) {
-        Some(pb::process_input::Input::Stdin(bytes)) => Ok(Input::Stdin(bytes.into())),
-        Some(pb::process_input::Input::Pty(bytes)) => Ok(Input::Pty(bytes.into())),
+        Some(pb::process_input::Input::Stdin(bytes)) => Ok(Input::Stdin(bytes)),
+        Some(pb::process_input::Input::Pty(bytes)) => Ok(Input::Pty(bytes)),
         None => Err(invalid("input is required; set stdin or pty bytes")),
     }
 }

@@ -1,9 +1,9 @@
-//! Client subcommands: `berth ls | create | get | start | stop | rm | exec | ps | cp | fs |
-//! snapshot | versions` over
-//! the generated Rust clients. A failed call prints one line (status code, ErrorInfo reason,
-//! message) and exits 1; `exec` exits with the process's own code.
+//! Client subcommands: `berth ls | create | get | start | stop | rm | exec | ps | cp | fs | export |
+//! import | snapshot | versions` over the generated Rust clients. A failed call prints one line
+//! (status code, ErrorInfo reason, message) and exits 1; `exec` exits with the process's own code.
 
 mod cp;
+mod data;
 mod exec;
 mod fs;
 mod host;
@@ -145,6 +145,37 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: fs::FsCommand,
     },
+    /// Archive a workspace directory (/data by default) to stdout or a file; no downtime
+    Export {
+        id: String,
+        /// Directory inside the workspace [default: /data]
+        #[arg(long)]
+        path: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: data::Format,
+        /// Write the archive here instead of stdout (renamed into place when complete)
+        #[arg(long, short = 'o')]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Extract an archive (a file, or - for stdin) into a workspace directory (/data by default)
+    Import {
+        id: String,
+        /// The archive: .tar.gz or .tar.zst (sniffed), or - for stdin
+        #[arg(value_name = "FILE")]
+        input: String,
+        /// Directory inside the workspace [default: /data]
+        #[arg(long)]
+        path: Option<String>,
+        /// Archive format [default: sniffed from the archive]
+        #[arg(long, value_enum)]
+        format: Option<data::Format>,
+        /// Empty the directory first, so it holds exactly the archive's contents
+        #[arg(long)]
+        replace: bool,
+        /// Expected SHA-256 of the archive; the import fails if it differs
+        #[arg(long)]
+        sha256: Option<String>,
+    },
     /// Take, list, delete and restore snapshots of a workspace's filesystem
     Snapshot {
         #[command(subcommand)]
@@ -253,6 +284,13 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
         ClientCommand::Fs { command } => return fs::run(channel, command).await,
         ClientCommand::Snapshot { command } => snapshot::run(channel, command).await?,
         ClientCommand::Versions { id, output } => snapshot::versions(channel, id, output).await?,
+        ClientCommand::Export { id, path, format, output } => {
+            return data::export(channel, id, path, format, output).await;
+        }
+        ClientCommand::Import { id, input, path, format, replace, sha256 } => {
+            let options = data::ImportOptions { id, input, path, format, replace, sha256 };
+            return data::import(channel, options).await;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -86,15 +86,26 @@ pub fn write_archive(
             src_dir.display()
         ))
     })?;
+    write_archive_of(root.as_fd(), out, format, progress)
+}
+
+/// [`write_archive`] of a directory the caller opened (for instance resolved inside a
+/// workspace's root).
+pub fn write_archive_of(
+    root: BorrowedFd<'_>,
+    out: impl Write,
+    format: ArchiveFormat,
+    progress: &mut dyn FnMut(u64),
+) -> Result<ArchiveSummary> {
     let mut archiver = Archiver { summary: ArchiveSummary::default(), progress, links: Links::default() };
     let mut out = match format {
         ArchiveFormat::TarGzip => {
             let encoder = GzEncoder::new(out, Compression::default());
-            archiver.write_tar(root.as_fd(), encoder)?.finish().map_err(write_error)?
+            archiver.write_tar(root, encoder)?.finish().map_err(write_error)?
         }
         ArchiveFormat::TarZstd => {
             let encoder = zstd::Encoder::new(out, zstd::DEFAULT_COMPRESSION_LEVEL).map_err(write_error)?;
-            archiver.write_tar(root.as_fd(), encoder)?.finish().map_err(write_error)?
+            archiver.write_tar(root, encoder)?.finish().map_err(write_error)?
         }
     };
     out.flush().map_err(write_error)?;

@@ -31,7 +31,7 @@ pub(crate) const MAX_PATH_BYTES: usize = 4096;
 /// read or written. Files with holes are rare; files with tens of thousands of them rarer still.
 pub(crate) const MAX_SPARSE_REGIONS: usize = 65536;
 
-pub use archive::{ArchiveFormat, ArchiveSummary, preserve_to_file, write_archive};
+pub use archive::{ArchiveFormat, ArchiveSummary, preserve_to_file, write_archive, write_archive_of};
 pub use executable::{check_directory, find_executable};
 pub use extract::{empty_dir, extract_archive, restore_from_file};
 pub use in_root::{InRoot, Owner};

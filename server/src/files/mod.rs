@@ -4,6 +4,7 @@
 //! blocking threads, streaming through small bounded channels.
 
 mod entry;
+mod export;
 mod list;
 mod ops;
 mod path;
@@ -23,6 +24,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 pub use entry::{Entry, EntryKind};
+pub use export::ExportEvent;
 pub use list::Page;
 pub use path::parse as parse_path;
 pub use read::{CHUNK_BYTES as READ_CHUNK_BYTES, ReadEvent};
@@ -114,26 +116,36 @@ impl Files {
         length: i64,
     ) -> Result<impl Stream<Item = Result<ReadEvent>> + Send + 'static> {
         let access = self.manager.file_access(workspace_id).await?;
+        let runtime = tokio::runtime::Handle::current();
+        self.stream_from(move |sender| {
+            let access = access;
+            read::read_file(&access.root, &path, offset, length, &mut |event| {
+                hand_over(&runtime, sender, event, &access.cancel, &path)
+            })
+        })
+        .await
+    }
+
+    /// Runs `work` on a blocking thread, streaming what it sends. The work owns what it
+    /// captures (a FileAccess: the mount or gate lasts exactly as long as the work). Its own
+    /// outcome comes apart from the items, so an error (a stop, a client that stopped reading)
+    /// ends the stream even when the channel is full; an error before the first item is
+    /// returned here instead of a stream.
+    async fn stream_from<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mpsc::Sender<T>) -> Result<()> + Send + 'static,
+    ) -> Result<futures::stream::BoxStream<'static, Result<T>>> {
         let (sender, mut receiver) = mpsc::channel(CHANNEL_CHUNKS);
         let (outcome, last_word) = tokio::sync::oneshot::channel();
-        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
-            // The whole access moves in (a closure would otherwise capture only the fields it
-            // names), so the mount or gate it holds lasts exactly as long as the read.
-            let access = access;
-            let read = read::read_file(&access.root, &path, offset, length, &mut |event| {
-                hand_over(&runtime, &sender, event, &access.cancel, &path)
-            });
-            drop(access);
-            let _ = outcome.send(read);
+            let done = work(&sender);
+            let _ = outcome.send(done);
         });
-        // The reader's own outcome comes apart from the chunks, so an error (a stop, a client
-        // that stopped reading) ends the stream even when the channel is full.
         let tail = futures::stream::once(async move {
             match last_word.await {
                 Ok(Err(err)) => Some(Err(err)),
                 Ok(Ok(())) => None,
-                Err(_) => Some(Err(Error::internal("the file reader ended without a word; see the server log"))),
+                Err(_) => Some(Err(Error::internal("a file worker ended without a word; see the server log"))),
             }
         })
         .filter_map(|item| async move { item });
@@ -141,14 +153,30 @@ impl Files {
             Some(first) => {
                 Ok(futures::stream::iter([Ok(first)]).chain(ReceiverStream::new(receiver).map(Ok)).chain(tail).boxed())
             }
-            None => {
-                let mut tail = Box::pin(tail);
-                match tail.next().await {
-                    Some(Err(err)) => Err(err),
-                    _ => Err(Error::internal("the file reader ended without a word; see the server log")),
-                }
-            }
+            None => match Box::pin(tail).next().await {
+                Some(Err(err)) => Err(err),
+                _ => Err(Error::internal("a file worker ended without a word; see the server log")),
+            },
         }
+    }
+
+    /// Streams the directory `path` as an archive, then its trailer. Errors found before the
+    /// first chunk (a missing directory) are returned here rather than in the stream.
+    pub async fn export(
+        &self,
+        workspace_id: &str,
+        path: String,
+        format: crate::data::ArchiveFormat,
+    ) -> Result<impl Stream<Item = Result<ExportEvent>> + Send + 'static> {
+        let access = self.manager.file_access(workspace_id).await?;
+        let runtime = tokio::runtime::Handle::current();
+        self.stream_from(move |sender| {
+            let access = access;
+            export::export(&access.root, &path, format, &mut |event| {
+                hand_over(&runtime, sender, event, &access.cancel, &path)
+            })
+        })
+        .await
     }
 
     /// Writes the chunks `chunks` delivers (ended by None or an error) to a file, atomically.
