@@ -20,6 +20,11 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
 pub const DEFAULT_IMAGE: &str = "docker.io/library/debian:bookworm";
 /// The AppArmor profile of workspaces: the one containerd's CRI plugin loads for its containers.
 pub const DEFAULT_APPARMOR_PROFILE: &str = "cri-containerd.apparmor.d";
+/// How many snapshots may stack on a workspace's image by default.
+pub const DEFAULT_MAX_SNAPSHOT_DEPTH: u32 = 100;
+/// The most snapshots a server may allow on an image: overlayfs stacks about 500 lower layers
+/// (a 505-deep chain killed the shim), and an image brings up to 127 of its own.
+pub const MAX_SNAPSHOT_DEPTH_LIMIT: u32 = 350;
 /// How long one containerd call may take.
 pub const DEFAULT_CONTAINERD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The most bytes of file content one import may extract: 20 GiB.
@@ -93,6 +98,10 @@ pub struct ServeArgs {
     /// Most entries (files, directories, links) one ImportData may extract [default: 1000000]
     #[arg(long, env = "BERTH_IMPORT_MAX_ENTRIES")]
     pub import_max_entries: Option<u64>,
+    /// How many snapshots may stack on a workspace's image before CreateSnapshot refuses (each
+    /// is an overlayfs layer), 1 to 350 [default: 100]
+    #[arg(long, env = "BERTH_MAX_SNAPSHOT_DEPTH")]
+    pub max_snapshot_depth: Option<u32>,
 }
 
 /// The keys a `--config` file may hold; unknown keys are errors so typos do not pass silently.
@@ -114,6 +123,7 @@ struct FileConfig {
     cors_origins: Option<Vec<String>>,
     import_max_bytes: Option<u64>,
     import_max_entries: Option<u64>,
+    max_snapshot_depth: Option<u32>,
 }
 
 /// The resolved configuration of a running server.
@@ -150,6 +160,8 @@ pub struct Config {
     pub import_max_bytes: u64,
     /// Most entries one import may extract.
     pub import_max_entries: u64,
+    /// How many snapshots may stack on a workspace's image.
+    pub max_snapshot_depth: u32,
 }
 
 /// A configuration that cannot be used; its message is one line naming the cause.
@@ -207,6 +219,13 @@ impl Config {
             "import_max_entries",
             args.import_max_entries.or(file.import_max_entries).unwrap_or(DEFAULT_IMPORT_MAX_ENTRIES),
         )?;
+        let max_snapshot_depth =
+            args.max_snapshot_depth.or(file.max_snapshot_depth).unwrap_or(DEFAULT_MAX_SNAPSHOT_DEPTH);
+        if !(1..=MAX_SNAPSHOT_DEPTH_LIMIT).contains(&max_snapshot_depth) {
+            return Err(ConfigError(format!(
+                "max_snapshot_depth {max_snapshot_depth} is out of range; pass 1 to {MAX_SNAPSHOT_DEPTH_LIMIT} (overlayfs stacks about 500 layers, images bring their own); the default is {DEFAULT_MAX_SNAPSHOT_DEPTH}"
+            )));
+        }
         Ok(Self {
             listen: args
                 .listen
@@ -229,6 +248,7 @@ impl Config {
             cors_origins,
             import_max_bytes,
             import_max_entries,
+            max_snapshot_depth,
         })
     }
 }
@@ -415,6 +435,20 @@ mod tests {
         let zero = ServeArgs { import_max_entries: Some(0), ..ServeArgs::default() };
         let err = Config::resolve(zero).err().unwrap().to_string();
         assert!(err.contains("import_max_entries must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn max_snapshot_depth_defaults_to_100_and_is_bounded() {
+        assert_eq!(Config::resolve(ServeArgs::default()).unwrap().max_snapshot_depth, 100);
+        let file = parse_file("max_snapshot_depth = 20\n").unwrap();
+        assert_eq!(file.max_snapshot_depth, Some(20));
+        let flag = ServeArgs { max_snapshot_depth: Some(350), ..ServeArgs::default() };
+        assert_eq!(Config::resolve(flag).unwrap().max_snapshot_depth, 350);
+        for bad in [0, 351] {
+            let args = ServeArgs { max_snapshot_depth: Some(bad), ..ServeArgs::default() };
+            let err = Config::resolve(args).err().unwrap().to_string();
+            assert!(err.contains("1 to 350") && err.contains(&bad.to_string()), "{err}");
+        }
     }
 
     #[test]

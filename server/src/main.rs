@@ -134,6 +134,7 @@ async fn run(config: Config, listener: tokio::net::TcpListener, containerd: Cont
                 max_bytes: config.import_max_bytes,
                 max_entries: config.import_max_entries,
             },
+            max_snapshot_depth: config.max_snapshot_depth,
         },
         store.clone(),
         Arc::new(containerd),
