@@ -4,7 +4,8 @@
 # stop/start, rm --preserve-data + create --restore-data, exec (exit codes, stdin, -t through
 # script, a missing command), ps, cp and fs (files and trees both ways, byte-identical with their
 # modes; symlinks made in the workspace never followed on this host; a stopped workspace's
-# files), export (gzip and zstd, read back with tar), and a failing call's one-line error.
+# files), export (gzip and zstd, read back with tar), snapshot create/ls/restore/rm and versions,
+# and a failing call's one-line error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BERTH_TEST_SERVER:?BERTH_TEST_SERVER must name a running berth (scripts/test-sdks.sh sets it)}"
@@ -188,6 +189,17 @@ wait "$sleeper" || true
 $berth cp "$id:/data/cli/in/tree/sub" "$work/stopped"
 diff -r "$work/tree/sub" "$work/stopped" || fail "cp out of a stopped workspace differs"
 [ "$($berth start "$id")" = "$id RUNNING" ] || fail "start"
+# Snapshots: take one, change /data, restore by name and by version; in-use ones stay.
+$berth exec "$id" -- sh -c 'echo before >/data/snap.txt'
+[ "$($berth snapshot create "$id" cli-snap --label via=cli)" = "snapshot cli-snap of $id taken (version 2)" ] || fail "snapshot create"
+$berth exec "$id" -- sh -c 'echo after >/data/snap.txt'
+grep -q '^cli-snap  *USER  *2 .*via=cli$' <<<"$($berth snapshot ls "$id")" || fail "snapshot ls: $($berth snapshot ls "$id")"
+[ "$($berth snapshot restore "$id" cli-snap)" = "$id restored to snapshot cli-snap (version 3, RUNNING)" ] || fail "snapshot restore"
+[ "$($berth fs cat "$id:/data/snap.txt")" = before ] || fail "the restore did not bring /data back"
+$berth snapshot restore "$id" --version 2 >/dev/null
+grep -q '^\* 4  *RESTORE  *cli-snap ' <<<"$($berth versions "$id")" || fail "versions: $($berth versions "$id")"
+expect_failure '^berth: FAILED_PRECONDITION SNAPSHOT_IN_USE: ' $berth snapshot rm "$id" cli-snap
+expect_failure '^berth: NOT_FOUND SNAPSHOT_NOT_FOUND: ' $berth snapshot rm "$id" no-such-snapshot
 $berth rm "$id" --preserve-data | grep -q preserved || fail "rm --preserve-data"
 out=$($berth create "$id" --image "$BERTH_TEST_IMAGE_MULTILAYER" --restore-data)
 grep -q '^restoring /data' <<<"$out" || fail "no restoring line: $out"

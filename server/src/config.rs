@@ -20,8 +20,17 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
 pub const DEFAULT_IMAGE: &str = "docker.io/library/debian:bookworm";
 /// The AppArmor profile of workspaces: the one containerd's CRI plugin loads for its containers.
 pub const DEFAULT_APPARMOR_PROFILE: &str = "cri-containerd.apparmor.d";
+/// How many snapshots may stack on a workspace's image by default.
+pub const DEFAULT_MAX_SNAPSHOT_DEPTH: u32 = 100;
+/// The most snapshots a server may allow on an image: overlayfs stacks about 500 lower layers
+/// (a 505-deep chain killed the shim), and an image brings up to 127 of its own.
+pub const MAX_SNAPSHOT_DEPTH_LIMIT: u32 = 350;
 /// How long one containerd call may take.
 pub const DEFAULT_CONTAINERD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// The most bytes of file content one import may extract: 20 GiB.
+pub const DEFAULT_IMPORT_MAX_BYTES: u64 = 20 << 30;
+/// The most entries one import may extract.
+pub const DEFAULT_IMPORT_MAX_ENTRIES: u64 = 1_000_000;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, ValueEnum)]
@@ -82,6 +91,17 @@ pub struct ServeArgs {
     /// comma-separated in the env) [default: none]
     #[arg(long = "cors-origin", env = "BERTH_CORS_ORIGIN", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Most bytes of file content one ImportData may extract (sparse files count their full
+    /// size); a larger archive fails with RESOURCE_EXHAUSTED [default: 21474836480, 20 GiB]
+    #[arg(long, env = "BERTH_IMPORT_MAX_BYTES")]
+    pub import_max_bytes: Option<u64>,
+    /// Most entries (files, directories, links) one ImportData may extract [default: 1000000]
+    #[arg(long, env = "BERTH_IMPORT_MAX_ENTRIES")]
+    pub import_max_entries: Option<u64>,
+    /// How many snapshots may stack on a workspace's image before CreateSnapshot refuses (each
+    /// is an overlayfs layer), 1 to 350 [default: 100]
+    #[arg(long, env = "BERTH_MAX_SNAPSHOT_DEPTH")]
+    pub max_snapshot_depth: Option<u32>,
 }
 
 /// The keys a `--config` file may hold; unknown keys are errors so typos do not pass silently.
@@ -101,6 +121,9 @@ struct FileConfig {
     containerd_timeout: Option<u64>,
     apparmor_profile: Option<String>,
     cors_origins: Option<Vec<String>>,
+    import_max_bytes: Option<u64>,
+    import_max_entries: Option<u64>,
+    max_snapshot_depth: Option<u32>,
 }
 
 /// The resolved configuration of a running server.
@@ -133,6 +156,12 @@ pub struct Config {
     /// Origins (`scheme://host[:port]`) whose pages may call berth from a browser; empty
     /// allows none.
     pub cors_origins: Vec<String>,
+    /// Most bytes of file content one import may extract.
+    pub import_max_bytes: u64,
+    /// Most entries one import may extract.
+    pub import_max_entries: u64,
+    /// How many snapshots may stack on a workspace's image.
+    pub max_snapshot_depth: u32,
 }
 
 /// A configuration that cannot be used; its message is one line naming the cause.
@@ -182,6 +211,21 @@ impl Config {
             }
             Some(seconds) => std::time::Duration::from_secs(seconds),
         };
+        let import_max_bytes = at_least_one(
+            "import_max_bytes",
+            args.import_max_bytes.or(file.import_max_bytes).unwrap_or(DEFAULT_IMPORT_MAX_BYTES),
+        )?;
+        let import_max_entries = at_least_one(
+            "import_max_entries",
+            args.import_max_entries.or(file.import_max_entries).unwrap_or(DEFAULT_IMPORT_MAX_ENTRIES),
+        )?;
+        let max_snapshot_depth =
+            args.max_snapshot_depth.or(file.max_snapshot_depth).unwrap_or(DEFAULT_MAX_SNAPSHOT_DEPTH);
+        if !(1..=MAX_SNAPSHOT_DEPTH_LIMIT).contains(&max_snapshot_depth) {
+            return Err(ConfigError(format!(
+                "max_snapshot_depth {max_snapshot_depth} is out of range; pass 1 to {MAX_SNAPSHOT_DEPTH_LIMIT} (overlayfs stacks about 500 layers, images bring their own); the default is {DEFAULT_MAX_SNAPSHOT_DEPTH}"
+            )));
+        }
         Ok(Self {
             listen: args
                 .listen
@@ -202,8 +246,19 @@ impl Config {
             containerd_timeout,
             apparmor_profile,
             cors_origins,
+            import_max_bytes,
+            import_max_entries,
+            max_snapshot_depth,
         })
     }
+}
+
+/// A limit of 0 would refuse every import: refused as a setting instead.
+fn at_least_one(key: &str, value: u64) -> Result<u64, ConfigError> {
+    if value == 0 {
+        return Err(ConfigError(format!("{key} must be at least 1; leave it unset for the default")));
+    }
+    Ok(value)
 }
 
 /// Checks that `text` is an origin as browsers send it in the `Origin` header
@@ -358,6 +413,41 @@ mod tests {
             let args = ServeArgs { cors_origins: vec![origin.to_owned()], ..ServeArgs::default() };
             let err = Config::resolve(args).err().unwrap().to_string();
             assert!(err.contains(why) && err.contains(origin), "{origin}: {err}");
+        }
+    }
+
+    #[test]
+    fn import_limits_default_to_20_gib_and_a_million_entries_and_flags_win_over_the_file() {
+        let defaults = Config::resolve(ServeArgs::default()).unwrap();
+        assert_eq!((defaults.import_max_bytes, defaults.import_max_entries), (21_474_836_480, 1_000_000));
+        let file = parse_file("import_max_bytes = 1048576\nimport_max_entries = 10\n").unwrap();
+        assert_eq!((file.import_max_bytes, file.import_max_entries), (Some(1 << 20), Some(10)));
+
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(["berth", "--import-max-bytes", "4096", "--import-max-entries", "7"]).unwrap();
+        let config = Config::resolve(cli.serve).unwrap();
+        assert_eq!((config.import_max_bytes, config.import_max_entries), (4096, 7));
+        let zero = ServeArgs { import_max_entries: Some(0), ..ServeArgs::default() };
+        let err = Config::resolve(zero).err().unwrap().to_string();
+        assert!(err.contains("import_max_entries must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn max_snapshot_depth_defaults_to_100_and_is_bounded() {
+        assert_eq!(Config::resolve(ServeArgs::default()).unwrap().max_snapshot_depth, 100);
+        let file = parse_file("max_snapshot_depth = 20\n").unwrap();
+        assert_eq!(file.max_snapshot_depth, Some(20));
+        let flag = ServeArgs { max_snapshot_depth: Some(350), ..ServeArgs::default() };
+        assert_eq!(Config::resolve(flag).unwrap().max_snapshot_depth, 350);
+        for bad in [0, 351] {
+            let args = ServeArgs { max_snapshot_depth: Some(bad), ..ServeArgs::default() };
+            let err = Config::resolve(args).err().unwrap().to_string();
+            assert!(err.contains("1 to 350") && err.contains(&bad.to_string()), "{err}");
         }
     }
 

@@ -130,6 +130,11 @@ async fn run(config: Config, listener: tokio::net::TcpListener, containerd: Cont
             default_image: config.default_image.clone(),
             snapshotter: SNAPSHOTTER.to_owned(),
             runtime_name: RUNTIME_NAME.to_owned(),
+            import_limits: berth::data::ExtractLimits {
+                max_bytes: config.import_max_bytes,
+                max_entries: config.import_max_entries,
+            },
+            max_snapshot_depth: config.max_snapshot_depth,
         },
         store.clone(),
         Arc::new(containerd),

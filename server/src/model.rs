@@ -96,6 +96,64 @@ string_enum!(WorkspaceState {
 
 string_enum!(DesiredState { Running => "running", Stopped => "stopped" });
 
+/// Who or what made a snapshot of a workspace's writable layer (image layers are not stored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotSource {
+    /// CreateSnapshot.
+    User,
+    /// berth itself, to keep a previous state reachable (an image change).
+    System,
+}
+
+string_enum!(SnapshotSource { User => "user", System => "system" });
+
+/// Why a workspace got a new version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionReason {
+    Create,
+    Snapshot,
+    Restore,
+    ImageChange,
+}
+
+string_enum!(VersionReason {
+    Create => "create",
+    Snapshot => "snapshot",
+    Restore => "restore",
+    ImageChange => "image_change",
+});
+
+/// A committed snapshot of a workspace's writable layer, as the store records it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotRecord {
+    pub workspace_id: WorkspaceId,
+    /// The caller's name, unique within the workspace.
+    pub name: String,
+    /// Name of the snapshot it was taken on top of, or the chain id of the image's top layer.
+    pub parent: String,
+    /// The version the snapshot created.
+    pub version: i64,
+    pub source: SnapshotSource,
+    pub labels: BTreeMap<String, String>,
+    /// Name of the committed snapshot in containerd (unique per commit, so a deleted name can be
+    /// used again while containerd still removes the old one).
+    pub snapshot_key: String,
+    pub create_time: OffsetDateTime,
+}
+
+/// One entry of a workspace's version history.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VersionRecord {
+    pub version: i64,
+    pub reason: VersionReason,
+    /// The snapshot taken (SNAPSHOT) or restored (RESTORE); empty otherwise.
+    pub snapshot_name: String,
+    /// Normalized image reference and manifest digest the workspace ran on at this version.
+    pub image: String,
+    pub image_digest: String,
+    pub create_time: OffsetDateTime,
+}
+
 /// cgroup limits of a workspace; 0 means unlimited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Resources {

@@ -16,7 +16,12 @@
 //!   dir), in the same run (target ≥ 0.5x cp and ≥ 300 MiB/s), and the server's RSS growth
 //!   during each (target ≤ 32 MiB).
 //!
-//! `BERTH_BENCH_ONLY=files` (a comma-separated list of `create`, `process`, `files`, `pull`)
+//! - ExportData of /data holding 1 GiB of mixed files (half random, half text, plus 5,000 small
+//!   files) to a client that discards it, as tar+gzip and as tar+zstd, vs `tar -czf` of the same
+//!   tree on the host (the workspace's `host_data_path`), in the same run (targets: gzip ≥ 1.0x
+//!   tar -czf, zstd ≥ 3x faster than tar -czf).
+//!
+//! `BERTH_BENCH_ONLY=files` (a comma-separated list of `create`, `process`, `files`, `export`, `pull`)
 //! runs only those sections, for example against a testbed that is already up:
 //! `source .testbed/env; BERTH_BIN=$PWD/target/release/berth BERTH_BENCH_ONLY=files cargo bench
 //! -p berth-e2e --bench lifecycle`. Only the `pull` section purges the testbed's other
@@ -604,8 +609,107 @@ async fn bench_files(server: &BerthServer, client: &mut Client, image: &str) {
     delete(client, WORKSPACE).await;
 }
 
+/// Rounds of each export measurement (each moves 1 GiB).
+const EXPORT_ROUNDS: usize = 3;
+
+/// ExportData of 1 GiB of mixed files, gzip and zstd, vs `tar -czf` of the same tree.
+async fn bench_export(server: &BerthServer, client: &mut Client, image: &str) {
+    const WORKSPACE: &str = "export-bench";
+    println!("export bench: /data with 1 GiB of mixed files, medians of {EXPORT_ROUNDS} rounds");
+    create(client, WORKSPACE, image, PullPolicy::IfNotPresent).await;
+    let mut processes = ProcessServiceClient::new(server.channel().await);
+    let fill = "mkdir -p /data/random /data/text /data/small && \
+                for i in $(seq 64); do head -c 8388608 /dev/urandom > /data/random/r$i; done && \
+                seq 1 1100000 > /data/text/t0 && for i in $(seq 63); do cp /data/text/t0 /data/text/t$i; done && \
+                for i in $(seq 5000); do echo small file $i > /data/small/s$i; done";
+    let made = run_process(&mut processes, WORKSPACE, "sh", &["-c", fill]).await;
+    assert_eq!(made.exit_code, 0, "filling /data exited {}", made.exit_code);
+    let workspace = client
+        .get_workspace(berth_api::v1::GetWorkspaceRequest { workspace_id: WORKSPACE.to_owned() })
+        .await
+        .expect("get")
+        .into_inner()
+        .workspace
+        .expect("a workspace");
+    let host_data = std::path::PathBuf::from(&workspace.host_data_path);
+    let tree_bytes: u64 = walk_bytes(&host_data);
+
+    let mut tars = Vec::new();
+    let mut gzips = Vec::new();
+    let mut zstds = Vec::new();
+    for _ in 0..EXPORT_ROUNDS {
+        let started = Instant::now();
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("tar -czf - -C '{}' . > /dev/null", host_data.display()))
+            .status()
+            .expect("run tar");
+        assert!(status.success(), "tar -czf failed");
+        tars.push(started.elapsed());
+        gzips.push(export_once(client, WORKSPACE, berth_api::v1::ArchiveFormat::TarGzip).await);
+        zstds.push(export_once(client, WORKSPACE, berth_api::v1::ArchiveFormat::TarZstd).await);
+    }
+    let tar = median(tars);
+    let gzip = median(gzips);
+    let zstd = median(zstds);
+    let rate = |elapsed: Duration| tree_bytes as f64 / MIB / elapsed.as_secs_f64();
+    println!(
+        "{:<34} berth {:>8.1} s   tar -czf {:>8.1} s   speed {:.2}x of tar   ({:.0} vs {:.0} MiB/s of files)   (target >= 1.0x)",
+        "ExportData tar+gzip (1 GiB)",
+        gzip.as_secs_f64(),
+        tar.as_secs_f64(),
+        tar.as_secs_f64() / gzip.as_secs_f64(),
+        rate(gzip),
+        rate(tar)
+    );
+    println!(
+        "{:<34} berth {:>8.1} s   tar -czf {:>8.1} s   speed {:.2}x of tar   ({:.0} MiB/s of files)   (target >= 3.0x)",
+        "ExportData tar+zstd (1 GiB)",
+        zstd.as_secs_f64(),
+        tar.as_secs_f64(),
+        tar.as_secs_f64() / zstd.as_secs_f64(),
+        rate(zstd)
+    );
+    delete(client, WORKSPACE).await;
+}
+
+/// One export streamed to this client and discarded; its time, with the trailer checked.
+async fn export_once(client: &mut Client, workspace: &str, format: berth_api::v1::ArchiveFormat) -> Duration {
+    use berth_api::v1::export_data_response::Event;
+    let started = Instant::now();
+    let request = berth_api::v1::ExportDataRequest {
+        workspace_id: workspace.to_owned(),
+        format: format.into(),
+        path: String::new(),
+    };
+    let mut stream = client.export_data(request).await.expect("export").into_inner();
+    let mut received = 0i64;
+    let mut trailer = None;
+    while let Some(message) = stream.next().await {
+        match message.expect("export stream").event {
+            Some(Event::Chunk(chunk)) => received += chunk.len() as i64,
+            Some(Event::Trailer(end)) => trailer = Some(end),
+            None => {}
+        }
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(trailer.expect("a trailer").size_bytes, received, "the trailer's size");
+    elapsed
+}
+
+/// Bytes of the regular files below `dir`.
+fn walk_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).expect("read a bench dir") {
+        let entry = entry.expect("a dir entry");
+        let meta = entry.metadata().expect("metadata");
+        total += if meta.is_dir() { walk_bytes(&entry.path()) } else { meta.len() };
+    }
+    total
+}
+
 /// The sections of the bench, in the order they run.
-const SECTIONS: [&str; 4] = ["create", "process", "files", "pull"];
+const SECTIONS: [&str; 5] = ["create", "process", "files", "export", "pull"];
 
 /// The sections BERTH_BENCH_ONLY names (all when it is unset or empty).
 fn selected_sections() -> Vec<&'static str> {
@@ -740,6 +844,7 @@ async fn main() {
             "create" => bench_create_and_stop(&testbed, &server, &mut client, &busybox).await,
             "process" => bench_processes(&testbed, &server, &mut client, &busybox).await,
             "files" => bench_files(&server, &mut client, &busybox).await,
+            "export" => bench_export(&server, &mut client, &busybox).await,
             "pull" => bench_cold_pull(&testbed, &server, &mut client, &multilayer).await,
             _ => unreachable!("selected_sections() returns only known sections"),
         }

@@ -5,6 +5,7 @@
 //! with a message saying how to start it. It never skips.
 
 pub mod files;
+pub mod import;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -4,9 +4,9 @@ use berth_api::v1 as pb;
 use time::OffsetDateTime;
 
 use crate::error::{Error, Reason};
-use crate::model::{DesiredState, Resources, WorkspaceInfo, WorkspaceState};
+use crate::model::{DesiredState, Resources, VersionReason, VersionRecord, WorkspaceInfo, WorkspaceState};
 use crate::runtime::{LayerState, PullEvent, PullPolicy};
-use crate::workspace::{CreateEvent, CreateRequest};
+use crate::workspace::{CreateEvent, CreateRequest, RestoreTarget, SnapshotOrigin, SnapshotView};
 
 /// A `google.protobuf.Timestamp` for a domain time.
 pub fn timestamp(time: OffsetDateTime) -> prost_types::Timestamp {
@@ -145,4 +145,53 @@ pub fn duration(duration: prost_types::Duration) -> Result<std::time::Duration, 
     std::time::Duration::try_from(duration).map_err(|_| {
         Error::new(Reason::InvalidArgument, "timeout must not be negative; pass a positive duration or leave it unset")
     })
+}
+
+/// The proto form of a lineage entry.
+pub fn snapshot(view: SnapshotView) -> pb::Snapshot {
+    let source = match view.origin {
+        SnapshotOrigin::Image => pb::SnapshotSource::Image,
+        SnapshotOrigin::User => pb::SnapshotSource::User,
+        SnapshotOrigin::System => pb::SnapshotSource::System,
+    };
+    pb::Snapshot {
+        name: view.name,
+        workspace_id: view.workspace_id,
+        parent: view.parent,
+        source: source.into(),
+        version: view.version,
+        labels: view.labels.into_iter().collect(),
+        size_bytes: i64::try_from(view.size_bytes).unwrap_or(i64::MAX),
+        create_time: view.create_time.map(timestamp),
+    }
+}
+
+/// The proto form of a version.
+pub fn version(version: VersionRecord) -> pb::Version {
+    let reason = match version.reason {
+        VersionReason::Create => pb::VersionReason::Create,
+        VersionReason::Snapshot => pb::VersionReason::Snapshot,
+        VersionReason::Restore => pb::VersionReason::Restore,
+        VersionReason::ImageChange => pb::VersionReason::ImageChange,
+    };
+    pb::Version {
+        version: version.version,
+        reason: reason.into(),
+        snapshot_name: version.snapshot_name,
+        create_time: Some(timestamp(version.create_time)),
+        image: version.image,
+        image_digest: version.image_digest,
+    }
+}
+
+/// The domain form of RestoreSnapshot's target; a missing one is INVALID_ARGUMENT.
+pub fn restore_target(target: Option<pb::restore_snapshot_request::Target>) -> Result<RestoreTarget, Error> {
+    use pb::restore_snapshot_request::Target;
+    match target {
+        Some(Target::SnapshotName(name)) => Ok(RestoreTarget::Name(name)),
+        Some(Target::Version(version)) => Ok(RestoreTarget::Version(version)),
+        None => {
+            Err(Error::new(Reason::InvalidArgument, "the snapshot to restore is missing; set snapshot_name or version"))
+        }
+    }
 }

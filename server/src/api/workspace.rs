@@ -148,40 +148,62 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("CreateSnapshot (committing the workspace filesystem)")
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        let labels = request.labels.into_iter().collect();
+        let snapshot = self.manager.create_snapshot(&request.workspace_id, &request.name, labels).await?;
+        Ok(Response::new(pb::CreateSnapshotResponse { snapshot: Some(convert::snapshot(snapshot)) }))
     }
 
     async fn list_snapshots(
         &self,
         request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("ListSnapshots (snapshot lineage)")
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        let list = self.manager.list_snapshots(&request.workspace_id, request.page_size, &request.page_token).await?;
+        Ok(Response::new(pb::ListSnapshotsResponse {
+            snapshots: list.snapshots.into_iter().map(convert::snapshot).collect(),
+            next_page_token: list.next_page_token,
+        }))
     }
 
     async fn delete_snapshot(
         &self,
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("DeleteSnapshot (removing a committed snapshot)")
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        self.manager.delete_snapshot(&request.workspace_id, &request.name).await?;
+        Ok(Response::new(pb::DeleteSnapshotResponse {}))
     }
 
     async fn restore_snapshot(
         &self,
         request: Request<pb::RestoreSnapshotRequest>,
     ) -> Result<Response<pb::RestoreSnapshotResponse>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("RestoreSnapshot (rollback to a snapshot or version)")
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        let target = convert::restore_target(request.target)?;
+        let restored = self.manager.restore_snapshot(&request.workspace_id, target).await?;
+        Ok(Response::new(pb::RestoreSnapshotResponse {
+            workspace: Some(convert::workspace(restored.workspace)),
+            version: Some(convert::version(restored.version)),
+        }))
     }
 
     async fn list_versions(
         &self,
         request: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("ListVersions (version history)")
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        let list = self.manager.list_versions(&request.workspace_id, request.page_size, &request.page_token).await?;
+        Ok(Response::new(pb::ListVersionsResponse {
+            current_version: list.current_version,
+            versions: list.versions.into_iter().map(convert::version).collect(),
+            next_page_token: list.next_page_token,
+        }))
     }
 
     async fn export_data(

@@ -1,6 +1,6 @@
 //! Client subcommands: `berth ls | create | get | start | stop | rm | exec | ps | cp | fs | export |
-//! import` over the generated Rust clients. A failed call prints one line (status code, ErrorInfo reason,
-//! message) and exits 1; `exec` exits with the process's own code.
+//! import | snapshot | versions` over the generated Rust clients. A failed call prints one line
+//! (status code, ErrorInfo reason, message) and exits 1; `exec` exits with the process's own code.
 
 mod cp;
 mod data;
@@ -11,6 +11,7 @@ mod output;
 mod paths;
 mod progress;
 mod remote;
+mod snapshot;
 
 use std::process::ExitCode;
 
@@ -175,6 +176,17 @@ pub enum ClientCommand {
         #[arg(long)]
         sha256: Option<String>,
     },
+    /// Take, list, delete and restore snapshots of a workspace's filesystem
+    Snapshot {
+        #[command(subcommand)]
+        command: snapshot::SnapshotCommand,
+    },
+    /// Show a workspace's version history (* marks the current version)
+    Versions {
+        id: String,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: OutputFormat,
+    },
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -270,6 +282,8 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
         ClientCommand::Ps { id, output } => exec::ps(channel, id, output == OutputFormat::Json).await?,
         ClientCommand::Cp { source, destination } => return cp::copy(channel, &source, &destination).await,
         ClientCommand::Fs { command } => return fs::run(channel, command).await,
+        ClientCommand::Snapshot { command } => snapshot::run(channel, command).await?,
+        ClientCommand::Versions { id, output } => snapshot::versions(channel, id, output).await?,
         ClientCommand::Export { id, path, format, output } => {
             return data::export(channel, id, path, format, output).await;
         }

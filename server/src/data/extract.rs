@@ -40,10 +40,18 @@
 //! restored; a directory gets its mode and mtime when the extraction leaves it (as GNU tar
 //! does: an archive lists a directory's contents right after it), so its contents are in place.
 //! Fifos, device nodes and unknown entry types are skipped and counted in
-//! [`ArchiveSummary::skipped`]: our own archives never hold them, and a device node in /data is
-//! never what a bot needs. Extraction is not transactional: on error the entries before the
-//! failing one stay in place.
+//! [`ArchiveSummary::skipped`] (berth's own archives never hold them), or, for an archive from a
+//! client ([`extract_archive_at`] with `reject_special`), fail the extraction: a device node in a
+//! workspace is never what a bot needs. Extraction is not transactional: on error the entries
+//! before the failing one stay in place (import extracts into a staging directory for that).
+//!
+//! [`ExtractLimits`] bound what a client's archive may cost, checked while it is read: file
+//! content is counted as it is written (a sparse file's holes when its map is read), so an entry
+//! claiming 10 GB fails as soon as the limit is passed, not after writing it; entries are
+//! counted as they come; and the decompressed stream as a whole is bounded too, so data that is
+//! never written (skipped entries, extension headers) cannot make a bomb either.
 
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
@@ -61,11 +69,69 @@ use tar::EntryType;
 use super::MAX_PATH_BYTES;
 use super::archive::{ArchiveFormat, ArchiveSummary};
 use super::fd::{self, DirId, Kind};
+use super::in_root::Owner;
 use super::tar_read::{ReadError, SparseMap, TarEntry, TarReader, shown};
 use crate::error::{Error, Reason, Result};
 
 /// Mode bits restored from an archive: permissions and sticky, never setuid or setgid.
 const MODE_MASK: u32 = 0o1777;
+
+/// Bounds on what one extraction may create, checked while it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtractLimits {
+    /// Bytes of file content: what regular files hold, a sparse file's holes included.
+    pub max_bytes: u64,
+    /// Archive entries (directories, files, symlinks, hard links, and any other header).
+    pub max_entries: u64,
+}
+
+impl ExtractLimits {
+    /// The most bytes a decompressed tar stream within these limits can hold: the content, and
+    /// per entry a header, padding and extension headers with a path of up to PATH_MAX (twice:
+    /// a link has two), rounded up generously.
+    pub fn stream_bytes(&self) -> u64 {
+        const PER_ENTRY: u64 = 16 << 10;
+        const END: u64 = 1 << 20;
+        self.max_bytes.saturating_add(self.max_entries.saturating_mul(PER_ENTRY)).saturating_add(END)
+    }
+
+    /// The most bytes a compressed archive within these limits can hold: its stream plus what
+    /// gzip or zstd add to data they cannot compress (well under 1%).
+    pub fn archive_bytes(&self) -> u64 {
+        let stream = self.stream_bytes();
+        stream.saturating_add(stream / 100)
+    }
+}
+
+/// How [`extract_archive_at`] treats what the archive itself does not settle.
+pub struct ExtractOptions<'a> {
+    /// Bounds of a client's archive; `None` for berth's own archives.
+    pub limits: Option<ExtractLimits>,
+    /// Whether device nodes, FIFOs and unknown entry types fail the extraction (a client's
+    /// archive) instead of being skipped.
+    pub reject_special: bool,
+    /// Owner of the directories the extraction creates for entries below them that the archive
+    /// does not list itself; `None` leaves them to the extracting user.
+    pub implied_dir_owner: Option<Owner>,
+    /// Called before each entry and each read of entry data; an error ends the extraction with
+    /// it (e.g. the workspace stopped).
+    pub interrupt: &'a dyn Fn() -> Result<()>,
+}
+
+impl Default for ExtractOptions<'_> {
+    fn default() -> Self {
+        Self { limits: None, reject_special: false, implied_dir_owner: None, interrupt: &|| Ok(()) }
+    }
+}
+
+/// What [`extract_archive_at`] did.
+#[derive(Debug, Default)]
+pub struct Extraction {
+    pub summary: ArchiveSummary,
+    /// Directories (device, inode) created for entries below them that the archive does not
+    /// list: they carry no metadata of the archive's.
+    pub implied_dirs: HashSet<(u64, u64)>,
+}
 
 /// Extracts a `format` archive read from `input` into `dest_dir` (which must exist), replacing
 /// entries of the same name. `progress` gets the running total of bytes read from `input`.
@@ -82,11 +148,32 @@ pub fn extract_archive(
         ))
     })?;
     let counted = CountingReader { inner: input, done: 0, progress };
+    extract_in(counted, format, root.as_fd(), &ExtractOptions::default()).map(|extraction| extraction.summary)
+}
+
+/// Extracts a `format` archive read from `input` into the open directory `dest`, as
+/// [`extract_archive`] does, with `options` (an import: limits, no special files, the
+/// workspace's user for implied directories).
+pub fn extract_archive_at(
+    input: impl Read,
+    format: ArchiveFormat,
+    dest: BorrowedFd<'_>,
+    options: &ExtractOptions<'_>,
+) -> Result<Extraction> {
+    extract_in(input, format, dest, options)
+}
+
+fn extract_in(
+    input: impl Read,
+    format: ArchiveFormat,
+    root: BorrowedFd<'_>,
+    options: &ExtractOptions<'_>,
+) -> Result<Extraction> {
     match format {
-        ArchiveFormat::TarGzip => extract_tar(flate2::read::MultiGzDecoder::new(counted), root.as_fd()),
+        ArchiveFormat::TarGzip => extract_tar(flate2::read::MultiGzDecoder::new(input), root, options),
         ArchiveFormat::TarZstd => {
-            let decoder = zstd::Decoder::new(counted).map_err(|err| malformed(&err))?;
-            extract_tar(decoder, root.as_fd())
+            let decoder = zstd::Decoder::new(input).map_err(|err| malformed(&err))?;
+            extract_tar(decoder, root, options)
         }
     }
 }
@@ -123,21 +210,173 @@ fn empty_error(dir: &Path, err: &io::Error) -> Error {
     archive_error(format!("emptying {} failed: {err}; check the workspace's file system", dir.display()))
 }
 
-fn extract_tar<R: Read>(decoder: R, root: BorrowedFd<'_>) -> Result<ArchiveSummary> {
-    let mut tar = TarReader::new(decoder);
+fn extract_tar<R: Read>(decoder: R, root: BorrowedFd<'_>, options: &ExtractOptions<'_>) -> Result<Extraction> {
+    let mut meter = Meter { options, content: 0, entries: 0, failure: None };
+    let stream_bound = options.limits.map_or(u64::MAX, |limits| limits.stream_bytes());
+    let stream_failure = std::cell::RefCell::new(None);
+    let stream = BoundedStream { inner: decoder, left: stream_bound, limits: options.limits, failure: &stream_failure };
+    let mut tar = TarReader::new(stream);
     let mut extractor = Extractor {
         root,
         summary: ArchiveSummary::default(),
-        cursor: Cursor { root, current: None, levels: Vec::new() },
+        reject_special: options.reject_special,
+        cursor: Cursor {
+            root,
+            current: None,
+            levels: Vec::new(),
+            implied_owner: options.implied_dir_owner,
+            implied: HashSet::new(),
+        },
     };
-    while let Some(entry) = tar.next_entry().map_err(read_failed)? {
-        extractor.extract(&entry, &mut tar.data())?;
+    // A failure of the bounded stream surfaces as an I/O error wherever it was read; its own
+    // error says why.
+    let or_stream = |err: Error| stream_failure.borrow_mut().take().unwrap_or(err);
+    loop {
+        let entry = match tar.next_entry() {
+            Ok(Some(entry)) => entry,
+            Ok(None) => break,
+            Err(err) => return Err(or_stream(read_failed(err))),
+        };
+        meter.start_entry(&entry)?;
+        let extracted = {
+            let mut data = Metered { inner: tar.data(), meter: &mut meter };
+            extractor.extract(&entry, &mut data)
+        };
+        if let Err(err) = extracted {
+            return Err(or_stream(meter.failure.take().unwrap_or(err)));
+        }
     }
     extractor.cursor.leave_all()?;
     // Reading to the end checks the compression trailer (gzip CRC) and lets progress reach the
     // input's size.
-    io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(|err| malformed(&err))?;
-    Ok(extractor.summary)
+    io::copy(&mut tar.into_inner(), &mut io::sink()).map_err(|err| or_stream(malformed(&err)))?;
+    Ok(Extraction { summary: extractor.summary, implied_dirs: extractor.cursor.implied })
+}
+
+/// Counts what an extraction creates against its limits, and asks whether to go on.
+struct Meter<'o> {
+    options: &'o ExtractOptions<'o>,
+    content: u64,
+    entries: u64,
+    /// Why a read of entry data failed (the meter's limits, or the archive itself): the
+    /// extraction's error then says that rather than blaming the write.
+    failure: Option<Error>,
+}
+
+impl Meter<'_> {
+    fn start_entry(&mut self, entry: &TarEntry) -> Result<()> {
+        (self.options.interrupt)()?;
+        let Some(limits) = self.options.limits else {
+            return Ok(());
+        };
+        self.entries += 1;
+        if self.entries > limits.max_entries {
+            return Err(entries_exceeded(limits));
+        }
+        if let Some(map) = &entry.sparse {
+            let stored: u64 = map.regions.iter().map(|region| region.len).sum();
+            self.add_content(map.real_size.saturating_sub(stored))?;
+        }
+        Ok(())
+    }
+
+    fn add_content(&mut self, bytes: u64) -> Result<()> {
+        let Some(limits) = self.options.limits else {
+            return Ok(());
+        };
+        self.content = self.content.saturating_add(bytes);
+        if self.content > limits.max_bytes {
+            return Err(bytes_exceeded(limits));
+        }
+        Ok(())
+    }
+
+    /// Before `bytes` of entry data are handed on to be written.
+    fn read(&mut self, bytes: usize) -> io::Result<()> {
+        let checked = (self.options.interrupt)().and_then(|()| self.add_content(bytes as u64));
+        checked.map_err(|err| {
+            let message = err.message().to_owned();
+            self.failure = Some(err);
+            io::Error::other(message)
+        })
+    }
+}
+
+/// An entry's data, metered (see [`Meter::read`]).
+struct Metered<'m, 'o, R> {
+    inner: R,
+    meter: &'m mut Meter<'o>,
+}
+
+impl<R: Read> Read for Metered<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf).inspect_err(|err| {
+            // The archive failed (truncated, corrupt), not the write of the entry.
+            self.meter.failure = Some(malformed(err));
+        })?;
+        if read > 0 {
+            self.meter.read(read)?;
+        }
+        Ok(read)
+    }
+}
+
+/// The decompressed tar stream, failing once it passes what the limits allow in total.
+struct BoundedStream<'f, R> {
+    inner: R,
+    left: u64,
+    limits: Option<ExtractLimits>,
+    failure: &'f std::cell::RefCell<Option<Error>>,
+}
+
+impl<R: Read> Read for BoundedStream<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        match self.left.checked_sub(read as u64) {
+            Some(left) => {
+                self.left = left;
+                Ok(read)
+            }
+            None => {
+                let limits = self.limits.expect("only a bounded stream runs out");
+                let err = Error::new(
+                    Reason::ResourceLimitExceeded,
+                    format!(
+                        "the archive expands to more than {} bytes of tar data, more than an archive within the import limits \
+                         ({} bytes of content, {} entries) can hold; nothing was imported: split the archive, or ask the \
+                         operator to raise the limits (import_max_bytes, import_max_entries)",
+                        limits.stream_bytes(),
+                        limits.max_bytes,
+                        limits.max_entries
+                    ),
+                );
+                *self.failure.borrow_mut() = Some(err);
+                Err(io::Error::other("the archive expands past the import limits"))
+            }
+        }
+    }
+}
+
+fn bytes_exceeded(limits: ExtractLimits) -> Error {
+    Error::new(
+        Reason::ResourceLimitExceeded,
+        format!(
+            "the archive holds more than {} bytes of file content, the server's import limit; nothing was imported: \
+             split the archive, or ask the operator to raise import_max_bytes",
+            limits.max_bytes
+        ),
+    )
+}
+
+fn entries_exceeded(limits: ExtractLimits) -> Error {
+    Error::new(
+        Reason::ResourceLimitExceeded,
+        format!(
+            "the archive holds more than {} entries, the server's import limit; nothing was imported: split the \
+             archive, or ask the operator to raise import_max_entries",
+            limits.max_entries
+        ),
+    )
 }
 
 /// An archive entry's metadata.
@@ -162,6 +401,7 @@ impl Meta {
 struct Extractor<'r> {
     root: BorrowedFd<'r>,
     summary: ArchiveSummary,
+    reject_special: bool,
     cursor: Cursor<'r>,
 }
 
@@ -183,7 +423,9 @@ impl Extractor<'_> {
                 let dir = fd::open_subdir(self.cursor.dir(), leaf).map_err(|err| {
                     resolve_error(&name, &components, ResolveError::Component(parent_path.len(), err))
                 })?;
-                self.cursor.enter(leaf, dir, Some(meta)).map_err(|err| write_error(&name, err))?;
+                let id = self.cursor.enter(leaf, dir, Some(meta)).map_err(|err| write_error(&name, err))?;
+                // Listed after entries below it: it has the archive's metadata after all.
+                self.cursor.implied.remove(&id);
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.cursor.go_to(parent_path, &name)?;
@@ -200,6 +442,18 @@ impl Extractor<'_> {
                     .map_err(|err| write_error(&name, err))?;
             }
             EntryType::Link => self.extract_hard_link(entry, &name, leaf, parent_path)?,
+            _ if self.reject_special => {
+                let what = match kind {
+                    EntryType::Char | EntryType::Block => "is a device node",
+                    EntryType::Fifo => "is a FIFO",
+                    _ => "has an entry type berth does not extract",
+                };
+                return Err(archive_error(format!(
+                    "archive entry {} {what}; imports hold only directories, regular files, symlinks and hard links, \
+                     remove it from the archive and retry",
+                    shown(name.as_bytes())
+                )));
+            }
             _ => {
                 // Fifos, devices, and types we do not know.
                 self.summary.skipped += 1;
@@ -249,6 +503,10 @@ struct Cursor<'r> {
     /// The deepest level's directory; `None` at the root.
     current: Option<OwnedFd>,
     levels: Vec<Level>,
+    /// Who directories created on the way to an entry belong to.
+    implied_owner: Option<Owner>,
+    /// The directories created on the way to an entry that the archive has not listed (yet).
+    implied: HashSet<DirId>,
 }
 
 struct Level {
@@ -270,19 +528,26 @@ impl Cursor<'_> {
             self.leave()?;
         }
         for (index, component) in path.iter().enumerate().skip(common) {
-            let dir = open_or_create_dir(self.dir(), component)
+            let (dir, created) = open_or_create_dir(self.dir(), component)
                 .map_err(|err| resolve_error(name, path, ResolveError::Component(index, err)))?;
-            self.enter(component, dir, None).map_err(|err| write_error(name, err))?;
+            if created && let Some(owner) = self.implied_owner {
+                fchown(&dir, Some(Uid::from_raw(owner.uid)), Some(Gid::from_raw(owner.gid)))
+                    .map_err(|err| write_error(name, err.into()))?;
+            }
+            let id = self.enter(component, dir, None).map_err(|err| write_error(name, err))?;
+            if created {
+                self.implied.insert(id);
+            }
         }
         Ok(())
     }
 
-    /// Makes `dir`, the directory `name` of the current one, current.
-    fn enter(&mut self, name: &OsStr, dir: OwnedFd, meta: Option<Meta>) -> io::Result<()> {
+    /// Makes `dir`, the directory `name` of the current one, current; returns its identity.
+    fn enter(&mut self, name: &OsStr, dir: OwnedFd, meta: Option<Meta>) -> io::Result<DirId> {
         let id = fd::id_of(&fstat(&dir)?);
         self.levels.push(Level { name: name.to_owned(), id, meta });
         self.current = Some(dir);
-        Ok(())
+        Ok(id)
     }
 
     /// Goes up to the parent of the current directory, applying the directory's metadata. The
@@ -314,16 +579,18 @@ impl Cursor<'_> {
     }
 }
 
-fn open_or_create_dir(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
+/// Opens the directory `name` in `parent`, creating it when missing; says whether it did.
+fn open_or_create_dir(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<(OwnedFd, bool)> {
     match fd::open_subdir(parent, name) {
         Err(err) if errno(&err) == Some(Errno::ENOENT) => {
-            match create_dir(parent, name) {
+            let created = match create_dir(parent, name) {
                 Err(err) if errno(&err) != Some(Errno::EEXIST) => return Err(err),
-                _ => {}
-            }
-            fd::open_subdir(parent, name)
+                Err(_) => false,
+                Ok(()) => true,
+            };
+            Ok((fd::open_subdir(parent, name)?, created))
         }
-        other => other,
+        other => other.map(|dir| (dir, false)),
     }
 }
 
@@ -564,4 +831,168 @@ fn malformed(err: &io::Error) -> Error {
     archive_error(format!(
         "reading the archive failed: {err}; check that it is a complete tar archive in the stated compression"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+    use std::os::unix::fs::MetadataExt as _;
+
+    use tar::{EntryType, Header};
+
+    use super::*;
+
+    fn header(name: &str, kind: EntryType, size: u64) -> Header {
+        let mut header = Header::new_gnu();
+        header.set_path(name).unwrap();
+        header.set_entry_type(kind);
+        header.set_size(size);
+        header.set_mode(0o644);
+        header.set_mtime(1_700_000_000);
+        header.set_cksum();
+        header
+    }
+
+    fn gzip(tar: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(tar).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    /// A gzip'd archive whose one entry claims `claimed` bytes and holds `present` zeros, then ends.
+    fn claiming(claimed: u64, present: usize) -> Vec<u8> {
+        let mut tar = header("bomb", EntryType::Regular, claimed).as_bytes().to_vec();
+        tar.extend(std::iter::repeat_n(0u8, present));
+        gzip(&tar)
+    }
+
+    fn files(count: usize) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for index in 0..count {
+            builder.append(&header(&format!("f{index}"), EntryType::Regular, 1), &b"x"[..]).unwrap();
+        }
+        gzip(&builder.into_inner().unwrap())
+    }
+
+    fn import(archive: &[u8], dest: &Path, limits: ExtractLimits) -> Result<Extraction> {
+        let dir = fd::open_dir(dest).unwrap();
+        let options = ExtractOptions { limits: Some(limits), reject_special: true, ..ExtractOptions::default() };
+        extract_archive_at(archive, ArchiveFormat::TarGzip, dir.as_fd(), &options)
+    }
+
+    const ROOMY: ExtractLimits = ExtractLimits { max_bytes: 1 << 30, max_entries: 1000 };
+
+    #[test]
+    fn an_entry_claiming_10_gb_fails_once_the_byte_limit_is_passed_having_written_no_more() {
+        let dest = tempfile::tempdir().unwrap();
+        let limits = ExtractLimits { max_bytes: 1 << 20, max_entries: 1000 };
+        let err = import(&claiming(10 << 30, 4 << 20), dest.path(), limits).unwrap_err();
+        assert_eq!(err.reason(), Reason::ResourceLimitExceeded, "{}", err.message());
+        assert!(err.message().contains("1048576 bytes"), "{}", err.message());
+        let written = std::fs::metadata(dest.path().join("bomb")).map_or(0, |meta| meta.len());
+        assert!(written <= 1 << 20, "wrote {written} bytes past the limit");
+    }
+
+    #[test]
+    fn a_sparse_entry_counts_its_holes() {
+        let dest = tempfile::tempdir().unwrap();
+        let mut tar = Vec::new();
+        let mut builder = tar::Builder::new(&mut tar);
+        let source = tempfile::tempdir().unwrap();
+        let sparse = source.path().join("sparse");
+        let file = File::create(&sparse).unwrap();
+        file.set_len(8 << 20).unwrap();
+        drop(file);
+        builder.sparse(true);
+        builder.append_path_with_name(&sparse, "sparse").unwrap();
+        builder.finish().unwrap();
+        drop(builder);
+        let limits = ExtractLimits { max_bytes: 1 << 20, max_entries: 1000 };
+        let err = import(&gzip(&tar), dest.path(), limits).unwrap_err();
+        assert_eq!(err.reason(), Reason::ResourceLimitExceeded, "{}", err.message());
+        let within = ExtractLimits { max_bytes: 8 << 20, max_entries: 1000 };
+        let dest = tempfile::tempdir().unwrap();
+        import(&gzip(&tar), dest.path(), within).unwrap();
+        assert_eq!(std::fs::metadata(dest.path().join("sparse")).unwrap().len(), 8 << 20);
+    }
+
+    #[test]
+    fn the_entry_limit_counts_every_entry() {
+        let dest = tempfile::tempdir().unwrap();
+        let limits = ExtractLimits { max_bytes: 1 << 30, max_entries: 10 };
+        import(&files(10), dest.path(), limits).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let err = import(&files(11), dest.path(), limits).unwrap_err();
+        assert_eq!(err.reason(), Reason::ResourceLimitExceeded);
+        assert!(err.message().contains("more than 10 entries"), "{}", err.message());
+    }
+
+    #[test]
+    fn data_that_is_never_written_is_bounded_too() {
+        // The archive's root entry as a "file" of 64 MiB: skipped, but decompressed all the same.
+        let mut tar = header("./", EntryType::Regular, 64 << 20).as_bytes().to_vec();
+        tar.extend(std::iter::repeat_n(0u8, 64 << 20));
+        let limits = ExtractLimits { max_bytes: 1 << 20, max_entries: 10 };
+        let dest = tempfile::tempdir().unwrap();
+        let err = import(&gzip(&tar), dest.path(), limits).unwrap_err();
+        assert_eq!(err.reason(), Reason::ResourceLimitExceeded, "{}", err.message());
+        assert!(err.message().contains("tar data"), "{}", err.message());
+    }
+
+    #[test]
+    fn device_nodes_and_fifos_are_rejected_naming_the_entry() {
+        for (kind, why) in
+            [(EntryType::Char, "device node"), (EntryType::Block, "device node"), (EntryType::Fifo, "FIFO")]
+        {
+            let mut builder = tar::Builder::new(Vec::new());
+            builder.append(&header("node", kind, 0), std::io::empty()).unwrap();
+            let dest = tempfile::tempdir().unwrap();
+            let err = import(&gzip(&builder.into_inner().unwrap()), dest.path(), ROOMY).unwrap_err();
+            assert_eq!(err.reason(), Reason::DataArchiveFailed);
+            assert!(err.message().contains("\"node\"") && err.message().contains(why), "{}", err.message());
+        }
+    }
+
+    #[test]
+    fn implied_directories_get_the_owner_and_are_reported_until_listed() {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.append(&header("implied/file", EntryType::Regular, 1), &b"x"[..]).unwrap();
+        builder.append(&header("listed/file", EntryType::Regular, 1), &b"y"[..]).unwrap();
+        let mut listed = header("listed/", EntryType::Directory, 0);
+        listed.set_mode(0o700);
+        listed.set_cksum();
+        builder.append(&listed, std::io::empty()).unwrap();
+        let archive = gzip(&builder.into_inner().unwrap());
+        let dest = tempfile::tempdir().unwrap();
+        let dir = fd::open_dir(dest.path()).unwrap();
+        let options = ExtractOptions {
+            limits: Some(ROOMY),
+            implied_dir_owner: Some(Owner { uid: 4321, gid: 8765 }),
+            ..ExtractOptions::default()
+        };
+        let extraction = extract_archive_at(archive.as_slice(), ArchiveFormat::TarGzip, dir.as_fd(), &options).unwrap();
+        let implied = std::fs::metadata(dest.path().join("implied")).unwrap();
+        assert_eq!((implied.uid(), implied.gid()), (4321, 8765));
+        let listed = std::fs::metadata(dest.path().join("listed")).unwrap();
+        assert_eq!(listed.mode() & 0o7777, 0o700);
+        assert_eq!(extraction.implied_dirs, HashSet::from([(implied.dev(), implied.ino())]));
+        assert_eq!(extraction.summary.entries, 3);
+    }
+
+    #[test]
+    fn an_interrupt_ends_the_extraction_with_its_error() {
+        let dest = tempfile::tempdir().unwrap();
+        let dir = fd::open_dir(dest.path()).unwrap();
+        let stop = || Err(Error::new(Reason::WorkspaceNotRunning, "stopped"));
+        let options = ExtractOptions { interrupt: &stop, ..ExtractOptions::default() };
+        let err = extract_archive_at(files(3).as_slice(), ArchiveFormat::TarGzip, dir.as_fd(), &options).unwrap_err();
+        assert_eq!(err.reason(), Reason::WorkspaceNotRunning);
+    }
+
+    #[test]
+    fn archive_bounds_grow_with_both_limits() {
+        let limits = ExtractLimits { max_bytes: 20 << 30, max_entries: 1_000_000 };
+        assert!(limits.stream_bytes() > limits.max_bytes + limits.max_entries * 1024);
+        assert!(limits.archive_bytes() > limits.stream_bytes());
+    }
 }

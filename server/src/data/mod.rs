@@ -7,6 +7,7 @@ mod executable;
 mod extract;
 mod fd;
 pub mod in_root;
+pub mod merge;
 mod mount;
 mod replace;
 mod tar_read;
@@ -33,7 +34,9 @@ pub(crate) const MAX_SPARSE_REGIONS: usize = 65536;
 
 pub use archive::{ArchiveFormat, ArchiveSummary, preserve_to_file, write_archive, write_archive_of};
 pub use executable::{check_directory, find_executable};
-pub use extract::{empty_dir, extract_archive, restore_from_file};
+pub use extract::{
+    ExtractLimits, ExtractOptions, Extraction, empty_dir, extract_archive, extract_archive_at, restore_from_file,
+};
 pub use in_root::{InRoot, Owner};
 pub use mount::{MountSpec, MountedRootfs, clear_stale_mounts, data_dir, prepare_data_dir};
 pub use replace::{WritableLayer, replace_data_dir};

@@ -5,6 +5,7 @@
 
 mod entry;
 mod export;
+mod import;
 mod list;
 mod ops;
 mod path;
@@ -25,10 +26,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use entry::{Entry, EntryKind};
 pub use export::ExportEvent;
+pub use import::{DEFAULT_IMPORT_PATH, ImportOptions, Imported};
 pub use list::Page;
 pub use path::parse as parse_path;
 pub use read::{CHUNK_BYTES as READ_CHUNK_BYTES, ReadEvent};
-pub use uploads::{ChunkAck, MAX_CHUNK_BYTES as MAX_UPLOAD_CHUNK_BYTES, UploadChunk};
+pub use uploads::{ChunkAck, ImportChunk, ImportChunkAck, MAX_CHUNK_BYTES as MAX_UPLOAD_CHUNK_BYTES, UploadChunk};
 pub use watch::{WatchEvent, WatchKind};
 pub use write::WriteOptions;
 
@@ -199,6 +201,11 @@ impl Files {
     /// One chunk of a unary upload; the last one writes the file.
     pub async fn write_chunk(&self, chunk: UploadChunk) -> Result<ChunkAck> {
         self.uploads.chunk(self, chunk).await
+    }
+
+    /// One chunk of a unary archive upload; the last one imports the archive.
+    pub async fn import_chunk(&self, chunk: ImportChunk) -> Result<ImportChunkAck> {
+        self.uploads.import_chunk(self, chunk).await
     }
 
     /// Watches `path` (and with `recursive` its subdirectories) of a running workspace.

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use super::{
     ContainerOwner, ContainerSpec, ExecIo, ExecSpec, ExecState, ImageConfig, ProcessBase, PtySize, PullEvent,
-    PullPolicy, PullProgress, PulledImage, Runtime, StartedExec, TaskState,
+    PullPolicy, PullProgress, PulledImage, Runtime, SnapshotInfo, StartedExec, TaskState,
 };
 use crate::data::{MountSpec, ResolvedUser};
 use crate::error::{Error, Reason, Result};
@@ -26,6 +26,14 @@ pub struct FakeState {
     /// The user each container was created with.
     pub users: HashMap<String, ResolvedUser>,
     pub snapshots: HashSet<String>,
+    /// Snapshot → the snapshot it is built on.
+    pub parents: HashMap<String, String>,
+    /// Snapshots that were committed (read-only).
+    pub committed: HashSet<String>,
+    /// Snapshot → the workspace its labels name.
+    pub owners: HashMap<String, String>,
+    /// Container id → the writable snapshot it points at.
+    pub container_keys: HashMap<String, String>,
     /// Container id → running.
     pub tasks: HashMap<String, bool>,
     /// Operation name → the error its next calls return (until cleared).
@@ -97,6 +105,43 @@ impl FakeRuntime {
     }
 }
 
+/// The fake image's layers, base first: chain ids as the real runtime names them.
+pub const IMAGE_CHAIN: [&str; 2] = ["image-base", "image"];
+
+/// Copies a directory tree (what an overlay on top of `from` shows at first).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target);
+            let mode = std::fs::metadata(entry.path()).unwrap().permissions();
+            std::fs::set_permissions(&target, mode).unwrap();
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Bytes of regular files under a directory.
+fn tree_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => tree_size(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map(|meta| meta.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// containerd not answering, as the real runtime reports it.
 pub fn unavailable() -> Error {
     Error::new(Reason::ContainerdUnavailable, "containerd is not answering (fake)")
@@ -136,16 +181,14 @@ impl Runtime for FakeRuntime {
         })
     }
 
-    async fn prepare_snapshot(&self, _id: &str, key: &str, parent: &str) -> Result<()> {
+    async fn prepare_snapshot(&self, id: &str, key: &str, parent: &str) -> Result<()> {
         self.check("prepare_snapshot")?;
-        if self.state.lock().unwrap().snapshots.insert(key.to_owned()) {
-            // A copy of the image, as an overlay would show it.
-            let dir = self.snapshot_dir(key);
-            std::fs::create_dir_all(dir.join("etc")).unwrap();
-            for file in ["passwd", "group"] {
-                let image_file = self.root.path().join(parent).join("etc").join(file);
-                std::fs::copy(image_file, dir.join("etc").join(file)).unwrap();
-            }
+        let mut state = self.state.lock().unwrap();
+        if state.snapshots.insert(key.to_owned()) {
+            // A copy of the parent, as an overlay would show it.
+            copy_tree(&self.root.path().join(parent), &self.snapshot_dir(key));
+            state.parents.insert(key.to_owned(), parent.to_owned());
+            state.owners.insert(key.to_owned(), id.to_owned());
         }
         Ok(())
     }
@@ -157,6 +200,7 @@ impl Runtime for FakeRuntime {
             return Err(Error::new(Reason::WorkspaceAlreadyExists, "container exists (fake)"));
         }
         state.containers.insert(spec.id.to_owned(), ContainerOwner::Berth);
+        state.container_keys.insert(spec.id.to_owned(), spec.snapshot_key.to_owned());
         state.users.insert(spec.id.to_owned(), spec.user.clone());
         Ok(())
     }
@@ -175,6 +219,7 @@ impl Runtime for FakeRuntime {
         let mut state = self.state.lock().unwrap();
         state.tasks.remove(id);
         state.containers.remove(id);
+        state.container_keys.remove(id);
         Ok(())
     }
 
@@ -192,8 +237,100 @@ impl Runtime for FakeRuntime {
 
     async fn remove_snapshot(&self, key: &str) -> Result<()> {
         self.check("remove_snapshot")?;
-        if self.state.lock().unwrap().snapshots.remove(key) {
-            let _ = std::fs::remove_dir_all(self.snapshot_dir(key));
+        let mut state = self.state.lock().unwrap();
+        if !state.snapshots.contains(key) {
+            return Ok(());
+        }
+        let children: Vec<_> = state
+            .parents
+            .iter()
+            .filter(|(child, parent)| *parent == key && state.snapshots.contains(*child))
+            .map(|(child, _)| child.clone())
+            .collect();
+        if !children.is_empty() {
+            return Err(Error::new(Reason::RuntimeError, format!("snapshot {key} has children {children:?} (fake)")));
+        }
+        state.snapshots.remove(key);
+        state.parents.remove(key);
+        state.committed.remove(key);
+        state.owners.remove(key);
+        let _ = std::fs::remove_dir_all(self.snapshot_dir(key));
+        Ok(())
+    }
+
+    async fn snapshot_info(&self, key: &str) -> Result<Option<SnapshotInfo>> {
+        self.check("snapshot_info")?;
+        if let Some(index) = IMAGE_CHAIN.iter().position(|layer| *layer == key) {
+            return Ok(Some(SnapshotInfo {
+                name: key.to_owned(),
+                parent: index.checked_sub(1).map(|below| IMAGE_CHAIN[below].to_owned()).unwrap_or_default(),
+                committed: true,
+                labels: Default::default(),
+                create_time: None,
+            }));
+        }
+        let state = self.state.lock().unwrap();
+        if !state.snapshots.contains(key) {
+            return Ok(None);
+        }
+        let labels =
+            state.owners.get(key).map(|id| ("berth.workspace.id".to_owned(), id.clone())).into_iter().collect();
+        Ok(Some(SnapshotInfo {
+            name: key.to_owned(),
+            parent: state.parents.get(key).cloned().unwrap_or_default(),
+            committed: state.committed.contains(key),
+            labels,
+            create_time: None,
+        }))
+    }
+
+    async fn commit_snapshot(&self, id: &str, active_key: &str, name: &str, _snapshot_name: &str) -> Result<()> {
+        self.check("commit_snapshot")?;
+        let mut state = self.state.lock().unwrap();
+        if !state.snapshots.contains(active_key) {
+            if state.committed.contains(name) {
+                return Ok(());
+            }
+            return Err(Error::new(Reason::RuntimeError, format!("snapshot {active_key} does not exist (fake)")));
+        }
+        std::fs::rename(self.snapshot_dir(active_key), self.snapshot_dir(name)).unwrap();
+        state.snapshots.remove(active_key);
+        state.snapshots.insert(name.to_owned());
+        state.committed.insert(name.to_owned());
+        let parent = state.parents.remove(active_key).unwrap_or_default();
+        state.parents.insert(name.to_owned(), parent);
+        state.owners.remove(active_key);
+        state.owners.insert(name.to_owned(), id.to_owned());
+        Ok(())
+    }
+
+    async fn snapshot_usage(&self, key: &str) -> Result<u64> {
+        Ok(tree_size(&self.snapshot_dir(key)))
+    }
+
+    async fn workspace_snapshots(&self, id: &str) -> Result<Vec<SnapshotInfo>> {
+        self.check("workspace_snapshots")?;
+        let keys: Vec<String> = {
+            let state = self.state.lock().unwrap();
+            state
+                .owners
+                .iter()
+                .filter(|(key, owner)| *owner == id && state.snapshots.contains(*key))
+                .map(|(key, _)| key.clone())
+                .collect()
+        };
+        let mut infos = Vec::new();
+        for key in keys {
+            infos.extend(self.snapshot_info(&key).await?);
+        }
+        Ok(infos)
+    }
+
+    async fn set_container_snapshot(&self, id: &str, key: &str) -> Result<()> {
+        self.check("set_container_snapshot")?;
+        let mut state = self.state.lock().unwrap();
+        if state.containers.get(id) == Some(&ContainerOwner::Berth) {
+            state.container_keys.insert(id.to_owned(), key.to_owned());
         }
         Ok(())
     }

@@ -84,6 +84,19 @@ pub struct PulledImage {
     pub chain_id: String,
 }
 
+/// A snapshot as the runtime reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The snapshot's key (active) or name (committed).
+    pub name: String,
+    /// The committed snapshot it is built on; empty for an image's base layer.
+    pub parent: String,
+    /// Committed (read-only), rather than active (a writable layer).
+    pub committed: bool,
+    pub labels: BTreeMap<String, String>,
+    pub create_time: Option<time::OffsetDateTime>,
+}
+
 /// A sender of pull events; a closed receiver never fails the pull.
 pub type PullProgress = mpsc::Sender<PullEvent>;
 
@@ -263,8 +276,26 @@ pub trait Runtime: Send + Sync + 'static {
     /// How to mount a snapshot on the host.
     async fn snapshot_mounts(&self, key: &str) -> Result<Vec<MountSpec>>;
 
-    /// Removes a snapshot; missing is fine.
+    /// Removes a snapshot; missing is fine. One that others are built on is an error.
     async fn remove_snapshot(&self, key: &str) -> Result<()>;
+
+    /// The snapshot `key`, if it exists.
+    async fn snapshot_info(&self, key: &str) -> Result<Option<SnapshotInfo>>;
+
+    /// Commits the writable snapshot `active_key` (no task may run on it) as the read-only
+    /// snapshot `name`, consuming `active_key`. The commit is a GC root labelled with the
+    /// workspace id and berth's `snapshot_name`. A retry after a commit that happened is fine.
+    async fn commit_snapshot(&self, id: &str, active_key: &str, name: &str, snapshot_name: &str) -> Result<()>;
+
+    /// Bytes of disk the snapshot's own layer uses, not counting its parents.
+    async fn snapshot_usage(&self, key: &str) -> Result<u64>;
+
+    /// Every snapshot labelled with the workspace id (its writable layer and its commits).
+    async fn workspace_snapshots(&self, id: &str) -> Result<Vec<SnapshotInfo>>;
+
+    /// Points the container at another writable snapshot (what its task mounts and what keeps
+    /// the snapshot referenced); a missing container is fine.
+    async fn set_container_snapshot(&self, id: &str, key: &str) -> Result<()>;
 
     /// Starts PID 1 (idempotent); returns its host pid.
     async fn start_task(&self, id: &str, snapshot_key: &str) -> Result<u32>;

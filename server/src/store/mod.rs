@@ -12,6 +12,9 @@ use crate::error::{Error, Reason, Result};
 use crate::model::{WorkspaceId, WorkspaceRecord, WorkspaceSpec};
 
 pub mod private;
+mod snapshots;
+
+pub use snapshots::LineageChange;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -118,29 +121,8 @@ impl Store {
 
     /// Writes the mutable columns of an existing workspace.
     pub async fn update_workspace(&self, record: &WorkspaceRecord) -> Result<()> {
-        let result = sqlx::query(
-            "UPDATE workspaces SET state = ?, desired_state = ?, image_digest = ?, snapshot_key = ?, \
-             current_version = ?, failure_reason = ?, failure_message = ?, update_time = ?, \
-             last_start_time = ?, last_stop_time = ? WHERE id = ?",
-        )
-        .bind(record.state.as_str())
-        .bind(record.desired_state.as_str())
-        .bind(&record.image_digest)
-        .bind(&record.snapshot_key)
-        .bind(record.current_version)
-        .bind(&record.failure_reason)
-        .bind(&record.failure_message)
-        .bind(record.update_time)
-        .bind(record.last_start_time)
-        .bind(record.last_stop_time)
-        .bind(record.id.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(map_err)?;
-        if result.rows_affected() == 0 {
-            return Err(Error::workspace_not_found(record.id.as_str()));
-        }
-        Ok(())
+        let mut connection = self.pool.acquire().await.map_err(map_err)?;
+        update_workspace_in(&mut connection, record).await
     }
 
     /// Removes a workspace and everything that cascades from it; a missing one is not an error.
@@ -246,7 +228,7 @@ impl Store {
             .bind(workspace_id.as_str())
             .bind(version)
             .bind(reason)
-            .bind(format!("{image}@{image_digest}"))
+            .bind(image_column(image, image_digest))
             .bind(OffsetDateTime::now_utc())
             .execute(&self.pool)
             .await
@@ -265,6 +247,47 @@ impl Store {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+}
+
+/// Writes the mutable columns of an existing workspace on `connection` (a transaction's too).
+async fn update_workspace_in(connection: &mut sqlx::SqliteConnection, record: &WorkspaceRecord) -> Result<()> {
+    let result = sqlx::query(
+        "UPDATE workspaces SET state = ?, desired_state = ?, image_digest = ?, snapshot_key = ?, \
+         current_version = ?, failure_reason = ?, failure_message = ?, update_time = ?, \
+         last_start_time = ?, last_stop_time = ? WHERE id = ?",
+    )
+    .bind(record.state.as_str())
+    .bind(record.desired_state.as_str())
+    .bind(&record.image_digest)
+    .bind(&record.snapshot_key)
+    .bind(record.current_version)
+    .bind(&record.failure_reason)
+    .bind(&record.failure_message)
+    .bind(record.update_time)
+    .bind(record.last_start_time)
+    .bind(record.last_stop_time)
+    .bind(record.id.as_str())
+    .execute(&mut *connection)
+    .await
+    .map_err(map_err)?;
+    if result.rows_affected() == 0 {
+        return Err(Error::workspace_not_found(record.id.as_str()));
+    }
+    Ok(())
+}
+
+/// A version's image as its column holds it: the reference and the manifest digest.
+fn image_column(image: &str, image_digest: &str) -> String {
+    format!("{image}@{image_digest}")
+}
+
+/// The reference and digest of an image column; the digest never holds an `@`, a reference
+/// pinned by digest may.
+fn split_image_column(column: &str) -> (String, String) {
+    match column.rsplit_once('@') {
+        Some((image, digest)) => (image.to_owned(), digest.to_owned()),
+        None => (column.to_owned(), String::new()),
     }
 }
 

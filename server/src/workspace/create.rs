@@ -300,7 +300,8 @@ impl Manager {
     }
 
     /// Removes the workspace's container (only when berth made it: a container with the same
-    /// id and without berth's labels is someone else's and stays), its snapshot, its files and,
+    /// id and without berth's labels is someone else's and stays), its snapshots (the writable
+    /// layer and every commit), its files and,
     /// once those are gone, its record (rollback, delete, and reconcile of interrupted creates
     /// and deletes).
     pub(super) async fn remove_everything(&self, record: &WorkspaceRecord) -> Result<()> {
@@ -311,7 +312,7 @@ impl Manager {
             }
             ContainerOwner::Absent => {}
         }
-        self.runtime.remove_snapshot(&record.snapshot_key).await?;
+        self.remove_workspace_snapshots(record).await?;
         if let Err(err) = tokio::fs::remove_dir_all(self.workspace_dir(&record.id)).await
             && err.kind() != std::io::ErrorKind::NotFound
         {

@@ -214,4 +214,19 @@ impl Manager {
     pub fn upload_dir(&self) -> PathBuf {
         self.config.state_dir.join("uploads")
     }
+
+    /// What one ImportData may extract.
+    pub fn import_limits(&self) -> crate::data::ExtractLimits {
+        self.config.import_limits
+    }
+
+    /// Records that an archive was imported into a directory of the workspace.
+    pub async fn record_data_imported(&self, workspace_id: &str, message: &str) {
+        match WorkspaceId::parse(workspace_id) {
+            Ok(id) => self.event(&id, "data_imported", message).await,
+            Err(err) => {
+                tracing::warn!(workspace_id, error = %err, "cannot record an import of an invalid workspace id")
+            }
+        }
+    }
 }

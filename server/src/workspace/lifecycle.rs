@@ -99,6 +99,11 @@ impl Manager {
         let _guard = self.lock(&id).await;
         let mut record = self.record(&id).await?;
         ensure_settled(&record, "starting it")?;
+        // A snapshot operation that failed half-way (containerd went away) is finished first:
+        // until then the record may name a writable layer that a commit consumed.
+        if self.settle_snapshot_operation(&id).await? != super::snapshot::Settled::Nothing {
+            record = self.record(&id).await?;
+        }
         record.desired_state = DesiredState::Running;
         self.save(&mut record).await?;
         self.bring_up(&mut record).await?;
@@ -287,7 +292,7 @@ impl Manager {
     /// Runs `stop` (which ends the workspace's task) so that the `end` of every process started
     /// through ProcessService says `why`, no stream outlives the task, and no file operation
     /// holds the running root meanwhile.
-    async fn ending_processes<T>(
+    pub(super) async fn ending_processes<T>(
         &self,
         id: &WorkspaceId,
         why: &str,

@@ -38,6 +38,11 @@ pub struct ManagerConfig {
     pub default_image: String,
     pub snapshotter: String,
     pub runtime_name: String,
+    /// What one ImportData may extract.
+    pub import_limits: crate::data::ExtractLimits,
+    /// How many snapshots may stack on top of a workspace's image before CreateSnapshot refuses
+    /// (each is an overlayfs lower layer; the kernel stacks about 500).
+    pub max_snapshot_depth: u32,
 }
 
 /// One page of ListWorkspaces.
@@ -55,6 +60,9 @@ pub struct Manager {
     pub(super) locks: WorkspaceLocks,
     /// Start, stop, delete and data operations in flight, so a retry attaches to the first.
     pub(super) in_flight: InFlight<Option<WorkspaceInfo>>,
+    /// Snapshot operations in flight, keyed by what they do (kind, workspace and target), so a
+    /// retry attaches to the first.
+    pub(super) snapshot_ops: InFlight<super::snapshot::SnapshotAnswer>,
     /// Creates in flight, so a second create of the same id attaches to the first.
     pub(super) creating: Mutex<HashMap<WorkspaceId, Arc<CreateOperation>>>,
     /// Every detached task (creates, lifecycle and data operations, the boot reconcile), so a
@@ -86,6 +94,7 @@ impl Manager {
             runtime,
             locks: WorkspaceLocks::default(),
             in_flight: InFlight::default(),
+            snapshot_ops: InFlight::default(),
             creating: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             reconciled: watch::channel(false).0,
@@ -127,7 +136,7 @@ impl Manager {
 
     /// Waits until the boot reconcile has dealt with `id` (all workspaces when `None`); returns
     /// at once when no reconcile runs.
-    async fn wait_for_reconcile(&self, id: Option<&WorkspaceId>) {
+    pub(super) async fn wait_for_reconcile(&self, id: Option<&WorkspaceId>) {
         loop {
             let progress = self.reconcile_progress.notified();
             tokio::pin!(progress);
@@ -266,6 +275,14 @@ impl Manager {
     pub(super) async fn save(&self, record: &mut WorkspaceRecord) -> Result<()> {
         record.update_time = OffsetDateTime::now_utc();
         self.store.update_workspace(record).await
+    }
+
+    /// Appends a lifecycle event with structured detail (a snapshot's name and version);
+    /// failures are logged, never fatal.
+    pub(super) async fn event_detail(&self, id: &WorkspaceId, kind: &str, message: &str, detail: serde_json::Value) {
+        if let Err(err) = self.store.append_event_detail(id, kind, message, &detail).await {
+            warn!(workspace_id = %id, kind, error = %err, "cannot record an event");
+        }
     }
 
     /// Appends a lifecycle event; failures are logged, never fatal.

@@ -9,6 +9,7 @@ mod operation;
 mod processes;
 mod reconcile;
 mod selector;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -17,3 +18,4 @@ pub use create::{CreateEvent, CreateRequest, CreateStream};
 pub use files::FileAccess;
 pub use manager::{DEFAULT_STOP_TIMEOUT, Manager, ManagerConfig, WorkspaceList};
 pub use reconcile::ReconcileReport;
+pub use snapshot::{RestoreTarget, Restored, SnapshotList, SnapshotOrigin, SnapshotView, VersionList};

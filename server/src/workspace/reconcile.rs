@@ -157,7 +157,7 @@ impl Manager {
                 WorkspaceState::Failed if record.current_version == 0 => {
                     self.finish_removal(&record, &mut counts).await
                 }
-                _ => self.enforce_desired_state(&mut record, &mut counts).await,
+                _ => self.reconcile_settled(&mut record, &mut counts).await,
             };
             match outcome {
                 Err(err) if err.reason() == Reason::ContainerdUnavailable && attempt < TRANSIENT_RETRIES => {
@@ -198,6 +198,24 @@ impl Manager {
             self.event(&record.id, "deleted", "unfinished create or delete cleaned up at boot").await;
         }
         removed
+    }
+
+    /// A created workspace: an interrupted snapshot operation is finished or undone first (the
+    /// record may name a layer a commit consumed), then the desired state is enforced, then
+    /// snapshots of the workspace that the store does not list are removed.
+    async fn reconcile_settled(&self, record: &mut WorkspaceRecord, report: &mut ReconcileReport) -> Result<()> {
+        if self.settle_snapshot_operation(&record.id).await? != super::snapshot::Settled::Nothing {
+            *record = self.record(&record.id).await?;
+        }
+        self.enforce_desired_state(record, report).await?;
+        match self.sweep_snapshots(record).await {
+            Ok(0) => {}
+            Ok(removed) => info!(workspace_id = %record.id, removed, "removed snapshots the store does not list"),
+            Err(err) => {
+                warn!(workspace_id = %record.id, error = %err, "cannot check the workspace's snapshots for leftovers")
+            }
+        }
+        Ok(())
     }
 
     async fn enforce_desired_state(&self, record: &mut WorkspaceRecord, report: &mut ReconcileReport) -> Result<()> {

@@ -16,14 +16,19 @@ use crate::runtime::ContainerOwner;
 use crate::runtime::fake::{FakeRuntime, unavailable};
 use crate::store::Store;
 
-struct Harness {
-    manager: Arc<Manager>,
-    runtime: Arc<FakeRuntime>,
-    store: Store,
+pub(super) struct Harness {
+    pub manager: Arc<Manager>,
+    pub runtime: Arc<FakeRuntime>,
+    pub store: Store,
     _state_dir: tempfile::TempDir,
 }
 
-async fn harness() -> Harness {
+pub(super) async fn harness() -> Harness {
+    harness_with(100).await
+}
+
+/// A harness whose Manager allows `max_snapshot_depth` snapshots on an image.
+pub(super) async fn harness_with(max_snapshot_depth: u32) -> Harness {
     let state_dir = tempfile::tempdir().unwrap();
     let store = Store::open(&format!("sqlite://{}/berth.db", state_dir.path().display())).await.unwrap();
     let runtime = Arc::new(FakeRuntime::new());
@@ -33,17 +38,19 @@ async fn harness() -> Harness {
         default_image: "fake/image:latest".to_owned(),
         snapshotter: "overlayfs".to_owned(),
         runtime_name: "fake".to_owned(),
+        import_limits: crate::data::ExtractLimits { max_bytes: 1 << 30, max_entries: 1000 },
+        max_snapshot_depth,
     };
     let manager = Arc::new(Manager::new(config, store.clone(), runtime.clone()));
     Harness { manager, runtime, store, _state_dir: state_dir }
 }
 
-fn request(id: &str) -> CreateRequest {
+pub(super) fn request(id: &str) -> CreateRequest {
     CreateRequest { workspace_id: id.to_owned(), image: "fake/image:latest".to_owned(), ..CreateRequest::default() }
 }
 
 /// Runs a create to its end: the events, or the error that ended it.
-async fn create(manager: &Arc<Manager>, request: CreateRequest) -> Result<Vec<CreateEvent>> {
+pub(super) async fn create(manager: &Arc<Manager>, request: CreateRequest) -> Result<Vec<CreateEvent>> {
     let mut stream = manager.create(request).await?;
     let mut events = Vec::new();
     while let Some(item) = stream.next().await {

@@ -36,7 +36,7 @@ pub(super) fn validated_spec(
 ) -> Result<WorkspaceSpec> {
     check_request_id(&request.request_id)?;
     check_resources(request.resources)?;
-    check_labels(request)?;
+    check_labels(&request.labels)?;
     check_env(request)?;
     if !request.cdi_devices.is_empty() {
         return Err(Error::new(
@@ -106,8 +106,10 @@ fn check_resources(resources: Resources) -> Result<()> {
     Ok(())
 }
 
-fn check_labels(request: &CreateRequest) -> Result<()> {
-    for (key, value) in &request.labels {
+/// Checks caller labels (of a workspace or a snapshot): bounded, well-formed, and none of them
+/// passing for berth's or containerd's own.
+pub(super) fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    for (key, value) in labels {
         if key.is_empty() || key.contains(['=', ',']) {
             return Err(invalid(format!(
                 "label key {key:?} is invalid; keys are non-empty and contain neither '=' nor ','"

@@ -10,9 +10,7 @@ use containerd_client::services::v1::container::Runtime as ContainerRuntime;
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
-use containerd_client::services::v1::snapshots::{
-    MountsRequest, PrepareSnapshotRequest, RemoveSnapshotRequest, StatSnapshotRequest,
-};
+use containerd_client::services::v1::snapshots::{MountsRequest, PrepareSnapshotRequest, StatSnapshotRequest};
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::version_client::VersionClient;
 use containerd_client::services::v1::{
@@ -31,7 +29,7 @@ use crate::data::MountSpec;
 use crate::error::{Error, Reason, Result};
 use crate::runtime::{
     ContainerOwner, ContainerSpec, ExecIo, ExecSpec, ExecState, ProcessBase, PtySize, PullPolicy, PullProgress,
-    PulledImage, Runtime, StartedExec, TaskState,
+    PulledImage, Runtime, SnapshotInfo, StartedExec, TaskState,
 };
 
 /// The shim every workspace runs under.
@@ -349,12 +347,27 @@ impl Runtime for Containerd {
     }
 
     async fn remove_snapshot(&self, key: &str) -> Result<()> {
-        let remove = RemoveSnapshotRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() };
-        match self.snapshots().remove(request(&self.namespace, remove)).await {
-            Ok(_) => Ok(()),
-            Err(status) if is(&status, Code::NotFound) => Ok(()),
-            Err(status) => Err(self.map_status("snapshot remove", status)),
-        }
+        self.remove_snapshot_of(key).await
+    }
+
+    async fn snapshot_info(&self, key: &str) -> Result<Option<SnapshotInfo>> {
+        self.snapshot_info_of(key).await
+    }
+
+    async fn commit_snapshot(&self, id: &str, active_key: &str, name: &str, snapshot_name: &str) -> Result<()> {
+        self.commit_snapshot_of(id, active_key, name, snapshot_name).await
+    }
+
+    async fn snapshot_usage(&self, key: &str) -> Result<u64> {
+        self.snapshot_usage_of(key).await
+    }
+
+    async fn workspace_snapshots(&self, id: &str) -> Result<Vec<SnapshotInfo>> {
+        self.workspace_snapshots_of(id).await
+    }
+
+    async fn set_container_snapshot(&self, id: &str, key: &str) -> Result<()> {
+        self.set_container_snapshot_of(id, key).await
     }
 
     async fn start_task(&self, id: &str, snapshot_key: &str) -> Result<u32> {
@@ -502,6 +515,6 @@ fn rfc3339(time: time::OffsetDateTime) -> String {
     time.format(&time::format_description::well_known::Rfc3339).expect("a UTC time formats as RFC 3339")
 }
 
-fn rfc3339_now() -> String {
+pub(super) fn rfc3339_now() -> String {
     rfc3339(time::OffsetDateTime::now_utc())
 }

@@ -7,6 +7,7 @@ mod exec;
 pub mod pull;
 mod registry;
 mod sandbox;
+mod snapshots;
 mod spec;
 mod unpack;
 

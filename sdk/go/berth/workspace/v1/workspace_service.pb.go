@@ -2124,7 +2124,8 @@ type ImportDataChunkRequest struct {
 	// Absolute path of the directory to extract into, inside the workspace. Read from the first
 	// chunk only. Empty means `/data`.
 	Path string `protobuf:"bytes,7,opt,name=path,proto3" json:"path,omitempty"`
-	// Whether to empty the directory before extracting. Read from the first chunk only.
+	// Whether the directory ends up holding exactly the archive's contents, as in ImportData.
+	// Read from the first chunk only.
 	Replace bool `protobuf:"varint,8,opt,name=replace,proto3" json:"replace,omitempty"`
 	// Expected SHA-256 of the whole archive, as 64 lowercase hexadecimal characters. Read from the
 	// first chunk only. Empty skips the check.
@@ -2823,11 +2824,20 @@ type ImportDataRequest_Header struct {
 	WorkspaceId string `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
 	// Archive format. Unset means ARCHIVE_FORMAT_TAR_GZIP.
 	Format ArchiveFormat `protobuf:"varint,2,opt,name=format,proto3,enum=berth.workspace.v1.ArchiveFormat" json:"format,omitempty"`
-	// Absolute path of the directory to extract into, inside the workspace; created if missing.
-	// Empty means `/data`.
+	// Absolute path of the directory to extract into, inside the workspace; a symlink at its end
+	// is followed inside the workspace. Created if missing (with its missing parents, which stay
+	// even if the import fails), owned by the workspace's user, mode 0755; an existing
+	// directory keeps its own owner and mode. Empty means `/data`; `/` is refused.
 	Path string `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
-	// Whether to empty the directory first, so it ends up holding exactly the archive's contents.
-	// When false, archive entries replace files of the same path and other files stay.
+	// Whether the directory ends up holding exactly the archive's contents. The extracted tree
+	// is swapped in for the old one in one atomic rename; where the file system cannot swap it
+	// (overlayfs and a directory that comes from the image, such as the image's /data), the old
+	// contents are removed and the new ones moved in, after the whole archive was extracted.
+	// When false, archive entries replace the entries of the same path (one atomic rename
+	// each; directories are merged, and take the archive's owner, mode and mtime) and other
+	// entries stay; an archive entry that is not a directory where the target holds a
+	// non-empty directory fails the import with FAILED_PRECONDITION and reason
+	// DIRECTORY_NOT_EMPTY before anything is moved.
 	Replace bool `protobuf:"varint,4,opt,name=replace,proto3" json:"replace,omitempty"`
 	// Expected SHA-256 of the whole archive, as 64 lowercase hexadecimal characters. When set and
 	// different, the import fails with INVALID_ARGUMENT and reason CHECKSUM_MISMATCH. Empty skips

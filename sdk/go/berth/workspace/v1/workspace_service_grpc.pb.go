@@ -110,11 +110,23 @@ type WorkspaceServiceClient interface {
 	// may be captured in any state, so stop it first for a consistent archive.
 	ExportData(ctx context.Context, in *ExportDataRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExportDataResponse], error)
 	// Receives an archive as a client stream (a header, then chunks) and extracts it into a
-	// directory of the workspace (/data by default). Extraction is path-safe: entries with `..`
-	// or absolute paths, and writes through symlinks, are rejected.
+	// directory of the workspace (/data by default), running or stopped. The archive is received
+	// in full on the server first, so `sha256` is checked before anything changes, then extracted
+	// beside the target and only a complete extraction is put in place: an archive that fails
+	// leaves the target untouched. Extraction is path-safe: entries with `..` or absolute paths,
+	// writes through symlinks, hard links to anything but earlier entries of the archive, device
+	// nodes and FIFOs fail the import with FAILED_PRECONDITION and reason DATA_ARCHIVE_FAILED
+	// (the message names the entry). The server bounds the bytes of file content (sparse files
+	// count their full size) and the entries one import may extract (by default 20 GiB and
+	// 1,000,000); an archive beyond them fails with RESOURCE_EXHAUSTED and reason
+	// RESOURCE_LIMIT_EXCEEDED as soon as it passes them, so a decompression bomb costs nothing.
+	// Entries keep their mode (without setuid and setgid), numeric owner and mtime; symlinks are
+	// kept as links. A completed import is recorded as a `data_imported` event.
 	ImportData(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[ImportDataRequest, ImportDataResponse], error)
 	// Receives an archive one unary call per chunk, for clients that cannot stream requests (such
-	// as browsers over grpc-web), and extracts it like ImportData once the last chunk arrives.
+	// as browsers over grpc-web), and extracts it like ImportData once the last chunk arrives. A
+	// workspace has at most 16 unfinished uploads (WriteFileChunk's included); upload ids are
+	// separate from WriteFileChunk's. An import that fails discards its upload.
 	ImportDataChunk(ctx context.Context, in *ImportDataChunkRequest, opts ...grpc.CallOption) (*ImportDataChunkResponse, error)
 	// Streams workspace events as they happen, with heartbeats while nothing happens. With
 	// `after_event_id`, stored events after that id are replayed first.
@@ -428,11 +440,23 @@ type WorkspaceServiceServer interface {
 	// may be captured in any state, so stop it first for a consistent archive.
 	ExportData(*ExportDataRequest, grpc.ServerStreamingServer[ExportDataResponse]) error
 	// Receives an archive as a client stream (a header, then chunks) and extracts it into a
-	// directory of the workspace (/data by default). Extraction is path-safe: entries with `..`
-	// or absolute paths, and writes through symlinks, are rejected.
+	// directory of the workspace (/data by default), running or stopped. The archive is received
+	// in full on the server first, so `sha256` is checked before anything changes, then extracted
+	// beside the target and only a complete extraction is put in place: an archive that fails
+	// leaves the target untouched. Extraction is path-safe: entries with `..` or absolute paths,
+	// writes through symlinks, hard links to anything but earlier entries of the archive, device
+	// nodes and FIFOs fail the import with FAILED_PRECONDITION and reason DATA_ARCHIVE_FAILED
+	// (the message names the entry). The server bounds the bytes of file content (sparse files
+	// count their full size) and the entries one import may extract (by default 20 GiB and
+	// 1,000,000); an archive beyond them fails with RESOURCE_EXHAUSTED and reason
+	// RESOURCE_LIMIT_EXCEEDED as soon as it passes them, so a decompression bomb costs nothing.
+	// Entries keep their mode (without setuid and setgid), numeric owner and mtime; symlinks are
+	// kept as links. A completed import is recorded as a `data_imported` event.
 	ImportData(grpc.ClientStreamingServer[ImportDataRequest, ImportDataResponse]) error
 	// Receives an archive one unary call per chunk, for clients that cannot stream requests (such
-	// as browsers over grpc-web), and extracts it like ImportData once the last chunk arrives.
+	// as browsers over grpc-web), and extracts it like ImportData once the last chunk arrives. A
+	// workspace has at most 16 unfinished uploads (WriteFileChunk's included); upload ids are
+	// separate from WriteFileChunk's. An import that fails discards its upload.
 	ImportDataChunk(context.Context, *ImportDataChunkRequest) (*ImportDataChunkResponse, error)
 	// Streams workspace events as they happen, with heartbeats while nothing happens. With
 	// `after_event_id`, stored events after that id are replayed first.

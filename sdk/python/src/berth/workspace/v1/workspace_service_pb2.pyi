@@ -1221,12 +1221,21 @@ class ImportDataRequest(_message.Message):
         format: _workspace_pb2.ArchiveFormat.ValueType
         """Archive format. Unset means ARCHIVE_FORMAT_TAR_GZIP."""
         path: _builtins.str
-        """Absolute path of the directory to extract into, inside the workspace; created if missing.
-        Empty means `/data`.
+        """Absolute path of the directory to extract into, inside the workspace; a symlink at its end
+        is followed inside the workspace. Created if missing (with its missing parents, which stay
+        even if the import fails), owned by the workspace's user, mode 0755; an existing
+        directory keeps its own owner and mode. Empty means `/data`; `/` is refused.
         """
         replace: _builtins.bool
-        """Whether to empty the directory first, so it ends up holding exactly the archive's contents.
-        When false, archive entries replace files of the same path and other files stay.
+        """Whether the directory ends up holding exactly the archive's contents. The extracted tree
+        is swapped in for the old one in one atomic rename; where the file system cannot swap it
+        (overlayfs and a directory that comes from the image, such as the image's /data), the old
+        contents are removed and the new ones moved in, after the whole archive was extracted.
+        When false, archive entries replace the entries of the same path (one atomic rename
+        each; directories are merged, and take the archive's owner, mode and mtime) and other
+        entries stay; an archive entry that is not a directory where the target holds a
+        non-empty directory fails the import with FAILED_PRECONDITION and reason
+        DIRECTORY_NOT_EMPTY before anything is moved.
         """
         sha256: _builtins.str
         """Expected SHA-256 of the whole archive, as 64 lowercase hexadecimal characters. When set and
@@ -1345,7 +1354,9 @@ class ImportDataChunkRequest(_message.Message):
     chunk only. Empty means `/data`.
     """
     replace: _builtins.bool
-    """Whether to empty the directory before extracting. Read from the first chunk only."""
+    """Whether the directory ends up holding exactly the archive's contents, as in ImportData.
+    Read from the first chunk only.
+    """
     sha256: _builtins.str
     """Expected SHA-256 of the whole archive, as 64 lowercase hexadecimal characters. Read from the
     first chunk only. Empty skips the check.

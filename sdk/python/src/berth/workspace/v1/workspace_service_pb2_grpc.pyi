@@ -110,12 +110,24 @@ class WorkspaceServiceStub:
     """
     ImportData: _grpc.StreamUnaryMultiCallable[_workspace_service_pb2.ImportDataRequest, _workspace_service_pb2.ImportDataResponse]
     """Receives an archive as a client stream (a header, then chunks) and extracts it into a
-    directory of the workspace (/data by default). Extraction is path-safe: entries with `..`
-    or absolute paths, and writes through symlinks, are rejected.
+    directory of the workspace (/data by default), running or stopped. The archive is received
+    in full on the server first, so `sha256` is checked before anything changes, then extracted
+    beside the target and only a complete extraction is put in place: an archive that fails
+    leaves the target untouched. Extraction is path-safe: entries with `..` or absolute paths,
+    writes through symlinks, hard links to anything but earlier entries of the archive, device
+    nodes and FIFOs fail the import with FAILED_PRECONDITION and reason DATA_ARCHIVE_FAILED
+    (the message names the entry). The server bounds the bytes of file content (sparse files
+    count their full size) and the entries one import may extract (by default 20 GiB and
+    1,000,000); an archive beyond them fails with RESOURCE_EXHAUSTED and reason
+    RESOURCE_LIMIT_EXCEEDED as soon as it passes them, so a decompression bomb costs nothing.
+    Entries keep their mode (without setuid and setgid), numeric owner and mtime; symlinks are
+    kept as links. A completed import is recorded as a `data_imported` event.
     """
     ImportDataChunk: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.ImportDataChunkRequest, _workspace_service_pb2.ImportDataChunkResponse]
     """Receives an archive one unary call per chunk, for clients that cannot stream requests (such
-    as browsers over grpc-web), and extracts it like ImportData once the last chunk arrives.
+    as browsers over grpc-web), and extracts it like ImportData once the last chunk arrives. A
+    workspace has at most 16 unfinished uploads (WriteFileChunk's included); upload ids are
+    separate from WriteFileChunk's. An import that fails discards its upload.
     """
     WatchEvents: _grpc.UnaryStreamMultiCallable[_workspace_service_pb2.WatchEventsRequest, _workspace_service_pb2.WatchEventsResponse]
     """Streams workspace events as they happen, with heartbeats while nothing happens. With
@@ -204,12 +216,24 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     """
     ImportData: _aio.StreamUnaryMultiCallable[_workspace_service_pb2.ImportDataRequest, _workspace_service_pb2.ImportDataResponse]  # type: ignore[assignment]
     """Receives an archive as a client stream (a header, then chunks) and extracts it into a
-    directory of the workspace (/data by default). Extraction is path-safe: entries with `..`
-    or absolute paths, and writes through symlinks, are rejected.
+    directory of the workspace (/data by default), running or stopped. The archive is received
+    in full on the server first, so `sha256` is checked before anything changes, then extracted
+    beside the target and only a complete extraction is put in place: an archive that fails
+    leaves the target untouched. Extraction is path-safe: entries with `..` or absolute paths,
+    writes through symlinks, hard links to anything but earlier entries of the archive, device
+    nodes and FIFOs fail the import with FAILED_PRECONDITION and reason DATA_ARCHIVE_FAILED
+    (the message names the entry). The server bounds the bytes of file content (sparse files
+    count their full size) and the entries one import may extract (by default 20 GiB and
+    1,000,000); an archive beyond them fails with RESOURCE_EXHAUSTED and reason
+    RESOURCE_LIMIT_EXCEEDED as soon as it passes them, so a decompression bomb costs nothing.
+    Entries keep their mode (without setuid and setgid), numeric owner and mtime; symlinks are
+    kept as links. A completed import is recorded as a `data_imported` event.
     """
     ImportDataChunk: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.ImportDataChunkRequest, _workspace_service_pb2.ImportDataChunkResponse]  # type: ignore[assignment]
     """Receives an archive one unary call per chunk, for clients that cannot stream requests (such
-    as browsers over grpc-web), and extracts it like ImportData once the last chunk arrives.
+    as browsers over grpc-web), and extracts it like ImportData once the last chunk arrives. A
+    workspace has at most 16 unfinished uploads (WriteFileChunk's included); upload ids are
+    separate from WriteFileChunk's. An import that fails discards its upload.
     """
     WatchEvents: _aio.UnaryStreamMultiCallable[_workspace_service_pb2.WatchEventsRequest, _workspace_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Streams workspace events as they happen, with heartbeats while nothing happens. With
@@ -397,8 +421,18 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_service_pb2.ImportDataResponse, _abc.Awaitable[_workspace_service_pb2.ImportDataResponse]]:
         """Receives an archive as a client stream (a header, then chunks) and extracts it into a
-        directory of the workspace (/data by default). Extraction is path-safe: entries with `..`
-        or absolute paths, and writes through symlinks, are rejected.
+        directory of the workspace (/data by default), running or stopped. The archive is received
+        in full on the server first, so `sha256` is checked before anything changes, then extracted
+        beside the target and only a complete extraction is put in place: an archive that fails
+        leaves the target untouched. Extraction is path-safe: entries with `..` or absolute paths,
+        writes through symlinks, hard links to anything but earlier entries of the archive, device
+        nodes and FIFOs fail the import with FAILED_PRECONDITION and reason DATA_ARCHIVE_FAILED
+        (the message names the entry). The server bounds the bytes of file content (sparse files
+        count their full size) and the entries one import may extract (by default 20 GiB and
+        1,000,000); an archive beyond them fails with RESOURCE_EXHAUSTED and reason
+        RESOURCE_LIMIT_EXCEEDED as soon as it passes them, so a decompression bomb costs nothing.
+        Entries keep their mode (without setuid and setgid), numeric owner and mtime; symlinks are
+        kept as links. A completed import is recorded as a `data_imported` event.
         """
 
     @_abc_1.abstractmethod
@@ -408,7 +442,9 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_service_pb2.ImportDataChunkResponse, _abc.Awaitable[_workspace_service_pb2.ImportDataChunkResponse]]:
         """Receives an archive one unary call per chunk, for clients that cannot stream requests (such
-        as browsers over grpc-web), and extracts it like ImportData once the last chunk arrives.
+        as browsers over grpc-web), and extracts it like ImportData once the last chunk arrives. A
+        workspace has at most 16 unfinished uploads (WriteFileChunk's included); upload ids are
+        separate from WriteFileChunk's. An import that fails discards its upload.
         """
 
     @_abc_1.abstractmethod

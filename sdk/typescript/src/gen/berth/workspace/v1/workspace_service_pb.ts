@@ -1245,16 +1245,25 @@ export type ImportDataRequest_Header = Message<"berth.workspace.v1.ImportDataReq
   format: ArchiveFormat;
 
   /**
-   * Absolute path of the directory to extract into, inside the workspace; created if missing.
-   * Empty means `/data`.
+   * Absolute path of the directory to extract into, inside the workspace; a symlink at its end
+   * is followed inside the workspace. Created if missing (with its missing parents, which stay
+   * even if the import fails), owned by the workspace's user, mode 0755; an existing
+   * directory keeps its own owner and mode. Empty means `/data`; `/` is refused.
    *
    * @generated from field: string path = 3;
    */
   path: string;
 
   /**
-   * Whether to empty the directory first, so it ends up holding exactly the archive's contents.
-   * When false, archive entries replace files of the same path and other files stay.
+   * Whether the directory ends up holding exactly the archive's contents. The extracted tree
+   * is swapped in for the old one in one atomic rename; where the file system cannot swap it
+   * (overlayfs and a directory that comes from the image, such as the image's /data), the old
+   * contents are removed and the new ones moved in, after the whole archive was extracted.
+   * When false, archive entries replace the entries of the same path (one atomic rename
+   * each; directories are merged, and take the archive's owner, mode and mtime) and other
+   * entries stay; an archive entry that is not a directory where the target holds a
+   * non-empty directory fails the import with FAILED_PRECONDITION and reason
+   * DIRECTORY_NOT_EMPTY before anything is moved.
    *
    * @generated from field: bool replace = 4;
    */
@@ -1376,7 +1385,8 @@ export type ImportDataChunkRequest = Message<"berth.workspace.v1.ImportDataChunk
   path: string;
 
   /**
-   * Whether to empty the directory before extracting. Read from the first chunk only.
+   * Whether the directory ends up holding exactly the archive's contents, as in ImportData.
+   * Read from the first chunk only.
    *
    * @generated from field: bool replace = 8;
    */
@@ -1704,8 +1714,18 @@ export const WorkspaceService: GenService<{
   },
   /**
    * Receives an archive as a client stream (a header, then chunks) and extracts it into a
-   * directory of the workspace (/data by default). Extraction is path-safe: entries with `..`
-   * or absolute paths, and writes through symlinks, are rejected.
+   * directory of the workspace (/data by default), running or stopped. The archive is received
+   * in full on the server first, so `sha256` is checked before anything changes, then extracted
+   * beside the target and only a complete extraction is put in place: an archive that fails
+   * leaves the target untouched. Extraction is path-safe: entries with `..` or absolute paths,
+   * writes through symlinks, hard links to anything but earlier entries of the archive, device
+   * nodes and FIFOs fail the import with FAILED_PRECONDITION and reason DATA_ARCHIVE_FAILED
+   * (the message names the entry). The server bounds the bytes of file content (sparse files
+   * count their full size) and the entries one import may extract (by default 20 GiB and
+   * 1,000,000); an archive beyond them fails with RESOURCE_EXHAUSTED and reason
+   * RESOURCE_LIMIT_EXCEEDED as soon as it passes them, so a decompression bomb costs nothing.
+   * Entries keep their mode (without setuid and setgid), numeric owner and mtime; symlinks are
+   * kept as links. A completed import is recorded as a `data_imported` event.
    *
    * @generated from rpc berth.workspace.v1.WorkspaceService.ImportData
    */
@@ -1716,7 +1736,9 @@ export const WorkspaceService: GenService<{
   },
   /**
    * Receives an archive one unary call per chunk, for clients that cannot stream requests (such
-   * as browsers over grpc-web), and extracts it like ImportData once the last chunk arrives.
+   * as browsers over grpc-web), and extracts it like ImportData once the last chunk arrives. A
+   * workspace has at most 16 unfinished uploads (WriteFileChunk's included); upload ids are
+   * separate from WriteFileChunk's. An import that fails discards its upload.
    *
    * @generated from rpc berth.workspace.v1.WorkspaceService.ImportDataChunk
    */
