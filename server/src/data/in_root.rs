@@ -246,6 +246,11 @@ pub fn unlink(dir: BorrowedFd<'_>, name: &str, is_dir: bool) -> io::Result<()> {
     Ok(rustix::fs::unlinkat(dir, name, flags)?)
 }
 
+/// The names in a directory (without `.` and `..`), sorted bytewise.
+pub fn list_names(dir: BorrowedFd<'_>) -> io::Result<Vec<std::ffi::OsString>> {
+    super::fd::list_names(dir)
+}
+
 /// Removes everything inside the directory `dir` without following symlinks.
 pub fn remove_contents(dir: BorrowedFd<'_>) -> io::Result<u64> {
     super::fd::remove_contents(dir)

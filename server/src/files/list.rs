@@ -8,7 +8,6 @@
 //! swapped in for a directory while the walk runs is never followed (the descent fails and that
 //! subtree is left out), so no listing leaves the directory it started from.
 
-use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
 
 use base64::Engine as _;
@@ -81,7 +80,7 @@ impl Listing {
     /// what earlier pages returned. Returns early once the page is full and one more entry
     /// proved that more remain.
     fn visit(&mut self, dir: BorrowedFd<'_>, dir_path: &str, level: u32, after: Option<&[String]>) -> Result<()> {
-        let names = match list_names(dir) {
+        let names = match in_root::list_names(dir) {
             Ok(names) => names,
             // The directory vanished or was swapped while the walk went down: leave it out.
             Err(_) if level > 1 => return Ok(()),
@@ -128,20 +127,6 @@ impl Listing {
         }
         Ok(())
     }
-}
-
-fn list_names(dir: BorrowedFd<'_>) -> std::io::Result<Vec<OsString>> {
-    let mut names = Vec::new();
-    for entry in rustix::fs::Dir::read_from(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        if name != b"." && name != b".." {
-            names.push(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name).to_owned());
-        }
-    }
-    // Byte order, as the proto promises.
-    names.sort_unstable_by(|a: &OsString, b: &OsString| a.as_encoded_bytes().cmp(b.as_encoded_bytes()));
-    Ok(names)
 }
 
 fn read_link_at(dir: BorrowedFd<'_>, name: &str) -> String {

@@ -3,7 +3,7 @@
 //! inode and no symlink leads it to the host. A recursive watch adds each subdirectory created
 //! (or moved in) while watching, and reports what that directory already holds when its watch
 //! was added, so files made right after a `mkdir` are not missed. The stream ends when the
-//! workspace stops (the stop cancels it) or its init exits (its pidfd becomes readable).
+//! workspace stops (the stop cancels it) or its init exits (noticed through the pidfd its root was opened with).
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -92,24 +92,16 @@ impl Watches {
         path: String,
         recursive: bool,
     ) -> Result<impl Stream<Item = Result<WatchEvent>> + Send + 'static> {
-        let Some(init_pid) = access.init_pid else {
+        if !access.is_running() {
             return Err(Error::new(
                 Reason::WorkspaceNotRunning,
                 format!("workspace {workspace_id} is not running; WatchDir needs a running workspace (start it first)"),
             ));
-        };
+        }
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
             Error::new(
                 Reason::ResourceLimitExceeded,
                 format!("{MAX_WATCH_STREAMS} WatchDir streams are open on this server; close one and retry"),
-            )
-        })?;
-        let init = rustix::process::Pid::from_raw(init_pid as i32)
-            .ok_or_else(|| Error::internal(format!("the workspace's init pid {init_pid} is invalid")))?;
-        let pidfd = rustix::process::pidfd_open(init, rustix::process::PidfdFlags::NONBLOCK).map_err(|err| {
-            Error::new(
-                Reason::WorkspaceNotRunning,
-                format!("the workspace's init process is gone ({err}); it stopped meanwhile"),
             )
         })?;
         let inotify = Inotify::init().map_err(|err| {
@@ -138,7 +130,7 @@ impl Watches {
         let watcher = Watcher { access, watches, dirs, root: path, recursive, sender };
         tokio::spawn(async move {
             let _permit = permit;
-            watcher.run(stream, pidfd).await;
+            watcher.run(stream).await;
         });
         Ok(ReceiverStream::new(receiver))
     }
@@ -155,7 +147,7 @@ struct Watcher {
 }
 
 impl Watcher {
-    async fn run(mut self, mut stream: inotify::EventStream<Vec<u8>>, pidfd: OwnedFd) {
+    async fn run(mut self, mut stream: inotify::EventStream<Vec<u8>>) {
         let cancel = self.access.cancel.clone();
         let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
         let mut liveness = tokio::time::interval(INIT_CHECK);
@@ -164,7 +156,7 @@ impl Watcher {
                 event = stream.next() => event,
                 () = cancel.cancelled() => return self.end_stopped().await,
                 _ = liveness.tick() => {
-                    if exited(&pidfd) {
+                    if self.access.init_exited() {
                         return self.end_stopped().await;
                     }
                     continue;
@@ -306,13 +298,6 @@ impl Watcher {
             )))
             .await;
     }
-}
-
-/// Whether the process of a pidfd exited: the pidfd polls readable then (a poll without
-/// waiting).
-fn exited(pidfd: &OwnedFd) -> bool {
-    let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
-    matches!(rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 })), Ok(n) if n > 0)
 }
 
 /// Watches the directory `fd` (at `path`) and, with `recursive`, every directory below it;

@@ -32,9 +32,23 @@ pub struct FileAccess {
     pub root: InRoot,
     /// Cancelled when the workspace stops while the operation runs.
     pub cancel: CancellationToken,
-    /// Host pid of the workspace's init while it runs; None for a stopped workspace.
-    pub init_pid: Option<u32>,
+    /// The workspace's init while it runs; None for a stopped workspace.
+    init: Option<Arc<RunningRoot>>,
     _hold: Hold,
+}
+
+impl FileAccess {
+    /// Whether this access is to a running workspace (through its init's root).
+    pub fn is_running(&self) -> bool {
+        self.init.is_some()
+    }
+
+    /// Whether the init the running root was opened through has exited since (a task that ends
+    /// on its own is not stopped through berth, so no cancellation comes). False for a
+    /// stopped workspace.
+    pub fn init_exited(&self) -> bool {
+        self.init.as_ref().is_some_and(|init| !init.alive())
+    }
 }
 
 enum Hold {
@@ -65,7 +79,6 @@ struct Gate {
 }
 
 struct RunningRoot {
-    pid: u32,
     /// Refers to exactly the init process the root was opened through (no pid reuse).
     pidfd: std::os::fd::OwnedFd,
     root: InRoot,
@@ -132,7 +145,7 @@ impl Manager {
                 .root
                 .try_clone()
                 .map_err(|err| Error::internal(format!("duplicating the root fd failed: {err}")))?;
-            return Ok(FileAccess { root, cancel, init_pid: Some(running.pid), _hold: Hold::Running { _read: read } });
+            return Ok(FileAccess { root, cancel, init: Some(running), _hold: Hold::Running { _read: read } });
         }
         drop(read);
         self.stopped_file_access(&id).await
@@ -160,7 +173,7 @@ impl Manager {
         if self.running_pid(id).await? != Some(pid) {
             return Ok(None);
         }
-        Ok(Some(Arc::new(RunningRoot { pid, pidfd, root })))
+        Ok(Some(Arc::new(RunningRoot { pidfd, root })))
     }
 
     async fn stopped_file_access(&self, id: &WorkspaceId) -> Result<FileAccess> {
@@ -195,7 +208,7 @@ impl Manager {
         Ok(FileAccess {
             root,
             cancel: CancellationToken::new(),
-            init_pid: None,
+            init: None,
             _hold: Hold::Stopped { _mount: mount, _guard: guard },
         })
     }
