@@ -31,8 +31,8 @@ use crate::workspace::Manager;
 /// How often health re-checks that containerd answers.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// HTTP/2 flow-control windows the server grants its clients.
-const STREAM_WINDOW_BYTES: u32 = 4 << 20;
-const CONNECTION_WINDOW_BYTES: u32 = 8 << 20;
+const STREAM_WINDOW_BYTES: u32 = 2 << 20;
+const CONNECTION_WINDOW_BYTES: u32 = 4 << 20;
 const MAX_FRAME_BYTES: u32 = 1 << 20;
 /// How long open connections get to finish after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
