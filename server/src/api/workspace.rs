@@ -128,6 +128,14 @@ impl WorkspaceService for WorkspaceApi {
         Ok(Response::new(pb::ResetDataResponse { workspace: Some(convert::workspace(info)) }))
     }
 
+    async fn update_workspace(
+        &self,
+        request: Request<pb::UpdateWorkspaceRequest>,
+    ) -> Result<Response<pb::UpdateWorkspaceResponse>, Status> {
+        record_workspace_id(&request.get_ref().workspace_id);
+        not_built("UpdateWorkspace (image change)")
+    }
+
     async fn get_metrics(
         &self,
         request: Request<pb::GetMetricsRequest>,

@@ -394,7 +394,8 @@ const (
 	VersionReason_VERSION_REASON_SNAPSHOT VersionReason = 2
 	// The workspace was restored to a snapshot; the version's `snapshot_name` names it.
 	VersionReason_VERSION_REASON_RESTORE VersionReason = 3
-	// The workspace was moved onto another image; the version's `image` names it.
+	// The workspace was moved onto another image (UpdateWorkspace); the version's `image` names
+	// it and its `snapshot_name` the SYSTEM snapshot of the state before.
 	VersionReason_VERSION_REASON_IMAGE_CHANGE VersionReason = 4
 )
 
@@ -705,7 +706,8 @@ type Workspace struct {
 	DesiredState DesiredState `protobuf:"varint,3,opt,name=desired_state,json=desiredState,proto3,enum=berth.workspace.v1.DesiredState" json:"desired_state,omitempty"`
 	// Image reference as normalized by berth, for example `docker.io/library/debian:bookworm`.
 	Image string `protobuf:"bytes,4,opt,name=image,proto3" json:"image,omitempty"`
-	// Digest of the image manifest the workspace was created from, for example `sha256:...`.
+	// Digest of the image manifest the workspace runs on (the one it was created from, or moved
+	// onto by UpdateWorkspace or RestoreSnapshot), for example `sha256:...`.
 	// Empty while the image is still being resolved.
 	ImageDigest string `protobuf:"bytes,5,opt,name=image_digest,json=imageDigest,proto3" json:"image_digest,omitempty"`
 	// Identifier of the containerd container. Equals `workspace_id`.
@@ -1090,7 +1092,9 @@ type Version struct {
 	Version int64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	// Why this version was created.
 	Reason VersionReason `protobuf:"varint,2,opt,name=reason,proto3,enum=berth.workspace.v1.VersionReason" json:"reason,omitempty"`
-	// Snapshot taken (SNAPSHOT) or restored (RESTORE) by this version. Empty for other reasons.
+	// Snapshot taken (SNAPSHOT) or restored (RESTORE) by this version; for IMAGE_CHANGE, the
+	// SYSTEM snapshot holding the state before the change. Restoring the version restores that
+	// snapshot. Empty for CREATE.
 	SnapshotName string `protobuf:"bytes,3,opt,name=snapshot_name,json=snapshotName,proto3" json:"snapshot_name,omitempty"`
 	// When the version was created.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`

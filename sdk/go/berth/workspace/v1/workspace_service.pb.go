@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -998,6 +999,186 @@ func (x *ResetDataResponse) GetWorkspace() *Workspace {
 	return nil
 }
 
+// UpdateWorkspaceRequest names a workspace, the fields to change and their new values.
+type UpdateWorkspaceRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Identifier of the workspace. Required.
+	WorkspaceId string `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
+	// The fields to change, by their names in this message: `image`, `resources`, `labels`,
+	// `env`, `cdi_devices`. Required. Fields not named are ignored even when set.
+	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	// New image reference, normalized like CreateWorkspace's `image`. Empty means the server's
+	// `--default-image`. Malformed references fail with INVALID_ARGUMENT and reason
+	// INVALID_IMAGE_REFERENCE; an image that cannot be pulled fails like CreateWorkspace's pull,
+	// before the workspace changes.
+	Image string `protobuf:"bytes,3,opt,name=image,proto3" json:"image,omitempty"`
+	// When to contact the registry for `image`. Unset means PULL_POLICY_IF_NOT_PRESENT; pass
+	// PULL_POLICY_ALWAYS to pick up a newer build of the same reference.
+	PullPolicy PullPolicy `protobuf:"varint,4,opt,name=pull_policy,json=pullPolicy,proto3,enum=berth.workspace.v1.PullPolicy" json:"pull_policy,omitempty"`
+	// New resource limits (not supported yet).
+	Resources *Resources `protobuf:"bytes,5,opt,name=resources,proto3" json:"resources,omitempty"`
+	// New labels, replacing all of the current ones (not supported yet).
+	Labels map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// New environment variables, replacing all of the current ones (not supported yet).
+	Env map[string]string `protobuf:"bytes,7,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// New CDI device names (not supported yet).
+	CdiDevices    []string `protobuf:"bytes,8,rep,name=cdi_devices,json=cdiDevices,proto3" json:"cdi_devices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateWorkspaceRequest) Reset() {
+	*x = UpdateWorkspaceRequest{}
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateWorkspaceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateWorkspaceRequest) ProtoMessage() {}
+
+func (x *UpdateWorkspaceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateWorkspaceRequest.ProtoReflect.Descriptor instead.
+func (*UpdateWorkspaceRequest) Descriptor() ([]byte, []int) {
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *UpdateWorkspaceRequest) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
+func (x *UpdateWorkspaceRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+func (x *UpdateWorkspaceRequest) GetImage() string {
+	if x != nil {
+		return x.Image
+	}
+	return ""
+}
+
+func (x *UpdateWorkspaceRequest) GetPullPolicy() PullPolicy {
+	if x != nil {
+		return x.PullPolicy
+	}
+	return PullPolicy_PULL_POLICY_UNSPECIFIED
+}
+
+func (x *UpdateWorkspaceRequest) GetResources() *Resources {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *UpdateWorkspaceRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *UpdateWorkspaceRequest) GetEnv() map[string]string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *UpdateWorkspaceRequest) GetCdiDevices() []string {
+	if x != nil {
+		return x.CdiDevices
+	}
+	return nil
+}
+
+// UpdateWorkspaceResponse holds the workspace after the change.
+type UpdateWorkspaceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The workspace as it is after the call.
+	Workspace *Workspace `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
+	// Whether the workspace's task was stopped and started again for the change.
+	Restarted bool `protobuf:"varint,2,opt,name=restarted,proto3" json:"restarted,omitempty"`
+	// The version the change created; unset when nothing changed. For an image change, its
+	// reason is IMAGE_CHANGE, its `image` the new image and its `snapshot_name` the SYSTEM
+	// snapshot holding the state before the change.
+	Version       *Version `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateWorkspaceResponse) Reset() {
+	*x = UpdateWorkspaceResponse{}
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateWorkspaceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateWorkspaceResponse) ProtoMessage() {}
+
+func (x *UpdateWorkspaceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateWorkspaceResponse.ProtoReflect.Descriptor instead.
+func (*UpdateWorkspaceResponse) Descriptor() ([]byte, []int) {
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *UpdateWorkspaceResponse) GetWorkspace() *Workspace {
+	if x != nil {
+		return x.Workspace
+	}
+	return nil
+}
+
+func (x *UpdateWorkspaceResponse) GetRestarted() bool {
+	if x != nil {
+		return x.Restarted
+	}
+	return false
+}
+
+func (x *UpdateWorkspaceResponse) GetVersion() *Version {
+	if x != nil {
+		return x.Version
+	}
+	return nil
+}
+
 // GetMetricsRequest names the workspace to measure.
 type GetMetricsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1009,7 +1190,7 @@ type GetMetricsRequest struct {
 
 func (x *GetMetricsRequest) Reset() {
 	*x = GetMetricsRequest{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[16]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1021,7 +1202,7 @@ func (x *GetMetricsRequest) String() string {
 func (*GetMetricsRequest) ProtoMessage() {}
 
 func (x *GetMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[16]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1034,7 +1215,7 @@ func (x *GetMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMetricsRequest.ProtoReflect.Descriptor instead.
 func (*GetMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{16}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetMetricsRequest) GetWorkspaceId() string {
@@ -1055,7 +1236,7 @@ type GetMetricsResponse struct {
 
 func (x *GetMetricsResponse) Reset() {
 	*x = GetMetricsResponse{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[17]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1067,7 +1248,7 @@ func (x *GetMetricsResponse) String() string {
 func (*GetMetricsResponse) ProtoMessage() {}
 
 func (x *GetMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[17]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1080,7 +1261,7 @@ func (x *GetMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMetricsResponse.ProtoReflect.Descriptor instead.
 func (*GetMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{17}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetMetricsResponse) GetMetrics() *WorkspaceMetrics {
@@ -1104,7 +1285,7 @@ type WatchMetricsRequest struct {
 
 func (x *WatchMetricsRequest) Reset() {
 	*x = WatchMetricsRequest{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[18]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1297,7 @@ func (x *WatchMetricsRequest) String() string {
 func (*WatchMetricsRequest) ProtoMessage() {}
 
 func (x *WatchMetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[18]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +1310,7 @@ func (x *WatchMetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMetricsRequest.ProtoReflect.Descriptor instead.
 func (*WatchMetricsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{18}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchMetricsRequest) GetWorkspaceId() string {
@@ -1157,7 +1338,7 @@ type WatchMetricsResponse struct {
 
 func (x *WatchMetricsResponse) Reset() {
 	*x = WatchMetricsResponse{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[19]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +1350,7 @@ func (x *WatchMetricsResponse) String() string {
 func (*WatchMetricsResponse) ProtoMessage() {}
 
 func (x *WatchMetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[19]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +1363,7 @@ func (x *WatchMetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchMetricsResponse.ProtoReflect.Descriptor instead.
 func (*WatchMetricsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{19}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchMetricsResponse) GetMetrics() *WorkspaceMetrics {
@@ -1209,7 +1390,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[20]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1221,7 +1402,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[20]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1234,7 +1415,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{20}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateSnapshotRequest) GetWorkspaceId() string {
@@ -1269,7 +1450,7 @@ type CreateSnapshotResponse struct {
 
 func (x *CreateSnapshotResponse) Reset() {
 	*x = CreateSnapshotResponse{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[21]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1462,7 @@ func (x *CreateSnapshotResponse) String() string {
 func (*CreateSnapshotResponse) ProtoMessage() {}
 
 func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[21]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1475,7 @@ func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{21}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CreateSnapshotResponse) GetSnapshot() *Snapshot {
@@ -1319,7 +1500,7 @@ type ListSnapshotsRequest struct {
 
 func (x *ListSnapshotsRequest) Reset() {
 	*x = ListSnapshotsRequest{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[22]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1331,7 +1512,7 @@ func (x *ListSnapshotsRequest) String() string {
 func (*ListSnapshotsRequest) ProtoMessage() {}
 
 func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[22]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1344,7 +1525,7 @@ func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{22}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListSnapshotsRequest) GetWorkspaceId() string {
@@ -1381,7 +1562,7 @@ type ListSnapshotsResponse struct {
 
 func (x *ListSnapshotsResponse) Reset() {
 	*x = ListSnapshotsResponse{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[23]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1574,7 @@ func (x *ListSnapshotsResponse) String() string {
 func (*ListSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[23]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1587,7 @@ func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{23}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListSnapshotsResponse) GetSnapshots() []*Snapshot {
@@ -1437,7 +1618,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[24]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1449,7 +1630,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[24]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1462,7 +1643,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{24}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DeleteSnapshotRequest) GetWorkspaceId() string {
@@ -1488,7 +1669,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[25]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1681,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[25]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +1694,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{25}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{27}
 }
 
 // RestoreSnapshotRequest names the workspace and the snapshot to roll back to.
@@ -1534,7 +1715,7 @@ type RestoreSnapshotRequest struct {
 
 func (x *RestoreSnapshotRequest) Reset() {
 	*x = RestoreSnapshotRequest{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[26]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1727,7 @@ func (x *RestoreSnapshotRequest) String() string {
 func (*RestoreSnapshotRequest) ProtoMessage() {}
 
 func (x *RestoreSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[26]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1740,7 @@ func (x *RestoreSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*RestoreSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{26}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RestoreSnapshotRequest) GetWorkspaceId() string {
@@ -1626,7 +1807,7 @@ type RestoreSnapshotResponse struct {
 
 func (x *RestoreSnapshotResponse) Reset() {
 	*x = RestoreSnapshotResponse{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[27]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +1819,7 @@ func (x *RestoreSnapshotResponse) String() string {
 func (*RestoreSnapshotResponse) ProtoMessage() {}
 
 func (x *RestoreSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[27]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +1832,7 @@ func (x *RestoreSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestoreSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*RestoreSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{27}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RestoreSnapshotResponse) GetWorkspace() *Workspace {
@@ -1683,7 +1864,7 @@ type ListVersionsRequest struct {
 
 func (x *ListVersionsRequest) Reset() {
 	*x = ListVersionsRequest{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[28]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1695,7 +1876,7 @@ func (x *ListVersionsRequest) String() string {
 func (*ListVersionsRequest) ProtoMessage() {}
 
 func (x *ListVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[28]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1708,7 +1889,7 @@ func (x *ListVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{28}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListVersionsRequest) GetWorkspaceId() string {
@@ -1747,7 +1928,7 @@ type ListVersionsResponse struct {
 
 func (x *ListVersionsResponse) Reset() {
 	*x = ListVersionsResponse{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[29]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1940,7 @@ func (x *ListVersionsResponse) String() string {
 func (*ListVersionsResponse) ProtoMessage() {}
 
 func (x *ListVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[29]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1953,7 @@ func (x *ListVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{29}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListVersionsResponse) GetCurrentVersion() int64 {
@@ -1812,7 +1993,7 @@ type ExportDataRequest struct {
 
 func (x *ExportDataRequest) Reset() {
 	*x = ExportDataRequest{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[30]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1824,7 +2005,7 @@ func (x *ExportDataRequest) String() string {
 func (*ExportDataRequest) ProtoMessage() {}
 
 func (x *ExportDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[30]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1837,7 +2018,7 @@ func (x *ExportDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportDataRequest.ProtoReflect.Descriptor instead.
 func (*ExportDataRequest) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{30}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ExportDataRequest) GetWorkspaceId() string {
@@ -1877,7 +2058,7 @@ type ExportDataResponse struct {
 
 func (x *ExportDataResponse) Reset() {
 	*x = ExportDataResponse{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[31]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1889,7 +2070,7 @@ func (x *ExportDataResponse) String() string {
 func (*ExportDataResponse) ProtoMessage() {}
 
 func (x *ExportDataResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[31]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1902,7 +2083,7 @@ func (x *ExportDataResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportDataResponse.ProtoReflect.Descriptor instead.
 func (*ExportDataResponse) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{31}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ExportDataResponse) GetEvent() isExportDataResponse_Event {
@@ -1964,7 +2145,7 @@ type ImportDataRequest struct {
 
 func (x *ImportDataRequest) Reset() {
 	*x = ImportDataRequest{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[32]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1976,7 +2157,7 @@ func (x *ImportDataRequest) String() string {
 func (*ImportDataRequest) ProtoMessage() {}
 
 func (x *ImportDataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[32]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1989,7 +2170,7 @@ func (x *ImportDataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportDataRequest.ProtoReflect.Descriptor instead.
 func (*ImportDataRequest) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{32}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ImportDataRequest) GetEvent() isImportDataRequest_Event {
@@ -2050,7 +2231,7 @@ type ImportDataResponse struct {
 
 func (x *ImportDataResponse) Reset() {
 	*x = ImportDataResponse{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[33]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2062,7 +2243,7 @@ func (x *ImportDataResponse) String() string {
 func (*ImportDataResponse) ProtoMessage() {}
 
 func (x *ImportDataResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[33]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2075,7 +2256,7 @@ func (x *ImportDataResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportDataResponse.ProtoReflect.Descriptor instead.
 func (*ImportDataResponse) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{33}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ImportDataResponse) GetSizeBytes() int64 {
@@ -2136,7 +2317,7 @@ type ImportDataChunkRequest struct {
 
 func (x *ImportDataChunkRequest) Reset() {
 	*x = ImportDataChunkRequest{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[34]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2148,7 +2329,7 @@ func (x *ImportDataChunkRequest) String() string {
 func (*ImportDataChunkRequest) ProtoMessage() {}
 
 func (x *ImportDataChunkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[34]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2161,7 +2342,7 @@ func (x *ImportDataChunkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportDataChunkRequest.ProtoReflect.Descriptor instead.
 func (*ImportDataChunkRequest) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{34}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ImportDataChunkRequest) GetWorkspaceId() string {
@@ -2244,7 +2425,7 @@ type ImportDataChunkResponse struct {
 
 func (x *ImportDataChunkResponse) Reset() {
 	*x = ImportDataChunkResponse{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[35]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2256,7 +2437,7 @@ func (x *ImportDataChunkResponse) String() string {
 func (*ImportDataChunkResponse) ProtoMessage() {}
 
 func (x *ImportDataChunkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[35]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2269,7 +2450,7 @@ func (x *ImportDataChunkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportDataChunkResponse.ProtoReflect.Descriptor instead.
 func (*ImportDataChunkResponse) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{35}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ImportDataChunkResponse) GetReceivedBytes() int64 {
@@ -2319,7 +2500,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[36]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2331,7 +2512,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[36]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2344,7 +2525,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{36}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *WatchEventsRequest) GetWorkspaceId() string {
@@ -2386,7 +2567,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[37]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2398,7 +2579,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[37]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2411,7 +2592,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{37}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *WatchEventsResponse) GetEvent() *WorkspaceEvent {
@@ -2438,7 +2619,7 @@ type CreateWorkspaceResponse_Pulling struct {
 
 func (x *CreateWorkspaceResponse_Pulling) Reset() {
 	*x = CreateWorkspaceResponse_Pulling{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[40]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2450,7 +2631,7 @@ func (x *CreateWorkspaceResponse_Pulling) String() string {
 func (*CreateWorkspaceResponse_Pulling) ProtoMessage() {}
 
 func (x *CreateWorkspaceResponse_Pulling) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[40]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2509,7 +2690,7 @@ type CreateWorkspaceResponse_PullProgress struct {
 
 func (x *CreateWorkspaceResponse_PullProgress) Reset() {
 	*x = CreateWorkspaceResponse_PullProgress{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[41]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2521,7 +2702,7 @@ func (x *CreateWorkspaceResponse_PullProgress) String() string {
 func (*CreateWorkspaceResponse_PullProgress) ProtoMessage() {}
 
 func (x *CreateWorkspaceResponse_PullProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[41]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2572,7 +2753,7 @@ type CreateWorkspaceResponse_Unpacking struct {
 
 func (x *CreateWorkspaceResponse_Unpacking) Reset() {
 	*x = CreateWorkspaceResponse_Unpacking{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[42]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2584,7 +2765,7 @@ func (x *CreateWorkspaceResponse_Unpacking) String() string {
 func (*CreateWorkspaceResponse_Unpacking) ProtoMessage() {}
 
 func (x *CreateWorkspaceResponse_Unpacking) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[42]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2624,7 +2805,7 @@ type CreateWorkspaceResponse_Creating struct {
 
 func (x *CreateWorkspaceResponse_Creating) Reset() {
 	*x = CreateWorkspaceResponse_Creating{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[43]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2636,7 +2817,7 @@ func (x *CreateWorkspaceResponse_Creating) String() string {
 func (*CreateWorkspaceResponse_Creating) ProtoMessage() {}
 
 func (x *CreateWorkspaceResponse_Creating) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[43]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2665,7 +2846,7 @@ type CreateWorkspaceResponse_Restoring struct {
 
 func (x *CreateWorkspaceResponse_Restoring) Reset() {
 	*x = CreateWorkspaceResponse_Restoring{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[44]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2677,7 +2858,7 @@ func (x *CreateWorkspaceResponse_Restoring) String() string {
 func (*CreateWorkspaceResponse_Restoring) ProtoMessage() {}
 
 func (x *CreateWorkspaceResponse_Restoring) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[44]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2718,7 +2899,7 @@ type CreateWorkspaceResponse_Ready struct {
 
 func (x *CreateWorkspaceResponse_Ready) Reset() {
 	*x = CreateWorkspaceResponse_Ready{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[45]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2730,7 +2911,7 @@ func (x *CreateWorkspaceResponse_Ready) String() string {
 func (*CreateWorkspaceResponse_Ready) ProtoMessage() {}
 
 func (x *CreateWorkspaceResponse_Ready) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[45]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2768,7 +2949,7 @@ type ExportDataResponse_Trailer struct {
 
 func (x *ExportDataResponse_Trailer) Reset() {
 	*x = ExportDataResponse_Trailer{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[47]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2780,7 +2961,7 @@ func (x *ExportDataResponse_Trailer) String() string {
 func (*ExportDataResponse_Trailer) ProtoMessage() {}
 
 func (x *ExportDataResponse_Trailer) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[47]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2793,7 +2974,7 @@ func (x *ExportDataResponse_Trailer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportDataResponse_Trailer.ProtoReflect.Descriptor instead.
 func (*ExportDataResponse_Trailer) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{31, 0}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{33, 0}
 }
 
 func (x *ExportDataResponse_Trailer) GetSizeBytes() int64 {
@@ -2849,7 +3030,7 @@ type ImportDataRequest_Header struct {
 
 func (x *ImportDataRequest_Header) Reset() {
 	*x = ImportDataRequest_Header{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[48]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2861,7 +3042,7 @@ func (x *ImportDataRequest_Header) String() string {
 func (*ImportDataRequest_Header) ProtoMessage() {}
 
 func (x *ImportDataRequest_Header) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[48]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2874,7 +3055,7 @@ func (x *ImportDataRequest_Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportDataRequest_Header.ProtoReflect.Descriptor instead.
 func (*ImportDataRequest_Header) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{32, 0}
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{34, 0}
 }
 
 func (x *ImportDataRequest_Header) GetWorkspaceId() string {
@@ -2916,7 +3097,7 @@ var File_berth_workspace_v1_workspace_service_proto protoreflect.FileDescriptor
 
 const file_berth_workspace_v1_workspace_service_proto_rawDesc = "" +
 	"\n" +
-	"*berth/workspace/v1/workspace_service.proto\x12\x12berth.workspace.v1\x1a\"berth/workspace/v1/workspace.proto\x1a\x1egoogle/protobuf/duration.proto\"\xbc\x04\n" +
+	"*berth/workspace/v1/workspace_service.proto\x12\x12berth.workspace.v1\x1a\"berth/workspace/v1/workspace.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\"\xbc\x04\n" +
 	"\x16CreateWorkspaceRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12N\n" +
@@ -3002,7 +3183,29 @@ const file_berth_workspace_v1_workspace_service_proto_rawDesc = "" +
 	"\x10ResetDataRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\"P\n" +
 	"\x11ResetDataResponse\x12;\n" +
-	"\tworkspace\x18\x01 \x01(\v2\x1d.berth.workspace.v1.WorkspaceR\tworkspace\"6\n" +
+	"\tworkspace\x18\x01 \x01(\v2\x1d.berth.workspace.v1.WorkspaceR\tworkspace\"\xb7\x04\n" +
+	"\x16UpdateWorkspaceRequest\x12!\n" +
+	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\x12\x14\n" +
+	"\x05image\x18\x03 \x01(\tR\x05image\x12?\n" +
+	"\vpull_policy\x18\x04 \x01(\x0e2\x1e.berth.workspace.v1.PullPolicyR\n" +
+	"pullPolicy\x12;\n" +
+	"\tresources\x18\x05 \x01(\v2\x1d.berth.workspace.v1.ResourcesR\tresources\x12N\n" +
+	"\x06labels\x18\x06 \x03(\v26.berth.workspace.v1.UpdateWorkspaceRequest.LabelsEntryR\x06labels\x12E\n" +
+	"\x03env\x18\a \x03(\v23.berth.workspace.v1.UpdateWorkspaceRequest.EnvEntryR\x03env\x12\x1f\n" +
+	"\vcdi_devices\x18\b \x03(\tR\n" +
+	"cdiDevices\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
+	"\bEnvEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xab\x01\n" +
+	"\x17UpdateWorkspaceResponse\x12;\n" +
+	"\tworkspace\x18\x01 \x01(\v2\x1d.berth.workspace.v1.WorkspaceR\tworkspace\x12\x1c\n" +
+	"\trestarted\x18\x02 \x01(\bR\trestarted\x125\n" +
+	"\aversion\x18\x03 \x01(\v2\x1b.berth.workspace.v1.VersionR\aversion\"6\n" +
 	"\x11GetMetricsRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\"T\n" +
 	"\x12GetMetricsResponse\x12>\n" +
@@ -3102,7 +3305,7 @@ const file_berth_workspace_v1_workspace_service_proto_rawDesc = "" +
 	"\x12heartbeat_interval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12<\n" +
 	"\x05kinds\x18\x04 \x03(\x0e2&.berth.workspace.v1.WorkspaceEventKindR\x05kinds\"O\n" +
 	"\x13WatchEventsResponse\x128\n" +
-	"\x05event\x18\x01 \x01(\v2\".berth.workspace.v1.WorkspaceEventR\x05event2\x96\x0f\n" +
+	"\x05event\x18\x01 \x01(\v2\".berth.workspace.v1.WorkspaceEventR\x05event2\x82\x10\n" +
 	"\x10WorkspaceService\x12l\n" +
 	"\x0fCreateWorkspace\x12*.berth.workspace.v1.CreateWorkspaceRequest\x1a+.berth.workspace.v1.CreateWorkspaceResponse0\x01\x12a\n" +
 	"\fGetWorkspace\x12'.berth.workspace.v1.GetWorkspaceRequest\x1a(.berth.workspace.v1.GetWorkspaceResponse\x12g\n" +
@@ -3111,7 +3314,8 @@ const file_berth_workspace_v1_workspace_service_proto_rawDesc = "" +
 	"\rStopWorkspace\x12(.berth.workspace.v1.StopWorkspaceRequest\x1a).berth.workspace.v1.StopWorkspaceResponse\x12j\n" +
 	"\x0fDeleteWorkspace\x12*.berth.workspace.v1.DeleteWorkspaceRequest\x1a+.berth.workspace.v1.DeleteWorkspaceResponse\x12^\n" +
 	"\vRestoreData\x12&.berth.workspace.v1.RestoreDataRequest\x1a'.berth.workspace.v1.RestoreDataResponse\x12X\n" +
-	"\tResetData\x12$.berth.workspace.v1.ResetDataRequest\x1a%.berth.workspace.v1.ResetDataResponse\x12[\n" +
+	"\tResetData\x12$.berth.workspace.v1.ResetDataRequest\x1a%.berth.workspace.v1.ResetDataResponse\x12j\n" +
+	"\x0fUpdateWorkspace\x12*.berth.workspace.v1.UpdateWorkspaceRequest\x1a+.berth.workspace.v1.UpdateWorkspaceResponse\x12[\n" +
 	"\n" +
 	"GetMetrics\x12%.berth.workspace.v1.GetMetricsRequest\x1a&.berth.workspace.v1.GetMetricsResponse\x12c\n" +
 	"\fWatchMetrics\x12'.berth.workspace.v1.WatchMetricsRequest\x1a(.berth.workspace.v1.WatchMetricsResponse0\x01\x12g\n" +
@@ -3139,7 +3343,7 @@ func file_berth_workspace_v1_workspace_service_proto_rawDescGZIP() []byte {
 	return file_berth_workspace_v1_workspace_service_proto_rawDescData
 }
 
-var file_berth_workspace_v1_workspace_service_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_berth_workspace_v1_workspace_service_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_berth_workspace_v1_workspace_service_proto_goTypes = []any{
 	(*CreateWorkspaceRequest)(nil),               // 0: berth.workspace.v1.CreateWorkspaceRequest
 	(*CreateWorkspaceResponse)(nil),              // 1: berth.workspace.v1.CreateWorkspaceResponse
@@ -3157,131 +3361,145 @@ var file_berth_workspace_v1_workspace_service_proto_goTypes = []any{
 	(*RestoreDataResponse)(nil),                  // 13: berth.workspace.v1.RestoreDataResponse
 	(*ResetDataRequest)(nil),                     // 14: berth.workspace.v1.ResetDataRequest
 	(*ResetDataResponse)(nil),                    // 15: berth.workspace.v1.ResetDataResponse
-	(*GetMetricsRequest)(nil),                    // 16: berth.workspace.v1.GetMetricsRequest
-	(*GetMetricsResponse)(nil),                   // 17: berth.workspace.v1.GetMetricsResponse
-	(*WatchMetricsRequest)(nil),                  // 18: berth.workspace.v1.WatchMetricsRequest
-	(*WatchMetricsResponse)(nil),                 // 19: berth.workspace.v1.WatchMetricsResponse
-	(*CreateSnapshotRequest)(nil),                // 20: berth.workspace.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),               // 21: berth.workspace.v1.CreateSnapshotResponse
-	(*ListSnapshotsRequest)(nil),                 // 22: berth.workspace.v1.ListSnapshotsRequest
-	(*ListSnapshotsResponse)(nil),                // 23: berth.workspace.v1.ListSnapshotsResponse
-	(*DeleteSnapshotRequest)(nil),                // 24: berth.workspace.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),               // 25: berth.workspace.v1.DeleteSnapshotResponse
-	(*RestoreSnapshotRequest)(nil),               // 26: berth.workspace.v1.RestoreSnapshotRequest
-	(*RestoreSnapshotResponse)(nil),              // 27: berth.workspace.v1.RestoreSnapshotResponse
-	(*ListVersionsRequest)(nil),                  // 28: berth.workspace.v1.ListVersionsRequest
-	(*ListVersionsResponse)(nil),                 // 29: berth.workspace.v1.ListVersionsResponse
-	(*ExportDataRequest)(nil),                    // 30: berth.workspace.v1.ExportDataRequest
-	(*ExportDataResponse)(nil),                   // 31: berth.workspace.v1.ExportDataResponse
-	(*ImportDataRequest)(nil),                    // 32: berth.workspace.v1.ImportDataRequest
-	(*ImportDataResponse)(nil),                   // 33: berth.workspace.v1.ImportDataResponse
-	(*ImportDataChunkRequest)(nil),               // 34: berth.workspace.v1.ImportDataChunkRequest
-	(*ImportDataChunkResponse)(nil),              // 35: berth.workspace.v1.ImportDataChunkResponse
-	(*WatchEventsRequest)(nil),                   // 36: berth.workspace.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),                  // 37: berth.workspace.v1.WatchEventsResponse
-	nil,                                          // 38: berth.workspace.v1.CreateWorkspaceRequest.LabelsEntry
-	nil,                                          // 39: berth.workspace.v1.CreateWorkspaceRequest.EnvEntry
-	(*CreateWorkspaceResponse_Pulling)(nil),      // 40: berth.workspace.v1.CreateWorkspaceResponse.Pulling
-	(*CreateWorkspaceResponse_PullProgress)(nil), // 41: berth.workspace.v1.CreateWorkspaceResponse.PullProgress
-	(*CreateWorkspaceResponse_Unpacking)(nil),    // 42: berth.workspace.v1.CreateWorkspaceResponse.Unpacking
-	(*CreateWorkspaceResponse_Creating)(nil),     // 43: berth.workspace.v1.CreateWorkspaceResponse.Creating
-	(*CreateWorkspaceResponse_Restoring)(nil),    // 44: berth.workspace.v1.CreateWorkspaceResponse.Restoring
-	(*CreateWorkspaceResponse_Ready)(nil),        // 45: berth.workspace.v1.CreateWorkspaceResponse.Ready
-	nil,                                          // 46: berth.workspace.v1.CreateSnapshotRequest.LabelsEntry
-	(*ExportDataResponse_Trailer)(nil),           // 47: berth.workspace.v1.ExportDataResponse.Trailer
-	(*ImportDataRequest_Header)(nil),             // 48: berth.workspace.v1.ImportDataRequest.Header
-	(*Resources)(nil),                            // 49: berth.workspace.v1.Resources
-	(PullPolicy)(0),                              // 50: berth.workspace.v1.PullPolicy
-	(*Workspace)(nil),                            // 51: berth.workspace.v1.Workspace
-	(*durationpb.Duration)(nil),                  // 52: google.protobuf.Duration
-	(*WorkspaceMetrics)(nil),                     // 53: berth.workspace.v1.WorkspaceMetrics
-	(*Snapshot)(nil),                             // 54: berth.workspace.v1.Snapshot
-	(*Version)(nil),                              // 55: berth.workspace.v1.Version
-	(ArchiveFormat)(0),                           // 56: berth.workspace.v1.ArchiveFormat
-	(WorkspaceEventKind)(0),                      // 57: berth.workspace.v1.WorkspaceEventKind
-	(*WorkspaceEvent)(nil),                       // 58: berth.workspace.v1.WorkspaceEvent
-	(*LayerProgress)(nil),                        // 59: berth.workspace.v1.LayerProgress
+	(*UpdateWorkspaceRequest)(nil),               // 16: berth.workspace.v1.UpdateWorkspaceRequest
+	(*UpdateWorkspaceResponse)(nil),              // 17: berth.workspace.v1.UpdateWorkspaceResponse
+	(*GetMetricsRequest)(nil),                    // 18: berth.workspace.v1.GetMetricsRequest
+	(*GetMetricsResponse)(nil),                   // 19: berth.workspace.v1.GetMetricsResponse
+	(*WatchMetricsRequest)(nil),                  // 20: berth.workspace.v1.WatchMetricsRequest
+	(*WatchMetricsResponse)(nil),                 // 21: berth.workspace.v1.WatchMetricsResponse
+	(*CreateSnapshotRequest)(nil),                // 22: berth.workspace.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),               // 23: berth.workspace.v1.CreateSnapshotResponse
+	(*ListSnapshotsRequest)(nil),                 // 24: berth.workspace.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),                // 25: berth.workspace.v1.ListSnapshotsResponse
+	(*DeleteSnapshotRequest)(nil),                // 26: berth.workspace.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),               // 27: berth.workspace.v1.DeleteSnapshotResponse
+	(*RestoreSnapshotRequest)(nil),               // 28: berth.workspace.v1.RestoreSnapshotRequest
+	(*RestoreSnapshotResponse)(nil),              // 29: berth.workspace.v1.RestoreSnapshotResponse
+	(*ListVersionsRequest)(nil),                  // 30: berth.workspace.v1.ListVersionsRequest
+	(*ListVersionsResponse)(nil),                 // 31: berth.workspace.v1.ListVersionsResponse
+	(*ExportDataRequest)(nil),                    // 32: berth.workspace.v1.ExportDataRequest
+	(*ExportDataResponse)(nil),                   // 33: berth.workspace.v1.ExportDataResponse
+	(*ImportDataRequest)(nil),                    // 34: berth.workspace.v1.ImportDataRequest
+	(*ImportDataResponse)(nil),                   // 35: berth.workspace.v1.ImportDataResponse
+	(*ImportDataChunkRequest)(nil),               // 36: berth.workspace.v1.ImportDataChunkRequest
+	(*ImportDataChunkResponse)(nil),              // 37: berth.workspace.v1.ImportDataChunkResponse
+	(*WatchEventsRequest)(nil),                   // 38: berth.workspace.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),                  // 39: berth.workspace.v1.WatchEventsResponse
+	nil,                                          // 40: berth.workspace.v1.CreateWorkspaceRequest.LabelsEntry
+	nil,                                          // 41: berth.workspace.v1.CreateWorkspaceRequest.EnvEntry
+	(*CreateWorkspaceResponse_Pulling)(nil),      // 42: berth.workspace.v1.CreateWorkspaceResponse.Pulling
+	(*CreateWorkspaceResponse_PullProgress)(nil), // 43: berth.workspace.v1.CreateWorkspaceResponse.PullProgress
+	(*CreateWorkspaceResponse_Unpacking)(nil),    // 44: berth.workspace.v1.CreateWorkspaceResponse.Unpacking
+	(*CreateWorkspaceResponse_Creating)(nil),     // 45: berth.workspace.v1.CreateWorkspaceResponse.Creating
+	(*CreateWorkspaceResponse_Restoring)(nil),    // 46: berth.workspace.v1.CreateWorkspaceResponse.Restoring
+	(*CreateWorkspaceResponse_Ready)(nil),        // 47: berth.workspace.v1.CreateWorkspaceResponse.Ready
+	nil,                                          // 48: berth.workspace.v1.UpdateWorkspaceRequest.LabelsEntry
+	nil,                                          // 49: berth.workspace.v1.UpdateWorkspaceRequest.EnvEntry
+	nil,                                          // 50: berth.workspace.v1.CreateSnapshotRequest.LabelsEntry
+	(*ExportDataResponse_Trailer)(nil),           // 51: berth.workspace.v1.ExportDataResponse.Trailer
+	(*ImportDataRequest_Header)(nil),             // 52: berth.workspace.v1.ImportDataRequest.Header
+	(*Resources)(nil),                            // 53: berth.workspace.v1.Resources
+	(PullPolicy)(0),                              // 54: berth.workspace.v1.PullPolicy
+	(*Workspace)(nil),                            // 55: berth.workspace.v1.Workspace
+	(*durationpb.Duration)(nil),                  // 56: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),                // 57: google.protobuf.FieldMask
+	(*Version)(nil),                              // 58: berth.workspace.v1.Version
+	(*WorkspaceMetrics)(nil),                     // 59: berth.workspace.v1.WorkspaceMetrics
+	(*Snapshot)(nil),                             // 60: berth.workspace.v1.Snapshot
+	(ArchiveFormat)(0),                           // 61: berth.workspace.v1.ArchiveFormat
+	(WorkspaceEventKind)(0),                      // 62: berth.workspace.v1.WorkspaceEventKind
+	(*WorkspaceEvent)(nil),                       // 63: berth.workspace.v1.WorkspaceEvent
+	(*LayerProgress)(nil),                        // 64: berth.workspace.v1.LayerProgress
 }
 var file_berth_workspace_v1_workspace_service_proto_depIdxs = []int32{
-	38, // 0: berth.workspace.v1.CreateWorkspaceRequest.labels:type_name -> berth.workspace.v1.CreateWorkspaceRequest.LabelsEntry
-	39, // 1: berth.workspace.v1.CreateWorkspaceRequest.env:type_name -> berth.workspace.v1.CreateWorkspaceRequest.EnvEntry
-	49, // 2: berth.workspace.v1.CreateWorkspaceRequest.resources:type_name -> berth.workspace.v1.Resources
-	50, // 3: berth.workspace.v1.CreateWorkspaceRequest.pull_policy:type_name -> berth.workspace.v1.PullPolicy
-	40, // 4: berth.workspace.v1.CreateWorkspaceResponse.pulling:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Pulling
-	41, // 5: berth.workspace.v1.CreateWorkspaceResponse.pull_progress:type_name -> berth.workspace.v1.CreateWorkspaceResponse.PullProgress
-	42, // 6: berth.workspace.v1.CreateWorkspaceResponse.unpacking:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Unpacking
-	43, // 7: berth.workspace.v1.CreateWorkspaceResponse.creating:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Creating
-	44, // 8: berth.workspace.v1.CreateWorkspaceResponse.restoring:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Restoring
-	45, // 9: berth.workspace.v1.CreateWorkspaceResponse.ready:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Ready
-	51, // 10: berth.workspace.v1.GetWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	51, // 11: berth.workspace.v1.ListWorkspacesResponse.workspaces:type_name -> berth.workspace.v1.Workspace
-	51, // 12: berth.workspace.v1.StartWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	52, // 13: berth.workspace.v1.StopWorkspaceRequest.timeout:type_name -> google.protobuf.Duration
-	51, // 14: berth.workspace.v1.StopWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	51, // 15: berth.workspace.v1.RestoreDataResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	51, // 16: berth.workspace.v1.ResetDataResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	53, // 17: berth.workspace.v1.GetMetricsResponse.metrics:type_name -> berth.workspace.v1.WorkspaceMetrics
-	52, // 18: berth.workspace.v1.WatchMetricsRequest.interval:type_name -> google.protobuf.Duration
-	53, // 19: berth.workspace.v1.WatchMetricsResponse.metrics:type_name -> berth.workspace.v1.WorkspaceMetrics
-	46, // 20: berth.workspace.v1.CreateSnapshotRequest.labels:type_name -> berth.workspace.v1.CreateSnapshotRequest.LabelsEntry
-	54, // 21: berth.workspace.v1.CreateSnapshotResponse.snapshot:type_name -> berth.workspace.v1.Snapshot
-	54, // 22: berth.workspace.v1.ListSnapshotsResponse.snapshots:type_name -> berth.workspace.v1.Snapshot
-	51, // 23: berth.workspace.v1.RestoreSnapshotResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	55, // 24: berth.workspace.v1.RestoreSnapshotResponse.version:type_name -> berth.workspace.v1.Version
-	55, // 25: berth.workspace.v1.ListVersionsResponse.versions:type_name -> berth.workspace.v1.Version
-	56, // 26: berth.workspace.v1.ExportDataRequest.format:type_name -> berth.workspace.v1.ArchiveFormat
-	47, // 27: berth.workspace.v1.ExportDataResponse.trailer:type_name -> berth.workspace.v1.ExportDataResponse.Trailer
-	48, // 28: berth.workspace.v1.ImportDataRequest.header:type_name -> berth.workspace.v1.ImportDataRequest.Header
-	56, // 29: berth.workspace.v1.ImportDataChunkRequest.format:type_name -> berth.workspace.v1.ArchiveFormat
-	52, // 30: berth.workspace.v1.WatchEventsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
-	57, // 31: berth.workspace.v1.WatchEventsRequest.kinds:type_name -> berth.workspace.v1.WorkspaceEventKind
-	58, // 32: berth.workspace.v1.WatchEventsResponse.event:type_name -> berth.workspace.v1.WorkspaceEvent
-	59, // 33: berth.workspace.v1.CreateWorkspaceResponse.PullProgress.layers:type_name -> berth.workspace.v1.LayerProgress
-	51, // 34: berth.workspace.v1.CreateWorkspaceResponse.Ready.workspace:type_name -> berth.workspace.v1.Workspace
-	56, // 35: berth.workspace.v1.ImportDataRequest.Header.format:type_name -> berth.workspace.v1.ArchiveFormat
-	0,  // 36: berth.workspace.v1.WorkspaceService.CreateWorkspace:input_type -> berth.workspace.v1.CreateWorkspaceRequest
-	2,  // 37: berth.workspace.v1.WorkspaceService.GetWorkspace:input_type -> berth.workspace.v1.GetWorkspaceRequest
-	4,  // 38: berth.workspace.v1.WorkspaceService.ListWorkspaces:input_type -> berth.workspace.v1.ListWorkspacesRequest
-	6,  // 39: berth.workspace.v1.WorkspaceService.StartWorkspace:input_type -> berth.workspace.v1.StartWorkspaceRequest
-	8,  // 40: berth.workspace.v1.WorkspaceService.StopWorkspace:input_type -> berth.workspace.v1.StopWorkspaceRequest
-	10, // 41: berth.workspace.v1.WorkspaceService.DeleteWorkspace:input_type -> berth.workspace.v1.DeleteWorkspaceRequest
-	12, // 42: berth.workspace.v1.WorkspaceService.RestoreData:input_type -> berth.workspace.v1.RestoreDataRequest
-	14, // 43: berth.workspace.v1.WorkspaceService.ResetData:input_type -> berth.workspace.v1.ResetDataRequest
-	16, // 44: berth.workspace.v1.WorkspaceService.GetMetrics:input_type -> berth.workspace.v1.GetMetricsRequest
-	18, // 45: berth.workspace.v1.WorkspaceService.WatchMetrics:input_type -> berth.workspace.v1.WatchMetricsRequest
-	20, // 46: berth.workspace.v1.WorkspaceService.CreateSnapshot:input_type -> berth.workspace.v1.CreateSnapshotRequest
-	22, // 47: berth.workspace.v1.WorkspaceService.ListSnapshots:input_type -> berth.workspace.v1.ListSnapshotsRequest
-	24, // 48: berth.workspace.v1.WorkspaceService.DeleteSnapshot:input_type -> berth.workspace.v1.DeleteSnapshotRequest
-	26, // 49: berth.workspace.v1.WorkspaceService.RestoreSnapshot:input_type -> berth.workspace.v1.RestoreSnapshotRequest
-	28, // 50: berth.workspace.v1.WorkspaceService.ListVersions:input_type -> berth.workspace.v1.ListVersionsRequest
-	30, // 51: berth.workspace.v1.WorkspaceService.ExportData:input_type -> berth.workspace.v1.ExportDataRequest
-	32, // 52: berth.workspace.v1.WorkspaceService.ImportData:input_type -> berth.workspace.v1.ImportDataRequest
-	34, // 53: berth.workspace.v1.WorkspaceService.ImportDataChunk:input_type -> berth.workspace.v1.ImportDataChunkRequest
-	36, // 54: berth.workspace.v1.WorkspaceService.WatchEvents:input_type -> berth.workspace.v1.WatchEventsRequest
-	1,  // 55: berth.workspace.v1.WorkspaceService.CreateWorkspace:output_type -> berth.workspace.v1.CreateWorkspaceResponse
-	3,  // 56: berth.workspace.v1.WorkspaceService.GetWorkspace:output_type -> berth.workspace.v1.GetWorkspaceResponse
-	5,  // 57: berth.workspace.v1.WorkspaceService.ListWorkspaces:output_type -> berth.workspace.v1.ListWorkspacesResponse
-	7,  // 58: berth.workspace.v1.WorkspaceService.StartWorkspace:output_type -> berth.workspace.v1.StartWorkspaceResponse
-	9,  // 59: berth.workspace.v1.WorkspaceService.StopWorkspace:output_type -> berth.workspace.v1.StopWorkspaceResponse
-	11, // 60: berth.workspace.v1.WorkspaceService.DeleteWorkspace:output_type -> berth.workspace.v1.DeleteWorkspaceResponse
-	13, // 61: berth.workspace.v1.WorkspaceService.RestoreData:output_type -> berth.workspace.v1.RestoreDataResponse
-	15, // 62: berth.workspace.v1.WorkspaceService.ResetData:output_type -> berth.workspace.v1.ResetDataResponse
-	17, // 63: berth.workspace.v1.WorkspaceService.GetMetrics:output_type -> berth.workspace.v1.GetMetricsResponse
-	19, // 64: berth.workspace.v1.WorkspaceService.WatchMetrics:output_type -> berth.workspace.v1.WatchMetricsResponse
-	21, // 65: berth.workspace.v1.WorkspaceService.CreateSnapshot:output_type -> berth.workspace.v1.CreateSnapshotResponse
-	23, // 66: berth.workspace.v1.WorkspaceService.ListSnapshots:output_type -> berth.workspace.v1.ListSnapshotsResponse
-	25, // 67: berth.workspace.v1.WorkspaceService.DeleteSnapshot:output_type -> berth.workspace.v1.DeleteSnapshotResponse
-	27, // 68: berth.workspace.v1.WorkspaceService.RestoreSnapshot:output_type -> berth.workspace.v1.RestoreSnapshotResponse
-	29, // 69: berth.workspace.v1.WorkspaceService.ListVersions:output_type -> berth.workspace.v1.ListVersionsResponse
-	31, // 70: berth.workspace.v1.WorkspaceService.ExportData:output_type -> berth.workspace.v1.ExportDataResponse
-	33, // 71: berth.workspace.v1.WorkspaceService.ImportData:output_type -> berth.workspace.v1.ImportDataResponse
-	35, // 72: berth.workspace.v1.WorkspaceService.ImportDataChunk:output_type -> berth.workspace.v1.ImportDataChunkResponse
-	37, // 73: berth.workspace.v1.WorkspaceService.WatchEvents:output_type -> berth.workspace.v1.WatchEventsResponse
-	55, // [55:74] is the sub-list for method output_type
-	36, // [36:55] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	40, // 0: berth.workspace.v1.CreateWorkspaceRequest.labels:type_name -> berth.workspace.v1.CreateWorkspaceRequest.LabelsEntry
+	41, // 1: berth.workspace.v1.CreateWorkspaceRequest.env:type_name -> berth.workspace.v1.CreateWorkspaceRequest.EnvEntry
+	53, // 2: berth.workspace.v1.CreateWorkspaceRequest.resources:type_name -> berth.workspace.v1.Resources
+	54, // 3: berth.workspace.v1.CreateWorkspaceRequest.pull_policy:type_name -> berth.workspace.v1.PullPolicy
+	42, // 4: berth.workspace.v1.CreateWorkspaceResponse.pulling:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Pulling
+	43, // 5: berth.workspace.v1.CreateWorkspaceResponse.pull_progress:type_name -> berth.workspace.v1.CreateWorkspaceResponse.PullProgress
+	44, // 6: berth.workspace.v1.CreateWorkspaceResponse.unpacking:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Unpacking
+	45, // 7: berth.workspace.v1.CreateWorkspaceResponse.creating:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Creating
+	46, // 8: berth.workspace.v1.CreateWorkspaceResponse.restoring:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Restoring
+	47, // 9: berth.workspace.v1.CreateWorkspaceResponse.ready:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Ready
+	55, // 10: berth.workspace.v1.GetWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	55, // 11: berth.workspace.v1.ListWorkspacesResponse.workspaces:type_name -> berth.workspace.v1.Workspace
+	55, // 12: berth.workspace.v1.StartWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	56, // 13: berth.workspace.v1.StopWorkspaceRequest.timeout:type_name -> google.protobuf.Duration
+	55, // 14: berth.workspace.v1.StopWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	55, // 15: berth.workspace.v1.RestoreDataResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	55, // 16: berth.workspace.v1.ResetDataResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	57, // 17: berth.workspace.v1.UpdateWorkspaceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	54, // 18: berth.workspace.v1.UpdateWorkspaceRequest.pull_policy:type_name -> berth.workspace.v1.PullPolicy
+	53, // 19: berth.workspace.v1.UpdateWorkspaceRequest.resources:type_name -> berth.workspace.v1.Resources
+	48, // 20: berth.workspace.v1.UpdateWorkspaceRequest.labels:type_name -> berth.workspace.v1.UpdateWorkspaceRequest.LabelsEntry
+	49, // 21: berth.workspace.v1.UpdateWorkspaceRequest.env:type_name -> berth.workspace.v1.UpdateWorkspaceRequest.EnvEntry
+	55, // 22: berth.workspace.v1.UpdateWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	58, // 23: berth.workspace.v1.UpdateWorkspaceResponse.version:type_name -> berth.workspace.v1.Version
+	59, // 24: berth.workspace.v1.GetMetricsResponse.metrics:type_name -> berth.workspace.v1.WorkspaceMetrics
+	56, // 25: berth.workspace.v1.WatchMetricsRequest.interval:type_name -> google.protobuf.Duration
+	59, // 26: berth.workspace.v1.WatchMetricsResponse.metrics:type_name -> berth.workspace.v1.WorkspaceMetrics
+	50, // 27: berth.workspace.v1.CreateSnapshotRequest.labels:type_name -> berth.workspace.v1.CreateSnapshotRequest.LabelsEntry
+	60, // 28: berth.workspace.v1.CreateSnapshotResponse.snapshot:type_name -> berth.workspace.v1.Snapshot
+	60, // 29: berth.workspace.v1.ListSnapshotsResponse.snapshots:type_name -> berth.workspace.v1.Snapshot
+	55, // 30: berth.workspace.v1.RestoreSnapshotResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	58, // 31: berth.workspace.v1.RestoreSnapshotResponse.version:type_name -> berth.workspace.v1.Version
+	58, // 32: berth.workspace.v1.ListVersionsResponse.versions:type_name -> berth.workspace.v1.Version
+	61, // 33: berth.workspace.v1.ExportDataRequest.format:type_name -> berth.workspace.v1.ArchiveFormat
+	51, // 34: berth.workspace.v1.ExportDataResponse.trailer:type_name -> berth.workspace.v1.ExportDataResponse.Trailer
+	52, // 35: berth.workspace.v1.ImportDataRequest.header:type_name -> berth.workspace.v1.ImportDataRequest.Header
+	61, // 36: berth.workspace.v1.ImportDataChunkRequest.format:type_name -> berth.workspace.v1.ArchiveFormat
+	56, // 37: berth.workspace.v1.WatchEventsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	62, // 38: berth.workspace.v1.WatchEventsRequest.kinds:type_name -> berth.workspace.v1.WorkspaceEventKind
+	63, // 39: berth.workspace.v1.WatchEventsResponse.event:type_name -> berth.workspace.v1.WorkspaceEvent
+	64, // 40: berth.workspace.v1.CreateWorkspaceResponse.PullProgress.layers:type_name -> berth.workspace.v1.LayerProgress
+	55, // 41: berth.workspace.v1.CreateWorkspaceResponse.Ready.workspace:type_name -> berth.workspace.v1.Workspace
+	61, // 42: berth.workspace.v1.ImportDataRequest.Header.format:type_name -> berth.workspace.v1.ArchiveFormat
+	0,  // 43: berth.workspace.v1.WorkspaceService.CreateWorkspace:input_type -> berth.workspace.v1.CreateWorkspaceRequest
+	2,  // 44: berth.workspace.v1.WorkspaceService.GetWorkspace:input_type -> berth.workspace.v1.GetWorkspaceRequest
+	4,  // 45: berth.workspace.v1.WorkspaceService.ListWorkspaces:input_type -> berth.workspace.v1.ListWorkspacesRequest
+	6,  // 46: berth.workspace.v1.WorkspaceService.StartWorkspace:input_type -> berth.workspace.v1.StartWorkspaceRequest
+	8,  // 47: berth.workspace.v1.WorkspaceService.StopWorkspace:input_type -> berth.workspace.v1.StopWorkspaceRequest
+	10, // 48: berth.workspace.v1.WorkspaceService.DeleteWorkspace:input_type -> berth.workspace.v1.DeleteWorkspaceRequest
+	12, // 49: berth.workspace.v1.WorkspaceService.RestoreData:input_type -> berth.workspace.v1.RestoreDataRequest
+	14, // 50: berth.workspace.v1.WorkspaceService.ResetData:input_type -> berth.workspace.v1.ResetDataRequest
+	16, // 51: berth.workspace.v1.WorkspaceService.UpdateWorkspace:input_type -> berth.workspace.v1.UpdateWorkspaceRequest
+	18, // 52: berth.workspace.v1.WorkspaceService.GetMetrics:input_type -> berth.workspace.v1.GetMetricsRequest
+	20, // 53: berth.workspace.v1.WorkspaceService.WatchMetrics:input_type -> berth.workspace.v1.WatchMetricsRequest
+	22, // 54: berth.workspace.v1.WorkspaceService.CreateSnapshot:input_type -> berth.workspace.v1.CreateSnapshotRequest
+	24, // 55: berth.workspace.v1.WorkspaceService.ListSnapshots:input_type -> berth.workspace.v1.ListSnapshotsRequest
+	26, // 56: berth.workspace.v1.WorkspaceService.DeleteSnapshot:input_type -> berth.workspace.v1.DeleteSnapshotRequest
+	28, // 57: berth.workspace.v1.WorkspaceService.RestoreSnapshot:input_type -> berth.workspace.v1.RestoreSnapshotRequest
+	30, // 58: berth.workspace.v1.WorkspaceService.ListVersions:input_type -> berth.workspace.v1.ListVersionsRequest
+	32, // 59: berth.workspace.v1.WorkspaceService.ExportData:input_type -> berth.workspace.v1.ExportDataRequest
+	34, // 60: berth.workspace.v1.WorkspaceService.ImportData:input_type -> berth.workspace.v1.ImportDataRequest
+	36, // 61: berth.workspace.v1.WorkspaceService.ImportDataChunk:input_type -> berth.workspace.v1.ImportDataChunkRequest
+	38, // 62: berth.workspace.v1.WorkspaceService.WatchEvents:input_type -> berth.workspace.v1.WatchEventsRequest
+	1,  // 63: berth.workspace.v1.WorkspaceService.CreateWorkspace:output_type -> berth.workspace.v1.CreateWorkspaceResponse
+	3,  // 64: berth.workspace.v1.WorkspaceService.GetWorkspace:output_type -> berth.workspace.v1.GetWorkspaceResponse
+	5,  // 65: berth.workspace.v1.WorkspaceService.ListWorkspaces:output_type -> berth.workspace.v1.ListWorkspacesResponse
+	7,  // 66: berth.workspace.v1.WorkspaceService.StartWorkspace:output_type -> berth.workspace.v1.StartWorkspaceResponse
+	9,  // 67: berth.workspace.v1.WorkspaceService.StopWorkspace:output_type -> berth.workspace.v1.StopWorkspaceResponse
+	11, // 68: berth.workspace.v1.WorkspaceService.DeleteWorkspace:output_type -> berth.workspace.v1.DeleteWorkspaceResponse
+	13, // 69: berth.workspace.v1.WorkspaceService.RestoreData:output_type -> berth.workspace.v1.RestoreDataResponse
+	15, // 70: berth.workspace.v1.WorkspaceService.ResetData:output_type -> berth.workspace.v1.ResetDataResponse
+	17, // 71: berth.workspace.v1.WorkspaceService.UpdateWorkspace:output_type -> berth.workspace.v1.UpdateWorkspaceResponse
+	19, // 72: berth.workspace.v1.WorkspaceService.GetMetrics:output_type -> berth.workspace.v1.GetMetricsResponse
+	21, // 73: berth.workspace.v1.WorkspaceService.WatchMetrics:output_type -> berth.workspace.v1.WatchMetricsResponse
+	23, // 74: berth.workspace.v1.WorkspaceService.CreateSnapshot:output_type -> berth.workspace.v1.CreateSnapshotResponse
+	25, // 75: berth.workspace.v1.WorkspaceService.ListSnapshots:output_type -> berth.workspace.v1.ListSnapshotsResponse
+	27, // 76: berth.workspace.v1.WorkspaceService.DeleteSnapshot:output_type -> berth.workspace.v1.DeleteSnapshotResponse
+	29, // 77: berth.workspace.v1.WorkspaceService.RestoreSnapshot:output_type -> berth.workspace.v1.RestoreSnapshotResponse
+	31, // 78: berth.workspace.v1.WorkspaceService.ListVersions:output_type -> berth.workspace.v1.ListVersionsResponse
+	33, // 79: berth.workspace.v1.WorkspaceService.ExportData:output_type -> berth.workspace.v1.ExportDataResponse
+	35, // 80: berth.workspace.v1.WorkspaceService.ImportData:output_type -> berth.workspace.v1.ImportDataResponse
+	37, // 81: berth.workspace.v1.WorkspaceService.ImportDataChunk:output_type -> berth.workspace.v1.ImportDataChunkResponse
+	39, // 82: berth.workspace.v1.WorkspaceService.WatchEvents:output_type -> berth.workspace.v1.WatchEventsResponse
+	63, // [63:83] is the sub-list for method output_type
+	43, // [43:63] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_berth_workspace_v1_workspace_service_proto_init() }
@@ -3298,15 +3516,15 @@ func file_berth_workspace_v1_workspace_service_proto_init() {
 		(*CreateWorkspaceResponse_Restoring_)(nil),
 		(*CreateWorkspaceResponse_Ready_)(nil),
 	}
-	file_berth_workspace_v1_workspace_service_proto_msgTypes[26].OneofWrappers = []any{
+	file_berth_workspace_v1_workspace_service_proto_msgTypes[28].OneofWrappers = []any{
 		(*RestoreSnapshotRequest_SnapshotName)(nil),
 		(*RestoreSnapshotRequest_Version)(nil),
 	}
-	file_berth_workspace_v1_workspace_service_proto_msgTypes[31].OneofWrappers = []any{
+	file_berth_workspace_v1_workspace_service_proto_msgTypes[33].OneofWrappers = []any{
 		(*ExportDataResponse_Chunk)(nil),
 		(*ExportDataResponse_Trailer_)(nil),
 	}
-	file_berth_workspace_v1_workspace_service_proto_msgTypes[32].OneofWrappers = []any{
+	file_berth_workspace_v1_workspace_service_proto_msgTypes[34].OneofWrappers = []any{
 		(*ImportDataRequest_Header_)(nil),
 		(*ImportDataRequest_Chunk)(nil),
 	}
@@ -3316,7 +3534,7 @@ func file_berth_workspace_v1_workspace_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_workspace_v1_workspace_service_proto_rawDesc), len(file_berth_workspace_v1_workspace_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   49,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	WorkspaceService_DeleteWorkspace_FullMethodName = "/berth.workspace.v1.WorkspaceService/DeleteWorkspace"
 	WorkspaceService_RestoreData_FullMethodName     = "/berth.workspace.v1.WorkspaceService/RestoreData"
 	WorkspaceService_ResetData_FullMethodName       = "/berth.workspace.v1.WorkspaceService/ResetData"
+	WorkspaceService_UpdateWorkspace_FullMethodName = "/berth.workspace.v1.WorkspaceService/UpdateWorkspace"
 	WorkspaceService_GetMetrics_FullMethodName      = "/berth.workspace.v1.WorkspaceService/GetMetrics"
 	WorkspaceService_WatchMetrics_FullMethodName    = "/berth.workspace.v1.WorkspaceService/WatchMetrics"
 	WorkspaceService_CreateSnapshot_FullMethodName  = "/berth.workspace.v1.WorkspaceService/CreateSnapshot"
@@ -84,6 +85,25 @@ type WorkspaceServiceClient interface {
 	RestoreData(ctx context.Context, in *RestoreDataRequest, opts ...grpc.CallOption) (*RestoreDataResponse, error)
 	// Empties /data of a workspace. The directory itself stays.
 	ResetData(ctx context.Context, in *ResetDataRequest, opts ...grpc.CallOption) (*ResetDataResponse, error)
+	// Changes a workspace in place; `update_mask` names the fields to change, and the request's
+	// fields of those names hold the new values.
+	//
+	// `image` moves the workspace onto another image (or a newer build of the same reference,
+	// with PULL_POLICY_ALWAYS) while keeping /data: the image is pulled, the current filesystem is
+	// kept as a SYSTEM snapshot, a fresh writable layer is prepared on the new image, /data is
+	// copied into it before the task starts, and a version with reason IMAGE_CHANGE is recorded.
+	// Everything else the bot installed outside /data stays in the SYSTEM snapshot:
+	// RestoreSnapshot of it goes back to the old image and state. A running workspace is
+	// restarted (processes started through ProcessService end with a message saying why); a
+	// stopped one stays stopped. An image whose manifest digest equals the current one changes
+	// nothing. The change is detached from the caller and crash safe: an interrupted one leaves
+	// the old or the new state, never a mix.
+	//
+	// The other fields of the mask (`resources`, `labels`, `env`, `cdi_devices`) are not supported
+	// yet: a mask naming one fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything
+	// changes. An empty mask or an unknown path fails with INVALID_ARGUMENT and reason
+	// INVALID_ARGUMENT.
+	UpdateWorkspace(ctx context.Context, in *UpdateWorkspaceRequest, opts ...grpc.CallOption) (*UpdateWorkspaceResponse, error)
 	// Returns one sample of a workspace's resource usage.
 	GetMetrics(ctx context.Context, in *GetMetricsRequest, opts ...grpc.CallOption) (*GetMetricsResponse, error)
 	// Streams samples of a workspace's resource usage, one per `interval`, until the client
@@ -101,7 +121,9 @@ type WorkspaceServiceClient interface {
 	DeleteSnapshot(ctx context.Context, in *DeleteSnapshotRequest, opts ...grpc.CallOption) (*DeleteSnapshotResponse, error)
 	// Rolls a workspace back to a snapshot, chosen by name or by version: a fresh writable layer is
 	// prepared on top of it and the changes since are discarded. Creates a new version with reason
-	// RESTORE. A running workspace is restarted on the restored filesystem.
+	// RESTORE. A running workspace is restarted on the restored filesystem. A snapshot taken on
+	// another image (such as the SYSTEM snapshot an image change keeps) moves the workspace back
+	// onto that image, which must still be present in containerd or pullable.
 	RestoreSnapshot(ctx context.Context, in *RestoreSnapshotRequest, opts ...grpc.CallOption) (*RestoreSnapshotResponse, error)
 	// Lists a workspace's version history, oldest first, with its current version.
 	ListVersions(ctx context.Context, in *ListVersionsRequest, opts ...grpc.CallOption) (*ListVersionsResponse, error)
@@ -224,6 +246,16 @@ func (c *workspaceServiceClient) ResetData(ctx context.Context, in *ResetDataReq
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ResetDataResponse)
 	err := c.cc.Invoke(ctx, WorkspaceService_ResetData_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *workspaceServiceClient) UpdateWorkspace(ctx context.Context, in *UpdateWorkspaceRequest, opts ...grpc.CallOption) (*UpdateWorkspaceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateWorkspaceResponse)
+	err := c.cc.Invoke(ctx, WorkspaceService_UpdateWorkspace_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -414,6 +446,25 @@ type WorkspaceServiceServer interface {
 	RestoreData(context.Context, *RestoreDataRequest) (*RestoreDataResponse, error)
 	// Empties /data of a workspace. The directory itself stays.
 	ResetData(context.Context, *ResetDataRequest) (*ResetDataResponse, error)
+	// Changes a workspace in place; `update_mask` names the fields to change, and the request's
+	// fields of those names hold the new values.
+	//
+	// `image` moves the workspace onto another image (or a newer build of the same reference,
+	// with PULL_POLICY_ALWAYS) while keeping /data: the image is pulled, the current filesystem is
+	// kept as a SYSTEM snapshot, a fresh writable layer is prepared on the new image, /data is
+	// copied into it before the task starts, and a version with reason IMAGE_CHANGE is recorded.
+	// Everything else the bot installed outside /data stays in the SYSTEM snapshot:
+	// RestoreSnapshot of it goes back to the old image and state. A running workspace is
+	// restarted (processes started through ProcessService end with a message saying why); a
+	// stopped one stays stopped. An image whose manifest digest equals the current one changes
+	// nothing. The change is detached from the caller and crash safe: an interrupted one leaves
+	// the old or the new state, never a mix.
+	//
+	// The other fields of the mask (`resources`, `labels`, `env`, `cdi_devices`) are not supported
+	// yet: a mask naming one fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything
+	// changes. An empty mask or an unknown path fails with INVALID_ARGUMENT and reason
+	// INVALID_ARGUMENT.
+	UpdateWorkspace(context.Context, *UpdateWorkspaceRequest) (*UpdateWorkspaceResponse, error)
 	// Returns one sample of a workspace's resource usage.
 	GetMetrics(context.Context, *GetMetricsRequest) (*GetMetricsResponse, error)
 	// Streams samples of a workspace's resource usage, one per `interval`, until the client
@@ -431,7 +482,9 @@ type WorkspaceServiceServer interface {
 	DeleteSnapshot(context.Context, *DeleteSnapshotRequest) (*DeleteSnapshotResponse, error)
 	// Rolls a workspace back to a snapshot, chosen by name or by version: a fresh writable layer is
 	// prepared on top of it and the changes since are discarded. Creates a new version with reason
-	// RESTORE. A running workspace is restarted on the restored filesystem.
+	// RESTORE. A running workspace is restarted on the restored filesystem. A snapshot taken on
+	// another image (such as the SYSTEM snapshot an image change keeps) moves the workspace back
+	// onto that image, which must still be present in containerd or pullable.
 	RestoreSnapshot(context.Context, *RestoreSnapshotRequest) (*RestoreSnapshotResponse, error)
 	// Lists a workspace's version history, oldest first, with its current version.
 	ListVersions(context.Context, *ListVersionsRequest) (*ListVersionsResponse, error)
@@ -494,6 +547,9 @@ func (UnimplementedWorkspaceServiceServer) RestoreData(context.Context, *Restore
 }
 func (UnimplementedWorkspaceServiceServer) ResetData(context.Context, *ResetDataRequest) (*ResetDataResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResetData not implemented")
+}
+func (UnimplementedWorkspaceServiceServer) UpdateWorkspace(context.Context, *UpdateWorkspaceRequest) (*UpdateWorkspaceResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateWorkspace not implemented")
 }
 func (UnimplementedWorkspaceServiceServer) GetMetrics(context.Context, *GetMetricsRequest) (*GetMetricsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetMetrics not implemented")
@@ -682,6 +738,24 @@ func _WorkspaceService_ResetData_Handler(srv interface{}, ctx context.Context, d
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(WorkspaceServiceServer).ResetData(ctx, req.(*ResetDataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _WorkspaceService_UpdateWorkspace_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateWorkspaceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkspaceServiceServer).UpdateWorkspace(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WorkspaceService_UpdateWorkspace_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkspaceServiceServer).UpdateWorkspace(ctx, req.(*UpdateWorkspaceRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -886,6 +960,10 @@ var WorkspaceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResetData",
 			Handler:    _WorkspaceService_ResetData_Handler,
+		},
+		{
+			MethodName: "UpdateWorkspace",
+			Handler:    _WorkspaceService_UpdateWorkspace_Handler,
 		},
 		{
 			MethodName: "GetMetrics",

@@ -247,7 +247,9 @@ class _VersionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Version
     VERSION_REASON_RESTORE: _VersionReason.ValueType  # 3
     """The workspace was restored to a snapshot; the version's `snapshot_name` names it."""
     VERSION_REASON_IMAGE_CHANGE: _VersionReason.ValueType  # 4
-    """The workspace was moved onto another image; the version's `image` names it."""
+    """The workspace was moved onto another image (UpdateWorkspace); the version's `image` names
+    it and its `snapshot_name` the SYSTEM snapshot of the state before.
+    """
 
 class VersionReason(_VersionReason, metaclass=_VersionReasonEnumTypeWrapper):
     """VersionReason says why a workspace got a new version."""
@@ -261,7 +263,9 @@ VERSION_REASON_SNAPSHOT: VersionReason.ValueType  # 2
 VERSION_REASON_RESTORE: VersionReason.ValueType  # 3
 """The workspace was restored to a snapshot; the version's `snapshot_name` names it."""
 VERSION_REASON_IMAGE_CHANGE: VersionReason.ValueType  # 4
-"""The workspace was moved onto another image; the version's `image` names it."""
+"""The workspace was moved onto another image (UpdateWorkspace); the version's `image` names
+it and its `snapshot_name` the SYSTEM snapshot of the state before.
+"""
 Global___VersionReason: _TypeAlias = VersionReason  # noqa: Y015
 
 class _WorkspaceEventKind:
@@ -509,7 +513,8 @@ class Workspace(_message.Message):
     image: _builtins.str
     """Image reference as normalized by berth, for example `docker.io/library/debian:bookworm`."""
     image_digest: _builtins.str
-    """Digest of the image manifest the workspace was created from, for example `sha256:...`.
+    """Digest of the image manifest the workspace runs on (the one it was created from, or moved
+    onto by UpdateWorkspace or RestoreSnapshot), for example `sha256:...`.
     Empty while the image is still being resolved.
     """
     container_id: _builtins.str
@@ -725,7 +730,10 @@ class Version(_message.Message):
     reason: Global___VersionReason.ValueType
     """Why this version was created."""
     snapshot_name: _builtins.str
-    """Snapshot taken (SNAPSHOT) or restored (RESTORE) by this version. Empty for other reasons."""
+    """Snapshot taken (SNAPSHOT) or restored (RESTORE) by this version; for IMAGE_CHANGE, the
+    SYSTEM snapshot holding the state before the change. Restoring the version restores that
+    snapshot. Empty for CREATE.
+    """
     image: _builtins.str
     """Normalized image reference the workspace ran on at this version."""
     image_digest: _builtins.str

@@ -7,6 +7,7 @@ from berth.workspace.v1 import workspace_pb2 as _workspace_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 import builtins as _builtins
@@ -700,6 +701,151 @@ class ResetDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResetDataResponse: _TypeAlias = ResetDataResponse  # noqa: Y015
+
+@_typing.final
+class UpdateWorkspaceRequest(_message.Message):
+    """UpdateWorkspaceRequest names a workspace, the fields to change and their new values."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    PULL_POLICY_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    CDI_DEVICES_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """Identifier of the workspace. Required."""
+    image: _builtins.str
+    """New image reference, normalized like CreateWorkspace's `image`. Empty means the server's
+    `--default-image`. Malformed references fail with INVALID_ARGUMENT and reason
+    INVALID_IMAGE_REFERENCE; an image that cannot be pulled fails like CreateWorkspace's pull,
+    before the workspace changes.
+    """
+    pull_policy: _workspace_pb2.PullPolicy.ValueType
+    """When to contact the registry for `image`. Unset means PULL_POLICY_IF_NOT_PRESENT; pass
+    PULL_POLICY_ALWAYS to pick up a newer build of the same reference.
+    """
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to change, by their names in this message: `image`, `resources`, `labels`,
+        `env`, `cdi_devices`. Required. Fields not named are ignored even when set.
+        """
+
+    @_builtins.property
+    def resources(self) -> _workspace_pb2.Resources:
+        """New resource limits (not supported yet)."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """New labels, replacing all of the current ones (not supported yet)."""
+
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """New environment variables, replacing all of the current ones (not supported yet)."""
+
+    @_builtins.property
+    def cdi_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """New CDI device names (not supported yet)."""
+
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        image: _builtins.str = ...,
+        pull_policy: _workspace_pb2.PullPolicy.ValueType = ...,
+        resources: _workspace_pb2.Resources | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        cdi_devices: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cdi_devices", b"cdi_devices", "env", b"env", "image", b"image", "labels", b"labels", "pull_policy", b"pull_policy", "resources", b"resources", "update_mask", b"update_mask", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateWorkspaceRequest: _TypeAlias = UpdateWorkspaceRequest  # noqa: Y015
+
+@_typing.final
+class UpdateWorkspaceResponse(_message.Message):
+    """UpdateWorkspaceResponse holds the workspace after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    RESTARTED_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    restarted: _builtins.bool
+    """Whether the workspace's task was stopped and started again for the change."""
+    @_builtins.property
+    def workspace(self) -> _workspace_pb2.Workspace:
+        """The workspace as it is after the call."""
+
+    @_builtins.property
+    def version(self) -> _workspace_pb2.Version:
+        """The version the change created; unset when nothing changed. For an image change, its
+        reason is IMAGE_CHANGE, its `image` the new image and its `snapshot_name` the SYSTEM
+        snapshot holding the state before the change.
+        """
+
+    def __init__(
+        self,
+        *,
+        workspace: _workspace_pb2.Workspace | None = ...,
+        restarted: _builtins.bool = ...,
+        version: _workspace_pb2.Version | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version", "workspace", b"workspace"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["restarted", b"restarted", "version", b"version", "workspace", b"workspace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateWorkspaceResponse: _TypeAlias = UpdateWorkspaceResponse  # noqa: Y015
 
 @_typing.final
 class GetMetricsRequest(_message.Message):

@@ -82,6 +82,11 @@ class WorkspaceServiceStub:
                 request_serializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.ResetDataRequest.SerializeToString,
                 response_deserializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.ResetDataResponse.FromString,
                 _registered_method=True)
+        self.UpdateWorkspace = channel.unary_unary(
+                '/berth.workspace.v1.WorkspaceService/UpdateWorkspace',
+                request_serializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.UpdateWorkspaceRequest.SerializeToString,
+                response_deserializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.UpdateWorkspaceResponse.FromString,
+                _registered_method=True)
         self.GetMetrics = channel.unary_unary(
                 '/berth.workspace.v1.WorkspaceService/GetMetrics',
                 request_serializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.GetMetricsRequest.SerializeToString,
@@ -221,6 +226,30 @@ class WorkspaceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateWorkspace(self, request, context):
+        """Changes a workspace in place; `update_mask` names the fields to change, and the request's
+        fields of those names hold the new values.
+
+        `image` moves the workspace onto another image (or a newer build of the same reference,
+        with PULL_POLICY_ALWAYS) while keeping /data: the image is pulled, the current filesystem is
+        kept as a SYSTEM snapshot, a fresh writable layer is prepared on the new image, /data is
+        copied into it before the task starts, and a version with reason IMAGE_CHANGE is recorded.
+        Everything else the bot installed outside /data stays in the SYSTEM snapshot:
+        RestoreSnapshot of it goes back to the old image and state. A running workspace is
+        restarted (processes started through ProcessService end with a message saying why); a
+        stopped one stays stopped. An image whose manifest digest equals the current one changes
+        nothing. The change is detached from the caller and crash safe: an interrupted one leaves
+        the old or the new state, never a mix.
+
+        The other fields of the mask (`resources`, `labels`, `env`, `cdi_devices`) are not supported
+        yet: a mask naming one fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything
+        changes. An empty mask or an unknown path fails with INVALID_ARGUMENT and reason
+        INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetMetrics(self, request, context):
         """Returns one sample of a workspace's resource usage.
         """
@@ -264,7 +293,9 @@ class WorkspaceServiceServicer:
     def RestoreSnapshot(self, request, context):
         """Rolls a workspace back to a snapshot, chosen by name or by version: a fresh writable layer is
         prepared on top of it and the changes since are discarded. Creates a new version with reason
-        RESTORE. A running workspace is restarted on the restored filesystem.
+        RESTORE. A running workspace is restarted on the restored filesystem. A snapshot taken on
+        another image (such as the SYSTEM snapshot an image change keeps) moves the workspace back
+        onto that image, which must still be present in containerd or pullable.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -365,6 +396,11 @@ def add_WorkspaceServiceServicer_to_server(servicer, server):
                     servicer.ResetData,
                     request_deserializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.ResetDataRequest.FromString,
                     response_serializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.ResetDataResponse.SerializeToString,
+            ),
+            'UpdateWorkspace': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateWorkspace,
+                    request_deserializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.UpdateWorkspaceRequest.FromString,
+                    response_serializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.UpdateWorkspaceResponse.SerializeToString,
             ),
             'GetMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMetrics,
@@ -646,6 +682,33 @@ class WorkspaceService:
             '/berth.workspace.v1.WorkspaceService/ResetData',
             berth_dot_workspace_dot_v1_dot_workspace__service__pb2.ResetDataRequest.SerializeToString,
             berth_dot_workspace_dot_v1_dot_workspace__service__pb2.ResetDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateWorkspace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.workspace.v1.WorkspaceService/UpdateWorkspace',
+            berth_dot_workspace_dot_v1_dot_workspace__service__pb2.UpdateWorkspaceRequest.SerializeToString,
+            berth_dot_workspace_dot_v1_dot_workspace__service__pb2.UpdateWorkspaceResponse.FromString,
             options,
             channel_credentials,
             insecure,

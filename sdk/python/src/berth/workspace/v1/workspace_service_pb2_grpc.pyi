@@ -77,6 +77,26 @@ class WorkspaceServiceStub:
     """
     ResetData: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.ResetDataRequest, _workspace_service_pb2.ResetDataResponse]
     """Empties /data of a workspace. The directory itself stays."""
+    UpdateWorkspace: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.UpdateWorkspaceRequest, _workspace_service_pb2.UpdateWorkspaceResponse]
+    """Changes a workspace in place; `update_mask` names the fields to change, and the request's
+    fields of those names hold the new values.
+
+    `image` moves the workspace onto another image (or a newer build of the same reference,
+    with PULL_POLICY_ALWAYS) while keeping /data: the image is pulled, the current filesystem is
+    kept as a SYSTEM snapshot, a fresh writable layer is prepared on the new image, /data is
+    copied into it before the task starts, and a version with reason IMAGE_CHANGE is recorded.
+    Everything else the bot installed outside /data stays in the SYSTEM snapshot:
+    RestoreSnapshot of it goes back to the old image and state. A running workspace is
+    restarted (processes started through ProcessService end with a message saying why); a
+    stopped one stays stopped. An image whose manifest digest equals the current one changes
+    nothing. The change is detached from the caller and crash safe: an interrupted one leaves
+    the old or the new state, never a mix.
+
+    The other fields of the mask (`resources`, `labels`, `env`, `cdi_devices`) are not supported
+    yet: a mask naming one fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything
+    changes. An empty mask or an unknown path fails with INVALID_ARGUMENT and reason
+    INVALID_ARGUMENT.
+    """
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.GetMetricsRequest, _workspace_service_pb2.GetMetricsResponse]
     """Returns one sample of a workspace's resource usage."""
     WatchMetrics: _grpc.UnaryStreamMultiCallable[_workspace_service_pb2.WatchMetricsRequest, _workspace_service_pb2.WatchMetricsResponse]
@@ -99,7 +119,9 @@ class WorkspaceServiceStub:
     RestoreSnapshot: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.RestoreSnapshotRequest, _workspace_service_pb2.RestoreSnapshotResponse]
     """Rolls a workspace back to a snapshot, chosen by name or by version: a fresh writable layer is
     prepared on top of it and the changes since are discarded. Creates a new version with reason
-    RESTORE. A running workspace is restarted on the restored filesystem.
+    RESTORE. A running workspace is restarted on the restored filesystem. A snapshot taken on
+    another image (such as the SYSTEM snapshot an image change keeps) moves the workspace back
+    onto that image, which must still be present in containerd or pullable.
     """
     ListVersions: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.ListVersionsRequest, _workspace_service_pb2.ListVersionsResponse]
     """Lists a workspace's version history, oldest first, with its current version."""
@@ -183,6 +205,26 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     """
     ResetData: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.ResetDataRequest, _workspace_service_pb2.ResetDataResponse]  # type: ignore[assignment]
     """Empties /data of a workspace. The directory itself stays."""
+    UpdateWorkspace: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.UpdateWorkspaceRequest, _workspace_service_pb2.UpdateWorkspaceResponse]  # type: ignore[assignment]
+    """Changes a workspace in place; `update_mask` names the fields to change, and the request's
+    fields of those names hold the new values.
+
+    `image` moves the workspace onto another image (or a newer build of the same reference,
+    with PULL_POLICY_ALWAYS) while keeping /data: the image is pulled, the current filesystem is
+    kept as a SYSTEM snapshot, a fresh writable layer is prepared on the new image, /data is
+    copied into it before the task starts, and a version with reason IMAGE_CHANGE is recorded.
+    Everything else the bot installed outside /data stays in the SYSTEM snapshot:
+    RestoreSnapshot of it goes back to the old image and state. A running workspace is
+    restarted (processes started through ProcessService end with a message saying why); a
+    stopped one stays stopped. An image whose manifest digest equals the current one changes
+    nothing. The change is detached from the caller and crash safe: an interrupted one leaves
+    the old or the new state, never a mix.
+
+    The other fields of the mask (`resources`, `labels`, `env`, `cdi_devices`) are not supported
+    yet: a mask naming one fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything
+    changes. An empty mask or an unknown path fails with INVALID_ARGUMENT and reason
+    INVALID_ARGUMENT.
+    """
     GetMetrics: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.GetMetricsRequest, _workspace_service_pb2.GetMetricsResponse]  # type: ignore[assignment]
     """Returns one sample of a workspace's resource usage."""
     WatchMetrics: _aio.UnaryStreamMultiCallable[_workspace_service_pb2.WatchMetricsRequest, _workspace_service_pb2.WatchMetricsResponse]  # type: ignore[assignment]
@@ -205,7 +247,9 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     RestoreSnapshot: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.RestoreSnapshotRequest, _workspace_service_pb2.RestoreSnapshotResponse]  # type: ignore[assignment]
     """Rolls a workspace back to a snapshot, chosen by name or by version: a fresh writable layer is
     prepared on top of it and the changes since are discarded. Creates a new version with reason
-    RESTORE. A running workspace is restarted on the restored filesystem.
+    RESTORE. A running workspace is restarted on the restored filesystem. A snapshot taken on
+    another image (such as the SYSTEM snapshot an image change keeps) moves the workspace back
+    onto that image, which must still be present in containerd or pullable.
     """
     ListVersions: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.ListVersionsRequest, _workspace_service_pb2.ListVersionsResponse]  # type: ignore[assignment]
     """Lists a workspace's version history, oldest first, with its current version."""
@@ -336,6 +380,32 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Empties /data of a workspace. The directory itself stays."""
 
     @_abc_1.abstractmethod
+    def UpdateWorkspace(
+        self,
+        request: _workspace_service_pb2.UpdateWorkspaceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_service_pb2.UpdateWorkspaceResponse, _abc.Awaitable[_workspace_service_pb2.UpdateWorkspaceResponse]]:
+        """Changes a workspace in place; `update_mask` names the fields to change, and the request's
+        fields of those names hold the new values.
+
+        `image` moves the workspace onto another image (or a newer build of the same reference,
+        with PULL_POLICY_ALWAYS) while keeping /data: the image is pulled, the current filesystem is
+        kept as a SYSTEM snapshot, a fresh writable layer is prepared on the new image, /data is
+        copied into it before the task starts, and a version with reason IMAGE_CHANGE is recorded.
+        Everything else the bot installed outside /data stays in the SYSTEM snapshot:
+        RestoreSnapshot of it goes back to the old image and state. A running workspace is
+        restarted (processes started through ProcessService end with a message saying why); a
+        stopped one stays stopped. An image whose manifest digest equals the current one changes
+        nothing. The change is detached from the caller and crash safe: an interrupted one leaves
+        the old or the new state, never a mix.
+
+        The other fields of the mask (`resources`, `labels`, `env`, `cdi_devices`) are not supported
+        yet: a mask naming one fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything
+        changes. An empty mask or an unknown path fails with INVALID_ARGUMENT and reason
+        INVALID_ARGUMENT.
+        """
+
+    @_abc_1.abstractmethod
     def GetMetrics(
         self,
         request: _workspace_service_pb2.GetMetricsRequest,
@@ -392,7 +462,9 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_workspace_service_pb2.RestoreSnapshotResponse, _abc.Awaitable[_workspace_service_pb2.RestoreSnapshotResponse]]:
         """Rolls a workspace back to a snapshot, chosen by name or by version: a fresh writable layer is
         prepared on top of it and the changes since are discarded. Creates a new version with reason
-        RESTORE. A running workspace is restarted on the restored filesystem.
+        RESTORE. A running workspace is restarted on the restored filesystem. A snapshot taken on
+        another image (such as the SYSTEM snapshot an image change keeps) moves the workspace back
+        onto that image, which must still be present in containerd or pullable.
         """
 
     @_abc_1.abstractmethod

@@ -136,7 +136,8 @@ export type Workspace = Message<"berth.workspace.v1.Workspace"> & {
   image: string;
 
   /**
-   * Digest of the image manifest the workspace was created from, for example `sha256:...`.
+   * Digest of the image manifest the workspace runs on (the one it was created from, or moved
+   * onto by UpdateWorkspace or RestoreSnapshot), for example `sha256:...`.
    * Empty while the image is still being resolved.
    *
    * @generated from field: string image_digest = 5;
@@ -399,7 +400,9 @@ export type Version = Message<"berth.workspace.v1.Version"> & {
   reason: VersionReason;
 
   /**
-   * Snapshot taken (SNAPSHOT) or restored (RESTORE) by this version. Empty for other reasons.
+   * Snapshot taken (SNAPSHOT) or restored (RESTORE) by this version; for IMAGE_CHANGE, the
+   * SYSTEM snapshot holding the state before the change. Restoring the version restores that
+   * snapshot. Empty for CREATE.
    *
    * @generated from field: string snapshot_name = 3;
    */
@@ -1077,7 +1080,8 @@ export enum VersionReason {
   RESTORE = 3,
 
   /**
-   * The workspace was moved onto another image; the version's `image` names it.
+   * The workspace was moved onto another image (UpdateWorkspace); the version's `image` names
+   * it and its `snapshot_name` the SYSTEM snapshot of the state before.
    *
    * @generated from enum value: VERSION_REASON_IMAGE_CHANGE = 4;
    */

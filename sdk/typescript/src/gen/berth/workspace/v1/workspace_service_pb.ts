@@ -6,15 +6,15 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { ArchiveFormat, LayerProgress, PullPolicy, Resources, Snapshot, Version, Workspace, WorkspaceEvent, WorkspaceEventKind, WorkspaceMetrics } from "./workspace_pb.js";
 import { file_berth_workspace_v1_workspace } from "./workspace_pb.js";
-import type { Duration } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_duration } from "@bufbuild/protobuf/wkt";
+import type { Duration, FieldMask } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file berth/workspace/v1/workspace_service.proto.
  */
 export const file_berth_workspace_v1_workspace_service: GenFile = /*@__PURE__*/
-  fileDesc("CipiZXJ0aC93b3Jrc3BhY2UvdjEvd29ya3NwYWNlX3NlcnZpY2UucHJvdG8SEmJlcnRoLndvcmtzcGFjZS52MSLIAwoWQ3JlYXRlV29ya3NwYWNlUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDQoFaW1hZ2UYAiABKAkSRgoGbGFiZWxzGAMgAygLMjYuYmVydGgud29ya3NwYWNlLnYxLkNyZWF0ZVdvcmtzcGFjZVJlcXVlc3QuTGFiZWxzRW50cnkSQAoDZW52GAQgAygLMjMuYmVydGgud29ya3NwYWNlLnYxLkNyZWF0ZVdvcmtzcGFjZVJlcXVlc3QuRW52RW50cnkSMAoJcmVzb3VyY2VzGAUgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLlJlc291cmNlcxITCgtjZGlfZGV2aWNlcxgGIAMoCRIUCgxyZXN0b3JlX2RhdGEYByABKAgSEgoKcmVxdWVzdF9pZBgIIAEoCRIzCgtwdWxsX3BvbGljeRgJIAEoDjIeLmJlcnRoLndvcmtzcGFjZS52MS5QdWxsUG9saWN5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLbBgoXQ3JlYXRlV29ya3NwYWNlUmVzcG9uc2USRgoHcHVsbGluZxgBIAEoCzIzLmJlcnRoLndvcmtzcGFjZS52MS5DcmVhdGVXb3Jrc3BhY2VSZXNwb25zZS5QdWxsaW5nSAASUQoNcHVsbF9wcm9ncmVzcxgCIAEoCzI4LmJlcnRoLndvcmtzcGFjZS52MS5DcmVhdGVXb3Jrc3BhY2VSZXNwb25zZS5QdWxsUHJvZ3Jlc3NIABJKCgl1bnBhY2tpbmcYAyABKAsyNS5iZXJ0aC53b3Jrc3BhY2UudjEuQ3JlYXRlV29ya3NwYWNlUmVzcG9uc2UuVW5wYWNraW5nSAASSAoIY3JlYXRpbmcYBCABKAsyNC5iZXJ0aC53b3Jrc3BhY2UudjEuQ3JlYXRlV29ya3NwYWNlUmVzcG9uc2UuQ3JlYXRpbmdIABJKCglyZXN0b3JpbmcYBSABKAsyNS5iZXJ0aC53b3Jrc3BhY2UudjEuQ3JlYXRlV29ya3NwYWNlUmVzcG9uc2UuUmVzdG9yaW5nSAASQgoFcmVhZHkYBiABKAsyMS5iZXJ0aC53b3Jrc3BhY2UudjEuQ3JlYXRlV29ya3NwYWNlUmVzcG9uc2UuUmVhZHlIABpTCgdQdWxsaW5nEg0KBWltYWdlGAEgASgJEg4KBmRpZ2VzdBgCIAEoCRIUCgx0b3RhbF9sYXllcnMYAyABKA0SEwoLdG90YWxfYnl0ZXMYBCABKAQabAoMUHVsbFByb2dyZXNzEjEKBmxheWVycxgBIAMoCzIhLmJlcnRoLndvcmtzcGFjZS52MS5MYXllclByb2dyZXNzEhQKDG9mZnNldF9ieXRlcxgCIAEoBBITCgt0b3RhbF9ieXRlcxgDIAEoBBo2CglVbnBhY2tpbmcSEwoLbGF5ZXJzX2RvbmUYASABKA0SFAoMdG90YWxfbGF5ZXJzGAIgASgNGgoKCENyZWF0aW5nGjQKCVJlc3RvcmluZxISCgpieXRlc19kb25lGAEgASgEEhMKC3RvdGFsX2J5dGVzGAIgASgEGjkKBVJlYWR5EjAKCXdvcmtzcGFjZRgBIAEoCzIdLmJlcnRoLndvcmtzcGFjZS52MS5Xb3Jrc3BhY2VCBwoFZXZlbnQiKwoTR2V0V29ya3NwYWNlUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkiSAoUR2V0V29ya3NwYWNlUmVzcG9uc2USMAoJd29ya3NwYWNlGAEgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLldvcmtzcGFjZSJWChVMaXN0V29ya3NwYWNlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSFgoObGFiZWxfc2VsZWN0b3IYAyABKAkiZAoWTGlzdFdvcmtzcGFjZXNSZXNwb25zZRIxCgp3b3Jrc3BhY2VzGAEgAygLMh0uYmVydGgud29ya3NwYWNlLnYxLldvcmtzcGFjZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiLQoVU3RhcnRXb3Jrc3BhY2VSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCSJKChZTdGFydFdvcmtzcGFjZVJlc3BvbnNlEjAKCXdvcmtzcGFjZRgBIAEoCzIdLmJlcnRoLndvcmtzcGFjZS52MS5Xb3Jrc3BhY2UiWAoUU3RvcFdvcmtzcGFjZVJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iSQoVU3RvcFdvcmtzcGFjZVJlc3BvbnNlEjAKCXdvcmtzcGFjZRgBIAEoCzIdLmJlcnRoLndvcmtzcGFjZS52MS5Xb3Jrc3BhY2UiRQoWRGVsZXRlV29ya3NwYWNlUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSFQoNcHJlc2VydmVfZGF0YRgCIAEoCCIZChdEZWxldGVXb3Jrc3BhY2VSZXNwb25zZSIqChJSZXN0b3JlRGF0YVJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJIkcKE1Jlc3RvcmVEYXRhUmVzcG9uc2USMAoJd29ya3NwYWNlGAEgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLldvcmtzcGFjZSIoChBSZXNldERhdGFSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCSJFChFSZXNldERhdGFSZXNwb25zZRIwCgl3b3Jrc3BhY2UYASABKAsyHS5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlIikKEUdldE1ldHJpY3NSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCSJLChJHZXRNZXRyaWNzUmVzcG9uc2USNQoHbWV0cmljcxgBIAEoCzIkLmJlcnRoLndvcmtzcGFjZS52MS5Xb3Jrc3BhY2VNZXRyaWNzIlgKE1dhdGNoTWV0cmljc1JlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEisKCGludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIk0KFFdhdGNoTWV0cmljc1Jlc3BvbnNlEjUKB21ldHJpY3MYASABKAsyJC5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlTWV0cmljcyKxAQoVQ3JlYXRlU25hcHNob3RSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEkUKBmxhYmVscxgDIAMoCzI1LmJlcnRoLndvcmtzcGFjZS52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJIChZDcmVhdGVTbmFwc2hvdFJlc3BvbnNlEi4KCHNuYXBzaG90GAEgASgLMhwuYmVydGgud29ya3NwYWNlLnYxLlNuYXBzaG90IlMKFExpc3RTbmFwc2hvdHNSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJhChVMaXN0U25hcHNob3RzUmVzcG9uc2USLwoJc25hcHNob3RzGAEgAygLMhwuYmVydGgud29ya3NwYWNlLnYxLlNuYXBzaG90EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI7ChVEZWxldGVTbmFwc2hvdFJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEgwKBG5hbWUYAiABKAkiGAoWRGVsZXRlU25hcHNob3RSZXNwb25zZSJkChZSZXN0b3JlU25hcHNob3RSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIXCg1zbmFwc2hvdF9uYW1lGAIgASgJSAASEQoHdmVyc2lvbhgDIAEoA0gAQggKBnRhcmdldCJ5ChdSZXN0b3JlU25hcHNob3RSZXNwb25zZRIwCgl3b3Jrc3BhY2UYASABKAsyHS5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlEiwKB3ZlcnNpb24YAiABKAsyGy5iZXJ0aC53b3Jrc3BhY2UudjEuVmVyc2lvbiJSChNMaXN0VmVyc2lvbnNSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJ3ChRMaXN0VmVyc2lvbnNSZXNwb25zZRIXCg9jdXJyZW50X3ZlcnNpb24YASABKAMSLQoIdmVyc2lvbnMYAiADKAsyGy5iZXJ0aC53b3Jrc3BhY2UudjEuVmVyc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkiagoRRXhwb3J0RGF0YVJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEjEKBmZvcm1hdBgCIAEoDjIhLmJlcnRoLndvcmtzcGFjZS52MS5BcmNoaXZlRm9ybWF0EgwKBHBhdGgYAyABKAkitQEKEkV4cG9ydERhdGFSZXNwb25zZRIPCgVjaHVuaxgBIAEoDEgAEkEKB3RyYWlsZXIYAiABKAsyLi5iZXJ0aC53b3Jrc3BhY2UudjEuRXhwb3J0RGF0YVJlc3BvbnNlLlRyYWlsZXJIABpCCgdUcmFpbGVyEhIKCnNpemVfYnl0ZXMYASABKAMSDgoGc2hhMjU2GAIgASgJEhMKC2VudHJ5X2NvdW50GAMgASgEQgcKBWV2ZW50IvABChFJbXBvcnREYXRhUmVxdWVzdBI+CgZoZWFkZXIYASABKAsyLC5iZXJ0aC53b3Jrc3BhY2UudjEuSW1wb3J0RGF0YVJlcXVlc3QuSGVhZGVySAASDwoFY2h1bmsYAiABKAxIABqAAQoGSGVhZGVyEhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIxCgZmb3JtYXQYAiABKA4yIS5iZXJ0aC53b3Jrc3BhY2UudjEuQXJjaGl2ZUZvcm1hdBIMCgRwYXRoGAMgASgJEg8KB3JlcGxhY2UYBCABKAgSDgoGc2hhMjU2GAUgASgJQgcKBWV2ZW50Ik0KEkltcG9ydERhdGFSZXNwb25zZRISCgpzaXplX2J5dGVzGAEgASgDEg4KBnNoYTI1NhgCIAEoCRITCgtlbnRyeV9jb3VudBgDIAEoBCLPAQoWSW1wb3J0RGF0YUNodW5rUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSEQoJdXBsb2FkX2lkGAIgASgJEg4KBm9mZnNldBgDIAEoAxIMCgRkYXRhGAQgASgMEgwKBGxhc3QYBSABKAgSMQoGZm9ybWF0GAYgASgOMiEuYmVydGgud29ya3NwYWNlLnYxLkFyY2hpdmVGb3JtYXQSDAoEcGF0aBgHIAEoCRIPCgdyZXBsYWNlGAggASgIEg4KBnNoYTI1NhgJIAEoCSJkChdJbXBvcnREYXRhQ2h1bmtSZXNwb25zZRIWCg5yZWNlaXZlZF9ieXRlcxgBIAEoAxIMCgRkb25lGAIgASgIEg4KBnNoYTI1NhgDIAEoCRITCgtlbnRyeV9jb3VudBgEIAEoBCKwAQoSV2F0Y2hFdmVudHNSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIWCg5hZnRlcl9ldmVudF9pZBgCIAEoAxI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNQoFa2luZHMYBCADKA4yJi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlRXZlbnRLaW5kIkgKE1dhdGNoRXZlbnRzUmVzcG9uc2USMQoFZXZlbnQYASABKAsyIi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlRXZlbnQylg8KEFdvcmtzcGFjZVNlcnZpY2USbAoPQ3JlYXRlV29ya3NwYWNlEiouYmVydGgud29ya3NwYWNlLnYxLkNyZWF0ZVdvcmtzcGFjZVJlcXVlc3QaKy5iZXJ0aC53b3Jrc3BhY2UudjEuQ3JlYXRlV29ya3NwYWNlUmVzcG9uc2UwARJhCgxHZXRXb3Jrc3BhY2USJy5iZXJ0aC53b3Jrc3BhY2UudjEuR2V0V29ya3NwYWNlUmVxdWVzdBooLmJlcnRoLndvcmtzcGFjZS52MS5HZXRXb3Jrc3BhY2VSZXNwb25zZRJnCg5MaXN0V29ya3NwYWNlcxIpLmJlcnRoLndvcmtzcGFjZS52MS5MaXN0V29ya3NwYWNlc1JlcXVlc3QaKi5iZXJ0aC53b3Jrc3BhY2UudjEuTGlzdFdvcmtzcGFjZXNSZXNwb25zZRJnCg5TdGFydFdvcmtzcGFjZRIpLmJlcnRoLndvcmtzcGFjZS52MS5TdGFydFdvcmtzcGFjZVJlcXVlc3QaKi5iZXJ0aC53b3Jrc3BhY2UudjEuU3RhcnRXb3Jrc3BhY2VSZXNwb25zZRJkCg1TdG9wV29ya3NwYWNlEiguYmVydGgud29ya3NwYWNlLnYxLlN0b3BXb3Jrc3BhY2VSZXF1ZXN0GikuYmVydGgud29ya3NwYWNlLnYxLlN0b3BXb3Jrc3BhY2VSZXNwb25zZRJqCg9EZWxldGVXb3Jrc3BhY2USKi5iZXJ0aC53b3Jrc3BhY2UudjEuRGVsZXRlV29ya3NwYWNlUmVxdWVzdBorLmJlcnRoLndvcmtzcGFjZS52MS5EZWxldGVXb3Jrc3BhY2VSZXNwb25zZRJeCgtSZXN0b3JlRGF0YRImLmJlcnRoLndvcmtzcGFjZS52MS5SZXN0b3JlRGF0YVJlcXVlc3QaJy5iZXJ0aC53b3Jrc3BhY2UudjEuUmVzdG9yZURhdGFSZXNwb25zZRJYCglSZXNldERhdGESJC5iZXJ0aC53b3Jrc3BhY2UudjEuUmVzZXREYXRhUmVxdWVzdBolLmJlcnRoLndvcmtzcGFjZS52MS5SZXNldERhdGFSZXNwb25zZRJbCgpHZXRNZXRyaWNzEiUuYmVydGgud29ya3NwYWNlLnYxLkdldE1ldHJpY3NSZXF1ZXN0GiYuYmVydGgud29ya3NwYWNlLnYxLkdldE1ldHJpY3NSZXNwb25zZRJjCgxXYXRjaE1ldHJpY3MSJy5iZXJ0aC53b3Jrc3BhY2UudjEuV2F0Y2hNZXRyaWNzUmVxdWVzdBooLmJlcnRoLndvcmtzcGFjZS52MS5XYXRjaE1ldHJpY3NSZXNwb25zZTABEmcKDkNyZWF0ZVNuYXBzaG90EikuYmVydGgud29ya3NwYWNlLnYxLkNyZWF0ZVNuYXBzaG90UmVxdWVzdBoqLmJlcnRoLndvcmtzcGFjZS52MS5DcmVhdGVTbmFwc2hvdFJlc3BvbnNlEmQKDUxpc3RTbmFwc2hvdHMSKC5iZXJ0aC53b3Jrc3BhY2UudjEuTGlzdFNuYXBzaG90c1JlcXVlc3QaKS5iZXJ0aC53b3Jrc3BhY2UudjEuTGlzdFNuYXBzaG90c1Jlc3BvbnNlEmcKDkRlbGV0ZVNuYXBzaG90EikuYmVydGgud29ya3NwYWNlLnYxLkRlbGV0ZVNuYXBzaG90UmVxdWVzdBoqLmJlcnRoLndvcmtzcGFjZS52MS5EZWxldGVTbmFwc2hvdFJlc3BvbnNlEmoKD1Jlc3RvcmVTbmFwc2hvdBIqLmJlcnRoLndvcmtzcGFjZS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GisuYmVydGgud29ya3NwYWNlLnYxLlJlc3RvcmVTbmFwc2hvdFJlc3BvbnNlEmEKDExpc3RWZXJzaW9ucxInLmJlcnRoLndvcmtzcGFjZS52MS5MaXN0VmVyc2lvbnNSZXF1ZXN0GiguYmVydGgud29ya3NwYWNlLnYxLkxpc3RWZXJzaW9uc1Jlc3BvbnNlEl0KCkV4cG9ydERhdGESJS5iZXJ0aC53b3Jrc3BhY2UudjEuRXhwb3J0RGF0YVJlcXVlc3QaJi5iZXJ0aC53b3Jrc3BhY2UudjEuRXhwb3J0RGF0YVJlc3BvbnNlMAESXQoKSW1wb3J0RGF0YRIlLmJlcnRoLndvcmtzcGFjZS52MS5JbXBvcnREYXRhUmVxdWVzdBomLmJlcnRoLndvcmtzcGFjZS52MS5JbXBvcnREYXRhUmVzcG9uc2UoARJqCg9JbXBvcnREYXRhQ2h1bmsSKi5iZXJ0aC53b3Jrc3BhY2UudjEuSW1wb3J0RGF0YUNodW5rUmVxdWVzdBorLmJlcnRoLndvcmtzcGFjZS52MS5JbXBvcnREYXRhQ2h1bmtSZXNwb25zZRJgCgtXYXRjaEV2ZW50cxImLmJlcnRoLndvcmtzcGFjZS52MS5XYXRjaEV2ZW50c1JlcXVlc3QaJy5iZXJ0aC53b3Jrc3BhY2UudjEuV2F0Y2hFdmVudHNSZXNwb25zZTABQkJaQGdpdGh1Yi5jb20vYmVydGgtZGV2L2JlcnRoL3Nkay9nby9iZXJ0aC93b3Jrc3BhY2UvdjE7d29ya3NwYWNldjFiBnByb3RvMw", [file_berth_workspace_v1_workspace, file_google_protobuf_duration]);
+  fileDesc("CipiZXJ0aC93b3Jrc3BhY2UvdjEvd29ya3NwYWNlX3NlcnZpY2UucHJvdG8SEmJlcnRoLndvcmtzcGFjZS52MSLIAwoWQ3JlYXRlV29ya3NwYWNlUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSDQoFaW1hZ2UYAiABKAkSRgoGbGFiZWxzGAMgAygLMjYuYmVydGgud29ya3NwYWNlLnYxLkNyZWF0ZVdvcmtzcGFjZVJlcXVlc3QuTGFiZWxzRW50cnkSQAoDZW52GAQgAygLMjMuYmVydGgud29ya3NwYWNlLnYxLkNyZWF0ZVdvcmtzcGFjZVJlcXVlc3QuRW52RW50cnkSMAoJcmVzb3VyY2VzGAUgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLlJlc291cmNlcxITCgtjZGlfZGV2aWNlcxgGIAMoCRIUCgxyZXN0b3JlX2RhdGEYByABKAgSEgoKcmVxdWVzdF9pZBgIIAEoCRIzCgtwdWxsX3BvbGljeRgJIAEoDjIeLmJlcnRoLndvcmtzcGFjZS52MS5QdWxsUG9saWN5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLbBgoXQ3JlYXRlV29ya3NwYWNlUmVzcG9uc2USRgoHcHVsbGluZxgBIAEoCzIzLmJlcnRoLndvcmtzcGFjZS52MS5DcmVhdGVXb3Jrc3BhY2VSZXNwb25zZS5QdWxsaW5nSAASUQoNcHVsbF9wcm9ncmVzcxgCIAEoCzI4LmJlcnRoLndvcmtzcGFjZS52MS5DcmVhdGVXb3Jrc3BhY2VSZXNwb25zZS5QdWxsUHJvZ3Jlc3NIABJKCgl1bnBhY2tpbmcYAyABKAsyNS5iZXJ0aC53b3Jrc3BhY2UudjEuQ3JlYXRlV29ya3NwYWNlUmVzcG9uc2UuVW5wYWNraW5nSAASSAoIY3JlYXRpbmcYBCABKAsyNC5iZXJ0aC53b3Jrc3BhY2UudjEuQ3JlYXRlV29ya3NwYWNlUmVzcG9uc2UuQ3JlYXRpbmdIABJKCglyZXN0b3JpbmcYBSABKAsyNS5iZXJ0aC53b3Jrc3BhY2UudjEuQ3JlYXRlV29ya3NwYWNlUmVzcG9uc2UuUmVzdG9yaW5nSAASQgoFcmVhZHkYBiABKAsyMS5iZXJ0aC53b3Jrc3BhY2UudjEuQ3JlYXRlV29ya3NwYWNlUmVzcG9uc2UuUmVhZHlIABpTCgdQdWxsaW5nEg0KBWltYWdlGAEgASgJEg4KBmRpZ2VzdBgCIAEoCRIUCgx0b3RhbF9sYXllcnMYAyABKA0SEwoLdG90YWxfYnl0ZXMYBCABKAQabAoMUHVsbFByb2dyZXNzEjEKBmxheWVycxgBIAMoCzIhLmJlcnRoLndvcmtzcGFjZS52MS5MYXllclByb2dyZXNzEhQKDG9mZnNldF9ieXRlcxgCIAEoBBITCgt0b3RhbF9ieXRlcxgDIAEoBBo2CglVbnBhY2tpbmcSEwoLbGF5ZXJzX2RvbmUYASABKA0SFAoMdG90YWxfbGF5ZXJzGAIgASgNGgoKCENyZWF0aW5nGjQKCVJlc3RvcmluZxISCgpieXRlc19kb25lGAEgASgEEhMKC3RvdGFsX2J5dGVzGAIgASgEGjkKBVJlYWR5EjAKCXdvcmtzcGFjZRgBIAEoCzIdLmJlcnRoLndvcmtzcGFjZS52MS5Xb3Jrc3BhY2VCBwoFZXZlbnQiKwoTR2V0V29ya3NwYWNlUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkiSAoUR2V0V29ya3NwYWNlUmVzcG9uc2USMAoJd29ya3NwYWNlGAEgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLldvcmtzcGFjZSJWChVMaXN0V29ya3NwYWNlc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSFgoObGFiZWxfc2VsZWN0b3IYAyABKAkiZAoWTGlzdFdvcmtzcGFjZXNSZXNwb25zZRIxCgp3b3Jrc3BhY2VzGAEgAygLMh0uYmVydGgud29ya3NwYWNlLnYxLldvcmtzcGFjZRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiLQoVU3RhcnRXb3Jrc3BhY2VSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCSJKChZTdGFydFdvcmtzcGFjZVJlc3BvbnNlEjAKCXdvcmtzcGFjZRgBIAEoCzIdLmJlcnRoLndvcmtzcGFjZS52MS5Xb3Jrc3BhY2UiWAoUU3RvcFdvcmtzcGFjZVJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEioKB3RpbWVvdXQYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iSQoVU3RvcFdvcmtzcGFjZVJlc3BvbnNlEjAKCXdvcmtzcGFjZRgBIAEoCzIdLmJlcnRoLndvcmtzcGFjZS52MS5Xb3Jrc3BhY2UiRQoWRGVsZXRlV29ya3NwYWNlUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSFQoNcHJlc2VydmVfZGF0YRgCIAEoCCIZChdEZWxldGVXb3Jrc3BhY2VSZXNwb25zZSIqChJSZXN0b3JlRGF0YVJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJIkcKE1Jlc3RvcmVEYXRhUmVzcG9uc2USMAoJd29ya3NwYWNlGAEgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLldvcmtzcGFjZSIoChBSZXNldERhdGFSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCSJFChFSZXNldERhdGFSZXNwb25zZRIwCgl3b3Jrc3BhY2UYASABKAsyHS5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlIs8DChZVcGRhdGVXb3Jrc3BhY2VSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2sSDQoFaW1hZ2UYAyABKAkSMwoLcHVsbF9wb2xpY3kYBCABKA4yHi5iZXJ0aC53b3Jrc3BhY2UudjEuUHVsbFBvbGljeRIwCglyZXNvdXJjZXMYBSABKAsyHS5iZXJ0aC53b3Jrc3BhY2UudjEuUmVzb3VyY2VzEkYKBmxhYmVscxgGIAMoCzI2LmJlcnRoLndvcmtzcGFjZS52MS5VcGRhdGVXb3Jrc3BhY2VSZXF1ZXN0LkxhYmVsc0VudHJ5EkAKA2VudhgHIAMoCzIzLmJlcnRoLndvcmtzcGFjZS52MS5VcGRhdGVXb3Jrc3BhY2VSZXF1ZXN0LkVudkVudHJ5EhMKC2NkaV9kZXZpY2VzGAggAygJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKMAQoXVXBkYXRlV29ya3NwYWNlUmVzcG9uc2USMAoJd29ya3NwYWNlGAEgASgLMh0uYmVydGgud29ya3NwYWNlLnYxLldvcmtzcGFjZRIRCglyZXN0YXJ0ZWQYAiABKAgSLAoHdmVyc2lvbhgDIAEoCzIbLmJlcnRoLndvcmtzcGFjZS52MS5WZXJzaW9uIikKEUdldE1ldHJpY3NSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCSJLChJHZXRNZXRyaWNzUmVzcG9uc2USNQoHbWV0cmljcxgBIAEoCzIkLmJlcnRoLndvcmtzcGFjZS52MS5Xb3Jrc3BhY2VNZXRyaWNzIlgKE1dhdGNoTWV0cmljc1JlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEisKCGludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIk0KFFdhdGNoTWV0cmljc1Jlc3BvbnNlEjUKB21ldHJpY3MYASABKAsyJC5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlTWV0cmljcyKxAQoVQ3JlYXRlU25hcHNob3RSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEkUKBmxhYmVscxgDIAMoCzI1LmJlcnRoLndvcmtzcGFjZS52MS5DcmVhdGVTbmFwc2hvdFJlcXVlc3QuTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJIChZDcmVhdGVTbmFwc2hvdFJlc3BvbnNlEi4KCHNuYXBzaG90GAEgASgLMhwuYmVydGgud29ya3NwYWNlLnYxLlNuYXBzaG90IlMKFExpc3RTbmFwc2hvdHNSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJhChVMaXN0U25hcHNob3RzUmVzcG9uc2USLwoJc25hcHNob3RzGAEgAygLMhwuYmVydGgud29ya3NwYWNlLnYxLlNuYXBzaG90EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSI7ChVEZWxldGVTbmFwc2hvdFJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEgwKBG5hbWUYAiABKAkiGAoWRGVsZXRlU25hcHNob3RSZXNwb25zZSJkChZSZXN0b3JlU25hcHNob3RSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIXCg1zbmFwc2hvdF9uYW1lGAIgASgJSAASEQoHdmVyc2lvbhgDIAEoA0gAQggKBnRhcmdldCJ5ChdSZXN0b3JlU25hcHNob3RSZXNwb25zZRIwCgl3b3Jrc3BhY2UYASABKAsyHS5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlEiwKB3ZlcnNpb24YAiABKAsyGy5iZXJ0aC53b3Jrc3BhY2UudjEuVmVyc2lvbiJSChNMaXN0VmVyc2lvbnNSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIRCglwYWdlX3NpemUYAiABKAUSEgoKcGFnZV90b2tlbhgDIAEoCSJ3ChRMaXN0VmVyc2lvbnNSZXNwb25zZRIXCg9jdXJyZW50X3ZlcnNpb24YASABKAMSLQoIdmVyc2lvbnMYAiADKAsyGy5iZXJ0aC53b3Jrc3BhY2UudjEuVmVyc2lvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAyABKAkiagoRRXhwb3J0RGF0YVJlcXVlc3QSFAoMd29ya3NwYWNlX2lkGAEgASgJEjEKBmZvcm1hdBgCIAEoDjIhLmJlcnRoLndvcmtzcGFjZS52MS5BcmNoaXZlRm9ybWF0EgwKBHBhdGgYAyABKAkitQEKEkV4cG9ydERhdGFSZXNwb25zZRIPCgVjaHVuaxgBIAEoDEgAEkEKB3RyYWlsZXIYAiABKAsyLi5iZXJ0aC53b3Jrc3BhY2UudjEuRXhwb3J0RGF0YVJlc3BvbnNlLlRyYWlsZXJIABpCCgdUcmFpbGVyEhIKCnNpemVfYnl0ZXMYASABKAMSDgoGc2hhMjU2GAIgASgJEhMKC2VudHJ5X2NvdW50GAMgASgEQgcKBWV2ZW50IvABChFJbXBvcnREYXRhUmVxdWVzdBI+CgZoZWFkZXIYASABKAsyLC5iZXJ0aC53b3Jrc3BhY2UudjEuSW1wb3J0RGF0YVJlcXVlc3QuSGVhZGVySAASDwoFY2h1bmsYAiABKAxIABqAAQoGSGVhZGVyEhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIxCgZmb3JtYXQYAiABKA4yIS5iZXJ0aC53b3Jrc3BhY2UudjEuQXJjaGl2ZUZvcm1hdBIMCgRwYXRoGAMgASgJEg8KB3JlcGxhY2UYBCABKAgSDgoGc2hhMjU2GAUgASgJQgcKBWV2ZW50Ik0KEkltcG9ydERhdGFSZXNwb25zZRISCgpzaXplX2J5dGVzGAEgASgDEg4KBnNoYTI1NhgCIAEoCRITCgtlbnRyeV9jb3VudBgDIAEoBCLPAQoWSW1wb3J0RGF0YUNodW5rUmVxdWVzdBIUCgx3b3Jrc3BhY2VfaWQYASABKAkSEQoJdXBsb2FkX2lkGAIgASgJEg4KBm9mZnNldBgDIAEoAxIMCgRkYXRhGAQgASgMEgwKBGxhc3QYBSABKAgSMQoGZm9ybWF0GAYgASgOMiEuYmVydGgud29ya3NwYWNlLnYxLkFyY2hpdmVGb3JtYXQSDAoEcGF0aBgHIAEoCRIPCgdyZXBsYWNlGAggASgIEg4KBnNoYTI1NhgJIAEoCSJkChdJbXBvcnREYXRhQ2h1bmtSZXNwb25zZRIWCg5yZWNlaXZlZF9ieXRlcxgBIAEoAxIMCgRkb25lGAIgASgIEg4KBnNoYTI1NhgDIAEoCRITCgtlbnRyeV9jb3VudBgEIAEoBCKwAQoSV2F0Y2hFdmVudHNSZXF1ZXN0EhQKDHdvcmtzcGFjZV9pZBgBIAEoCRIWCg5hZnRlcl9ldmVudF9pZBgCIAEoAxI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNQoFa2luZHMYBCADKA4yJi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlRXZlbnRLaW5kIkgKE1dhdGNoRXZlbnRzUmVzcG9uc2USMQoFZXZlbnQYASABKAsyIi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlRXZlbnQyghAKEFdvcmtzcGFjZVNlcnZpY2USbAoPQ3JlYXRlV29ya3NwYWNlEiouYmVydGgud29ya3NwYWNlLnYxLkNyZWF0ZVdvcmtzcGFjZVJlcXVlc3QaKy5iZXJ0aC53b3Jrc3BhY2UudjEuQ3JlYXRlV29ya3NwYWNlUmVzcG9uc2UwARJhCgxHZXRXb3Jrc3BhY2USJy5iZXJ0aC53b3Jrc3BhY2UudjEuR2V0V29ya3NwYWNlUmVxdWVzdBooLmJlcnRoLndvcmtzcGFjZS52MS5HZXRXb3Jrc3BhY2VSZXNwb25zZRJnCg5MaXN0V29ya3NwYWNlcxIpLmJlcnRoLndvcmtzcGFjZS52MS5MaXN0V29ya3NwYWNlc1JlcXVlc3QaKi5iZXJ0aC53b3Jrc3BhY2UudjEuTGlzdFdvcmtzcGFjZXNSZXNwb25zZRJnCg5TdGFydFdvcmtzcGFjZRIpLmJlcnRoLndvcmtzcGFjZS52MS5TdGFydFdvcmtzcGFjZVJlcXVlc3QaKi5iZXJ0aC53b3Jrc3BhY2UudjEuU3RhcnRXb3Jrc3BhY2VSZXNwb25zZRJkCg1TdG9wV29ya3NwYWNlEiguYmVydGgud29ya3NwYWNlLnYxLlN0b3BXb3Jrc3BhY2VSZXF1ZXN0GikuYmVydGgud29ya3NwYWNlLnYxLlN0b3BXb3Jrc3BhY2VSZXNwb25zZRJqCg9EZWxldGVXb3Jrc3BhY2USKi5iZXJ0aC53b3Jrc3BhY2UudjEuRGVsZXRlV29ya3NwYWNlUmVxdWVzdBorLmJlcnRoLndvcmtzcGFjZS52MS5EZWxldGVXb3Jrc3BhY2VSZXNwb25zZRJeCgtSZXN0b3JlRGF0YRImLmJlcnRoLndvcmtzcGFjZS52MS5SZXN0b3JlRGF0YVJlcXVlc3QaJy5iZXJ0aC53b3Jrc3BhY2UudjEuUmVzdG9yZURhdGFSZXNwb25zZRJYCglSZXNldERhdGESJC5iZXJ0aC53b3Jrc3BhY2UudjEuUmVzZXREYXRhUmVxdWVzdBolLmJlcnRoLndvcmtzcGFjZS52MS5SZXNldERhdGFSZXNwb25zZRJqCg9VcGRhdGVXb3Jrc3BhY2USKi5iZXJ0aC53b3Jrc3BhY2UudjEuVXBkYXRlV29ya3NwYWNlUmVxdWVzdBorLmJlcnRoLndvcmtzcGFjZS52MS5VcGRhdGVXb3Jrc3BhY2VSZXNwb25zZRJbCgpHZXRNZXRyaWNzEiUuYmVydGgud29ya3NwYWNlLnYxLkdldE1ldHJpY3NSZXF1ZXN0GiYuYmVydGgud29ya3NwYWNlLnYxLkdldE1ldHJpY3NSZXNwb25zZRJjCgxXYXRjaE1ldHJpY3MSJy5iZXJ0aC53b3Jrc3BhY2UudjEuV2F0Y2hNZXRyaWNzUmVxdWVzdBooLmJlcnRoLndvcmtzcGFjZS52MS5XYXRjaE1ldHJpY3NSZXNwb25zZTABEmcKDkNyZWF0ZVNuYXBzaG90EikuYmVydGgud29ya3NwYWNlLnYxLkNyZWF0ZVNuYXBzaG90UmVxdWVzdBoqLmJlcnRoLndvcmtzcGFjZS52MS5DcmVhdGVTbmFwc2hvdFJlc3BvbnNlEmQKDUxpc3RTbmFwc2hvdHMSKC5iZXJ0aC53b3Jrc3BhY2UudjEuTGlzdFNuYXBzaG90c1JlcXVlc3QaKS5iZXJ0aC53b3Jrc3BhY2UudjEuTGlzdFNuYXBzaG90c1Jlc3BvbnNlEmcKDkRlbGV0ZVNuYXBzaG90EikuYmVydGgud29ya3NwYWNlLnYxLkRlbGV0ZVNuYXBzaG90UmVxdWVzdBoqLmJlcnRoLndvcmtzcGFjZS52MS5EZWxldGVTbmFwc2hvdFJlc3BvbnNlEmoKD1Jlc3RvcmVTbmFwc2hvdBIqLmJlcnRoLndvcmtzcGFjZS52MS5SZXN0b3JlU25hcHNob3RSZXF1ZXN0GisuYmVydGgud29ya3NwYWNlLnYxLlJlc3RvcmVTbmFwc2hvdFJlc3BvbnNlEmEKDExpc3RWZXJzaW9ucxInLmJlcnRoLndvcmtzcGFjZS52MS5MaXN0VmVyc2lvbnNSZXF1ZXN0GiguYmVydGgud29ya3NwYWNlLnYxLkxpc3RWZXJzaW9uc1Jlc3BvbnNlEl0KCkV4cG9ydERhdGESJS5iZXJ0aC53b3Jrc3BhY2UudjEuRXhwb3J0RGF0YVJlcXVlc3QaJi5iZXJ0aC53b3Jrc3BhY2UudjEuRXhwb3J0RGF0YVJlc3BvbnNlMAESXQoKSW1wb3J0RGF0YRIlLmJlcnRoLndvcmtzcGFjZS52MS5JbXBvcnREYXRhUmVxdWVzdBomLmJlcnRoLndvcmtzcGFjZS52MS5JbXBvcnREYXRhUmVzcG9uc2UoARJqCg9JbXBvcnREYXRhQ2h1bmsSKi5iZXJ0aC53b3Jrc3BhY2UudjEuSW1wb3J0RGF0YUNodW5rUmVxdWVzdBorLmJlcnRoLndvcmtzcGFjZS52MS5JbXBvcnREYXRhQ2h1bmtSZXNwb25zZRJgCgtXYXRjaEV2ZW50cxImLmJlcnRoLndvcmtzcGFjZS52MS5XYXRjaEV2ZW50c1JlcXVlc3QaJy5iZXJ0aC53b3Jrc3BhY2UudjEuV2F0Y2hFdmVudHNSZXNwb25zZTABQkJaQGdpdGh1Yi5jb20vYmVydGgtZGV2L2JlcnRoL3Nkay9nby9iZXJ0aC93b3Jrc3BhY2UvdjE7d29ya3NwYWNldjFiBnByb3RvMw", [file_berth_workspace_v1_workspace, file_google_protobuf_duration, file_google_protobuf_field_mask]);
 
 /**
  * CreateWorkspaceRequest is the spec of a new workspace.
@@ -680,6 +680,118 @@ export const ResetDataResponseSchema: GenMessage<ResetDataResponse> = /*@__PURE_
   messageDesc(file_berth_workspace_v1_workspace_service, 15);
 
 /**
+ * UpdateWorkspaceRequest names a workspace, the fields to change and their new values.
+ *
+ * @generated from message berth.workspace.v1.UpdateWorkspaceRequest
+ */
+export type UpdateWorkspaceRequest = Message<"berth.workspace.v1.UpdateWorkspaceRequest"> & {
+  /**
+   * Identifier of the workspace. Required.
+   *
+   * @generated from field: string workspace_id = 1;
+   */
+  workspaceId: string;
+
+  /**
+   * The fields to change, by their names in this message: `image`, `resources`, `labels`,
+   * `env`, `cdi_devices`. Required. Fields not named are ignored even when set.
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 2;
+   */
+  updateMask?: FieldMask | undefined;
+
+  /**
+   * New image reference, normalized like CreateWorkspace's `image`. Empty means the server's
+   * `--default-image`. Malformed references fail with INVALID_ARGUMENT and reason
+   * INVALID_IMAGE_REFERENCE; an image that cannot be pulled fails like CreateWorkspace's pull,
+   * before the workspace changes.
+   *
+   * @generated from field: string image = 3;
+   */
+  image: string;
+
+  /**
+   * When to contact the registry for `image`. Unset means PULL_POLICY_IF_NOT_PRESENT; pass
+   * PULL_POLICY_ALWAYS to pick up a newer build of the same reference.
+   *
+   * @generated from field: berth.workspace.v1.PullPolicy pull_policy = 4;
+   */
+  pullPolicy: PullPolicy;
+
+  /**
+   * New resource limits (not supported yet).
+   *
+   * @generated from field: berth.workspace.v1.Resources resources = 5;
+   */
+  resources?: Resources | undefined;
+
+  /**
+   * New labels, replacing all of the current ones (not supported yet).
+   *
+   * @generated from field: map<string, string> labels = 6;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * New environment variables, replacing all of the current ones (not supported yet).
+   *
+   * @generated from field: map<string, string> env = 7;
+   */
+  env: { [key: string]: string };
+
+  /**
+   * New CDI device names (not supported yet).
+   *
+   * @generated from field: repeated string cdi_devices = 8;
+   */
+  cdiDevices: string[];
+};
+
+/**
+ * Describes the message berth.workspace.v1.UpdateWorkspaceRequest.
+ * Use `create(UpdateWorkspaceRequestSchema)` to create a new message.
+ */
+export const UpdateWorkspaceRequestSchema: GenMessage<UpdateWorkspaceRequest> = /*@__PURE__*/
+  messageDesc(file_berth_workspace_v1_workspace_service, 16);
+
+/**
+ * UpdateWorkspaceResponse holds the workspace after the change.
+ *
+ * @generated from message berth.workspace.v1.UpdateWorkspaceResponse
+ */
+export type UpdateWorkspaceResponse = Message<"berth.workspace.v1.UpdateWorkspaceResponse"> & {
+  /**
+   * The workspace as it is after the call.
+   *
+   * @generated from field: berth.workspace.v1.Workspace workspace = 1;
+   */
+  workspace?: Workspace | undefined;
+
+  /**
+   * Whether the workspace's task was stopped and started again for the change.
+   *
+   * @generated from field: bool restarted = 2;
+   */
+  restarted: boolean;
+
+  /**
+   * The version the change created; unset when nothing changed. For an image change, its
+   * reason is IMAGE_CHANGE, its `image` the new image and its `snapshot_name` the SYSTEM
+   * snapshot holding the state before the change.
+   *
+   * @generated from field: berth.workspace.v1.Version version = 3;
+   */
+  version?: Version | undefined;
+};
+
+/**
+ * Describes the message berth.workspace.v1.UpdateWorkspaceResponse.
+ * Use `create(UpdateWorkspaceResponseSchema)` to create a new message.
+ */
+export const UpdateWorkspaceResponseSchema: GenMessage<UpdateWorkspaceResponse> = /*@__PURE__*/
+  messageDesc(file_berth_workspace_v1_workspace_service, 17);
+
+/**
  * GetMetricsRequest names the workspace to measure.
  *
  * @generated from message berth.workspace.v1.GetMetricsRequest
@@ -698,7 +810,7 @@ export type GetMetricsRequest = Message<"berth.workspace.v1.GetMetricsRequest"> 
  * Use `create(GetMetricsRequestSchema)` to create a new message.
  */
 export const GetMetricsRequestSchema: GenMessage<GetMetricsRequest> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 16);
+  messageDesc(file_berth_workspace_v1_workspace_service, 18);
 
 /**
  * GetMetricsResponse holds one metrics sample.
@@ -719,7 +831,7 @@ export type GetMetricsResponse = Message<"berth.workspace.v1.GetMetricsResponse"
  * Use `create(GetMetricsResponseSchema)` to create a new message.
  */
 export const GetMetricsResponseSchema: GenMessage<GetMetricsResponse> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 17);
+  messageDesc(file_berth_workspace_v1_workspace_service, 19);
 
 /**
  * WatchMetricsRequest names the workspace to measure and how often.
@@ -748,7 +860,7 @@ export type WatchMetricsRequest = Message<"berth.workspace.v1.WatchMetricsReques
  * Use `create(WatchMetricsRequestSchema)` to create a new message.
  */
 export const WatchMetricsRequestSchema: GenMessage<WatchMetricsRequest> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 18);
+  messageDesc(file_berth_workspace_v1_workspace_service, 20);
 
 /**
  * WatchMetricsResponse is one sample of a WatchMetrics stream.
@@ -769,7 +881,7 @@ export type WatchMetricsResponse = Message<"berth.workspace.v1.WatchMetricsRespo
  * Use `create(WatchMetricsResponseSchema)` to create a new message.
  */
 export const WatchMetricsResponseSchema: GenMessage<WatchMetricsResponse> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 19);
+  messageDesc(file_berth_workspace_v1_workspace_service, 21);
 
 /**
  * CreateSnapshotRequest names the workspace to snapshot and the new snapshot.
@@ -806,7 +918,7 @@ export type CreateSnapshotRequest = Message<"berth.workspace.v1.CreateSnapshotRe
  * Use `create(CreateSnapshotRequestSchema)` to create a new message.
  */
 export const CreateSnapshotRequestSchema: GenMessage<CreateSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 20);
+  messageDesc(file_berth_workspace_v1_workspace_service, 22);
 
 /**
  * CreateSnapshotResponse holds the new snapshot.
@@ -827,7 +939,7 @@ export type CreateSnapshotResponse = Message<"berth.workspace.v1.CreateSnapshotR
  * Use `create(CreateSnapshotResponseSchema)` to create a new message.
  */
 export const CreateSnapshotResponseSchema: GenMessage<CreateSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 21);
+  messageDesc(file_berth_workspace_v1_workspace_service, 23);
 
 /**
  * ListSnapshotsRequest selects a page of a workspace's snapshots.
@@ -862,7 +974,7 @@ export type ListSnapshotsRequest = Message<"berth.workspace.v1.ListSnapshotsRequ
  * Use `create(ListSnapshotsRequestSchema)` to create a new message.
  */
 export const ListSnapshotsRequestSchema: GenMessage<ListSnapshotsRequest> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 22);
+  messageDesc(file_berth_workspace_v1_workspace_service, 24);
 
 /**
  * ListSnapshotsResponse is one page of a workspace's snapshots.
@@ -890,7 +1002,7 @@ export type ListSnapshotsResponse = Message<"berth.workspace.v1.ListSnapshotsRes
  * Use `create(ListSnapshotsResponseSchema)` to create a new message.
  */
 export const ListSnapshotsResponseSchema: GenMessage<ListSnapshotsResponse> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 23);
+  messageDesc(file_berth_workspace_v1_workspace_service, 25);
 
 /**
  * DeleteSnapshotRequest names the snapshot to delete.
@@ -919,7 +1031,7 @@ export type DeleteSnapshotRequest = Message<"berth.workspace.v1.DeleteSnapshotRe
  * Use `create(DeleteSnapshotRequestSchema)` to create a new message.
  */
 export const DeleteSnapshotRequestSchema: GenMessage<DeleteSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 24);
+  messageDesc(file_berth_workspace_v1_workspace_service, 26);
 
 /**
  * DeleteSnapshotResponse confirms a snapshot deletion.
@@ -934,7 +1046,7 @@ export type DeleteSnapshotResponse = Message<"berth.workspace.v1.DeleteSnapshotR
  * Use `create(DeleteSnapshotResponseSchema)` to create a new message.
  */
 export const DeleteSnapshotResponseSchema: GenMessage<DeleteSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 25);
+  messageDesc(file_berth_workspace_v1_workspace_service, 27);
 
 /**
  * RestoreSnapshotRequest names the workspace and the snapshot to roll back to.
@@ -979,7 +1091,7 @@ export type RestoreSnapshotRequest = Message<"berth.workspace.v1.RestoreSnapshot
  * Use `create(RestoreSnapshotRequestSchema)` to create a new message.
  */
 export const RestoreSnapshotRequestSchema: GenMessage<RestoreSnapshotRequest> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 26);
+  messageDesc(file_berth_workspace_v1_workspace_service, 28);
 
 /**
  * RestoreSnapshotResponse holds the workspace after the rollback.
@@ -1007,7 +1119,7 @@ export type RestoreSnapshotResponse = Message<"berth.workspace.v1.RestoreSnapsho
  * Use `create(RestoreSnapshotResponseSchema)` to create a new message.
  */
 export const RestoreSnapshotResponseSchema: GenMessage<RestoreSnapshotResponse> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 27);
+  messageDesc(file_berth_workspace_v1_workspace_service, 29);
 
 /**
  * ListVersionsRequest selects a page of a workspace's version history.
@@ -1042,7 +1154,7 @@ export type ListVersionsRequest = Message<"berth.workspace.v1.ListVersionsReques
  * Use `create(ListVersionsRequestSchema)` to create a new message.
  */
 export const ListVersionsRequestSchema: GenMessage<ListVersionsRequest> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 28);
+  messageDesc(file_berth_workspace_v1_workspace_service, 30);
 
 /**
  * ListVersionsResponse is one page of a workspace's version history.
@@ -1077,7 +1189,7 @@ export type ListVersionsResponse = Message<"berth.workspace.v1.ListVersionsRespo
  * Use `create(ListVersionsResponseSchema)` to create a new message.
  */
 export const ListVersionsResponseSchema: GenMessage<ListVersionsResponse> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 29);
+  messageDesc(file_berth_workspace_v1_workspace_service, 31);
 
 /**
  * ExportDataRequest names the directory to export and the archive format.
@@ -1113,7 +1225,7 @@ export type ExportDataRequest = Message<"berth.workspace.v1.ExportDataRequest"> 
  * Use `create(ExportDataRequestSchema)` to create a new message.
  */
 export const ExportDataRequestSchema: GenMessage<ExportDataRequest> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 30);
+  messageDesc(file_berth_workspace_v1_workspace_service, 32);
 
 /**
  * ExportDataResponse is one message of an ExportData stream: archive chunks, then a trailer.
@@ -1150,7 +1262,7 @@ export type ExportDataResponse = Message<"berth.workspace.v1.ExportDataResponse"
  * Use `create(ExportDataResponseSchema)` to create a new message.
  */
 export const ExportDataResponseSchema: GenMessage<ExportDataResponse> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 31);
+  messageDesc(file_berth_workspace_v1_workspace_service, 33);
 
 /**
  * Trailer closes a successful export.
@@ -1185,7 +1297,7 @@ export type ExportDataResponse_Trailer = Message<"berth.workspace.v1.ExportDataR
  * Use `create(ExportDataResponse_TrailerSchema)` to create a new message.
  */
 export const ExportDataResponse_TrailerSchema: GenMessage<ExportDataResponse_Trailer> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 31, 0);
+  messageDesc(file_berth_workspace_v1_workspace_service, 33, 0);
 
 /**
  * ImportDataRequest is one message of an ImportData stream: a header first, then chunks.
@@ -1222,7 +1334,7 @@ export type ImportDataRequest = Message<"berth.workspace.v1.ImportDataRequest"> 
  * Use `create(ImportDataRequestSchema)` to create a new message.
  */
 export const ImportDataRequestSchema: GenMessage<ImportDataRequest> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 32);
+  messageDesc(file_berth_workspace_v1_workspace_service, 34);
 
 /**
  * Header says where and how to import; it must be the first message of the stream.
@@ -1284,7 +1396,7 @@ export type ImportDataRequest_Header = Message<"berth.workspace.v1.ImportDataReq
  * Use `create(ImportDataRequest_HeaderSchema)` to create a new message.
  */
 export const ImportDataRequest_HeaderSchema: GenMessage<ImportDataRequest_Header> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 32, 0);
+  messageDesc(file_berth_workspace_v1_workspace_service, 34, 0);
 
 /**
  * ImportDataResponse reports a completed import.
@@ -1319,7 +1431,7 @@ export type ImportDataResponse = Message<"berth.workspace.v1.ImportDataResponse"
  * Use `create(ImportDataResponseSchema)` to create a new message.
  */
 export const ImportDataResponseSchema: GenMessage<ImportDataResponse> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 33);
+  messageDesc(file_berth_workspace_v1_workspace_service, 35);
 
 /**
  * ImportDataChunkRequest carries one chunk of an archive uploaded with unary calls. Chunks are
@@ -1406,7 +1518,7 @@ export type ImportDataChunkRequest = Message<"berth.workspace.v1.ImportDataChunk
  * Use `create(ImportDataChunkRequestSchema)` to create a new message.
  */
 export const ImportDataChunkRequestSchema: GenMessage<ImportDataChunkRequest> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 34);
+  messageDesc(file_berth_workspace_v1_workspace_service, 36);
 
 /**
  * ImportDataChunkResponse acknowledges one chunk.
@@ -1448,7 +1560,7 @@ export type ImportDataChunkResponse = Message<"berth.workspace.v1.ImportDataChun
  * Use `create(ImportDataChunkResponseSchema)` to create a new message.
  */
 export const ImportDataChunkResponseSchema: GenMessage<ImportDataChunkResponse> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 35);
+  messageDesc(file_berth_workspace_v1_workspace_service, 37);
 
 /**
  * WatchEventsRequest selects the events to stream.
@@ -1492,7 +1604,7 @@ export type WatchEventsRequest = Message<"berth.workspace.v1.WatchEventsRequest"
  * Use `create(WatchEventsRequestSchema)` to create a new message.
  */
 export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 36);
+  messageDesc(file_berth_workspace_v1_workspace_service, 38);
 
 /**
  * WatchEventsResponse is one event of a WatchEvents stream.
@@ -1513,7 +1625,7 @@ export type WatchEventsResponse = Message<"berth.workspace.v1.WatchEventsRespons
  * Use `create(WatchEventsResponseSchema)` to create a new message.
  */
 export const WatchEventsResponseSchema: GenMessage<WatchEventsResponse> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace_service, 37);
+  messageDesc(file_berth_workspace_v1_workspace_service, 39);
 
 /**
  * WorkspaceService manages the lifecycle of workspaces, their data, snapshots and versions, and
@@ -1624,6 +1736,33 @@ export const WorkspaceService: GenService<{
     output: typeof ResetDataResponseSchema;
   },
   /**
+   * Changes a workspace in place; `update_mask` names the fields to change, and the request's
+   * fields of those names hold the new values.
+   *
+   * `image` moves the workspace onto another image (or a newer build of the same reference,
+   * with PULL_POLICY_ALWAYS) while keeping /data: the image is pulled, the current filesystem is
+   * kept as a SYSTEM snapshot, a fresh writable layer is prepared on the new image, /data is
+   * copied into it before the task starts, and a version with reason IMAGE_CHANGE is recorded.
+   * Everything else the bot installed outside /data stays in the SYSTEM snapshot:
+   * RestoreSnapshot of it goes back to the old image and state. A running workspace is
+   * restarted (processes started through ProcessService end with a message saying why); a
+   * stopped one stays stopped. An image whose manifest digest equals the current one changes
+   * nothing. The change is detached from the caller and crash safe: an interrupted one leaves
+   * the old or the new state, never a mix.
+   *
+   * The other fields of the mask (`resources`, `labels`, `env`, `cdi_devices`) are not supported
+   * yet: a mask naming one fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything
+   * changes. An empty mask or an unknown path fails with INVALID_ARGUMENT and reason
+   * INVALID_ARGUMENT.
+   *
+   * @generated from rpc berth.workspace.v1.WorkspaceService.UpdateWorkspace
+   */
+  updateWorkspace: {
+    methodKind: "unary";
+    input: typeof UpdateWorkspaceRequestSchema;
+    output: typeof UpdateWorkspaceResponseSchema;
+  },
+  /**
    * Returns one sample of a workspace's resource usage.
    *
    * @generated from rpc berth.workspace.v1.WorkspaceService.GetMetrics
@@ -1681,7 +1820,9 @@ export const WorkspaceService: GenService<{
   /**
    * Rolls a workspace back to a snapshot, chosen by name or by version: a fresh writable layer is
    * prepared on top of it and the changes since are discarded. Creates a new version with reason
-   * RESTORE. A running workspace is restarted on the restored filesystem.
+   * RESTORE. A running workspace is restarted on the restored filesystem. A snapshot taken on
+   * another image (such as the SYSTEM snapshot an image change keeps) moves the workspace back
+   * onto that image, which must still be present in containerd or pullable.
    *
    * @generated from rpc berth.workspace.v1.WorkspaceService.RestoreSnapshot
    */
