@@ -3,7 +3,7 @@
 //! mounted with bind mounts, so the Manager's /data code runs for real. Never the only test of a
 //! feature: the end-to-end suite runs the same paths against containerd.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -36,6 +36,16 @@ pub struct FakeState {
     pub container_keys: HashMap<String, String>,
     /// Container id → the image (reference) its spec was made from.
     pub container_images: HashMap<String, String>,
+    /// Container id → the limits its stored spec holds.
+    pub container_resources: HashMap<String, Resources>,
+    /// Container id → the limits its running task has (set at start and by live updates).
+    pub task_resources: HashMap<String, Resources>,
+    /// Container id → the environment overrides its spec was made with.
+    pub container_env: HashMap<String, BTreeMap<String, String>>,
+    /// Container id → its caller labels.
+    pub container_labels: HashMap<String, BTreeMap<String, String>>,
+    /// What `memory_working_set` answers for a running task.
+    pub working_set: Option<u64>,
     /// Container id → running.
     pub tasks: HashMap<String, bool>,
     /// Operation name → the error its next calls return (until cleared).
@@ -213,6 +223,9 @@ impl Runtime for FakeRuntime {
         state.containers.insert(spec.id.to_owned(), ContainerOwner::Berth);
         state.container_keys.insert(spec.id.to_owned(), spec.snapshot_key.to_owned());
         state.container_images.insert(spec.id.to_owned(), spec.image.name.clone());
+        state.container_resources.insert(spec.id.to_owned(), spec.resources);
+        state.container_env.insert(spec.id.to_owned(), spec.env.clone());
+        state.container_labels.insert(spec.id.to_owned(), spec.labels.clone());
         state.users.insert(spec.id.to_owned(), spec.user.clone());
         Ok(())
     }
@@ -357,9 +370,38 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
+    async fn update_resources(&self, id: &str, resources: Resources, running: bool) -> Result<()> {
+        self.check("update_resources")?;
+        let mut state = self.state.lock().unwrap();
+        if state.containers.contains_key(id) {
+            state.container_resources.insert(id.to_owned(), resources);
+        }
+        if running && state.tasks.get(id) == Some(&true) {
+            state.task_resources.insert(id.to_owned(), resources);
+        }
+        Ok(())
+    }
+
+    async fn set_container_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> Result<()> {
+        self.check("set_container_labels")?;
+        let mut state = self.state.lock().unwrap();
+        if state.containers.contains_key(id) {
+            state.container_labels.insert(id.to_owned(), labels.clone());
+        }
+        Ok(())
+    }
+
+    async fn memory_working_set(&self, id: &str) -> Result<Option<u64>> {
+        let state = self.state.lock().unwrap();
+        Ok(state.working_set.filter(|_| state.tasks.get(id) == Some(&true)))
+    }
+
     async fn start_task(&self, id: &str, _snapshot_key: &str) -> Result<u32> {
         self.check("start_task")?;
-        self.state.lock().unwrap().tasks.insert(id.to_owned(), true);
+        let mut state = self.state.lock().unwrap();
+        state.tasks.insert(id.to_owned(), true);
+        let stored = state.container_resources.get(id).copied().unwrap_or_default();
+        state.task_resources.insert(id.to_owned(), stored);
         Ok(4242)
     }
 
