@@ -253,12 +253,13 @@ impl Store {
 /// Writes the mutable columns of an existing workspace on `connection` (a transaction's too).
 async fn update_workspace_in(connection: &mut sqlx::SqliteConnection, record: &WorkspaceRecord) -> Result<()> {
     let result = sqlx::query(
-        "UPDATE workspaces SET state = ?, desired_state = ?, image_digest = ?, snapshot_key = ?, \
+        "UPDATE workspaces SET state = ?, desired_state = ?, spec = ?, image_digest = ?, snapshot_key = ?, \
          current_version = ?, failure_reason = ?, failure_message = ?, update_time = ?, \
          last_start_time = ?, last_stop_time = ? WHERE id = ?",
     )
     .bind(record.state.as_str())
     .bind(record.desired_state.as_str())
+    .bind(spec_json(&record.spec)?)
     .bind(&record.image_digest)
     .bind(&record.snapshot_key)
     .bind(record.current_version)
