@@ -2,10 +2,13 @@
 // RUNNING, a shell in the terminal panel that comes back after a reload, the file manager
 // (browse, new folder and file, edit and save, a conflicting change inside the workspace,
 // upload, download), the data panel (export as .tar.gz and .tar.zst, import with chunked
-// uploads), stop, start, delete with preserved data. Saves artifacts/screenshot.png,
-// artifacts/terminal.png, artifacts/files.png and artifacts/data.png.
+// uploads), snapshots and versions (take, restore by name and by version, SNAPSHOT_IN_USE,
+// delete), an image change carrying /data over and its rollback, stop, start, delete with
+// preserved data. Saves artifacts/screenshot.png, artifacts/terminal.png, artifacts/files.png,
+// artifacts/data.png, artifacts/snapshots.png and artifacts/image-change.png.
 //
-// Environment: BERTH_TEST_SERVER (required), BERTH_TEST_IMAGE_MULTILAYER (required),
+// Environment: BERTH_TEST_SERVER (required), BERTH_TEST_IMAGE_MULTILAYER (required; the image
+// the workspace is created from), BERTH_TEST_IMAGE_BUSYBOX (required; the image it moves onto),
 // BERTH_TEST_SDK_NAMESPACE (required: the image is forgotten there first so its pull moves
 // bytes), TESTBED_DIR (for forget-image.sh), CHROMIUM (default /usr/bin/chromium),
 // BERTH_TEST_WEB_PORT (the port the page is served on, default 8080: berth must allow the origin
@@ -30,6 +33,7 @@ function requireEnv(name) {
 
 const berthUrl = requireEnv("BERTH_TEST_SERVER");
 const image = requireEnv("BERTH_TEST_IMAGE_MULTILAYER");
+const otherImage = requireEnv("BERTH_TEST_IMAGE_BUSYBOX"); // the Change image form's target
 const namespace = requireEnv("BERTH_TEST_SDK_NAMESPACE");
 const here = fileURLToPath(new URL(".", import.meta.url));
 const repoRoot = join(here, "../..");
@@ -671,6 +675,53 @@ try {
   await taken.waitFor();
   await page.screenshot({ path: join(artifacts, "snapshots.png"), fullPage: true });
   log(`snapshots and versions done; screenshot: ${join(artifacts, "snapshots.png")}`);
+
+  // Change image: onto busybox, /data carried over, the rest kept in a SYSTEM snapshot that the
+  // IMAGE_CHANGE version names; restoring that version goes back onto the first image.
+  const imageEnd = panelEnds("image");
+  const dataBefore = (await shell(id, "cd /data && find . | sort && sha256sum page.txt upload.bin")).toString();
+  await shell(id, "mkdir -p /opt && echo installed > /opt/web-marker");
+  await page.locator("#image-panel").waitFor();
+  assert.equal(await page.locator("#image-ref").getAttribute("placeholder"), image, "the current image as the placeholder");
+  await page.fill("#image-ref", otherImage);
+  await confirming(
+    new RegExp(`^Move ${id} onto ${escapeRegExp(otherImage)}\\? /data is carried over; .* and the workspace restarts\\.$`),
+    () => page.click("#image-change"),
+  );
+  await imageEnd(`Change image to ${otherImage}`, "done");
+  const imageResult = page.locator("#image-result");
+  log(`image change shown: ${await imageResult.textContent()}`);
+  assert.equal(await imageResult.getAttribute("data-image"), otherImage);
+  assert.equal(await imageResult.getAttribute("data-version"), "7");
+  assert.equal(await imageResult.getAttribute("data-restarted"), "true", "a running workspace restarts");
+  const systemSnapshot = await imageResult.getAttribute("data-snapshot");
+  assert.ok(systemSnapshot, "the change names the snapshot of the state before");
+  await page.locator("#ws-image", { hasText: otherImage }).waitFor();
+  await page.locator("#ws-state", { hasText: "RUNNING" }).waitFor();
+  await row.locator("td.image", { hasText: otherImage }).waitFor();
+  await waitForVersion(7, "IMAGE_CHANGE", systemSnapshot);
+  assert.match(await versionRow(7).locator("td.image").textContent(), new RegExp(`^${escapeRegExp(otherImage)} @ sha256:`));
+  assert.equal(await snapshotRow(systemSnapshot).getAttribute("data-source"), "SYSTEM");
+  assert.equal(
+    (await shell(id, "cd /data && find . | sort && sha256sum page.txt upload.bin")).toString(),
+    dataBefore,
+    "/data came over to the new image: the same entries and bytes",
+  );
+  assert.equal((await shell(id, "test -e /opt/web-marker || echo absent")).toString(), "absent\n", "the rest is the new image's");
+  await filesFollow(beforeEdit, false);
+  await page.screenshot({ path: join(artifacts, "image-change.png"), fullPage: true });
+  log(`moved onto ${otherImage}; screenshot: ${join(artifacts, "image-change.png")}`);
+
+  await confirming(new RegExp(`^Restore version 7 \\(snapshot ${escapeRegExp(systemSnapshot)}\\)\\?`), () =>
+    versionRow(7).locator("button.restore").click(),
+  );
+  await versionsEnd("Restore version 7", "done");
+  await waitForVersion(8, "RESTORE", systemSnapshot);
+  await page.locator("#ws-image", { hasText: new RegExp(`^${escapeRegExp(image)}$`) }).waitFor();
+  await row.locator("td.image", { hasText: new RegExp(`^${escapeRegExp(image)}$`) }).waitFor();
+  assert.equal((await shell(id, "cat /opt/web-marker")).toString(), "installed\n", "the old image's state is back");
+  assert.equal((await shell(id, "cd /data && find . | sort && sha256sum page.txt upload.bin")).toString(), dataBefore);
+  log(`rolled back onto ${image}`);
 
   // Stop, start.
   await page.click("#stop");
