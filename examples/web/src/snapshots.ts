@@ -287,7 +287,7 @@ export class SnapshotsPanel {
   }
 
   private updateButtons(): void {
-    const idle = !this.runner?.busy && !!this.workspace;
+    const idle = !this.runner.busy && !!this.workspace;
     this.el.create.disabled = !idle;
     this.el.refresh.disabled = !idle;
     for (const button of this.el.rows.querySelectorAll<HTMLButtonElement>("button.restore, button.delete")) {

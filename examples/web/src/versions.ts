@@ -164,7 +164,7 @@ export class VersionsPanel {
   }
 
   private updateButtons(): void {
-    const idle = !this.runner?.busy && !!this.workspace;
+    const idle = !this.runner.busy && !!this.workspace;
     this.el.refresh.disabled = !idle;
     for (const button of this.el.rows.querySelectorAll<HTMLButtonElement>("button.restore")) button.disabled = !idle;
   }
