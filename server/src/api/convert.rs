@@ -95,14 +95,19 @@ pub fn image_update(request: &pb::UpdateWorkspaceRequest) -> Result<(String, Pul
     if let Some(unknown) = paths.iter().find(|path| !UPDATE_PATHS.contains(&path.as_str())) {
         return Err(Error::new(
             Reason::InvalidArgument,
-            format!("update_mask names {unknown:?}, which UpdateWorkspace cannot change; use {}", UPDATE_PATHS.join(", ")),
+            format!(
+                "update_mask names {unknown:?}, which UpdateWorkspace cannot change; use {}",
+                UPDATE_PATHS.join(", ")
+            ),
         )
         .with_metadata("path", unknown.clone()));
     }
     if let Some(unbuilt) = paths.iter().find(|path| path.as_str() != "image") {
         return Err(Error::new(
             Reason::NotImplemented,
-            format!("changing {unbuilt} in place is not supported yet; only image can be changed (nothing was changed)"),
+            format!(
+                "changing {unbuilt} in place is not supported yet; only image can be changed (nothing was changed)"
+            ),
         )
         .with_metadata("path", unbuilt.clone()));
     }

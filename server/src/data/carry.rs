@@ -21,7 +21,10 @@ pub fn carry_data_dir(from_rootfs: &Path, to_rootfs: &Path) -> Result<ArchiveSum
     let to = data_dir(to_rootfs)?;
     empty_dir(&to)?;
     let (reader, writer) = io::pipe().map_err(|err| {
-        Error::new(Reason::DataArchiveFailed, format!("cannot create a pipe to copy /data: {err}; check the server's limits"))
+        Error::new(
+            Reason::DataArchiveFailed,
+            format!("cannot create a pipe to copy /data: {err}; check the server's limits"),
+        )
     })?;
     let archived = thread::scope(|scope| {
         let archiver = scope.spawn(move || {

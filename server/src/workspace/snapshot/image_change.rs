@@ -172,7 +172,10 @@ impl Manager {
         self.event_detail(
             id,
             "image_changed",
-            &format!("moved to image {} (version {version}); the previous state is snapshot {}", image.name, change.snapshot_name),
+            &format!(
+                "moved to image {} (version {version}); the previous state is snapshot {}",
+                image.name, change.snapshot_name
+            ),
             serde_json::json!({
                 "image": image.name,
                 "image_digest": image.digest,
@@ -227,7 +230,9 @@ impl Manager {
         self.recreate_container(&switched, image).await?;
         crate::failpoint::hit("image-change.container");
         if self.runtime.snapshot_exists(&change.old_key).await? {
-            self.runtime.commit_snapshot(id.as_str(), &change.old_key, &change.snapshot_key, &change.snapshot_name).await?;
+            self.runtime
+                .commit_snapshot(id.as_str(), &change.old_key, &change.snapshot_key, &change.snapshot_name)
+                .await?;
         }
         crate::failpoint::hit("image-change.committed");
         let committed = self.runtime.snapshot_exists(&change.snapshot_key).await?;
@@ -325,7 +330,10 @@ mod tests {
     #[test]
     fn a_reference_is_pinned_by_replacing_its_tag_or_digest() {
         let digest = "sha256:abc";
-        assert_eq!(pinned_reference("docker.io/library/debian:bookworm", digest), "docker.io/library/debian@sha256:abc");
+        assert_eq!(
+            pinned_reference("docker.io/library/debian:bookworm", digest),
+            "docker.io/library/debian@sha256:abc"
+        );
         assert_eq!(pinned_reference("127.0.0.1:5000/team/app:v1", digest), "127.0.0.1:5000/team/app@sha256:abc");
         assert_eq!(pinned_reference("127.0.0.1:5000/team/app", digest), "127.0.0.1:5000/team/app@sha256:abc");
         assert_eq!(pinned_reference("registry/app:v1@sha256:old", digest), "registry/app@sha256:abc");

@@ -56,7 +56,10 @@ async fn an_image_change_carries_data_over_keeps_the_old_state_and_restores_it()
         harness.manager.restore_snapshot(ID, RestoreTarget::Name("before-image-change-v2".to_owned())).await.unwrap();
     assert_eq!(restored.workspace.record.spec.image, first_image);
     assert_eq!(restored.workspace.record.image_digest, "sha256:fake");
-    assert_eq!((restored.version.image.as_str(), restored.version.reason), (first_image.as_str(), VersionReason::Restore));
+    assert_eq!(
+        (restored.version.image.as_str(), restored.version.reason),
+        (first_image.as_str(), VersionReason::Restore)
+    );
     assert_eq!(container_image(&harness), first_image);
     assert_eq!(read_files(&harness).await, ("tool on first".to_owned(), "data v1".to_owned()));
     assert_eq!(os_release(&harness).await, "first");
@@ -108,7 +111,10 @@ async fn a_failed_pull_or_copy_leaves_the_workspace_as_it_was() {
     let err = harness.manager.change_image(ID, NEXT, PullPolicy::IfNotPresent).await.unwrap_err();
     assert_eq!(err.reason(), Reason::DataArchiveFailed, "{err}");
     let after = record(&harness).await;
-    assert_eq!((after.spec.image, after.snapshot_key, after.current_version), (before.spec.image, before.snapshot_key, 1));
+    assert_eq!(
+        (after.spec.image, after.snapshot_key, after.current_version),
+        (before.spec.image, before.snapshot_key, 1)
+    );
     assert!(running(&harness), "started again on its old layer");
     assert_eq!(container_image(&harness), after_image(&harness).await);
     assert_exact(&harness).await;
@@ -179,7 +185,10 @@ async fn a_crash_before_the_copy_is_journalled_is_undone_and_one_after_it_finish
             assert_eq!(container_image(&harness), NEXT);
             assert_eq!(listed_names(&harness).await.last().map(String::as_str), Some("before-image-change-v2"));
         } else {
-            assert_eq!((after.spec.image, after.snapshot_key.clone()), (before.spec.image.clone(), before.snapshot_key));
+            assert_eq!(
+                (after.spec.image, after.snapshot_key.clone()),
+                (before.spec.image.clone(), before.snapshot_key)
+            );
             assert_eq!(after.current_version, 1);
             assert_eq!(container_image(&harness), before.spec.image);
             assert_eq!(listed_names(&harness).await, ["image-base", "image"]);

@@ -8,10 +8,10 @@
 //! again. Crash safety is `journal.rs`'s; what the lineage is, `lineage.rs`'s.
 
 mod image_change;
-mod journal;
-mod lineage;
 #[cfg(test)]
 mod image_change_tests;
+mod journal;
+mod lineage;
 #[cfg(test)]
 mod tests;
 
@@ -26,9 +26,7 @@ use tracing::{info, warn};
 
 pub use self::image_change::ImageChanged;
 pub(crate) use self::journal::Settled;
-use self::journal::{
-    CreateOperation, DeleteOperation, ImageRef, Operation, RestoreOperation, nanos_of, version_of,
-};
+use self::journal::{CreateOperation, DeleteOperation, ImageRef, Operation, RestoreOperation, nanos_of, version_of};
 use self::lineage::Lineage;
 use super::lifecycle::shutting_down;
 use super::manager::{DEFAULT_STOP_TIMEOUT, Manager, ensure_settled};
@@ -361,7 +359,9 @@ impl Manager {
             new_key: format!("{id}-active-{nanos}"),
             recorded: false,
             create_time_nanos: nanos,
-            image: image.as_ref().map(|_| ImageRef { name: snapshot.image.clone(), digest: snapshot.image_digest.clone() }),
+            image: image
+                .as_ref()
+                .map(|_| ImageRef { name: snapshot.image.clone(), digest: snapshot.image_digest.clone() }),
         };
         self.store.begin_snapshot_operation(id, &Operation::Restore(restore.clone()).to_json()?).await?;
         let was_running = self.stop_for_switch(&mut record, RESTORE_RESTART).await?;
