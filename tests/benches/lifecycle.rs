@@ -17,17 +17,20 @@
 //!   during each (target ≤ 32 MiB).
 //!
 //! - CreateSnapshot of a running workspace (with a process in it) whose /data holds 10 MiB vs
-//!   1 GiB (8 big files and 200 small ones, written inside it): the downtime, from the first exit
-//!   of a process of its task to its new task's start as containerd's events (`ctr events`)
-//!   stamp them (target ≤ 150 ms and independent of size: 1 GiB / 10 MiB ≈ 1.0x), with the RPC's
-//!   round trip as an upper bound; then RestoreSnapshot of the same workspace (discarding as many
-//!   bytes of changes), the same ways (informational).
+//!   1 GiB (8 big files and 200 small ones, written inside it and synced): the downtime, from the
+//!   first exit of a process of its task to its new task's start as containerd's events (`ctr
+//!   events`) stamp them (target ≤ 150 ms and independent of size: 1 GiB / 10 MiB ≈ 1.0x), with
+//!   the RPC's round trip as an upper bound and the downtime's phases; the same right after
+//!   writing, the data still dirty (informational: the task's exit then waits for its
+//!   writeback); RestoreSnapshot of the same workspace discarding as many bytes of changes
+//!   (informational). The two sizes alternate within each round.
 //! - ExportData of /data holding 1 GiB of mixed files (half random, half text, plus 5,000 small
 //!   files) to a client that discards it, as tar+gzip and as tar+zstd, vs `tar -czf` of the same
 //!   tree on the host (the workspace's `host_data_path`), in the same run (targets: gzip ≥ 1.0x
 //!   tar -czf, zstd ≥ 3x faster than tar -czf); then ImportData of each export into a fresh
 //!   directory of /data vs `tar -xzf` (`tar --zstd -xf`) of the same archive into a fresh host
-//!   directory on the same disk (target: gzip ≥ 1.0x tar -xzf; zstd informational).
+//!   directory on the same disk (target: gzip ≥ 1.0x tar -xzf; zstd informational), with the
+//!   time the upload took of it.
 //!
 //! `BERTH_BENCH_ONLY=files` (a comma-separated list of `create`, `process`, `files`, `snapshot`,
 //! `export`, `pull`) runs only those sections, for example against a testbed that is already up:
@@ -619,7 +622,7 @@ async fn bench_files(server: &BerthServer, client: &mut Client, image: &str) {
 }
 
 /// Rounds of each snapshot measurement.
-const SNAPSHOT_ROUNDS: usize = 5;
+const SNAPSHOT_ROUNDS: usize = 7;
 /// What /data holds for the snapshot measurements: the same files (8 big ones, 200 small ones)
 /// at two sizes, so that only the bytes differ between them.
 const SNAPSHOT_SIZES: [(&str, u64); 2] = [("10 MiB", 10 * 1024 * 1024), ("1 GiB", 1024 * 1024 * 1024)];
@@ -951,35 +954,32 @@ impl SnapshotBench<'_> {
         delete_snapshot(self.client, workspace, snapshot).await;
     }
 
-    async fn rounds(&mut self, workspace: &str, bytes: u64) -> SnapshotRuns {
-        let mut runs = SnapshotRuns::default();
-        for round in 0..SNAPSHOT_ROUNDS {
-            // The writable layer holds /data/bench, `bytes` of new files, on disk.
-            let snapshot = format!("data-{round}");
-            fill_data(&mut self.processes, workspace, "/data/bench", bytes, Writeback::Synced).await;
-            self.measure(workspace, &snapshot, false, &mut runs.create).await;
-            // As many bytes of changes since the snapshot, which the restore discards.
-            fill_data(&mut self.processes, workspace, "/data/changes", bytes, Writeback::Synced).await;
-            self.measure(workspace, &snapshot, true, &mut runs.restore).await;
-            assert_eq!(
-                stat_size(&mut self.files, workspace, "/data/bench/big1").await,
-                Some((bytes / 8) as i64),
-                "/data/bench/big1 after restoring {snapshot}"
-            );
-            assert_eq!(
-                stat_size(&mut self.files, workspace, "/data/changes").await,
-                None,
-                "/data/changes survived the restore of {snapshot}"
-            );
-            self.reset(workspace, &snapshot).await;
+    /// One round of each measurement on `workspace`, whose /data gets `bytes`.
+    async fn round(&mut self, workspace: &str, bytes: u64, round: usize, runs: &mut SnapshotRuns) {
+        // The writable layer holds /data/bench, `bytes` of new files, on disk.
+        let snapshot = format!("data-{round}");
+        fill_data(&mut self.processes, workspace, "/data/bench", bytes, Writeback::Synced).await;
+        self.measure(workspace, &snapshot, false, &mut runs.create).await;
+        // As many bytes of changes since the snapshot, which the restore discards.
+        fill_data(&mut self.processes, workspace, "/data/changes", bytes, Writeback::Synced).await;
+        self.measure(workspace, &snapshot, true, &mut runs.restore).await;
+        assert_eq!(
+            stat_size(&mut self.files, workspace, "/data/bench/big1").await,
+            Some((bytes / 8) as i64),
+            "/data/bench/big1 after restoring {snapshot}"
+        );
+        assert_eq!(
+            stat_size(&mut self.files, workspace, "/data/changes").await,
+            None,
+            "/data/changes survived the restore of {snapshot}"
+        );
+        self.reset(workspace, &snapshot).await;
 
-            // The same commit right after writing, its bytes still dirty.
-            let snapshot = format!("just-written-{round}");
-            fill_data(&mut self.processes, workspace, "/data/bench", bytes, Writeback::JustWritten).await;
-            self.measure(workspace, &snapshot, false, &mut runs.create_just_written).await;
-            self.reset(workspace, &snapshot).await;
-        }
-        runs
+        // The same commit right after writing, its bytes still dirty.
+        let snapshot = format!("just-written-{round}");
+        fill_data(&mut self.processes, workspace, "/data/bench", bytes, Writeback::JustWritten).await;
+        self.measure(workspace, &snapshot, false, &mut runs.create_just_written).await;
+        self.reset(workspace, &snapshot).await;
     }
 }
 
@@ -996,14 +996,16 @@ async fn bench_snapshots(testbed: &Testbed, server: &BerthServer, client: &mut C
         files: FilesClient::new(server.channel().await),
         events: ContainerdEvents::watch(testbed, &server.namespace),
     };
-    let mut runs = Vec::new();
-    for (label, bytes) in SNAPSHOT_SIZES {
-        let workspace = format!("snapshot-bench-{}", label.replace(' ', "").to_lowercase());
-        create(bench.client, &workspace, image, PullPolicy::IfNotPresent).await;
+    let workspaces: Vec<String> = SNAPSHOT_SIZES
+        .iter()
+        .map(|(label, _)| format!("snapshot-bench-{}", label.replace(' ', "").to_lowercase()))
+        .collect();
+    for workspace in &workspaces {
+        create(bench.client, workspace, image, PullPolicy::IfNotPresent).await;
         // `ctr events` subscribes some time after it starts: wait until it reports an exec.
         let mut subscribed = false;
         for _ in 0..20 {
-            run_process(&mut bench.processes, &workspace, "true", &[]).await;
+            run_process(&mut bench.processes, workspace, "true", &[]).await;
             if bench.events.any_within(Duration::from_millis(500)) {
                 subscribed = true;
                 break;
@@ -1011,13 +1013,22 @@ async fn bench_snapshots(testbed: &Testbed, server: &BerthServer, client: &mut C
         }
         assert!(subscribed, "ctr events reported nothing of {workspace}'s execs");
         // What each round's reset returns to: /data empty.
-        create_snapshot(bench.client, &workspace, "empty").await;
-        runs.push((label, bench.rounds(&workspace, bytes).await));
-        delete(bench.client, &workspace).await;
+        create_snapshot(bench.client, workspace, "empty").await;
+    }
+    // The sizes alternate within each round, so that drift on the shared machine hits both alike.
+    let mut runs: Vec<SnapshotRuns> = SNAPSHOT_SIZES.iter().map(|_| SnapshotRuns::default()).collect();
+    for round in 0..SNAPSHOT_ROUNDS {
+        for ((workspace, (_, bytes)), size_runs) in workspaces.iter().zip(SNAPSHOT_SIZES).zip(&mut runs) {
+            bench.round(workspace, bytes, round, size_runs).await;
+        }
+    }
+    for workspace in &workspaces {
+        delete(bench.client, workspace).await;
     }
 
-    let [(small, small_runs), (big, big_runs)] = &runs[..] else { unreachable!("two sizes") };
-    let pair = |pick: fn(&SnapshotRuns) -> &Switches| [(*small, pick(small_runs)), (*big, pick(big_runs))];
+    let [small_runs, big_runs] = &runs[..] else { unreachable!("two sizes") };
+    let [(small, _), (big, _)] = SNAPSHOT_SIZES;
+    let pair = |pick: fn(&SnapshotRuns) -> &Switches| [(small, pick(small_runs)), (big, pick(big_runs))];
     report_switches("CreateSnapshot downtime", "commit", pair(|runs| &runs.create), "<= 150 ms, ratio 1.0x");
     report_switches("  same, just written", "commit", pair(|runs| &runs.create_just_written), "informational");
     report_switches("RestoreSnapshot downtime", "remove old layer", pair(|runs| &runs.restore), "informational");
@@ -1134,6 +1145,7 @@ async fn bench_export(server: &BerthServer, client: &mut Client, image: &str) {
         let host_target = server.state_dir.join("import-bench-tar");
         let mut tars = Vec::new();
         let mut imports = Vec::new();
+        let mut sends = Vec::new();
         for _ in 0..EXPORT_ROUNDS {
             std::fs::create_dir(&host_target).expect("create tar's target");
             let started = Instant::now();
@@ -1151,8 +1163,9 @@ async fn bench_export(server: &BerthServer, client: &mut Client, image: &str) {
 
             let header = berth_e2e::import::header(WORKSPACE, IMPORT_TARGET, format, false);
             let header = berth_api::v1::import_data_request::Header { sha256: exported.sha256.clone(), ..header };
-            let (elapsed, imported) = import_once(client, header, &archive).await;
-            imports.push(elapsed);
+            let (upload, imported) = import_once(client, header, &archive).await;
+            imports.push(upload.elapsed);
+            sends.push(upload.sent);
             assert_eq!(imported.sha256, exported.sha256, "ImportData received other bytes than were sent");
             assert_eq!(imported.entry_count, exported.entry_count, "ImportData extracted another number of entries");
             let imported_dir = host_data.join(IMPORT_TARGET.trim_start_matches("/data/"));
@@ -1161,16 +1174,17 @@ async fn bench_export(server: &BerthServer, client: &mut Client, image: &str) {
             assert_eq!(removed.exit_code, 0, "rm -rf {IMPORT_TARGET} exited {}", removed.exit_code);
         }
         std::fs::remove_file(&archive_file).expect("remove the archive");
-        let (tar, import) = (median(tars), median(imports));
+        let (tar, import, sent) = (median(tars), median(imports), median(sends));
         println!(
-            "{:<34} berth {:>8.1} s   {tar_name} {:>8.1} s   speed {:.2}x of tar   ({:.0} vs {:.0} MiB/s of files; {:.0} MiB archive)   (target {target})",
+            "{:<34} berth {:>8.1} s   {tar_name} {:>8.1} s   speed {:.2}x of tar   ({:.0} vs {:.0} MiB/s of files; {:.0} MiB archive sent in {:.1} s)   (target {target})",
             name,
             import.as_secs_f64(),
             tar.as_secs_f64(),
             tar.as_secs_f64() / import.as_secs_f64(),
             rate(import),
             rate(tar),
-            archive.len() as f64 / MIB
+            archive.len() as f64 / MIB,
+            sent.as_secs_f64()
         );
     }
     delete(client, WORKSPACE).await;
@@ -1179,13 +1193,12 @@ async fn bench_export(server: &BerthServer, client: &mut Client, image: &str) {
 /// Where the export bench imports its archives: a directory of /data that does not exist yet.
 const IMPORT_TARGET: &str = "/data/imported";
 
-/// Streams `archive` to ImportData in 1 MiB chunks after `header`; returns the time from the
-/// request to the answer, and the answer.
+/// Streams `archive` to ImportData in 1 MiB chunks after `header`; returns its times and answer.
 async fn import_once(
     client: &mut Client,
     header: berth_api::v1::import_data_request::Header,
     archive: &prost::bytes::Bytes,
-) -> (Duration, berth_api::v1::ImportDataResponse) {
+) -> (Upload, berth_api::v1::ImportDataResponse) {
     use berth_api::v1::ImportDataRequest;
     use berth_api::v1::import_data_request::Event;
     const CHUNK: usize = 1024 * 1024;
@@ -1194,10 +1207,29 @@ async fn import_once(
         let chunk = archive.slice(at..archive.len().min(at + CHUNK));
         ImportDataRequest { event: Some(Event::Chunk(chunk)) }
     });
-    let messages = std::iter::once(ImportDataRequest { event: Some(Event::Header(header)) }).chain(chunks);
+    // When the client stream asks for a message after the last chunk, the server holds all but
+    // the HTTP/2 window of the archive: the rest of the time is its extraction.
+    let uploaded = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let mark_uploaded = uploaded.clone();
+    let messages = std::iter::once(ImportDataRequest { event: Some(Event::Header(header)) }).chain(chunks).chain(
+        std::iter::from_fn(move || {
+            *mark_uploaded.lock().expect("the upload mark") = Some(Instant::now());
+            None
+        }),
+    );
     let started = Instant::now();
     let response = client.import_data(tokio_stream::iter(messages)).await.expect("import").into_inner();
-    (started.elapsed(), response)
+    let elapsed = started.elapsed();
+    let uploaded = uploaded.lock().expect("the upload mark").expect("the whole archive was sent");
+    (Upload { elapsed, sent: uploaded - started }, response)
+}
+
+/// The times of one ImportData.
+struct Upload {
+    /// From the request to the answer.
+    elapsed: Duration,
+    /// From the request to the last chunk's being taken by the client stream.
+    sent: Duration,
 }
 
 /// One export streamed to this client, each chunk handed to `on_chunk`; its time and trailer,
