@@ -1,6 +1,7 @@
 //! The domain: the [`Manager`] orchestrates workspaces over the runtime and the store.
 
 mod create;
+mod devices;
 mod files;
 mod lifecycle;
 mod locks;
