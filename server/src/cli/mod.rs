@@ -340,7 +340,9 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
                     if updated.restarted { ", restarted" } else { "" },
                     version.snapshot_name
                 ),
-                None => println!("{id} already runs on {} ({}); nothing changed", workspace.image, workspace.image_digest),
+                None => {
+                    println!("{id} already runs on {} ({}); nothing changed", workspace.image, workspace.image_digest)
+                }
             }
         }
         ClientCommand::Snapshot { command } => snapshot::run(channel, command).await?,
