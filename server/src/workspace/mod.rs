@@ -2,6 +2,8 @@
 
 mod create;
 mod devices;
+#[cfg(test)]
+mod devices_tests;
 mod files;
 mod lifecycle;
 mod locks;
