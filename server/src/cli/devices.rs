@@ -58,11 +58,8 @@ fn devices_json(response: &pb::ListDevicesResponse) -> Value {
             })
         })
         .collect();
-    let errors: Vec<Value> = response
-        .spec_file_errors
-        .iter()
-        .map(|failed| json!({ "path": failed.path, "error": failed.error }))
-        .collect();
+    let errors: Vec<Value> =
+        response.spec_file_errors.iter().map(|failed| json!({ "path": failed.path, "error": failed.error })).collect();
     json!({ "devices": devices, "specFileErrors": errors, "specDirs": response.spec_dirs })
 }
 
@@ -98,7 +95,10 @@ mod tests {
     fn json_uses_proto3_names_and_carries_the_failed_files() {
         let response = pb::ListDevicesResponse {
             devices: vec![device("example.com/device=fake0", "example.com", "device", "/etc/cdi/fake.json")],
-            spec_file_errors: vec![pb::CdiSpecFileError { path: "/etc/cdi/bad.yaml".to_owned(), error: "nope".to_owned() }],
+            spec_file_errors: vec![pb::CdiSpecFileError {
+                path: "/etc/cdi/bad.yaml".to_owned(),
+                error: "nope".to_owned(),
+            }],
             spec_dirs: vec!["/etc/cdi".to_owned()],
         };
         let value = devices_json(&response);

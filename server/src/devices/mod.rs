@@ -154,11 +154,7 @@ impl Catalog {
                     }
                 };
                 for device in spec.get_devices().into_values() {
-                    definitions.entry(device.get_qualified_name()).or_default().push((
-                        priority,
-                        path.clone(),
-                        device,
-                    ));
+                    definitions.entry(device.get_qualified_name()).or_default().push((priority, path.clone(), device));
                 }
             }
         }

@@ -48,7 +48,8 @@ fn good_files_are_listed_and_each_bad_one_is_reported_by_path_with_its_cause() {
     let fake = write(dir.path(), "fake.json", &fake_spec("example.com/device", dir.path()));
     let yaml = write(dir.path(), "other.yaml", YAML_SPEC);
     let broken = write(dir.path(), "broken.json", "{\"cdiVersion\": ");
-    let future = write(dir.path(), "future.yaml", &YAML_SPEC.replace("0.6.0", "9.9.9").replace("other.org", "future.org"));
+    let future =
+        write(dir.path(), "future.yaml", &YAML_SPEC.replace("0.6.0", "9.9.9").replace("other.org", "future.org"));
     let no_edits = write(
         dir.path(),
         "no-edits.yaml",
@@ -145,7 +146,10 @@ fn unresolvable_names_are_not_found_naming_each_one_and_what_the_host_offers() {
 
     assert_eq!(err.reason(), Reason::CdiDeviceNotFound);
     let message = err.message();
-    assert!(message.starts_with("CDI devices \"example.com/device=nope\", \"gpu0\" (not a qualified name"), "{message}");
+    assert!(
+        message.starts_with("CDI devices \"example.com/device=nope\", \"gpu0\" (not a qualified name"),
+        "{message}"
+    );
     assert!(
         message.contains("the devices it offers are example.com/device=fake0, example.com/device=fake1;"),
         "{message}"

@@ -37,16 +37,20 @@ fn container_devices(harness: &Harness) -> Vec<String> {
 async fn devices_are_stored_normalized_and_given_to_every_container_made_from_the_spec() {
     let harness = harness().await;
     install_spec(&harness);
-    let events = create(&harness.manager, with_devices(&[" example.com/device=b", "example.com/device=a", "example.com/device=a"]))
-        .await
-        .unwrap();
+    let events = create(
+        &harness.manager,
+        with_devices(&[" example.com/device=b", "example.com/device=a", "example.com/device=a"]),
+    )
+    .await
+    .unwrap();
     let Some(super::CreateEvent::Ready(ready)) = events.last() else { panic!("no ready: {events:?}") };
     let expected = ["example.com/device=a", "example.com/device=b"];
     assert_eq!(ready.record.spec.cdi_devices, expected);
     assert_eq!(container_devices(&harness), expected);
 
     // The same set in another order is the same spec: one ready, nothing made.
-    let again = create(&harness.manager, with_devices(&["example.com/device=a", "example.com/device=b"])).await.unwrap();
+    let again =
+        create(&harness.manager, with_devices(&["example.com/device=a", "example.com/device=b"])).await.unwrap();
     assert_eq!(again.len(), 1);
 
     // A container removed behind berth's back is rebuilt with the stored devices.
@@ -69,9 +73,8 @@ async fn an_unresolvable_device_fails_the_create_before_anything_is_pulled_or_ma
     // A create that got as far as the pull would end with this instead.
     harness.runtime.fail("pull_image", Error::new(Reason::ImagePullFailed, "pulled (fake)"), 0);
 
-    let err = create(&harness.manager, with_devices(&["example.com/device=a", "example.com/device=nope"]))
-        .await
-        .unwrap_err();
+    let err =
+        create(&harness.manager, with_devices(&["example.com/device=a", "example.com/device=nope"])).await.unwrap_err();
 
     assert_eq!(err.reason(), Reason::CdiDeviceNotFound, "{err}");
     assert!(err.message().starts_with("CDI devices \"example.com/device=nope\" do not resolve"), "{err}");

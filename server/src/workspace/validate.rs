@@ -63,7 +63,8 @@ pub fn normalized_devices(names: &[String]) -> Result<Vec<String>> {
         let name = raw.trim();
         if name.is_empty() {
             return Err(invalid(
-                "cdi_devices holds an empty name; name devices as VENDOR/CLASS=NAME, such as nvidia.com/gpu=0".to_owned(),
+                "cdi_devices holds an empty name; name devices as VENDOR/CLASS=NAME, such as nvidia.com/gpu=0"
+                    .to_owned(),
             ));
         }
         if name.len() > MAX_CDI_DEVICE_NAME_BYTES {
@@ -361,7 +362,11 @@ mod tests {
         assert_eq!(spec.cdi_devices, ["example.com/device=foo", "nvidia.com/gpu=0", "nvidia.com/gpu=1"]);
 
         let reordered = CreateRequest {
-            cdi_devices: vec!["nvidia.com/gpu=1".to_owned(), "example.com/device=foo".to_owned(), "nvidia.com/gpu=0".to_owned()],
+            cdi_devices: vec![
+                "nvidia.com/gpu=1".to_owned(),
+                "example.com/device=foo".to_owned(),
+                "nvidia.com/gpu=0".to_owned(),
+            ],
             ..request()
         };
         assert_eq!(validate(&reordered).unwrap(), spec, "the same set is the same spec, so a create stays idempotent");
@@ -376,18 +381,25 @@ mod tests {
             ("nvidia.com/gpu=\u{7}", "control"),
         ] {
             let odd = CreateRequest { cdi_devices: vec![name.to_owned()], ..request() };
-            let err = validated_spec(&odd, DEFAULT_IMAGE, |_| panic!("no image work for a refused create")).unwrap_err();
+            let err =
+                validated_spec(&odd, DEFAULT_IMAGE, |_| panic!("no image work for a refused create")).unwrap_err();
             assert_eq!(err.reason(), Reason::InvalidArgument, "{name:?}");
             assert!(err.message().contains(needle), "{name:?}: {}", err.message());
         }
-        let long = CreateRequest { cdi_devices: vec![format!("x.com/y={}", "z".repeat(MAX_CDI_DEVICE_NAME_BYTES))], ..request() };
+        let long = CreateRequest {
+            cdi_devices: vec![format!("x.com/y={}", "z".repeat(MAX_CDI_DEVICE_NAME_BYTES))],
+            ..request()
+        };
         let message = rejected(&long, Reason::InvalidArgument, "bytes long");
         assert!(message.len() < 300, "a long name is not echoed whole: {message}");
 
         let many: Vec<String> = (0..=MAX_CDI_DEVICES).map(|index| format!("x.com/gpu={index}")).collect();
         rejected(&CreateRequest { cdi_devices: many.clone(), ..request() }, Reason::InvalidArgument, "129 devices");
         let repeated = vec!["x.com/gpu=0".to_owned(); MAX_CDI_DEVICES * 2];
-        assert_eq!(validate(&CreateRequest { cdi_devices: repeated, ..request() }).unwrap().cdi_devices, ["x.com/gpu=0"]);
+        assert_eq!(
+            validate(&CreateRequest { cdi_devices: repeated, ..request() }).unwrap().cdi_devices,
+            ["x.com/gpu=0"]
+        );
     }
 
     #[test]
