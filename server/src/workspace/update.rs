@@ -137,12 +137,12 @@ impl Manager {
             changed.push("env");
         }
         let mut version = None;
-        if let Some(image) = image {
-            if let Some((image_restarted, image_version)) = self.change_image_locked(record, &image).await? {
-                restarted |= image_restarted;
-                version = Some(image_version);
-                changed.push("image");
-            }
+        if let Some(image) = image
+            && let Some((image_restarted, image_version)) = self.change_image_locked(record, &image).await?
+        {
+            restarted |= image_restarted;
+            version = Some(image_version);
+            changed.push("image");
         }
         if !changed.is_empty() {
             info!(workspace_id = %id, ?changed, restarted, "workspace updated");
