@@ -1,6 +1,9 @@
 //! The domain: the [`Manager`] orchestrates workspaces over the runtime and the store.
 
 mod create;
+mod devices;
+#[cfg(test)]
+mod devices_tests;
 mod files;
 mod lifecycle;
 mod locks;
@@ -12,6 +15,9 @@ mod selector;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod update;
+#[cfg(test)]
+mod update_tests;
 mod validate;
 
 pub use create::{CreateEvent, CreateRequest, CreateStream};
@@ -19,3 +25,4 @@ pub use files::FileAccess;
 pub use manager::{DEFAULT_STOP_TIMEOUT, Manager, ManagerConfig, WorkspaceList};
 pub use reconcile::ReconcileReport;
 pub use snapshot::{RestoreTarget, Restored, SnapshotList, SnapshotOrigin, SnapshotView, VersionList};
+pub use update::{Updated, WorkspaceUpdate};

@@ -73,8 +73,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     limits.
     """
     CDI_DEVICE_NOT_FOUND: _ErrorReason.ValueType  # 12
-    """NOT_FOUND: a CDI device name does not resolve to a device in the host's CDI specs. Check the
-    name, or have an operator install the device's CDI spec.
+    """NOT_FOUND: a CDI device name does not resolve to a device in the host's CDI specs, or its
+    spec names a host device node that does not exist. Check the name against ListDevices, or
+    have an operator install the device's CDI spec.
     """
     WORKSPACE_DELETING: _ErrorReason.ValueType  # 13
     """FAILED_PRECONDITION: the workspace is being deleted. Wait for the deletion to finish; only
@@ -223,6 +224,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION: the path is a device node, FIFO or socket, which berth never opens for
     reading or writing (it could block forever or reach the host's devices). Use a regular file.
     """
+    MEMORY_LIMIT_BELOW_USAGE: _ErrorReason.ValueType  # 50
+    """FAILED_PRECONDITION: UpdateWorkspace asked for a memory limit below what the running
+    workspace already uses (its working set: usage minus reclaimable file cache); the message
+    gives the usage. Free memory inside the workspace or choose a higher limit.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable cause of a failed berth call.
@@ -286,8 +292,9 @@ INVALID_RESOURCES: ErrorReason.ValueType  # 11
 limits.
 """
 CDI_DEVICE_NOT_FOUND: ErrorReason.ValueType  # 12
-"""NOT_FOUND: a CDI device name does not resolve to a device in the host's CDI specs. Check the
-name, or have an operator install the device's CDI spec.
+"""NOT_FOUND: a CDI device name does not resolve to a device in the host's CDI specs, or its
+spec names a host device node that does not exist. Check the name against ListDevices, or
+have an operator install the device's CDI spec.
 """
 WORKSPACE_DELETING: ErrorReason.ValueType  # 13
 """FAILED_PRECONDITION: the workspace is being deleted. Wait for the deletion to finish; only
@@ -435,5 +442,10 @@ finish first). Retry against the restarted server.
 NOT_A_REGULAR_FILE: ErrorReason.ValueType  # 49
 """FAILED_PRECONDITION: the path is a device node, FIFO or socket, which berth never opens for
 reading or writing (it could block forever or reach the host's devices). Use a regular file.
+"""
+MEMORY_LIMIT_BELOW_USAGE: ErrorReason.ValueType  # 50
+"""FAILED_PRECONDITION: UpdateWorkspace asked for a memory limit below what the running
+workspace already uses (its working set: usage minus reclaimable file cache); the message
+gives the usage. Free memory inside the workspace or choose a higher limit.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -92,10 +92,20 @@ class WorkspaceServiceStub:
     nothing. The change is detached from the caller and crash safe: an interrupted one leaves
     the old or the new state, never a mix.
 
-    The other fields of the mask (`resources`, `labels`, `env`, `cdi_devices`) are not supported
-    yet: a mask naming one fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything
-    changes. An empty mask or an unknown path fails with INVALID_ARGUMENT and reason
-    INVALID_ARGUMENT.
+    `labels` and `resources` apply at once without a restart: labels on the container and in
+    ListWorkspaces' selectors, limits in the running task's cgroup (through containerd's
+    Tasks.Update) and in the container's stored spec, so a later start keeps them. A memory
+    limit below what the running workspace uses (its working set) fails with
+    FAILED_PRECONDITION and reason MEMORY_LIMIT_BELOW_USAGE, the usage in the message. `env`
+    needs a new container spec: the container is re-created and a running task restarted. A
+    field equal to its current value changes nothing. Fields are applied in the order labels,
+    resources, env, image (a mask with env and image restarts twice); each reaches containerd
+    before the stored workspace, so retrying a failed call applies what is still missing.
+
+    `cdi_devices` is not supported yet: a mask naming it fails with UNIMPLEMENTED and reason
+    NOT_IMPLEMENTED before anything changes. An empty mask or an unknown path fails with
+    INVALID_ARGUMENT and reason INVALID_ARGUMENT; invalid labels, env or resources fail as in
+    CreateWorkspace.
     """
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.GetMetricsRequest, _workspace_service_pb2.GetMetricsResponse]
     """Returns one sample of a workspace's resource usage."""
@@ -154,6 +164,13 @@ class WorkspaceServiceStub:
     WatchEvents: _grpc.UnaryStreamMultiCallable[_workspace_service_pb2.WatchEventsRequest, _workspace_service_pb2.WatchEventsResponse]
     """Streams workspace events as they happen, with heartbeats while nothing happens. With
     `after_event_id`, stored events after that id are replayed first.
+    """
+    ListDevices: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.ListDevicesRequest, _workspace_service_pb2.ListDevicesResponse]
+    """Lists the CDI devices this host offers, the names CreateWorkspace's `cdi_devices` may use
+    (for a device picker), and the CDI spec files that could not be used, with why. The spec
+    directories (the server's `--cdi-spec-dir`, by default `/etc/cdi` and `/var/run/cdi`) are
+    read at every call, so a spec installed while the server runs is listed at once. A
+    malformed spec file costs only its own devices.
     """
 
 @_typing.type_check_only
@@ -220,10 +237,20 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     nothing. The change is detached from the caller and crash safe: an interrupted one leaves
     the old or the new state, never a mix.
 
-    The other fields of the mask (`resources`, `labels`, `env`, `cdi_devices`) are not supported
-    yet: a mask naming one fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything
-    changes. An empty mask or an unknown path fails with INVALID_ARGUMENT and reason
-    INVALID_ARGUMENT.
+    `labels` and `resources` apply at once without a restart: labels on the container and in
+    ListWorkspaces' selectors, limits in the running task's cgroup (through containerd's
+    Tasks.Update) and in the container's stored spec, so a later start keeps them. A memory
+    limit below what the running workspace uses (its working set) fails with
+    FAILED_PRECONDITION and reason MEMORY_LIMIT_BELOW_USAGE, the usage in the message. `env`
+    needs a new container spec: the container is re-created and a running task restarted. A
+    field equal to its current value changes nothing. Fields are applied in the order labels,
+    resources, env, image (a mask with env and image restarts twice); each reaches containerd
+    before the stored workspace, so retrying a failed call applies what is still missing.
+
+    `cdi_devices` is not supported yet: a mask naming it fails with UNIMPLEMENTED and reason
+    NOT_IMPLEMENTED before anything changes. An empty mask or an unknown path fails with
+    INVALID_ARGUMENT and reason INVALID_ARGUMENT; invalid labels, env or resources fail as in
+    CreateWorkspace.
     """
     GetMetrics: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.GetMetricsRequest, _workspace_service_pb2.GetMetricsResponse]  # type: ignore[assignment]
     """Returns one sample of a workspace's resource usage."""
@@ -282,6 +309,13 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     WatchEvents: _aio.UnaryStreamMultiCallable[_workspace_service_pb2.WatchEventsRequest, _workspace_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Streams workspace events as they happen, with heartbeats while nothing happens. With
     `after_event_id`, stored events after that id are replayed first.
+    """
+    ListDevices: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.ListDevicesRequest, _workspace_service_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    """Lists the CDI devices this host offers, the names CreateWorkspace's `cdi_devices` may use
+    (for a device picker), and the CDI spec files that could not be used, with why. The spec
+    directories (the server's `--cdi-spec-dir`, by default `/etc/cdi` and `/var/run/cdi`) are
+    read at every call, so a spec installed while the server runs is listed at once. A
+    malformed spec file costs only its own devices.
     """
 
 class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -399,10 +433,20 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         nothing. The change is detached from the caller and crash safe: an interrupted one leaves
         the old or the new state, never a mix.
 
-        The other fields of the mask (`resources`, `labels`, `env`, `cdi_devices`) are not supported
-        yet: a mask naming one fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything
-        changes. An empty mask or an unknown path fails with INVALID_ARGUMENT and reason
-        INVALID_ARGUMENT.
+        `labels` and `resources` apply at once without a restart: labels on the container and in
+        ListWorkspaces' selectors, limits in the running task's cgroup (through containerd's
+        Tasks.Update) and in the container's stored spec, so a later start keeps them. A memory
+        limit below what the running workspace uses (its working set) fails with
+        FAILED_PRECONDITION and reason MEMORY_LIMIT_BELOW_USAGE, the usage in the message. `env`
+        needs a new container spec: the container is re-created and a running task restarted. A
+        field equal to its current value changes nothing. Fields are applied in the order labels,
+        resources, env, image (a mask with env and image restarts twice); each reaches containerd
+        before the stored workspace, so retrying a failed call applies what is still missing.
+
+        `cdi_devices` is not supported yet: a mask naming it fails with UNIMPLEMENTED and reason
+        NOT_IMPLEMENTED before anything changes. An empty mask or an unknown path fails with
+        INVALID_ARGUMENT and reason INVALID_ARGUMENT; invalid labels, env or resources fail as in
+        CreateWorkspace.
         """
 
     @_abc_1.abstractmethod
@@ -527,6 +571,19 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_workspace_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_workspace_service_pb2.WatchEventsResponse]]:
         """Streams workspace events as they happen, with heartbeats while nothing happens. With
         `after_event_id`, stored events after that id are replayed first.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDevices(
+        self,
+        request: _workspace_service_pb2.ListDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_service_pb2.ListDevicesResponse, _abc.Awaitable[_workspace_service_pb2.ListDevicesResponse]]:
+        """Lists the CDI devices this host offers, the names CreateWorkspace's `cdi_devices` may use
+        (for a device picker), and the CDI spec files that could not be used, with why. The spec
+        directories (the server's `--cdi-spec-dir`, by default `/etc/cdi` and `/var/run/cdi`) are
+        read at every call, so a spec installed while the server runs is listed at once. A
+        malformed spec file costs only its own devices.
         """
 
 def add_WorkspaceServiceServicer_to_server(servicer: WorkspaceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
