@@ -1,6 +1,6 @@
-//! `berth update ID [--image I] [--cpus C] [--memory M] [--pids N] [--label K=V] [--env K=V] ...`:
-//! the flags given are merged into the workspace's current limits, labels and environment (read
-//! first), and only the fields they touch go into the update mask.
+//! `berth update ID [--image I] [--cpus C] [--memory M] [--pids N] [--label K=V] [--env K=V]
+//! [--device D] ...`: the flags given are merged into the workspace's current limits, labels,
+//! environment and devices (read first), and only the fields they touch go into the update mask.
 
 use std::collections::HashMap;
 
@@ -21,6 +21,8 @@ pub struct Changes {
     pub unset_labels: Vec<String>,
     pub env: Vec<(String, String)>,
     pub unset_env: Vec<String>,
+    pub devices: Vec<String>,
+    pub unset_devices: Vec<String>,
 }
 
 /// Sends the update and prints one line saying what happened.
