@@ -58,9 +58,17 @@ pub async fn run(client: &mut WorkspaceServiceClient<Channel>, id: String, chang
         request.env = merged(current.env, changes.env, &changes.unset_env);
         paths.push("env");
     }
+    if !changes.devices.is_empty() || !changes.unset_devices.is_empty() {
+        let mut devices = current.cdi_devices;
+        devices.extend(changes.devices);
+        devices.retain(|device| !changes.unset_devices.contains(device));
+        request.cdi_devices = devices;
+        paths.push("cdi_devices");
+    }
     if paths.is_empty() {
         return Err(
-            "nothing to change: pass --image, --cpus, --memory, --pids, --label, --env or their --unset-".to_owned()
+            "nothing to change: pass --image, --cpus, --memory, --pids, --label, --env, --device or their --unset-"
+                .to_owned(),
         );
     }
     request.update_mask = Some(prost_types::FieldMask { paths: paths.iter().map(|path| (*path).to_owned()).collect() });
