@@ -5,12 +5,15 @@
 # conflicting change inside the workspace, upload, download), the data part (export as .tar.gz
 # and .tar.zst, import with chunked uploads), snapshots and versions (take, restore by name and
 # by version, SNAPSHOT_IN_USE, delete), an image change and its rollback, stop, start, delete
-# with preserved data. Writes artifacts/screenshot.png, terminal.png, files.png,
-# files-conflict.png, data.png, snapshots.png and image-change.png.
+# with preserved data (test.mjs); then the live panels (test-live.mjs): the device picker with a
+# fake CDI device, a create with it, the metrics charts under a busy loop. Writes
+# artifacts/screenshot.png, terminal.png, files.png, files-conflict.png, data.png, snapshots.png,
+# image-change.png, devices.png and metrics.png.
 #
 # Needs BERTH_TEST_SERVER (http://127.0.0.1:PORT), BERTH_TEST_IMAGE_MULTILAYER,
-# BERTH_TEST_IMAGE_BUSYBOX and BERTH_TEST_SDK_NAMESPACE (the containerd namespace of the server),
-# plus TESTBED_DIR when the testbed is not the repository's .testbed. The page is served on
+# BERTH_TEST_IMAGE_BUSYBOX, BERTH_TEST_SDK_NAMESPACE (the containerd namespace of the server) and
+# BERTH_TEST_CDI_SPEC_DIR (a directory the server reads with --cdi-spec-dir: the test writes its
+# fake spec files there), plus TESTBED_DIR when the testbed is not the repository's .testbed. The page is served on
 # BERTH_TEST_WEB_PORT (default 8080), whose origin http://127.0.0.1:PORT the server must allow
 # (--cors-origin).
 set -euo pipefail
@@ -19,6 +22,7 @@ cd "$(dirname "$0")"
 : "${BERTH_TEST_IMAGE_MULTILAYER:?source the testbed env (BERTH_TEST_IMAGE_MULTILAYER is unset)}"
 : "${BERTH_TEST_IMAGE_BUSYBOX:?source the testbed env (BERTH_TEST_IMAGE_BUSYBOX is unset)}"
 : "${BERTH_TEST_SDK_NAMESPACE:?BERTH_TEST_SDK_NAMESPACE must name the containerd namespace of the server}"
+: "${BERTH_TEST_CDI_SPEC_DIR:?BERTH_TEST_CDI_SPEC_DIR must name the server's --cdi-spec-dir}"
 
 # Debian's chromium comes from the installer (tests/testbed/install-deps.sh).
 command -v chromium >/dev/null || { echo "chromium is missing: run tests/testbed/install-deps.sh (as root)" >&2; exit 1; }
@@ -37,3 +41,4 @@ rm -rf dist artifacts
 node_modules/.bin/tsc --noEmit -p tsconfig.json
 node build.mjs
 node test.mjs
+node test-live.mjs

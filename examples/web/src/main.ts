@@ -17,9 +17,11 @@ import {
   type Workspace,
 } from "@berth/sdk/web";
 import { DataPanel } from "./data.js";
+import { DevicePicker } from "./devices.js";
 import { FilesPanel } from "./files.js";
 import { describeError, formatBytes as bytes } from "./format.js";
 import { ImagePanel } from "./image.js";
+import { MetricsPanel } from "./metrics.js";
 import { SnapshotsPanel } from "./snapshots.js";
 import { TerminalPanel } from "./terminal.js";
 import { VersionsPanel } from "./versions.js";
@@ -59,6 +61,7 @@ const el = {
   wsPid: $("ws-pid"),
   wsProcesses: $("ws-processes"),
   wsLabels: $("ws-labels"),
+  wsDevices: $("ws-devices"),
   wsVersion: $("ws-version"),
   wsCreated: $("ws-created"),
   wsPreserved: $("ws-preserved"),
@@ -97,6 +100,8 @@ const data = new DataPanel(berth, $("data-panel"));
 const snapshots = new SnapshotsPanel(berth, $("snapshots-section"), workspaceChanged);
 const versions = new VersionsPanel(berth, $("versions-section"), workspaceChanged);
 const image = new ImagePanel(berth, $("image-panel"), workspaceChanged);
+const metrics = new MetricsPanel(berth, $("metrics-section"));
+const devices = new DevicePicker(berth, el.form);
 
 window.berthTerminalText = () => terminal.text();
 window.berthTerminalSize = () => terminal.size();
@@ -186,6 +191,7 @@ function showInfo(ws: Workspace | undefined): void {
   snapshots.show(ws);
   versions.show(ws);
   image.show(ws);
+  metrics.show(ws);
   el.info.hidden = !ws;
   el.infoNone.hidden = !!ws;
   for (const tr of el.listBody.querySelectorAll("tr")) {
@@ -207,6 +213,7 @@ function showInfo(ws: Workspace | undefined): void {
     Object.entries(ws.labels)
       .map(([k, v]) => `${k}=${v}`)
       .join(", ") || "—";
+  el.wsDevices.textContent = ws.cdiDevices.join(", ") || "—";
   el.wsVersion.textContent = ws.currentVersion ? String(ws.currentVersion) : "—";
   el.wsCreated.textContent = ws.createTime ? new Date(Number(ws.createTime.seconds) * 1000).toLocaleString() : "—";
   el.wsPreserved.textContent = ws.hasPreservedData ? "yes" : "no";
@@ -303,14 +310,14 @@ function layerItem(layer: LayerProgress): HTMLLIElement {
   return li;
 }
 
-async function create(workspaceId: string, image: string): Promise<void> {
+async function create(workspaceId: string, image: string, cdiDevices: string[]): Promise<void> {
   resetProgress();
   const phases: string[] = [];
   const phase = (text: string) => {
     phases.push(text);
     el.phase.textContent = phases.join(" → ");
   };
-  for await (const res of berth.workspaces.createWorkspace({ workspaceId, image })) {
+  for await (const res of berth.workspaces.createWorkspace({ workspaceId, image, cdiDevices })) {
     const ev = res.event;
     switch (ev.case) {
       case "pulling":
@@ -353,7 +360,8 @@ el.form.addEventListener("submit", (e) => {
   e.preventDefault();
   const id = el.createId.value.trim();
   const image = el.createImage.value.trim();
-  void run(`Create ${id}`, () => create(id, image));
+  const cdiDevices = devices.selected();
+  void run(`Create ${id}`, () => create(id, image, cdiDevices));
 });
 
 el.start.addEventListener("click", () => {
@@ -409,6 +417,7 @@ async function reopen(workspaceId: string): Promise<void> {
 
 // Not showInfo(undefined): that would drop the workspace of the URL before reopen reads it.
 updateButtons();
+devices.reload();
 void (async () => {
   await run("Refresh", refreshList);
   if (initialId) await run(`Open ${initialId}`, () => reopen(initialId));
