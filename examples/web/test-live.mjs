@@ -3,8 +3,10 @@
 // as a warning), a create with the fake device checked (the info panel shows it and the device
 // node works inside), the metrics panel (the CPU chart rises above 50 % of a core while a busy
 // loop runs and falls when it stops; memory, pids and storage are shown; a stopped workspace
-// leaves a gap; the stream is aborted when the workspace goes). Saves artifacts/devices.png and
-// artifacts/metrics.png.
+// leaves a gap; the stream is aborted when the workspace goes), the event log (the lifecycle
+// events of the test's actions, newest on top; while the page is hidden both streams are closed,
+// and the log catches up with after_event_id when it shows again). Saves artifacts/devices.png,
+// artifacts/metrics.png and artifacts/events.png.
 //
 // Environment: BERTH_TEST_SERVER, BERTH_TEST_IMAGE_BUSYBOX, BERTH_TEST_CDI_SPEC_DIR (a directory
 // the server reads with --cdi-spec-dir; the test writes its spec files there and removes them),
@@ -113,12 +115,32 @@ try {
     consoleErrors.push(`pageerror: ${err.message}`);
     log(`pageerror: ${err.stack ?? err.message}`);
   });
-  // The WatchMetrics requests still open: one while a workspace is shown, none once it is gone.
-  const openMetricsStreams = new Set();
-  const isWatchMetrics = (req) => req.url().endsWith("/berth.workspace.v1.WorkspaceService/WatchMetrics");
-  page.on("request", (req) => isWatchMetrics(req) && openMetricsStreams.add(req));
-  page.on("requestfinished", (req) => openMetricsStreams.delete(req));
-  page.on("requestfailed", (req) => openMetricsStreams.delete(req));
+  // The streams still open: a WatchMetrics one while a workspace is shown, none once it is gone;
+  // a WatchEvents one while the page shows.
+  const openStreams = { WatchMetrics: new Set(), WatchEvents: new Set() };
+  const streamOf = (req) => openStreams[req.url().split("/berth.workspace.v1.WorkspaceService/")[1]];
+  page.on("request", (req) => streamOf(req)?.add(req));
+  page.on("requestfinished", (req) => streamOf(req)?.delete(req));
+  page.on("requestfailed", (req) => streamOf(req)?.delete(req));
+  const openMetricsStreams = openStreams.WatchMetrics;
+  const streamsOpen = async (method, count) => {
+    for (let tries = 0; openStreams[method].size !== count; tries++) {
+      assert.ok(tries < 100, `${count} ${method} streams are open (${openStreams[method].size} are)`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  };
+  // What the page sees of `document.hidden` (a headless page is always visible otherwise).
+  const setPageHidden = (hidden) =>
+    page.evaluate((h) => {
+      Object.defineProperty(document, "hidden", { configurable: true, get: () => h });
+      Object.defineProperty(document, "visibilityState", { configurable: true, get: () => (h ? "hidden" : "visible") });
+      document.dispatchEvent(new Event("visibilitychange"));
+    }, hidden);
+
+  // The event log's rows of this test's workspace, newest first.
+  const eventRow = (kind, hasText) => page.locator(`#event-rows tr[data-workspace="${id}"][data-kind="${kind}"]`, { hasText });
+  const shownEventIds = () =>
+    page.locator("#event-rows tr").evaluateAll((rows) => rows.map((tr) => Number(tr.dataset.eventId)));
 
   const errorBox = page.locator("#error:not([hidden])");
   const waitFor = async (locator, state = "visible") => {
@@ -132,6 +154,8 @@ try {
   log(`page ${pageUrl}, workspace ${id}, device ${deviceName}`);
   await page.goto(pageUrl);
   await page.locator("#status", { hasText: /Refresh: (done|failed)/ }).waitFor();
+  assert.equal(await page.locator("#events-scope").inputValue(), "all", "the log shows every workspace's events");
+  await page.locator('#events-live[data-live="true"]').waitFor(); // the first heartbeat came
 
   // The picker lists the fake device with its vendor, class and spec file, and names the
   // malformed file.
@@ -160,6 +184,7 @@ try {
   assert.equal(await shell(id, "echo written > /dev/fake0 && test -c /dev/fake0 && echo ok"), "ok\n");
   await page.screenshot({ path: join(artifacts, "devices.png"), fullPage: true });
   log("created with the fake device; /dev/fake0 works inside");
+  await eventRow("CREATED").waitFor();
 
   // Metrics: live samples of the running workspace.
   const cpuChart = page.locator("#metrics-cpu-chart");
@@ -203,14 +228,36 @@ try {
   await cpuBelow(20);
   log(`loop killed: cpu ${await cpuChart.getAttribute("data-last")} %, max ${await cpuChart.getAttribute("data-max")} %`);
 
-  // Stopped: the samples keep coming without CPU, memory and pids (a gap), storage stays.
-  await page.click("#stop");
-  await waitFor(page.locator("#ws-state", { hasText: "STOPPED" }));
+  // The page hides: both streams close. The workspace stops meanwhile (through the SDK); when
+  // the page shows again the log resumes after the last event it showed and so gets the stop,
+  // and the metrics resume without CPU, memory and pids (a gap), storage still measured.
+  const lastShownBeforeHiding = Math.max(...(await shownEventIds()));
+  await setPageHidden(true);
+  await streamsOpen("WatchMetrics", 0);
+  await streamsOpen("WatchEvents", 0);
+  assert.equal(await page.locator("#metrics-live").textContent(), "paused while the page is hidden");
+  await sdk.workspaces.stopWorkspace({ workspaceId: id });
+  await setPageHidden(false);
+  await streamsOpen("WatchMetrics", 1);
+  await streamsOpen("WatchEvents", 1);
+  assert.equal(
+    await page.locator("#events-live").getAttribute("data-after-event-id"),
+    String(lastShownBeforeHiding),
+    "the reopened log resumes after the last event it showed",
+  );
+  await eventRow("STATE_CHANGED", "RUNNING → STOPPED").waitFor();
   await page.waitForFunction(() => document.querySelector("#metrics-cpu-chart")?.dataset.last === "");
   assert.equal(await page.locator("#metrics-cpu").textContent(), "—");
   assert.match(await page.locator("#metrics-pids").textContent(), /^— \//);
   assert.match(await page.locator("#metrics-rootfs").textContent(), /^[0-9.]+ (B|KiB|MiB|GiB)$/, "storage of a stopped workspace");
-  log("stopped: a gap in the charts, storage still shown");
+  log("hidden and shown again: the stop came through the replay; a gap in the charts, storage still shown");
+
+  // Start and delete from the page: their events arrive too.
+  await page.locator(`#workspace-rows tr[data-workspace-id="${id}"]`).click();
+  await waitFor(page.locator("#ws-state", { hasText: "STOPPED" }));
+  await page.click("#start");
+  await waitFor(page.locator("#ws-state", { hasText: "RUNNING" }));
+  await eventRow("STATE_CHANGED", "STOPPED → RUNNING").waitFor();
 
   // Delete: the panel goes and its stream is aborted.
   await page.click("#delete");
@@ -221,6 +268,17 @@ try {
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
   assert.equal(await exists(id), false);
+  await eventRow("DELETED").waitFor();
+  const ids = await shownEventIds();
+  assert.deepEqual(ids, [...ids].sort((a, b) => b - a), "newest on top");
+  assert.equal(new Set(ids).size, ids.length, "no event is shown twice");
+  const kinds = await page
+    .locator(`#event-rows tr[data-workspace="${id}"]`)
+    .evaluateAll((rows) => rows.map((tr) => tr.dataset.kind).reverse());
+  log(`events of ${id}: ${kinds.join(", ")}`);
+  assert.equal(kinds[0], "CREATED");
+  assert.equal(kinds.at(-1), "DELETED");
+  await page.screenshot({ path: join(artifacts, "events.png"), fullPage: true });
   assert.equal(await page.locator("#error").isHidden(), true, `no error left: ${await page.locator("#error").textContent()}`);
   assert.deepEqual(consoleErrors, [], "no browser console errors");
 } catch (err) {

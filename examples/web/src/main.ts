@@ -18,6 +18,7 @@ import {
 } from "@berth/sdk/web";
 import { DataPanel } from "./data.js";
 import { DevicePicker } from "./devices.js";
+import { EventLog } from "./events.js";
 import { FilesPanel } from "./files.js";
 import { describeError, formatBytes as bytes } from "./format.js";
 import { ImagePanel } from "./image.js";
@@ -102,6 +103,7 @@ const versions = new VersionsPanel(berth, $("versions-section"), workspaceChange
 const image = new ImagePanel(berth, $("image-panel"), workspaceChanged);
 const metrics = new MetricsPanel(berth, $("metrics-section"));
 const devices = new DevicePicker(berth, el.form);
+const events = new EventLog(berth, $("events-section"));
 
 window.berthTerminalText = () => terminal.text();
 window.berthTerminalSize = () => terminal.size();
@@ -192,6 +194,7 @@ function showInfo(ws: Workspace | undefined): void {
   versions.show(ws);
   image.show(ws);
   metrics.show(ws);
+  events.select(ws?.workspaceId);
   el.info.hidden = !ws;
   el.infoNone.hidden = !!ws;
   for (const tr of el.listBody.querySelectorAll("tr")) {
@@ -418,6 +421,7 @@ async function reopen(workspaceId: string): Promise<void> {
 // Not showInfo(undefined): that would drop the workspace of the URL before reopen reads it.
 updateButtons();
 devices.reload();
+events.select(initialId); // every workspace's events from now on (or, as picked, the selected one's)
 void (async () => {
   await run("Refresh", refreshList);
   if (initialId) await run(`Open ${initialId}`, () => reopen(initialId));
