@@ -1,10 +1,12 @@
 //! The domain: the [`Manager`] orchestrates workspaces over the runtime and the store.
 
 mod create;
+mod events;
 mod files;
 mod lifecycle;
 mod locks;
 mod manager;
+mod monitor;
 mod operation;
 mod processes;
 mod reconcile;
@@ -18,8 +20,10 @@ mod update_tests;
 mod validate;
 
 pub use create::{CreateEvent, CreateRequest, CreateStream};
+pub use events::WatchItem;
 pub use files::FileAccess;
 pub use manager::{DEFAULT_STOP_TIMEOUT, Manager, ManagerConfig, WorkspaceList};
+pub use monitor::RestartStatus;
 pub use reconcile::ReconcileReport;
 pub use snapshot::{RestoreTarget, Restored, SnapshotList, SnapshotOrigin, SnapshotView, VersionList};
 pub use update::{Updated, WorkspaceUpdate};
