@@ -77,6 +77,29 @@ pub fn workspace(info: WorkspaceInfo) -> pb::Workspace {
     }
 }
 
+/// The proto form of the host's CDI devices.
+pub fn devices(catalog: crate::devices::Catalog) -> pb::ListDevicesResponse {
+    let path = |path: std::path::PathBuf| path.display().to_string();
+    pb::ListDevicesResponse {
+        devices: catalog
+            .devices
+            .into_iter()
+            .map(|device| pb::CdiDevice {
+                name: device.name,
+                vendor: device.vendor,
+                device_class: device.class,
+                spec_path: path(device.spec_path),
+            })
+            .collect(),
+        spec_file_errors: catalog
+            .spec_file_errors
+            .into_iter()
+            .map(|failed| pb::CdiSpecFileError { path: path(failed.path), error: failed.error })
+            .collect(),
+        spec_dirs: catalog.spec_dirs.into_iter().map(path).collect(),
+    }
+}
+
 fn pull_policy(policy: pb::PullPolicy) -> PullPolicy {
     match policy {
         pb::PullPolicy::Unspecified | pb::PullPolicy::IfNotPresent => PullPolicy::IfNotPresent,
@@ -107,13 +130,6 @@ pub fn workspace_update(request: pb::UpdateWorkspaceRequest) -> Result<Workspace
         )
         .with_metadata("path", unknown.clone()));
     }
-    if paths.iter().any(|path| path == "cdi_devices") {
-        return Err(Error::new(
-            Reason::NotImplemented,
-            "changing cdi_devices in place is not supported yet; nothing was changed",
-        )
-        .with_metadata("path", "cdi_devices"));
-    }
     let named = |field: &str| paths.iter().any(|path| path == field);
     let policy = pull_policy(request.pull_policy());
     Ok(WorkspaceUpdate {
@@ -121,6 +137,7 @@ pub fn workspace_update(request: pb::UpdateWorkspaceRequest) -> Result<Workspace
         resources: named("resources").then(|| resources_of(request.resources.unwrap_or_default())),
         labels: named("labels").then(|| request.labels.clone().into_iter().collect()),
         env: named("env").then(|| request.env.clone().into_iter().collect()),
+        cdi_devices: named("cdi_devices").then(|| request.cdi_devices.clone()),
     })
 }
 

@@ -250,6 +250,14 @@ impl WorkspaceService for WorkspaceApi {
         record_workspace_id(&request.workspace_id);
         Ok(Response::new(super::events::watch_events(&self.manager, request)?))
     }
+
+    async fn list_devices(
+        &self,
+        _request: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        let catalog = self.manager.list_devices().await?;
+        Ok(Response::new(convert::devices(catalog)))
+    }
 }
 
 fn check_stop_timeout(timeout: Duration) -> Result<(), Error> {

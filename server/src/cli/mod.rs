@@ -1,9 +1,11 @@
 //! Client subcommands: `berth ls | create | get | start | stop | rm | exec | ps | cp | fs | export |
-//! import | snapshot | versions | events` over the generated Rust clients. A failed call prints one line
-//! (status code, ErrorInfo reason, message) and exits 1; `exec` exits with the process's own code.
+//! import | snapshot | versions | devices | events` over the generated Rust clients. A failed call
+//! prints one line (status code, ErrorInfo reason, message) and exits 1; `exec` exits with the
+//! process's own code.
 
 mod cp;
 mod data;
+mod devices;
 mod events;
 mod exec;
 mod fs;
@@ -85,6 +87,9 @@ pub enum ClientCommand {
         /// Environment variable as NAME=value (repeatable)
         #[arg(long = "env", short = 'e', value_parser = parse_key_value)]
         env: Vec<(String, String)>,
+        /// CDI device to attach, as VENDOR/CLASS=NAME (repeatable; `berth devices` lists them)
+        #[arg(long = "device")]
+        devices: Vec<String>,
         /// Put the /data archive preserved at deletion back
         #[arg(long)]
         restore_data: bool,
@@ -229,6 +234,12 @@ pub enum ClientCommand {
         /// Remove an environment variable (repeatable)
         #[arg(long = "unset-env", value_name = "KEY")]
         unset_env: Vec<String>,
+        /// Attach a CDI device, VENDOR/CLASS=NAME (repeatable; restarts a running workspace)
+        #[arg(long = "device", value_name = "NAME")]
+        devices: Vec<String>,
+        /// Detach a CDI device (repeatable)
+        #[arg(long = "unset-device", value_name = "NAME")]
+        unset_devices: Vec<String>,
     },
     /// Take, list, delete and restore snapshots of a workspace's filesystem
     Snapshot {
@@ -254,6 +265,11 @@ pub enum ClientCommand {
         /// Also print a line for every heartbeat
         #[arg(long)]
         heartbeats: bool,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// List the CDI devices the server's host offers (spec files it could not use go to stderr)
+    Devices {
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: OutputFormat,
     },
@@ -302,12 +318,13 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
             }
             output::print_list(&workspaces, output);
         }
-        ClientCommand::Create { id, image, labels, env, restore_data } => {
+        ClientCommand::Create { id, image, labels, env, devices, restore_data } => {
             let request = pb::CreateWorkspaceRequest {
                 workspace_id: id,
                 image: image.unwrap_or_default(),
                 labels: labels.into_iter().collect(),
                 env: env.into_iter().collect(),
+                cdi_devices: devices,
                 restore_data,
                 ..Default::default()
             };
@@ -352,8 +369,33 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
         ClientCommand::Ps { id, output } => exec::ps(channel, id, output == OutputFormat::Json).await?,
         ClientCommand::Cp { source, destination } => return cp::copy(channel, &source, &destination).await,
         ClientCommand::Fs { command } => return fs::run(channel, command).await,
-        ClientCommand::Update { id, image, pull, cpus, memory, pids, labels, unset_labels, env, unset_env } => {
-            let changes = update::Changes { image, pull, cpus, memory, pids, labels, unset_labels, env, unset_env };
+        ClientCommand::Update {
+            id,
+            image,
+            pull,
+            cpus,
+            memory,
+            pids,
+            labels,
+            unset_labels,
+            env,
+            unset_env,
+            devices,
+            unset_devices,
+        } => {
+            let changes = update::Changes {
+                image,
+                pull,
+                cpus,
+                memory,
+                pids,
+                labels,
+                unset_labels,
+                env,
+                unset_env,
+                devices,
+                unset_devices,
+            };
             update::run(&mut client, id, changes).await?;
         }
         ClientCommand::Snapshot { command } => snapshot::run(channel, command).await?,
@@ -367,6 +409,7 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
             };
             events::follow(&mut client, request, heartbeats, output).await?;
         }
+        ClientCommand::Devices { output } => devices::list(channel, output).await?,
         ClientCommand::Export { id, path, format, output } => {
             return data::export(channel, id, path, format, output).await;
         }

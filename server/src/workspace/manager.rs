@@ -49,6 +49,8 @@ pub struct ManagerConfig {
     pub event_retention_count: u64,
     /// How old an event may get before it is pruned.
     pub event_retention_age: Duration,
+    /// The host's CDI devices (the runtime applies them from the same spec directories).
+    pub devices: Arc<crate::devices::Devices>,
 }
 
 /// One page of ListWorkspaces.

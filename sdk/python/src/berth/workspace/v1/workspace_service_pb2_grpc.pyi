@@ -97,15 +97,15 @@ class WorkspaceServiceStub:
     Tasks.Update) and in the container's stored spec, so a later start keeps them. A memory
     limit below what the running workspace uses (its working set) fails with
     FAILED_PRECONDITION and reason MEMORY_LIMIT_BELOW_USAGE, the usage in the message. `env`
-    needs a new container spec: the container is re-created and a running task restarted. A
-    field equal to its current value changes nothing. Fields are applied in the order labels,
-    resources, env, image (a mask with env and image restarts twice); each reaches containerd
-    before the stored workspace, so retrying a failed call applies what is still missing.
+    and `cdi_devices` need a new container spec: the container is re-created (once for both)
+    and a running task restarted; devices resolve like CreateWorkspace's (NOT_FOUND and reason
+    CDI_DEVICE_NOT_FOUND before anything changes). A field equal to its current value changes
+    nothing. Fields are applied in the order labels, resources, env and cdi_devices, image (a
+    mask with env and image restarts twice); each reaches containerd before the stored
+    workspace, so retrying a failed call applies what is still missing.
 
-    `cdi_devices` is not supported yet: a mask naming it fails with UNIMPLEMENTED and reason
-    NOT_IMPLEMENTED before anything changes. An empty mask or an unknown path fails with
-    INVALID_ARGUMENT and reason INVALID_ARGUMENT; invalid labels, env or resources fail as in
-    CreateWorkspace.
+    An empty mask or an unknown path fails with INVALID_ARGUMENT and reason INVALID_ARGUMENT;
+    invalid labels, env or resources fail as in CreateWorkspace.
     """
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.GetMetricsRequest, _workspace_service_pb2.GetMetricsResponse]
     """Returns one sample of a workspace's resource usage."""
@@ -164,6 +164,13 @@ class WorkspaceServiceStub:
     WatchEvents: _grpc.UnaryStreamMultiCallable[_workspace_service_pb2.WatchEventsRequest, _workspace_service_pb2.WatchEventsResponse]
     """Streams workspace events as they happen, with heartbeats while nothing happens. With
     `after_event_id`, stored events after that id are replayed first.
+    """
+    ListDevices: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.ListDevicesRequest, _workspace_service_pb2.ListDevicesResponse]
+    """Lists the CDI devices this host offers, the names CreateWorkspace's `cdi_devices` may use
+    (for a device picker), and the CDI spec files that could not be used, with why. The spec
+    directories (the server's `--cdi-spec-dir`, by default `/etc/cdi` and `/var/run/cdi`) are
+    read at every call, so a spec installed while the server runs is listed at once. A
+    malformed spec file costs only its own devices.
     """
 
 @_typing.type_check_only
@@ -235,15 +242,15 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     Tasks.Update) and in the container's stored spec, so a later start keeps them. A memory
     limit below what the running workspace uses (its working set) fails with
     FAILED_PRECONDITION and reason MEMORY_LIMIT_BELOW_USAGE, the usage in the message. `env`
-    needs a new container spec: the container is re-created and a running task restarted. A
-    field equal to its current value changes nothing. Fields are applied in the order labels,
-    resources, env, image (a mask with env and image restarts twice); each reaches containerd
-    before the stored workspace, so retrying a failed call applies what is still missing.
+    and `cdi_devices` need a new container spec: the container is re-created (once for both)
+    and a running task restarted; devices resolve like CreateWorkspace's (NOT_FOUND and reason
+    CDI_DEVICE_NOT_FOUND before anything changes). A field equal to its current value changes
+    nothing. Fields are applied in the order labels, resources, env and cdi_devices, image (a
+    mask with env and image restarts twice); each reaches containerd before the stored
+    workspace, so retrying a failed call applies what is still missing.
 
-    `cdi_devices` is not supported yet: a mask naming it fails with UNIMPLEMENTED and reason
-    NOT_IMPLEMENTED before anything changes. An empty mask or an unknown path fails with
-    INVALID_ARGUMENT and reason INVALID_ARGUMENT; invalid labels, env or resources fail as in
-    CreateWorkspace.
+    An empty mask or an unknown path fails with INVALID_ARGUMENT and reason INVALID_ARGUMENT;
+    invalid labels, env or resources fail as in CreateWorkspace.
     """
     GetMetrics: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.GetMetricsRequest, _workspace_service_pb2.GetMetricsResponse]  # type: ignore[assignment]
     """Returns one sample of a workspace's resource usage."""
@@ -302,6 +309,13 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     WatchEvents: _aio.UnaryStreamMultiCallable[_workspace_service_pb2.WatchEventsRequest, _workspace_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Streams workspace events as they happen, with heartbeats while nothing happens. With
     `after_event_id`, stored events after that id are replayed first.
+    """
+    ListDevices: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.ListDevicesRequest, _workspace_service_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    """Lists the CDI devices this host offers, the names CreateWorkspace's `cdi_devices` may use
+    (for a device picker), and the CDI spec files that could not be used, with why. The spec
+    directories (the server's `--cdi-spec-dir`, by default `/etc/cdi` and `/var/run/cdi`) are
+    read at every call, so a spec installed while the server runs is listed at once. A
+    malformed spec file costs only its own devices.
     """
 
 class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -424,15 +438,15 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         Tasks.Update) and in the container's stored spec, so a later start keeps them. A memory
         limit below what the running workspace uses (its working set) fails with
         FAILED_PRECONDITION and reason MEMORY_LIMIT_BELOW_USAGE, the usage in the message. `env`
-        needs a new container spec: the container is re-created and a running task restarted. A
-        field equal to its current value changes nothing. Fields are applied in the order labels,
-        resources, env, image (a mask with env and image restarts twice); each reaches containerd
-        before the stored workspace, so retrying a failed call applies what is still missing.
+        and `cdi_devices` need a new container spec: the container is re-created (once for both)
+        and a running task restarted; devices resolve like CreateWorkspace's (NOT_FOUND and reason
+        CDI_DEVICE_NOT_FOUND before anything changes). A field equal to its current value changes
+        nothing. Fields are applied in the order labels, resources, env and cdi_devices, image (a
+        mask with env and image restarts twice); each reaches containerd before the stored
+        workspace, so retrying a failed call applies what is still missing.
 
-        `cdi_devices` is not supported yet: a mask naming it fails with UNIMPLEMENTED and reason
-        NOT_IMPLEMENTED before anything changes. An empty mask or an unknown path fails with
-        INVALID_ARGUMENT and reason INVALID_ARGUMENT; invalid labels, env or resources fail as in
-        CreateWorkspace.
+        An empty mask or an unknown path fails with INVALID_ARGUMENT and reason INVALID_ARGUMENT;
+        invalid labels, env or resources fail as in CreateWorkspace.
         """
 
     @_abc_1.abstractmethod
@@ -557,6 +571,19 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_workspace_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_workspace_service_pb2.WatchEventsResponse]]:
         """Streams workspace events as they happen, with heartbeats while nothing happens. With
         `after_event_id`, stored events after that id are replayed first.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDevices(
+        self,
+        request: _workspace_service_pb2.ListDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_service_pb2.ListDevicesResponse, _abc.Awaitable[_workspace_service_pb2.ListDevicesResponse]]:
+        """Lists the CDI devices this host offers, the names CreateWorkspace's `cdi_devices` may use
+        (for a device picker), and the CDI spec files that could not be used, with why. The spec
+        directories (the server's `--cdi-spec-dir`, by default `/etc/cdi` and `/var/run/cdi`) are
+        read at every call, so a spec installed while the server runs is listed at once. A
+        malformed spec file costs only its own devices.
         """
 
 def add_WorkspaceServiceServicer_to_server(servicer: WorkspaceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
