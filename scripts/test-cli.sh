@@ -5,7 +5,7 @@
 # script, a missing command), ps, cp and fs (files and trees both ways, byte-identical with their
 # modes; symlinks made in the workspace never followed on this host; a stopped workspace's
 # files), export (gzip and zstd, read back with tar), snapshot create/ls/restore/rm and versions,
-# and a failing call's one-line error.
+# events replayed and filtered, and a failing call's one-line error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BERTH_TEST_SERVER:?BERTH_TEST_SERVER must name a running berth (scripts/test-sdks.sh sets it)}"
@@ -226,6 +226,14 @@ $berth rm "$id" --preserve-data | grep -q preserved || fail "rm --preserve-data"
 out=$($berth create "$id" --image "$BERTH_TEST_IMAGE_MULTILAYER" --restore-data)
 grep -q '^restoring /data' <<<"$out" || fail "no restoring line: $out"
 $berth rm "$id" >/dev/null
+# events: the stored history replayed, one line each, filtered by kind (the stream stays open:
+# timeout ends it).
+events=$(timeout 3 $berth events "$id" --after 1 --kind snapshot_created --kind deleted || true)
+grep -q "^[0-9][0-9]* [0-9T:.-]*Z $id SNAPSHOT_CREATED .*snapshot=cli-snap version=2 " <<<"$events" || fail "events lack the snapshot: $events"
+grep -q "^[0-9][0-9]* [^ ]* $id DELETED " <<<"$events" || fail "events lack the deletion: $events"
+if grep -q STATE_CHANGED <<<"$events"; then fail "the kind filter let STATE_CHANGED through: $events"; fi
+err=$($berth events "$id" --kind exploded 2>&1 >/dev/null) && fail "an unknown kind was accepted"
+grep -q '"exploded" is not an event kind; one of: heartbeat, created' <<<"$err" || fail "unknown kind: $err"
 
 # On a terminal: per-layer progress bars.
 tests/testbed/forget-image.sh "$BERTH_TEST_SDK_NAMESPACE" "$BERTH_TEST_IMAGE_MULTILAYER"

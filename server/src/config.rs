@@ -31,6 +31,10 @@ pub const DEFAULT_CONTAINERD_TIMEOUT: std::time::Duration = std::time::Duration:
 pub const DEFAULT_IMPORT_MAX_BYTES: u64 = 20 << 30;
 /// The most entries one import may extract.
 pub const DEFAULT_IMPORT_MAX_ENTRIES: u64 = 1_000_000;
+/// How many events the events table keeps by default.
+pub const DEFAULT_EVENT_RETENTION_COUNT: u64 = 100_000;
+/// How many days events are kept by default.
+pub const DEFAULT_EVENT_RETENTION_DAYS: u64 = 30;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, ValueEnum)]
@@ -102,6 +106,13 @@ pub struct ServeArgs {
     /// is an overlayfs layer), 1 to 350 [default: 100]
     #[arg(long, env = "BERTH_MAX_SNAPSHOT_DEPTH")]
     pub max_snapshot_depth: Option<u32>,
+    /// How many events (the newest) the event history keeps for WatchEvents replays; pruned at
+    /// start and hourly [default: 100000]
+    #[arg(long, env = "BERTH_EVENT_RETENTION_COUNT")]
+    pub event_retention_count: Option<u64>,
+    /// How many days events are kept for WatchEvents replays [default: 30]
+    #[arg(long, env = "BERTH_EVENT_RETENTION_DAYS")]
+    pub event_retention_days: Option<u64>,
     /// Directory of CDI spec files (`.json`, `.yaml`) defining the devices workspaces may attach,
     /// in increasing priority (repeatable; comma-separated in the env) [default: /etc/cdi,
     /// /var/run/cdi]
@@ -129,6 +140,8 @@ struct FileConfig {
     import_max_bytes: Option<u64>,
     import_max_entries: Option<u64>,
     max_snapshot_depth: Option<u32>,
+    event_retention_count: Option<u64>,
+    event_retention_days: Option<u64>,
     cdi_spec_dirs: Option<Vec<PathBuf>>,
 }
 
@@ -168,6 +181,10 @@ pub struct Config {
     pub import_max_entries: u64,
     /// How many snapshots may stack on a workspace's image.
     pub max_snapshot_depth: u32,
+    /// How many events the event history keeps.
+    pub event_retention_count: u64,
+    /// How long events are kept.
+    pub event_retention_age: std::time::Duration,
     /// CDI spec directories (absolute), in increasing priority.
     pub cdi_spec_dirs: Vec<PathBuf>,
 }
@@ -234,6 +251,16 @@ impl Config {
                 "max_snapshot_depth {max_snapshot_depth} is out of range; pass 1 to {MAX_SNAPSHOT_DEPTH_LIMIT} (overlayfs stacks about 500 layers, images bring their own); the default is {DEFAULT_MAX_SNAPSHOT_DEPTH}"
             )));
         }
+        let event_retention_count = at_least_one(
+            "event_retention_count",
+            args.event_retention_count.or(file.event_retention_count).unwrap_or(DEFAULT_EVENT_RETENTION_COUNT),
+        )?;
+        let event_retention_days = at_least_one(
+            "event_retention_days",
+            args.event_retention_days.or(file.event_retention_days).unwrap_or(DEFAULT_EVENT_RETENTION_DAYS),
+        )?;
+        // Beyond this the cutoff would precede any date berth can have written.
+        let event_retention_days = event_retention_days.min(100 * 365);
         let cdi_spec_dirs = if args.cdi_spec_dirs.is_empty() {
             file.cdi_spec_dirs.unwrap_or_else(|| crate::devices::DEFAULT_SPEC_DIRS.iter().map(PathBuf::from).collect())
         } else {
@@ -271,6 +298,8 @@ impl Config {
             import_max_bytes,
             import_max_entries,
             max_snapshot_depth,
+            event_retention_count,
+            event_retention_age: std::time::Duration::from_secs(event_retention_days * 24 * 60 * 60),
             cdi_spec_dirs,
         })
     }
@@ -369,6 +398,18 @@ mod tests {
         let empty = ServeArgs { apparmor_profile: Some(" ".to_owned()), ..ServeArgs::default() };
         let err = Config::resolve(empty).err().unwrap().to_string();
         assert!(err.contains("unconfined"), "{err}");
+    }
+
+    #[test]
+    fn event_retention_defaults_and_refuses_zero() {
+        let defaults = Config::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(defaults.event_retention_count, 100_000);
+        assert_eq!(defaults.event_retention_age, std::time::Duration::from_secs(30 * 86_400));
+        let file = parse_file("event_retention_count = 10\nevent_retention_days = 2\n").unwrap();
+        assert_eq!((file.event_retention_count, file.event_retention_days), (Some(10), Some(2)));
+        let zero = ServeArgs { event_retention_days: Some(0), ..ServeArgs::default() };
+        let err = Config::resolve(zero).err().unwrap().to_string();
+        assert!(err.contains("event_retention_days"), "{err}");
     }
 
     #[test]

@@ -144,6 +144,8 @@ async fn run(
                 max_entries: config.import_max_entries,
             },
             max_snapshot_depth: config.max_snapshot_depth,
+            event_retention_count: config.event_retention_count,
+            event_retention_age: config.event_retention_age,
             devices,
         },
         store.clone(),
@@ -157,6 +159,8 @@ async fn run(
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    // Task exits and OOM kills from containerd, and the event history's pruning.
+    manager.start_background(shutdown.clone());
     info!(
         listen = %config.listen,
         namespace = %config.namespace,

@@ -262,6 +262,8 @@ pub struct WorkspaceInfo {
     /// Where /data lives on the host (in the writable snapshot's own directory); None when the
     /// snapshotter cannot say.
     pub host_data_path: Option<std::path::PathBuf>,
+    /// Automatic restarts after the init exited on its own; None when it never did.
+    pub restart_status: Option<crate::workspace::RestartStatus>,
 }
 
 #[cfg(test)]

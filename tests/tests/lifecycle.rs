@@ -234,7 +234,11 @@ async fn desired_state_survives_restarts_and_killed_tasks_come_back() {
     let runner = ready(&create(&mut client, create_request("runner", &image)).await.unwrap());
     stop(&mut client, "sleeper").await;
 
-    // Kill the runner's task behind berth's back.
+    // Kill the runner's task behind berth's back while berth is down (a running berth restarts
+    // it at once: tests/tests/events.rs), so the boot reconcile has to bring it back.
+    let mut server = server;
+    server.signal("TERM");
+    assert!(server.wait_exit(Duration::from_secs(20)).success(), "log:\n{}", server.log_text());
     testbed.ctr(&server.namespace, &["tasks", "kill", "--signal", "SIGKILL", "runner"]);
     let died = berth_e2e::eventually(Duration::from_secs(10), || async {
         testbed
@@ -245,7 +249,9 @@ async fn desired_state_survives_restarts_and_killed_tasks_come_back() {
     .await;
     assert!(died, "the killed task stops");
 
-    let server = server.restart(&testbed, false);
+    let reuse = Some((server.state_dir.clone(), server.namespace.clone()));
+    drop(server);
+    let server = BerthServer::start_with(&testbed, berth_e2e::ServerOptions { reuse, ..Default::default() });
     let mut client = Client::new(server.channel().await);
     let sleeper = get(&mut client, "sleeper").await;
     assert_eq!(sleeper.state(), WorkspaceState::Stopped, "a stopped workspace stays stopped across a restart");

@@ -13,7 +13,7 @@ pub fn timestamp(time: OffsetDateTime) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: time.unix_timestamp(), nanos: time.nanosecond() as i32 }
 }
 
-fn state(state: WorkspaceState) -> pb::WorkspaceState {
+pub(super) fn state(state: WorkspaceState) -> pb::WorkspaceState {
     match state {
         WorkspaceState::Creating => pb::WorkspaceState::Creating,
         WorkspaceState::Running => pb::WorkspaceState::Running,
@@ -68,6 +68,12 @@ pub fn workspace(info: WorkspaceInfo) -> pb::Workspace {
         failure_message: record.failure_message,
         data_path: crate::data::DATA_PATH.to_owned(),
         host_data_path: info.host_data_path.map(|path| path.display().to_string()).unwrap_or_default(),
+        restart_status: info.restart_status.map(|status| pb::RestartStatus {
+            restart_count: status.restart_count,
+            next_restart_time: status.next_restart_time.map(timestamp),
+            last_exit_code: status.last_exit_code,
+            last_exit_time: Some(timestamp(status.last_exit_time)),
+        }),
     }
 }
 

@@ -2,6 +2,7 @@
 //! grpc-web with CORS, reflection, health, request tracing and shutdown handling.
 
 mod convert;
+mod events;
 mod export;
 mod filesystem;
 mod import;

@@ -246,8 +246,9 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("WatchEvents (lifecycle event stream)")
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        Ok(Response::new(super::events::watch_events(&self.manager, request)?))
     }
 
     async fn list_devices(

@@ -1,10 +1,12 @@
 //! Client subcommands: `berth ls | create | get | start | stop | rm | exec | ps | cp | fs | export |
-//! import | snapshot | versions | devices` over the generated Rust clients. A failed call prints one line
-//! (status code, ErrorInfo reason, message) and exits 1; `exec` exits with the process's own code.
+//! import | snapshot | versions | devices | events` over the generated Rust clients. A failed call
+//! prints one line (status code, ErrorInfo reason, message) and exits 1; `exec` exits with the
+//! process's own code.
 
 mod cp;
 mod data;
 mod devices;
+mod events;
 mod exec;
 mod fs;
 mod host;
@@ -250,6 +252,22 @@ pub enum ClientCommand {
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: OutputFormat,
     },
+    /// Follow workspace events, one line each (until interrupted): ID TIME WORKSPACE KIND ...
+    Events {
+        /// Only this workspace's events [default: every workspace]
+        id: Option<String>,
+        /// Replay the stored events after this event id first (0: live events only)
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Only events of this kind, e.g. task_exited or STATE_CHANGED (repeatable)
+        #[arg(long = "kind", value_parser = events::parse_kind)]
+        kinds: Vec<i32>,
+        /// Also print a line for every heartbeat
+        #[arg(long)]
+        heartbeats: bool,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: OutputFormat,
+    },
     /// List the CDI devices the server's host offers (spec files it could not use go to stderr)
     Devices {
         #[arg(long, short = 'o', value_enum, default_value_t)]
@@ -382,6 +400,15 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
         }
         ClientCommand::Snapshot { command } => snapshot::run(channel, command).await?,
         ClientCommand::Versions { id, output } => snapshot::versions(channel, id, output).await?,
+        ClientCommand::Events { id, after, kinds, heartbeats, output } => {
+            let request = pb::WatchEventsRequest {
+                workspace_id: id.unwrap_or_default(),
+                after_event_id: after,
+                heartbeat_interval: None,
+                kinds,
+            };
+            events::follow(&mut client, request, heartbeats, output).await?;
+        }
         ClientCommand::Devices { output } => devices::list(channel, output).await?,
         ClientCommand::Export { id, path, format, output } => {
             return data::export(channel, id, path, format, output).await;

@@ -50,7 +50,30 @@ pub fn workspace_json(workspace: &pb::Workspace) -> Value {
         "failureMessage": workspace.failure_message,
         "dataPath": workspace.data_path,
         "hostDataPath": workspace.host_data_path,
+        "restartStatus": workspace.restart_status.as_ref().map(|status| json!({
+            "restartCount": status.restart_count,
+            "nextRestartTime": time_text(status.next_restart_time.as_ref()),
+            "lastExitCode": status.last_exit_code,
+            "lastExitTime": time_text(status.last_exit_time.as_ref()),
+        })),
     })
+}
+
+/// `3 (last exit 137 at ...; next at ...)` for `berth get`; empty when it never restarted.
+fn restarts_text(workspace: &pb::Workspace) -> String {
+    let Some(status) = &workspace.restart_status else {
+        return String::new();
+    };
+    let next = match time_text(status.next_restart_time.as_ref()) {
+        Some(next) => format!("; next at {next}"),
+        None => String::new(),
+    };
+    format!(
+        "{} (last exit {} at {}{next})",
+        status.restart_count,
+        status.last_exit_code,
+        time_text(status.last_exit_time.as_ref()).unwrap_or_default()
+    )
 }
 
 /// `berth get`.
@@ -85,6 +108,7 @@ pub fn print_workspace(workspace: &pb::Workspace, format: OutputFormat) {
         ("LAST STARTED", time_text(workspace.last_start_time.as_ref()).unwrap_or_default()),
         ("LAST STOPPED", time_text(workspace.last_stop_time.as_ref()).unwrap_or_default()),
         ("FAILURE", format!("{} {}", workspace.failure_reason, workspace.failure_message).trim().to_owned()),
+        ("RESTARTS", restarts_text(workspace)),
     ];
     for (name, value) in rows {
         println!("{name:<15}{value}");

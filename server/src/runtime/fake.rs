@@ -51,6 +51,12 @@ pub struct FakeState {
     pub working_set: Option<u64>,
     /// Container id → running.
     pub tasks: HashMap<String, bool>,
+    /// Container id → how its init exited (set by [`FakeRuntime::crash`]).
+    pub exit_statuses: HashMap<String, u32>,
+    /// Where task notices go: the stream of the latest `task_notices` call.
+    pub notices: Option<tokio::sync::mpsc::UnboundedSender<Result<crate::runtime::TaskNotice>>>,
+    /// How many times `task_notices` was called.
+    pub subscriptions: u32,
     /// Operation name → the error its next calls return (until cleared).
     pub failures: HashMap<&'static str, Error>,
     /// Operation name → how many times it answered with the injected failure before clearing
@@ -91,6 +97,23 @@ impl FakeRuntime {
         let mut state = self.state.lock().unwrap();
         state.failures.insert(operation, error);
         state.fail_times.insert(operation, times);
+    }
+
+    /// Ends the init of `id` on its own with `exit_status`, as a crash would, and reports it.
+    pub fn crash(&self, id: &str, exit_status: u32) {
+        let mut state = self.state.lock().unwrap();
+        state.tasks.insert(id.to_owned(), false);
+        state.exit_statuses.insert(id.to_owned(), exit_status);
+        if let Some(notices) = &state.notices {
+            let _ = notices.send(Ok(crate::runtime::TaskNotice::Exited { id: id.to_owned(), exit_status }));
+        }
+    }
+
+    /// Ends the notice stream with an error, as a containerd restart does.
+    pub fn break_notices(&self) {
+        if let Some(notices) = self.state.lock().unwrap().notices.take() {
+            let _ = notices.send(Err(unavailable()));
+        }
     }
 
     /// Puts a container berth did not make under `id`.
@@ -419,7 +442,21 @@ impl Runtime for FakeRuntime {
 
     async fn task(&self, id: &str) -> Result<Option<TaskState>> {
         self.check("task")?;
-        Ok(self.state.lock().unwrap().tasks.get(id).map(|running| TaskState { pid: 4242, running: *running }))
+        let state = self.state.lock().unwrap();
+        Ok(state.tasks.get(id).map(|running| TaskState {
+            pid: 4242,
+            running: *running,
+            exit_status: if *running { 0 } else { state.exit_statuses.get(id).copied().unwrap_or(0) },
+        }))
+    }
+
+    async fn task_notices(&self) -> Result<crate::runtime::TaskNotices> {
+        self.check("task_notices")?;
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let mut state = self.state.lock().unwrap();
+        state.notices = Some(sender);
+        state.subscriptions += 1;
+        Ok(Box::pin(tokio_stream::wrappers::UnboundedReceiverStream::new(receiver)))
     }
 
     async fn process_count(&self, _id: &str) -> Result<u32> {

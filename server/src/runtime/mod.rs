@@ -137,7 +137,21 @@ pub struct TaskState {
     /// Host pid of PID 1.
     pub pid: u32,
     pub running: bool,
+    /// How PID 1 exited (128+n for a signal) once it has; 0 while it runs.
+    pub exit_status: u32,
 }
+
+/// What the runtime reports about workspace tasks as it happens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TaskNotice {
+    /// The init process of the container `id` exited (128+n for a signal).
+    Exited { id: String, exit_status: u32 },
+    /// The kernel's OOM killer killed a process in the container `id`.
+    Oom { id: String },
+}
+
+/// Task notices until the runtime's connection breaks: then the stream yields an error or ends.
+pub type TaskNotices = futures::stream::BoxStream<'static, Result<TaskNotice>>;
 
 impl std::fmt::Debug for ContainerSpec<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -321,6 +335,10 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// The task, if one exists.
     async fn task(&self, id: &str) -> Result<Option<TaskState>>;
+
+    /// Subscribes to init exits and OOM kills of the namespace's tasks. The subscription does
+    /// not survive a runtime restart: subscribe again, and look for exits missed meanwhile.
+    async fn task_notices(&self) -> Result<TaskNotices>;
 
     /// Processes running in the workspace besides PID 1.
     async fn process_count(&self, id: &str) -> Result<u32>;

@@ -11,8 +11,11 @@ use time::OffsetDateTime;
 use crate::error::{Error, Reason, Result};
 use crate::model::{WorkspaceId, WorkspaceRecord, WorkspaceSpec};
 
+mod events;
 pub mod private;
 mod snapshots;
+
+pub use events::{EventQuery, StoredEvent};
 
 pub use snapshots::LineageChange;
 
@@ -234,19 +237,6 @@ impl Store {
             .bind(version)
             .bind(reason)
             .bind(image_column(image, image_digest))
-            .bind(OffsetDateTime::now_utc())
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
-        Ok(())
-    }
-
-    /// Appends a lifecycle event.
-    pub async fn append_event(&self, workspace_id: &WorkspaceId, kind: &str, message: &str) -> Result<()> {
-        sqlx::query("INSERT INTO events (workspace_id, kind, message, event_time) VALUES (?, ?, ?, ?)")
-            .bind(workspace_id.as_str())
-            .bind(kind)
-            .bind(message)
             .bind(OffsetDateTime::now_utc())
             .execute(&self.pool)
             .await

@@ -142,27 +142,6 @@ impl Store {
         set_operation(&mut tx, workspace_id, Some(operation)).await?;
         tx.commit().await.map_err(map_err)
     }
-
-    /// Appends a lifecycle event with structured detail (JSON), such as a snapshot's name and
-    /// version.
-    pub async fn append_event_detail(
-        &self,
-        workspace_id: &WorkspaceId,
-        kind: &str,
-        message: &str,
-        detail: &serde_json::Value,
-    ) -> Result<()> {
-        sqlx::query("INSERT INTO events (workspace_id, kind, message, detail, event_time) VALUES (?, ?, ?, ?, ?)")
-            .bind(workspace_id.as_str())
-            .bind(kind)
-            .bind(message)
-            .bind(detail.to_string())
-            .bind(OffsetDateTime::now_utc())
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?;
-        Ok(())
-    }
 }
 
 async fn insert_snapshot(tx: &mut Transaction<'_, Sqlite>, snapshot: &SnapshotRecord) -> Result<()> {

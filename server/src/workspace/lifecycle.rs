@@ -126,12 +126,17 @@ impl Manager {
             record.last_start_time = Some(OffsetDateTime::now_utc());
             info!(workspace_id = %record.id, "workspace started");
         }
+        // A stored RUNNING without a running task was observed as STOPPED (see `info`).
+        let previous = match record.state {
+            WorkspaceState::Running => WorkspaceState::Stopped,
+            state => state,
+        };
         record.state = WorkspaceState::Running;
         record.failure_reason.clear();
         record.failure_message.clear();
         self.save(record).await?;
         if !already_running {
-            self.event(&record.id, "state_changed", "running").await;
+            self.state_changed(&record.id, previous, WorkspaceState::Running, "", "running").await;
         }
         Ok(())
     }
@@ -185,7 +190,9 @@ impl Manager {
         self.save(record).await?;
         if was_running {
             info!(workspace_id = %record.id, "workspace stopped");
-            self.event(&record.id, "state_changed", "stopped").await;
+            let message = if record.state == WorkspaceState::Failed { "failed" } else { "stopped" };
+            self.state_changed(&record.id, WorkspaceState::Running, record.state, &record.failure_reason, message)
+                .await;
         }
         Ok(())
     }
@@ -224,6 +231,7 @@ impl Manager {
         record.state = WorkspaceState::Deleting;
         self.save(&mut record).await?;
         self.ending_processes(&id, "the workspace was deleted", true, self.remove_everything(&record)).await?;
+        self.restarts.forget(&id);
         self.event(&id, "deleted", if preserve_data { "deleted; /data preserved" } else { "deleted" }).await;
         info!(workspace_id = %id, preserve_data, "workspace deleted");
         Ok(())

@@ -13,8 +13,10 @@ use tokio::sync::{Notify, watch};
 use tokio_util::task::TaskTracker;
 
 use super::create::CreateOperation;
+use super::events::EventBus;
 use super::files::FileGates;
 use super::locks::{InFlight, WorkspaceGuard, WorkspaceLocks};
+use super::monitor::Restarts;
 use super::selector::{decode_page_token, encode_page_token, parse_label_selector};
 use crate::data::WritableLayer;
 use crate::error::{Error, Reason, Result};
@@ -43,6 +45,10 @@ pub struct ManagerConfig {
     /// How many snapshots may stack on top of a workspace's image before CreateSnapshot refuses
     /// (each is an overlayfs lower layer; the kernel stacks about 500).
     pub max_snapshot_depth: u32,
+    /// How many events the events table keeps (the newest).
+    pub event_retention_count: u64,
+    /// How old an event may get before it is pruned.
+    pub event_retention_age: Duration,
     /// The host's CDI devices (the runtime applies them from the same spec directories).
     pub devices: Arc<crate::devices::Devices>,
 }
@@ -83,6 +89,10 @@ pub struct Manager {
     pub(super) snapshot_dirs: Mutex<HashMap<String, PathBuf>>,
     /// File operations on running workspaces, so a stop can end them first.
     pub(super) file_gates: FileGates,
+    /// Stores events and broadcasts them to WatchEvents streams.
+    pub(super) events: EventBus,
+    /// Automatic restarts of workspaces whose init exited on its own.
+    pub(super) restarts: Restarts,
 }
 
 impl Manager {
@@ -104,6 +114,8 @@ impl Manager {
             reconcile_progress: Notify::new(),
             snapshot_dirs: Mutex::new(HashMap::new()),
             file_gates: FileGates::default(),
+            events: EventBus::default(),
+            restarts: Restarts::default(),
         }
     }
 
@@ -229,7 +241,9 @@ impl Manager {
         } else {
             None
         };
+        let restart_status = self.restarts.status(&record.id);
         WorkspaceInfo {
+            restart_status,
             record,
             namespace: self.config.namespace.clone(),
             snapshotter: self.config.snapshotter.clone(),
@@ -279,19 +293,57 @@ impl Manager {
         self.store.update_workspace(record).await
     }
 
-    /// Appends a lifecycle event with structured detail (a snapshot's name and version);
-    /// failures are logged, never fatal.
-    pub(super) async fn event_detail(&self, id: &WorkspaceId, kind: &str, message: &str, detail: serde_json::Value) {
-        if let Err(err) = self.store.append_event_detail(id, kind, message, &detail).await {
+    /// Appends a lifecycle event with structured detail (a snapshot's name and version) and
+    /// broadcasts it; failures are logged, never fatal. The detail gets the workspace's stored
+    /// state when it names none, so every event says the state it left the workspace in.
+    pub(super) async fn event_detail(
+        &self,
+        id: &WorkspaceId,
+        kind: &str,
+        message: &str,
+        mut detail: serde_json::Value,
+    ) {
+        if detail.get("state").is_none() {
+            if let Ok(Some(record)) = self.store.get_workspace(id).await {
+                if let Some(fields) = detail.as_object_mut() {
+                    fields.insert("state".to_owned(), record.state.as_str().into());
+                }
+            }
+        }
+        if let Err(err) = self.events.publish(&self.store, id.as_str(), kind, message, &detail).await {
             warn!(workspace_id = %id, kind, error = %err, "cannot record an event");
         }
     }
 
     /// Appends a lifecycle event; failures are logged, never fatal.
     pub(super) async fn event(&self, id: &WorkspaceId, kind: &str, message: &str) {
-        if let Err(err) = self.store.append_event(id, kind, message).await {
-            warn!(workspace_id = %id, kind, error = %err, "cannot record an event");
+        self.event_detail(id, kind, message, serde_json::json!({})).await;
+    }
+
+    /// Records a change of the observed state, from what to what.
+    pub(super) async fn state_changed(
+        &self,
+        id: &WorkspaceId,
+        previous: WorkspaceState,
+        state: WorkspaceState,
+        failure_reason: &str,
+        message: &str,
+    ) {
+        let mut detail = serde_json::json!({ "previous_state": previous.as_str(), "state": state.as_str() });
+        if !failure_reason.is_empty() {
+            detail["failure_reason"] = failure_reason.into();
         }
+        self.event_detail(id, "state_changed", message, detail).await;
+    }
+
+    /// Streams stored and live events; see [`EventBus::watch`].
+    pub fn watch_events(
+        &self,
+        query: crate::store::EventQuery,
+        replay: bool,
+        heartbeat: Duration,
+    ) -> tokio_stream::wrappers::ReceiverStream<Result<super::events::WatchItem>> {
+        self.events.watch(self.store.clone(), query, replay, heartbeat)
     }
 }
 

@@ -4,10 +4,12 @@ mod create;
 mod devices;
 #[cfg(test)]
 mod devices_tests;
+mod events;
 mod files;
 mod lifecycle;
 mod locks;
 mod manager;
+mod monitor;
 mod operation;
 mod processes;
 mod reconcile;
@@ -21,8 +23,10 @@ mod update_tests;
 mod validate;
 
 pub use create::{CreateEvent, CreateRequest, CreateStream};
+pub use events::WatchItem;
 pub use files::FileAccess;
 pub use manager::{DEFAULT_STOP_TIMEOUT, Manager, ManagerConfig, WorkspaceList};
+pub use monitor::RestartStatus;
 pub use reconcile::ReconcileReport;
 pub use snapshot::{RestoreTarget, Restored, SnapshotList, SnapshotOrigin, SnapshotView, VersionList};
 pub use update::{Updated, WorkspaceUpdate};

@@ -40,6 +40,8 @@ pub(super) async fn harness_with(max_snapshot_depth: u32) -> Harness {
         runtime_name: "fake".to_owned(),
         import_limits: crate::data::ExtractLimits { max_bytes: 1 << 30, max_entries: 1000 },
         max_snapshot_depth,
+        event_retention_count: 100_000,
+        event_retention_age: std::time::Duration::from_secs(30 * 24 * 3600),
         devices: Arc::new(crate::devices::Devices::new(vec![state_dir.path().join("cdi")])),
     };
     let manager = Arc::new(Manager::new(config, store.clone(), runtime.clone()));

@@ -460,10 +460,15 @@ impl Runtime for Containerd {
             Ok(response) => Ok(response.into_inner().process.map(|process| TaskState {
                 pid: process.pid,
                 running: process.status == ProcessStatus::Running as i32,
+                exit_status: process.exit_status,
             })),
             Err(status) if is(&status, Code::NotFound) => Ok(None),
             Err(status) => Err(self.map_status("task get", status)),
         }
+    }
+
+    async fn task_notices(&self) -> Result<crate::runtime::TaskNotices> {
+        self.subscribe_task_notices().await
     }
 
     async fn process_count(&self, id: &str) -> Result<u32> {

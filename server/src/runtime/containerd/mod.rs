@@ -3,6 +3,7 @@
 mod client;
 mod container;
 mod content;
+mod events;
 mod exec;
 pub mod pull;
 mod registry;

@@ -127,7 +127,7 @@ async fn a_snapshot_keeps_the_files_starts_a_version_and_keeps_the_workspace_run
     assert!(message.contains("v2"), "{message}");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(detail).unwrap(),
-        serde_json::json!({"snapshot_name": "v2", "version": 2})
+        serde_json::json!({"snapshot_name": "v2", "version": 2, "state": "running"})
     );
 }
 

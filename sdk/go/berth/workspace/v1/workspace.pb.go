@@ -481,6 +481,15 @@ const (
 	// Reconciliation found a container or snapshot in berth's containerd namespace that the store
 	// does not know; `workspace_id` is the container id and `message` says what was done with it.
 	WorkspaceEventKind_WORKSPACE_EVENT_KIND_ORPHAN_DETECTED WorkspaceEventKind = 14
+	// UpdateWorkspace moved the workspace onto another image; `version` is the new version and
+	// `snapshot_name` the SYSTEM snapshot holding the state before the change.
+	WorkspaceEventKind_WORKSPACE_EVENT_KIND_IMAGE_CHANGED WorkspaceEventKind = 15
+	// UpdateWorkspace changed labels, resources, env or devices; `message` names the fields and
+	// says whether the task was restarted.
+	WorkspaceEventKind_WORKSPACE_EVENT_KIND_UPDATED WorkspaceEventKind = 16
+	// StartWorkspace found the workspace's filesystem snapshot gone and rebuilt it from the image
+	// (what the bot had written is lost).
+	WorkspaceEventKind_WORKSPACE_EVENT_KIND_REBUILT WorkspaceEventKind = 17
 )
 
 // Enum value maps for WorkspaceEventKind.
@@ -501,6 +510,9 @@ var (
 		12: "WORKSPACE_EVENT_KIND_DATA_RESET",
 		13: "WORKSPACE_EVENT_KIND_DATA_IMPORTED",
 		14: "WORKSPACE_EVENT_KIND_ORPHAN_DETECTED",
+		15: "WORKSPACE_EVENT_KIND_IMAGE_CHANGED",
+		16: "WORKSPACE_EVENT_KIND_UPDATED",
+		17: "WORKSPACE_EVENT_KIND_REBUILT",
 	}
 	WorkspaceEventKind_value = map[string]int32{
 		"WORKSPACE_EVENT_KIND_UNSPECIFIED":       0,
@@ -518,6 +530,9 @@ var (
 		"WORKSPACE_EVENT_KIND_DATA_RESET":        12,
 		"WORKSPACE_EVENT_KIND_DATA_IMPORTED":     13,
 		"WORKSPACE_EVENT_KIND_ORPHAN_DETECTED":   14,
+		"WORKSPACE_EVENT_KIND_IMAGE_CHANGED":     15,
+		"WORKSPACE_EVENT_KIND_UPDATED":           16,
+		"WORKSPACE_EVENT_KIND_REBUILT":           17,
 	}
 )
 
@@ -762,7 +777,11 @@ type Workspace struct {
 	// own directory (the overlay upper directory), for operators' backups and debugging. Read it
 	// only while the workspace is STOPPED or with tools that do not follow symlinks: its content
 	// is the bot's. Empty when the snapshotter cannot say, or the workspace has no snapshot yet.
-	HostDataPath  string `protobuf:"bytes,25,opt,name=host_data_path,json=hostDataPath,proto3" json:"host_data_path,omitempty"`
+	HostDataPath string `protobuf:"bytes,25,opt,name=host_data_path,json=hostDataPath,proto3" json:"host_data_path,omitempty"`
+	// Automatic restarts after the container's init exited without a StopWorkspace (a crash, an
+	// OOM kill, a bot running `kill 1`). Unset when the init has not exited on its own since berth
+	// started.
+	RestartStatus *RestartStatus `protobuf:"bytes,26,opt,name=restart_status,json=restartStatus,proto3" json:"restart_status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -972,6 +991,91 @@ func (x *Workspace) GetHostDataPath() string {
 	return ""
 }
 
+func (x *Workspace) GetRestartStatus() *RestartStatus {
+	if x != nil {
+		return x.RestartStatus
+	}
+	return nil
+}
+
+// RestartStatus is how berth restarts a workspace whose init keeps exiting: while its desired
+// state is RUNNING, it is started again after a delay of 1 second, doubling with every exit up to
+// 5 minutes, so a crash loop cannot spin; the delay starts again at 1 second once the init has
+// run for 10 minutes. Kept in memory: a berth restart starts it afresh.
+type RestartStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exits in a row that berth restarted or will restart: 1 after the first, growing while the
+	// init keeps exiting, back to 1 after an exit of an init that had run for 10 minutes.
+	RestartCount uint32 `protobuf:"varint,1,opt,name=restart_count,json=restartCount,proto3" json:"restart_count,omitempty"`
+	// When the next automatic restart happens. Unset when none is scheduled (the workspace runs,
+	// or its desired state is STOPPED).
+	NextRestartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=next_restart_time,json=nextRestartTime,proto3" json:"next_restart_time,omitempty"`
+	// Exit status of the init's last exit (128 plus the signal number when a signal killed it).
+	LastExitCode int32 `protobuf:"varint,3,opt,name=last_exit_code,json=lastExitCode,proto3" json:"last_exit_code,omitempty"`
+	// When the init last exited on its own.
+	LastExitTime  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_exit_time,json=lastExitTime,proto3" json:"last_exit_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartStatus) Reset() {
+	*x = RestartStatus{}
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartStatus) ProtoMessage() {}
+
+func (x *RestartStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartStatus.ProtoReflect.Descriptor instead.
+func (*RestartStatus) Descriptor() ([]byte, []int) {
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RestartStatus) GetRestartCount() uint32 {
+	if x != nil {
+		return x.RestartCount
+	}
+	return 0
+}
+
+func (x *RestartStatus) GetNextRestartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRestartTime
+	}
+	return nil
+}
+
+func (x *RestartStatus) GetLastExitCode() int32 {
+	if x != nil {
+		return x.LastExitCode
+	}
+	return 0
+}
+
+func (x *RestartStatus) GetLastExitTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastExitTime
+	}
+	return nil
+}
+
 // Snapshot is a committed, read-only point in a workspace's filesystem lineage. Snapshots of the
 // writable layer capture installed software and /data together. All fields are output only,
 // except that `name` and `labels` are chosen by CreateSnapshot.
@@ -1000,7 +1104,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[3]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1116,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[3]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1129,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{3}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Snapshot) GetName() string {
@@ -1108,7 +1212,7 @@ type Version struct {
 
 func (x *Version) Reset() {
 	*x = Version{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[4]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1224,7 @@ func (x *Version) String() string {
 func (*Version) ProtoMessage() {}
 
 func (x *Version) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[4]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1237,7 @@ func (x *Version) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Version.ProtoReflect.Descriptor instead.
 func (*Version) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{4}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Version) GetVersion() int64 {
@@ -1202,7 +1306,7 @@ type WorkspaceMetrics struct {
 
 func (x *WorkspaceMetrics) Reset() {
 	*x = WorkspaceMetrics{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[5]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1318,7 @@ func (x *WorkspaceMetrics) String() string {
 func (*WorkspaceMetrics) ProtoMessage() {}
 
 func (x *WorkspaceMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[5]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1331,7 @@ func (x *WorkspaceMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkspaceMetrics.ProtoReflect.Descriptor instead.
 func (*WorkspaceMetrics) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{5}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WorkspaceMetrics) GetSampleTime() *timestamppb.Timestamp {
@@ -1302,7 +1406,7 @@ type CpuMetrics struct {
 
 func (x *CpuMetrics) Reset() {
 	*x = CpuMetrics{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[6]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1314,7 +1418,7 @@ func (x *CpuMetrics) String() string {
 func (*CpuMetrics) ProtoMessage() {}
 
 func (x *CpuMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[6]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1327,7 +1431,7 @@ func (x *CpuMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CpuMetrics.ProtoReflect.Descriptor instead.
 func (*CpuMetrics) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{6}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CpuMetrics) GetPercentOfOneCore() float64 {
@@ -1392,7 +1496,7 @@ type MemoryMetrics struct {
 
 func (x *MemoryMetrics) Reset() {
 	*x = MemoryMetrics{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[7]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1508,7 @@ func (x *MemoryMetrics) String() string {
 func (*MemoryMetrics) ProtoMessage() {}
 
 func (x *MemoryMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[7]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1521,7 @@ func (x *MemoryMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryMetrics.ProtoReflect.Descriptor instead.
 func (*MemoryMetrics) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{7}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MemoryMetrics) GetUsageBytes() uint64 {
@@ -1468,7 +1572,7 @@ type PidsMetrics struct {
 
 func (x *PidsMetrics) Reset() {
 	*x = PidsMetrics{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[8]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1480,7 +1584,7 @@ func (x *PidsMetrics) String() string {
 func (*PidsMetrics) ProtoMessage() {}
 
 func (x *PidsMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[8]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1493,7 +1597,7 @@ func (x *PidsMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsMetrics.ProtoReflect.Descriptor instead.
 func (*PidsMetrics) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{8}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PidsMetrics) GetCurrent() uint64 {
@@ -1529,7 +1633,7 @@ type StorageMetrics struct {
 
 func (x *StorageMetrics) Reset() {
 	*x = StorageMetrics{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[9]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1541,7 +1645,7 @@ func (x *StorageMetrics) String() string {
 func (*StorageMetrics) ProtoMessage() {}
 
 func (x *StorageMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[9]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1554,7 +1658,7 @@ func (x *StorageMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StorageMetrics.ProtoReflect.Descriptor instead.
 func (*StorageMetrics) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{9}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StorageMetrics) GetRootfsBytes() uint64 {
@@ -1619,7 +1723,7 @@ type WorkspaceEvent struct {
 
 func (x *WorkspaceEvent) Reset() {
 	*x = WorkspaceEvent{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[10]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1735,7 @@ func (x *WorkspaceEvent) String() string {
 func (*WorkspaceEvent) ProtoMessage() {}
 
 func (x *WorkspaceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[10]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +1748,7 @@ func (x *WorkspaceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkspaceEvent.ProtoReflect.Descriptor instead.
 func (*WorkspaceEvent) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{10}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WorkspaceEvent) GetEventId() int64 {
@@ -1743,7 +1847,7 @@ type CdiDevice struct {
 
 func (x *CdiDevice) Reset() {
 	*x = CdiDevice{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[11]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1755,7 +1859,7 @@ func (x *CdiDevice) String() string {
 func (*CdiDevice) ProtoMessage() {}
 
 func (x *CdiDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[11]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1768,7 +1872,7 @@ func (x *CdiDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CdiDevice.ProtoReflect.Descriptor instead.
 func (*CdiDevice) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{11}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CdiDevice) GetName() string {
@@ -1813,7 +1917,7 @@ type CdiSpecFileError struct {
 
 func (x *CdiSpecFileError) Reset() {
 	*x = CdiSpecFileError{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[12]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1825,7 +1929,7 @@ func (x *CdiSpecFileError) String() string {
 func (*CdiSpecFileError) ProtoMessage() {}
 
 func (x *CdiSpecFileError) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[12]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1838,7 +1942,7 @@ func (x *CdiSpecFileError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CdiSpecFileError.ProtoReflect.Descriptor instead.
 func (*CdiSpecFileError) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{12}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CdiSpecFileError) GetPath() string {
@@ -1870,7 +1974,8 @@ const file_berth_workspace_v1_workspace_proto_rawDesc = "" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x14\n" +
 	"\x05total\x18\x03 \x01(\x04R\x05total\x124\n" +
-	"\x05state\x18\x04 \x01(\x0e2\x1e.berth.workspace.v1.LayerStateR\x05state\"\xdd\t\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x1e.berth.workspace.v1.LayerStateR\x05state\"\xa7\n" +
+	"\n" +
 	"\tWorkspace\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x128\n" +
 	"\x05state\x18\x02 \x01(\x0e2\".berth.workspace.v1.WorkspaceStateR\x05state\x12E\n" +
@@ -1900,13 +2005,19 @@ const file_berth_workspace_v1_workspace_proto_rawDesc = "" +
 	"\x0efailure_reason\x18\x16 \x01(\tR\rfailureReason\x12'\n" +
 	"\x0ffailure_message\x18\x17 \x01(\tR\x0efailureMessage\x12\x1b\n" +
 	"\tdata_path\x18\x18 \x01(\tR\bdataPath\x12$\n" +
-	"\x0ehost_data_path\x18\x19 \x01(\tR\fhostDataPath\x1a9\n" +
+	"\x0ehost_data_path\x18\x19 \x01(\tR\fhostDataPath\x12H\n" +
+	"\x0erestart_status\x18\x1a \x01(\v2!.berth.workspace.v1.RestartStatusR\rrestartStatus\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x88\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe4\x01\n" +
+	"\rRestartStatus\x12#\n" +
+	"\rrestart_count\x18\x01 \x01(\rR\frestartCount\x12F\n" +
+	"\x11next_restart_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextRestartTime\x12$\n" +
+	"\x0elast_exit_code\x18\x03 \x01(\x05R\flastExitCode\x12@\n" +
+	"\x0elast_exit_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\flastExitTime\"\x88\x03\n" +
 	"\bSnapshot\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fworkspace_id\x18\x02 \x01(\tR\vworkspaceId\x12\x16\n" +
@@ -2027,7 +2138,7 @@ const file_berth_workspace_v1_workspace_proto_rawDesc = "" +
 	"\x15VERSION_REASON_CREATE\x10\x01\x12\x1b\n" +
 	"\x17VERSION_REASON_SNAPSHOT\x10\x02\x12\x1a\n" +
 	"\x16VERSION_REASON_RESTORE\x10\x03\x12\x1f\n" +
-	"\x1bVERSION_REASON_IMAGE_CHANGE\x10\x04*\xd8\x04\n" +
+	"\x1bVERSION_REASON_IMAGE_CHANGE\x10\x04*\xc4\x05\n" +
 	"\x12WorkspaceEventKind\x12$\n" +
 	" WORKSPACE_EVENT_KIND_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eWORKSPACE_EVENT_KIND_HEARTBEAT\x10\x01\x12 \n" +
@@ -2044,7 +2155,10 @@ const file_berth_workspace_v1_workspace_proto_rawDesc = "" +
 	"\"WORKSPACE_EVENT_KIND_DATA_RESTORED\x10\v\x12#\n" +
 	"\x1fWORKSPACE_EVENT_KIND_DATA_RESET\x10\f\x12&\n" +
 	"\"WORKSPACE_EVENT_KIND_DATA_IMPORTED\x10\r\x12(\n" +
-	"$WORKSPACE_EVENT_KIND_ORPHAN_DETECTED\x10\x0eBBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
+	"$WORKSPACE_EVENT_KIND_ORPHAN_DETECTED\x10\x0e\x12&\n" +
+	"\"WORKSPACE_EVENT_KIND_IMAGE_CHANGED\x10\x0f\x12 \n" +
+	"\x1cWORKSPACE_EVENT_KIND_UPDATED\x10\x10\x12 \n" +
+	"\x1cWORKSPACE_EVENT_KIND_REBUILT\x10\x11BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
 
 var (
 	file_berth_workspace_v1_workspace_proto_rawDescOnce sync.Once
@@ -2059,7 +2173,7 @@ func file_berth_workspace_v1_workspace_proto_rawDescGZIP() []byte {
 }
 
 var file_berth_workspace_v1_workspace_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_berth_workspace_v1_workspace_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_berth_workspace_v1_workspace_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_berth_workspace_v1_workspace_proto_goTypes = []any{
 	(WorkspaceState)(0),           // 0: berth.workspace.v1.WorkspaceState
 	(DesiredState)(0),             // 1: berth.workspace.v1.DesiredState
@@ -2072,52 +2186,56 @@ var file_berth_workspace_v1_workspace_proto_goTypes = []any{
 	(*Resources)(nil),             // 8: berth.workspace.v1.Resources
 	(*LayerProgress)(nil),         // 9: berth.workspace.v1.LayerProgress
 	(*Workspace)(nil),             // 10: berth.workspace.v1.Workspace
-	(*Snapshot)(nil),              // 11: berth.workspace.v1.Snapshot
-	(*Version)(nil),               // 12: berth.workspace.v1.Version
-	(*WorkspaceMetrics)(nil),      // 13: berth.workspace.v1.WorkspaceMetrics
-	(*CpuMetrics)(nil),            // 14: berth.workspace.v1.CpuMetrics
-	(*MemoryMetrics)(nil),         // 15: berth.workspace.v1.MemoryMetrics
-	(*PidsMetrics)(nil),           // 16: berth.workspace.v1.PidsMetrics
-	(*StorageMetrics)(nil),        // 17: berth.workspace.v1.StorageMetrics
-	(*WorkspaceEvent)(nil),        // 18: berth.workspace.v1.WorkspaceEvent
-	(*CdiDevice)(nil),             // 19: berth.workspace.v1.CdiDevice
-	(*CdiSpecFileError)(nil),      // 20: berth.workspace.v1.CdiSpecFileError
-	nil,                           // 21: berth.workspace.v1.Workspace.LabelsEntry
-	nil,                           // 22: berth.workspace.v1.Workspace.EnvEntry
-	nil,                           // 23: berth.workspace.v1.Snapshot.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
+	(*RestartStatus)(nil),         // 11: berth.workspace.v1.RestartStatus
+	(*Snapshot)(nil),              // 12: berth.workspace.v1.Snapshot
+	(*Version)(nil),               // 13: berth.workspace.v1.Version
+	(*WorkspaceMetrics)(nil),      // 14: berth.workspace.v1.WorkspaceMetrics
+	(*CpuMetrics)(nil),            // 15: berth.workspace.v1.CpuMetrics
+	(*MemoryMetrics)(nil),         // 16: berth.workspace.v1.MemoryMetrics
+	(*PidsMetrics)(nil),           // 17: berth.workspace.v1.PidsMetrics
+	(*StorageMetrics)(nil),        // 18: berth.workspace.v1.StorageMetrics
+	(*WorkspaceEvent)(nil),        // 19: berth.workspace.v1.WorkspaceEvent
+	(*CdiDevice)(nil),             // 20: berth.workspace.v1.CdiDevice
+	(*CdiSpecFileError)(nil),      // 21: berth.workspace.v1.CdiSpecFileError
+	nil,                           // 22: berth.workspace.v1.Workspace.LabelsEntry
+	nil,                           // 23: berth.workspace.v1.Workspace.EnvEntry
+	nil,                           // 24: berth.workspace.v1.Snapshot.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
 }
 var file_berth_workspace_v1_workspace_proto_depIdxs = []int32{
 	3,  // 0: berth.workspace.v1.LayerProgress.state:type_name -> berth.workspace.v1.LayerState
 	0,  // 1: berth.workspace.v1.Workspace.state:type_name -> berth.workspace.v1.WorkspaceState
 	1,  // 2: berth.workspace.v1.Workspace.desired_state:type_name -> berth.workspace.v1.DesiredState
 	8,  // 3: berth.workspace.v1.Workspace.resources:type_name -> berth.workspace.v1.Resources
-	21, // 4: berth.workspace.v1.Workspace.labels:type_name -> berth.workspace.v1.Workspace.LabelsEntry
-	22, // 5: berth.workspace.v1.Workspace.env:type_name -> berth.workspace.v1.Workspace.EnvEntry
-	24, // 6: berth.workspace.v1.Workspace.create_time:type_name -> google.protobuf.Timestamp
-	24, // 7: berth.workspace.v1.Workspace.update_time:type_name -> google.protobuf.Timestamp
-	24, // 8: berth.workspace.v1.Workspace.last_start_time:type_name -> google.protobuf.Timestamp
-	24, // 9: berth.workspace.v1.Workspace.last_stop_time:type_name -> google.protobuf.Timestamp
-	5,  // 10: berth.workspace.v1.Snapshot.source:type_name -> berth.workspace.v1.SnapshotSource
-	23, // 11: berth.workspace.v1.Snapshot.labels:type_name -> berth.workspace.v1.Snapshot.LabelsEntry
-	24, // 12: berth.workspace.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
-	6,  // 13: berth.workspace.v1.Version.reason:type_name -> berth.workspace.v1.VersionReason
-	24, // 14: berth.workspace.v1.Version.create_time:type_name -> google.protobuf.Timestamp
-	24, // 15: berth.workspace.v1.WorkspaceMetrics.sample_time:type_name -> google.protobuf.Timestamp
-	14, // 16: berth.workspace.v1.WorkspaceMetrics.cpu:type_name -> berth.workspace.v1.CpuMetrics
-	15, // 17: berth.workspace.v1.WorkspaceMetrics.memory:type_name -> berth.workspace.v1.MemoryMetrics
-	16, // 18: berth.workspace.v1.WorkspaceMetrics.pids:type_name -> berth.workspace.v1.PidsMetrics
-	17, // 19: berth.workspace.v1.WorkspaceMetrics.storage:type_name -> berth.workspace.v1.StorageMetrics
-	24, // 20: berth.workspace.v1.StorageMetrics.sample_time:type_name -> google.protobuf.Timestamp
-	24, // 21: berth.workspace.v1.WorkspaceEvent.event_time:type_name -> google.protobuf.Timestamp
-	7,  // 22: berth.workspace.v1.WorkspaceEvent.kind:type_name -> berth.workspace.v1.WorkspaceEventKind
-	0,  // 23: berth.workspace.v1.WorkspaceEvent.state:type_name -> berth.workspace.v1.WorkspaceState
-	0,  // 24: berth.workspace.v1.WorkspaceEvent.previous_state:type_name -> berth.workspace.v1.WorkspaceState
-	25, // [25:25] is the sub-list for method output_type
-	25, // [25:25] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	22, // 4: berth.workspace.v1.Workspace.labels:type_name -> berth.workspace.v1.Workspace.LabelsEntry
+	23, // 5: berth.workspace.v1.Workspace.env:type_name -> berth.workspace.v1.Workspace.EnvEntry
+	25, // 6: berth.workspace.v1.Workspace.create_time:type_name -> google.protobuf.Timestamp
+	25, // 7: berth.workspace.v1.Workspace.update_time:type_name -> google.protobuf.Timestamp
+	25, // 8: berth.workspace.v1.Workspace.last_start_time:type_name -> google.protobuf.Timestamp
+	25, // 9: berth.workspace.v1.Workspace.last_stop_time:type_name -> google.protobuf.Timestamp
+	11, // 10: berth.workspace.v1.Workspace.restart_status:type_name -> berth.workspace.v1.RestartStatus
+	25, // 11: berth.workspace.v1.RestartStatus.next_restart_time:type_name -> google.protobuf.Timestamp
+	25, // 12: berth.workspace.v1.RestartStatus.last_exit_time:type_name -> google.protobuf.Timestamp
+	5,  // 13: berth.workspace.v1.Snapshot.source:type_name -> berth.workspace.v1.SnapshotSource
+	24, // 14: berth.workspace.v1.Snapshot.labels:type_name -> berth.workspace.v1.Snapshot.LabelsEntry
+	25, // 15: berth.workspace.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
+	6,  // 16: berth.workspace.v1.Version.reason:type_name -> berth.workspace.v1.VersionReason
+	25, // 17: berth.workspace.v1.Version.create_time:type_name -> google.protobuf.Timestamp
+	25, // 18: berth.workspace.v1.WorkspaceMetrics.sample_time:type_name -> google.protobuf.Timestamp
+	15, // 19: berth.workspace.v1.WorkspaceMetrics.cpu:type_name -> berth.workspace.v1.CpuMetrics
+	16, // 20: berth.workspace.v1.WorkspaceMetrics.memory:type_name -> berth.workspace.v1.MemoryMetrics
+	17, // 21: berth.workspace.v1.WorkspaceMetrics.pids:type_name -> berth.workspace.v1.PidsMetrics
+	18, // 22: berth.workspace.v1.WorkspaceMetrics.storage:type_name -> berth.workspace.v1.StorageMetrics
+	25, // 23: berth.workspace.v1.StorageMetrics.sample_time:type_name -> google.protobuf.Timestamp
+	25, // 24: berth.workspace.v1.WorkspaceEvent.event_time:type_name -> google.protobuf.Timestamp
+	7,  // 25: berth.workspace.v1.WorkspaceEvent.kind:type_name -> berth.workspace.v1.WorkspaceEventKind
+	0,  // 26: berth.workspace.v1.WorkspaceEvent.state:type_name -> berth.workspace.v1.WorkspaceState
+	0,  // 27: berth.workspace.v1.WorkspaceEvent.previous_state:type_name -> berth.workspace.v1.WorkspaceState
+	28, // [28:28] is the sub-list for method output_type
+	28, // [28:28] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_berth_workspace_v1_workspace_proto_init() }
@@ -2131,7 +2249,7 @@ func file_berth_workspace_v1_workspace_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_workspace_v1_workspace_proto_rawDesc), len(file_berth_workspace_v1_workspace_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   16,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -2499,7 +2499,9 @@ type WatchEventsRequest struct {
 	// Identifier of the workspace to watch. Empty watches every workspace.
 	WorkspaceId string `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
 	// When greater than 0, stored events with a larger `event_id` are replayed before live events,
-	// so a client resumes where it stopped. 0 streams live events only.
+	// so a client resumes where it stopped, each event exactly once. 0 streams live events only.
+	// The server keeps a bounded history (`--event-retention-count`, `--event-retention-days`):
+	// events older than that are no longer replayed.
 	AfterEventId int64 `protobuf:"varint,2,opt,name=after_event_id,json=afterEventId,proto3" json:"after_event_id,omitempty"`
 	// Time between heartbeats while no event is sent. Unset means 15 seconds; values are clamped
 	// to between 1 second and 5 minutes.

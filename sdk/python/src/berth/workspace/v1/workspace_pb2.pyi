@@ -310,6 +310,18 @@ class _WorkspaceEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Wo
     """Reconciliation found a container or snapshot in berth's containerd namespace that the store
     does not know; `workspace_id` is the container id and `message` says what was done with it.
     """
+    WORKSPACE_EVENT_KIND_IMAGE_CHANGED: _WorkspaceEventKind.ValueType  # 15
+    """UpdateWorkspace moved the workspace onto another image; `version` is the new version and
+    `snapshot_name` the SYSTEM snapshot holding the state before the change.
+    """
+    WORKSPACE_EVENT_KIND_UPDATED: _WorkspaceEventKind.ValueType  # 16
+    """UpdateWorkspace changed labels, resources, env or devices; `message` names the fields and
+    says whether the task was restarted.
+    """
+    WORKSPACE_EVENT_KIND_REBUILT: _WorkspaceEventKind.ValueType  # 17
+    """StartWorkspace found the workspace's filesystem snapshot gone and rebuilt it from the image
+    (what the bot had written is lost).
+    """
 
 class WorkspaceEventKind(_WorkspaceEventKind, metaclass=_WorkspaceEventKindEnumTypeWrapper):
     """WorkspaceEventKind says what a WorkspaceEvent reports."""
@@ -349,6 +361,18 @@ WORKSPACE_EVENT_KIND_DATA_IMPORTED: WorkspaceEventKind.ValueType  # 13
 WORKSPACE_EVENT_KIND_ORPHAN_DETECTED: WorkspaceEventKind.ValueType  # 14
 """Reconciliation found a container or snapshot in berth's containerd namespace that the store
 does not know; `workspace_id` is the container id and `message` says what was done with it.
+"""
+WORKSPACE_EVENT_KIND_IMAGE_CHANGED: WorkspaceEventKind.ValueType  # 15
+"""UpdateWorkspace moved the workspace onto another image; `version` is the new version and
+`snapshot_name` the SYSTEM snapshot holding the state before the change.
+"""
+WORKSPACE_EVENT_KIND_UPDATED: WorkspaceEventKind.ValueType  # 16
+"""UpdateWorkspace changed labels, resources, env or devices; `message` names the fields and
+says whether the task was restarted.
+"""
+WORKSPACE_EVENT_KIND_REBUILT: WorkspaceEventKind.ValueType  # 17
+"""StartWorkspace found the workspace's filesystem snapshot gone and rebuilt it from the image
+(what the bot had written is lost).
 """
 Global___WorkspaceEventKind: _TypeAlias = WorkspaceEventKind  # noqa: Y015
 
@@ -502,6 +526,7 @@ class Workspace(_message.Message):
     FAILURE_MESSAGE_FIELD_NUMBER: _builtins.int
     DATA_PATH_FIELD_NUMBER: _builtins.int
     HOST_DATA_PATH_FIELD_NUMBER: _builtins.int
+    RESTART_STATUS_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """Identifier chosen by the caller at creation, matching `^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$`.
     Never changes.
@@ -595,6 +620,13 @@ class Workspace(_message.Message):
     def last_stop_time(self) -> _timestamp_pb2.Timestamp:
         """When the workspace's task last stopped, on request or not. Unset if it never stopped."""
 
+    @_builtins.property
+    def restart_status(self) -> Global___RestartStatus:
+        """Automatic restarts after the container's init exited without a StopWorkspace (a crash, an
+        OOM kill, a bot running `kill 1`). Unset when the init has not exited on its own since berth
+        started.
+        """
+
     def __init__(
         self,
         *,
@@ -623,14 +655,61 @@ class Workspace(_message.Message):
         failure_message: _builtins.str = ...,
         data_path: _builtins.str = ...,
         host_data_path: _builtins.str = ...,
+        restart_status: Global___RestartStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_start_time", b"last_start_time", "last_stop_time", b"last_stop_time", "resources", b"resources", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_start_time", b"last_start_time", "last_stop_time", b"last_stop_time", "resources", b"resources", "restart_status", b"restart_status", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cdi_devices", b"cdi_devices", "container_id", b"container_id", "create_time", b"create_time", "current_version", b"current_version", "data_path", b"data_path", "desired_state", b"desired_state", "env", b"env", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "has_preserved_data", b"has_preserved_data", "host_data_path", b"host_data_path", "image", b"image", "image_digest", b"image_digest", "init_pid", b"init_pid", "labels", b"labels", "last_start_time", b"last_start_time", "last_stop_time", b"last_stop_time", "namespace", b"namespace", "process_count", b"process_count", "resources", b"resources", "runtime", b"runtime", "snapshotter", b"snapshotter", "state", b"state", "update_time", b"update_time", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cdi_devices", b"cdi_devices", "container_id", b"container_id", "create_time", b"create_time", "current_version", b"current_version", "data_path", b"data_path", "desired_state", b"desired_state", "env", b"env", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "has_preserved_data", b"has_preserved_data", "host_data_path", b"host_data_path", "image", b"image", "image_digest", b"image_digest", "init_pid", b"init_pid", "labels", b"labels", "last_start_time", b"last_start_time", "last_stop_time", b"last_stop_time", "namespace", b"namespace", "process_count", b"process_count", "resources", b"resources", "restart_status", b"restart_status", "runtime", b"runtime", "snapshotter", b"snapshotter", "state", b"state", "update_time", b"update_time", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Workspace: _TypeAlias = Workspace  # noqa: Y015
+
+@_typing.final
+class RestartStatus(_message.Message):
+    """RestartStatus is how berth restarts a workspace whose init keeps exiting: while its desired
+    state is RUNNING, it is started again after a delay of 1 second, doubling with every exit up to
+    5 minutes, so a crash loop cannot spin; the delay starts again at 1 second once the init has
+    run for 10 minutes. Kept in memory: a berth restart starts it afresh.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESTART_COUNT_FIELD_NUMBER: _builtins.int
+    NEXT_RESTART_TIME_FIELD_NUMBER: _builtins.int
+    LAST_EXIT_CODE_FIELD_NUMBER: _builtins.int
+    LAST_EXIT_TIME_FIELD_NUMBER: _builtins.int
+    restart_count: _builtins.int
+    """Exits in a row that berth restarted or will restart: 1 after the first, growing while the
+    init keeps exiting, back to 1 after an exit of an init that had run for 10 minutes.
+    """
+    last_exit_code: _builtins.int
+    """Exit status of the init's last exit (128 plus the signal number when a signal killed it)."""
+    @_builtins.property
+    def next_restart_time(self) -> _timestamp_pb2.Timestamp:
+        """When the next automatic restart happens. Unset when none is scheduled (the workspace runs,
+        or its desired state is STOPPED).
+        """
+
+    @_builtins.property
+    def last_exit_time(self) -> _timestamp_pb2.Timestamp:
+        """When the init last exited on its own."""
+
+    def __init__(
+        self,
+        *,
+        restart_count: _builtins.int = ...,
+        next_restart_time: _timestamp_pb2.Timestamp | None = ...,
+        last_exit_code: _builtins.int = ...,
+        last_exit_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_exit_time", b"last_exit_time", "next_restart_time", b"next_restart_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_exit_code", b"last_exit_code", "last_exit_time", b"last_exit_time", "next_restart_time", b"next_restart_time", "restart_count", b"restart_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartStatus: _TypeAlias = RestartStatus  # noqa: Y015
 
 @_typing.final
 class Snapshot(_message.Message):

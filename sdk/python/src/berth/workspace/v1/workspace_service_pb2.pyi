@@ -1592,7 +1592,9 @@ class WatchEventsRequest(_message.Message):
     """Identifier of the workspace to watch. Empty watches every workspace."""
     after_event_id: _builtins.int
     """When greater than 0, stored events with a larger `event_id` are replayed before live events,
-    so a client resumes where it stopped. 0 streams live events only.
+    so a client resumes where it stopped, each event exactly once. 0 streams live events only.
+    The server keeps a bounded history (`--event-retention-count`, `--event-retention-days`):
+    events older than that are no longer replayed.
     """
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file berth/workspace/v1/workspace.proto.
  */
 export const file_berth_workspace_v1_workspace: GenFile = /*@__PURE__*/
-  fileDesc("CiJiZXJ0aC93b3Jrc3BhY2UvdjEvd29ya3NwYWNlLnByb3RvEhJiZXJ0aC53b3Jrc3BhY2UudjEiSQoJUmVzb3VyY2VzEhIKCmNwdV9taWxsaXMYASABKAMSFAoMbWVtb3J5X2J5dGVzGAIgASgDEhIKCnBpZHNfbGltaXQYAyABKAMibQoNTGF5ZXJQcm9ncmVzcxIOCgZkaWdlc3QYASABKAkSDgoGb2Zmc2V0GAIgASgEEg0KBXRvdGFsGAMgASgEEi0KBXN0YXRlGAQgASgOMh4uYmVydGgud29ya3NwYWNlLnYxLkxheWVyU3RhdGUimAcKCVdvcmtzcGFjZRIUCgx3b3Jrc3BhY2VfaWQYASABKAkSMQoFc3RhdGUYAiABKA4yIi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlU3RhdGUSNwoNZGVzaXJlZF9zdGF0ZRgDIAEoDjIgLmJlcnRoLndvcmtzcGFjZS52MS5EZXNpcmVkU3RhdGUSDQoFaW1hZ2UYBCABKAkSFAoMaW1hZ2VfZGlnZXN0GAUgASgJEhQKDGNvbnRhaW5lcl9pZBgGIAEoCRIRCgluYW1lc3BhY2UYByABKAkSEwoLc25hcHNob3R0ZXIYCCABKAkSDwoHcnVudGltZRgJIAEoCRIQCghpbml0X3BpZBgKIAEoDRIVCg1wcm9jZXNzX2NvdW50GAsgASgNEhMKC2NkaV9kZXZpY2VzGAwgAygJEjAKCXJlc291cmNlcxgNIAEoCzIdLmJlcnRoLndvcmtzcGFjZS52MS5SZXNvdXJjZXMSOQoGbGFiZWxzGA4gAygLMikuYmVydGgud29ya3NwYWNlLnYxLldvcmtzcGFjZS5MYWJlbHNFbnRyeRIzCgNlbnYYDyADKAsyJi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlLkVudkVudHJ5EhoKEmhhc19wcmVzZXJ2ZWRfZGF0YRgQIAEoCBIXCg9jdXJyZW50X3ZlcnNpb24YESABKAMSLwoLY3JlYXRlX3RpbWUYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9sYXN0X3N0YXJ0X3RpbWUYFCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3Rfc3RvcF90aW1lGBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5mYWlsdXJlX3JlYXNvbhgWIAEoCRIXCg9mYWlsdXJlX21lc3NhZ2UYFyABKAkSEQoJZGF0YV9wYXRoGBggASgJEhYKDmhvc3RfZGF0YV9wYXRoGBkgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKxAgoIU25hcHNob3QSDAoEbmFtZRgBIAEoCRIUCgx3b3Jrc3BhY2VfaWQYAiABKAkSDgoGcGFyZW50GAMgASgJEjIKBnNvdXJjZRgEIAEoDjIiLmJlcnRoLndvcmtzcGFjZS52MS5TbmFwc2hvdFNvdXJjZRIPCgd2ZXJzaW9uGAUgASgDEjgKBmxhYmVscxgGIAMoCzIoLmJlcnRoLndvcmtzcGFjZS52MS5TbmFwc2hvdC5MYWJlbHNFbnRyeRISCgpzaXplX2J5dGVzGAcgASgDEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIroBCgdWZXJzaW9uEg8KB3ZlcnNpb24YASABKAMSMQoGcmVhc29uGAIgASgOMiEuYmVydGgud29ya3NwYWNlLnYxLlZlcnNpb25SZWFzb24SFQoNc25hcHNob3RfbmFtZRgDIAEoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFaW1hZ2UYBSABKAkSFAoMaW1hZ2VfZGlnZXN0GAYgASgJIrYCChBXb3Jrc3BhY2VNZXRyaWNzEi8KC3NhbXBsZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglzdXBwb3J0ZWQYAiABKAgSGgoSdW5zdXBwb3J0ZWRfcmVhc29uGAMgASgJEisKA2NwdRgEIAEoCzIeLmJlcnRoLndvcmtzcGFjZS52MS5DcHVNZXRyaWNzEjEKBm1lbW9yeRgFIAEoCzIhLmJlcnRoLndvcmtzcGFjZS52MS5NZW1vcnlNZXRyaWNzEi0KBHBpZHMYBiABKAsyHy5iZXJ0aC53b3Jrc3BhY2UudjEuUGlkc01ldHJpY3MSMwoHc3RvcmFnZRgHIAEoCzIiLmJlcnRoLndvcmtzcGFjZS52MS5TdG9yYWdlTWV0cmljcyKXAQoKQ3B1TWV0cmljcxIbChNwZXJjZW50X29mX29uZV9jb3JlGAEgASgBEhMKC3VzYWdlX25hbm9zGAIgASgEEhIKCnVzZXJfbmFub3MYAyABKAQSFAoMc3lzdGVtX25hbm9zGAQgASgEEhQKDGxpbWl0X21pbGxpcxgFIAEoAxIXCg90aHJvdHRsZWRfbmFub3MYBiABKAQifQoNTWVtb3J5TWV0cmljcxITCgt1c2FnZV9ieXRlcxgBIAEoBBIZChF3b3JraW5nX3NldF9ieXRlcxgCIAEoBBITCgtsaW1pdF9ieXRlcxgDIAEoBBIPCgdwZXJjZW50GAQgASgBEhYKDm9vbV9raWxsX2NvdW50GAUgASgEIi0KC1BpZHNNZXRyaWNzEg8KB2N1cnJlbnQYASABKAQSDQoFbGltaXQYAiABKAQiggEKDlN0b3JhZ2VNZXRyaWNzEhQKDHJvb3Rmc19ieXRlcxgBIAEoBBIVCg1yb290ZnNfaW5vZGVzGAIgASgEEhIKCmRhdGFfYnl0ZXMYAyABKAQSLwoLc2FtcGxlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvECCg5Xb3Jrc3BhY2VFdmVudBIQCghldmVudF9pZBgBIAEoAxIuCgpldmVudF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgx3b3Jrc3BhY2VfaWQYAyABKAkSNAoEa2luZBgEIAEoDjImLmJlcnRoLndvcmtzcGFjZS52MS5Xb3Jrc3BhY2VFdmVudEtpbmQSMQoFc3RhdGUYBSABKA4yIi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlU3RhdGUSOgoOcHJldmlvdXNfc3RhdGUYBiABKA4yIi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlU3RhdGUSDwoHbWVzc2FnZRgHIAEoCRIRCglleGl0X2NvZGUYCCABKAUSFQoNc25hcHNob3RfbmFtZRgJIAEoCRIPCgd2ZXJzaW9uGAogASgDEhYKDmZhaWx1cmVfcmVhc29uGAsgASgJIlIKCUNkaURldmljZRIMCgRuYW1lGAEgASgJEg4KBnZlbmRvchgCIAEoCRIUCgxkZXZpY2VfY2xhc3MYAyABKAkSEQoJc3BlY19wYXRoGAQgASgJIi8KEENkaVNwZWNGaWxlRXJyb3ISDAoEcGF0aBgBIAEoCRINCgVlcnJvchgCIAEoCSrDAQoOV29ya3NwYWNlU3RhdGUSHwobV09SS1NQQUNFX1NUQVRFX1VOU1BFQ0lGSUVEEAASHAoYV09SS1NQQUNFX1NUQVRFX0NSRUFUSU5HEAESGwoXV09SS1NQQUNFX1NUQVRFX1JVTk5JTkcQAhIbChdXT1JLU1BBQ0VfU1RBVEVfU1RPUFBFRBADEhoKFldPUktTUEFDRV9TVEFURV9GQUlMRUQQBBIcChhXT1JLU1BBQ0VfU1RBVEVfREVMRVRJTkcQBSpjCgxEZXNpcmVkU3RhdGUSHQoZREVTSVJFRF9TVEFURV9VTlNQRUNJRklFRBAAEhkKFURFU0lSRURfU1RBVEVfUlVOTklORxABEhkKFURFU0lSRURfU1RBVEVfU1RPUFBFRBACKngKClB1bGxQb2xpY3kSGwoXUFVMTF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIeChpQVUxMX1BPTElDWV9JRl9OT1RfUFJFU0VOVBABEhYKElBVTExfUE9MSUNZX0FMV0FZUxACEhUKEVBVTExfUE9MSUNZX05FVkVSEAMqqAEKCkxheWVyU3RhdGUSGwoXTEFZRVJfU1RBVEVfVU5TUEVDSUZJRUQQABIXChNMQVlFUl9TVEFURV9XQUlUSU5HEAESGwoXTEFZRVJfU1RBVEVfRE9XTkxPQURJTkcQAhIZChVMQVlFUl9TVEFURV9WRVJJRllJTkcQAxIWChJMQVlFUl9TVEFURV9FWElTVFMQBBIUChBMQVlFUl9TVEFURV9ET05FEAUqaQoNQXJjaGl2ZUZvcm1hdBIeChpBUkNISVZFX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhsKF0FSQ0hJVkVfRk9STUFUX1RBUl9HWklQEAESGwoXQVJDSElWRV9GT1JNQVRfVEFSX1pTVEQQAiqCAQoOU25hcHNob3RTb3VyY2USHwobU05BUFNIT1RfU09VUkNFX1VOU1BFQ0lGSUVEEAASGQoVU05BUFNIT1RfU09VUkNFX0lNQUdFEAESGAoUU05BUFNIT1RfU09VUkNFX1VTRVIQAhIaChZTTkFQU0hPVF9TT1VSQ0VfU1lTVEVNEAMqpAEKDVZlcnNpb25SZWFzb24SHgoaVkVSU0lPTl9SRUFTT05fVU5TUEVDSUZJRUQQABIZChVWRVJTSU9OX1JFQVNPTl9DUkVBVEUQARIbChdWRVJTSU9OX1JFQVNPTl9TTkFQU0hPVBACEhoKFlZFUlNJT05fUkVBU09OX1JFU1RPUkUQAxIfChtWRVJTSU9OX1JFQVNPTl9JTUFHRV9DSEFOR0UQBCrYBAoSV29ya3NwYWNlRXZlbnRLaW5kEiQKIFdPUktTUEFDRV9FVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASIgoeV09SS1NQQUNFX0VWRU5UX0tJTkRfSEVBUlRCRUFUEAESIAocV09SS1NQQUNFX0VWRU5UX0tJTkRfQ1JFQVRFRBACEiYKIldPUktTUEFDRV9FVkVOVF9LSU5EX1NUQVRFX0NIQU5HRUQQAxIgChxXT1JLU1BBQ0VfRVZFTlRfS0lORF9ERUxFVEVEEAQSJAogV09SS1NQQUNFX0VWRU5UX0tJTkRfVEFTS19FWElURUQQBRIcChhXT1JLU1BBQ0VfRVZFTlRfS0lORF9PT00QBhIpCiVXT1JLU1BBQ0VfRVZFTlRfS0lORF9TTkFQU0hPVF9DUkVBVEVEEAcSKQolV09SS1NQQUNFX0VWRU5UX0tJTkRfU05BUFNIT1RfREVMRVRFRBAIEioKJldPUktTUEFDRV9FVkVOVF9LSU5EX1NOQVBTSE9UX1JFU1RPUkVEEAkSJwojV09SS1NQQUNFX0VWRU5UX0tJTkRfREFUQV9QUkVTRVJWRUQQChImCiJXT1JLU1BBQ0VfRVZFTlRfS0lORF9EQVRBX1JFU1RPUkVEEAsSIwofV09SS1NQQUNFX0VWRU5UX0tJTkRfREFUQV9SRVNFVBAMEiYKIldPUktTUEFDRV9FVkVOVF9LSU5EX0RBVEFfSU1QT1JURUQQDRIoCiRXT1JLU1BBQ0VfRVZFTlRfS0lORF9PUlBIQU5fREVURUNURUQQDkJCWkBnaXRodWIuY29tL2JlcnRoLWRldi9iZXJ0aC9zZGsvZ28vYmVydGgvd29ya3NwYWNlL3YxO3dvcmtzcGFjZXYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("CiJiZXJ0aC93b3Jrc3BhY2UvdjEvd29ya3NwYWNlLnByb3RvEhJiZXJ0aC53b3Jrc3BhY2UudjEiSQoJUmVzb3VyY2VzEhIKCmNwdV9taWxsaXMYASABKAMSFAoMbWVtb3J5X2J5dGVzGAIgASgDEhIKCnBpZHNfbGltaXQYAyABKAMibQoNTGF5ZXJQcm9ncmVzcxIOCgZkaWdlc3QYASABKAkSDgoGb2Zmc2V0GAIgASgEEg0KBXRvdGFsGAMgASgEEi0KBXN0YXRlGAQgASgOMh4uYmVydGgud29ya3NwYWNlLnYxLkxheWVyU3RhdGUi0wcKCVdvcmtzcGFjZRIUCgx3b3Jrc3BhY2VfaWQYASABKAkSMQoFc3RhdGUYAiABKA4yIi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlU3RhdGUSNwoNZGVzaXJlZF9zdGF0ZRgDIAEoDjIgLmJlcnRoLndvcmtzcGFjZS52MS5EZXNpcmVkU3RhdGUSDQoFaW1hZ2UYBCABKAkSFAoMaW1hZ2VfZGlnZXN0GAUgASgJEhQKDGNvbnRhaW5lcl9pZBgGIAEoCRIRCgluYW1lc3BhY2UYByABKAkSEwoLc25hcHNob3R0ZXIYCCABKAkSDwoHcnVudGltZRgJIAEoCRIQCghpbml0X3BpZBgKIAEoDRIVCg1wcm9jZXNzX2NvdW50GAsgASgNEhMKC2NkaV9kZXZpY2VzGAwgAygJEjAKCXJlc291cmNlcxgNIAEoCzIdLmJlcnRoLndvcmtzcGFjZS52MS5SZXNvdXJjZXMSOQoGbGFiZWxzGA4gAygLMikuYmVydGgud29ya3NwYWNlLnYxLldvcmtzcGFjZS5MYWJlbHNFbnRyeRIzCgNlbnYYDyADKAsyJi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlLkVudkVudHJ5EhoKEmhhc19wcmVzZXJ2ZWRfZGF0YRgQIAEoCBIXCg9jdXJyZW50X3ZlcnNpb24YESABKAMSLwoLY3JlYXRlX3RpbWUYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9sYXN0X3N0YXJ0X3RpbWUYFCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3Rfc3RvcF90aW1lGBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5mYWlsdXJlX3JlYXNvbhgWIAEoCRIXCg9mYWlsdXJlX21lc3NhZ2UYFyABKAkSEQoJZGF0YV9wYXRoGBggASgJEhYKDmhvc3RfZGF0YV9wYXRoGBkgASgJEjkKDnJlc3RhcnRfc3RhdHVzGBogASgLMiEuYmVydGgud29ya3NwYWNlLnYxLlJlc3RhcnRTdGF0dXMaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqkBCg1SZXN0YXJ0U3RhdHVzEhUKDXJlc3RhcnRfY291bnQYASABKA0SNQoRbmV4dF9yZXN0YXJ0X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmxhc3RfZXhpdF9jb2RlGAMgASgFEjIKDmxhc3RfZXhpdF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKxAgoIU25hcHNob3QSDAoEbmFtZRgBIAEoCRIUCgx3b3Jrc3BhY2VfaWQYAiABKAkSDgoGcGFyZW50GAMgASgJEjIKBnNvdXJjZRgEIAEoDjIiLmJlcnRoLndvcmtzcGFjZS52MS5TbmFwc2hvdFNvdXJjZRIPCgd2ZXJzaW9uGAUgASgDEjgKBmxhYmVscxgGIAMoCzIoLmJlcnRoLndvcmtzcGFjZS52MS5TbmFwc2hvdC5MYWJlbHNFbnRyeRISCgpzaXplX2J5dGVzGAcgASgDEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIroBCgdWZXJzaW9uEg8KB3ZlcnNpb24YASABKAMSMQoGcmVhc29uGAIgASgOMiEuYmVydGgud29ya3NwYWNlLnYxLlZlcnNpb25SZWFzb24SFQoNc25hcHNob3RfbmFtZRgDIAEoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFaW1hZ2UYBSABKAkSFAoMaW1hZ2VfZGlnZXN0GAYgASgJIrYCChBXb3Jrc3BhY2VNZXRyaWNzEi8KC3NhbXBsZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglzdXBwb3J0ZWQYAiABKAgSGgoSdW5zdXBwb3J0ZWRfcmVhc29uGAMgASgJEisKA2NwdRgEIAEoCzIeLmJlcnRoLndvcmtzcGFjZS52MS5DcHVNZXRyaWNzEjEKBm1lbW9yeRgFIAEoCzIhLmJlcnRoLndvcmtzcGFjZS52MS5NZW1vcnlNZXRyaWNzEi0KBHBpZHMYBiABKAsyHy5iZXJ0aC53b3Jrc3BhY2UudjEuUGlkc01ldHJpY3MSMwoHc3RvcmFnZRgHIAEoCzIiLmJlcnRoLndvcmtzcGFjZS52MS5TdG9yYWdlTWV0cmljcyKXAQoKQ3B1TWV0cmljcxIbChNwZXJjZW50X29mX29uZV9jb3JlGAEgASgBEhMKC3VzYWdlX25hbm9zGAIgASgEEhIKCnVzZXJfbmFub3MYAyABKAQSFAoMc3lzdGVtX25hbm9zGAQgASgEEhQKDGxpbWl0X21pbGxpcxgFIAEoAxIXCg90aHJvdHRsZWRfbmFub3MYBiABKAQifQoNTWVtb3J5TWV0cmljcxITCgt1c2FnZV9ieXRlcxgBIAEoBBIZChF3b3JraW5nX3NldF9ieXRlcxgCIAEoBBITCgtsaW1pdF9ieXRlcxgDIAEoBBIPCgdwZXJjZW50GAQgASgBEhYKDm9vbV9raWxsX2NvdW50GAUgASgEIi0KC1BpZHNNZXRyaWNzEg8KB2N1cnJlbnQYASABKAQSDQoFbGltaXQYAiABKAQiggEKDlN0b3JhZ2VNZXRyaWNzEhQKDHJvb3Rmc19ieXRlcxgBIAEoBBIVCg1yb290ZnNfaW5vZGVzGAIgASgEEhIKCmRhdGFfYnl0ZXMYAyABKAQSLwoLc2FtcGxlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvECCg5Xb3Jrc3BhY2VFdmVudBIQCghldmVudF9pZBgBIAEoAxIuCgpldmVudF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgx3b3Jrc3BhY2VfaWQYAyABKAkSNAoEa2luZBgEIAEoDjImLmJlcnRoLndvcmtzcGFjZS52MS5Xb3Jrc3BhY2VFdmVudEtpbmQSMQoFc3RhdGUYBSABKA4yIi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlU3RhdGUSOgoOcHJldmlvdXNfc3RhdGUYBiABKA4yIi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlU3RhdGUSDwoHbWVzc2FnZRgHIAEoCRIRCglleGl0X2NvZGUYCCABKAUSFQoNc25hcHNob3RfbmFtZRgJIAEoCRIPCgd2ZXJzaW9uGAogASgDEhYKDmZhaWx1cmVfcmVhc29uGAsgASgJIlIKCUNkaURldmljZRIMCgRuYW1lGAEgASgJEg4KBnZlbmRvchgCIAEoCRIUCgxkZXZpY2VfY2xhc3MYAyABKAkSEQoJc3BlY19wYXRoGAQgASgJIi8KEENkaVNwZWNGaWxlRXJyb3ISDAoEcGF0aBgBIAEoCRINCgVlcnJvchgCIAEoCSrDAQoOV29ya3NwYWNlU3RhdGUSHwobV09SS1NQQUNFX1NUQVRFX1VOU1BFQ0lGSUVEEAASHAoYV09SS1NQQUNFX1NUQVRFX0NSRUFUSU5HEAESGwoXV09SS1NQQUNFX1NUQVRFX1JVTk5JTkcQAhIbChdXT1JLU1BBQ0VfU1RBVEVfU1RPUFBFRBADEhoKFldPUktTUEFDRV9TVEFURV9GQUlMRUQQBBIcChhXT1JLU1BBQ0VfU1RBVEVfREVMRVRJTkcQBSpjCgxEZXNpcmVkU3RhdGUSHQoZREVTSVJFRF9TVEFURV9VTlNQRUNJRklFRBAAEhkKFURFU0lSRURfU1RBVEVfUlVOTklORxABEhkKFURFU0lSRURfU1RBVEVfU1RPUFBFRBACKngKClB1bGxQb2xpY3kSGwoXUFVMTF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIeChpQVUxMX1BPTElDWV9JRl9OT1RfUFJFU0VOVBABEhYKElBVTExfUE9MSUNZX0FMV0FZUxACEhUKEVBVTExfUE9MSUNZX05FVkVSEAMqqAEKCkxheWVyU3RhdGUSGwoXTEFZRVJfU1RBVEVfVU5TUEVDSUZJRUQQABIXChNMQVlFUl9TVEFURV9XQUlUSU5HEAESGwoXTEFZRVJfU1RBVEVfRE9XTkxPQURJTkcQAhIZChVMQVlFUl9TVEFURV9WRVJJRllJTkcQAxIWChJMQVlFUl9TVEFURV9FWElTVFMQBBIUChBMQVlFUl9TVEFURV9ET05FEAUqaQoNQXJjaGl2ZUZvcm1hdBIeChpBUkNISVZFX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhsKF0FSQ0hJVkVfRk9STUFUX1RBUl9HWklQEAESGwoXQVJDSElWRV9GT1JNQVRfVEFSX1pTVEQQAiqCAQoOU25hcHNob3RTb3VyY2USHwobU05BUFNIT1RfU09VUkNFX1VOU1BFQ0lGSUVEEAASGQoVU05BUFNIT1RfU09VUkNFX0lNQUdFEAESGAoUU05BUFNIT1RfU09VUkNFX1VTRVIQAhIaChZTTkFQU0hPVF9TT1VSQ0VfU1lTVEVNEAMqpAEKDVZlcnNpb25SZWFzb24SHgoaVkVSU0lPTl9SRUFTT05fVU5TUEVDSUZJRUQQABIZChVWRVJTSU9OX1JFQVNPTl9DUkVBVEUQARIbChdWRVJTSU9OX1JFQVNPTl9TTkFQU0hPVBACEhoKFlZFUlNJT05fUkVBU09OX1JFU1RPUkUQAxIfChtWRVJTSU9OX1JFQVNPTl9JTUFHRV9DSEFOR0UQBCrEBQoSV29ya3NwYWNlRXZlbnRLaW5kEiQKIFdPUktTUEFDRV9FVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASIgoeV09SS1NQQUNFX0VWRU5UX0tJTkRfSEVBUlRCRUFUEAESIAocV09SS1NQQUNFX0VWRU5UX0tJTkRfQ1JFQVRFRBACEiYKIldPUktTUEFDRV9FVkVOVF9LSU5EX1NUQVRFX0NIQU5HRUQQAxIgChxXT1JLU1BBQ0VfRVZFTlRfS0lORF9ERUxFVEVEEAQSJAogV09SS1NQQUNFX0VWRU5UX0tJTkRfVEFTS19FWElURUQQBRIcChhXT1JLU1BBQ0VfRVZFTlRfS0lORF9PT00QBhIpCiVXT1JLU1BBQ0VfRVZFTlRfS0lORF9TTkFQU0hPVF9DUkVBVEVEEAcSKQolV09SS1NQQUNFX0VWRU5UX0tJTkRfU05BUFNIT1RfREVMRVRFRBAIEioKJldPUktTUEFDRV9FVkVOVF9LSU5EX1NOQVBTSE9UX1JFU1RPUkVEEAkSJwojV09SS1NQQUNFX0VWRU5UX0tJTkRfREFUQV9QUkVTRVJWRUQQChImCiJXT1JLU1BBQ0VfRVZFTlRfS0lORF9EQVRBX1JFU1RPUkVEEAsSIwofV09SS1NQQUNFX0VWRU5UX0tJTkRfREFUQV9SRVNFVBAMEiYKIldPUktTUEFDRV9FVkVOVF9LSU5EX0RBVEFfSU1QT1JURUQQDRIoCiRXT1JLU1BBQ0VfRVZFTlRfS0lORF9PUlBIQU5fREVURUNURUQQDhImCiJXT1JLU1BBQ0VfRVZFTlRfS0lORF9JTUFHRV9DSEFOR0VEEA8SIAocV09SS1NQQUNFX0VWRU5UX0tJTkRfVVBEQVRFRBAQEiAKHFdPUktTUEFDRV9FVkVOVF9LSU5EX1JFQlVJTFQQEUJCWkBnaXRodWIuY29tL2JlcnRoLWRldi9iZXJ0aC9zZGsvZ28vYmVydGgvd29ya3NwYWNlL3YxO3dvcmtzcGFjZXYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * Resources are the limits applied to a workspace's container cgroup. Zero means unlimited;
@@ -296,6 +296,15 @@ export type Workspace = Message<"berth.workspace.v1.Workspace"> & {
    * @generated from field: string host_data_path = 25;
    */
   hostDataPath: string;
+
+  /**
+   * Automatic restarts after the container's init exited without a StopWorkspace (a crash, an
+   * OOM kill, a bot running `kill 1`). Unset when the init has not exited on its own since berth
+   * started.
+   *
+   * @generated from field: berth.workspace.v1.RestartStatus restart_status = 26;
+   */
+  restartStatus?: RestartStatus | undefined;
 };
 
 /**
@@ -304,6 +313,53 @@ export type Workspace = Message<"berth.workspace.v1.Workspace"> & {
  */
 export const WorkspaceSchema: GenMessage<Workspace> = /*@__PURE__*/
   messageDesc(file_berth_workspace_v1_workspace, 2);
+
+/**
+ * RestartStatus is how berth restarts a workspace whose init keeps exiting: while its desired
+ * state is RUNNING, it is started again after a delay of 1 second, doubling with every exit up to
+ * 5 minutes, so a crash loop cannot spin; the delay starts again at 1 second once the init has
+ * run for 10 minutes. Kept in memory: a berth restart starts it afresh.
+ *
+ * @generated from message berth.workspace.v1.RestartStatus
+ */
+export type RestartStatus = Message<"berth.workspace.v1.RestartStatus"> & {
+  /**
+   * Exits in a row that berth restarted or will restart: 1 after the first, growing while the
+   * init keeps exiting, back to 1 after an exit of an init that had run for 10 minutes.
+   *
+   * @generated from field: uint32 restart_count = 1;
+   */
+  restartCount: number;
+
+  /**
+   * When the next automatic restart happens. Unset when none is scheduled (the workspace runs,
+   * or its desired state is STOPPED).
+   *
+   * @generated from field: google.protobuf.Timestamp next_restart_time = 2;
+   */
+  nextRestartTime?: Timestamp | undefined;
+
+  /**
+   * Exit status of the init's last exit (128 plus the signal number when a signal killed it).
+   *
+   * @generated from field: int32 last_exit_code = 3;
+   */
+  lastExitCode: number;
+
+  /**
+   * When the init last exited on its own.
+   *
+   * @generated from field: google.protobuf.Timestamp last_exit_time = 4;
+   */
+  lastExitTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message berth.workspace.v1.RestartStatus.
+ * Use `create(RestartStatusSchema)` to create a new message.
+ */
+export const RestartStatusSchema: GenMessage<RestartStatus> = /*@__PURE__*/
+  messageDesc(file_berth_workspace_v1_workspace, 3);
 
 /**
  * Snapshot is a committed, read-only point in a workspace's filesystem lineage. Snapshots of the
@@ -376,7 +432,7 @@ export type Snapshot = Message<"berth.workspace.v1.Snapshot"> & {
  * Use `create(SnapshotSchema)` to create a new message.
  */
 export const SnapshotSchema: GenMessage<Snapshot> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 3);
+  messageDesc(file_berth_workspace_v1_workspace, 4);
 
 /**
  * Version is one entry in a workspace's history. Every change of the filesystem's lineage
@@ -435,7 +491,7 @@ export type Version = Message<"berth.workspace.v1.Version"> & {
  * Use `create(VersionSchema)` to create a new message.
  */
 export const VersionSchema: GenMessage<Version> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 4);
+  messageDesc(file_berth_workspace_v1_workspace, 5);
 
 /**
  * WorkspaceMetrics is one sample of a workspace's resource usage.
@@ -499,7 +555,7 @@ export type WorkspaceMetrics = Message<"berth.workspace.v1.WorkspaceMetrics"> & 
  * Use `create(WorkspaceMetricsSchema)` to create a new message.
  */
 export const WorkspaceMetricsSchema: GenMessage<WorkspaceMetrics> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 5);
+  messageDesc(file_berth_workspace_v1_workspace, 6);
 
 /**
  * CpuMetrics is the CPU usage of a workspace's cgroup.
@@ -557,7 +613,7 @@ export type CpuMetrics = Message<"berth.workspace.v1.CpuMetrics"> & {
  * Use `create(CpuMetricsSchema)` to create a new message.
  */
 export const CpuMetricsSchema: GenMessage<CpuMetrics> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 6);
+  messageDesc(file_berth_workspace_v1_workspace, 7);
 
 /**
  * MemoryMetrics is the memory usage of a workspace's cgroup.
@@ -607,7 +663,7 @@ export type MemoryMetrics = Message<"berth.workspace.v1.MemoryMetrics"> & {
  * Use `create(MemoryMetricsSchema)` to create a new message.
  */
 export const MemoryMetricsSchema: GenMessage<MemoryMetrics> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 7);
+  messageDesc(file_berth_workspace_v1_workspace, 8);
 
 /**
  * PidsMetrics is the number of tasks in a workspace's cgroup.
@@ -635,7 +691,7 @@ export type PidsMetrics = Message<"berth.workspace.v1.PidsMetrics"> & {
  * Use `create(PidsMetricsSchema)` to create a new message.
  */
 export const PidsMetricsSchema: GenMessage<PidsMetrics> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 8);
+  messageDesc(file_berth_workspace_v1_workspace, 9);
 
 /**
  * StorageMetrics is the disk usage of a workspace. It is costlier to measure than the other
@@ -679,7 +735,7 @@ export type StorageMetrics = Message<"berth.workspace.v1.StorageMetrics"> & {
  * Use `create(StorageMetricsSchema)` to create a new message.
  */
 export const StorageMetricsSchema: GenMessage<StorageMetrics> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 9);
+  messageDesc(file_berth_workspace_v1_workspace, 10);
 
 /**
  * WorkspaceEvent is something that happened to a workspace, or a heartbeat of an event stream.
@@ -773,7 +829,7 @@ export type WorkspaceEvent = Message<"berth.workspace.v1.WorkspaceEvent"> & {
  * Use `create(WorkspaceEventSchema)` to create a new message.
  */
 export const WorkspaceEventSchema: GenMessage<WorkspaceEvent> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 10);
+  messageDesc(file_berth_workspace_v1_workspace, 11);
 
 /**
  * CdiDevice is one CDI device a host offers.
@@ -817,7 +873,7 @@ export type CdiDevice = Message<"berth.workspace.v1.CdiDevice"> & {
  * Use `create(CdiDeviceSchema)` to create a new message.
  */
 export const CdiDeviceSchema: GenMessage<CdiDevice> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 11);
+  messageDesc(file_berth_workspace_v1_workspace, 12);
 
 /**
  * CdiSpecFileError is a CDI spec file (or spec directory) the server could not use.
@@ -846,7 +902,7 @@ export type CdiSpecFileError = Message<"berth.workspace.v1.CdiSpecFileError"> & 
  * Use `create(CdiSpecFileErrorSchema)` to create a new message.
  */
 export const CdiSpecFileErrorSchema: GenMessage<CdiSpecFileError> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 12);
+  messageDesc(file_berth_workspace_v1_workspace, 13);
 
 /**
  * WorkspaceState is the observed state of a workspace: what berth last saw in containerd and its
@@ -1280,6 +1336,30 @@ export enum WorkspaceEventKind {
    * @generated from enum value: WORKSPACE_EVENT_KIND_ORPHAN_DETECTED = 14;
    */
   ORPHAN_DETECTED = 14,
+
+  /**
+   * UpdateWorkspace moved the workspace onto another image; `version` is the new version and
+   * `snapshot_name` the SYSTEM snapshot holding the state before the change.
+   *
+   * @generated from enum value: WORKSPACE_EVENT_KIND_IMAGE_CHANGED = 15;
+   */
+  IMAGE_CHANGED = 15,
+
+  /**
+   * UpdateWorkspace changed labels, resources, env or devices; `message` names the fields and
+   * says whether the task was restarted.
+   *
+   * @generated from enum value: WORKSPACE_EVENT_KIND_UPDATED = 16;
+   */
+  UPDATED = 16,
+
+  /**
+   * StartWorkspace found the workspace's filesystem snapshot gone and rebuilt it from the image
+   * (what the bot had written is lost).
+   *
+   * @generated from enum value: WORKSPACE_EVENT_KIND_REBUILT = 17;
+   */
+  REBUILT = 17,
 }
 
 /**

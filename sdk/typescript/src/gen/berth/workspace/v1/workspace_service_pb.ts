@@ -1589,7 +1589,9 @@ export type WatchEventsRequest = Message<"berth.workspace.v1.WatchEventsRequest"
 
   /**
    * When greater than 0, stored events with a larger `event_id` are replayed before live events,
-   * so a client resumes where it stopped. 0 streams live events only.
+   * so a client resumes where it stopped, each event exactly once. 0 streams live events only.
+   * The server keeps a bounded history (`--event-retention-count`, `--event-retention-days`):
+   * events older than that are no longer replayed.
    *
    * @generated from field: int64 after_event_id = 2;
    */
