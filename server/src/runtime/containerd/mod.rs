@@ -4,6 +4,7 @@ mod client;
 mod container;
 mod content;
 mod exec;
+mod metrics;
 pub mod pull;
 mod registry;
 mod sandbox;
