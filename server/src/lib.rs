@@ -8,6 +8,7 @@ pub mod data;
 pub mod error;
 pub mod failpoint;
 pub mod files;
+pub mod metrics;
 pub mod model;
 pub mod process;
 pub mod runtime;

@@ -302,11 +302,11 @@ async fn unbuilt_rpcs_say_unimplemented_with_a_reason() {
     let testbed = Testbed::from_env();
     let server = BerthServer::start(&testbed);
     let mut workspaces = WorkspaceServiceClient::new(server.channel().await);
-    let status =
-        workspaces.get_metrics(berth_api::v1::GetMetricsRequest { workspace_id: "bot".to_owned() }).await.unwrap_err();
+    let request = berth_api::v1::WatchEventsRequest { workspace_id: "bot".to_owned(), ..Default::default() };
+    let status = workspaces.watch_events(request).await.expect_err("WatchEvents is not built");
     assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
     assert_eq!(error_reason(&status).as_deref(), Some("NOT_IMPLEMENTED"));
-    assert!(status.message().contains("GetMetrics"), "{}", status.message());
+    assert!(status.message().contains("WatchEvents"), "{}", status.message());
 }
 
 #[test]

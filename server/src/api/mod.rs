@@ -26,6 +26,7 @@ use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::{Span, info, warn};
 
+use crate::metrics::Metrics;
 use crate::workspace::Manager;
 
 /// How often health re-checks that containerd answers.
@@ -50,6 +51,7 @@ const SERVICE_NAMES: [&str; 3] = [
 pub async fn serve(
     listener: TcpListener,
     manager: Arc<Manager>,
+    metrics: Arc<Metrics>,
     cors_origins: &[String],
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -81,7 +83,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(WorkspaceServiceServer::new(workspace::WorkspaceApi::new(manager.clone(), files.clone())))
+        .add_service(WorkspaceServiceServer::new(workspace::WorkspaceApi::new(manager.clone(), files.clone(), metrics)))
         .add_service(FilesystemServiceServer::new(filesystem::FilesystemApi::new(files)))
         .add_service(ProcessServiceServer::new(process::ProcessApi::new(manager.clone())));
 
