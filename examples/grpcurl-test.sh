@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BERTH_TEST_SERVER:?BERTH_TEST_SERVER must name a running berth}"
 export PATH="$PWD/.tools/bin:$PWD/node_modules/.bin:$PATH"
-export BERTH=${BERTH_TEST_SERVER#http://} ID=docs-$RANDOM$RANDOM IMAGE=$BERTH_TEST_IMAGE_BUSYBOX
+export BERTH=${BERTH_TEST_SERVER#http://} ID=docs-$RANDOM$RANDOM IMAGE=$BERTH_TEST_IMAGE_BUSYBOX NEXT_IMAGE=$BERTH_TEST_IMAGE_MULTILAYER
 passed=0
 failed=0
 # Command lines of the sh blocks, except the block that sets the variables.

@@ -200,6 +200,17 @@ $berth snapshot restore "$id" --version 2 >/dev/null
 grep -q '^\* 4  *RESTORE  *cli-snap ' <<<"$($berth versions "$id")" || fail "versions: $($berth versions "$id")"
 expect_failure '^berth: FAILED_PRECONDITION SNAPSHOT_IN_USE: ' $berth snapshot rm "$id" cli-snap
 expect_failure '^berth: NOT_FOUND SNAPSHOT_NOT_FOUND: ' $berth snapshot rm "$id" no-such-snapshot
+# An image change keeps /data, lists the previous state as a SYSTEM snapshot, and goes back.
+out=$($berth update "$id" --image "$BERTH_TEST_IMAGE_BUSYBOX")
+[ "$out" = "$id moved to $BERTH_TEST_IMAGE_BUSYBOX (version 5, restarted); the previous state is snapshot before-image-change-v5" ] ||
+  fail "update: $out"
+[ "$($berth fs cat "$id:/data/snap.txt")" = before ] || fail "the image change lost /data"
+expect_failure '^berth: NOT_FOUND ' $berth fs cat "$id:/etc/berth-layer3"
+grep -q '^before-image-change-v5  *SYSTEM  *5 ' <<<"$($berth snapshot ls "$id")" || fail "snapshot ls after update: $($berth snapshot ls "$id")"
+grep -q '^\* 5  *IMAGE_CHANGE  *before-image-change-v5 ' <<<"$($berth versions "$id")" || fail "versions after update: $($berth versions "$id")"
+grep -q 'nothing changed$' <<<"$($berth update "$id" --image "$BERTH_TEST_IMAGE_BUSYBOX")" || fail "a second update changed something"
+$berth snapshot restore "$id" before-image-change-v5 >/dev/null
+[ "$($berth fs cat "$id:/etc/berth-layer3")" = "berth multilayer image, layer 3" ] || fail "the restore did not bring the old image back"
 $berth rm "$id" --preserve-data | grep -q preserved || fail "rm --preserve-data"
 out=$($berth create "$id" --image "$BERTH_TEST_IMAGE_MULTILAYER" --restore-data)
 grep -q '^restoring /data' <<<"$out" || fail "no restoring line: $out"

@@ -1,6 +1,7 @@
 // Command berth-example creates a berth workspace, prints its creation progress and its final
-// state, runs a command in it, writes a file into it and reads it back, and optionally deletes
-// it again.
+// state, runs a command in it, writes a file into it and reads it back, takes a snapshot,
+// changes the file and restores the snapshot (the file is back), exports /data to an archive
+// file and imports it again into /data/roundtrip, and optionally deletes the workspace again.
 //
 //	go run . -server 127.0.0.1:50051 -id my-bot -image docker.io/library/debian:bookworm
 package main
@@ -13,6 +14,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -45,6 +48,7 @@ func main() {
 	image := flag.String("image", "", "image reference (default: the server's --default-image)")
 	restore := flag.Bool("restore-data", false, "restore the /data preserved by an earlier delete")
 	del := flag.Bool("delete", false, "delete the workspace again at the end")
+	archive := flag.String("archive", "", "file to export /data into (default: <temp dir>/<id>-data.tar.gz)")
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")
 	flag.Var(labels, "label", "label key=value (repeatable)")
 	flag.Parse()
@@ -54,12 +58,15 @@ func main() {
 		_, _ = rand.Read(b)
 		*id = "example-" + hex.EncodeToString(b)
 	}
+	if *archive == "" {
+		*archive = filepath.Join(os.TempDir(), *id+"-data.tar.gz")
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 
-	if err := run(ctx, *server, *id, *image, labels, *restore, *del); err != nil {
+	if err := run(ctx, *server, *id, *image, labels, *restore, *del, *archive); err != nil {
 		if e, ok := berth.AsError(err); ok {
 			// code, reason and message of a failed call, on one line
 			fmt.Fprintf(os.Stderr, "error: code=%s reason=%s message=%s\n", e.Code, e.Reason, e.Message)
@@ -70,7 +77,7 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, server, id, image string, labels map[string]string, restore, del bool) (err error) {
+func run(ctx context.Context, server, id, image string, labels map[string]string, restore, del bool, archive string) (err error) {
 	client, err := berth.Dial(ctx, server)
 	if err != nil {
 		return err
@@ -132,6 +139,81 @@ func run(ctx context.Context, server, id, image string, labels map[string]string
 		return err
 	}
 	fmt.Printf("read %s: %s\n", path, strings.TrimSpace(string(content)))
+
+	if err := snapshotAndRestore(ctx, client, ws.GetWorkspaceId(), path); err != nil {
+		return err
+	}
+	return exportAndImport(ctx, client, ws.GetWorkspaceId(), path, archive)
+}
+
+// snapshotAndRestore takes a snapshot (the whole filesystem: installed software and /data),
+// changes the file and restores the snapshot: the change is gone. A running workspace restarts
+// for both.
+func snapshotAndRestore(ctx context.Context, client *berth.Client, id, file string) error {
+	snap, err := client.Workspaces.CreateSnapshot(ctx, &workspacev1.CreateSnapshotRequest{WorkspaceId: id, Name: "before-change"})
+	if err != nil {
+		return err
+	}
+	s := snap.GetSnapshot()
+	fmt.Printf("snapshot %s: version %d, %d bytes\n", s.GetName(), s.GetVersion(), s.GetSizeBytes())
+	if _, err := client.WriteFile(ctx, id, file, []byte("changed after the snapshot\n")); err != nil {
+		return err
+	}
+	if err := printFile(ctx, client, id, "changed "+file, file); err != nil {
+		return err
+	}
+	restored, err := client.Workspaces.RestoreSnapshot(ctx, &workspacev1.RestoreSnapshotRequest{
+		WorkspaceId: id,
+		Target:      &workspacev1.RestoreSnapshotRequest_SnapshotName{SnapshotName: s.GetName()},
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("restored %s: version %d\n", s.GetName(), restored.GetVersion().GetVersion())
+	return printFile(ctx, client, id, "after restore "+file, file)
+}
+
+// exportAndImport exports /data into the archive file (ExportData checks the bytes against the
+// stream's trailer), then imports that file into /data/roundtrip, checked against the export's
+// SHA-256.
+func exportAndImport(ctx context.Context, client *berth.Client, id, file, archive string) error {
+	out, err := os.Create(archive)
+	if err != nil {
+		return err
+	}
+	trailer, err := client.ExportData(ctx, id, out)
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Printf("exported /data to %s: %d bytes, %d entries, sha256 %s\n",
+		archive, trailer.GetSizeBytes(), trailer.GetEntryCount(), trailer.GetSha256())
+
+	in, err := os.Open(archive)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	const target = "/data/roundtrip"
+	imported, err := client.ImportData(ctx, id, in, berth.WithDataPath(target), berth.WithExpectedSHA256(trailer.GetSha256()))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("imported %s into %s: %d bytes, %d entries, sha256 %s\n",
+		archive, target, imported.GetSizeBytes(), imported.GetEntryCount(), imported.GetSha256())
+	copied := path.Join(target, path.Base(file))
+	return printFile(ctx, client, id, "read "+copied, copied)
+}
+
+// printFile prints "LABEL: CONTENT" with the file's content read from the workspace.
+func printFile(ctx context.Context, client *berth.Client, id, label, file string) error {
+	content, err := client.ReadFile(ctx, id, file)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%s: %s\n", label, strings.TrimSpace(string(content)))
 	return nil
 }
 

@@ -1,18 +1,27 @@
 #!/usr/bin/env node
-// Creates a berth workspace, prints its progress and then its state, runs a command in it, and
-// writes a file into it and reads it back.
+// Creates a berth workspace, prints its progress and then its state, runs a command in it,
+// writes a file into it and reads it back; takes a snapshot, changes the file and restores the
+// snapshot (the file is back); exports /data to an archive file and imports it again into
+// /data/roundtrip.
 //
 //   node index.mjs WORKSPACE_ID [IMAGE]     create (IMAGE defaults to $BERTH_IMAGE, then to the
 //                                           server's --default-image)
 //   node index.mjs --delete WORKSPACE_ID    delete it again
 //
 // The server is $BERTH_SERVER (default http://127.0.0.1:50051); $BERTH_TRANSPORT picks "grpc"
-// (default) or "grpc-web".
+// (default) or "grpc-web". The archive goes to $BERTH_ARCHIVE (default
+// $TMPDIR/WORKSPACE_ID-data.tar.gz) and stays there.
 
+import { createReadStream, createWriteStream } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pipeline } from "node:stream/promises";
 import {
   berthErrorInfo,
   createBerthClient,
   DesiredState,
+  exportData,
+  importData,
   LayerState,
   readTextFile,
   runCommand,
@@ -80,6 +89,41 @@ async function create(berth, workspaceId, image) {
   console.log(`wrote ${entry.path} (${entry.sizeBytes} bytes, revision ${entry.revision})`);
   const text = await readTextFile(berth, workspace.workspaceId, path);
   console.log(`read ${path}: ${text.trim()}`);
+
+  await snapshotAndRestore(berth, workspace.workspaceId, path);
+  await exportAndImport(berth, workspace.workspaceId, path);
+}
+
+// Takes a snapshot (the whole filesystem: installed software and /data), changes the file, and
+// restores the snapshot: the change is gone. A running workspace restarts for both.
+async function snapshotAndRestore(berth, workspaceId, path) {
+  const { snapshot } = await berth.workspaces.createSnapshot({ workspaceId, name: "before-change" });
+  console.log(`snapshot ${snapshot.name}: version ${snapshot.version}, ${snapshot.sizeBytes} bytes`);
+  await writeFile(berth, workspaceId, path, "changed after the snapshot\n");
+  console.log(`changed ${path}: ${(await readTextFile(berth, workspaceId, path)).trim()}`);
+  const { version } = await berth.workspaces.restoreSnapshot({
+    workspaceId,
+    target: { case: "snapshotName", value: snapshot.name },
+  });
+  console.log(`restored ${snapshot.name}: version ${version.version}`);
+  console.log(`after restore ${path}: ${(await readTextFile(berth, workspaceId, path)).trim()}`);
+}
+
+// Exports /data into an archive file (exportData checks the bytes against the stream's trailer),
+// then imports that file into /data/roundtrip, checked against the export's SHA-256.
+async function exportAndImport(berth, workspaceId, path) {
+  const archivePath = process.env.BERTH_ARCHIVE || join(tmpdir(), `${workspaceId}-data.tar.gz`);
+  const exported = exportData(berth, workspaceId);
+  await pipeline(exported, createWriteStream(archivePath));
+  const { sizeBytes, entryCount, sha256 } = exported.trailer;
+  console.log(`exported /data to ${archivePath}: ${sizeBytes} bytes, ${entryCount} entries, sha256 ${sha256}`);
+  const target = "/data/roundtrip";
+  const imported = await importData(berth, workspaceId, createReadStream(archivePath), { path: target, sha256 });
+  console.log(
+    `imported ${archivePath} into ${target}: ${imported.sizeBytes} bytes, ${imported.entryCount} entries, sha256 ${imported.sha256}`,
+  );
+  const copy = `${target}/${path.split("/").at(-1)}`;
+  console.log(`read ${copy}: ${(await readTextFile(berth, workspaceId, copy)).trim()}`);
 }
 
 async function main() {

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Creates a berth workspace and prints its progress, then its final state; runs a command in it,
-writes a file into it and reads it back.
+writes a file into it and reads it back; takes a snapshot, changes the file and restores the
+snapshot (the file is back); exports /data to an archive file and imports it into /data/roundtrip.
 
     python create_workspace.py --id my-bot --image docker.io/library/debian:bookworm
     python create_workspace.py --server http://127.0.0.1:50051 --id my-bot --delete
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import posixpath
 import sys
+import tempfile
 
 import grpc
 
@@ -62,6 +65,45 @@ def print_event(event: ws.CreateWorkspaceResponse) -> None:
         print(f"unknown event {phase}")
 
 
+def snapshot_and_restore(client: berth.Client, workspace_id: str, path: str) -> None:
+    """Takes a snapshot (the whole filesystem: installed software and /data), changes the file
+    and restores the snapshot: the change is gone. A running workspace restarts for both."""
+    snapshot = client.workspaces.CreateSnapshot(
+        ws.CreateSnapshotRequest(workspace_id=workspace_id, name="before-change")
+    ).snapshot
+    print(f"snapshot {snapshot.name}: version {snapshot.version}, {snapshot.size_bytes} bytes")
+    berth.write_file(client, workspace_id, path, "changed after the snapshot\n", timeout=30)
+    changed = berth.read_file(client, workspace_id, path, encoding="utf-8", timeout=30)
+    print(f"changed {path}: {changed.strip()}")
+    restored = client.workspaces.RestoreSnapshot(
+        ws.RestoreSnapshotRequest(workspace_id=workspace_id, snapshot_name=snapshot.name)
+    )
+    print(f"restored {snapshot.name}: version {restored.version.version}")
+    text = berth.read_file(client, workspace_id, path, encoding="utf-8", timeout=30)
+    print(f"after restore {path}: {text.strip()}")
+
+
+def export_and_import(client: berth.Client, workspace_id: str, path: str, archive: str) -> None:
+    """Exports /data into the archive file (checked against the stream's trailer), then imports
+    that file into /data/roundtrip, checked against the export's SHA-256."""
+    trailer = berth.export_data(client, workspace_id, archive, timeout=120)
+    print(
+        f"exported /data to {archive}: {trailer.size_bytes} bytes, "
+        f"{trailer.entry_count} entries, sha256 {trailer.sha256}"
+    )
+    target = "/data/roundtrip"
+    imported = berth.import_data(
+        client, workspace_id, archive, path=target, sha256=trailer.sha256, timeout=120
+    )
+    print(
+        f"imported {archive} into {target}: {imported.size_bytes} bytes, "
+        f"{imported.entry_count} entries, sha256 {imported.sha256}"
+    )
+    copy = posixpath.join(target, posixpath.basename(path))
+    text = berth.read_file(client, workspace_id, copy, encoding="utf-8", timeout=30)
+    print(f"read {copy}: {text.strip()}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -76,6 +118,10 @@ def main() -> int:
         "--label", action="append", default=[], metavar="KEY=VALUE", help="label (repeatable)"
     )
     parser.add_argument("--restore-data", action="store_true", help="restore preserved /data")
+    parser.add_argument(
+        "--archive",
+        help="file to export /data into (default: <temp dir>/<id>-data.tar.gz)",
+    )
     parser.add_argument("--delete", action="store_true", help="delete the workspace at the end")
     args = parser.parse_args()
 
@@ -105,6 +151,9 @@ def main() -> int:
             print(f"wrote {entry.path} ({entry.size_bytes} bytes, revision {entry.revision})")
             text = berth.read_file(client, args.id, path, encoding="utf-8", timeout=30)
             print(f"read {path}: {text.strip()}")
+            snapshot_and_restore(client, args.id, path)
+            archive = args.archive or os.path.join(tempfile.gettempdir(), f"{args.id}-data.tar.gz")
+            export_and_import(client, args.id, path, archive)
             if args.delete:
                 client.workspaces.DeleteWorkspace(ws.DeleteWorkspaceRequest(workspace_id=args.id))
                 print(f"deleted {args.id}")

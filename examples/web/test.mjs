@@ -2,10 +2,13 @@
 // RUNNING, a shell in the terminal panel that comes back after a reload, the file manager
 // (browse, new folder and file, edit and save, a conflicting change inside the workspace,
 // upload, download), the data panel (export as .tar.gz and .tar.zst, import with chunked
-// uploads), stop, start, delete with preserved data. Saves artifacts/screenshot.png,
-// artifacts/terminal.png, artifacts/files.png and artifacts/data.png.
+// uploads), snapshots and versions (take, restore by name and by version, SNAPSHOT_IN_USE,
+// delete), an image change carrying /data over and its rollback, stop, start, delete with
+// preserved data. Saves artifacts/screenshot.png, artifacts/terminal.png, artifacts/files.png,
+// artifacts/data.png, artifacts/snapshots.png and artifacts/image-change.png.
 //
-// Environment: BERTH_TEST_SERVER (required), BERTH_TEST_IMAGE_MULTILAYER (required),
+// Environment: BERTH_TEST_SERVER (required), BERTH_TEST_IMAGE_MULTILAYER (required; the image
+// the workspace is created from), BERTH_TEST_IMAGE_BUSYBOX (required; the image it moves onto),
 // BERTH_TEST_SDK_NAMESPACE (required: the image is forgotten there first so its pull moves
 // bytes), TESTBED_DIR (for forget-image.sh), CHROMIUM (default /usr/bin/chromium),
 // BERTH_TEST_WEB_PORT (the port the page is served on, default 8080: berth must allow the origin
@@ -30,6 +33,7 @@ function requireEnv(name) {
 
 const berthUrl = requireEnv("BERTH_TEST_SERVER");
 const image = requireEnv("BERTH_TEST_IMAGE_MULTILAYER");
+const otherImage = requireEnv("BERTH_TEST_IMAGE_BUSYBOX"); // the Change image form's target
 const namespace = requireEnv("BERTH_TEST_SDK_NAMESPACE");
 const here = fileURLToPath(new URL(".", import.meta.url));
 const repoRoot = join(here, "../..");
@@ -506,6 +510,218 @@ try {
   assert.equal(Number((await shell(id, "find /data -mindepth 1 | wc -l")).toString().trim()), entriesInside + 4);
   await page.screenshot({ path: join(artifacts, "data.png"), fullPage: true });
   log(`imported into the workspace; screenshot: ${join(artifacts, "data.png")}`);
+
+  // Snapshots and versions. Each panel's action ends with "ACTION: done" or "ACTION: failed" in
+  // its status line; restore and delete ask first (the dialog is checked and accepted).
+  const panelEnds = (panel) => {
+    const status = page.locator(`#${panel}-status`);
+    const error = page.locator(`#${panel}-error`);
+    return async (action, outcome) => {
+      const other = outcome === "done" ? "failed" : "done";
+      const wrong = status
+        .filter({ hasText: new RegExp(`^${escapeRegExp(action)}: ${other}$`) })
+        .waitFor()
+        .then(async () => {
+          throw new Error(`${action} ${other}: ${await error.textContent().catch(() => "")}`);
+        });
+      wrong.catch(() => {});
+      await Promise.race([status.filter({ hasText: new RegExp(`^${escapeRegExp(action)}: ${outcome}$`) }).waitFor(), wrong]);
+      return outcome === "failed" ? error.textContent() : undefined;
+    };
+  };
+  const snapshotsEnd = panelEnds("snapshots");
+  const versionsEnd = panelEnds("versions");
+  const confirming = async (expected, click) => {
+    let asked;
+    const onDialog = (dialog) => {
+      asked = dialog.message();
+      void dialog.accept();
+    };
+    page.once("dialog", onDialog);
+    await click();
+    page.off("dialog", onDialog);
+    assert.match(asked ?? "(no dialog)", expected, "the page asks first");
+  };
+  const snapshotRow = (name) => page.locator(`#snapshot-rows tr[data-name="${name}"]`);
+  const versionRow = (version) => page.locator(`#version-rows tr[data-version="${version}"]`);
+  const waitForVersion = async (version, reason, snapshot) => {
+    const row = versionRow(version);
+    await row.locator("td.reason", { hasText: reason }).waitFor();
+    assert.equal(await row.getAttribute("data-snapshot"), snapshot);
+    await page.locator("#version-rows tr.current").first().waitFor();
+    assert.equal(await page.locator("#version-rows tr.current").count(), 1, "one version is marked current");
+    assert.equal(await page.locator("#version-rows tr.current").getAttribute("data-version"), String(version), "the newest is current");
+    assert.equal(await page.locator("#version-rows tr").first().getAttribute("data-version"), String(version), "newest first");
+    await page.locator("#ws-version", { hasText: new RegExp(`^${version}$`) }).waitFor();
+  };
+  // The Files panel follows a restore by itself: the open page.txt shows the restored content
+  // and after-snapshot.txt is listed only when the restored filesystem has it.
+  const filesFollow = async (content, withNewFile) => {
+    await page.waitForFunction((text) => document.querySelector("#files-text")?.value === text, content);
+    assert.equal(await page.locator("#files-editor-path").textContent(), "/data/page.txt");
+    await filesRow("after-snapshot.txt").waitFor({ state: withNewFile ? "visible" : "detached" });
+  };
+  const openInEditor = async (name) => {
+    await page.click("#files-refresh");
+    await filesDone("List /data");
+    await filesRow(name).click();
+    await filesDone(`Open /data/${name}`);
+    return page.inputValue("#files-text");
+  };
+
+  // Before any snapshot: the image's layers, collapsed into one dimmed row, and version 1.
+  await page.locator("#snapshots-section").waitFor();
+  await snapshotsEnd("List snapshots", "done");
+  const imageLayers = (await sdk.workspaces.listSnapshots({ workspaceId: id })).snapshots;
+  assert.ok(imageLayers.length > 1, `the multilayer image has several layers (${imageLayers.length})`);
+  const topLayer = imageLayers.at(-1).name;
+  await page.locator("#snapshot-rows tr.image-summary", { hasText: `image: ${imageLayers.length} layers` }).waitFor();
+  assert.equal(await page.locator("#snapshot-rows tr.image-layer").count(), imageLayers.length);
+  assert.equal(await page.locator("#snapshot-rows tr.image-layer:visible").count(), 0, "image layers start collapsed");
+  await page.locator("#snapshots-empty").waitFor();
+  await page.click("#snapshot-rows button.layers-toggle");
+  await page.locator("#snapshot-rows tr.image-layer").first().waitFor();
+  assert.equal(await page.locator("#snapshot-rows tr.image-layer:visible").count(), imageLayers.length, "expanded");
+  for (const layer of imageLayers) {
+    assert.equal(await snapshotRow(layer.name).getAttribute("data-source"), "IMAGE");
+    assert.equal(await snapshotRow(layer.name).getAttribute("data-parent"), layer.parent);
+    assert.equal(await snapshotRow(layer.name).locator("button").count(), 0, "image layers have no buttons");
+  }
+  await versionsEnd("List versions", "done");
+  await waitForVersion(1, "CREATE", "");
+  assert.equal(await versionRow(1).locator("button.restore").count(), 0, "CREATE has no snapshot to restore");
+
+  // Take a snapshot with a name and labels: USER, on the image's top layer, version 2; the
+  // workspace runs again and the history says SNAPSHOT.
+  const beforeEdit = (await shell(id, "cat /data/page.txt")).toString();
+  assert.equal(beforeEdit, throughLink);
+  await page.fill("#snapshot-name", "before-edit");
+  await page.fill("#snapshot-labels", "purpose=web-test, step=1");
+  await page.click("#snapshot-create");
+  await snapshotsEnd("Create snapshot before-edit", "done");
+  const taken = snapshotRow("before-edit");
+  assert.equal(await taken.getAttribute("data-source"), "USER");
+  assert.equal(await taken.getAttribute("data-parent"), topLayer, "taken on the image's top layer");
+  assert.equal(await taken.getAttribute("data-version"), "2");
+  assert.match(await taken.locator("td.name .labels").textContent(), /^purpose=web-test, step=1$/, "the labels, by key");
+  assert.match(await taken.locator("td.size").textContent(), /^[0-9.]+ (B|KiB|MiB|GiB)$/);
+  assert.notEqual(await taken.locator("td.time").textContent(), "—");
+  assert.equal(await page.locator("#snapshots-empty").isHidden(), true);
+  await waitForVersion(2, "SNAPSHOT", "before-edit");
+  await page.locator("#ws-state", { hasText: "RUNNING" }).waitFor();
+  const { snapshots: listed } = await sdk.workspaces.listSnapshots({ workspaceId: id });
+  assert.deepEqual(listed.at(-1).labels, { purpose: "web-test", step: "1" }, "the labels reached the server");
+  log("snapshot before-edit taken");
+
+  // Change the file through the file manager, and add one inside; then an unnamed snapshot (v3).
+  const edited = "changed after the snapshot\n";
+  await openInEditor("page.txt");
+  await page.fill("#files-text", edited);
+  await page.click("#files-save");
+  await filesDone("Save /data/page.txt");
+  assert.equal((await shell(id, "cat /data/page.txt && echo new > /data/after-snapshot.txt")).toString(), edited);
+  await page.click("#files-refresh");
+  await filesDone("List /data");
+  await filesRow("after-snapshot.txt").waitFor();
+  await page.click("#snapshot-create");
+  await snapshotsEnd("Create snapshot", "done");
+  assert.equal(await page.locator("#snapshots-result").getAttribute("data-name"), "v3", "an unnamed snapshot is v + its version");
+  assert.equal(await snapshotRow("v3").getAttribute("data-parent"), "before-edit");
+  await waitForVersion(3, "SNAPSHOT", "v3");
+
+  // Restore before-edit from the lineage: the file is back (inside, and in the Files panel),
+  // the file made after it is gone, version 4 is a RESTORE.
+  await confirming(/^Restore before-edit \(version 2\)\? .* the workspace restarts\.$/, () =>
+    taken.locator("button.restore").click(),
+  );
+  await snapshotsEnd("Restore before-edit", "done");
+  await waitForVersion(4, "RESTORE", "before-edit");
+  await page.locator("#ws-state", { hasText: "RUNNING" }).waitFor();
+  assert.equal((await shell(id, "cat /data/page.txt")).toString(), beforeEdit, "the restore brought the file back");
+  assert.equal((await shell(id, "test -e /data/after-snapshot.txt || echo absent")).toString(), "absent\n");
+  await filesFollow(beforeEdit, false);
+  log("restored before-edit");
+
+  // Deleting a snapshot something is built on fails with SNAPSHOT_IN_USE, naming it; the row stays.
+  await confirming(/^Delete snapshot before-edit\?$/, () => taken.locator("button.delete").click());
+  const inUse = await snapshotsEnd("Delete before-edit", "failed");
+  log(`delete error shown: ${inUse}`);
+  assert.match(inUse, /^Delete before-edit failed: FAILED_PRECONDITION SNAPSHOT_IN_USE: .*\bv3\b/);
+  await taken.waitFor();
+
+  // Restore by version (3, whose snapshot is v3) from the history: the edit is back.
+  await confirming(/^Restore version 3 \(snapshot v3\)\?/, () => versionRow(3).locator("button.restore").click());
+  await versionsEnd("Restore version 3", "done");
+  await waitForVersion(5, "RESTORE", "v3");
+  assert.equal(await page.locator("#versions-result").getAttribute("data-version"), "5");
+  assert.equal((await shell(id, "cat /data/page.txt /data/after-snapshot.txt")).toString(), `${edited}new\n`);
+  await filesFollow(edited, true);
+  // The current filesystem is built on v3 now: it is in use too.
+  await confirming(/^Delete snapshot v3\?$/, () => snapshotRow("v3").locator("button.delete").click());
+  assert.match(await snapshotsEnd("Delete v3", "failed"), /^Delete v3 failed: FAILED_PRECONDITION SNAPSHOT_IN_USE: /);
+  log("restored version 3");
+
+  // Back to version 2 (before-edit), which leaves v3 free: its delete works and its row goes.
+  await confirming(/^Restore version 2 \(snapshot before-edit\)\?/, () => versionRow(2).locator("button.restore").click());
+  await versionsEnd("Restore version 2", "done");
+  await waitForVersion(6, "RESTORE", "before-edit");
+  assert.equal((await shell(id, "cat /data/page.txt")).toString(), beforeEdit);
+  await filesFollow(beforeEdit, false);
+  await confirming(/^Delete snapshot v3\?$/, () => snapshotRow("v3").locator("button.delete").click());
+  await snapshotsEnd("Delete v3", "done");
+  await snapshotRow("v3").waitFor({ state: "detached" });
+  const remaining = (await sdk.workspaces.listSnapshots({ workspaceId: id })).snapshots.map((s) => s.name);
+  assert.deepEqual(remaining, [...imageLayers.map((l) => l.name), "before-edit"], "v3 is gone on the server too");
+  await taken.waitFor();
+  await page.screenshot({ path: join(artifacts, "snapshots.png"), fullPage: true });
+  log(`snapshots and versions done; screenshot: ${join(artifacts, "snapshots.png")}`);
+
+  // Change image: onto busybox, /data carried over, the rest kept in a SYSTEM snapshot that the
+  // IMAGE_CHANGE version names; restoring that version goes back onto the first image.
+  const imageEnd = panelEnds("image");
+  const dataBefore = (await shell(id, "cd /data && find . | sort && sha256sum page.txt upload.bin")).toString();
+  await shell(id, "mkdir -p /opt && echo installed > /opt/web-marker");
+  await page.locator("#image-panel").waitFor();
+  assert.equal(await page.locator("#image-ref").getAttribute("placeholder"), image, "the current image as the placeholder");
+  await page.fill("#image-ref", otherImage);
+  await confirming(
+    new RegExp(`^Move ${id} onto ${escapeRegExp(otherImage)}\\? /data is carried over; .* and the workspace restarts\\.$`),
+    () => page.click("#image-change"),
+  );
+  await imageEnd(`Change image to ${otherImage}`, "done");
+  const imageResult = page.locator("#image-result");
+  log(`image change shown: ${await imageResult.textContent()}`);
+  assert.equal(await imageResult.getAttribute("data-image"), otherImage);
+  assert.equal(await imageResult.getAttribute("data-version"), "7");
+  assert.equal(await imageResult.getAttribute("data-restarted"), "true", "a running workspace restarts");
+  const systemSnapshot = await imageResult.getAttribute("data-snapshot");
+  assert.ok(systemSnapshot, "the change names the snapshot of the state before");
+  await page.locator("#ws-image", { hasText: otherImage }).waitFor();
+  await page.locator("#ws-state", { hasText: "RUNNING" }).waitFor();
+  await row.locator("td.image", { hasText: otherImage }).waitFor();
+  await waitForVersion(7, "IMAGE_CHANGE", systemSnapshot);
+  assert.match(await versionRow(7).locator("td.image").textContent(), new RegExp(`^${escapeRegExp(otherImage)} @ sha256:`));
+  assert.equal(await snapshotRow(systemSnapshot).getAttribute("data-source"), "SYSTEM");
+  assert.equal(
+    (await shell(id, "cd /data && find . | sort && sha256sum page.txt upload.bin")).toString(),
+    dataBefore,
+    "/data came over to the new image: the same entries and bytes",
+  );
+  assert.equal((await shell(id, "test -e /opt/web-marker || echo absent")).toString(), "absent\n", "the rest is the new image's");
+  await filesFollow(beforeEdit, false);
+  await page.screenshot({ path: join(artifacts, "image-change.png"), fullPage: true });
+  log(`moved onto ${otherImage}; screenshot: ${join(artifacts, "image-change.png")}`);
+
+  await confirming(new RegExp(`^Restore version 7 \\(snapshot ${escapeRegExp(systemSnapshot)}\\)\\?`), () =>
+    versionRow(7).locator("button.restore").click(),
+  );
+  await versionsEnd("Restore version 7", "done");
+  await waitForVersion(8, "RESTORE", systemSnapshot);
+  await page.locator("#ws-image", { hasText: new RegExp(`^${escapeRegExp(image)}$`) }).waitFor();
+  await row.locator("td.image", { hasText: new RegExp(`^${escapeRegExp(image)}$`) }).waitFor();
+  assert.equal((await shell(id, "cat /opt/web-marker")).toString(), "installed\n", "the old image's state is back");
+  assert.equal((await shell(id, "cd /data && find . | sort && sha256sum page.txt upload.bin")).toString(), dataBefore);
+  log(`rolled back onto ${image}`);
 
   // Stop, start.
   await page.click("#stop");

@@ -3,17 +3,21 @@
 # (Debian chromium + playwright-core) against a live berth: create with a live progress bar,
 # RUNNING, a terminal that comes back after a reload, the file manager (browse, edit and save, a
 # conflicting change inside the workspace, upload, download), the data part (export as .tar.gz
-# and .tar.zst, import with chunked uploads), stop, start, delete with preserved data. Writes
-# artifacts/screenshot.png, terminal.png, files.png, files-conflict.png and data.png.
+# and .tar.zst, import with chunked uploads), snapshots and versions (take, restore by name and
+# by version, SNAPSHOT_IN_USE, delete), an image change and its rollback, stop, start, delete
+# with preserved data. Writes artifacts/screenshot.png, terminal.png, files.png,
+# files-conflict.png, data.png, snapshots.png and image-change.png.
 #
-# Needs BERTH_TEST_SERVER (http://127.0.0.1:PORT), BERTH_TEST_IMAGE_MULTILAYER and
-# BERTH_TEST_SDK_NAMESPACE (the containerd namespace of the server), plus TESTBED_DIR when the
-# testbed is not the repository's .testbed. The page is served on BERTH_TEST_WEB_PORT (default
-# 8080), whose origin http://127.0.0.1:PORT the server must allow (--cors-origin).
+# Needs BERTH_TEST_SERVER (http://127.0.0.1:PORT), BERTH_TEST_IMAGE_MULTILAYER,
+# BERTH_TEST_IMAGE_BUSYBOX and BERTH_TEST_SDK_NAMESPACE (the containerd namespace of the server),
+# plus TESTBED_DIR when the testbed is not the repository's .testbed. The page is served on
+# BERTH_TEST_WEB_PORT (default 8080), whose origin http://127.0.0.1:PORT the server must allow
+# (--cors-origin).
 set -euo pipefail
 cd "$(dirname "$0")"
 : "${BERTH_TEST_SERVER:?BERTH_TEST_SERVER must name a live berth, e.g. http://127.0.0.1:50051}"
 : "${BERTH_TEST_IMAGE_MULTILAYER:?source the testbed env (BERTH_TEST_IMAGE_MULTILAYER is unset)}"
+: "${BERTH_TEST_IMAGE_BUSYBOX:?source the testbed env (BERTH_TEST_IMAGE_BUSYBOX is unset)}"
 : "${BERTH_TEST_SDK_NAMESPACE:?BERTH_TEST_SDK_NAMESPACE must name the containerd namespace of the server}"
 
 # Debian's chromium comes from the installer (tests/testbed/install-deps.sh).

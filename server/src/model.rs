@@ -138,6 +138,11 @@ pub struct SnapshotRecord {
     /// Name of the committed snapshot in containerd (unique per commit, so a deleted name can be
     /// used again while containerd still removes the old one).
     pub snapshot_key: String,
+    /// The image the snapshot was taken on (normalized reference); empty for snapshots stored
+    /// before berth recorded it and without a version naming one.
+    pub image: String,
+    /// That image's manifest digest.
+    pub image_digest: String,
     pub create_time: OffsetDateTime,
 }
 

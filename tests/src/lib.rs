@@ -6,6 +6,7 @@
 
 pub mod files;
 pub mod import;
+pub mod snapshots;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -154,6 +154,25 @@ export class FilesPanel {
     void this.run(`List ${dataPath}`, () => this.list(dataPath));
   }
 
+  /**
+   * Lists the current directory again and reopens the file in the editor unless it has unsaved
+   * edits: for after a restore or an image change replaced the workspace's filesystem. Edits
+   * stay in the editor; saving them checks the file's revision as always.
+   */
+  reload(): void {
+    void this.run(`List ${this.cwd}`, async () => {
+      await this.list(this.cwd);
+      const opened = this.opened;
+      if (!opened || this.dirty()) return;
+      try {
+        await this.openFile(opened.path);
+      } catch (err) {
+        if (berthErrorInfo(err)?.reason !== "PATH_NOT_FOUND") throw err;
+        this.closeEditor(); // not in the restored filesystem
+      }
+    });
+  }
+
   private reset(workspaceId: string | undefined, cwd: string): void {
     this.abort.abort();
     this.abort = new AbortController();

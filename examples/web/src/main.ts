@@ -19,7 +19,10 @@ import {
 import { DataPanel } from "./data.js";
 import { FilesPanel } from "./files.js";
 import { describeError, formatBytes as bytes } from "./format.js";
+import { ImagePanel } from "./image.js";
+import { SnapshotsPanel } from "./snapshots.js";
 import { TerminalPanel } from "./terminal.js";
+import { VersionsPanel } from "./versions.js";
 
 const DEFAULT_SERVER = "http://127.0.0.1:50051";
 const params = new URL(location.href).searchParams;
@@ -56,6 +59,7 @@ const el = {
   wsPid: $("ws-pid"),
   wsProcesses: $("ws-processes"),
   wsLabels: $("ws-labels"),
+  wsVersion: $("ws-version"),
   wsCreated: $("ws-created"),
   wsPreserved: $("ws-preserved"),
   wsDataPath: $("ws-data-path"),
@@ -90,6 +94,9 @@ declare global {
 }
 const files = new FilesPanel(berth, el.filesSection);
 const data = new DataPanel(berth, $("data-panel"));
+const snapshots = new SnapshotsPanel(berth, $("snapshots-section"), workspaceChanged);
+const versions = new VersionsPanel(berth, $("versions-section"), workspaceChanged);
+const image = new ImagePanel(berth, $("image-panel"), workspaceChanged);
 
 window.berthTerminalText = () => terminal.text();
 window.berthTerminalSize = () => terminal.size();
@@ -176,6 +183,9 @@ function showInfo(ws: Workspace | undefined): void {
   showTerminal(ws);
   files.show(ws);
   data.show(ws);
+  snapshots.show(ws);
+  versions.show(ws);
+  image.show(ws);
   el.info.hidden = !ws;
   el.infoNone.hidden = !!ws;
   for (const tr of el.listBody.querySelectorAll("tr")) {
@@ -197,6 +207,7 @@ function showInfo(ws: Workspace | undefined): void {
     Object.entries(ws.labels)
       .map(([k, v]) => `${k}=${v}`)
       .join(", ") || "—";
+  el.wsVersion.textContent = ws.currentVersion ? String(ws.currentVersion) : "—";
   el.wsCreated.textContent = ws.createTime ? new Date(Number(ws.createTime.seconds) * 1000).toLocaleString() : "—";
   el.wsPreserved.textContent = ws.hasPreservedData ? "yes" : "no";
   el.wsDataPath.textContent = ws.dataPath || "—";
@@ -210,6 +221,18 @@ function showInfo(ws: Workspace | undefined): void {
 async function select(workspaceId: string): Promise<void> {
   const { workspace } = await berth.workspaces.getWorkspace({ workspaceId });
   showInfo(workspace);
+}
+
+// After a snapshot, a restore or an image change (by one of the panels): the workspace's version,
+// state and maybe image moved on, its files may be others, and the lists of the other panels
+// changed (the acting one is busy still and has listed its own).
+async function workspaceChanged(workspaceId: string): Promise<void> {
+  if (selectedId !== workspaceId) return;
+  await select(workspaceId);
+  files.reload();
+  snapshots.reload();
+  versions.reload();
+  await refreshList();
 }
 
 // Keeps the selection in the URL, so that a reload selects the workspace again.

@@ -71,14 +71,53 @@ pub fn workspace(info: WorkspaceInfo) -> pb::Workspace {
     }
 }
 
-/// The domain form of a create request.
-pub fn create_request(request: pb::CreateWorkspaceRequest) -> CreateRequest {
-    let resources = request.resources.unwrap_or_default();
-    let pull_policy = match request.pull_policy() {
+fn pull_policy(policy: pb::PullPolicy) -> PullPolicy {
+    match policy {
         pb::PullPolicy::Unspecified | pb::PullPolicy::IfNotPresent => PullPolicy::IfNotPresent,
         pb::PullPolicy::Always => PullPolicy::Always,
         pb::PullPolicy::Never => PullPolicy::Never,
-    };
+    }
+}
+
+/// The fields of UpdateWorkspaceRequest its `update_mask` may name.
+const UPDATE_PATHS: [&str; 5] = ["image", "resources", "labels", "env", "cdi_devices"];
+
+/// The image UpdateWorkspace moves the workspace onto (reference, pull policy), from a request
+/// whose mask must name `image` alone: the other fields are not built yet.
+pub fn image_update(request: &pb::UpdateWorkspaceRequest) -> Result<(String, PullPolicy), Error> {
+    let paths = request.update_mask.as_ref().map(|mask| mask.paths.as_slice()).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(Error::new(
+            Reason::InvalidArgument,
+            format!("update_mask is empty; name the fields to change, among {}", UPDATE_PATHS.join(", ")),
+        ));
+    }
+    if let Some(unknown) = paths.iter().find(|path| !UPDATE_PATHS.contains(&path.as_str())) {
+        return Err(Error::new(
+            Reason::InvalidArgument,
+            format!(
+                "update_mask names {unknown:?}, which UpdateWorkspace cannot change; use {}",
+                UPDATE_PATHS.join(", ")
+            ),
+        )
+        .with_metadata("path", unknown.clone()));
+    }
+    if let Some(unbuilt) = paths.iter().find(|path| path.as_str() != "image") {
+        return Err(Error::new(
+            Reason::NotImplemented,
+            format!(
+                "changing {unbuilt} in place is not supported yet; only image can be changed (nothing was changed)"
+            ),
+        )
+        .with_metadata("path", unbuilt.clone()));
+    }
+    Ok((request.image.clone(), pull_policy(request.pull_policy())))
+}
+
+/// The domain form of a create request.
+pub fn create_request(request: pb::CreateWorkspaceRequest) -> CreateRequest {
+    let resources = request.resources.unwrap_or_default();
+    let pull_policy = pull_policy(request.pull_policy());
     CreateRequest {
         workspace_id: request.workspace_id,
         image: request.image,

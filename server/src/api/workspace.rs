@@ -135,8 +135,15 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::UpdateWorkspaceRequest>,
     ) -> Result<Response<pb::UpdateWorkspaceResponse>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("UpdateWorkspace (image change)")
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        let (image, pull_policy) = convert::image_update(&request)?;
+        let changed = self.manager.change_image(&request.workspace_id, &image, pull_policy).await?;
+        Ok(Response::new(pb::UpdateWorkspaceResponse {
+            workspace: Some(convert::workspace(changed.workspace)),
+            restarted: changed.restarted,
+            version: changed.version.map(convert::version),
+        }))
     }
 
     async fn get_metrics(

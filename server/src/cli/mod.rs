@@ -41,6 +41,25 @@ pub enum OutputFormat {
 }
 
 /// A client subcommand.
+/// When to contact the registry for an image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum PullPolicyArg {
+    #[default]
+    IfNotPresent,
+    Always,
+    Never,
+}
+
+impl From<PullPolicyArg> for pb::PullPolicy {
+    fn from(policy: PullPolicyArg) -> Self {
+        match policy {
+            PullPolicyArg::IfNotPresent => pb::PullPolicy::IfNotPresent,
+            PullPolicyArg::Always => pb::PullPolicy::Always,
+            PullPolicyArg::Never => pb::PullPolicy::Never,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ClientCommand {
     /// List workspaces
@@ -176,6 +195,17 @@ pub enum ClientCommand {
         #[arg(long)]
         sha256: Option<String>,
     },
+    /// Move a workspace onto another image, keeping /data; the previous state stays as a SYSTEM
+    /// snapshot (`berth snapshot restore ID NAME` goes back). A running workspace is restarted
+    Update {
+        id: String,
+        /// The new image [default: the server's --default-image]
+        #[arg(long)]
+        image: Option<String>,
+        /// When to contact the registry: `always` picks up a newer build of the same tag
+        #[arg(long, value_enum, default_value_t)]
+        pull: PullPolicyArg,
+    },
     /// Take, list, delete and restore snapshots of a workspace's filesystem
     Snapshot {
         #[command(subcommand)]
@@ -282,6 +312,27 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
         ClientCommand::Ps { id, output } => exec::ps(channel, id, output == OutputFormat::Json).await?,
         ClientCommand::Cp { source, destination } => return cp::copy(channel, &source, &destination).await,
         ClientCommand::Fs { command } => return fs::run(channel, command).await,
+        ClientCommand::Update { id, image, pull } => {
+            let request = pb::UpdateWorkspaceRequest {
+                workspace_id: id.clone(),
+                update_mask: Some(prost_types::FieldMask { paths: vec!["image".to_owned()] }),
+                image: image.unwrap_or_default(),
+                pull_policy: pb::PullPolicy::from(pull).into(),
+                ..Default::default()
+            };
+            let updated = client.update_workspace(request).await.map_err(describe)?.into_inner();
+            let workspace = updated.workspace.unwrap_or_default();
+            match updated.version {
+                Some(version) => println!(
+                    "{id} moved to {} (version {}{}); the previous state is snapshot {}",
+                    workspace.image,
+                    version.version,
+                    if updated.restarted { ", restarted" } else { "" },
+                    version.snapshot_name
+                ),
+                None => println!("{id} already runs on {} ({}); nothing changed", workspace.image, workspace.image_digest),
+            }
+        }
         ClientCommand::Snapshot { command } => snapshot::run(channel, command).await?,
         ClientCommand::Versions { id, output } => snapshot::versions(channel, id, output).await?,
         ClientCommand::Export { id, path, format, output } => {

@@ -3,6 +3,7 @@
 //! to reach it. Everything here blocks; callers run it in `spawn_blocking`.
 
 mod archive;
+mod carry;
 mod executable;
 mod extract;
 mod fd;
@@ -34,6 +35,7 @@ pub(crate) const MAX_PATH_BYTES: usize = 4096;
 pub(crate) const MAX_SPARSE_REGIONS: usize = 65536;
 
 pub use archive::{ArchiveFormat, ArchiveSummary, preserve_to_file, write_archive, write_archive_of};
+pub use carry::carry_data_dir;
 pub use executable::{check_directory, find_executable};
 pub use extract::{
     ExtractLimits, ExtractOptions, Extraction, empty_dir, extract_archive, extract_archive_at, restore_from_file,

@@ -3,7 +3,7 @@
 //! mounted with bind mounts, so the Manager's /data code runs for real. Never the only test of a
 //! feature: the end-to-end suite runs the same paths against containerd.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,6 +35,18 @@ pub struct FakeState {
     pub owners: HashMap<String, String>,
     /// Container id → the writable snapshot it points at.
     pub container_keys: HashMap<String, String>,
+    /// Container id → the image (reference) its spec was made from.
+    pub container_images: HashMap<String, String>,
+    /// Container id → the limits its stored spec holds.
+    pub container_resources: HashMap<String, Resources>,
+    /// Container id → the limits its running task has (set at start and by live updates).
+    pub task_resources: HashMap<String, Resources>,
+    /// Container id → the environment overrides its spec was made with.
+    pub container_env: HashMap<String, BTreeMap<String, String>>,
+    /// Container id → its caller labels.
+    pub container_labels: HashMap<String, BTreeMap<String, String>>,
+    /// What `memory_working_set` answers for a running task.
+    pub working_set: Option<u64>,
     /// Container id → running.
     pub tasks: HashMap<String, bool>,
     /// Container id → the cgroup figures its running task reports.
@@ -114,6 +126,12 @@ impl FakeRuntime {
 /// The fake image's layers, base first: chain ids as the real runtime names them.
 pub const IMAGE_CHAIN: [&str; 2] = ["image-base", "image"];
 
+/// A reference ending in this tag is a second image (for image changes): its top layer is
+/// [`NEXT_IMAGE_TOP`] on the same base, its digest `sha256:fake-next`, and its /etc/os-release
+/// says `next`.
+pub const NEXT_IMAGE_TAG: &str = ":next";
+pub const NEXT_IMAGE_TOP: &str = "image-next";
+
 /// Copies a directory tree (what an overlay on top of `from` shows at first).
 fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -174,16 +192,19 @@ impl Runtime for FakeRuntime {
                 total_bytes: 1,
             })
             .await;
-        let image_dir = self.root.path().join("image");
+        let next = reference.ends_with(NEXT_IMAGE_TAG);
+        let (top, digest) = if next { (NEXT_IMAGE_TOP, "sha256:fake-next") } else { ("image", "sha256:fake") };
+        let image_dir = self.root.path().join(top);
         std::fs::create_dir_all(image_dir.join("etc")).unwrap();
         std::fs::write(image_dir.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\nbot:x:1000:1000::/home/bot:/bin/sh\n")
             .unwrap();
         std::fs::write(image_dir.join("etc/group"), "root:x:0:\nbot:x:1000:\nstaff:x:50:bot\n").unwrap();
+        std::fs::write(image_dir.join("etc/os-release"), if next { "next" } else { "first" }).unwrap();
         Ok(PulledImage {
             name: reference.to_owned(),
-            digest: "sha256:fake".to_owned(),
+            digest: digest.to_owned(),
             config: ImageConfig { user: self.image_user.lock().unwrap().clone(), ..ImageConfig::default() },
-            chain_id: "image".to_owned(),
+            chain_id: top.to_owned(),
         })
     }
 
@@ -207,6 +228,10 @@ impl Runtime for FakeRuntime {
         }
         state.containers.insert(spec.id.to_owned(), ContainerOwner::Berth);
         state.container_keys.insert(spec.id.to_owned(), spec.snapshot_key.to_owned());
+        state.container_images.insert(spec.id.to_owned(), spec.image.name.clone());
+        state.container_resources.insert(spec.id.to_owned(), spec.resources);
+        state.container_env.insert(spec.id.to_owned(), spec.env.clone());
+        state.container_labels.insert(spec.id.to_owned(), spec.labels.clone());
         state.users.insert(spec.id.to_owned(), spec.user.clone());
         Ok(())
     }
@@ -226,6 +251,7 @@ impl Runtime for FakeRuntime {
         state.tasks.remove(id);
         state.containers.remove(id);
         state.container_keys.remove(id);
+        state.container_images.remove(id);
         Ok(())
     }
 
@@ -266,6 +292,15 @@ impl Runtime for FakeRuntime {
 
     async fn snapshot_info(&self, key: &str) -> Result<Option<SnapshotInfo>> {
         self.check("snapshot_info")?;
+        if key == NEXT_IMAGE_TOP {
+            return Ok(Some(SnapshotInfo {
+                name: key.to_owned(),
+                parent: IMAGE_CHAIN[0].to_owned(),
+                committed: true,
+                labels: Default::default(),
+                create_time: None,
+            }));
+        }
         if let Some(index) = IMAGE_CHAIN.iter().position(|layer| *layer == key) {
             return Ok(Some(SnapshotInfo {
                 name: key.to_owned(),
@@ -348,9 +383,38 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
+    async fn update_resources(&self, id: &str, resources: Resources, running: bool) -> Result<()> {
+        self.check("update_resources")?;
+        let mut state = self.state.lock().unwrap();
+        if state.containers.contains_key(id) {
+            state.container_resources.insert(id.to_owned(), resources);
+        }
+        if running && state.tasks.get(id) == Some(&true) {
+            state.task_resources.insert(id.to_owned(), resources);
+        }
+        Ok(())
+    }
+
+    async fn set_container_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> Result<()> {
+        self.check("set_container_labels")?;
+        let mut state = self.state.lock().unwrap();
+        if state.containers.contains_key(id) {
+            state.container_labels.insert(id.to_owned(), labels.clone());
+        }
+        Ok(())
+    }
+
+    async fn memory_working_set(&self, id: &str) -> Result<Option<u64>> {
+        let state = self.state.lock().unwrap();
+        Ok(state.working_set.filter(|_| state.tasks.get(id) == Some(&true)))
+    }
+
     async fn start_task(&self, id: &str, _snapshot_key: &str) -> Result<u32> {
         self.check("start_task")?;
-        self.state.lock().unwrap().tasks.insert(id.to_owned(), true);
+        let mut state = self.state.lock().unwrap();
+        state.tasks.insert(id.to_owned(), true);
+        let stored = state.container_resources.get(id).copied().unwrap_or_default();
+        state.task_resources.insert(id.to_owned(), stored);
         Ok(4242)
     }
 

@@ -362,6 +362,18 @@ pub trait Runtime: Send + Sync + 'static {
     /// the snapshot referenced); a missing container is fine.
     async fn set_container_snapshot(&self, id: &str, key: &str) -> Result<()>;
 
+    /// Applies `resources` to the container: written into its stored spec (so every later start
+    /// has them) and, when `running`, to its task's cgroup at once. A missing container is fine.
+    async fn update_resources(&self, id: &str, resources: Resources, running: bool) -> Result<()>;
+
+    /// Replaces the caller labels stored on the container (berth's own stay); a missing
+    /// container is fine.
+    async fn set_container_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> Result<()>;
+
+    /// Bytes of memory the running task uses that it cannot give back without swapping (usage
+    /// minus the inactive file cache); `None` when no task runs or its cgroup cannot be read.
+    async fn memory_working_set(&self, id: &str) -> Result<Option<u64>>;
+
     /// Starts PID 1 (idempotent); returns its host pid.
     async fn start_task(&self, id: &str, snapshot_key: &str) -> Result<u32>;
 

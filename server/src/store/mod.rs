@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 
 use crate::error::{Error, Reason, Result};
@@ -107,15 +107,20 @@ impl Store {
             }
             map_err(err)
         })?;
-        for (key, value) in &record.spec.labels {
-            sqlx::query("INSERT INTO workspace_labels (workspace_id, key, value) VALUES (?, ?, ?)")
-                .bind(record.id.as_str())
-                .bind(key)
-                .bind(value)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        }
+        insert_labels(&mut tx, record).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    /// Writes a workspace whose labels changed: the record and the label index at once.
+    pub async fn update_workspace_and_labels(&self, record: &WorkspaceRecord) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        update_workspace_in(&mut tx, record).await?;
+        sqlx::query("DELETE FROM workspace_labels WHERE workspace_id = ?")
+            .bind(record.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        insert_labels(&mut tx, record).await?;
         tx.commit().await.map_err(map_err)
     }
 
@@ -251,14 +256,29 @@ impl Store {
 }
 
 /// Writes the mutable columns of an existing workspace on `connection` (a transaction's too).
+/// Indexes the record's labels for ListWorkspaces' label selectors.
+async fn insert_labels(tx: &mut Transaction<'_, Sqlite>, record: &WorkspaceRecord) -> Result<()> {
+    for (key, value) in &record.spec.labels {
+        sqlx::query("INSERT INTO workspace_labels (workspace_id, key, value) VALUES (?, ?, ?)")
+            .bind(record.id.as_str())
+            .bind(key)
+            .bind(value)
+            .execute(&mut **tx)
+            .await
+            .map_err(map_err)?;
+    }
+    Ok(())
+}
+
 async fn update_workspace_in(connection: &mut sqlx::SqliteConnection, record: &WorkspaceRecord) -> Result<()> {
     let result = sqlx::query(
-        "UPDATE workspaces SET state = ?, desired_state = ?, image_digest = ?, snapshot_key = ?, \
+        "UPDATE workspaces SET state = ?, desired_state = ?, spec = ?, image_digest = ?, snapshot_key = ?, \
          current_version = ?, failure_reason = ?, failure_message = ?, update_time = ?, \
          last_start_time = ?, last_stop_time = ? WHERE id = ?",
     )
     .bind(record.state.as_str())
     .bind(record.desired_state.as_str())
+    .bind(spec_json(&record.spec)?)
     .bind(&record.image_digest)
     .bind(&record.snapshot_key)
     .bind(record.current_version)

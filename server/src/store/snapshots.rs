@@ -99,6 +99,13 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces the workspace's journalled snapshot operation with a later step of it.
+    pub async fn update_snapshot_operation(&self, workspace_id: &WorkspaceId, detail: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        set_operation(&mut tx, workspace_id, Some(detail)).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
     /// Ends the workspace's journalled snapshot operation; none is fine.
     pub async fn end_snapshot_operation(&self, workspace_id: &WorkspaceId) -> Result<()> {
         sqlx::query("DELETE FROM snapshot_operations WHERE workspace_id = ?")
@@ -162,8 +169,8 @@ async fn insert_snapshot(tx: &mut Transaction<'_, Sqlite>, snapshot: &SnapshotRe
     let labels = serde_json::to_string(&snapshot.labels)
         .map_err(|err| Error::internal(format!("cannot encode snapshot labels: {err}")))?;
     sqlx::query(
-        "INSERT INTO snapshots (workspace_id, name, parent, version, source, labels, create_time, snapshot_key) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO snapshots (workspace_id, name, parent, version, source, labels, create_time, snapshot_key, image) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(snapshot.workspace_id.as_str())
     .bind(&snapshot.name)
@@ -173,10 +180,16 @@ async fn insert_snapshot(tx: &mut Transaction<'_, Sqlite>, snapshot: &SnapshotRe
     .bind(labels)
     .bind(snapshot.create_time)
     .bind(&snapshot.snapshot_key)
+    .bind(image_column_of(&snapshot.image, &snapshot.image_digest))
     .execute(&mut **tx)
     .await
     .map_err(map_err)?;
     Ok(())
+}
+
+/// The image column of a snapshot: empty when the image is unknown.
+fn image_column_of(image: &str, image_digest: &str) -> String {
+    if image.is_empty() { String::new() } else { super::image_column(image, image_digest) }
 }
 
 async fn insert_version(tx: &mut Transaction<'_, Sqlite>, id: &WorkspaceId, version: &VersionRecord) -> Result<()> {
@@ -214,6 +227,8 @@ fn snapshot_from_row(workspace_id: &WorkspaceId, row: &SqliteRow) -> Result<Snap
     let name: String = row.try_get("name").map_err(map_err)?;
     let labels: String = row.try_get("labels").map_err(map_err)?;
     let source: String = row.try_get("source").map_err(map_err)?;
+    let image: String = row.try_get("image").map_err(map_err)?;
+    let (image, image_digest) = super::split_image_column(&image);
     let labels: BTreeMap<String, String> = serde_json::from_str(&labels).map_err(|err| {
         Error::internal(format!("stored labels of snapshot {name:?} of {workspace_id} are unreadable: {err}"))
     })?;
@@ -224,6 +239,8 @@ fn snapshot_from_row(workspace_id: &WorkspaceId, row: &SqliteRow) -> Result<Snap
         source: source.parse()?,
         labels,
         snapshot_key: row.try_get("snapshot_key").map_err(map_err)?,
+        image,
+        image_digest,
         create_time: row.try_get("create_time").map_err(map_err)?,
         name,
     })

@@ -37,7 +37,7 @@ pub(super) fn validated_spec(
     check_request_id(&request.request_id)?;
     check_resources(request.resources)?;
     check_labels(&request.labels)?;
-    check_env(request)?;
+    check_env(&request.env)?;
     if !request.cdi_devices.is_empty() {
         return Err(Error::new(
             Reason::NotImplemented,
@@ -74,7 +74,7 @@ fn check_request_id(request_id: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_resources(resources: Resources) -> Result<()> {
+pub(super) fn check_resources(resources: Resources) -> Result<()> {
     let Resources { cpu_millis, memory_bytes, pids_limit } = resources;
     let bad = |message: String| Err(Error::new(Reason::InvalidResources, message));
     if cpu_millis < 0 || memory_bytes < 0 || pids_limit < 0 {
@@ -138,8 +138,8 @@ pub(super) fn check_labels(labels: &std::collections::BTreeMap<String, String>) 
 }
 
 /// Names only: environment values are secrets and never appear in a message.
-fn check_env(request: &CreateRequest) -> Result<()> {
-    for (key, value) in &request.env {
+pub(super) fn check_env(env: &std::collections::BTreeMap<String, String>) -> Result<()> {
+    for (key, value) in env {
         if key.is_empty() || key.contains(['=', '\0']) {
             return Err(invalid(format!(
                 "environment variable name {key:?} is invalid; names are non-empty and contain neither '=' nor NUL"

@@ -27,6 +27,7 @@ use super::client::{leased_request, request, request_within};
 use super::{Containerd, PING_TIMEOUT, SNAPSHOTTER, pull, spec};
 use crate::data::MountSpec;
 use crate::error::{Error, Reason, Result};
+use crate::model::Resources;
 use crate::runtime::{
     ContainerOwner, ContainerSpec, ExecIo, ExecSpec, ExecState, LayerUsage, ProcessBase, PtySize, PullPolicy,
     PullProgress, PulledImage, Runtime, SnapshotInfo, StartedExec, TaskMetrics, TaskState,
@@ -372,6 +373,18 @@ impl Runtime for Containerd {
 
     async fn set_container_snapshot(&self, id: &str, key: &str) -> Result<()> {
         self.set_container_snapshot_of(id, key).await
+    }
+
+    async fn update_resources(&self, id: &str, resources: Resources, running: bool) -> Result<()> {
+        self.update_resources_of(id, resources, running).await
+    }
+
+    async fn set_container_labels(&self, id: &str, labels: &std::collections::BTreeMap<String, String>) -> Result<()> {
+        self.set_container_labels_of(id, labels).await
+    }
+
+    async fn memory_working_set(&self, id: &str) -> Result<Option<u64>> {
+        Ok(self.memory_working_set_of(id).await)
     }
 
     async fn start_task(&self, id: &str, snapshot_key: &str) -> Result<u32> {

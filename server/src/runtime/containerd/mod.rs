@@ -11,6 +11,7 @@ mod sandbox;
 mod snapshots;
 mod spec;
 mod unpack;
+mod update;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -115,6 +115,38 @@ fn build_confined(input: &SpecInput<'_>, confinement: &Confinement) -> Result<Sp
         .map_err(invalid)
 }
 
+/// The limits of `limits` as the stored spec's `linux.resources` holds them (`cpu`, `memory`,
+/// `pids`; an absent key is unlimited), for patching a stored spec without touching its device
+/// rules.
+pub fn limit_fields(limits: Resources) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let built = resources(limits).map_err(|err| Error::internal(format!("cannot build the resources of a spec: {err}")))?;
+    let mut fields = match serde_json::to_value(built) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        _ => return Err(Error::internal("the resources of a spec did not encode as an object")),
+    };
+    fields.retain(|key, _| LIMIT_KEYS.contains(&key.as_str()));
+    Ok(fields)
+}
+
+/// The keys of `linux.resources` that [`limit_fields`] owns.
+pub const LIMIT_KEYS: [&str; 3] = ["cpu", "memory", "pids"];
+
+/// `limits` as `Tasks.Update` takes them (LinuxResources JSON): an unlimited figure is -1, which
+/// lifts a limit the task had (an absent one would leave it).
+pub fn live_limits(limits: Resources) -> serde_json::Value {
+    let quota = if limits.cpu_millis > 0 {
+        limits.cpu_millis.saturating_mul(i64::try_from(CPU_PERIOD_MICROS).unwrap_or(i64::MAX)) / 1000
+    } else {
+        -1
+    };
+    let positive_or_unlimited = |value: i64| if value > 0 { value } else { -1 };
+    serde_json::json!({
+        "cpu": { "quota": quota, "period": CPU_PERIOD_MICROS },
+        "memory": { "limit": positive_or_unlimited(limits.memory_bytes) },
+        "pids": { "limit": positive_or_unlimited(limits.pids_limit) },
+    })
+}
+
 fn resources(limits: Resources) -> oci_spec::Result<oci_spec::runtime::LinuxResources> {
     let mut builder = LinuxResourcesBuilder::default()
         .devices(vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build()?]);

@@ -28,6 +28,7 @@ use time::OffsetDateTime;
 use tracing::{info, warn};
 
 use super::super::manager::Manager;
+use super::image_change::ImageChangeOperation;
 use super::lineage::leaf_first;
 use crate::error::{Error, Result};
 use crate::model::{SnapshotRecord, SnapshotSource, VersionReason, VersionRecord, WorkspaceId, WorkspaceRecord};
@@ -40,6 +41,7 @@ pub(super) enum Operation {
     Create(CreateOperation),
     Restore(RestoreOperation),
     Delete(DeleteOperation),
+    ImageChange(ImageChangeOperation),
 }
 
 /// CreateSnapshot: everything the snapshot's row and version need, and the keys it touches.
@@ -57,6 +59,11 @@ pub(super) struct CreateOperation {
     /// The writable layer prepared on the commit.
     pub new_key: String,
     pub create_time_nanos: i64,
+    /// The image the workspace runs on (empty in entries journalled before berth recorded it).
+    #[serde(default)]
+    pub image: String,
+    #[serde(default)]
+    pub image_digest: String,
 }
 
 /// RestoreSnapshot.
@@ -71,6 +78,17 @@ pub(super) struct RestoreOperation {
     /// removal is left).
     pub recorded: bool,
     pub create_time_nanos: i64,
+    /// The image the restore moves the workspace back onto (a snapshot taken on another image);
+    /// its container is re-created rather than pointed at `new_key`.
+    #[serde(default)]
+    pub image: Option<ImageRef>,
+}
+
+/// An image by normalized reference and manifest digest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct ImageRef {
+    pub name: String,
+    pub digest: String,
 }
 
 /// DeleteSnapshot, after the store forgot the snapshot.
@@ -115,6 +133,8 @@ impl CreateOperation {
             source: SnapshotSource::User,
             labels: self.labels.clone(),
             snapshot_key: self.snapshot_key.clone(),
+            image: self.image.clone(),
+            image_digest: self.image_digest.clone(),
             create_time: time_from_nanos(self.create_time_nanos),
         }
     }
@@ -151,6 +171,7 @@ impl Manager {
         let settled = match &operation {
             Operation::Create(create) => self.settle_create(id, create).await?,
             Operation::Restore(restore) => self.settle_restore(id, restore).await?,
+            Operation::ImageChange(change) => self.settle_image_change(id, change).await?,
             Operation::Delete(delete) => {
                 self.runtime.remove_snapshot(&delete.snapshot_key).await?;
                 self.store.end_snapshot_operation(id).await?;
@@ -206,7 +227,15 @@ impl Manager {
 
     async fn settle_restore(&self, id: &WorkspaceId, restore: &RestoreOperation) -> Result<Settled> {
         if !restore.recorded {
-            self.runtime.set_container_snapshot(id.as_str(), &restore.old_key).await?;
+            if restore.image.is_some() {
+                // The container may already be the restored image's: it goes back to the
+                // stored record's image and layer.
+                let record = self.record(id).await?;
+                let image = self.image_at(&record.spec.image, &record.image_digest).await?;
+                self.recreate_container(&record, &image).await?;
+            } else {
+                self.runtime.set_container_snapshot(id.as_str(), &restore.old_key).await?;
+            }
             self.runtime.remove_snapshot(&restore.new_key).await?;
             self.store.end_snapshot_operation(id).await?;
             return Ok(Settled::RolledBack);

@@ -7,6 +7,9 @@
 //! stop a running task for the switch (processes end with a message saying why) and start it
 //! again. Crash safety is `journal.rs`'s; what the lineage is, `lineage.rs`'s.
 
+mod image_change;
+#[cfg(test)]
+mod image_change_tests;
 mod journal;
 mod lineage;
 #[cfg(test)]
@@ -21,8 +24,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
+pub use self::image_change::ImageChanged;
 pub(crate) use self::journal::Settled;
-use self::journal::{CreateOperation, DeleteOperation, Operation, RestoreOperation, nanos_of, version_of};
+use self::journal::{CreateOperation, DeleteOperation, ImageRef, Operation, RestoreOperation, nanos_of, version_of};
 use self::lineage::Lineage;
 use super::lifecycle::shutting_down;
 use super::manager::{DEFAULT_STOP_TIMEOUT, Manager, ensure_settled};
@@ -104,6 +108,7 @@ pub enum SnapshotAnswer {
     Created(Box<SnapshotView>),
     Restored(Box<Restored>),
     Deleted,
+    ImageChanged(Box<ImageChanged>),
 }
 
 impl Manager {
@@ -298,6 +303,8 @@ impl Manager {
             parent,
             version,
             create_time_nanos: nanos,
+            image: record.spec.image.clone(),
+            image_digest: record.image_digest.clone(),
         };
         self.store.begin_snapshot_operation(id, &Operation::Create(create.clone()).to_json()?).await?;
         crate::failpoint::hit("snapshot.journaled");
@@ -333,6 +340,15 @@ impl Manager {
         let snapshots = self.store.list_snapshots(id).await?;
         let lineage = Lineage::new(&snapshots);
         let snapshot = self.restore_target(&record, &lineage, &target).await?.clone();
+        // A snapshot taken on another image (before an image change) brings that image back:
+        // it is made present before anything changes.
+        let image = if snapshot.image.is_empty()
+            || (snapshot.image == record.spec.image && snapshot.image_digest == record.image_digest)
+        {
+            None
+        } else {
+            Some(self.image_at(&snapshot.image, &snapshot.image_digest).await?)
+        };
         let version = record.current_version + 1;
         let nanos = nanos_of(OffsetDateTime::now_utc());
         let mut restore = RestoreOperation {
@@ -343,18 +359,28 @@ impl Manager {
             new_key: format!("{id}-active-{nanos}"),
             recorded: false,
             create_time_nanos: nanos,
+            image: image
+                .as_ref()
+                .map(|_| ImageRef { name: snapshot.image.clone(), digest: snapshot.image_digest.clone() }),
         };
         self.store.begin_snapshot_operation(id, &Operation::Restore(restore.clone()).to_json()?).await?;
         let was_running = self.stop_for_switch(&mut record, RESTORE_RESTART).await?;
         let outcome = async {
             self.runtime.prepare_snapshot(id.as_str(), &restore.new_key, &restore.snapshot_key).await?;
             crate::failpoint::hit("restore.prepared");
-            self.runtime.set_container_snapshot(id.as_str(), &restore.new_key).await?;
-            crate::failpoint::hit("restore.switched");
             let mut switched = self.record(id).await?;
             switched.snapshot_key = restore.new_key.clone();
             switched.current_version = version;
             switched.update_time = OffsetDateTime::now_utc();
+            match &image {
+                Some(image) => {
+                    switched.spec.image = snapshot.image.clone();
+                    switched.image_digest = image.digest.clone();
+                    self.recreate_container(&switched, image).await?;
+                }
+                None => self.runtime.set_container_snapshot(id.as_str(), &restore.new_key).await?,
+            }
+            crate::failpoint::hit("restore.switched");
             let entry = version_of(&switched, version, VersionReason::Restore, &snapshot.name, nanos);
             restore.recorded = true;
             let journal = Operation::Restore(restore.clone()).to_json()?;
@@ -742,7 +768,7 @@ fn check_snapshot_name(name: &str) -> Result<()> {
     .with_metadata("snapshot_name", name))
 }
 
-fn missing_layer(record: &WorkspaceRecord) -> Error {
+pub(super) fn missing_layer(record: &WorkspaceRecord) -> Error {
     Error::new(
         Reason::InvalidStateTransition,
         format!(

@@ -11,34 +11,34 @@ use crate::model::{VersionReason, WorkspaceId, WorkspaceRecord, WorkspaceState};
 use crate::runtime::fake::unavailable;
 use crate::workspace::tests::{Harness, create, harness, harness_with, request};
 
-const ID: &str = "bot-1";
+pub(super) const ID: &str = "bot-1";
 
-fn id() -> WorkspaceId {
+pub(super) fn id() -> WorkspaceId {
     WorkspaceId::parse(ID).unwrap()
 }
 
-async fn created(harness: &Harness) {
+pub(super) async fn created(harness: &Harness) {
     create(&harness.manager, request(ID)).await.unwrap();
 }
 
-async fn record(harness: &Harness) -> WorkspaceRecord {
+pub(super) async fn record(harness: &Harness) -> WorkspaceRecord {
     harness.store.get_workspace(&id()).await.unwrap().unwrap()
 }
 
 /// The host directory of the workspace's current writable layer.
-async fn layer_dir(harness: &Harness) -> PathBuf {
+pub(super) async fn layer_dir(harness: &Harness) -> PathBuf {
     harness.runtime.snapshot_dir(&record(harness).await.snapshot_key)
 }
 
 /// Installs a "program" and writes /data in the current layer, as a bot would.
-async fn write_files(harness: &Harness, tool: &str, data: &str) {
+pub(super) async fn write_files(harness: &Harness, tool: &str, data: &str) {
     let dir = layer_dir(harness).await;
     std::fs::create_dir_all(dir.join("usr/local/bin")).unwrap();
     std::fs::write(dir.join("usr/local/bin/tool"), tool).unwrap();
     std::fs::write(dir.join("data/notes.txt"), data).unwrap();
 }
 
-async fn read_files(harness: &Harness) -> (String, String) {
+pub(super) async fn read_files(harness: &Harness) -> (String, String) {
     let dir = layer_dir(harness).await;
     let read = |path: &str| std::fs::read_to_string(dir.join(path)).unwrap_or_else(|_| "<missing>".to_owned());
     (read("usr/local/bin/tool"), read("data/notes.txt"))
@@ -48,14 +48,14 @@ async fn snapshot(harness: &Harness, name: &str) -> super::SnapshotView {
     harness.manager.create_snapshot(ID, name, BTreeMap::new()).await.unwrap()
 }
 
-async fn listed_names(harness: &Harness) -> Vec<String> {
+pub(super) async fn listed_names(harness: &Harness) -> Vec<String> {
     let list = harness.manager.list_snapshots(ID, 0, "").await.unwrap();
     list.snapshots.into_iter().map(|view| view.name).collect()
 }
 
 /// What the fake runtime holds for the workspace must be exactly its listed snapshots plus one
 /// writable layer, which the container points at.
-async fn assert_exact(harness: &Harness) {
+pub(super) async fn assert_exact(harness: &Harness) {
     let record = record(harness).await;
     let rows = harness.store.list_snapshots(&id()).await.unwrap();
     let mut expected: BTreeSet<String> = rows.iter().map(|row| row.snapshot_key.clone()).collect();
@@ -70,7 +70,7 @@ async fn assert_exact(harness: &Harness) {
     assert!(harness.store.snapshot_operation(&id()).await.unwrap().is_none(), "no operation is left in flight");
 }
 
-fn running(harness: &Harness) -> bool {
+pub(super) fn running(harness: &Harness) -> bool {
     harness.runtime.state.lock().unwrap().tasks.get(ID).copied().unwrap_or(false)
 }
 
@@ -418,6 +418,8 @@ async fn a_crash_before_the_commit_is_rolled_back_and_one_after_it_rolled_forwar
             old_key: before.snapshot_key.clone(),
             new_key: "bot-1-active-2".to_owned(),
             create_time_nanos: 1,
+            image: before.spec.image.clone(),
+            image_digest: before.image_digest.clone(),
         };
         harness
             .store
