@@ -1,5 +1,5 @@
 //! Client subcommands: `berth ls | create | get | start | stop | rm | exec | ps | cp | fs | export |
-//! import | snapshot | versions` over the generated Rust clients. A failed call prints one line
+//! import | snapshot | versions | metrics` over the generated Rust clients. A failed call prints one line
 //! (status code, ErrorInfo reason, message) and exits 1; `exec` exits with the process's own code.
 
 mod cp;
@@ -7,6 +7,7 @@ mod data;
 mod exec;
 mod fs;
 mod host;
+mod metrics;
 mod output;
 mod paths;
 mod progress;
@@ -211,6 +212,18 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: snapshot::SnapshotCommand,
     },
+    /// Show a workspace's CPU, memory, processes and disk use; --watch prints a line per sample
+    Metrics {
+        id: String,
+        /// Keep printing samples until interrupted
+        #[arg(long, short = 'w')]
+        watch: bool,
+        /// Seconds between samples with --watch (0.1 to 3600)
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: OutputFormat,
+    },
     /// Show a workspace's version history (* marks the current version)
     Versions {
         id: String,
@@ -330,11 +343,17 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
                     if updated.restarted { ", restarted" } else { "" },
                     version.snapshot_name
                 ),
-                None => println!("{id} already runs on {} ({}); nothing changed", workspace.image, workspace.image_digest),
+                None => {
+                    println!("{id} already runs on {} ({}); nothing changed", workspace.image, workspace.image_digest)
+                }
             }
         }
         ClientCommand::Snapshot { command } => snapshot::run(channel, command).await?,
         ClientCommand::Versions { id, output } => snapshot::versions(channel, id, output).await?,
+        ClientCommand::Metrics { id, watch, interval, output } => {
+            let options = metrics::MetricsOptions { workspace_id: id, watch, interval, output };
+            metrics::run(channel, options).await?;
+        }
         ClientCommand::Export { id, path, format, output } => {
             return data::export(channel, id, path, format, output).await;
         }

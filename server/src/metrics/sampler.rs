@@ -30,6 +30,8 @@ const FIRST_STORAGE_WAIT: Duration = Duration::from_secs(1);
 pub(super) struct Reading {
     /// When berth asked (for pacing: a monotonic clock).
     pub taken: Instant,
+    /// The same on the wall clock, to compare with the record's update time.
+    pub asked_at: time::OffsetDateTime,
     pub task: TaskReading,
     /// CPU percentage since the sampler's previous reading (or since the task started).
     pub percent: f64,
@@ -111,25 +113,25 @@ impl Sampler {
         Ok(sample(&reading.task, reading.percent, storage))
     }
 
-    /// The latest reading if it is at most `max_age` old, or a new one (published to the
-    /// streams). Callers arriving while a reading is taken wait for it and share it.
+    /// The latest reading if it is at most `max_age` old and the workspace did not change
+    /// since (a stop must not answer with the running task's figures), or a new one (published
+    /// to the streams). Callers arriving while a reading is taken wait for it and share it.
     async fn read(self: &Arc<Self>, max_age: Duration) -> Result<Arc<Reading>> {
         let _turn = self.reading.lock().await;
         let last = self.state().last.clone();
         if let Some(last) = last.filter(|last| last.taken.elapsed() <= max_age) {
-            return Ok(last);
+            match self.manager.changed_since(&self.id, last.asked_at).await {
+                Ok(false) => return Ok(last),
+                Ok(true) => {}
+                Err(err) => return Err(self.failed(err)),
+            }
         }
         self.refresh_storage_if_due();
         let taken = Instant::now();
+        let asked_at = time::OffsetDateTime::now_utc();
         let task = match self.manager.read_task_metrics(&self.id).await {
             Ok(task) => task,
-            Err(err) => {
-                if err.reason() == Reason::WorkspaceNotFound {
-                    self.gone.store(true, Ordering::Relaxed);
-                }
-                self.frames.send_replace(Frame::Failed(err.clone()));
-                return Err(err);
-            }
+            Err(err) => return Err(self.failed(err)),
         };
         let previous = self.state().last.as_ref().and_then(|last| CpuPoint::of(&last.task));
         let percent = match (previous, CpuPoint::of(&task)) {
@@ -137,10 +139,19 @@ impl Sampler {
             (None, Some(current)) => self.percent_since_start(current).await,
             (_, None) => 0.0,
         };
-        let reading = Arc::new(Reading { taken, task, percent });
+        let reading = Arc::new(Reading { taken, asked_at, task, percent });
         self.state().last = Some(reading.clone());
         self.frames.send_replace(Frame::Reading(reading.clone()));
         Ok(reading)
+    }
+
+    /// Publishes a failed reading (the streams end with it) and returns its error.
+    fn failed(&self, err: Error) -> Error {
+        if err.reason() == Reason::WorkspaceNotFound {
+            self.gone.store(true, Ordering::Relaxed);
+        }
+        self.frames.send_replace(Frame::Failed(err.clone()));
+        err
     }
 
     /// With no earlier reading of the task, the CPU percentage over its whole life: its

@@ -181,3 +181,15 @@ async fn the_sampler_stops_reading_when_the_last_stream_goes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(calls(&harness), after_stop, "nobody watches, so nothing is read");
 }
+
+#[tokio::test]
+async fn get_right_after_a_stop_reads_again_instead_of_answering_with_the_running_figures() {
+    let harness = harness().await;
+    running_workspace(&harness, "bot").await;
+    assert!(harness.metrics.get("bot").await.unwrap().cpu.is_some());
+    harness.manager.stop("bot", Some(Duration::ZERO)).await.unwrap();
+    let before = calls(&harness);
+    let stopped = harness.metrics.get("bot").await.unwrap();
+    assert!(stopped.cpu.is_none() && stopped.pids.is_none(), "{stopped:?}");
+    assert_eq!(calls(&harness) - before, 1, "the stop made the cached reading stale");
+}

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::data::{MountSpec, ResolvedUser};
 use crate::error::{Error, Reason, Result};
+use crate::model::Resources;
 
 /// The fake's whole state, public to the tests that inspect it.
 #[derive(Default)]

@@ -40,6 +40,13 @@ impl Manager {
         self.record(id).await.map(drop)
     }
 
+    /// Whether the workspace's record changed (a start, a stop, new limits) after `since`, so a
+    /// reading taken before may no longer hold; asks the store only. WORKSPACE_NOT_FOUND once
+    /// the workspace is deleted.
+    pub async fn changed_since(&self, id: &WorkspaceId, since: OffsetDateTime) -> Result<bool> {
+        Ok(self.record(id).await?.update_time >= since)
+    }
+
     /// Reads the cgroup figures of the workspace's task once: one containerd call.
     /// WORKSPACE_NOT_FOUND once the workspace is deleted.
     pub async fn read_task_metrics(&self, id: &WorkspaceId) -> Result<TaskReading> {
