@@ -47,7 +47,9 @@ $berth exec "$id" -- sh -c 'kill -TERM $$'
 code=$?
 set -e
 [ "$code" = 143 ] || fail "a SIGTERMed process exits $code, not 143"
-tty_out=$(script -qec "$berth exec $id -t -- sh -c 'tty; stty size'" /dev/null | tr -d '\r')
+# script(1) writes a byte into the terminal when its own stdin ends, which the process's line
+# discipline echoes as ^@: give it a stdin that outlives the command.
+tty_out=$(script -qec "$berth exec $id -t -- sh -c 'tty; stty size'" /dev/null < <(sleep 30) | tr -d '\r')
 grep -q '^/dev/pts/[0-9]' <<<"$tty_out" || fail "exec -t has no pty: $tty_out"
 grep -q '^[0-9][0-9]* [0-9][0-9]*$' <<<"$tty_out" || fail "exec -t has no size: $tty_out"
 $berth exec "$id" --tag cli-sleeper --timeout 30 -- sleep 20 >/dev/null 2>&1 &
@@ -215,6 +217,15 @@ $berth snapshot restore "$id" --version 2 >/dev/null
 grep -q '^\* 4  *RESTORE  *cli-snap ' <<<"$($berth versions "$id")" || fail "versions: $($berth versions "$id")"
 expect_failure '^berth: FAILED_PRECONDITION SNAPSHOT_IN_USE: ' $berth snapshot rm "$id" cli-snap
 expect_failure '^berth: NOT_FOUND SNAPSHOT_NOT_FOUND: ' $berth snapshot rm "$id" no-such-snapshot
+# Live limits and labels (no restart), a new environment (one restart).
+pid=$($berth get "$id" -o json | jq -r .initPid)
+[ "$($berth update "$id" --memory 256Mi --cpus 1.5 --pids 50 --label tier=gold)" = "$id updated (resources, labels)" ] || fail "update limits"
+[ "$($berth get "$id" -o json | jq -c '[.resources.memoryBytes, .resources.cpuMillis, .resources.pidsLimit, .labels.tier, .initPid]')" = "[\"268435456\",\"1500\",\"50\",\"gold\",$pid]" ] ||
+  fail "update limits: $($berth get "$id" -o json | jq -c .resources)"
+[ "$($berth update "$id" --env GREETING=hi)" = "$id updated (env, restarted)" ] || fail "update env"
+[ "$($berth exec "$id" -- sh -c 'echo $GREETING')" = hi ] || fail "the new env is not seen"
+expect_failure '^berth: INVALID_ARGUMENT INVALID_RESOURCES: ' $berth update "$id" --memory 1k
+expect_failure '^berth: nothing to change' $berth update "$id"
 # An image change keeps /data, lists the previous state as a SYSTEM snapshot, and goes back.
 out=$($berth update "$id" --image "$BERTH_TEST_IMAGE_BUSYBOX")
 [ "$out" = "$id moved to $BERTH_TEST_IMAGE_BUSYBOX (version 5, restarted); the previous state is snapshot before-image-change-v5" ] ||

@@ -57,11 +57,12 @@ pub enum Reason {
     UserNotFound,
     ServerShuttingDown,
     NotARegularFile,
+    MemoryLimitBelowUsage,
 }
 
 impl Reason {
     /// Every reason, for exhaustive checks against the proto enum.
-    pub const ALL: [Reason; 49] = [
+    pub const ALL: [Reason; 50] = [
         Reason::InvalidWorkspaceId,
         Reason::WorkspaceNotFound,
         Reason::WorkspaceAlreadyExists,
@@ -111,6 +112,7 @@ impl Reason {
         Reason::UserNotFound,
         Reason::ServerShuttingDown,
         Reason::NotARegularFile,
+        Reason::MemoryLimitBelowUsage,
     ];
 
     /// The `ErrorReason` value name, used verbatim as `google.rpc.ErrorInfo.reason`.
@@ -165,6 +167,7 @@ impl Reason {
             Reason::UserNotFound => "USER_NOT_FOUND",
             Reason::ServerShuttingDown => "SERVER_SHUTTING_DOWN",
             Reason::NotARegularFile => "NOT_A_REGULAR_FILE",
+            Reason::MemoryLimitBelowUsage => "MEMORY_LIMIT_BELOW_USAGE",
         }
     }
 }

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use crate::error::{Error, Reason};
 use crate::model::{DesiredState, Resources, VersionReason, VersionRecord, WorkspaceInfo, WorkspaceState};
 use crate::runtime::{LayerState, PullEvent, PullPolicy};
-use crate::workspace::{CreateEvent, CreateRequest, RestoreTarget, SnapshotOrigin, SnapshotView};
+use crate::workspace::{CreateEvent, CreateRequest, RestoreTarget, SnapshotOrigin, SnapshotView, WorkspaceUpdate};
 
 /// A `google.protobuf.Timestamp` for a domain time.
 pub fn timestamp(time: OffsetDateTime) -> prost_types::Timestamp {
@@ -82,10 +82,9 @@ fn pull_policy(policy: pb::PullPolicy) -> PullPolicy {
 /// The fields of UpdateWorkspaceRequest its `update_mask` may name.
 const UPDATE_PATHS: [&str; 5] = ["image", "resources", "labels", "env", "cdi_devices"];
 
-/// The image UpdateWorkspace moves the workspace onto (reference, pull policy), from a request
-/// whose mask must name `image` alone: the other fields are not built yet.
-pub fn image_update(request: &pb::UpdateWorkspaceRequest) -> Result<(String, PullPolicy), Error> {
-    let paths = request.update_mask.as_ref().map(|mask| mask.paths.as_slice()).unwrap_or_default();
+/// The domain form of an UpdateWorkspaceRequest: the fields its mask names.
+pub fn workspace_update(request: pb::UpdateWorkspaceRequest) -> Result<WorkspaceUpdate, Error> {
+    let paths = request.update_mask.as_ref().map(|mask| mask.paths.clone()).unwrap_or_default();
     if paths.is_empty() {
         return Err(Error::new(
             Reason::InvalidArgument,
@@ -102,16 +101,29 @@ pub fn image_update(request: &pb::UpdateWorkspaceRequest) -> Result<(String, Pul
         )
         .with_metadata("path", unknown.clone()));
     }
-    if let Some(unbuilt) = paths.iter().find(|path| path.as_str() != "image") {
+    if paths.iter().any(|path| path == "cdi_devices") {
         return Err(Error::new(
             Reason::NotImplemented,
-            format!(
-                "changing {unbuilt} in place is not supported yet; only image can be changed (nothing was changed)"
-            ),
+            "changing cdi_devices in place is not supported yet; nothing was changed",
         )
-        .with_metadata("path", unbuilt.clone()));
+        .with_metadata("path", "cdi_devices"));
     }
-    Ok((request.image.clone(), pull_policy(request.pull_policy())))
+    let named = |field: &str| paths.iter().any(|path| path == field);
+    let policy = pull_policy(request.pull_policy());
+    Ok(WorkspaceUpdate {
+        image: named("image").then(|| (request.image.clone(), policy)),
+        resources: named("resources").then(|| resources_of(request.resources.unwrap_or_default())),
+        labels: named("labels").then(|| request.labels.clone().into_iter().collect()),
+        env: named("env").then(|| request.env.clone().into_iter().collect()),
+    })
+}
+
+fn resources_of(resources: pb::Resources) -> Resources {
+    Resources {
+        cpu_millis: resources.cpu_millis,
+        memory_bytes: resources.memory_bytes,
+        pids_limit: resources.pids_limit,
+    }
 }
 
 /// The domain form of a create request.
@@ -123,11 +135,7 @@ pub fn create_request(request: pb::CreateWorkspaceRequest) -> CreateRequest {
         image: request.image,
         labels: request.labels.into_iter().collect(),
         env: request.env.into_iter().collect(),
-        resources: Resources {
-            cpu_millis: resources.cpu_millis,
-            memory_bytes: resources.memory_bytes,
-            pids_limit: resources.pids_limit,
-        },
+        resources: resources_of(resources),
         cdi_devices: request.cdi_devices,
         restore_data: request.restore_data,
         request_id: request.request_id,

@@ -49,6 +49,7 @@ fn code(reason: Reason) -> Code {
         | Reason::IsADirectory
         | Reason::DirectoryNotEmpty
         | Reason::NotARegularFile
+        | Reason::MemoryLimitBelowUsage
         | Reason::ProcessExited
         | Reason::StdinNotOpen
         | Reason::PtyNotAllocated => Code::FailedPrecondition,

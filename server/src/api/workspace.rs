@@ -137,8 +137,8 @@ impl WorkspaceService for WorkspaceApi {
     ) -> Result<Response<pb::UpdateWorkspaceResponse>, Status> {
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
-        let (image, pull_policy) = convert::image_update(&request)?;
-        let changed = self.manager.change_image(&request.workspace_id, &image, pull_policy).await?;
+        let workspace_id = request.workspace_id.clone();
+        let changed = self.manager.update(&workspace_id, convert::workspace_update(request)?).await?;
         Ok(Response::new(pb::UpdateWorkspaceResponse {
             workspace: Some(convert::workspace(changed.workspace)),
             restarted: changed.restarted,

@@ -13,6 +13,7 @@ mod paths;
 mod progress;
 mod remote;
 mod snapshot;
+mod update;
 
 use std::process::ExitCode;
 
@@ -196,16 +197,38 @@ pub enum ClientCommand {
         #[arg(long)]
         sha256: Option<String>,
     },
-    /// Move a workspace onto another image, keeping /data; the previous state stays as a SYSTEM
-    /// snapshot (`berth snapshot restore ID NAME` goes back). A running workspace is restarted
+    /// Change a workspace in place: limits and labels apply live; a new environment restarts it;
+    /// --image moves it onto another image keeping /data (the previous state stays as a SYSTEM
+    /// snapshot: `berth snapshot restore ID NAME` goes back)
     Update {
         id: String,
-        /// The new image [default: the server's --default-image]
+        /// Move onto this image ("" for the server's --default-image)
         #[arg(long)]
         image: Option<String>,
-        /// When to contact the registry: `always` picks up a newer build of the same tag
+        /// When to contact the registry for --image: `always` picks up a newer build of the same tag
         #[arg(long, value_enum, default_value_t)]
         pull: PullPolicyArg,
+        /// CPU limit in cores (1.5) or millicores (500m); 0 lifts it
+        #[arg(long, value_parser = update::parse_cpus)]
+        cpus: Option<i64>,
+        /// Memory limit: bytes or with a unit (512Mi, 2G); 0 lifts it
+        #[arg(long, value_parser = update::parse_bytes)]
+        memory: Option<i64>,
+        /// Process limit; 0 lifts it
+        #[arg(long)]
+        pids: Option<i64>,
+        /// Set a label, KEY=VALUE (repeatable; the others stay)
+        #[arg(long = "label", value_parser = parse_key_value)]
+        labels: Vec<(String, String)>,
+        /// Remove a label (repeatable)
+        #[arg(long = "unset-label", value_name = "KEY")]
+        unset_labels: Vec<String>,
+        /// Set an environment variable, KEY=VALUE (repeatable; restarts a running workspace)
+        #[arg(long = "env", value_parser = parse_key_value)]
+        env: Vec<(String, String)>,
+        /// Remove an environment variable (repeatable)
+        #[arg(long = "unset-env", value_name = "KEY")]
+        unset_env: Vec<String>,
     },
     /// Take, list, delete and restore snapshots of a workspace's filesystem
     Snapshot {
@@ -325,28 +348,9 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
         ClientCommand::Ps { id, output } => exec::ps(channel, id, output == OutputFormat::Json).await?,
         ClientCommand::Cp { source, destination } => return cp::copy(channel, &source, &destination).await,
         ClientCommand::Fs { command } => return fs::run(channel, command).await,
-        ClientCommand::Update { id, image, pull } => {
-            let request = pb::UpdateWorkspaceRequest {
-                workspace_id: id.clone(),
-                update_mask: Some(prost_types::FieldMask { paths: vec!["image".to_owned()] }),
-                image: image.unwrap_or_default(),
-                pull_policy: pb::PullPolicy::from(pull).into(),
-                ..Default::default()
-            };
-            let updated = client.update_workspace(request).await.map_err(describe)?.into_inner();
-            let workspace = updated.workspace.unwrap_or_default();
-            match updated.version {
-                Some(version) => println!(
-                    "{id} moved to {} (version {}{}); the previous state is snapshot {}",
-                    workspace.image,
-                    version.version,
-                    if updated.restarted { ", restarted" } else { "" },
-                    version.snapshot_name
-                ),
-                None => {
-                    println!("{id} already runs on {} ({}); nothing changed", workspace.image, workspace.image_digest)
-                }
-            }
+        ClientCommand::Update { id, image, pull, cpus, memory, pids, labels, unset_labels, env, unset_env } => {
+            let changes = update::Changes { image, pull, cpus, memory, pids, labels, unset_labels, env, unset_env };
+            update::run(&mut client, id, changes).await?;
         }
         ClientCommand::Snapshot { command } => snapshot::run(channel, command).await?,
         ClientCommand::Versions { id, output } => snapshot::versions(channel, id, output).await?,

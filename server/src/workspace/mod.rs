@@ -13,6 +13,9 @@ mod selector;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod update;
+#[cfg(test)]
+mod update_tests;
 mod validate;
 
 pub use create::{CreateEvent, CreateRequest, CreateStream};
@@ -21,3 +24,4 @@ pub use manager::{DEFAULT_STOP_TIMEOUT, Manager, ManagerConfig, WorkspaceList};
 pub use metrics::{StorageUsage, TaskReading};
 pub use reconcile::ReconcileReport;
 pub use snapshot::{RestoreTarget, Restored, SnapshotList, SnapshotOrigin, SnapshotView, VersionList};
+pub use update::{Updated, WorkspaceUpdate};

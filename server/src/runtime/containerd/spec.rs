@@ -119,7 +119,8 @@ fn build_confined(input: &SpecInput<'_>, confinement: &Confinement) -> Result<Sp
 /// `pids`; an absent key is unlimited), for patching a stored spec without touching its device
 /// rules.
 pub fn limit_fields(limits: Resources) -> Result<serde_json::Map<String, serde_json::Value>> {
-    let built = resources(limits).map_err(|err| Error::internal(format!("cannot build the resources of a spec: {err}")))?;
+    let built =
+        resources(limits).map_err(|err| Error::internal(format!("cannot build the resources of a spec: {err}")))?;
     let mut fields = match serde_json::to_value(built) {
         Ok(serde_json::Value::Object(fields)) => fields,
         _ => return Err(Error::internal("the resources of a spec did not encode as an object")),

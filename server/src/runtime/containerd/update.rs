@@ -25,7 +25,8 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 impl Containerd {
     pub(super) async fn update_resources_of(&self, id: &str, limits: Resources, running: bool) -> Result<()> {
         let mut containers = ContainersClient::new(self.channel.clone());
-        let container = match containers.get(request(&self.namespace, GetContainerRequest { id: id.to_owned() })).await {
+        let container = match containers.get(request(&self.namespace, GetContainerRequest { id: id.to_owned() })).await
+        {
             Ok(response) => response.into_inner().container,
             // Rebuilt from the record (which holds the limits) at the next start.
             Err(status) if status.code() == Code::NotFound => return Ok(()),
@@ -35,7 +36,8 @@ impl Containerd {
         let stored = container.spec.take().map(|any| any.value).unwrap_or_default();
         let mut spec_json: serde_json::Value = serde_json::from_slice(&stored)
             .map_err(|err| Error::internal(format!("the stored spec of container {id} is unreadable: {err}")))?;
-        let Some(resources) = spec_json.pointer_mut("/linux/resources").and_then(serde_json::Value::as_object_mut) else {
+        let Some(resources) = spec_json.pointer_mut("/linux/resources").and_then(serde_json::Value::as_object_mut)
+        else {
             return Err(Error::internal(format!("the stored spec of container {id} has no linux.resources")));
         };
         resources.retain(|key, _| !spec::LIMIT_KEYS.contains(&key.as_str()));
@@ -47,7 +49,10 @@ impl Containerd {
             container: Some(container),
             update_mask: Some(prost_types::FieldMask { paths: vec!["spec".to_owned()] }),
         };
-        containers.update(request(&self.namespace, update)).await.map_err(|status| self.map_status("container update", status))?;
+        containers
+            .update(request(&self.namespace, update))
+            .await
+            .map_err(|status| self.map_status("container update", status))?;
         if !running {
             return Ok(());
         }
@@ -92,10 +97,8 @@ impl Containerd {
         };
         let usage: u64 = tokio::fs::read_to_string(dir.join(usage_file)).await.ok()?.trim().parse().ok()?;
         let stat = tokio::fs::read_to_string(dir.join("memory.stat")).await.unwrap_or_default();
-        let inactive = stat
-            .lines()
-            .find_map(|line| line.strip_prefix(inactive_key)?.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let inactive =
+            stat.lines().find_map(|line| line.strip_prefix(inactive_key)?.trim().parse::<u64>().ok()).unwrap_or(0);
         Some(usage.saturating_sub(inactive))
     }
 }

@@ -7,7 +7,6 @@
 //! are in [`ImageChangeOperation`].
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -15,32 +14,20 @@ use tracing::{info, warn};
 
 use super::journal::{Operation, Settled, nanos_of, time_from_nanos, version_of};
 use super::lineage::Lineage;
-use super::{SnapshotAnswer, missing_layer};
+use super::missing_layer;
 use crate::data::MountedRootfs;
 use crate::error::{Error, Result};
-use crate::model::{
-    SnapshotRecord, SnapshotSource, VersionReason, VersionRecord, WorkspaceId, WorkspaceInfo, WorkspaceRecord,
-};
+use crate::model::{SnapshotRecord, SnapshotSource, VersionReason, VersionRecord, WorkspaceId, WorkspaceRecord};
 use crate::runtime::{ContainerOwner, PullPolicy, PulledImage};
 use crate::store::LineageChange;
 use crate::workspace::lifecycle::foreign_container;
-use crate::workspace::manager::{Manager, ensure_settled};
+use crate::workspace::manager::Manager;
 
 /// What processes started through ProcessService read in their `end.error`.
 const IMAGE_CHANGE_RESTART: &str = "an image change restarted the workspace";
 
 /// The label of a SYSTEM snapshot naming the image (`reference@digest`) it was taken on.
 const PREVIOUS_IMAGE_LABEL: &str = "berth.image";
-
-/// What an image change answers.
-#[derive(Clone, Debug)]
-pub struct ImageChanged {
-    pub workspace: WorkspaceInfo,
-    /// Whether the task was stopped and started again.
-    pub restarted: bool,
-    /// The IMAGE_CHANGE version; `None` when the workspace already ran on that image.
-    pub version: Option<VersionRecord>,
-}
 
 /// An image change as the journal holds it. Steps: prepare `new_key` on the new image, copy
 /// /data into it, journal `prepared`, re-create the container on the new image and `new_key`,
@@ -89,43 +76,18 @@ impl ImageChangeOperation {
 }
 
 impl Manager {
-    /// Moves the workspace onto the image `reference` (empty: the default image), pulled with
-    /// `policy`, keeping /data; the previous state stays as a SYSTEM snapshot.
-    pub async fn change_image(
-        self: &Arc<Self>,
-        workspace_id: &str,
-        reference: &str,
-        policy: PullPolicy,
-    ) -> Result<ImageChanged> {
-        let id = WorkspaceId::parse(workspace_id)?;
-        let reference = if reference.is_empty() { self.config.default_image.as_str() } else { reference };
-        let image_name = self.runtime.normalize_image(reference)?;
-        let key = format!("{id}/{image_name}/{policy:?}");
-        let answer = self
-            .detached_snapshot("change-image", key, move |manager| async move {
-                manager
-                    .change_image_now(&id, &image_name, policy)
-                    .await
-                    .map(|changed| SnapshotAnswer::ImageChanged(Box::new(changed)))
-            })
-            .await?;
-        match answer {
-            SnapshotAnswer::ImageChanged(changed) => Ok(*changed),
-            other => Err(Error::internal(format!("change-image answered {other:?}"))),
-        }
-    }
-
-    async fn change_image_now(&self, id: &WorkspaceId, image_name: &str, policy: PullPolicy) -> Result<ImageChanged> {
-        // The pull happens before the workspace is locked (it may take minutes) and before
-        // anything changes: an image that cannot be pulled leaves the workspace as it was.
-        ensure_settled(&self.record(id).await?, "changing its image")?;
-        let (progress, _) = tokio::sync::mpsc::channel(1);
-        let image = self.runtime.pull_image(image_name, policy, &progress).await?;
-
-        let _guard = self.lock(id).await;
-        let mut record = self.settled_record(id, "changing its image").await?;
+    /// Moves the workspace (its lock held, its record settled) onto `image`, keeping /data; the
+    /// previous state stays as a SYSTEM snapshot. `None` when it already runs on that build;
+    /// otherwise whether the task was restarted, and the IMAGE_CHANGE version.
+    pub(crate) async fn change_image_locked(
+        &self,
+        mut record: WorkspaceRecord,
+        image: &PulledImage,
+    ) -> Result<Option<(bool, VersionRecord)>> {
+        let id = record.id.clone();
+        let id = &id;
         if image.name == record.spec.image && image.digest == record.image_digest {
-            return Ok(ImageChanged { workspace: self.info(record).await, restarted: false, version: None });
+            return Ok(None);
         }
         let Some(layer_parent) = self.writable_layer_parent(&record).await? else {
             return Err(missing_layer(&record));
@@ -158,14 +120,14 @@ impl Manager {
             crate::failpoint::hit("image-change.carried");
             change.prepared = true;
             self.store.update_snapshot_operation(id, &Operation::ImageChange(change.clone()).to_json()?).await?;
-            self.complete_image_change(id, &change, &image).await
+            self.complete_image_change(id, &change, image).await
         }
         .await;
         if let Err(err) = outcome {
             self.recover_from(id, was_running, &err).await?;
         }
-        let mut after = self.record(id).await?;
         if was_running {
+            let mut after = self.record(id).await?;
             self.start_after_switch(&mut after, &format!("the workspace moved to image {}", image.name)).await?;
         }
         info!(workspace_id = %id, image = %image.name, digest = %image.digest, version, was_running, "image changed");
@@ -191,7 +153,7 @@ impl Manager {
             .get_version(id, version)
             .await?
             .ok_or_else(|| Error::internal(format!("version {version} of {id} vanished after the image change")))?;
-        Ok(ImageChanged { workspace: self.info(after).await, restarted: was_running, version: Some(version) })
+        Ok(Some((was_running, version)))
     }
 
     /// Copies /data of the writable layer `from_key` into the writable layer `to_key` (its /data
@@ -268,7 +230,7 @@ impl Manager {
 
     /// Deletes the workspace's container (its task is stopped) and creates it again from
     /// `record` on `image`: what an image switch changes is the container's spec.
-    pub(super) async fn recreate_container(&self, record: &WorkspaceRecord, image: &PulledImage) -> Result<()> {
+    pub(crate) async fn recreate_container(&self, record: &WorkspaceRecord, image: &PulledImage) -> Result<()> {
         match self.runtime.container_owner(record.id.as_str()).await? {
             ContainerOwner::Foreign => return Err(foreign_container(record)),
             ContainerOwner::Berth => self.runtime.delete_container(record.id.as_str()).await?,
@@ -280,7 +242,7 @@ impl Manager {
     /// The image `name` at manifest `digest`, present and unpacked: the image containerd
     /// knows by that name when it is that build, else that build by digest (a reference whose
     /// tag moved on since the workspace ran on it).
-    pub(super) async fn image_at(&self, name: &str, digest: &str) -> Result<PulledImage> {
+    pub(crate) async fn image_at(&self, name: &str, digest: &str) -> Result<PulledImage> {
         let (progress, _) = tokio::sync::mpsc::channel(1);
         let image = self.runtime.pull_image(name, PullPolicy::IfNotPresent, &progress).await?;
         if digest.is_empty() || image.digest == digest {

@@ -15,6 +15,17 @@ use crate::workspace::tests::harness;
 
 const NEXT: &str = "fake/image:next";
 
+async fn change_image(
+    harness: &crate::workspace::tests::Harness,
+    image: &str,
+) -> crate::error::Result<crate::workspace::Updated> {
+    let update = crate::workspace::WorkspaceUpdate {
+        image: Some((image.to_owned(), PullPolicy::IfNotPresent)),
+        ..Default::default()
+    };
+    harness.manager.update(ID, update).await
+}
+
 fn container_image(harness: &crate::workspace::tests::Harness) -> String {
     harness.runtime.state.lock().unwrap().container_images.get(ID).cloned().unwrap_or_default()
 }
@@ -31,7 +42,7 @@ async fn an_image_change_carries_data_over_keeps_the_old_state_and_restores_it()
     let first_image = record(&harness).await.spec.image;
     write_files(&harness, "tool on first", "data v1").await;
 
-    let changed = harness.manager.change_image(ID, NEXT, PullPolicy::IfNotPresent).await.unwrap();
+    let changed = change_image(&harness, NEXT).await.unwrap();
     assert!(changed.restarted);
     let version = changed.version.expect("a version");
     assert_eq!((version.version, version.reason), (2, VersionReason::ImageChange));
@@ -67,7 +78,7 @@ async fn an_image_change_carries_data_over_keeps_the_old_state_and_restores_it()
     assert_exact(&harness).await;
 
     // Restoring by the image change's version means the same snapshot.
-    harness.manager.change_image(ID, NEXT, PullPolicy::IfNotPresent).await.unwrap();
+    change_image(&harness, NEXT).await.unwrap();
     let restored = harness.manager.restore_snapshot(ID, RestoreTarget::Version(2)).await.unwrap();
     assert_eq!(restored.workspace.record.spec.image, first_image);
     assert_exact(&harness).await;
@@ -78,13 +89,13 @@ async fn the_same_image_changes_nothing_and_a_stopped_workspace_stays_stopped() 
     let harness = harness().await;
     created(&harness).await;
     let image = record(&harness).await.spec.image;
-    let same = harness.manager.change_image(ID, &image, PullPolicy::IfNotPresent).await.unwrap();
+    let same = change_image(&harness, &image).await.unwrap();
     assert!(!same.restarted && same.version.is_none());
     assert_eq!(record(&harness).await.current_version, 1);
     assert_eq!(harness.runtime.stop_calls.load(std::sync::atomic::Ordering::SeqCst), 0);
 
     harness.manager.stop(ID, None).await.unwrap();
-    let changed = harness.manager.change_image(ID, NEXT, PullPolicy::IfNotPresent).await.unwrap();
+    let changed = change_image(&harness, NEXT).await.unwrap();
     assert!(!changed.restarted);
     assert_eq!(changed.workspace.record.state, WorkspaceState::Stopped);
     assert!(!running(&harness));
@@ -100,7 +111,7 @@ async fn a_failed_pull_or_copy_leaves_the_workspace_as_it_was() {
     let before = record(&harness).await;
 
     harness.runtime.fail("pull_image", Error::new(Reason::ImagePullFailed, "no such image (fake)"), 1);
-    let err = harness.manager.change_image(ID, NEXT, PullPolicy::IfNotPresent).await.unwrap_err();
+    let err = change_image(&harness, NEXT).await.unwrap_err();
     assert_eq!(err.reason(), Reason::ImagePullFailed);
     assert_eq!(harness.runtime.stop_calls.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing was stopped");
 
@@ -108,7 +119,7 @@ async fn a_failed_pull_or_copy_leaves_the_workspace_as_it_was() {
     let layer = harness.runtime.snapshot_dir(&before.snapshot_key);
     std::fs::rename(layer.join("data"), layer.join("real-data")).unwrap();
     std::os::unix::fs::symlink("/etc", layer.join("data")).unwrap();
-    let err = harness.manager.change_image(ID, NEXT, PullPolicy::IfNotPresent).await.unwrap_err();
+    let err = change_image(&harness, NEXT).await.unwrap_err();
     assert_eq!(err.reason(), Reason::DataArchiveFailed, "{err}");
     let after = record(&harness).await;
     assert_eq!(
@@ -130,7 +141,7 @@ async fn a_container_step_that_fails_once_is_finished_by_the_settle() {
     created(&harness).await;
     write_files(&harness, "tool", "kept").await;
     harness.runtime.fail("create_container", crate::runtime::fake::unavailable(), 1);
-    let changed = harness.manager.change_image(ID, NEXT, PullPolicy::IfNotPresent).await.unwrap();
+    let changed = change_image(&harness, NEXT).await.unwrap();
     assert_eq!(changed.workspace.record.spec.image, NEXT);
     assert_eq!(read_files(&harness).await.1, "kept");
     assert!(running(&harness));

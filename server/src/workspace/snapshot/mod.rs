@@ -24,7 +24,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-pub use self::image_change::ImageChanged;
 pub(crate) use self::journal::Settled;
 use self::journal::{CreateOperation, DeleteOperation, ImageRef, Operation, RestoreOperation, nanos_of, version_of};
 use self::lineage::Lineage;
@@ -108,7 +107,7 @@ pub enum SnapshotAnswer {
     Created(Box<SnapshotView>),
     Restored(Box<Restored>),
     Deleted,
-    ImageChanged(Box<ImageChanged>),
+    Updated(Box<super::update::Updated>),
 }
 
 impl Manager {
@@ -227,7 +226,7 @@ impl Manager {
 
     /// Runs a snapshot operation in its own task, like start and stop: a caller that goes away
     /// cannot cut it half-way, the same operation in flight is joined, and shutdown waits for it.
-    async fn detached_snapshot<F, Fut>(
+    pub(super) async fn detached_snapshot<F, Fut>(
         self: &Arc<Self>,
         kind: &'static str,
         key: String,
@@ -245,7 +244,7 @@ impl Manager {
     }
 
     /// The workspace under its lock, with any interrupted snapshot operation settled first.
-    async fn settled_record(&self, id: &WorkspaceId, operation: &str) -> Result<WorkspaceRecord> {
+    pub(super) async fn settled_record(&self, id: &WorkspaceId, operation: &str) -> Result<WorkspaceRecord> {
         let record = self.record(id).await?;
         ensure_settled(&record, operation)?;
         if self.settle_snapshot_operation(id).await? == Settled::Nothing {
@@ -548,7 +547,7 @@ impl Manager {
 
     /// Stops the task for a switch of the writable layer; returns whether it ran. A failure ends
     /// the journalled operation, which has not changed anything yet.
-    async fn stop_for_switch(&self, record: &mut WorkspaceRecord, why: &str) -> Result<bool> {
+    pub(super) async fn stop_for_switch(&self, record: &mut WorkspaceRecord, why: &str) -> Result<bool> {
         let id = record.id.clone();
         let stopped = async {
             let running = self.runtime.task(id.as_str()).await?.is_some_and(|task| task.running);
@@ -597,7 +596,7 @@ impl Manager {
     }
 
     /// Starts the task again on the new writable layer.
-    async fn start_after_switch(&self, record: &mut WorkspaceRecord, what: &str) -> Result<()> {
+    pub(super) async fn start_after_switch(&self, record: &mut WorkspaceRecord, what: &str) -> Result<()> {
         if let Err(err) = self.runtime.start_task(record.id.as_str(), &record.snapshot_key).await {
             return Err(Error::new(
                 err.reason(),

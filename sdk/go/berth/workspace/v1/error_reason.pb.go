@@ -189,6 +189,10 @@ const (
 	// FAILED_PRECONDITION: the path is a device node, FIFO or socket, which berth never opens for
 	// reading or writing (it could block forever or reach the host's devices). Use a regular file.
 	ErrorReason_NOT_A_REGULAR_FILE ErrorReason = 49
+	// FAILED_PRECONDITION: UpdateWorkspace asked for a memory limit below what the running
+	// workspace already uses (its working set: usage minus reclaimable file cache); the message
+	// gives the usage. Free memory inside the workspace or choose a higher limit.
+	ErrorReason_MEMORY_LIMIT_BELOW_USAGE ErrorReason = 50
 )
 
 // Enum value maps for ErrorReason.
@@ -244,6 +248,7 @@ var (
 		47: "USER_NOT_FOUND",
 		48: "SERVER_SHUTTING_DOWN",
 		49: "NOT_A_REGULAR_FILE",
+		50: "MEMORY_LIMIT_BELOW_USAGE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -296,6 +301,7 @@ var (
 		"USER_NOT_FOUND":           47,
 		"SERVER_SHUTTING_DOWN":     48,
 		"NOT_A_REGULAR_FILE":       49,
+		"MEMORY_LIMIT_BELOW_USAGE": 50,
 	}
 )
 
@@ -330,7 +336,7 @@ var File_berth_workspace_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_berth_workspace_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"%berth/workspace/v1/error_reason.proto\x12\x12berth.workspace.v1*\xb9\t\n" +
+	"%berth/workspace/v1/error_reason.proto\x12\x12berth.workspace.v1*\xd7\t\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14INVALID_WORKSPACE_ID\x10\x01\x12\x17\n" +
@@ -382,7 +388,8 @@ const file_berth_workspace_v1_error_reason_proto_rawDesc = "" +
 	"\bINTERNAL\x10.\x12\x12\n" +
 	"\x0eUSER_NOT_FOUND\x10/\x12\x18\n" +
 	"\x14SERVER_SHUTTING_DOWN\x100\x12\x16\n" +
-	"\x12NOT_A_REGULAR_FILE\x101BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
+	"\x12NOT_A_REGULAR_FILE\x101\x12\x1c\n" +
+	"\x18MEMORY_LIMIT_BELOW_USAGE\x102BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
 
 var (
 	file_berth_workspace_v1_error_reason_proto_rawDescOnce sync.Once

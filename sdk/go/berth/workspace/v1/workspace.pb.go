@@ -726,11 +726,11 @@ type Workspace struct {
 	// CDI device names attached to the workspace, fully qualified and deduplicated, for example
 	// `nvidia.com/gpu=0`.
 	CdiDevices []string `protobuf:"bytes,12,rep,name=cdi_devices,json=cdiDevices,proto3" json:"cdi_devices,omitempty"`
-	// Resource limits applied to the container.
+	// Resource limits applied to the container (at creation or by UpdateWorkspace).
 	Resources *Resources `protobuf:"bytes,13,opt,name=resources,proto3" json:"resources,omitempty"`
-	// Labels given at creation. Keys starting with `berth.` are reserved.
+	// Labels given at creation or by UpdateWorkspace. Keys starting with `berth.` are reserved.
 	Labels map[string]string `protobuf:"bytes,14,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// Environment variables given at creation. They are added to the image's environment for the
+	// Environment variables given at creation or by UpdateWorkspace. They are added to the image's environment for the
 	// container's init and for every process started through ProcessService, overriding image
 	// variables of the same name.
 	Env map[string]string `protobuf:"bytes,15,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`

@@ -1015,11 +1015,13 @@ type UpdateWorkspaceRequest struct {
 	// When to contact the registry for `image`. Unset means PULL_POLICY_IF_NOT_PRESENT; pass
 	// PULL_POLICY_ALWAYS to pick up a newer build of the same reference.
 	PullPolicy PullPolicy `protobuf:"varint,4,opt,name=pull_policy,json=pullPolicy,proto3,enum=berth.workspace.v1.PullPolicy" json:"pull_policy,omitempty"`
-	// New resource limits (not supported yet).
+	// New resource limits, replacing all of the current ones: a zero (or unset) figure lifts
+	// that limit. Bounds as in CreateWorkspace.
 	Resources *Resources `protobuf:"bytes,5,opt,name=resources,proto3" json:"resources,omitempty"`
-	// New labels, replacing all of the current ones (not supported yet).
+	// New labels, replacing all of the current ones. Rules as in CreateWorkspace.
 	Labels map[string]string `protobuf:"bytes,6,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// New environment variables, replacing all of the current ones (not supported yet).
+	// New environment variables, replacing all of the current ones (values are secrets, as in
+	// CreateWorkspace). Changing them restarts a running workspace.
 	Env map[string]string `protobuf:"bytes,7,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// New CDI device names (not supported yet).
 	CdiDevices    []string `protobuf:"bytes,8,rep,name=cdi_devices,json=cdiDevices,proto3" json:"cdi_devices,omitempty"`
@@ -1118,7 +1120,7 @@ type UpdateWorkspaceResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The workspace as it is after the call.
 	Workspace *Workspace `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
-	// Whether the workspace's task was stopped and started again for the change.
+	// Whether the workspace's task was stopped and started again for the change (env or image).
 	Restarted bool `protobuf:"varint,2,opt,name=restarted,proto3" json:"restarted,omitempty"`
 	// The version the change created; unset when nothing changed. For an image change, its
 	// reason is IMAGE_CHANGE, its `image` the new image and its `snapshot_name` the SYSTEM

@@ -223,6 +223,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """FAILED_PRECONDITION: the path is a device node, FIFO or socket, which berth never opens for
     reading or writing (it could block forever or reach the host's devices). Use a regular file.
     """
+    MEMORY_LIMIT_BELOW_USAGE: _ErrorReason.ValueType  # 50
+    """FAILED_PRECONDITION: UpdateWorkspace asked for a memory limit below what the running
+    workspace already uses (its working set: usage minus reclaimable file cache); the message
+    gives the usage. Free memory inside the workspace or choose a higher limit.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable cause of a failed berth call.
@@ -435,5 +440,10 @@ finish first). Retry against the restarted server.
 NOT_A_REGULAR_FILE: ErrorReason.ValueType  # 49
 """FAILED_PRECONDITION: the path is a device node, FIFO or socket, which berth never opens for
 reading or writing (it could block forever or reach the host's devices). Use a regular file.
+"""
+MEMORY_LIMIT_BELOW_USAGE: ErrorReason.ValueType  # 50
+"""FAILED_PRECONDITION: UpdateWorkspace asked for a memory limit below what the running
+workspace already uses (its working set: usage minus reclaimable file cache); the message
+gives the usage. Free memory inside the workspace or choose a higher limit.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -566,15 +566,15 @@ class Workspace(_message.Message):
 
     @_builtins.property
     def resources(self) -> Global___Resources:
-        """Resource limits applied to the container."""
+        """Resource limits applied to the container (at creation or by UpdateWorkspace)."""
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Labels given at creation. Keys starting with `berth.` are reserved."""
+        """Labels given at creation or by UpdateWorkspace. Keys starting with `berth.` are reserved."""
 
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Environment variables given at creation. They are added to the image's environment for the
+        """Environment variables given at creation or by UpdateWorkspace. They are added to the image's environment for the
         container's init and for every process started through ProcessService, overriding image
         variables of the same name.
         """

@@ -776,15 +776,19 @@ class UpdateWorkspaceRequest(_message.Message):
 
     @_builtins.property
     def resources(self) -> _workspace_pb2.Resources:
-        """New resource limits (not supported yet)."""
+        """New resource limits, replacing all of the current ones: a zero (or unset) figure lifts
+        that limit. Bounds as in CreateWorkspace.
+        """
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """New labels, replacing all of the current ones (not supported yet)."""
+        """New labels, replacing all of the current ones. Rules as in CreateWorkspace."""
 
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """New environment variables, replacing all of the current ones (not supported yet)."""
+        """New environment variables, replacing all of the current ones (values are secrets, as in
+        CreateWorkspace). Changing them restarts a running workspace.
+        """
 
     @_builtins.property
     def cdi_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -820,7 +824,7 @@ class UpdateWorkspaceResponse(_message.Message):
     RESTARTED_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     restarted: _builtins.bool
-    """Whether the workspace's task was stopped and started again for the change."""
+    """Whether the workspace's task was stopped and started again for the change (env or image)."""
     @_builtins.property
     def workspace(self) -> _workspace_pb2.Workspace:
         """The workspace as it is after the call."""

@@ -196,21 +196,21 @@ export type Workspace = Message<"berth.workspace.v1.Workspace"> & {
   cdiDevices: string[];
 
   /**
-   * Resource limits applied to the container.
+   * Resource limits applied to the container (at creation or by UpdateWorkspace).
    *
    * @generated from field: berth.workspace.v1.Resources resources = 13;
    */
   resources?: Resources | undefined;
 
   /**
-   * Labels given at creation. Keys starting with `berth.` are reserved.
+   * Labels given at creation or by UpdateWorkspace. Keys starting with `berth.` are reserved.
    *
    * @generated from field: map<string, string> labels = 14;
    */
   labels: { [key: string]: string };
 
   /**
-   * Environment variables given at creation. They are added to the image's environment for the
+   * Environment variables given at creation or by UpdateWorkspace. They are added to the image's environment for the
    * container's init and for every process started through ProcessService, overriding image
    * variables of the same name.
    *

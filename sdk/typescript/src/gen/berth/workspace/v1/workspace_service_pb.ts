@@ -719,21 +719,23 @@ export type UpdateWorkspaceRequest = Message<"berth.workspace.v1.UpdateWorkspace
   pullPolicy: PullPolicy;
 
   /**
-   * New resource limits (not supported yet).
+   * New resource limits, replacing all of the current ones: a zero (or unset) figure lifts
+   * that limit. Bounds as in CreateWorkspace.
    *
    * @generated from field: berth.workspace.v1.Resources resources = 5;
    */
   resources?: Resources | undefined;
 
   /**
-   * New labels, replacing all of the current ones (not supported yet).
+   * New labels, replacing all of the current ones. Rules as in CreateWorkspace.
    *
    * @generated from field: map<string, string> labels = 6;
    */
   labels: { [key: string]: string };
 
   /**
-   * New environment variables, replacing all of the current ones (not supported yet).
+   * New environment variables, replacing all of the current ones (values are secrets, as in
+   * CreateWorkspace). Changing them restarts a running workspace.
    *
    * @generated from field: map<string, string> env = 7;
    */
@@ -768,7 +770,7 @@ export type UpdateWorkspaceResponse = Message<"berth.workspace.v1.UpdateWorkspac
   workspace?: Workspace | undefined;
 
   /**
-   * Whether the workspace's task was stopped and started again for the change.
+   * Whether the workspace's task was stopped and started again for the change (env or image).
    *
    * @generated from field: bool restarted = 2;
    */
@@ -1750,10 +1752,20 @@ export const WorkspaceService: GenService<{
    * nothing. The change is detached from the caller and crash safe: an interrupted one leaves
    * the old or the new state, never a mix.
    *
-   * The other fields of the mask (`resources`, `labels`, `env`, `cdi_devices`) are not supported
-   * yet: a mask naming one fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything
-   * changes. An empty mask or an unknown path fails with INVALID_ARGUMENT and reason
-   * INVALID_ARGUMENT.
+   * `labels` and `resources` apply at once without a restart: labels on the container and in
+   * ListWorkspaces' selectors, limits in the running task's cgroup (through containerd's
+   * Tasks.Update) and in the container's stored spec, so a later start keeps them. A memory
+   * limit below what the running workspace uses (its working set) fails with
+   * FAILED_PRECONDITION and reason MEMORY_LIMIT_BELOW_USAGE, the usage in the message. `env`
+   * needs a new container spec: the container is re-created and a running task restarted. A
+   * field equal to its current value changes nothing. Fields are applied in the order labels,
+   * resources, env, image (a mask with env and image restarts twice); each reaches containerd
+   * before the stored workspace, so retrying a failed call applies what is still missing.
+   *
+   * `cdi_devices` is not supported yet: a mask naming it fails with UNIMPLEMENTED and reason
+   * NOT_IMPLEMENTED before anything changes. An empty mask or an unknown path fails with
+   * INVALID_ARGUMENT and reason INVALID_ARGUMENT; invalid labels, env or resources fail as in
+   * CreateWorkspace.
    *
    * @generated from rpc berth.workspace.v1.WorkspaceService.UpdateWorkspace
    */
