@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: release build, testbed up, berth vs ctr in the same run, testbed down.
-# BERTH_BENCH_ONLY=files (create, process, files, pull) runs only those sections of the bench.
+# BERTH_BENCH_ONLY=files (create, process, files, snapshot, export, pull) runs only those sections of the bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh

@@ -112,6 +112,11 @@ pub struct ServeArgs {
     /// layer and /data), 1 to 86400 [default: 30]
     #[arg(long, env = "BERTH_STORAGE_SAMPLE_INTERVAL")]
     pub storage_sample_interval: Option<u64>,
+    /// Directory of CDI spec files (`.json`, `.yaml`) defining the devices workspaces may attach,
+    /// in increasing priority (repeatable; comma-separated in the env) [default: /etc/cdi,
+    /// /var/run/cdi]
+    #[arg(long = "cdi-spec-dir", env = "BERTH_CDI_SPEC_DIR", value_delimiter = ',')]
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 /// The keys a `--config` file may hold; unknown keys are errors so typos do not pass silently.
@@ -135,6 +140,7 @@ struct FileConfig {
     import_max_entries: Option<u64>,
     max_snapshot_depth: Option<u32>,
     storage_sample_interval: Option<u64>,
+    cdi_spec_dirs: Option<Vec<PathBuf>>,
 }
 
 /// The resolved configuration of a running server.
@@ -175,6 +181,8 @@ pub struct Config {
     pub max_snapshot_depth: u32,
     /// How often a watched workspace's storage is measured.
     pub storage_sample_interval: std::time::Duration,
+    /// CDI spec directories (absolute), in increasing priority.
+    pub cdi_spec_dirs: Vec<PathBuf>,
 }
 
 /// A configuration that cannot be used; its message is one line naming the cause.
@@ -248,6 +256,20 @@ impl Config {
                 )));
             }
         };
+        let cdi_spec_dirs = if args.cdi_spec_dirs.is_empty() {
+            file.cdi_spec_dirs.unwrap_or_else(|| crate::devices::DEFAULT_SPEC_DIRS.iter().map(PathBuf::from).collect())
+        } else {
+            args.cdi_spec_dirs
+        };
+        // Absolute, so error messages and ListDevices name the files an operator can open.
+        let cdi_spec_dirs = cdi_spec_dirs
+            .iter()
+            .map(|dir| {
+                std::path::absolute(dir).map_err(|err| {
+                    ConfigError(format!("cdi spec dir {} cannot be made absolute: {err}", dir.display()))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             listen: args
                 .listen
@@ -272,6 +294,7 @@ impl Config {
             import_max_entries,
             max_snapshot_depth,
             storage_sample_interval,
+            cdi_spec_dirs,
         })
     }
 }
@@ -486,6 +509,24 @@ mod tests {
             let err = Config::resolve(args).err().unwrap().to_string();
             assert!(err.contains("1 to 86400") && err.contains(&bad.to_string()), "{err}");
         }
+    }
+
+    #[test]
+    fn cdi_spec_dirs_default_to_etc_and_run_and_flags_replace_the_file() {
+        let defaults = Config::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(defaults.cdi_spec_dirs, [PathBuf::from("/etc/cdi"), PathBuf::from("/var/run/cdi")]);
+        let file = parse_file("cdi_spec_dirs = [\"/opt/cdi\"]\n").unwrap();
+        assert_eq!(file.cdi_spec_dirs, Some(vec![PathBuf::from("/opt/cdi")]));
+
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        use clap::Parser as _;
+        let cli = Cli::try_parse_from(["berth", "--cdi-spec-dir", "/a", "--cdi-spec-dir", "relative"]).unwrap();
+        let config = Config::resolve(cli.serve).unwrap();
+        assert_eq!(config.cdi_spec_dirs, [PathBuf::from("/a"), std::env::current_dir().unwrap().join("relative")]);
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod devices;
 pub mod error;
 pub mod failpoint;
 pub mod files;

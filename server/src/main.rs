@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use berth::cli::{ClientCommand, ServerArgs};
 use berth::config::{Config, LogFormat, ServeArgs};
+use berth::devices::Devices;
 use berth::runtime::Runtime as _;
 use berth::runtime::containerd::{Containerd, Namespace, RUNTIME_NAME, RegistryOptions, SNAPSHOTTER};
 use berth::store::Store;
@@ -75,11 +76,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
         insecure_registries: config.insecure_registries.clone(),
         auth_file: config.registry_auth_file.clone(),
     };
+    let devices = Arc::new(Devices::new(config.cdi_spec_dirs.clone()));
     let containerd = match Containerd::new(
         &config.containerd_socket,
         Namespace::new(&config.namespace, config.containerd_timeout),
         registry,
         &config.apparmor_profile,
+        devices.clone(),
     ) {
         Ok(containerd) => containerd,
         Err(err) => return fail(err.message()),
@@ -87,7 +90,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     if let Err(message) = wait_for_containerd(&containerd, &config).await {
         return fail(&message);
     }
-    match run(config, listener, containerd).await {
+    match run(config, listener, containerd, devices).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&format!("{err:#}")),
     }
@@ -121,8 +124,14 @@ async fn wait_for_containerd(containerd: &Containerd, config: &Config) -> Result
     }
 }
 
-async fn run(config: Config, listener: tokio::net::TcpListener, containerd: Containerd) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    containerd: Containerd,
+    devices: Arc<Devices>,
+) -> anyhow::Result<()> {
     let store = Store::open(&config.database_url).await.context("cannot open the store")?;
+    report_devices(&devices).await;
     let manager = Arc::new(Manager::new(
         ManagerConfig {
             namespace: config.namespace.clone(),
@@ -135,6 +144,7 @@ async fn run(config: Config, listener: tokio::net::TcpListener, containerd: Cont
                 max_entries: config.import_max_entries,
             },
             max_snapshot_depth: config.max_snapshot_depth,
+            devices,
         },
         store.clone(),
         Arc::new(containerd),
@@ -167,6 +177,20 @@ async fn run(config: Config, listener: tokio::net::TcpListener, containerd: Cont
     store.close().await;
     info!("berth stopped");
     served
+}
+
+/// Logs what the CDI spec directories offer at start (and, through the scan, each spec file that
+/// cannot be used).
+async fn report_devices(devices: &Devices) {
+    match devices.catalog().await {
+        Ok(catalog) => info!(
+            spec_dirs = ?devices.spec_dirs(),
+            devices = catalog.devices.len(),
+            spec_file_errors = catalog.spec_file_errors.len(),
+            "CDI devices read"
+        ),
+        Err(err) => warn!(error = %err, "cannot read the CDI spec directories"),
+    }
 }
 
 /// How long a shutdown waits for operations in flight.

@@ -16,13 +16,24 @@
 //!   dir), in the same run (target ≥ 0.5x cp and ≥ 300 MiB/s), and the server's RSS growth
 //!   during each (target ≤ 32 MiB).
 //!
+//! - CreateSnapshot of a running workspace (with a process in it) whose /data holds 10 MiB vs
+//!   1 GiB (8 big files and 200 small ones, written inside it and synced): the downtime, from the
+//!   first exit of a process of its task to its new task's start as containerd's events (`ctr
+//!   events`) stamp them (target ≤ 150 ms and independent of size: 1 GiB / 10 MiB ≈ 1.0x), with
+//!   the RPC's round trip as an upper bound and the downtime's phases; the same right after
+//!   writing, the data still dirty (informational: the task's exit then waits for its
+//!   writeback); RestoreSnapshot of the same workspace discarding as many bytes of changes
+//!   (informational). The two sizes alternate within each round.
 //! - ExportData of /data holding 1 GiB of mixed files (half random, half text, plus 5,000 small
 //!   files) to a client that discards it, as tar+gzip and as tar+zstd, vs `tar -czf` of the same
 //!   tree on the host (the workspace's `host_data_path`), in the same run (targets: gzip ≥ 1.0x
-//!   tar -czf, zstd ≥ 3x faster than tar -czf).
+//!   tar -czf, zstd ≥ 3x faster than tar -czf); then ImportData of each export into a fresh
+//!   directory of /data vs `tar -xzf` (`tar --zstd -xf`) of the same archive into a fresh host
+//!   directory on the same disk (target: gzip ≥ 1.0x tar -xzf; zstd informational), with the
+//!   time the upload took of it.
 //!
-//! `BERTH_BENCH_ONLY=files` (a comma-separated list of `create`, `process`, `files`, `export`, `pull`)
-//! runs only those sections, for example against a testbed that is already up:
+//! `BERTH_BENCH_ONLY=files` (a comma-separated list of `create`, `process`, `files`, `snapshot`,
+//! `export`, `pull`) runs only those sections, for example against a testbed that is already up:
 //! `source .testbed/env; BERTH_BIN=$PWD/target/release/berth BERTH_BENCH_ONLY=files cargo bench
 //! -p berth-e2e --bench lifecycle`. Only the `pull` section purges the testbed's other
 //! `berth-test-*` namespaces (their content would make its cold pulls warm), so leave it out on
@@ -43,6 +54,7 @@ use berth_api::v1::{
     CreateWorkspaceRequest, DeleteWorkspaceRequest, EntryInfo, LayerState, ProcessConfig, PullPolicy, ReadFileRequest,
     StartRequest, StatRequest, StopWorkspaceRequest, WriteFileRequest,
 };
+use berth_e2e::import::sha256_hex;
 use berth_e2e::{BerthServer, Testbed};
 use sha2::{Digest as _, Sha256};
 use tokio_stream::StreamExt as _;
@@ -609,6 +621,446 @@ async fn bench_files(server: &BerthServer, client: &mut Client, image: &str) {
     delete(client, WORKSPACE).await;
 }
 
+/// Rounds of each snapshot measurement.
+const SNAPSHOT_ROUNDS: usize = 7;
+/// What /data holds for the snapshot measurements: the same files (8 big ones, 200 small ones)
+/// at two sizes, so that only the bytes differ between them.
+const SNAPSHOT_SIZES: [(&str, u64); 2] = [("10 MiB", 10 * 1024 * 1024), ("1 GiB", 1024 * 1024 * 1024)];
+/// How long containerd's events of one snapshot operation may take to arrive.
+const EVENT_WAIT: Duration = Duration::from_secs(30);
+
+/// One event of a workspace's container or snapshots, as containerd timestamped it.
+struct ContainerdEvent {
+    topic: String,
+    /// The process an exit is of: the container's id for its init, an exec id otherwise.
+    process: String,
+    /// Nanoseconds since the Unix epoch.
+    at_nanos: i128,
+}
+
+/// `ctr events` of the server's namespace, read on a thread of its own. containerd stamps each
+/// event when it happens, so the gap between a task's exit and the next task's start is the
+/// downtime itself, without the RPC's own costs before the stop and after the start.
+struct ContainerdEvents {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl ContainerdEvents {
+    fn watch(testbed: &Testbed, namespace: &str) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(&testbed.containerd_socket)
+            .args(["events", &format!("namespace=={namespace}")])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run ctr events");
+        let stdout = child.stdout.take().expect("ctr events' stdout");
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Forgets the events received so far.
+    fn discard(&self) {
+        while self.lines.try_recv().is_ok() {}
+    }
+
+    /// Whether any event arrives within `wait`.
+    fn any_within(&self, wait: Duration) -> bool {
+        self.lines.recv_timeout(wait).is_ok()
+    }
+
+    /// The events of `workspace` (its container's, and its snapshots', whose keys start with its
+    /// id) stamped from `since_nanos` on, up to and including the next start of its task.
+    fn until_start(&self, workspace: &str, since_nanos: i128) -> Vec<ContainerdEvent> {
+        let deadline = Instant::now() + EVENT_WAIT;
+        let key_prefix = format!("{workspace}-");
+        let mut events = Vec::new();
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(wait)
+                .unwrap_or_else(|_| panic!("containerd reported no start of {workspace}'s task within {EVENT_WAIT:?}"));
+            let (at_nanos, topic, payload) = parse_event_line(&line);
+            let subject = payload["container_id"].as_str().or(payload["key"].as_str()).unwrap_or_default();
+            if at_nanos < since_nanos || (subject != workspace && !subject.starts_with(&key_prefix)) {
+                continue;
+            }
+            let started = topic == "/tasks/start";
+            let process = payload["id"].as_str().unwrap_or_default().to_owned();
+            events.push(ContainerdEvent { topic, process, at_nanos });
+            if started {
+                return events;
+            }
+        }
+    }
+}
+
+impl Drop for ContainerdEvents {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Nanoseconds since the Unix epoch now, on the clock containerd stamps its events with.
+fn now_nanos() -> i128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("a clock after 1970").as_nanos() as i128
+}
+
+/// A line of `ctr events`: `2026-12-02 01:53:28.280435055 +0000 UTC NAMESPACE TOPIC {json}`.
+fn parse_event_line(line: &str) -> (i128, String, serde_json::Value) {
+    let fields: Vec<&str> = line.splitn(7, ' ').collect();
+    assert!(fields.len() == 7 && fields[2] == "+0000", "unexpected line from ctr events: {line}");
+    let payload = serde_json::from_str(fields[6]).unwrap_or_else(|err| panic!("{err} in ctr events' line {line}"));
+    (utc_nanos(fields[0], fields[1]), fields[5].to_owned(), payload)
+}
+
+/// Nanoseconds since the Unix epoch of a UTC `YYYY-MM-DD` and `HH:MM:SS[.fraction]`.
+fn utc_nanos(date: &str, time: &str) -> i128 {
+    let number = |text: &str| text.parse::<i128>().unwrap_or_else(|_| panic!("bad timestamp {date} {time}"));
+    let date: Vec<i128> = date.split('-').map(number).collect();
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let clock: Vec<i128> = clock.split(':').map(number).collect();
+    let nanos = number(&format!("{fraction:0<9}")[..9]);
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let (year, month, day) = (date[0] - i128::from(date[1] <= 2), date[1], date[2]);
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    ((days * 24 + clock[0]) * 60 + clock[1]) * 60 * 1_000_000_000 + clock[2] * 1_000_000_000 + nanos
+}
+
+/// What containerd's events say about one stop → switch → start of a workspace.
+struct Switch {
+    /// From the first exit of any of its processes to its new task's start.
+    downtime: Duration,
+    /// From that first exit to its init's exit (berth ending the other processes, then init).
+    processes: Duration,
+    /// From init's exit to the old task's deletion (the shim unmounting the root filesystem).
+    delete: Duration,
+    /// From the deletion to the event `step_topic` (the commit, or the old layer's removal).
+    step: Duration,
+    /// From that event to the new task's start.
+    start: Duration,
+}
+
+impl Switch {
+    fn from_events(workspace: &str, events: &[ContainerdEvent], step_topic: &str) -> Self {
+        let first = |matches: &dyn Fn(&ContainerdEvent) -> bool, what: &str| {
+            events.iter().find(|event| matches(event)).map(|event| event.at_nanos).unwrap_or_else(|| {
+                let seen: Vec<&str> = events.iter().map(|event| event.topic.as_str()).collect();
+                panic!("containerd reported no {what} of {workspace}; it reported {seen:?}")
+            })
+        };
+        let topic = |topic: &'static str| move |event: &ContainerdEvent| event.topic == topic;
+        let exited = first(&topic("/tasks/exit"), "process exit");
+        let init_exited =
+            first(&|event: &ContainerdEvent| event.topic == "/tasks/exit" && event.process == workspace, "init exit");
+        let deleted = first(&topic("/tasks/delete"), "task deletion");
+        let stepped = first(&|event: &ContainerdEvent| event.topic == step_topic, step_topic);
+        let started = first(&topic("/tasks/start"), "task start");
+        let between = |from: i128, to: i128| Duration::from_nanos(u64::try_from(to - from).expect("events in order"));
+        Switch {
+            downtime: between(exited, started),
+            processes: between(exited, init_exited),
+            delete: between(init_exited, deleted),
+            step: between(deleted, stepped),
+            start: between(stepped, started),
+        }
+    }
+}
+
+/// Starts `sleep 3600` in `workspace` as a bot's process, and returns once it runs: a task
+/// answering with its `end`, which a snapshot's restart brings.
+async fn start_sleeper(
+    processes: &mut ProcessServiceClient<Channel>,
+    workspace: &str,
+) -> tokio::task::JoinHandle<berth_api::v1::process_event::End> {
+    let request = StartRequest {
+        workspace_id: workspace.to_owned(),
+        process: Some(ProcessConfig { cmd: "sleep".to_owned(), args: vec!["3600".to_owned()], ..Default::default() }),
+        ..Default::default()
+    };
+    let mut stream = processes.start(request).await.expect("start sleep").into_inner();
+    loop {
+        let event = stream.next().await.expect("the stream of sleep ended before its start");
+        match event.expect("process event").event.and_then(|event| event.event) {
+            Some(ProcessEvent::Start(_)) => break,
+            Some(ProcessEvent::End(end)) => panic!("sleep ended at once: {end:?}"),
+            _ => {}
+        }
+    }
+    tokio::spawn(async move {
+        while let Some(event) = stream.next().await {
+            if let Some(ProcessEvent::End(end)) = event.expect("process event").event.and_then(|event| event.event) {
+                return end;
+            }
+        }
+        panic!("the stream of sleep ended without end");
+    })
+}
+
+/// Waits for the sleeper's `end` and checks that it says a snapshot operation ended it.
+async fn expect_ended_by_snapshot(sleeper: tokio::task::JoinHandle<berth_api::v1::process_event::End>) {
+    let end = tokio::time::timeout(EVENT_WAIT, sleeper)
+        .await
+        .expect("the bot's process did not end within the wait")
+        .expect("the sleeper task");
+    assert!(end.error.contains("snapshot"), "the process's end does not say a snapshot ended it: {end:?}");
+}
+
+/// Whether freshly written data is flushed to disk before a measurement.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writeback {
+    /// `sync` after writing: the data is on disk, as it is some 30 s after writing anyway (the
+    /// kernel's dirty expiry).
+    Synced,
+    /// Dirty in the page cache: the task's exit then waits for its writeback (the root
+    /// filesystem's unmount syncs the overlay's upper filesystem).
+    JustWritten,
+}
+
+/// Replaces `dir` in /data with 8 big files of `bytes / 8` from /dev/urandom and 200 small ones.
+async fn fill_data(
+    processes: &mut ProcessServiceClient<Channel>,
+    workspace: &str,
+    dir: &str,
+    bytes: u64,
+    writeback: Writeback,
+) {
+    const BLOCK: u64 = 64 * 1024;
+    let blocks = bytes / 8 / BLOCK;
+    let sync = if writeback == Writeback::Synced { " && sync" } else { "" };
+    let fill = format!(
+        "rm -rf {dir} && mkdir -p {dir}/small && \
+         for i in $(seq 8); do dd if=/dev/urandom of={dir}/big$i bs={BLOCK} count={blocks} 2>/dev/null; done && \
+         for i in $(seq 200); do echo small file $i > {dir}/small/s$i; done{sync}"
+    );
+    let made = run_process(processes, workspace, "sh", &["-c", &fill]).await;
+    assert_eq!(made.exit_code, 0, "filling {dir} exited {}", made.exit_code);
+}
+
+/// The size Stat reports for `path` of `workspace`, or None when it does not exist.
+async fn stat_size(files: &mut FilesClient, workspace: &str, path: &str) -> Option<i64> {
+    let request = StatRequest { workspace_id: workspace.to_owned(), path: path.to_owned(), follow_symlinks: false };
+    match files.stat(request).await {
+        Ok(response) => Some(response.into_inner().entry.expect("Stat answered without an entry").size_bytes),
+        Err(status) if status.code() == tonic::Code::NotFound => None,
+        Err(status) => panic!("stat {path}: {status}"),
+    }
+}
+
+async fn workspace_state(client: &mut Client, workspace: &str) -> berth_api::v1::WorkspaceState {
+    client
+        .get_workspace(berth_api::v1::GetWorkspaceRequest { workspace_id: workspace.to_owned() })
+        .await
+        .expect("get")
+        .into_inner()
+        .workspace
+        .expect("a workspace")
+        .state()
+}
+
+async fn create_snapshot(client: &mut Client, workspace: &str, name: &str) -> Duration {
+    let request = berth_api::v1::CreateSnapshotRequest {
+        workspace_id: workspace.to_owned(),
+        name: name.to_owned(),
+        labels: Default::default(),
+    };
+    let started = Instant::now();
+    client.create_snapshot(request).await.expect("create snapshot");
+    started.elapsed()
+}
+
+async fn restore_snapshot(client: &mut Client, workspace: &str, name: &str) -> Duration {
+    use berth_api::v1::restore_snapshot_request::Target;
+    let request = berth_api::v1::RestoreSnapshotRequest {
+        workspace_id: workspace.to_owned(),
+        target: Some(Target::SnapshotName(name.to_owned())),
+    };
+    let started = Instant::now();
+    client.restore_snapshot(request).await.expect("restore snapshot");
+    started.elapsed()
+}
+
+async fn delete_snapshot(client: &mut Client, workspace: &str, name: &str) {
+    let request = berth_api::v1::DeleteSnapshotRequest { workspace_id: workspace.to_owned(), name: name.to_owned() };
+    client.delete_snapshot(request).await.expect("delete snapshot");
+}
+
+/// One kind of measured switch: its RPC round trips and what containerd's events said.
+#[derive(Default)]
+struct Switches {
+    rpcs: Vec<Duration>,
+    events: Vec<Switch>,
+}
+
+/// The snapshot section's measurements of one /data size.
+#[derive(Default)]
+struct SnapshotRuns {
+    create: Switches,
+    create_just_written: Switches,
+    restore: Switches,
+}
+
+/// The snapshot section's connections, and containerd's events of its namespace.
+struct SnapshotBench<'a> {
+    client: &'a mut Client,
+    processes: ProcessServiceClient<Channel>,
+    files: FilesClient,
+    events: ContainerdEvents,
+}
+
+impl SnapshotBench<'_> {
+    /// CreateSnapshot (`restore`: RestoreSnapshot) of `snapshot` while a bot's process runs,
+    /// measured into `into`.
+    async fn measure(&mut self, workspace: &str, snapshot: &str, restore: bool, into: &mut Switches) {
+        let sleeper = start_sleeper(&mut self.processes, workspace).await;
+        self.events.discard();
+        let sent = now_nanos();
+        into.rpcs.push(if restore {
+            restore_snapshot(self.client, workspace, snapshot).await
+        } else {
+            create_snapshot(self.client, workspace, snapshot).await
+        });
+        let step = if restore { "/snapshot/remove" } else { "/snapshot/commit" };
+        into.events.push(Switch::from_events(workspace, &self.events.until_start(workspace, sent), step));
+        expect_ended_by_snapshot(sleeper).await;
+        assert_eq!(
+            workspace_state(self.client, workspace).await,
+            berth_api::v1::WorkspaceState::Running,
+            "{workspace} is not RUNNING after the snapshot operation"
+        );
+    }
+
+    /// Back onto the snapshot with an empty /data, and `snapshot` deleted: the next round
+    /// commits fresh bytes again, and the disk holds one round's data at a time.
+    async fn reset(&mut self, workspace: &str, snapshot: &str) {
+        restore_snapshot(self.client, workspace, "empty").await;
+        delete_snapshot(self.client, workspace, snapshot).await;
+    }
+
+    /// One round of each measurement on `workspace`, whose /data gets `bytes`.
+    async fn round(&mut self, workspace: &str, bytes: u64, round: usize, runs: &mut SnapshotRuns) {
+        // The writable layer holds /data/bench, `bytes` of new files, on disk.
+        let snapshot = format!("data-{round}");
+        fill_data(&mut self.processes, workspace, "/data/bench", bytes, Writeback::Synced).await;
+        self.measure(workspace, &snapshot, false, &mut runs.create).await;
+        // As many bytes of changes since the snapshot, which the restore discards.
+        fill_data(&mut self.processes, workspace, "/data/changes", bytes, Writeback::Synced).await;
+        self.measure(workspace, &snapshot, true, &mut runs.restore).await;
+        assert_eq!(
+            stat_size(&mut self.files, workspace, "/data/bench/big1").await,
+            Some((bytes / 8) as i64),
+            "/data/bench/big1 after restoring {snapshot}"
+        );
+        assert_eq!(
+            stat_size(&mut self.files, workspace, "/data/changes").await,
+            None,
+            "/data/changes survived the restore of {snapshot}"
+        );
+        self.reset(workspace, &snapshot).await;
+
+        // The same commit right after writing, its bytes still dirty.
+        let snapshot = format!("just-written-{round}");
+        fill_data(&mut self.processes, workspace, "/data/bench", bytes, Writeback::JustWritten).await;
+        self.measure(workspace, &snapshot, false, &mut runs.create_just_written).await;
+        self.reset(workspace, &snapshot).await;
+    }
+}
+
+/// CreateSnapshot and RestoreSnapshot of a running workspace whose /data holds 10 MiB vs 1 GiB:
+/// the downtime from containerd's events (first process exit → new task start) and the RPC's
+/// round trip (an upper bound: it also holds the stop's preparation and the answer's size walk).
+async fn bench_snapshots(testbed: &Testbed, server: &BerthServer, client: &mut Client, image: &str) {
+    println!(
+        "snapshot bench: a running workspace with a process and /data of 10 MiB vs 1 GiB (8 big files, 200 small), medians of {SNAPSHOT_ROUNDS} rounds"
+    );
+    let mut bench = SnapshotBench {
+        client,
+        processes: ProcessServiceClient::new(server.channel().await),
+        files: FilesClient::new(server.channel().await),
+        events: ContainerdEvents::watch(testbed, &server.namespace),
+    };
+    let workspaces: Vec<String> = SNAPSHOT_SIZES
+        .iter()
+        .map(|(label, _)| format!("snapshot-bench-{}", label.replace(' ', "").to_lowercase()))
+        .collect();
+    for workspace in &workspaces {
+        create(bench.client, workspace, image, PullPolicy::IfNotPresent).await;
+        // `ctr events` subscribes some time after it starts: wait until it reports an exec.
+        let mut subscribed = false;
+        for _ in 0..20 {
+            run_process(&mut bench.processes, workspace, "true", &[]).await;
+            if bench.events.any_within(Duration::from_millis(500)) {
+                subscribed = true;
+                break;
+            }
+        }
+        assert!(subscribed, "ctr events reported nothing of {workspace}'s execs");
+        // What each round's reset returns to: /data empty.
+        create_snapshot(bench.client, workspace, "empty").await;
+    }
+    // The sizes alternate within each round, so that drift on the shared machine hits both alike.
+    let mut runs: Vec<SnapshotRuns> = SNAPSHOT_SIZES.iter().map(|_| SnapshotRuns::default()).collect();
+    for round in 0..SNAPSHOT_ROUNDS {
+        for ((workspace, (_, bytes)), size_runs) in workspaces.iter().zip(SNAPSHOT_SIZES).zip(&mut runs) {
+            bench.round(workspace, bytes, round, size_runs).await;
+        }
+    }
+    for workspace in &workspaces {
+        delete(bench.client, workspace).await;
+    }
+
+    let [small_runs, big_runs] = &runs[..] else { unreachable!("two sizes") };
+    let [(small, _), (big, _)] = SNAPSHOT_SIZES;
+    let pair = |pick: fn(&SnapshotRuns) -> &Switches| [(small, pick(small_runs)), (big, pick(big_runs))];
+    report_switches("CreateSnapshot downtime", "commit", pair(|runs| &runs.create), "<= 150 ms, ratio 1.0x");
+    report_switches("  same, just written", "commit", pair(|runs| &runs.create_just_written), "informational");
+    report_switches("RestoreSnapshot downtime", "remove old layer", pair(|runs| &runs.restore), "informational");
+}
+
+/// Prints the median downtime of both sizes (the larger against the smaller), then each one's
+/// RPC round trip, the downtime's range and what it was made of.
+fn report_switches(title: &str, step: &str, sizes: [(&str, &Switches); 2], target: &str) {
+    let downtimes = |switches: &Switches| switches.events.iter().map(|switch| switch.downtime).collect::<Vec<_>>();
+    let [(small, small_switches), (big, big_switches)] = sizes;
+    let (small_down, big_down) = (median(downtimes(small_switches)), median(downtimes(big_switches)));
+    report(&format!("{title} ({small})"), small_down, None, target);
+    report(&format!("{title} ({big})"), big_down, Some((small, small_down)), target);
+    for (label, switches) in sizes {
+        let samples = downtimes(switches);
+        let fastest = samples.iter().min().expect("samples");
+        let slowest = samples.iter().max().expect("samples");
+        let phase = |of: fn(&Switch) -> Duration| ms(median(switches.events.iter().map(of).collect()));
+        println!(
+            "{:<34} berth {:>8.1} ms   (RPC, upper bound; downtime {:.0}-{:.0} ms: processes {:.0}, task delete {:.0}, {step} {:.0}, start {:.0})",
+            format!("  RPC ({label})"),
+            ms(median(switches.rpcs.clone())),
+            ms(*fastest),
+            ms(*slowest),
+            phase(|switch| switch.processes),
+            phase(|switch| switch.delete),
+            phase(|switch| switch.step),
+            phase(|switch| switch.start),
+        );
+    }
+}
+
 /// Rounds of each export measurement (each moves 1 GiB).
 const EXPORT_ROUNDS: usize = 3;
 
@@ -646,8 +1098,8 @@ async fn bench_export(server: &BerthServer, client: &mut Client, image: &str) {
             .expect("run tar");
         assert!(status.success(), "tar -czf failed");
         tars.push(started.elapsed());
-        gzips.push(export_once(client, WORKSPACE, berth_api::v1::ArchiveFormat::TarGzip).await);
-        zstds.push(export_once(client, WORKSPACE, berth_api::v1::ArchiveFormat::TarZstd).await);
+        gzips.push(export_once(client, WORKSPACE, berth_api::v1::ArchiveFormat::TarGzip, |_| {}).await.0);
+        zstds.push(export_once(client, WORKSPACE, berth_api::v1::ArchiveFormat::TarZstd, |_| {}).await.0);
     }
     let tar = median(tars);
     let gzip = median(gzips);
@@ -670,11 +1122,124 @@ async fn bench_export(server: &BerthServer, client: &mut Client, image: &str) {
         tar.as_secs_f64() / zstd.as_secs_f64(),
         rate(zstd)
     );
+
+    // ImportData of those exports into a fresh directory of /data vs the host's tar extracting
+    // the same archive into a fresh directory beside the server's state, on the same disk. The
+    // archive is in memory for berth's client and in the page cache for tar.
+    for (format, name, tar_args, tar_name, target) in [
+        (berth_api::v1::ArchiveFormat::TarGzip, "ImportData tar+gzip (1 GiB)", &["-xzf"][..], "tar -xzf", ">= 1.0x"),
+        (
+            berth_api::v1::ArchiveFormat::TarZstd,
+            "ImportData tar+zstd (1 GiB)",
+            &["--zstd", "-xf"][..],
+            "tar --zstd -xf",
+            "informational",
+        ),
+    ] {
+        let mut archive = Vec::new();
+        let (_, exported) = export_once(client, WORKSPACE, format, |chunk| archive.extend_from_slice(chunk)).await;
+        assert_eq!(sha256_hex(&archive), exported.sha256, "the export's bytes differ from its trailer's SHA-256");
+        let archive_file = server.state_dir.join("import-bench-archive");
+        std::fs::write(&archive_file, &archive).expect("write the archive for tar");
+        let archive = prost::bytes::Bytes::from(archive);
+        let host_target = server.state_dir.join("import-bench-tar");
+        let mut tars = Vec::new();
+        let mut imports = Vec::new();
+        let mut sends = Vec::new();
+        for _ in 0..EXPORT_ROUNDS {
+            std::fs::create_dir(&host_target).expect("create tar's target");
+            let started = Instant::now();
+            let status = std::process::Command::new("tar")
+                .args(tar_args)
+                .arg(&archive_file)
+                .arg("-C")
+                .arg(&host_target)
+                .status()
+                .expect("run tar");
+            tars.push(started.elapsed());
+            assert!(status.success(), "{tar_name} failed: {status}");
+            assert_eq!(walk_bytes(&host_target), tree_bytes, "{tar_name} extracted the wrong number of bytes");
+            std::fs::remove_dir_all(&host_target).expect("remove tar's target");
+
+            let header = berth_e2e::import::header(WORKSPACE, IMPORT_TARGET, format, false);
+            let header = berth_api::v1::import_data_request::Header { sha256: exported.sha256.clone(), ..header };
+            let (upload, imported) = import_once(client, header, &archive).await;
+            imports.push(upload.elapsed);
+            sends.push(upload.sent);
+            assert_eq!(imported.sha256, exported.sha256, "ImportData received other bytes than were sent");
+            assert_eq!(imported.entry_count, exported.entry_count, "ImportData extracted another number of entries");
+            let imported_dir = host_data.join(IMPORT_TARGET.trim_start_matches("/data/"));
+            assert_eq!(walk_bytes(&imported_dir), tree_bytes, "ImportData extracted the wrong number of bytes");
+            let removed = run_process(&mut processes, WORKSPACE, "rm", &["-rf", IMPORT_TARGET]).await;
+            assert_eq!(removed.exit_code, 0, "rm -rf {IMPORT_TARGET} exited {}", removed.exit_code);
+        }
+        std::fs::remove_file(&archive_file).expect("remove the archive");
+        let (tar, import, sent) = (median(tars), median(imports), median(sends));
+        println!(
+            "{:<34} berth {:>8.1} s   {tar_name} {:>8.1} s   speed {:.2}x of tar   ({:.0} vs {:.0} MiB/s of files; {:.0} MiB archive sent in {:.1} s)   (target {target})",
+            name,
+            import.as_secs_f64(),
+            tar.as_secs_f64(),
+            tar.as_secs_f64() / import.as_secs_f64(),
+            rate(import),
+            rate(tar),
+            archive.len() as f64 / MIB,
+            sent.as_secs_f64()
+        );
+    }
     delete(client, WORKSPACE).await;
 }
 
-/// One export streamed to this client and discarded; its time, with the trailer checked.
-async fn export_once(client: &mut Client, workspace: &str, format: berth_api::v1::ArchiveFormat) -> Duration {
+/// Where the export bench imports its archives: a directory of /data that does not exist yet.
+const IMPORT_TARGET: &str = "/data/imported";
+
+/// Streams `archive` to ImportData in 1 MiB chunks after `header`; returns its times and answer.
+async fn import_once(
+    client: &mut Client,
+    header: berth_api::v1::import_data_request::Header,
+    archive: &prost::bytes::Bytes,
+) -> (Upload, berth_api::v1::ImportDataResponse) {
+    use berth_api::v1::ImportDataRequest;
+    use berth_api::v1::import_data_request::Event;
+    const CHUNK: usize = 1024 * 1024;
+    let archive = archive.clone();
+    let chunks = (0..archive.len()).step_by(CHUNK).map(move |at| {
+        let chunk = archive.slice(at..archive.len().min(at + CHUNK));
+        ImportDataRequest { event: Some(Event::Chunk(chunk)) }
+    });
+    // When the client stream asks for a message after the last chunk, the server holds all but
+    // the HTTP/2 window of the archive: the rest of the time is its extraction.
+    let uploaded = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let mark_uploaded = uploaded.clone();
+    let messages = std::iter::once(ImportDataRequest { event: Some(Event::Header(header)) }).chain(chunks).chain(
+        std::iter::from_fn(move || {
+            *mark_uploaded.lock().expect("the upload mark") = Some(Instant::now());
+            None
+        }),
+    );
+    let started = Instant::now();
+    let response = client.import_data(tokio_stream::iter(messages)).await.expect("import").into_inner();
+    let elapsed = started.elapsed();
+    let uploaded = uploaded.lock().expect("the upload mark").expect("the whole archive was sent");
+    (Upload { elapsed, sent: uploaded - started }, response)
+}
+
+/// The times of one ImportData.
+struct Upload {
+    /// From the request to the answer.
+    elapsed: Duration,
+    /// From the request to the last chunk's being taken by the client stream.
+    sent: Duration,
+}
+
+/// One export streamed to this client, each chunk handed to `on_chunk`; its time and trailer,
+/// with the trailer's size checked.
+async fn export_once(
+    client: &mut Client,
+    workspace: &str,
+    format: berth_api::v1::ArchiveFormat,
+    mut on_chunk: impl FnMut(&[u8]),
+) -> (Duration, berth_api::v1::export_data_response::Trailer) {
     use berth_api::v1::export_data_response::Event;
     let started = Instant::now();
     let request = berth_api::v1::ExportDataRequest {
@@ -687,14 +1252,18 @@ async fn export_once(client: &mut Client, workspace: &str, format: berth_api::v1
     let mut trailer = None;
     while let Some(message) = stream.next().await {
         match message.expect("export stream").event {
-            Some(Event::Chunk(chunk)) => received += chunk.len() as i64,
+            Some(Event::Chunk(chunk)) => {
+                received += chunk.len() as i64;
+                on_chunk(&chunk);
+            }
             Some(Event::Trailer(end)) => trailer = Some(end),
             None => {}
         }
     }
     let elapsed = started.elapsed();
-    assert_eq!(trailer.expect("a trailer").size_bytes, received, "the trailer's size");
-    elapsed
+    let trailer = trailer.expect("a trailer");
+    assert_eq!(trailer.size_bytes, received, "the trailer's size");
+    (elapsed, trailer)
 }
 
 /// Bytes of the regular files below `dir`.
@@ -709,7 +1278,7 @@ fn walk_bytes(dir: &Path) -> u64 {
 }
 
 /// The sections of the bench, in the order they run.
-const SECTIONS: [&str; 5] = ["create", "process", "files", "export", "pull"];
+const SECTIONS: [&str; 6] = ["create", "process", "files", "snapshot", "export", "pull"];
 
 /// The sections BERTH_BENCH_ONLY names (all when it is unset or empty).
 fn selected_sections() -> Vec<&'static str> {
@@ -844,6 +1413,7 @@ async fn main() {
             "create" => bench_create_and_stop(&testbed, &server, &mut client, &busybox).await,
             "process" => bench_processes(&testbed, &server, &mut client, &busybox).await,
             "files" => bench_files(&server, &mut client, &busybox).await,
+            "snapshot" => bench_snapshots(&testbed, &server, &mut client, &busybox).await,
             "export" => bench_export(&server, &mut client, &busybox).await,
             "pull" => bench_cold_pull(&testbed, &server, &mut client, &multilayer).await,
             _ => unreachable!("selected_sections() returns only known sections"),

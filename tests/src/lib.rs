@@ -213,12 +213,21 @@ impl BerthServer {
 
     /// Stops this server (SIGTERM, or SIGKILL when `kill`) and starts a new one on the same
     /// state directory and namespace, like an operator restarting berth.
-    pub fn restart(mut self, testbed: &Testbed, kill: bool) -> Self {
+    pub fn restart(self, testbed: &Testbed, kill: bool) -> Self {
+        self.restart_with_args(testbed, kill, Vec::new())
+    }
+
+    /// Like [`restart`](Self::restart), with `extra_args` after `serve` (such as the settings
+    /// the first server was started with).
+    pub fn restart_with_args(mut self, testbed: &Testbed, kill: bool, extra_args: Vec<String>) -> Self {
         self.signal(if kill { "KILL" } else { "TERM" });
         let status = self.wait_exit(Duration::from_secs(20));
         assert!(kill || status.success(), "berth exited with {status} on SIGTERM; log:\n{}", self.log_text());
-        let options =
-            ServerOptions { reuse: Some((self.state_dir.clone(), self.namespace.clone())), ..Default::default() };
+        let options = ServerOptions {
+            reuse: Some((self.state_dir.clone(), self.namespace.clone())),
+            extra_args,
+            ..Default::default()
+        };
         Self::start_with(testbed, options)
     }
 

@@ -478,10 +478,16 @@ async fn bad_input_gets_precise_statuses_and_leaves_nothing_behind() {
             "printable ASCII",
         ),
         (
-            with("gpu", &|r| r.cdi_devices = vec!["nvidia.com/gpu=0".to_owned()]),
-            Code::Unimplemented,
-            "NOT_IMPLEMENTED",
-            "CDI devices are not supported yet; create without cdi_devices",
+            with("gpu", &|r| r.cdi_devices = vec!["berth.invalid/gpu=0".to_owned()]),
+            Code::NotFound,
+            "CDI_DEVICE_NOT_FOUND",
+            "CDI devices \"berth.invalid/gpu=0\" do not resolve to a device of this host",
+        ),
+        (
+            with("blank-device", &|r| r.cdi_devices = vec![" ".to_owned()]),
+            Code::InvalidArgument,
+            "INVALID_ARGUMENT",
+            "empty name",
         ),
     ];
     let cases = cases.into_iter().map(|(request, code, reason)| (request, code, reason, "")).chain(validated);

@@ -71,6 +71,29 @@ pub fn workspace(info: WorkspaceInfo) -> pb::Workspace {
     }
 }
 
+/// The proto form of the host's CDI devices.
+pub fn devices(catalog: crate::devices::Catalog) -> pb::ListDevicesResponse {
+    let path = |path: std::path::PathBuf| path.display().to_string();
+    pb::ListDevicesResponse {
+        devices: catalog
+            .devices
+            .into_iter()
+            .map(|device| pb::CdiDevice {
+                name: device.name,
+                vendor: device.vendor,
+                device_class: device.class,
+                spec_path: path(device.spec_path),
+            })
+            .collect(),
+        spec_file_errors: catalog
+            .spec_file_errors
+            .into_iter()
+            .map(|failed| pb::CdiSpecFileError { path: path(failed.path), error: failed.error })
+            .collect(),
+        spec_dirs: catalog.spec_dirs.into_iter().map(path).collect(),
+    }
+}
+
 fn pull_policy(policy: pb::PullPolicy) -> PullPolicy {
     match policy {
         pb::PullPolicy::Unspecified | pb::PullPolicy::IfNotPresent => PullPolicy::IfNotPresent,

@@ -262,6 +262,14 @@ impl WorkspaceService for WorkspaceApi {
         record_workspace_id(&request.get_ref().workspace_id);
         not_built("WatchEvents (lifecycle event stream)")
     }
+
+    async fn list_devices(
+        &self,
+        _request: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        let catalog = self.manager.list_devices().await?;
+        Ok(Response::new(convert::devices(catalog)))
+    }
 }
 
 fn check_stop_timeout(timeout: Duration) -> Result<(), Error> {

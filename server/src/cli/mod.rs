@@ -1,9 +1,11 @@
 //! Client subcommands: `berth ls | create | get | start | stop | rm | exec | ps | cp | fs | export |
-//! import | snapshot | versions | metrics` over the generated Rust clients. A failed call prints one line
-//! (status code, ErrorInfo reason, message) and exits 1; `exec` exits with the process's own code.
+//! import | snapshot | versions | metrics | devices` over the generated Rust clients. A failed call
+//! prints one line (status code, ErrorInfo reason, message) and exits 1; `exec` exits with the
+//! process's own code.
 
 mod cp;
 mod data;
+mod devices;
 mod exec;
 mod fs;
 mod host;
@@ -85,6 +87,9 @@ pub enum ClientCommand {
         /// Environment variable as NAME=value (repeatable)
         #[arg(long = "env", short = 'e', value_parser = parse_key_value)]
         env: Vec<(String, String)>,
+        /// CDI device to attach, as VENDOR/CLASS=NAME (repeatable; `berth devices` lists them)
+        #[arg(long = "device")]
+        devices: Vec<String>,
         /// Put the /data archive preserved at deletion back
         #[arg(long)]
         restore_data: bool,
@@ -253,6 +258,11 @@ pub enum ClientCommand {
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: OutputFormat,
     },
+    /// List the CDI devices the server's host offers (spec files it could not use go to stderr)
+    Devices {
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: OutputFormat,
+    },
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -298,12 +308,13 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
             }
             output::print_list(&workspaces, output);
         }
-        ClientCommand::Create { id, image, labels, env, restore_data } => {
+        ClientCommand::Create { id, image, labels, env, devices, restore_data } => {
             let request = pb::CreateWorkspaceRequest {
                 workspace_id: id,
                 image: image.unwrap_or_default(),
                 labels: labels.into_iter().collect(),
                 env: env.into_iter().collect(),
+                cdi_devices: devices,
                 restore_data,
                 ..Default::default()
             };
@@ -358,6 +369,7 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
             let options = metrics::MetricsOptions { workspace_id: id, watch, interval, output };
             metrics::run(channel, options).await?;
         }
+        ClientCommand::Devices { output } => devices::list(channel, output).await?,
         ClientCommand::Export { id, path, format, output } => {
             return data::export(channel, id, path, format, output).await;
         }

@@ -74,6 +74,7 @@ pub fn print_workspace(workspace: &pb::Workspace, format: OutputFormat) {
         ("CPU", limit(resources.cpu_millis, "m")),
         ("MEMORY", limit(resources.memory_bytes, " bytes")),
         ("PIDS", limit(resources.pids_limit, "")),
+        ("DEVICES", workspace.cdi_devices.join(",")),
         ("LABELS", labels.join(",")),
         ("PRESERVED DATA", if workspace.has_preserved_data { "yes" } else { "no" }.to_owned()),
         ("VERSION", workspace.current_version.to_string()),

@@ -46,6 +46,8 @@ pub struct FakeState {
     pub container_env: HashMap<String, BTreeMap<String, String>>,
     /// Container id → its caller labels.
     pub container_labels: HashMap<String, BTreeMap<String, String>>,
+    /// Container id → the CDI devices its spec was made with.
+    pub container_devices: HashMap<String, Vec<String>>,
     /// What `memory_working_set` answers for a running task.
     pub working_set: Option<u64>,
     /// Container id → running.
@@ -233,6 +235,7 @@ impl Runtime for FakeRuntime {
         state.container_resources.insert(spec.id.to_owned(), spec.resources);
         state.container_env.insert(spec.id.to_owned(), spec.env.clone());
         state.container_labels.insert(spec.id.to_owned(), spec.labels.clone());
+        state.container_devices.insert(spec.id.to_owned(), spec.cdi_devices.to_vec());
         state.users.insert(spec.id.to_owned(), spec.user.clone());
         Ok(())
     }

@@ -108,6 +108,8 @@ pub struct ContainerSpec<'a> {
     /// Caller variables, over the image's.
     pub env: &'a BTreeMap<String, String>,
     pub resources: Resources,
+    /// Qualified CDI device names whose container edits the spec gets.
+    pub cdi_devices: &'a [String],
     /// Caller labels, stored on the container next to berth's own.
     pub labels: &'a BTreeMap<String, String>,
     /// Key of the writable snapshot, prepared before (see [`Runtime::prepare_snapshot`]).
@@ -144,6 +146,7 @@ impl std::fmt::Debug for ContainerSpec<'_> {
             .field("image", &self.image)
             .field("env", &crate::model::RedactedEnv(self.env))
             .field("resources", &self.resources)
+            .field("cdi_devices", &self.cdi_devices)
             .field("labels", &self.labels)
             .field("snapshot_key", &self.snapshot_key)
             .field("user", &self.user)
@@ -444,6 +447,7 @@ mod tests {
             image: &image,
             env: &env,
             resources: Resources::default(),
+            cdi_devices: &[],
             labels: &labels,
             snapshot_key: "bot-active-1",
             user: &ResolvedUser::default(),

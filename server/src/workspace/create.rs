@@ -100,6 +100,9 @@ impl Manager {
         if let Some(existing) = self.store.get_workspace(&id).await? {
             return self.answer_existing(existing, &spec).await;
         }
+        // After the idempotency answers (they compare stored names, not the host), before
+        // anything is pulled or made.
+        self.config.devices.check(&spec.cdi_devices).await?;
         if request.restore_data && !self.preserved_archive(&id).exists() {
             return Err(Error::new(
                 Reason::PreservedDataNotFound,
@@ -277,6 +280,7 @@ impl Manager {
                 image,
                 env: &record.spec.env,
                 resources: record.spec.resources,
+                cdi_devices: &record.spec.cdi_devices,
                 labels: &record.spec.labels,
                 snapshot_key: &record.snapshot_key,
                 user: &user,

@@ -43,6 +43,8 @@ pub struct ManagerConfig {
     /// How many snapshots may stack on top of a workspace's image before CreateSnapshot refuses
     /// (each is an overlayfs lower layer; the kernel stacks about 500).
     pub max_snapshot_depth: u32,
+    /// The host's CDI devices (the runtime applies them from the same spec directories).
+    pub devices: Arc<crate::devices::Devices>,
 }
 
 /// One page of ListWorkspaces.

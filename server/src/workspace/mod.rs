@@ -1,6 +1,9 @@
 //! The domain: the [`Manager`] orchestrates workspaces over the runtime and the store.
 
 mod create;
+mod devices;
+#[cfg(test)]
+mod devices_tests;
 mod files;
 mod lifecycle;
 mod locks;

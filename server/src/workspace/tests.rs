@@ -40,6 +40,7 @@ pub(super) async fn harness_with(max_snapshot_depth: u32) -> Harness {
         runtime_name: "fake".to_owned(),
         import_limits: crate::data::ExtractLimits { max_bytes: 1 << 30, max_entries: 1000 },
         max_snapshot_depth,
+        devices: Arc::new(crate::devices::Devices::new(vec![state_dir.path().join("cdi")])),
     };
     let manager = Arc::new(Manager::new(config, store.clone(), runtime.clone()));
     Harness { manager, runtime, store, _state_dir: state_dir }

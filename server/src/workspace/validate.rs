@@ -26,6 +26,10 @@ pub const MAX_LABEL_KEY_BYTES: usize = 253;
 pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
 /// The longest `request_id`, in bytes of printable ASCII.
 pub const MAX_REQUEST_ID_BYTES: usize = 128;
+/// The most CDI devices one workspace attaches (a host with 8 GPUs offers about 10 names).
+pub const MAX_CDI_DEVICES: usize = 128;
+/// The longest CDI device name, in bytes (`VENDOR/CLASS=NAME`; a vendor is a domain name).
+pub const MAX_CDI_DEVICE_NAME_BYTES: usize = 512;
 
 /// Checks a create request and returns the spec to store; `normalize_image` turns a reference
 /// into its canonical form (the runtime's parser), `default_image` is used when none is named.
@@ -38,12 +42,7 @@ pub(super) fn validated_spec(
     check_resources(request.resources)?;
     check_labels(&request.labels)?;
     check_env(&request.env)?;
-    if !request.cdi_devices.is_empty() {
-        return Err(Error::new(
-            Reason::NotImplemented,
-            "CDI devices are not supported yet; create without cdi_devices",
-        ));
-    }
+    let cdi_devices = normalized_devices(&request.cdi_devices)?;
     let raw_image = if request.image.is_empty() { default_image } else { &request.image };
     let image = normalize_image(raw_image)?;
     Ok(WorkspaceSpec {
@@ -51,8 +50,46 @@ pub(super) fn validated_spec(
         labels: request.labels.clone(),
         env: request.env.clone(),
         resources: request.resources,
-        cdi_devices: Vec::new(),
+        cdi_devices,
     })
+}
+
+/// CDI device names as a workspace stores them: without surrounding whitespace, sorted and
+/// deduplicated, so the same set in any order or repetition is the same spec. Whether they
+/// resolve is the host's business (`Manager::resolve_devices`).
+pub fn normalized_devices(names: &[String]) -> Result<Vec<String>> {
+    let mut normalized: Vec<String> = Vec::with_capacity(names.len());
+    for raw in names {
+        let name = raw.trim();
+        if name.is_empty() {
+            return Err(invalid(
+                "cdi_devices holds an empty name; name devices as VENDOR/CLASS=NAME, such as nvidia.com/gpu=0"
+                    .to_owned(),
+            ));
+        }
+        if name.len() > MAX_CDI_DEVICE_NAME_BYTES {
+            return Err(invalid(format!(
+                "CDI device name {:?}… is {} bytes long, more than the {MAX_CDI_DEVICE_NAME_BYTES} allowed; name devices as VENDOR/CLASS=NAME, such as nvidia.com/gpu=0",
+                truncated(name),
+                name.len()
+            )));
+        }
+        if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(format!(
+                "CDI device name {name:?} contains whitespace or control characters; name devices as VENDOR/CLASS=NAME, such as nvidia.com/gpu=0"
+            )));
+        }
+        normalized.push(name.to_owned());
+    }
+    normalized.sort();
+    normalized.dedup();
+    if normalized.len() > MAX_CDI_DEVICES {
+        return Err(invalid(format!(
+            "cdi_devices names {} devices, more than the {MAX_CDI_DEVICES} allowed",
+            normalized.len()
+        )));
+    }
+    Ok(normalized)
 }
 
 fn invalid(message: String) -> Error {
@@ -318,12 +355,51 @@ mod tests {
     }
 
     #[test]
-    fn cdi_devices_are_not_implemented_before_any_pull() {
-        let with_device = CreateRequest { cdi_devices: vec!["nvidia.com/gpu=0".to_owned()], ..request() };
-        let err =
-            validated_spec(&with_device, DEFAULT_IMAGE, |_| panic!("no image work for a refused create")).unwrap_err();
-        assert_eq!(err.reason(), Reason::NotImplemented);
-        assert_eq!(err.message(), "CDI devices are not supported yet; create without cdi_devices");
+    fn cdi_device_names_are_trimmed_sorted_and_deduplicated() {
+        let names = [" nvidia.com/gpu=1", "nvidia.com/gpu=0", "nvidia.com/gpu=1\t", "example.com/device=foo"];
+        let with_devices = CreateRequest { cdi_devices: names.map(str::to_owned).to_vec(), ..request() };
+        let spec = validate(&with_devices).unwrap();
+        assert_eq!(spec.cdi_devices, ["example.com/device=foo", "nvidia.com/gpu=0", "nvidia.com/gpu=1"]);
+
+        let reordered = CreateRequest {
+            cdi_devices: vec![
+                "nvidia.com/gpu=1".to_owned(),
+                "example.com/device=foo".to_owned(),
+                "nvidia.com/gpu=0".to_owned(),
+            ],
+            ..request()
+        };
+        assert_eq!(validate(&reordered).unwrap(), spec, "the same set is the same spec, so a create stays idempotent");
+    }
+
+    #[test]
+    fn malformed_cdi_device_names_are_invalid_before_any_pull() {
+        for (name, needle) in [
+            ("", "empty name"),
+            ("  ", "empty name"),
+            ("nvidia.com/gpu=0 nvidia.com/gpu=1", "whitespace"),
+            ("nvidia.com/gpu=\u{7}", "control"),
+        ] {
+            let odd = CreateRequest { cdi_devices: vec![name.to_owned()], ..request() };
+            let err =
+                validated_spec(&odd, DEFAULT_IMAGE, |_| panic!("no image work for a refused create")).unwrap_err();
+            assert_eq!(err.reason(), Reason::InvalidArgument, "{name:?}");
+            assert!(err.message().contains(needle), "{name:?}: {}", err.message());
+        }
+        let long = CreateRequest {
+            cdi_devices: vec![format!("x.com/y={}", "z".repeat(MAX_CDI_DEVICE_NAME_BYTES))],
+            ..request()
+        };
+        let message = rejected(&long, Reason::InvalidArgument, "bytes long");
+        assert!(message.len() < 300, "a long name is not echoed whole: {message}");
+
+        let many: Vec<String> = (0..=MAX_CDI_DEVICES).map(|index| format!("x.com/gpu={index}")).collect();
+        rejected(&CreateRequest { cdi_devices: many.clone(), ..request() }, Reason::InvalidArgument, "129 devices");
+        let repeated = vec!["x.com/gpu=0".to_owned(); MAX_CDI_DEVICES * 2];
+        assert_eq!(
+            validate(&CreateRequest { cdi_devices: repeated, ..request() }).unwrap().cdi_devices,
+            ["x.com/gpu=0"]
+        );
     }
 
     #[test]

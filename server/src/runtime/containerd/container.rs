@@ -128,6 +128,9 @@ impl Containerd {
             },
             &self.confinement,
         )?;
+        // The devices' nodes, cgroup rules, env, mounts and hooks become part of the stored
+        // spec, so every later task of the container has them.
+        let oci_spec = self.devices.inject(oci_spec, spec.cdi_devices).await?;
         let spec_json = serde_json::to_vec(&oci_spec)
             .map_err(|err| Error::internal(format!("cannot encode the runtime spec: {err}")))?;
         let mut labels: HashMap<String, String> =

@@ -45,6 +45,8 @@ pub struct Containerd {
     puller: pull::Puller,
     /// Seccomp, AppArmor and masked paths of every workspace on this host.
     confinement: Arc<sandbox::Confinement>,
+    /// The host's CDI devices, whose edits a container's spec gets.
+    devices: Arc<crate::devices::Devices>,
 }
 
 impl Containerd {
@@ -52,8 +54,14 @@ impl Containerd {
     /// containerd restarts, so a missing socket shows up on the first call, not here.
     ///
     /// Also decides the confinement of this host's workspaces, applying `apparmor_profile` where
-    /// the host has AppArmor and the profile is loaded.
-    pub fn new(socket: &Path, namespace: Namespace, registry: RegistryOptions, apparmor_profile: &str) -> Result<Self> {
+    /// the host has AppArmor and the profile is loaded, and takes CDI devices from `devices`.
+    pub fn new(
+        socket: &Path,
+        namespace: Namespace,
+        registry: RegistryOptions,
+        apparmor_profile: &str,
+        devices: Arc<crate::devices::Devices>,
+    ) -> Result<Self> {
         let confinement = Arc::new(sandbox::detect(apparmor_profile));
         let path = socket.to_path_buf();
         // The URI is required by tonic but unused: the connector dials the unix socket.
@@ -64,7 +72,15 @@ impl Containerd {
                 async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
             }));
         let puller = pull::Puller::new(channel.clone(), socket.to_path_buf(), namespace.clone(), registry)?;
-        Ok(Self { channel, socket: socket.to_path_buf(), namespace, init_binary: find_init()?, puller, confinement })
+        Ok(Self {
+            channel,
+            socket: socket.to_path_buf(),
+            namespace,
+            init_binary: find_init()?,
+            puller,
+            confinement,
+            devices,
+        })
     }
 
     fn map_status(&self, what: &str, status: tonic::Status) -> Error {

@@ -72,8 +72,9 @@ const (
 	// INVALID_ARGUMENT: resource limits are negative or beyond what the host can provide. Fix the
 	// limits.
 	ErrorReason_INVALID_RESOURCES ErrorReason = 11
-	// NOT_FOUND: a CDI device name does not resolve to a device in the host's CDI specs. Check the
-	// name, or have an operator install the device's CDI spec.
+	// NOT_FOUND: a CDI device name does not resolve to a device in the host's CDI specs, or its
+	// spec names a host device node that does not exist. Check the name against ListDevices, or
+	// have an operator install the device's CDI spec.
 	ErrorReason_CDI_DEVICE_NOT_FOUND ErrorReason = 12
 	// FAILED_PRECONDITION: the workspace is being deleted. Wait for the deletion to finish; only
 	// then can the id be created again.

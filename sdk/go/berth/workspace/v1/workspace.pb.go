@@ -723,8 +723,8 @@ type Workspace struct {
 	// Number of processes running in the workspace besides init, counted from the container's
 	// cgroup when the workspace was read. 0 when not RUNNING.
 	ProcessCount uint32 `protobuf:"varint,11,opt,name=process_count,json=processCount,proto3" json:"process_count,omitempty"`
-	// CDI device names attached to the workspace, fully qualified and deduplicated, for example
-	// `nvidia.com/gpu=0`.
+	// CDI device names attached to the workspace, fully qualified, sorted and deduplicated, for
+	// example `nvidia.com/gpu=0`.
 	CdiDevices []string `protobuf:"bytes,12,rep,name=cdi_devices,json=cdiDevices,proto3" json:"cdi_devices,omitempty"`
 	// Resource limits applied to the container (at creation or by UpdateWorkspace).
 	Resources *Resources `protobuf:"bytes,13,opt,name=resources,proto3" json:"resources,omitempty"`
@@ -1737,6 +1737,137 @@ func (x *WorkspaceEvent) GetFailureReason() string {
 	return ""
 }
 
+// CdiDevice is one CDI device a host offers.
+type CdiDevice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Fully qualified name, `VENDOR/CLASS=NAME`, as CreateWorkspace's `cdi_devices` takes it; for
+	// example `nvidia.com/gpu=0`.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Vendor part of the name, for example `nvidia.com`.
+	Vendor string `protobuf:"bytes,2,opt,name=vendor,proto3" json:"vendor,omitempty"`
+	// Class part of the name (the CDI spec's `kind` is `VENDOR/CLASS`), for example `gpu`. Named
+	// `device_class` because `class` is a keyword in several SDK languages.
+	DeviceClass string `protobuf:"bytes,3,opt,name=device_class,json=deviceClass,proto3" json:"device_class,omitempty"`
+	// Absolute path of the CDI spec file defining the device, on the server's host.
+	SpecPath      string `protobuf:"bytes,4,opt,name=spec_path,json=specPath,proto3" json:"spec_path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CdiDevice) Reset() {
+	*x = CdiDevice{}
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CdiDevice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CdiDevice) ProtoMessage() {}
+
+func (x *CdiDevice) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CdiDevice.ProtoReflect.Descriptor instead.
+func (*CdiDevice) Descriptor() ([]byte, []int) {
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CdiDevice) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CdiDevice) GetVendor() string {
+	if x != nil {
+		return x.Vendor
+	}
+	return ""
+}
+
+func (x *CdiDevice) GetDeviceClass() string {
+	if x != nil {
+		return x.DeviceClass
+	}
+	return ""
+}
+
+func (x *CdiDevice) GetSpecPath() string {
+	if x != nil {
+		return x.SpecPath
+	}
+	return ""
+}
+
+// CdiSpecFileError is a CDI spec file (or spec directory) the server could not use.
+type CdiSpecFileError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Absolute path of the file or directory, on the server's host.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// What is wrong with it, for example `parse spec file failed: serde yaml read from file:
+	// unknown field ...` or `invalid CDI Spec schema: invalid version 9.9.9`.
+	Error         string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CdiSpecFileError) Reset() {
+	*x = CdiSpecFileError{}
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CdiSpecFileError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CdiSpecFileError) ProtoMessage() {}
+
+func (x *CdiSpecFileError) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CdiSpecFileError.ProtoReflect.Descriptor instead.
+func (*CdiSpecFileError) Descriptor() ([]byte, []int) {
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CdiSpecFileError) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *CdiSpecFileError) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_berth_workspace_v1_workspace_proto protoreflect.FileDescriptor
 
 const file_berth_workspace_v1_workspace_proto_rawDesc = "" +
@@ -1861,7 +1992,15 @@ const file_berth_workspace_v1_workspace_proto_rawDesc = "" +
 	"\rsnapshot_name\x18\t \x01(\tR\fsnapshotName\x12\x18\n" +
 	"\aversion\x18\n" +
 	" \x01(\x03R\aversion\x12%\n" +
-	"\x0efailure_reason\x18\v \x01(\tR\rfailureReason*\xc3\x01\n" +
+	"\x0efailure_reason\x18\v \x01(\tR\rfailureReason\"w\n" +
+	"\tCdiDevice\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06vendor\x18\x02 \x01(\tR\x06vendor\x12!\n" +
+	"\fdevice_class\x18\x03 \x01(\tR\vdeviceClass\x12\x1b\n" +
+	"\tspec_path\x18\x04 \x01(\tR\bspecPath\"<\n" +
+	"\x10CdiSpecFileError\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error*\xc3\x01\n" +
 	"\x0eWorkspaceState\x12\x1f\n" +
 	"\x1bWORKSPACE_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18WORKSPACE_STATE_CREATING\x10\x01\x12\x1b\n" +
@@ -1933,7 +2072,7 @@ func file_berth_workspace_v1_workspace_proto_rawDescGZIP() []byte {
 }
 
 var file_berth_workspace_v1_workspace_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_berth_workspace_v1_workspace_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_berth_workspace_v1_workspace_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_berth_workspace_v1_workspace_proto_goTypes = []any{
 	(WorkspaceState)(0),           // 0: berth.workspace.v1.WorkspaceState
 	(DesiredState)(0),             // 1: berth.workspace.v1.DesiredState
@@ -1954,34 +2093,36 @@ var file_berth_workspace_v1_workspace_proto_goTypes = []any{
 	(*PidsMetrics)(nil),           // 16: berth.workspace.v1.PidsMetrics
 	(*StorageMetrics)(nil),        // 17: berth.workspace.v1.StorageMetrics
 	(*WorkspaceEvent)(nil),        // 18: berth.workspace.v1.WorkspaceEvent
-	nil,                           // 19: berth.workspace.v1.Workspace.LabelsEntry
-	nil,                           // 20: berth.workspace.v1.Workspace.EnvEntry
-	nil,                           // 21: berth.workspace.v1.Snapshot.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 22: google.protobuf.Timestamp
+	(*CdiDevice)(nil),             // 19: berth.workspace.v1.CdiDevice
+	(*CdiSpecFileError)(nil),      // 20: berth.workspace.v1.CdiSpecFileError
+	nil,                           // 21: berth.workspace.v1.Workspace.LabelsEntry
+	nil,                           // 22: berth.workspace.v1.Workspace.EnvEntry
+	nil,                           // 23: berth.workspace.v1.Snapshot.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 24: google.protobuf.Timestamp
 }
 var file_berth_workspace_v1_workspace_proto_depIdxs = []int32{
 	3,  // 0: berth.workspace.v1.LayerProgress.state:type_name -> berth.workspace.v1.LayerState
 	0,  // 1: berth.workspace.v1.Workspace.state:type_name -> berth.workspace.v1.WorkspaceState
 	1,  // 2: berth.workspace.v1.Workspace.desired_state:type_name -> berth.workspace.v1.DesiredState
 	8,  // 3: berth.workspace.v1.Workspace.resources:type_name -> berth.workspace.v1.Resources
-	19, // 4: berth.workspace.v1.Workspace.labels:type_name -> berth.workspace.v1.Workspace.LabelsEntry
-	20, // 5: berth.workspace.v1.Workspace.env:type_name -> berth.workspace.v1.Workspace.EnvEntry
-	22, // 6: berth.workspace.v1.Workspace.create_time:type_name -> google.protobuf.Timestamp
-	22, // 7: berth.workspace.v1.Workspace.update_time:type_name -> google.protobuf.Timestamp
-	22, // 8: berth.workspace.v1.Workspace.last_start_time:type_name -> google.protobuf.Timestamp
-	22, // 9: berth.workspace.v1.Workspace.last_stop_time:type_name -> google.protobuf.Timestamp
+	21, // 4: berth.workspace.v1.Workspace.labels:type_name -> berth.workspace.v1.Workspace.LabelsEntry
+	22, // 5: berth.workspace.v1.Workspace.env:type_name -> berth.workspace.v1.Workspace.EnvEntry
+	24, // 6: berth.workspace.v1.Workspace.create_time:type_name -> google.protobuf.Timestamp
+	24, // 7: berth.workspace.v1.Workspace.update_time:type_name -> google.protobuf.Timestamp
+	24, // 8: berth.workspace.v1.Workspace.last_start_time:type_name -> google.protobuf.Timestamp
+	24, // 9: berth.workspace.v1.Workspace.last_stop_time:type_name -> google.protobuf.Timestamp
 	5,  // 10: berth.workspace.v1.Snapshot.source:type_name -> berth.workspace.v1.SnapshotSource
-	21, // 11: berth.workspace.v1.Snapshot.labels:type_name -> berth.workspace.v1.Snapshot.LabelsEntry
-	22, // 12: berth.workspace.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
+	23, // 11: berth.workspace.v1.Snapshot.labels:type_name -> berth.workspace.v1.Snapshot.LabelsEntry
+	24, // 12: berth.workspace.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
 	6,  // 13: berth.workspace.v1.Version.reason:type_name -> berth.workspace.v1.VersionReason
-	22, // 14: berth.workspace.v1.Version.create_time:type_name -> google.protobuf.Timestamp
-	22, // 15: berth.workspace.v1.WorkspaceMetrics.sample_time:type_name -> google.protobuf.Timestamp
+	24, // 14: berth.workspace.v1.Version.create_time:type_name -> google.protobuf.Timestamp
+	24, // 15: berth.workspace.v1.WorkspaceMetrics.sample_time:type_name -> google.protobuf.Timestamp
 	14, // 16: berth.workspace.v1.WorkspaceMetrics.cpu:type_name -> berth.workspace.v1.CpuMetrics
 	15, // 17: berth.workspace.v1.WorkspaceMetrics.memory:type_name -> berth.workspace.v1.MemoryMetrics
 	16, // 18: berth.workspace.v1.WorkspaceMetrics.pids:type_name -> berth.workspace.v1.PidsMetrics
 	17, // 19: berth.workspace.v1.WorkspaceMetrics.storage:type_name -> berth.workspace.v1.StorageMetrics
-	22, // 20: berth.workspace.v1.StorageMetrics.sample_time:type_name -> google.protobuf.Timestamp
-	22, // 21: berth.workspace.v1.WorkspaceEvent.event_time:type_name -> google.protobuf.Timestamp
+	24, // 20: berth.workspace.v1.StorageMetrics.sample_time:type_name -> google.protobuf.Timestamp
+	24, // 21: berth.workspace.v1.WorkspaceEvent.event_time:type_name -> google.protobuf.Timestamp
 	7,  // 22: berth.workspace.v1.WorkspaceEvent.kind:type_name -> berth.workspace.v1.WorkspaceEventKind
 	0,  // 23: berth.workspace.v1.WorkspaceEvent.state:type_name -> berth.workspace.v1.WorkspaceState
 	0,  // 24: berth.workspace.v1.WorkspaceEvent.previous_state:type_name -> berth.workspace.v1.WorkspaceState
@@ -2003,7 +2144,7 @@ func file_berth_workspace_v1_workspace_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_workspace_v1_workspace_proto_rawDesc), len(file_berth_workspace_v1_workspace_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -46,9 +46,17 @@ type CreateWorkspaceRequest struct {
 	Env map[string]string `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Resource limits. Unset means unlimited.
 	Resources *Resources `protobuf:"bytes,5,opt,name=resources,proto3" json:"resources,omitempty"`
-	// CDI device names to attach, for example `nvidia.com/gpu=0`. Not supported yet: a create
-	// naming any device fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything is
-	// pulled or made.
+	// Fully qualified CDI device names to attach (`VENDOR/CLASS=NAME`, for example
+	// `nvidia.com/gpu=0`; ListDevices lists the host's). Each device's container edits from its
+	// CDI spec are applied to the container: device nodes (with the cgroup rule allowing them),
+	// environment variables, mounts and hooks. Names are stored without surrounding whitespace,
+	// sorted and deduplicated (Workspace.cdi_devices), so the same set in another order is the
+	// same spec. At most 128 names of at most 512 bytes each, without whitespace; other lists
+	// fail with INVALID_ARGUMENT and reason INVALID_ARGUMENT. Names that do not resolve on this
+	// host (or whose spec names a host device node that is missing) fail the create before
+	// anything is pulled or made, with NOT_FOUND and reason CDI_DEVICE_NOT_FOUND; the message
+	// names every unresolvable device and the devices the host offers. The devices stay attached
+	// across stop/start, server restarts and a rebuilt container.
 	CdiDevices []string `protobuf:"bytes,6,rep,name=cdi_devices,json=cdiDevices,proto3" json:"cdi_devices,omitempty"`
 	// Whether to extract the workspace id's preserved /data archive (left by DeleteWorkspace with
 	// `preserve_data`) into /data before `ready`; the archive is removed on success. Fails with
@@ -2604,6 +2612,110 @@ func (x *WatchEventsResponse) GetEvent() *WorkspaceEvent {
 	return nil
 }
 
+// ListDevicesRequest asks for the host's CDI devices.
+type ListDevicesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDevicesRequest) Reset() {
+	*x = ListDevicesRequest{}
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDevicesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDevicesRequest) ProtoMessage() {}
+
+func (x *ListDevicesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDevicesRequest.ProtoReflect.Descriptor instead.
+func (*ListDevicesRequest) Descriptor() ([]byte, []int) {
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{40}
+}
+
+// ListDevicesResponse lists the host's CDI devices and the spec files that could not be used.
+type ListDevicesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Devices a workspace may attach, ordered by name.
+	Devices []*CdiDevice `protobuf:"bytes,1,rep,name=devices,proto3" json:"devices,omitempty"`
+	// Spec files that could not be used, entirely (malformed, unreadable, an unsupported
+	// `cdiVersion`) or in part (a device name two files of one directory define, which is then
+	// offered by neither), ordered by path. Empty when every file is fine.
+	SpecFileErrors []*CdiSpecFileError `protobuf:"bytes,2,rep,name=spec_file_errors,json=specFileErrors,proto3" json:"spec_file_errors,omitempty"`
+	// The spec directories read, in increasing priority: on a device name defined in several of
+	// them, the later directory's definition is the one offered.
+	SpecDirs      []string `protobuf:"bytes,3,rep,name=spec_dirs,json=specDirs,proto3" json:"spec_dirs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDevicesResponse) Reset() {
+	*x = ListDevicesResponse{}
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDevicesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDevicesResponse) ProtoMessage() {}
+
+func (x *ListDevicesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDevicesResponse.ProtoReflect.Descriptor instead.
+func (*ListDevicesResponse) Descriptor() ([]byte, []int) {
+	return file_berth_workspace_v1_workspace_service_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *ListDevicesResponse) GetDevices() []*CdiDevice {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+func (x *ListDevicesResponse) GetSpecFileErrors() []*CdiSpecFileError {
+	if x != nil {
+		return x.SpecFileErrors
+	}
+	return nil
+}
+
+func (x *ListDevicesResponse) GetSpecDirs() []string {
+	if x != nil {
+		return x.SpecDirs
+	}
+	return nil
+}
+
 // Pulling announces that the image is being resolved and pulled.
 type CreateWorkspaceResponse_Pulling struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2621,7 +2733,7 @@ type CreateWorkspaceResponse_Pulling struct {
 
 func (x *CreateWorkspaceResponse_Pulling) Reset() {
 	*x = CreateWorkspaceResponse_Pulling{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[42]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2633,7 +2745,7 @@ func (x *CreateWorkspaceResponse_Pulling) String() string {
 func (*CreateWorkspaceResponse_Pulling) ProtoMessage() {}
 
 func (x *CreateWorkspaceResponse_Pulling) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[42]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2692,7 +2804,7 @@ type CreateWorkspaceResponse_PullProgress struct {
 
 func (x *CreateWorkspaceResponse_PullProgress) Reset() {
 	*x = CreateWorkspaceResponse_PullProgress{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[43]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2704,7 +2816,7 @@ func (x *CreateWorkspaceResponse_PullProgress) String() string {
 func (*CreateWorkspaceResponse_PullProgress) ProtoMessage() {}
 
 func (x *CreateWorkspaceResponse_PullProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[43]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2755,7 +2867,7 @@ type CreateWorkspaceResponse_Unpacking struct {
 
 func (x *CreateWorkspaceResponse_Unpacking) Reset() {
 	*x = CreateWorkspaceResponse_Unpacking{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[44]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2767,7 +2879,7 @@ func (x *CreateWorkspaceResponse_Unpacking) String() string {
 func (*CreateWorkspaceResponse_Unpacking) ProtoMessage() {}
 
 func (x *CreateWorkspaceResponse_Unpacking) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[44]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2807,7 +2919,7 @@ type CreateWorkspaceResponse_Creating struct {
 
 func (x *CreateWorkspaceResponse_Creating) Reset() {
 	*x = CreateWorkspaceResponse_Creating{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[45]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2819,7 +2931,7 @@ func (x *CreateWorkspaceResponse_Creating) String() string {
 func (*CreateWorkspaceResponse_Creating) ProtoMessage() {}
 
 func (x *CreateWorkspaceResponse_Creating) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[45]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2848,7 +2960,7 @@ type CreateWorkspaceResponse_Restoring struct {
 
 func (x *CreateWorkspaceResponse_Restoring) Reset() {
 	*x = CreateWorkspaceResponse_Restoring{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[46]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2860,7 +2972,7 @@ func (x *CreateWorkspaceResponse_Restoring) String() string {
 func (*CreateWorkspaceResponse_Restoring) ProtoMessage() {}
 
 func (x *CreateWorkspaceResponse_Restoring) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[46]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2901,7 +3013,7 @@ type CreateWorkspaceResponse_Ready struct {
 
 func (x *CreateWorkspaceResponse_Ready) Reset() {
 	*x = CreateWorkspaceResponse_Ready{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[47]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2913,7 +3025,7 @@ func (x *CreateWorkspaceResponse_Ready) String() string {
 func (*CreateWorkspaceResponse_Ready) ProtoMessage() {}
 
 func (x *CreateWorkspaceResponse_Ready) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[47]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2951,7 +3063,7 @@ type ExportDataResponse_Trailer struct {
 
 func (x *ExportDataResponse_Trailer) Reset() {
 	*x = ExportDataResponse_Trailer{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[51]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2963,7 +3075,7 @@ func (x *ExportDataResponse_Trailer) String() string {
 func (*ExportDataResponse_Trailer) ProtoMessage() {}
 
 func (x *ExportDataResponse_Trailer) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[51]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3032,7 +3144,7 @@ type ImportDataRequest_Header struct {
 
 func (x *ImportDataRequest_Header) Reset() {
 	*x = ImportDataRequest_Header{}
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[52]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3044,7 +3156,7 @@ func (x *ImportDataRequest_Header) String() string {
 func (*ImportDataRequest_Header) ProtoMessage() {}
 
 func (x *ImportDataRequest_Header) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[52]
+	mi := &file_berth_workspace_v1_workspace_service_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3307,7 +3419,12 @@ const file_berth_workspace_v1_workspace_service_proto_rawDesc = "" +
 	"\x12heartbeat_interval\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12<\n" +
 	"\x05kinds\x18\x04 \x03(\x0e2&.berth.workspace.v1.WorkspaceEventKindR\x05kinds\"O\n" +
 	"\x13WatchEventsResponse\x128\n" +
-	"\x05event\x18\x01 \x01(\v2\".berth.workspace.v1.WorkspaceEventR\x05event2\x82\x10\n" +
+	"\x05event\x18\x01 \x01(\v2\".berth.workspace.v1.WorkspaceEventR\x05event\"\x14\n" +
+	"\x12ListDevicesRequest\"\xbb\x01\n" +
+	"\x13ListDevicesResponse\x127\n" +
+	"\adevices\x18\x01 \x03(\v2\x1d.berth.workspace.v1.CdiDeviceR\adevices\x12N\n" +
+	"\x10spec_file_errors\x18\x02 \x03(\v2$.berth.workspace.v1.CdiSpecFileErrorR\x0especFileErrors\x12\x1b\n" +
+	"\tspec_dirs\x18\x03 \x03(\tR\bspecDirs2\xe2\x10\n" +
 	"\x10WorkspaceService\x12l\n" +
 	"\x0fCreateWorkspace\x12*.berth.workspace.v1.CreateWorkspaceRequest\x1a+.berth.workspace.v1.CreateWorkspaceResponse0\x01\x12a\n" +
 	"\fGetWorkspace\x12'.berth.workspace.v1.GetWorkspaceRequest\x1a(.berth.workspace.v1.GetWorkspaceResponse\x12g\n" +
@@ -3331,7 +3448,8 @@ const file_berth_workspace_v1_workspace_service_proto_rawDesc = "" +
 	"\n" +
 	"ImportData\x12%.berth.workspace.v1.ImportDataRequest\x1a&.berth.workspace.v1.ImportDataResponse(\x01\x12j\n" +
 	"\x0fImportDataChunk\x12*.berth.workspace.v1.ImportDataChunkRequest\x1a+.berth.workspace.v1.ImportDataChunkResponse\x12`\n" +
-	"\vWatchEvents\x12&.berth.workspace.v1.WatchEventsRequest\x1a'.berth.workspace.v1.WatchEventsResponse0\x01BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
+	"\vWatchEvents\x12&.berth.workspace.v1.WatchEventsRequest\x1a'.berth.workspace.v1.WatchEventsResponse0\x01\x12^\n" +
+	"\vListDevices\x12&.berth.workspace.v1.ListDevicesRequest\x1a'.berth.workspace.v1.ListDevicesResponseBBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
 
 var (
 	file_berth_workspace_v1_workspace_service_proto_rawDescOnce sync.Once
@@ -3345,7 +3463,7 @@ func file_berth_workspace_v1_workspace_service_proto_rawDescGZIP() []byte {
 	return file_berth_workspace_v1_workspace_service_proto_rawDescData
 }
 
-var file_berth_workspace_v1_workspace_service_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_berth_workspace_v1_workspace_service_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_berth_workspace_v1_workspace_service_proto_goTypes = []any{
 	(*CreateWorkspaceRequest)(nil),               // 0: berth.workspace.v1.CreateWorkspaceRequest
 	(*CreateWorkspaceResponse)(nil),              // 1: berth.workspace.v1.CreateWorkspaceResponse
@@ -3387,121 +3505,129 @@ var file_berth_workspace_v1_workspace_service_proto_goTypes = []any{
 	(*ImportDataChunkResponse)(nil),              // 37: berth.workspace.v1.ImportDataChunkResponse
 	(*WatchEventsRequest)(nil),                   // 38: berth.workspace.v1.WatchEventsRequest
 	(*WatchEventsResponse)(nil),                  // 39: berth.workspace.v1.WatchEventsResponse
-	nil,                                          // 40: berth.workspace.v1.CreateWorkspaceRequest.LabelsEntry
-	nil,                                          // 41: berth.workspace.v1.CreateWorkspaceRequest.EnvEntry
-	(*CreateWorkspaceResponse_Pulling)(nil),      // 42: berth.workspace.v1.CreateWorkspaceResponse.Pulling
-	(*CreateWorkspaceResponse_PullProgress)(nil), // 43: berth.workspace.v1.CreateWorkspaceResponse.PullProgress
-	(*CreateWorkspaceResponse_Unpacking)(nil),    // 44: berth.workspace.v1.CreateWorkspaceResponse.Unpacking
-	(*CreateWorkspaceResponse_Creating)(nil),     // 45: berth.workspace.v1.CreateWorkspaceResponse.Creating
-	(*CreateWorkspaceResponse_Restoring)(nil),    // 46: berth.workspace.v1.CreateWorkspaceResponse.Restoring
-	(*CreateWorkspaceResponse_Ready)(nil),        // 47: berth.workspace.v1.CreateWorkspaceResponse.Ready
-	nil,                                          // 48: berth.workspace.v1.UpdateWorkspaceRequest.LabelsEntry
-	nil,                                          // 49: berth.workspace.v1.UpdateWorkspaceRequest.EnvEntry
-	nil,                                          // 50: berth.workspace.v1.CreateSnapshotRequest.LabelsEntry
-	(*ExportDataResponse_Trailer)(nil),           // 51: berth.workspace.v1.ExportDataResponse.Trailer
-	(*ImportDataRequest_Header)(nil),             // 52: berth.workspace.v1.ImportDataRequest.Header
-	(*Resources)(nil),                            // 53: berth.workspace.v1.Resources
-	(PullPolicy)(0),                              // 54: berth.workspace.v1.PullPolicy
-	(*Workspace)(nil),                            // 55: berth.workspace.v1.Workspace
-	(*durationpb.Duration)(nil),                  // 56: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),                // 57: google.protobuf.FieldMask
-	(*Version)(nil),                              // 58: berth.workspace.v1.Version
-	(*WorkspaceMetrics)(nil),                     // 59: berth.workspace.v1.WorkspaceMetrics
-	(*Snapshot)(nil),                             // 60: berth.workspace.v1.Snapshot
-	(ArchiveFormat)(0),                           // 61: berth.workspace.v1.ArchiveFormat
-	(WorkspaceEventKind)(0),                      // 62: berth.workspace.v1.WorkspaceEventKind
-	(*WorkspaceEvent)(nil),                       // 63: berth.workspace.v1.WorkspaceEvent
-	(*LayerProgress)(nil),                        // 64: berth.workspace.v1.LayerProgress
+	(*ListDevicesRequest)(nil),                   // 40: berth.workspace.v1.ListDevicesRequest
+	(*ListDevicesResponse)(nil),                  // 41: berth.workspace.v1.ListDevicesResponse
+	nil,                                          // 42: berth.workspace.v1.CreateWorkspaceRequest.LabelsEntry
+	nil,                                          // 43: berth.workspace.v1.CreateWorkspaceRequest.EnvEntry
+	(*CreateWorkspaceResponse_Pulling)(nil),      // 44: berth.workspace.v1.CreateWorkspaceResponse.Pulling
+	(*CreateWorkspaceResponse_PullProgress)(nil), // 45: berth.workspace.v1.CreateWorkspaceResponse.PullProgress
+	(*CreateWorkspaceResponse_Unpacking)(nil),    // 46: berth.workspace.v1.CreateWorkspaceResponse.Unpacking
+	(*CreateWorkspaceResponse_Creating)(nil),     // 47: berth.workspace.v1.CreateWorkspaceResponse.Creating
+	(*CreateWorkspaceResponse_Restoring)(nil),    // 48: berth.workspace.v1.CreateWorkspaceResponse.Restoring
+	(*CreateWorkspaceResponse_Ready)(nil),        // 49: berth.workspace.v1.CreateWorkspaceResponse.Ready
+	nil,                                          // 50: berth.workspace.v1.UpdateWorkspaceRequest.LabelsEntry
+	nil,                                          // 51: berth.workspace.v1.UpdateWorkspaceRequest.EnvEntry
+	nil,                                          // 52: berth.workspace.v1.CreateSnapshotRequest.LabelsEntry
+	(*ExportDataResponse_Trailer)(nil),           // 53: berth.workspace.v1.ExportDataResponse.Trailer
+	(*ImportDataRequest_Header)(nil),             // 54: berth.workspace.v1.ImportDataRequest.Header
+	(*Resources)(nil),                            // 55: berth.workspace.v1.Resources
+	(PullPolicy)(0),                              // 56: berth.workspace.v1.PullPolicy
+	(*Workspace)(nil),                            // 57: berth.workspace.v1.Workspace
+	(*durationpb.Duration)(nil),                  // 58: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),                // 59: google.protobuf.FieldMask
+	(*Version)(nil),                              // 60: berth.workspace.v1.Version
+	(*WorkspaceMetrics)(nil),                     // 61: berth.workspace.v1.WorkspaceMetrics
+	(*Snapshot)(nil),                             // 62: berth.workspace.v1.Snapshot
+	(ArchiveFormat)(0),                           // 63: berth.workspace.v1.ArchiveFormat
+	(WorkspaceEventKind)(0),                      // 64: berth.workspace.v1.WorkspaceEventKind
+	(*WorkspaceEvent)(nil),                       // 65: berth.workspace.v1.WorkspaceEvent
+	(*CdiDevice)(nil),                            // 66: berth.workspace.v1.CdiDevice
+	(*CdiSpecFileError)(nil),                     // 67: berth.workspace.v1.CdiSpecFileError
+	(*LayerProgress)(nil),                        // 68: berth.workspace.v1.LayerProgress
 }
 var file_berth_workspace_v1_workspace_service_proto_depIdxs = []int32{
-	40, // 0: berth.workspace.v1.CreateWorkspaceRequest.labels:type_name -> berth.workspace.v1.CreateWorkspaceRequest.LabelsEntry
-	41, // 1: berth.workspace.v1.CreateWorkspaceRequest.env:type_name -> berth.workspace.v1.CreateWorkspaceRequest.EnvEntry
-	53, // 2: berth.workspace.v1.CreateWorkspaceRequest.resources:type_name -> berth.workspace.v1.Resources
-	54, // 3: berth.workspace.v1.CreateWorkspaceRequest.pull_policy:type_name -> berth.workspace.v1.PullPolicy
-	42, // 4: berth.workspace.v1.CreateWorkspaceResponse.pulling:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Pulling
-	43, // 5: berth.workspace.v1.CreateWorkspaceResponse.pull_progress:type_name -> berth.workspace.v1.CreateWorkspaceResponse.PullProgress
-	44, // 6: berth.workspace.v1.CreateWorkspaceResponse.unpacking:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Unpacking
-	45, // 7: berth.workspace.v1.CreateWorkspaceResponse.creating:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Creating
-	46, // 8: berth.workspace.v1.CreateWorkspaceResponse.restoring:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Restoring
-	47, // 9: berth.workspace.v1.CreateWorkspaceResponse.ready:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Ready
-	55, // 10: berth.workspace.v1.GetWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	55, // 11: berth.workspace.v1.ListWorkspacesResponse.workspaces:type_name -> berth.workspace.v1.Workspace
-	55, // 12: berth.workspace.v1.StartWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	56, // 13: berth.workspace.v1.StopWorkspaceRequest.timeout:type_name -> google.protobuf.Duration
-	55, // 14: berth.workspace.v1.StopWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	55, // 15: berth.workspace.v1.RestoreDataResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	55, // 16: berth.workspace.v1.ResetDataResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	57, // 17: berth.workspace.v1.UpdateWorkspaceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	54, // 18: berth.workspace.v1.UpdateWorkspaceRequest.pull_policy:type_name -> berth.workspace.v1.PullPolicy
-	53, // 19: berth.workspace.v1.UpdateWorkspaceRequest.resources:type_name -> berth.workspace.v1.Resources
-	48, // 20: berth.workspace.v1.UpdateWorkspaceRequest.labels:type_name -> berth.workspace.v1.UpdateWorkspaceRequest.LabelsEntry
-	49, // 21: berth.workspace.v1.UpdateWorkspaceRequest.env:type_name -> berth.workspace.v1.UpdateWorkspaceRequest.EnvEntry
-	55, // 22: berth.workspace.v1.UpdateWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	58, // 23: berth.workspace.v1.UpdateWorkspaceResponse.version:type_name -> berth.workspace.v1.Version
-	59, // 24: berth.workspace.v1.GetMetricsResponse.metrics:type_name -> berth.workspace.v1.WorkspaceMetrics
-	56, // 25: berth.workspace.v1.WatchMetricsRequest.interval:type_name -> google.protobuf.Duration
-	59, // 26: berth.workspace.v1.WatchMetricsResponse.metrics:type_name -> berth.workspace.v1.WorkspaceMetrics
-	50, // 27: berth.workspace.v1.CreateSnapshotRequest.labels:type_name -> berth.workspace.v1.CreateSnapshotRequest.LabelsEntry
-	60, // 28: berth.workspace.v1.CreateSnapshotResponse.snapshot:type_name -> berth.workspace.v1.Snapshot
-	60, // 29: berth.workspace.v1.ListSnapshotsResponse.snapshots:type_name -> berth.workspace.v1.Snapshot
-	55, // 30: berth.workspace.v1.RestoreSnapshotResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	58, // 31: berth.workspace.v1.RestoreSnapshotResponse.version:type_name -> berth.workspace.v1.Version
-	58, // 32: berth.workspace.v1.ListVersionsResponse.versions:type_name -> berth.workspace.v1.Version
-	61, // 33: berth.workspace.v1.ExportDataRequest.format:type_name -> berth.workspace.v1.ArchiveFormat
-	51, // 34: berth.workspace.v1.ExportDataResponse.trailer:type_name -> berth.workspace.v1.ExportDataResponse.Trailer
-	52, // 35: berth.workspace.v1.ImportDataRequest.header:type_name -> berth.workspace.v1.ImportDataRequest.Header
-	61, // 36: berth.workspace.v1.ImportDataChunkRequest.format:type_name -> berth.workspace.v1.ArchiveFormat
-	56, // 37: berth.workspace.v1.WatchEventsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
-	62, // 38: berth.workspace.v1.WatchEventsRequest.kinds:type_name -> berth.workspace.v1.WorkspaceEventKind
-	63, // 39: berth.workspace.v1.WatchEventsResponse.event:type_name -> berth.workspace.v1.WorkspaceEvent
-	64, // 40: berth.workspace.v1.CreateWorkspaceResponse.PullProgress.layers:type_name -> berth.workspace.v1.LayerProgress
-	55, // 41: berth.workspace.v1.CreateWorkspaceResponse.Ready.workspace:type_name -> berth.workspace.v1.Workspace
-	61, // 42: berth.workspace.v1.ImportDataRequest.Header.format:type_name -> berth.workspace.v1.ArchiveFormat
-	0,  // 43: berth.workspace.v1.WorkspaceService.CreateWorkspace:input_type -> berth.workspace.v1.CreateWorkspaceRequest
-	2,  // 44: berth.workspace.v1.WorkspaceService.GetWorkspace:input_type -> berth.workspace.v1.GetWorkspaceRequest
-	4,  // 45: berth.workspace.v1.WorkspaceService.ListWorkspaces:input_type -> berth.workspace.v1.ListWorkspacesRequest
-	6,  // 46: berth.workspace.v1.WorkspaceService.StartWorkspace:input_type -> berth.workspace.v1.StartWorkspaceRequest
-	8,  // 47: berth.workspace.v1.WorkspaceService.StopWorkspace:input_type -> berth.workspace.v1.StopWorkspaceRequest
-	10, // 48: berth.workspace.v1.WorkspaceService.DeleteWorkspace:input_type -> berth.workspace.v1.DeleteWorkspaceRequest
-	12, // 49: berth.workspace.v1.WorkspaceService.RestoreData:input_type -> berth.workspace.v1.RestoreDataRequest
-	14, // 50: berth.workspace.v1.WorkspaceService.ResetData:input_type -> berth.workspace.v1.ResetDataRequest
-	16, // 51: berth.workspace.v1.WorkspaceService.UpdateWorkspace:input_type -> berth.workspace.v1.UpdateWorkspaceRequest
-	18, // 52: berth.workspace.v1.WorkspaceService.GetMetrics:input_type -> berth.workspace.v1.GetMetricsRequest
-	20, // 53: berth.workspace.v1.WorkspaceService.WatchMetrics:input_type -> berth.workspace.v1.WatchMetricsRequest
-	22, // 54: berth.workspace.v1.WorkspaceService.CreateSnapshot:input_type -> berth.workspace.v1.CreateSnapshotRequest
-	24, // 55: berth.workspace.v1.WorkspaceService.ListSnapshots:input_type -> berth.workspace.v1.ListSnapshotsRequest
-	26, // 56: berth.workspace.v1.WorkspaceService.DeleteSnapshot:input_type -> berth.workspace.v1.DeleteSnapshotRequest
-	28, // 57: berth.workspace.v1.WorkspaceService.RestoreSnapshot:input_type -> berth.workspace.v1.RestoreSnapshotRequest
-	30, // 58: berth.workspace.v1.WorkspaceService.ListVersions:input_type -> berth.workspace.v1.ListVersionsRequest
-	32, // 59: berth.workspace.v1.WorkspaceService.ExportData:input_type -> berth.workspace.v1.ExportDataRequest
-	34, // 60: berth.workspace.v1.WorkspaceService.ImportData:input_type -> berth.workspace.v1.ImportDataRequest
-	36, // 61: berth.workspace.v1.WorkspaceService.ImportDataChunk:input_type -> berth.workspace.v1.ImportDataChunkRequest
-	38, // 62: berth.workspace.v1.WorkspaceService.WatchEvents:input_type -> berth.workspace.v1.WatchEventsRequest
-	1,  // 63: berth.workspace.v1.WorkspaceService.CreateWorkspace:output_type -> berth.workspace.v1.CreateWorkspaceResponse
-	3,  // 64: berth.workspace.v1.WorkspaceService.GetWorkspace:output_type -> berth.workspace.v1.GetWorkspaceResponse
-	5,  // 65: berth.workspace.v1.WorkspaceService.ListWorkspaces:output_type -> berth.workspace.v1.ListWorkspacesResponse
-	7,  // 66: berth.workspace.v1.WorkspaceService.StartWorkspace:output_type -> berth.workspace.v1.StartWorkspaceResponse
-	9,  // 67: berth.workspace.v1.WorkspaceService.StopWorkspace:output_type -> berth.workspace.v1.StopWorkspaceResponse
-	11, // 68: berth.workspace.v1.WorkspaceService.DeleteWorkspace:output_type -> berth.workspace.v1.DeleteWorkspaceResponse
-	13, // 69: berth.workspace.v1.WorkspaceService.RestoreData:output_type -> berth.workspace.v1.RestoreDataResponse
-	15, // 70: berth.workspace.v1.WorkspaceService.ResetData:output_type -> berth.workspace.v1.ResetDataResponse
-	17, // 71: berth.workspace.v1.WorkspaceService.UpdateWorkspace:output_type -> berth.workspace.v1.UpdateWorkspaceResponse
-	19, // 72: berth.workspace.v1.WorkspaceService.GetMetrics:output_type -> berth.workspace.v1.GetMetricsResponse
-	21, // 73: berth.workspace.v1.WorkspaceService.WatchMetrics:output_type -> berth.workspace.v1.WatchMetricsResponse
-	23, // 74: berth.workspace.v1.WorkspaceService.CreateSnapshot:output_type -> berth.workspace.v1.CreateSnapshotResponse
-	25, // 75: berth.workspace.v1.WorkspaceService.ListSnapshots:output_type -> berth.workspace.v1.ListSnapshotsResponse
-	27, // 76: berth.workspace.v1.WorkspaceService.DeleteSnapshot:output_type -> berth.workspace.v1.DeleteSnapshotResponse
-	29, // 77: berth.workspace.v1.WorkspaceService.RestoreSnapshot:output_type -> berth.workspace.v1.RestoreSnapshotResponse
-	31, // 78: berth.workspace.v1.WorkspaceService.ListVersions:output_type -> berth.workspace.v1.ListVersionsResponse
-	33, // 79: berth.workspace.v1.WorkspaceService.ExportData:output_type -> berth.workspace.v1.ExportDataResponse
-	35, // 80: berth.workspace.v1.WorkspaceService.ImportData:output_type -> berth.workspace.v1.ImportDataResponse
-	37, // 81: berth.workspace.v1.WorkspaceService.ImportDataChunk:output_type -> berth.workspace.v1.ImportDataChunkResponse
-	39, // 82: berth.workspace.v1.WorkspaceService.WatchEvents:output_type -> berth.workspace.v1.WatchEventsResponse
-	63, // [63:83] is the sub-list for method output_type
-	43, // [43:63] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	42, // 0: berth.workspace.v1.CreateWorkspaceRequest.labels:type_name -> berth.workspace.v1.CreateWorkspaceRequest.LabelsEntry
+	43, // 1: berth.workspace.v1.CreateWorkspaceRequest.env:type_name -> berth.workspace.v1.CreateWorkspaceRequest.EnvEntry
+	55, // 2: berth.workspace.v1.CreateWorkspaceRequest.resources:type_name -> berth.workspace.v1.Resources
+	56, // 3: berth.workspace.v1.CreateWorkspaceRequest.pull_policy:type_name -> berth.workspace.v1.PullPolicy
+	44, // 4: berth.workspace.v1.CreateWorkspaceResponse.pulling:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Pulling
+	45, // 5: berth.workspace.v1.CreateWorkspaceResponse.pull_progress:type_name -> berth.workspace.v1.CreateWorkspaceResponse.PullProgress
+	46, // 6: berth.workspace.v1.CreateWorkspaceResponse.unpacking:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Unpacking
+	47, // 7: berth.workspace.v1.CreateWorkspaceResponse.creating:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Creating
+	48, // 8: berth.workspace.v1.CreateWorkspaceResponse.restoring:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Restoring
+	49, // 9: berth.workspace.v1.CreateWorkspaceResponse.ready:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Ready
+	57, // 10: berth.workspace.v1.GetWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	57, // 11: berth.workspace.v1.ListWorkspacesResponse.workspaces:type_name -> berth.workspace.v1.Workspace
+	57, // 12: berth.workspace.v1.StartWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	58, // 13: berth.workspace.v1.StopWorkspaceRequest.timeout:type_name -> google.protobuf.Duration
+	57, // 14: berth.workspace.v1.StopWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	57, // 15: berth.workspace.v1.RestoreDataResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	57, // 16: berth.workspace.v1.ResetDataResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	59, // 17: berth.workspace.v1.UpdateWorkspaceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	56, // 18: berth.workspace.v1.UpdateWorkspaceRequest.pull_policy:type_name -> berth.workspace.v1.PullPolicy
+	55, // 19: berth.workspace.v1.UpdateWorkspaceRequest.resources:type_name -> berth.workspace.v1.Resources
+	50, // 20: berth.workspace.v1.UpdateWorkspaceRequest.labels:type_name -> berth.workspace.v1.UpdateWorkspaceRequest.LabelsEntry
+	51, // 21: berth.workspace.v1.UpdateWorkspaceRequest.env:type_name -> berth.workspace.v1.UpdateWorkspaceRequest.EnvEntry
+	57, // 22: berth.workspace.v1.UpdateWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	60, // 23: berth.workspace.v1.UpdateWorkspaceResponse.version:type_name -> berth.workspace.v1.Version
+	61, // 24: berth.workspace.v1.GetMetricsResponse.metrics:type_name -> berth.workspace.v1.WorkspaceMetrics
+	58, // 25: berth.workspace.v1.WatchMetricsRequest.interval:type_name -> google.protobuf.Duration
+	61, // 26: berth.workspace.v1.WatchMetricsResponse.metrics:type_name -> berth.workspace.v1.WorkspaceMetrics
+	52, // 27: berth.workspace.v1.CreateSnapshotRequest.labels:type_name -> berth.workspace.v1.CreateSnapshotRequest.LabelsEntry
+	62, // 28: berth.workspace.v1.CreateSnapshotResponse.snapshot:type_name -> berth.workspace.v1.Snapshot
+	62, // 29: berth.workspace.v1.ListSnapshotsResponse.snapshots:type_name -> berth.workspace.v1.Snapshot
+	57, // 30: berth.workspace.v1.RestoreSnapshotResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	60, // 31: berth.workspace.v1.RestoreSnapshotResponse.version:type_name -> berth.workspace.v1.Version
+	60, // 32: berth.workspace.v1.ListVersionsResponse.versions:type_name -> berth.workspace.v1.Version
+	63, // 33: berth.workspace.v1.ExportDataRequest.format:type_name -> berth.workspace.v1.ArchiveFormat
+	53, // 34: berth.workspace.v1.ExportDataResponse.trailer:type_name -> berth.workspace.v1.ExportDataResponse.Trailer
+	54, // 35: berth.workspace.v1.ImportDataRequest.header:type_name -> berth.workspace.v1.ImportDataRequest.Header
+	63, // 36: berth.workspace.v1.ImportDataChunkRequest.format:type_name -> berth.workspace.v1.ArchiveFormat
+	58, // 37: berth.workspace.v1.WatchEventsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	64, // 38: berth.workspace.v1.WatchEventsRequest.kinds:type_name -> berth.workspace.v1.WorkspaceEventKind
+	65, // 39: berth.workspace.v1.WatchEventsResponse.event:type_name -> berth.workspace.v1.WorkspaceEvent
+	66, // 40: berth.workspace.v1.ListDevicesResponse.devices:type_name -> berth.workspace.v1.CdiDevice
+	67, // 41: berth.workspace.v1.ListDevicesResponse.spec_file_errors:type_name -> berth.workspace.v1.CdiSpecFileError
+	68, // 42: berth.workspace.v1.CreateWorkspaceResponse.PullProgress.layers:type_name -> berth.workspace.v1.LayerProgress
+	57, // 43: berth.workspace.v1.CreateWorkspaceResponse.Ready.workspace:type_name -> berth.workspace.v1.Workspace
+	63, // 44: berth.workspace.v1.ImportDataRequest.Header.format:type_name -> berth.workspace.v1.ArchiveFormat
+	0,  // 45: berth.workspace.v1.WorkspaceService.CreateWorkspace:input_type -> berth.workspace.v1.CreateWorkspaceRequest
+	2,  // 46: berth.workspace.v1.WorkspaceService.GetWorkspace:input_type -> berth.workspace.v1.GetWorkspaceRequest
+	4,  // 47: berth.workspace.v1.WorkspaceService.ListWorkspaces:input_type -> berth.workspace.v1.ListWorkspacesRequest
+	6,  // 48: berth.workspace.v1.WorkspaceService.StartWorkspace:input_type -> berth.workspace.v1.StartWorkspaceRequest
+	8,  // 49: berth.workspace.v1.WorkspaceService.StopWorkspace:input_type -> berth.workspace.v1.StopWorkspaceRequest
+	10, // 50: berth.workspace.v1.WorkspaceService.DeleteWorkspace:input_type -> berth.workspace.v1.DeleteWorkspaceRequest
+	12, // 51: berth.workspace.v1.WorkspaceService.RestoreData:input_type -> berth.workspace.v1.RestoreDataRequest
+	14, // 52: berth.workspace.v1.WorkspaceService.ResetData:input_type -> berth.workspace.v1.ResetDataRequest
+	16, // 53: berth.workspace.v1.WorkspaceService.UpdateWorkspace:input_type -> berth.workspace.v1.UpdateWorkspaceRequest
+	18, // 54: berth.workspace.v1.WorkspaceService.GetMetrics:input_type -> berth.workspace.v1.GetMetricsRequest
+	20, // 55: berth.workspace.v1.WorkspaceService.WatchMetrics:input_type -> berth.workspace.v1.WatchMetricsRequest
+	22, // 56: berth.workspace.v1.WorkspaceService.CreateSnapshot:input_type -> berth.workspace.v1.CreateSnapshotRequest
+	24, // 57: berth.workspace.v1.WorkspaceService.ListSnapshots:input_type -> berth.workspace.v1.ListSnapshotsRequest
+	26, // 58: berth.workspace.v1.WorkspaceService.DeleteSnapshot:input_type -> berth.workspace.v1.DeleteSnapshotRequest
+	28, // 59: berth.workspace.v1.WorkspaceService.RestoreSnapshot:input_type -> berth.workspace.v1.RestoreSnapshotRequest
+	30, // 60: berth.workspace.v1.WorkspaceService.ListVersions:input_type -> berth.workspace.v1.ListVersionsRequest
+	32, // 61: berth.workspace.v1.WorkspaceService.ExportData:input_type -> berth.workspace.v1.ExportDataRequest
+	34, // 62: berth.workspace.v1.WorkspaceService.ImportData:input_type -> berth.workspace.v1.ImportDataRequest
+	36, // 63: berth.workspace.v1.WorkspaceService.ImportDataChunk:input_type -> berth.workspace.v1.ImportDataChunkRequest
+	38, // 64: berth.workspace.v1.WorkspaceService.WatchEvents:input_type -> berth.workspace.v1.WatchEventsRequest
+	40, // 65: berth.workspace.v1.WorkspaceService.ListDevices:input_type -> berth.workspace.v1.ListDevicesRequest
+	1,  // 66: berth.workspace.v1.WorkspaceService.CreateWorkspace:output_type -> berth.workspace.v1.CreateWorkspaceResponse
+	3,  // 67: berth.workspace.v1.WorkspaceService.GetWorkspace:output_type -> berth.workspace.v1.GetWorkspaceResponse
+	5,  // 68: berth.workspace.v1.WorkspaceService.ListWorkspaces:output_type -> berth.workspace.v1.ListWorkspacesResponse
+	7,  // 69: berth.workspace.v1.WorkspaceService.StartWorkspace:output_type -> berth.workspace.v1.StartWorkspaceResponse
+	9,  // 70: berth.workspace.v1.WorkspaceService.StopWorkspace:output_type -> berth.workspace.v1.StopWorkspaceResponse
+	11, // 71: berth.workspace.v1.WorkspaceService.DeleteWorkspace:output_type -> berth.workspace.v1.DeleteWorkspaceResponse
+	13, // 72: berth.workspace.v1.WorkspaceService.RestoreData:output_type -> berth.workspace.v1.RestoreDataResponse
+	15, // 73: berth.workspace.v1.WorkspaceService.ResetData:output_type -> berth.workspace.v1.ResetDataResponse
+	17, // 74: berth.workspace.v1.WorkspaceService.UpdateWorkspace:output_type -> berth.workspace.v1.UpdateWorkspaceResponse
+	19, // 75: berth.workspace.v1.WorkspaceService.GetMetrics:output_type -> berth.workspace.v1.GetMetricsResponse
+	21, // 76: berth.workspace.v1.WorkspaceService.WatchMetrics:output_type -> berth.workspace.v1.WatchMetricsResponse
+	23, // 77: berth.workspace.v1.WorkspaceService.CreateSnapshot:output_type -> berth.workspace.v1.CreateSnapshotResponse
+	25, // 78: berth.workspace.v1.WorkspaceService.ListSnapshots:output_type -> berth.workspace.v1.ListSnapshotsResponse
+	27, // 79: berth.workspace.v1.WorkspaceService.DeleteSnapshot:output_type -> berth.workspace.v1.DeleteSnapshotResponse
+	29, // 80: berth.workspace.v1.WorkspaceService.RestoreSnapshot:output_type -> berth.workspace.v1.RestoreSnapshotResponse
+	31, // 81: berth.workspace.v1.WorkspaceService.ListVersions:output_type -> berth.workspace.v1.ListVersionsResponse
+	33, // 82: berth.workspace.v1.WorkspaceService.ExportData:output_type -> berth.workspace.v1.ExportDataResponse
+	35, // 83: berth.workspace.v1.WorkspaceService.ImportData:output_type -> berth.workspace.v1.ImportDataResponse
+	37, // 84: berth.workspace.v1.WorkspaceService.ImportDataChunk:output_type -> berth.workspace.v1.ImportDataChunkResponse
+	39, // 85: berth.workspace.v1.WorkspaceService.WatchEvents:output_type -> berth.workspace.v1.WatchEventsResponse
+	41, // 86: berth.workspace.v1.WorkspaceService.ListDevices:output_type -> berth.workspace.v1.ListDevicesResponse
+	66, // [66:87] is the sub-list for method output_type
+	45, // [45:66] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_berth_workspace_v1_workspace_service_proto_init() }
@@ -3536,7 +3662,7 @@ func file_berth_workspace_v1_workspace_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_workspace_v1_workspace_service_proto_rawDesc), len(file_berth_workspace_v1_workspace_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   53,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -39,6 +39,7 @@ const (
 	WorkspaceService_ImportData_FullMethodName      = "/berth.workspace.v1.WorkspaceService/ImportData"
 	WorkspaceService_ImportDataChunk_FullMethodName = "/berth.workspace.v1.WorkspaceService/ImportDataChunk"
 	WorkspaceService_WatchEvents_FullMethodName     = "/berth.workspace.v1.WorkspaceService/WatchEvents"
+	WorkspaceService_ListDevices_FullMethodName     = "/berth.workspace.v1.WorkspaceService/ListDevices"
 )
 
 // WorkspaceServiceClient is the client API for WorkspaceService service.
@@ -177,6 +178,12 @@ type WorkspaceServiceClient interface {
 	// Streams workspace events as they happen, with heartbeats while nothing happens. With
 	// `after_event_id`, stored events after that id are replayed first.
 	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
+	// Lists the CDI devices this host offers, the names CreateWorkspace's `cdi_devices` may use
+	// (for a device picker), and the CDI spec files that could not be used, with why. The spec
+	// directories (the server's `--cdi-spec-dir`, by default `/etc/cdi` and `/var/run/cdi`) are
+	// read at every call, so a spec installed while the server runs is listed at once. A
+	// malformed spec file costs only its own devices.
+	ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error)
 }
 
 type workspaceServiceClient struct {
@@ -426,6 +433,16 @@ func (c *workspaceServiceClient) WatchEvents(ctx context.Context, in *WatchEvent
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type WorkspaceService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsResponse]
 
+func (c *workspaceServiceClient) ListDevices(ctx context.Context, in *ListDevicesRequest, opts ...grpc.CallOption) (*ListDevicesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDevicesResponse)
+	err := c.cc.Invoke(ctx, WorkspaceService_ListDevices_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // WorkspaceServiceServer is the server API for WorkspaceService service.
 // All implementations must embed UnimplementedWorkspaceServiceServer
 // for forward compatibility.
@@ -562,6 +579,12 @@ type WorkspaceServiceServer interface {
 	// Streams workspace events as they happen, with heartbeats while nothing happens. With
 	// `after_event_id`, stored events after that id are replayed first.
 	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
+	// Lists the CDI devices this host offers, the names CreateWorkspace's `cdi_devices` may use
+	// (for a device picker), and the CDI spec files that could not be used, with why. The spec
+	// directories (the server's `--cdi-spec-dir`, by default `/etc/cdi` and `/var/run/cdi`) are
+	// read at every call, so a spec installed while the server runs is listed at once. A
+	// malformed spec file costs only its own devices.
+	ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error)
 	mustEmbedUnimplementedWorkspaceServiceServer()
 }
 
@@ -631,6 +654,9 @@ func (UnimplementedWorkspaceServiceServer) ImportDataChunk(context.Context, *Imp
 }
 func (UnimplementedWorkspaceServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
 	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
+}
+func (UnimplementedWorkspaceServiceServer) ListDevices(context.Context, *ListDevicesRequest) (*ListDevicesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDevices not implemented")
 }
 func (UnimplementedWorkspaceServiceServer) mustEmbedUnimplementedWorkspaceServiceServer() {}
 func (UnimplementedWorkspaceServiceServer) testEmbeddedByValue()                          {}
@@ -974,6 +1000,24 @@ func _WorkspaceService_WatchEvents_Handler(srv interface{}, stream grpc.ServerSt
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type WorkspaceService_WatchEventsServer = grpc.ServerStreamingServer[WatchEventsResponse]
 
+func _WorkspaceService_ListDevices_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDevicesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkspaceServiceServer).ListDevices(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WorkspaceService_ListDevices_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkspaceServiceServer).ListDevices(ctx, req.(*ListDevicesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // WorkspaceService_ServiceDesc is the grpc.ServiceDesc for WorkspaceService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1040,6 +1084,10 @@ var WorkspaceService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ImportDataChunk",
 			Handler:    _WorkspaceService_ImportDataChunk_Handler,
+		},
+		{
+			MethodName: "ListDevices",
+			Handler:    _WorkspaceService_ListDevices_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -73,8 +73,9 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     limits.
     """
     CDI_DEVICE_NOT_FOUND: _ErrorReason.ValueType  # 12
-    """NOT_FOUND: a CDI device name does not resolve to a device in the host's CDI specs. Check the
-    name, or have an operator install the device's CDI spec.
+    """NOT_FOUND: a CDI device name does not resolve to a device in the host's CDI specs, or its
+    spec names a host device node that does not exist. Check the name against ListDevices, or
+    have an operator install the device's CDI spec.
     """
     WORKSPACE_DELETING: _ErrorReason.ValueType  # 13
     """FAILED_PRECONDITION: the workspace is being deleted. Wait for the deletion to finish; only
@@ -291,8 +292,9 @@ INVALID_RESOURCES: ErrorReason.ValueType  # 11
 limits.
 """
 CDI_DEVICE_NOT_FOUND: ErrorReason.ValueType  # 12
-"""NOT_FOUND: a CDI device name does not resolve to a device in the host's CDI specs. Check the
-name, or have an operator install the device's CDI spec.
+"""NOT_FOUND: a CDI device name does not resolve to a device in the host's CDI specs, or its
+spec names a host device node that does not exist. Check the name against ListDevices, or
+have an operator install the device's CDI spec.
 """
 WORKSPACE_DELETING: ErrorReason.ValueType  # 13
 """FAILED_PRECONDITION: the workspace is being deleted. Wait for the deletion to finish; only

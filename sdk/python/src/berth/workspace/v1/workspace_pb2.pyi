@@ -560,8 +560,8 @@ class Workspace(_message.Message):
     """
     @_builtins.property
     def cdi_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """CDI device names attached to the workspace, fully qualified and deduplicated, for example
-        `nvidia.com/gpu=0`.
+        """CDI device names attached to the workspace, fully qualified, sorted and deduplicated, for
+        example `nvidia.com/gpu=0`.
         """
 
     @_builtins.property
@@ -1055,3 +1055,69 @@ class WorkspaceEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkspaceEvent: _TypeAlias = WorkspaceEvent  # noqa: Y015
+
+@_typing.final
+class CdiDevice(_message.Message):
+    """CdiDevice is one CDI device a host offers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VENDOR_FIELD_NUMBER: _builtins.int
+    DEVICE_CLASS_FIELD_NUMBER: _builtins.int
+    SPEC_PATH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Fully qualified name, `VENDOR/CLASS=NAME`, as CreateWorkspace's `cdi_devices` takes it; for
+    example `nvidia.com/gpu=0`.
+    """
+    vendor: _builtins.str
+    """Vendor part of the name, for example `nvidia.com`."""
+    device_class: _builtins.str
+    """Class part of the name (the CDI spec's `kind` is `VENDOR/CLASS`), for example `gpu`. Named
+    `device_class` because `class` is a keyword in several SDK languages.
+    """
+    spec_path: _builtins.str
+    """Absolute path of the CDI spec file defining the device, on the server's host."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        vendor: _builtins.str = ...,
+        device_class: _builtins.str = ...,
+        spec_path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_class", b"device_class", "name", b"name", "spec_path", b"spec_path", "vendor", b"vendor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CdiDevice: _TypeAlias = CdiDevice  # noqa: Y015
+
+@_typing.final
+class CdiSpecFileError(_message.Message):
+    """CdiSpecFileError is a CDI spec file (or spec directory) the server could not use."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Absolute path of the file or directory, on the server's host."""
+    error: _builtins.str
+    """What is wrong with it, for example `parse spec file failed: serde yaml read from file:
+    unknown field ...` or `invalid CDI Spec schema: invalid version 9.9.9`.
+    """
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CdiSpecFileError: _TypeAlias = CdiSpecFileError  # noqa: Y015

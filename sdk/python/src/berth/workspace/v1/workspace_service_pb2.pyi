@@ -121,9 +121,17 @@ class CreateWorkspaceRequest(_message.Message):
 
     @_builtins.property
     def cdi_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """CDI device names to attach, for example `nvidia.com/gpu=0`. Not supported yet: a create
-        naming any device fails with UNIMPLEMENTED and reason NOT_IMPLEMENTED before anything is
-        pulled or made.
+        """Fully qualified CDI device names to attach (`VENDOR/CLASS=NAME`, for example
+        `nvidia.com/gpu=0`; ListDevices lists the host's). Each device's container edits from its
+        CDI spec are applied to the container: device nodes (with the cgroup rule allowing them),
+        environment variables, mounts and hooks. Names are stored without surrounding whitespace,
+        sorted and deduplicated (Workspace.cdi_devices), so the same set in another order is the
+        same spec. At most 128 names of at most 512 bytes each, without whitespace; other lists
+        fail with INVALID_ARGUMENT and reason INVALID_ARGUMENT. Names that do not resolve on this
+        host (or whose spec names a host device node that is missing) fail the create before
+        anything is pulled or made, with NOT_FOUND and reason CDI_DEVICE_NOT_FOUND; the message
+        names every unresolvable device and the devices the host offers. The devices stay attached
+        across stop/start, server restarts and a rebuilt container.
         """
 
     def __init__(
@@ -1631,3 +1639,61 @@ class WatchEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchEventsResponse: _TypeAlias = WatchEventsResponse  # noqa: Y015
+
+@_typing.final
+class ListDevicesRequest(_message.Message):
+    """ListDevicesRequest asks for the host's CDI devices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDevicesRequest: _TypeAlias = ListDevicesRequest  # noqa: Y015
+
+@_typing.final
+class ListDevicesResponse(_message.Message):
+    """ListDevicesResponse lists the host's CDI devices and the spec files that could not be used."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    SPEC_FILE_ERRORS_FIELD_NUMBER: _builtins.int
+    SPEC_DIRS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[_workspace_pb2.CdiDevice]:
+        """Devices a workspace may attach, ordered by name."""
+
+    @_builtins.property
+    def spec_file_errors(self) -> _containers.RepeatedCompositeFieldContainer[_workspace_pb2.CdiSpecFileError]:
+        """Spec files that could not be used, entirely (malformed, unreadable, an unsupported
+        `cdiVersion`) or in part (a device name two files of one directory define, which is then
+        offered by neither), ordered by path. Empty when every file is fine.
+        """
+
+    @_builtins.property
+    def spec_dirs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The spec directories read, in increasing priority: on a device name defined in several of
+        them, the later directory's definition is the one offered.
+        """
+
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[_workspace_pb2.CdiDevice] | None = ...,
+        spec_file_errors: _abc.Iterable[_workspace_pb2.CdiSpecFileError] | None = ...,
+        spec_dirs: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "spec_dirs", b"spec_dirs", "spec_file_errors", b"spec_file_errors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDevicesResponse: _TypeAlias = ListDevicesResponse  # noqa: Y015

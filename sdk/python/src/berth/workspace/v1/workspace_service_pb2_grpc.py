@@ -142,6 +142,11 @@ class WorkspaceServiceStub:
                 request_serializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.WatchEventsResponse.FromString,
                 _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/berth.workspace.v1.WorkspaceService/ListDevices',
+                request_serializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
 
 
 class WorkspaceServiceServicer:
@@ -378,6 +383,17 @@ class WorkspaceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDevices(self, request, context):
+        """Lists the CDI devices this host offers, the names CreateWorkspace's `cdi_devices` may use
+        (for a device picker), and the CDI spec files that could not be used, with why. The spec
+        directories (the server's `--cdi-spec-dir`, by default `/etc/cdi` and `/var/run/cdi`) are
+        read at every call, so a spec installed while the server runs is listed at once. A
+        malformed spec file costs only its own devices.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkspaceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -480,6 +496,11 @@ def add_WorkspaceServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.WatchEventsRequest.FromString,
                     response_serializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.WatchEventsResponse.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.ListDevicesRequest.FromString,
+                    response_serializer=berth_dot_workspace_dot_v1_dot_workspace__service__pb2.ListDevicesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1030,6 +1051,33 @@ class WorkspaceService:
             '/berth.workspace.v1.WorkspaceService/WatchEvents',
             berth_dot_workspace_dot_v1_dot_workspace__service__pb2.WatchEventsRequest.SerializeToString,
             berth_dot_workspace_dot_v1_dot_workspace__service__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/berth.workspace.v1.WorkspaceService/ListDevices',
+            berth_dot_workspace_dot_v1_dot_workspace__service__pb2.ListDevicesRequest.SerializeToString,
+            berth_dot_workspace_dot_v1_dot_workspace__service__pb2.ListDevicesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -180,6 +180,13 @@ class WorkspaceServiceStub:
     """Streams workspace events as they happen, with heartbeats while nothing happens. With
     `after_event_id`, stored events after that id are replayed first.
     """
+    ListDevices: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.ListDevicesRequest, _workspace_service_pb2.ListDevicesResponse]
+    """Lists the CDI devices this host offers, the names CreateWorkspace's `cdi_devices` may use
+    (for a device picker), and the CDI spec files that could not be used, with why. The spec
+    directories (the server's `--cdi-spec-dir`, by default `/etc/cdi` and `/var/run/cdi`) are
+    read at every call, so a spec installed while the server runs is listed at once. A
+    malformed spec file costs only its own devices.
+    """
 
 @_typing.type_check_only
 class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
@@ -332,6 +339,13 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     WatchEvents: _aio.UnaryStreamMultiCallable[_workspace_service_pb2.WatchEventsRequest, _workspace_service_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Streams workspace events as they happen, with heartbeats while nothing happens. With
     `after_event_id`, stored events after that id are replayed first.
+    """
+    ListDevices: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.ListDevicesRequest, _workspace_service_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    """Lists the CDI devices this host offers, the names CreateWorkspace's `cdi_devices` may use
+    (for a device picker), and the CDI spec files that could not be used, with why. The spec
+    directories (the server's `--cdi-spec-dir`, by default `/etc/cdi` and `/var/run/cdi`) are
+    read at every call, so a spec installed while the server runs is listed at once. A
+    malformed spec file costs only its own devices.
     """
 
 class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -602,6 +616,19 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_workspace_service_pb2.WatchEventsResponse], _abc.AsyncIterator[_workspace_service_pb2.WatchEventsResponse]]:
         """Streams workspace events as they happen, with heartbeats while nothing happens. With
         `after_event_id`, stored events after that id are replayed first.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDevices(
+        self,
+        request: _workspace_service_pb2.ListDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_service_pb2.ListDevicesResponse, _abc.Awaitable[_workspace_service_pb2.ListDevicesResponse]]:
+        """Lists the CDI devices this host offers, the names CreateWorkspace's `cdi_devices` may use
+        (for a device picker), and the CDI spec files that could not be used, with why. The spec
+        directories (the server's `--cdi-spec-dir`, by default `/etc/cdi` and `/var/run/cdi`) are
+        read at every call, so a spec installed while the server runs is listed at once. A
+        malformed spec file costs only its own devices.
         """
 
 def add_WorkspaceServiceServicer_to_server(servicer: WorkspaceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

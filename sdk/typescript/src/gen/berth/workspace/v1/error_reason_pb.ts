@@ -125,8 +125,9 @@ export enum ErrorReason {
   INVALID_RESOURCES = 11,
 
   /**
-   * NOT_FOUND: a CDI device name does not resolve to a device in the host's CDI specs. Check the
-   * name, or have an operator install the device's CDI spec.
+   * NOT_FOUND: a CDI device name does not resolve to a device in the host's CDI specs, or its
+   * spec names a host device node that does not exist. Check the name against ListDevices, or
+   * have an operator install the device's CDI spec.
    *
    * @generated from enum value: CDI_DEVICE_NOT_FOUND = 12;
    */
