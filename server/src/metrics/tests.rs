@@ -32,6 +32,7 @@ async fn harness() -> Harness {
         runtime_name: "fake".to_owned(),
         import_limits: crate::data::ExtractLimits { max_bytes: 1 << 30, max_entries: 1000 },
         max_snapshot_depth: 100,
+        devices: Arc::new(crate::devices::Devices::new(vec![state_dir.path().join("cdi")])),
     };
     let manager = Arc::new(Manager::new(config, store, runtime.clone()));
     let metrics = Metrics::new(manager.clone(), Duration::from_millis(200));
