@@ -346,3 +346,46 @@ async fn an_unknown_device_fails_the_create_with_cdi_device_not_found_and_nothin
     );
     assert_eq!((listing("containers"), listing("snapshots"), listing("images")), before, "nothing pulled or made");
 }
+
+#[tokio::test]
+async fn update_workspace_attaches_and_detaches_devices_with_one_restart_and_refuses_unknown_ones() {
+    use berth_api::v1::UpdateWorkspaceRequest;
+    let testbed = Testbed::from_env();
+    let specs = FakeSpecs::install(&testbed);
+    let server = specs.start_server(&testbed);
+    let mut client = Client::new(server.channel().await);
+    let id = "cdi-update";
+    let created = create(&mut client, create_request(id, &testbed.image("BUSYBOX"), &[])).await.unwrap();
+    let update = |devices: &[&str]| UpdateWorkspaceRequest {
+        workspace_id: id.to_owned(),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["cdi_devices".to_owned()] }),
+        cdi_devices: devices.iter().map(|device| (*device).to_owned()).collect(),
+        ..Default::default()
+    };
+
+    let status = client.update_workspace(update(&[FAKE0, "berth.test/fake=nope"])).await.unwrap_err();
+    assert_eq!(
+        (status.code(), berth_e2e::error_reason(&status).as_deref()),
+        (tonic::Code::NotFound, Some("CDI_DEVICE_NOT_FOUND")),
+        "{status:?}"
+    );
+    let unchanged = get(&mut client, id).await;
+    assert_eq!((unchanged.init_pid, unchanged.cdi_devices.len()), (created.init_pid, 0), "nothing changed");
+
+    let updated = client.update_workspace(update(&[FAKE1, FAKE0])).await.unwrap().into_inner();
+    assert!(updated.restarted);
+    let workspace = updated.workspace.unwrap();
+    assert_eq!(workspace.cdi_devices, [FAKE0, FAKE1]);
+    assert_ne!(workspace.init_pid, created.init_pid);
+    assert_devices_inside(&server, id, "after UpdateWorkspace attached them").await;
+    assert_stored_spec_has_devices(&testbed, &server.namespace, id);
+
+    let updated = client.update_workspace(update(&[])).await.unwrap().into_inner();
+    assert!(updated.restarted && updated.workspace.unwrap().cdi_devices.is_empty());
+    let (stdout, _) = sh(&server, id, "ls /dev/fake0 2>&1; echo \"[$FAKE_DEVICE]\"").await;
+    assert!(stdout.contains("No such file") && stdout.contains("[]"), "detached: {stdout}");
+    client
+        .delete_workspace(DeleteWorkspaceRequest { workspace_id: id.to_owned(), preserve_data: false })
+        .await
+        .unwrap();
+}

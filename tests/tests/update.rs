@@ -1,7 +1,8 @@
 //! UpdateWorkspace's live paths on the real containerd: new limits are in the kernel's cgroup
 //! files at once without the init pid changing and survive a stop/start, lifting a limit lifts
 //! it, a memory limit below what the workspace uses is refused, labels reach the selector index
-//! and the container, and a new environment restarts the workspace with it.
+//! and the container, a new environment restarts the workspace with it, and an unknown device is
+//! refused (tests/tests/devices.rs attaches real ones).
 
 use berth_api::v1::workspace_service_client::WorkspaceServiceClient;
 use berth_api::v1::{
@@ -105,7 +106,9 @@ async fn limits_and_labels_apply_live_and_persist_and_env_restarts_once() {
     assert_eq!(container_labels(&testbed, &ns, id)["team"], "red", "the re-created container keeps its labels");
     assert_eq!(CgroupLimits::read(&cgroup).pids, "max");
 
-    let status = client.update_workspace(with_mask(id, &["cdi_devices"])).await.unwrap_err();
-    assert_eq!((status.code(), error_reason(&status).as_deref()), (Code::Unimplemented, Some("NOT_IMPLEMENTED")));
+    let mut request = with_mask(id, &["cdi_devices"]);
+    request.cdi_devices = vec!["berth.test/none=0".to_owned()];
+    let status = client.update_workspace(request).await.unwrap_err();
+    assert_eq!((status.code(), error_reason(&status).as_deref()), (Code::NotFound, Some("CDI_DEVICE_NOT_FOUND")));
     delete_workspace(&mut client, id).await;
 }

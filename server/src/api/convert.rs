@@ -124,13 +124,6 @@ pub fn workspace_update(request: pb::UpdateWorkspaceRequest) -> Result<Workspace
         )
         .with_metadata("path", unknown.clone()));
     }
-    if paths.iter().any(|path| path == "cdi_devices") {
-        return Err(Error::new(
-            Reason::NotImplemented,
-            "changing cdi_devices in place is not supported yet; nothing was changed",
-        )
-        .with_metadata("path", "cdi_devices"));
-    }
     let named = |field: &str| paths.iter().any(|path| path == field);
     let policy = pull_policy(request.pull_policy());
     Ok(WorkspaceUpdate {
@@ -138,6 +131,7 @@ pub fn workspace_update(request: pb::UpdateWorkspaceRequest) -> Result<Workspace
         resources: named("resources").then(|| resources_of(request.resources.unwrap_or_default())),
         labels: named("labels").then(|| request.labels.clone().into_iter().collect()),
         env: named("env").then(|| request.env.clone().into_iter().collect()),
+        cdi_devices: named("cdi_devices").then(|| request.cdi_devices.clone()),
     })
 }
 

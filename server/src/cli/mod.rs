@@ -234,6 +234,12 @@ pub enum ClientCommand {
         /// Remove an environment variable (repeatable)
         #[arg(long = "unset-env", value_name = "KEY")]
         unset_env: Vec<String>,
+        /// Attach a CDI device, VENDOR/CLASS=NAME (repeatable; restarts a running workspace)
+        #[arg(long = "device", value_name = "NAME")]
+        devices: Vec<String>,
+        /// Detach a CDI device (repeatable)
+        #[arg(long = "unset-device", value_name = "NAME")]
+        unset_devices: Vec<String>,
     },
     /// Take, list, delete and restore snapshots of a workspace's filesystem
     Snapshot {
@@ -359,8 +365,33 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
         ClientCommand::Ps { id, output } => exec::ps(channel, id, output == OutputFormat::Json).await?,
         ClientCommand::Cp { source, destination } => return cp::copy(channel, &source, &destination).await,
         ClientCommand::Fs { command } => return fs::run(channel, command).await,
-        ClientCommand::Update { id, image, pull, cpus, memory, pids, labels, unset_labels, env, unset_env } => {
-            let changes = update::Changes { image, pull, cpus, memory, pids, labels, unset_labels, env, unset_env };
+        ClientCommand::Update {
+            id,
+            image,
+            pull,
+            cpus,
+            memory,
+            pids,
+            labels,
+            unset_labels,
+            env,
+            unset_env,
+            devices,
+            unset_devices,
+        } => {
+            let changes = update::Changes {
+                image,
+                pull,
+                cpus,
+                memory,
+                pids,
+                labels,
+                unset_labels,
+                env,
+                unset_env,
+                devices,
+                unset_devices,
+            };
             update::run(&mut client, id, changes).await?;
         }
         ClientCommand::Snapshot { command } => snapshot::run(channel, command).await?,

@@ -1,6 +1,6 @@
-//! `berth update ID [--image I] [--cpus C] [--memory M] [--pids N] [--label K=V] [--env K=V] ...`:
-//! the flags given are merged into the workspace's current limits, labels and environment (read
-//! first), and only the fields they touch go into the update mask.
+//! `berth update ID [--image I] [--cpus C] [--memory M] [--pids N] [--label K=V] [--env K=V]
+//! [--device D] ...`: the flags given are merged into the workspace's current limits, labels,
+//! environment and devices (read first), and only the fields they touch go into the update mask.
 
 use std::collections::HashMap;
 
@@ -21,6 +21,8 @@ pub struct Changes {
     pub unset_labels: Vec<String>,
     pub env: Vec<(String, String)>,
     pub unset_env: Vec<String>,
+    pub devices: Vec<String>,
+    pub unset_devices: Vec<String>,
 }
 
 /// Sends the update and prints one line saying what happened.
@@ -56,9 +58,17 @@ pub async fn run(client: &mut WorkspaceServiceClient<Channel>, id: String, chang
         request.env = merged(current.env, changes.env, &changes.unset_env);
         paths.push("env");
     }
+    if !changes.devices.is_empty() || !changes.unset_devices.is_empty() {
+        let mut devices = current.cdi_devices;
+        devices.extend(changes.devices);
+        devices.retain(|device| !changes.unset_devices.contains(device));
+        request.cdi_devices = devices;
+        paths.push("cdi_devices");
+    }
     if paths.is_empty() {
         return Err(
-            "nothing to change: pass --image, --cpus, --memory, --pids, --label, --env or their --unset-".to_owned()
+            "nothing to change: pass --image, --cpus, --memory, --pids, --label, --env, --device or their --unset-"
+                .to_owned(),
         );
     }
     request.update_mask = Some(prost_types::FieldMask { paths: paths.iter().map(|path| (*path).to_owned()).collect() });

@@ -1,6 +1,7 @@
 //! UpdateWorkspace: a workspace changed in place. Labels and resource limits apply to the
 //! running task at once (no restart) and persist in the container's stored spec and the record;
-//! a new environment needs a new spec, so the container is re-created and its task restarted;
+//! a new environment or device set needs a new spec, so the container is re-created and its
+//! task restarted (once for both);
 //! an image change is `snapshot/image_change.rs`'s. Fields are applied in that order, each to
 //! containerd before the record, so a retry after a failure applies what is still missing.
 
@@ -19,7 +20,7 @@ use crate::runtime::PullPolicy;
 
 /// What processes started through ProcessService read in their `end.error` after an
 /// environment change.
-const ENV_RESTART: &str = "an environment change restarted the workspace";
+const SPEC_RESTART: &str = "a change of the workspace's environment or devices restarted it";
 
 /// The fields an UpdateWorkspace changes; `None` leaves one as it is.
 #[derive(Clone, Default)]
@@ -31,6 +32,8 @@ pub struct WorkspaceUpdate {
     pub labels: Option<BTreeMap<String, String>>,
     /// Replaces every caller variable.
     pub env: Option<BTreeMap<String, String>>,
+    /// Replaces the CDI devices (names as callers write them).
+    pub cdi_devices: Option<Vec<String>>,
 }
 
 impl WorkspaceUpdate {
@@ -38,7 +41,7 @@ impl WorkspaceUpdate {
     /// secrets that must not sit in a key that may be logged.
     fn key(&self, id: &WorkspaceId) -> String {
         let mut digest = Sha256::new();
-        digest.update(format!("{:?}|{:?}|{:?}", self.image, self.resources, self.labels));
+        digest.update(format!("{:?}|{:?}|{:?}|{:?}", self.image, self.resources, self.labels, self.cdi_devices));
         for (name, value) in self.env.iter().flatten() {
             digest.update([0]);
             digest.update(name);
@@ -111,6 +114,11 @@ impl Manager {
             _ => None,
         };
 
+        let devices = match &update.cdi_devices {
+            Some(names) => Some(self.resolve_devices(names).await?),
+            None => None,
+        };
+
         let _guard = self.lock(id).await;
         let mut record = self.settled_record(id, "updating it").await?;
         let running = self.runtime.task(id.as_str()).await?.is_some_and(|task| task.running);
@@ -130,12 +138,18 @@ impl Manager {
             self.save(&mut record).await?;
             changed.push("resources");
         }
-        let mut restarted = false;
+        // A new environment and new devices need a new spec: one re-creation for both.
+        let mut spec = record.spec.clone();
         if let Some(env) = update.env.filter(|env| *env != record.spec.env) {
-            let spec = WorkspaceSpec { env, ..record.spec.clone() };
-            restarted = self.recreate_for_spec(&mut record, spec, running).await?;
+            spec.env = env;
             changed.push("env");
         }
+        if let Some(devices) = devices.filter(|devices| *devices != record.spec.cdi_devices) {
+            spec.cdi_devices = devices;
+            changed.push("cdi_devices");
+        }
+        let restarted_for_spec = spec != record.spec && self.recreate_for_spec(&mut record, spec, running).await?;
+        let mut restarted = restarted_for_spec;
         let mut version = None;
         if let Some(image) = image
             && let Some((image_restarted, image_version)) = self.change_image_locked(record, &image).await?
@@ -181,7 +195,7 @@ impl Manager {
         .with_metadata("used_bytes", used.to_string()))
     }
 
-    /// Re-creates the container with `spec` (a new process environment) and saves it in the
+    /// Re-creates the container with `spec` (a new environment or device set) and saves it in the
     /// record; the task is stopped for it and started again when it ran. Returns whether it was
     /// restarted. On failure the record keeps its old spec (and the task runs again on the old
     /// container if it is still there); a crash between the deletion and the creation is
@@ -193,7 +207,7 @@ impl Manager {
         running: bool,
     ) -> Result<bool> {
         let image = self.image_at(&record.spec.image, &record.image_digest).await?;
-        let was_running = running && self.stop_for_switch(record, ENV_RESTART).await?;
+        let was_running = running && self.stop_for_switch(record, SPEC_RESTART).await?;
         let next = WorkspaceRecord { spec, ..record.clone() };
         if let Err(err) = self.recreate_container(&next, &image).await {
             if was_running {
@@ -204,7 +218,7 @@ impl Manager {
         *record = next;
         self.save(record).await?;
         if was_running {
-            self.start_after_switch(record, "the environment was changed").await?;
+            self.start_after_switch(record, "the environment or devices were changed").await?;
         }
         Ok(was_running)
     }

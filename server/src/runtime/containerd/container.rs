@@ -183,30 +183,35 @@ impl Containerd {
     /// for, and a second ListPids after opening confirms that this process is still the task's,
     /// so berth never signals anything outside the workspace.
     async fn terminate_processes(&self, id: &str, init_pid: u32, deadline: Instant) -> Result<()> {
-        let listed = self.other_pids(id, init_pid).await?;
-        if listed.is_empty() {
-            return Ok(());
-        }
-        let pidfds: Vec<(u32, std::os::fd::OwnedFd)> = listed
-            .iter()
-            .filter_map(|pid| {
-                let raw = rustix::process::Pid::from_raw(i32::try_from(*pid).ok()?)?;
-                // ESRCH: it exited meanwhile; nothing to signal.
-                let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
-                Some((*pid, pidfd))
-            })
-            .collect();
         let mut others = self.other_pids(id, init_pid).await?;
-        for (pid, pidfd) in &pidfds {
-            if others.contains(pid) {
-                // ESRCH: it exited after the second listing.
-                let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::TERM);
-            }
-        }
-        drop(pidfds);
+        // Rounds: processes forked after a listing are found by the next one.
         while !others.is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let pidfds: Vec<(u32, std::os::fd::OwnedFd)> = others
+                .iter()
+                .filter_map(|pid| {
+                    let raw = rustix::process::Pid::from_raw(i32::try_from(*pid).ok()?)?;
+                    // ESRCH: it exited meanwhile; nothing to signal.
+                    let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
+                    Some((*pid, pidfd))
+                })
+                .collect();
+            let confirmed = self.other_pids(id, init_pid).await?;
+            let mut signalled = Vec::new();
+            for (pid, pidfd) in pidfds {
+                if confirmed.contains(&pid) {
+                    // ESRCH: it exited after the second listing.
+                    let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::TERM);
+                    signalled.push(pidfd);
+                }
+            }
+            // A pidfd turns readable when its process exits: no polling interval adds to a stop.
+            let until = deadline.into_std();
+            let _ = tokio::task::spawn_blocking(move || wait_for_exits(signalled, until)).await;
             others = self.other_pids(id, init_pid).await?;
+            if !others.is_empty() && Instant::now() < deadline {
+                // Exited but not yet reaped, or new: give them a moment before the next round.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         Ok(())
     }
@@ -541,4 +546,27 @@ fn rfc3339(time: time::OffsetDateTime) -> String {
 
 pub(super) fn rfc3339_now() -> String {
     rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// Blocks until every process of `pidfds` has exited or `until` passes.
+fn wait_for_exits(mut pidfds: Vec<std::os::fd::OwnedFd>, until: std::time::Instant) {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    while !pidfds.is_empty() {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let timeout = Timespec { tv_sec: left.as_secs() as i64, tv_nsec: i64::from(left.subsec_nanos()) };
+        let mut fds: Vec<PollFd<'_>> = pidfds.iter().map(|pidfd| PollFd::new(pidfd, PollFlags::IN)).collect();
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return,
+        }
+        let exited: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+        drop(fds);
+        let mut exited = exited.into_iter();
+        pidfds.retain(|_| !exited.next().unwrap_or(true));
+    }
 }

@@ -1031,7 +1031,8 @@ type UpdateWorkspaceRequest struct {
 	// New environment variables, replacing all of the current ones (values are secrets, as in
 	// CreateWorkspace). Changing them restarts a running workspace.
 	Env map[string]string `protobuf:"bytes,7,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// New CDI device names (not supported yet).
+	// New CDI device names, replacing all of the current ones (normalized like CreateWorkspace's;
+	// empty detaches every device). Changing them restarts a running workspace.
 	CdiDevices    []string `protobuf:"bytes,8,rep,name=cdi_devices,json=cdiDevices,proto3" json:"cdi_devices,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1128,7 +1129,8 @@ type UpdateWorkspaceResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The workspace as it is after the call.
 	Workspace *Workspace `protobuf:"bytes,1,opt,name=workspace,proto3" json:"workspace,omitempty"`
-	// Whether the workspace's task was stopped and started again for the change (env or image).
+	// Whether the workspace's task was stopped and started again for the change (env, devices or
+	// image).
 	Restarted bool `protobuf:"varint,2,opt,name=restarted,proto3" json:"restarted,omitempty"`
 	// The version the change created; unset when nothing changed. For an image change, its
 	// reason is IMAGE_CHANGE, its `image` the new image and its `snapshot_name` the SYSTEM

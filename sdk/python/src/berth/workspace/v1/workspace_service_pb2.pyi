@@ -800,7 +800,9 @@ class UpdateWorkspaceRequest(_message.Message):
 
     @_builtins.property
     def cdi_devices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """New CDI device names (not supported yet)."""
+        """New CDI device names, replacing all of the current ones (normalized like CreateWorkspace's;
+        empty detaches every device). Changing them restarts a running workspace.
+        """
 
     def __init__(
         self,
@@ -832,7 +834,9 @@ class UpdateWorkspaceResponse(_message.Message):
     RESTARTED_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     restarted: _builtins.bool
-    """Whether the workspace's task was stopped and started again for the change (env or image)."""
+    """Whether the workspace's task was stopped and started again for the change (env, devices or
+    image).
+    """
     @_builtins.property
     def workspace(self) -> _workspace_pb2.Workspace:
         """The workspace as it is after the call."""

@@ -97,15 +97,15 @@ class WorkspaceServiceStub:
     Tasks.Update) and in the container's stored spec, so a later start keeps them. A memory
     limit below what the running workspace uses (its working set) fails with
     FAILED_PRECONDITION and reason MEMORY_LIMIT_BELOW_USAGE, the usage in the message. `env`
-    needs a new container spec: the container is re-created and a running task restarted. A
-    field equal to its current value changes nothing. Fields are applied in the order labels,
-    resources, env, image (a mask with env and image restarts twice); each reaches containerd
-    before the stored workspace, so retrying a failed call applies what is still missing.
+    and `cdi_devices` need a new container spec: the container is re-created (once for both)
+    and a running task restarted; devices resolve like CreateWorkspace's (NOT_FOUND and reason
+    CDI_DEVICE_NOT_FOUND before anything changes). A field equal to its current value changes
+    nothing. Fields are applied in the order labels, resources, env and cdi_devices, image (a
+    mask with env and image restarts twice); each reaches containerd before the stored
+    workspace, so retrying a failed call applies what is still missing.
 
-    `cdi_devices` is not supported yet: a mask naming it fails with UNIMPLEMENTED and reason
-    NOT_IMPLEMENTED before anything changes. An empty mask or an unknown path fails with
-    INVALID_ARGUMENT and reason INVALID_ARGUMENT; invalid labels, env or resources fail as in
-    CreateWorkspace.
+    An empty mask or an unknown path fails with INVALID_ARGUMENT and reason INVALID_ARGUMENT;
+    invalid labels, env or resources fail as in CreateWorkspace.
     """
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.GetMetricsRequest, _workspace_service_pb2.GetMetricsResponse]
     """Returns one sample of a workspace's resource usage, running or not. It never waits to
@@ -257,15 +257,15 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     Tasks.Update) and in the container's stored spec, so a later start keeps them. A memory
     limit below what the running workspace uses (its working set) fails with
     FAILED_PRECONDITION and reason MEMORY_LIMIT_BELOW_USAGE, the usage in the message. `env`
-    needs a new container spec: the container is re-created and a running task restarted. A
-    field equal to its current value changes nothing. Fields are applied in the order labels,
-    resources, env, image (a mask with env and image restarts twice); each reaches containerd
-    before the stored workspace, so retrying a failed call applies what is still missing.
+    and `cdi_devices` need a new container spec: the container is re-created (once for both)
+    and a running task restarted; devices resolve like CreateWorkspace's (NOT_FOUND and reason
+    CDI_DEVICE_NOT_FOUND before anything changes). A field equal to its current value changes
+    nothing. Fields are applied in the order labels, resources, env and cdi_devices, image (a
+    mask with env and image restarts twice); each reaches containerd before the stored
+    workspace, so retrying a failed call applies what is still missing.
 
-    `cdi_devices` is not supported yet: a mask naming it fails with UNIMPLEMENTED and reason
-    NOT_IMPLEMENTED before anything changes. An empty mask or an unknown path fails with
-    INVALID_ARGUMENT and reason INVALID_ARGUMENT; invalid labels, env or resources fail as in
-    CreateWorkspace.
+    An empty mask or an unknown path fails with INVALID_ARGUMENT and reason INVALID_ARGUMENT;
+    invalid labels, env or resources fail as in CreateWorkspace.
     """
     GetMetrics: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.GetMetricsRequest, _workspace_service_pb2.GetMetricsResponse]  # type: ignore[assignment]
     """Returns one sample of a workspace's resource usage, running or not. It never waits to
@@ -468,15 +468,15 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         Tasks.Update) and in the container's stored spec, so a later start keeps them. A memory
         limit below what the running workspace uses (its working set) fails with
         FAILED_PRECONDITION and reason MEMORY_LIMIT_BELOW_USAGE, the usage in the message. `env`
-        needs a new container spec: the container is re-created and a running task restarted. A
-        field equal to its current value changes nothing. Fields are applied in the order labels,
-        resources, env, image (a mask with env and image restarts twice); each reaches containerd
-        before the stored workspace, so retrying a failed call applies what is still missing.
+        and `cdi_devices` need a new container spec: the container is re-created (once for both)
+        and a running task restarted; devices resolve like CreateWorkspace's (NOT_FOUND and reason
+        CDI_DEVICE_NOT_FOUND before anything changes). A field equal to its current value changes
+        nothing. Fields are applied in the order labels, resources, env and cdi_devices, image (a
+        mask with env and image restarts twice); each reaches containerd before the stored
+        workspace, so retrying a failed call applies what is still missing.
 
-        `cdi_devices` is not supported yet: a mask naming it fails with UNIMPLEMENTED and reason
-        NOT_IMPLEMENTED before anything changes. An empty mask or an unknown path fails with
-        INVALID_ARGUMENT and reason INVALID_ARGUMENT; invalid labels, env or resources fail as in
-        CreateWorkspace.
+        An empty mask or an unknown path fails with INVALID_ARGUMENT and reason INVALID_ARGUMENT;
+        invalid labels, env or resources fail as in CreateWorkspace.
         """
 
     @_abc_1.abstractmethod

@@ -750,7 +750,8 @@ export type UpdateWorkspaceRequest = Message<"berth.workspace.v1.UpdateWorkspace
   env: { [key: string]: string };
 
   /**
-   * New CDI device names (not supported yet).
+   * New CDI device names, replacing all of the current ones (normalized like CreateWorkspace's;
+   * empty detaches every device). Changing them restarts a running workspace.
    *
    * @generated from field: repeated string cdi_devices = 8;
    */
@@ -778,7 +779,8 @@ export type UpdateWorkspaceResponse = Message<"berth.workspace.v1.UpdateWorkspac
   workspace?: Workspace | undefined;
 
   /**
-   * Whether the workspace's task was stopped and started again for the change (env or image).
+   * Whether the workspace's task was stopped and started again for the change (env, devices or
+   * image).
    *
    * @generated from field: bool restarted = 2;
    */
@@ -1818,15 +1820,15 @@ export const WorkspaceService: GenService<{
    * Tasks.Update) and in the container's stored spec, so a later start keeps them. A memory
    * limit below what the running workspace uses (its working set) fails with
    * FAILED_PRECONDITION and reason MEMORY_LIMIT_BELOW_USAGE, the usage in the message. `env`
-   * needs a new container spec: the container is re-created and a running task restarted. A
-   * field equal to its current value changes nothing. Fields are applied in the order labels,
-   * resources, env, image (a mask with env and image restarts twice); each reaches containerd
-   * before the stored workspace, so retrying a failed call applies what is still missing.
+   * and `cdi_devices` need a new container spec: the container is re-created (once for both)
+   * and a running task restarted; devices resolve like CreateWorkspace's (NOT_FOUND and reason
+   * CDI_DEVICE_NOT_FOUND before anything changes). A field equal to its current value changes
+   * nothing. Fields are applied in the order labels, resources, env and cdi_devices, image (a
+   * mask with env and image restarts twice); each reaches containerd before the stored
+   * workspace, so retrying a failed call applies what is still missing.
    *
-   * `cdi_devices` is not supported yet: a mask naming it fails with UNIMPLEMENTED and reason
-   * NOT_IMPLEMENTED before anything changes. An empty mask or an unknown path fails with
-   * INVALID_ARGUMENT and reason INVALID_ARGUMENT; invalid labels, env or resources fail as in
-   * CreateWorkspace.
+   * An empty mask or an unknown path fails with INVALID_ARGUMENT and reason INVALID_ARGUMENT;
+   * invalid labels, env or resources fail as in CreateWorkspace.
    *
    * @generated from rpc berth.workspace.v1.WorkspaceService.UpdateWorkspace
    */
