@@ -183,4 +183,3 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
 fn record_workspace_id(workspace_id: &str) {
     Span::current().record("workspace_id", workspace_id);
 }
-
