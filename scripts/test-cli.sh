@@ -4,7 +4,8 @@
 # stop/start, rm --preserve-data + create --restore-data, exec (exit codes, stdin, -t through
 # script, a missing command), ps, cp and fs (files and trees both ways, byte-identical with their
 # modes; symlinks made in the workspace never followed on this host; a stopped workspace's
-# files), export (gzip and zstd, read back with tar), snapshot create/ls/restore/rm and versions,
+# files), export (gzip and zstd, read back with tar), metrics (a sample, JSON, a stream of lines, a
+# stopped workspace), snapshot create/ls/restore/rm and versions, update (limits, env, image),
 # events replayed and filtered, and a failing call's one-line error.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -184,8 +185,22 @@ $berth export "$id" --path /data/cli/in --format zstd -o "$work/in.tar.zst" 2>/d
 expect_failure '^berth: NOT_FOUND PATH_NOT_FOUND: ' $berth export "$id" --path /data/nope -o "$work/nope.tar.gz"
 [ -z "$(find "$work" -maxdepth 1 -name '*nope*')" ] || fail "a failed export left a file: $(ls -A "$work")"
 
+# metrics: one sample as a table and as JSON, then a stream of lines until interrupted.
+metrics_out=$($berth metrics "$id")
+grep -q '^CPU  *[0-9.]*% of one core (unlimited), ' <<<"$metrics_out" || fail "metrics CPU: $metrics_out"
+grep -q '^PIDS  *[1-9][0-9]* (unlimited)$' <<<"$metrics_out" || fail "metrics PIDS: $metrics_out"
+grep -q '^ROOTFS  *[0-9.]* [KMG]*i*B in [1-9][0-9]* inodes$' <<<"$metrics_out" || fail "metrics ROOTFS: $metrics_out"
+memory=$($berth metrics "$id" -o json | python3 -c 'import json,sys; m=json.load(sys.stdin); print(m["supported"], int(m["memory"]["usageBytes"]) > 0)')
+[ "$memory" = "True True" ] || fail "metrics -o json: $memory"
+watch_out=$(timeout 3 $berth metrics "$id" --watch --interval 0.2 || true)
+head -1 <<<"$watch_out" | grep -q '^TIME  *CPU%  *MEMORY  *MEM%  *PIDS  *ROOTFS  *DATA$' || fail "metrics --watch header: $watch_out"
+[ "$(grep -c '^[0-9]\{4\}-[0-9-]*T[0-9:]*Z  *[0-9.]*  *[0-9.]* [KMG]*i*B ' <<<"$watch_out")" -ge 5 ] || fail "metrics --watch lines: $watch_out"
+expect_failure '^berth: INVALID_ARGUMENT INVALID_ARGUMENT: interval ' $berth metrics "$id" --watch --interval 0.01
+expect_failure '^berth: NOT_FOUND WORKSPACE_NOT_FOUND: ' $berth metrics "no-such-$id"
+
 [ "$($berth stop "$id" --timeout 5)" = "$id STOPPED" ] || fail "stop"
 wait "$sleeper" || true
+grep -q '^CPU  *- (not running)$' <<<"$($berth metrics "$id")" || fail "metrics of a stopped workspace: $($berth metrics "$id")"
 # A stopped workspace's files are reachable too.
 [ "$($berth fs cat "$id:/data/cli/in/tree/a.txt")" = hello ] || fail "fs cat of a stopped workspace"
 $berth cp "$id:/data/cli/in/tree/sub" "$work/stopped"

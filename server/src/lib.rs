@@ -9,6 +9,7 @@ pub mod devices;
 pub mod error;
 pub mod failpoint;
 pub mod files;
+pub mod metrics;
 pub mod model;
 pub mod process;
 pub mod runtime;

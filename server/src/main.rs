@@ -168,7 +168,8 @@ async fn run(
         cors_origins = ?config.cors_origins,
         "berth is serving"
     );
-    let served = berth::api::serve(listener, manager.clone(), &config.cors_origins, shutdown).await;
+    let metrics = Arc::new(berth::metrics::Metrics::new(manager.clone(), config.storage_sample_interval));
+    let served = berth::api::serve(listener, manager.clone(), metrics, &config.cors_origins, shutdown).await;
     // Creates, stops and data operations still running finish before the store closes (a create
     // cut off here would only be rolled back at the next boot).
     if !manager.drain(SHUTDOWN_DRAIN).await {

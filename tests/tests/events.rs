@@ -168,3 +168,37 @@ async fn events_survive_a_berth_restart() {
     let started = replay.next_event(SOON).await;
     assert!(started.event_id > stopped.event_id, "{started:?}");
 }
+
+#[tokio::test]
+async fn a_process_over_the_memory_limit_is_oom_killed_with_an_oom_event_and_the_count_in_metrics() {
+    use berth_api::v1::{GetMetricsRequest, Resources, UpdateWorkspaceRequest};
+    let testbed = Testbed::from_env();
+    let server = BerthServer::start(&testbed);
+    let mut client = client(&server).await;
+    let id = "oom";
+    let created = create_workspace(&mut client, id, &testbed.image("BUSYBOX")).await;
+    let limit = UpdateWorkspaceRequest {
+        workspace_id: id.to_owned(),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["resources".to_owned()] }),
+        resources: Some(Resources { memory_bytes: 32 << 20, ..Default::default() }),
+        ..Default::default()
+    };
+    client.update_workspace(limit).await.unwrap();
+    let mut watch = Watch::open(&mut client, id, 0, &[Kind::Oom]).await;
+    // 64 MiB held in a shell variable: more than the 32 MiB limit.
+    let hog = "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}";
+    let filled = testbed.exec_output(&server.namespace, id, None, &["sh", "-c", hog]);
+    assert!(!filled.success || !filled.stdout.contains("67108864"), "the allocation survived: {filled:?}");
+    let event = watch.next_event(Duration::from_secs(10)).await;
+    assert_eq!((event.kind(), event.workspace_id.as_str()), (Kind::Oom, id), "{event:?}");
+    let metrics = client
+        .get_metrics(GetMetricsRequest { workspace_id: id.to_owned() })
+        .await
+        .unwrap()
+        .into_inner()
+        .metrics
+        .unwrap();
+    assert!(metrics.memory.unwrap().oom_kill_count >= 1, "the OOM kill is counted");
+    let after = get(&mut client, id).await;
+    assert_eq!((after.state(), after.init_pid), (State::Running, created.init_pid), "only the hog was killed");
+}

@@ -297,18 +297,6 @@ async fn grpc_web_over_http1_works_and_cors_exposes_grpc_headers() {
     assert!(text.contains("grpc-status-details-bin"), "ErrorInfo travels over grpc-web: {text}");
 }
 
-#[tokio::test]
-async fn unbuilt_rpcs_say_unimplemented_with_a_reason() {
-    let testbed = Testbed::from_env();
-    let server = BerthServer::start(&testbed);
-    let mut workspaces = WorkspaceServiceClient::new(server.channel().await);
-    let status =
-        workspaces.get_metrics(berth_api::v1::GetMetricsRequest { workspace_id: "bot".to_owned() }).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
-    assert_eq!(error_reason(&status).as_deref(), Some("NOT_IMPLEMENTED"));
-    assert!(status.message().contains("GetMetrics"), "{}", status.message());
-}
-
 #[test]
 fn start_against_a_missing_socket_exits_with_one_line_within_10s() {
     let testbed = Testbed::from_env();

@@ -265,3 +265,50 @@ pub fn restore_target(target: Option<pb::restore_snapshot_request::Target>) -> R
         }
     }
 }
+
+/// The proto form of a metrics sample.
+pub fn workspace_metrics(sample: crate::metrics::Sample) -> pb::WorkspaceMetrics {
+    pb::WorkspaceMetrics {
+        sample_time: Some(timestamp(sample.sample_time)),
+        supported: sample.unsupported.is_none(),
+        unsupported_reason: sample.unsupported.unwrap_or_default(),
+        cpu: sample.cpu.map(|cpu| pb::CpuMetrics {
+            percent_of_one_core: cpu.percent_of_one_core,
+            usage_nanos: cpu.stats.usage_nanos,
+            user_nanos: cpu.stats.user_nanos,
+            system_nanos: cpu.stats.system_nanos,
+            limit_millis: cpu.limit_millis,
+            throttled_nanos: cpu.stats.throttled_nanos,
+        }),
+        memory: sample.memory.map(|memory| pb::MemoryMetrics {
+            usage_bytes: memory.usage_bytes,
+            working_set_bytes: memory.working_set_bytes,
+            limit_bytes: memory.limit_bytes,
+            percent: crate::metrics::memory_percent(&memory),
+            oom_kill_count: memory.oom_kills,
+        }),
+        pids: sample.pids.map(|pids| pb::PidsMetrics { current: pids.current, limit: pids.limit }),
+        storage: sample.storage.map(|storage| pb::StorageMetrics {
+            rootfs_bytes: storage.rootfs_bytes,
+            rootfs_inodes: storage.rootfs_inodes,
+            data_bytes: storage.data_bytes,
+            sample_time: Some(timestamp(storage.sample_time)),
+        }),
+    }
+}
+
+/// WatchMetrics' `interval`: unset means the default; negative or out of the documented range
+/// is INVALID_ARGUMENT.
+pub fn watch_interval(interval: Option<prost_types::Duration>) -> Result<std::time::Duration, Error> {
+    let interval = interval
+        .map(|interval| {
+            std::time::Duration::try_from(interval).map_err(|_| {
+                Error::new(
+                    Reason::InvalidArgument,
+                    "interval must not be negative; pass 100ms to 1h, or leave it unset for 1s",
+                )
+            })
+        })
+        .transpose()?;
+    crate::metrics::check_watch_interval(interval)
+}

@@ -27,6 +27,7 @@ use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::{Span, info, warn};
 
+use crate::metrics::Metrics;
 use crate::workspace::Manager;
 
 /// How often health re-checks that containerd answers.
@@ -51,6 +52,7 @@ const SERVICE_NAMES: [&str; 3] = [
 pub async fn serve(
     listener: TcpListener,
     manager: Arc<Manager>,
+    metrics: Arc<Metrics>,
     cors_origins: &[String],
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -82,7 +84,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(WorkspaceServiceServer::new(workspace::WorkspaceApi::new(manager.clone(), files.clone())))
+        .add_service(WorkspaceServiceServer::new(workspace::WorkspaceApi::new(manager.clone(), files.clone(), metrics)))
         .add_service(FilesystemServiceServer::new(filesystem::FilesystemApi::new(files)))
         .add_service(ProcessServiceServer::new(process::ProcessApi::new(manager.clone())));
 
@@ -180,9 +182,4 @@ fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
 /// Records the workspace id on the current RPC span.
 fn record_workspace_id(workspace_id: &str) {
     Span::current().record("workspace_id", workspace_id);
-}
-
-/// Returns the error for an RPC whose behaviour is not built yet.
-fn not_built<T>(what: &str) -> Result<T, tonic::Status> {
-    Err(crate::error::Error::not_implemented(what).into())
 }

@@ -9,9 +9,10 @@ use berth_api::v1::workspace_service_server::WorkspaceService;
 use futures::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{convert, not_built, record_workspace_id};
+use super::{convert, record_workspace_id};
 use crate::error::{Error, Reason};
 use crate::files::Files;
+use crate::metrics::Metrics;
 use crate::workspace::Manager;
 
 pub(super) type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -25,12 +26,14 @@ pub struct WorkspaceApi {
     manager: Arc<Manager>,
     /// /data (or any directory) in and out as archives: ExportData and ImportData.
     files: Arc<Files>,
+    /// The shared samplers behind GetMetrics and WatchMetrics.
+    metrics: Arc<Metrics>,
 }
 
 impl WorkspaceApi {
-    /// Serves WorkspaceService over the Manager and the file manager.
-    pub fn new(manager: Arc<Manager>, files: Arc<Files>) -> Self {
-        Self { manager, files }
+    /// Serves WorkspaceService over the Manager, the file manager and the metrics samplers.
+    pub fn new(manager: Arc<Manager>, files: Arc<Files>, metrics: Arc<Metrics>) -> Self {
+        Self { manager, files, metrics }
     }
 }
 
@@ -147,16 +150,26 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::GetMetricsRequest>,
     ) -> Result<Response<pb::GetMetricsResponse>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("GetMetrics (cgroup and snapshot usage metrics)")
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        let sample = self.metrics.get(&request.workspace_id).await?;
+        Ok(Response::new(pb::GetMetricsResponse { metrics: Some(convert::workspace_metrics(sample)) }))
     }
 
     async fn watch_metrics(
         &self,
         request: Request<pb::WatchMetricsRequest>,
     ) -> Result<Response<Self::WatchMetricsStream>, Status> {
-        record_workspace_id(&request.get_ref().workspace_id);
-        not_built("WatchMetrics (streamed metrics)")
+        let request = request.into_inner();
+        record_workspace_id(&request.workspace_id);
+        let interval = convert::watch_interval(request.interval)?;
+        let samples = self.metrics.watch(&request.workspace_id, interval).await?;
+        let responses = samples.map(|sample| {
+            sample
+                .map(|sample| pb::WatchMetricsResponse { metrics: Some(convert::workspace_metrics(sample)) })
+                .map_err(Status::from)
+        });
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn create_snapshot(

@@ -1,5 +1,6 @@
 //! Client subcommands: `berth ls | create | get | start | stop | rm | exec | ps | cp | fs | export |
-//! import | snapshot | versions | devices | events` over the generated Rust clients. A failed call
+//! import | snapshot | versions | update | metrics | devices | events` over the generated Rust
+//! clients. A failed call
 //! prints one line (status code, ErrorInfo reason, message) and exits 1; `exec` exits with the
 //! process's own code.
 
@@ -10,6 +11,7 @@ mod events;
 mod exec;
 mod fs;
 mod host;
+mod metrics;
 mod output;
 mod paths;
 mod progress;
@@ -246,6 +248,18 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: snapshot::SnapshotCommand,
     },
+    /// Show a workspace's CPU, memory, processes and disk use; --watch prints a line per sample
+    Metrics {
+        id: String,
+        /// Keep printing samples until interrupted
+        #[arg(long, short = 'w')]
+        watch: bool,
+        /// Seconds between samples with --watch (0.1 to 3600)
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        #[arg(long, short = 'o', value_enum, default_value_t)]
+        output: OutputFormat,
+    },
     /// Show a workspace's version history (* marks the current version)
     Versions {
         id: String,
@@ -408,6 +422,10 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
                 kinds,
             };
             events::follow(&mut client, request, heartbeats, output).await?;
+        }
+        ClientCommand::Metrics { id, watch, interval, output } => {
+            let options = metrics::MetricsOptions { workspace_id: id, watch, interval, output };
+            metrics::run(channel, options).await?;
         }
         ClientCommand::Devices { output } => devices::list(channel, output).await?,
         ClientCommand::Export { id, path, format, output } => {

@@ -12,6 +12,7 @@ pub mod merge;
 mod mount;
 mod replace;
 mod tar_read;
+mod usage;
 mod users;
 
 #[cfg(test)]
@@ -42,4 +43,5 @@ pub use extract::{
 pub use in_root::{InRoot, Owner};
 pub use mount::{MountSpec, MountedRootfs, clear_stale_mounts, data_dir, prepare_data_dir};
 pub use replace::{WritableLayer, replace_data_dir};
+pub use usage::disk_usage;
 pub use users::{ResolvedUser, resolve_user};

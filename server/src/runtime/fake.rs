@@ -12,8 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    ContainerOwner, ContainerSpec, ExecIo, ExecSpec, ExecState, ImageConfig, ProcessBase, PtySize, PullEvent,
-    PullPolicy, PullProgress, PulledImage, Runtime, SnapshotInfo, StartedExec, TaskState,
+    CgroupStats, ContainerOwner, ContainerSpec, ExecIo, ExecSpec, ExecState, ImageConfig, LayerUsage, ProcessBase,
+    PtySize, PullEvent, PullPolicy, PullProgress, PulledImage, Runtime, SnapshotInfo, StartedExec, TaskMetrics,
+    TaskState,
 };
 use crate::data::{MountSpec, ResolvedUser};
 use crate::error::{Error, Reason, Result};
@@ -57,6 +58,8 @@ pub struct FakeState {
     pub notices: Option<tokio::sync::mpsc::UnboundedSender<Result<crate::runtime::TaskNotice>>>,
     /// How many times `task_notices` was called.
     pub subscriptions: u32,
+    /// Container id → the cgroup figures its running task reports.
+    pub cgroups: HashMap<String, CgroupStats>,
     /// Operation name → the error its next calls return (until cleared).
     pub failures: HashMap<&'static str, Error>,
     /// Operation name → how many times it answered with the injected failure before clearing
@@ -71,6 +74,8 @@ pub struct FakeRuntime {
     /// The image's `User`.
     pub image_user: Mutex<String>,
     pub stop_calls: AtomicU32,
+    /// How many times `task_metrics` was called.
+    pub metrics_calls: AtomicU32,
     /// How long a stop takes.
     pub stop_delay: Mutex<Duration>,
 }
@@ -88,6 +93,7 @@ impl FakeRuntime {
             root: tempfile::tempdir().expect("a temp dir for fake snapshots"),
             image_user: Mutex::new(String::new()),
             stop_calls: AtomicU32::new(0),
+            metrics_calls: AtomicU32::new(0),
             stop_delay: Mutex::new(Duration::ZERO),
         }
     }
@@ -370,6 +376,13 @@ impl Runtime for FakeRuntime {
         Ok(tree_size(&self.snapshot_dir(key)))
     }
 
+    async fn layer_usage(&self, key: &str) -> Result<LayerUsage> {
+        self.check("layer_usage")?;
+        let dir = self.snapshot_dir(key);
+        let inodes = walkdir::WalkDir::new(&dir).into_iter().flatten().count() as u64;
+        Ok(LayerUsage { bytes: tree_size(&dir), inodes })
+    }
+
     async fn workspace_snapshots(&self, id: &str) -> Result<Vec<SnapshotInfo>> {
         self.check("workspace_snapshots")?;
         let keys: Vec<String> = {
@@ -461,6 +474,16 @@ impl Runtime for FakeRuntime {
 
     async fn process_count(&self, _id: &str) -> Result<u32> {
         Ok(0)
+    }
+
+    async fn task_metrics(&self, id: &str) -> Result<TaskMetrics> {
+        self.metrics_calls.fetch_add(1, Ordering::SeqCst);
+        self.check("task_metrics")?;
+        let state = self.state.lock().unwrap();
+        if state.tasks.get(id) != Some(&true) {
+            return Ok(TaskMetrics::NoTask);
+        }
+        Ok(TaskMetrics::Cgroup(state.cgroups.get(id).cloned().unwrap_or_default()))
     }
 
     async fn remove_stale_leases(&self) -> Result<u32> {

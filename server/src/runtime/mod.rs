@@ -169,6 +169,67 @@ impl std::fmt::Debug for ContainerSpec<'_> {
     }
 }
 
+/// The disk use of one snapshot's own layer (not its parents), as the snapshotter measures it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LayerUsage {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+/// One reading of a task's cgroup, as containerd's `Tasks.Metrics` reports it. Counters are
+/// cumulative since the task started; a figure is `None` when the cgroup did not report it (a
+/// controller the host does not mount).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CgroupStats {
+    /// When the shim read the cgroup.
+    pub read_time: Option<time::OffsetDateTime>,
+    pub cpu: Option<CpuStats>,
+    pub memory: Option<MemoryStats>,
+    pub pids: Option<PidsStats>,
+}
+
+/// CPU time of a cgroup, in nanoseconds since the task started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuStats {
+    pub usage_nanos: u64,
+    pub user_nanos: u64,
+    pub system_nanos: u64,
+    /// Time the CFS quota held the cgroup back.
+    pub throttled_nanos: u64,
+}
+
+/// Memory of a cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Charged to the cgroup, page cache included.
+    pub usage_bytes: u64,
+    /// Usage minus inactive file-backed pages: what the OOM killer weighs.
+    pub working_set_bytes: u64,
+    /// 0 when unlimited.
+    pub limit_bytes: u64,
+    /// Processes the OOM killer killed in the cgroup.
+    pub oom_kills: u64,
+}
+
+/// Tasks (processes and threads) of a cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PidsStats {
+    pub current: u64,
+    /// 0 when unlimited.
+    pub limit: u64,
+}
+
+/// What `Tasks.Metrics` says about a workspace's task.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskMetrics {
+    /// No task runs.
+    NoTask,
+    /// The task's cgroup figures.
+    Cgroup(CgroupStats),
+    /// containerd sent figures berth cannot decode; the text says what they were.
+    Undecodable(String),
+}
+
 /// The size of a pseudo-terminal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PtySize {
@@ -307,6 +368,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Bytes of disk the snapshot's own layer uses, not counting its parents.
     async fn snapshot_usage(&self, key: &str) -> Result<u64>;
 
+    /// Bytes and inodes the snapshot's own layer uses (for overlayfs, a walk of its upper
+    /// directory: its cost grows with the number of files).
+    async fn layer_usage(&self, key: &str) -> Result<LayerUsage>;
+
     /// Every snapshot labelled with the workspace id (its writable layer and its commits).
     async fn workspace_snapshots(&self, id: &str) -> Result<Vec<SnapshotInfo>>;
 
@@ -342,6 +407,9 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Processes running in the workspace besides PID 1.
     async fn process_count(&self, id: &str) -> Result<u32>;
+
+    /// Reads the task's cgroup figures once (one containerd call).
+    async fn task_metrics(&self, id: &str) -> Result<TaskMetrics>;
 
     /// Removes leases a crash left behind; returns how many.
     async fn remove_stale_leases(&self) -> Result<u32>;

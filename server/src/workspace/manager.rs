@@ -257,7 +257,7 @@ impl Manager {
 
     /// The writable snapshot's own directory on the host; None when the snapshot is missing or
     /// is neither an overlay nor a bind mount.
-    async fn snapshot_dir(&self, snapshot_key: &str) -> Option<PathBuf> {
+    pub(super) async fn snapshot_dir(&self, snapshot_key: &str) -> Option<PathBuf> {
         if let Some(dir) = self.snapshot_dirs.lock().expect("snapshot dirs").get(snapshot_key) {
             return Some(dir.clone());
         }

@@ -29,8 +29,8 @@ use crate::data::MountSpec;
 use crate::error::{Error, Reason, Result};
 use crate::model::Resources;
 use crate::runtime::{
-    ContainerOwner, ContainerSpec, ExecIo, ExecSpec, ExecState, ProcessBase, PtySize, PullPolicy, PullProgress,
-    PulledImage, Runtime, SnapshotInfo, StartedExec, TaskState,
+    ContainerOwner, ContainerSpec, ExecIo, ExecSpec, ExecState, LayerUsage, ProcessBase, PtySize, PullPolicy,
+    PullProgress, PulledImage, Runtime, SnapshotInfo, StartedExec, TaskMetrics, TaskState,
 };
 
 /// The shim every workspace runs under.
@@ -368,6 +368,10 @@ impl Runtime for Containerd {
     }
 
     async fn snapshot_usage(&self, key: &str) -> Result<u64> {
+        Ok(self.snapshot_usage_of(key).await?.bytes)
+    }
+
+    async fn layer_usage(&self, key: &str) -> Result<LayerUsage> {
         self.snapshot_usage_of(key).await
     }
 
@@ -473,6 +477,10 @@ impl Runtime for Containerd {
 
     async fn process_count(&self, id: &str) -> Result<u32> {
         Ok(u32::try_from(self.pids(id).await?.len()).unwrap_or(u32::MAX).saturating_sub(1))
+    }
+
+    async fn task_metrics(&self, id: &str) -> Result<TaskMetrics> {
+        self.task_metrics_of(id).await
     }
 
     async fn remove_stale_leases(&self) -> Result<u32> {

@@ -5,6 +5,7 @@ mod container;
 mod content;
 mod events;
 mod exec;
+mod metrics;
 pub mod pull;
 mod registry;
 mod sandbox;

@@ -22,7 +22,7 @@ use super::client::request;
 use super::container::{LABEL_ID, LEASE_PREFIX};
 use super::{Containerd, SNAPSHOTTER};
 use crate::error::{Error, Reason, Result};
-use crate::runtime::SnapshotInfo;
+use crate::runtime::{LayerUsage, SnapshotInfo};
 
 /// Label naming the berth snapshot a committed containerd snapshot holds (for operators reading
 /// `ctr snapshots info`; berth's store is what berth reads).
@@ -76,14 +76,18 @@ impl Containerd {
         }
     }
 
-    pub(super) async fn snapshot_usage_of(&self, key: &str) -> Result<u64> {
+    pub(super) async fn snapshot_usage_of(&self, key: &str) -> Result<LayerUsage> {
         let usage = UsageRequest { snapshotter: SNAPSHOTTER.to_owned(), key: key.to_owned() };
         let response = self
             .snapshot_client()
             .usage(request(&self.namespace, usage))
             .await
-            .map_err(|status| self.map_status("snapshot usage", status))?;
-        Ok(u64::try_from(response.into_inner().size).unwrap_or(0))
+            .map_err(|status| self.map_status("snapshot usage", status))?
+            .into_inner();
+        Ok(LayerUsage {
+            bytes: u64::try_from(response.size).unwrap_or(0),
+            inodes: u64::try_from(response.inodes).unwrap_or(0),
+        })
     }
 
     /// Every snapshot whose labels name the workspace: its writable layer and its commits.

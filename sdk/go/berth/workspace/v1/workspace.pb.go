@@ -1285,12 +1285,16 @@ func (x *Version) GetImageDigest() string {
 // WorkspaceMetrics is one sample of a workspace's resource usage.
 type WorkspaceMetrics struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// When the CPU, memory and pids figures were read.
+	// When the CPU, memory and pids figures were read (for a workspace that is not running: when
+	// the server found it so).
 	SampleTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=sample_time,json=sampleTime,proto3" json:"sample_time,omitempty"`
-	// Whether the backend can measure this workspace (for example, false on hosts without
-	// cgroup v2). When false, only `unsupported_reason` is meaningful.
+	// Whether every figure of the running workspace could be read. Both cgroup v1 and cgroup v2
+	// hosts are measured; false only when containerd reports the figures in a form the server
+	// cannot decode, or the host's cgroups leave one out (a controller that is not mounted): the
+	// figures that could not be read are then unset and `unsupported_reason` says which and why.
+	// True for a workspace that is not running.
 	Supported bool `protobuf:"varint,2,opt,name=supported,proto3" json:"supported,omitempty"`
-	// Why the metrics are not supported, in words. Empty when `supported` is true.
+	// Why figures are missing, in words. Empty when `supported` is true.
 	UnsupportedReason string `protobuf:"bytes,3,opt,name=unsupported_reason,json=unsupportedReason,proto3" json:"unsupported_reason,omitempty"`
 	// CPU usage. Unset while the workspace is not RUNNING.
 	Cpu *CpuMetrics `protobuf:"bytes,4,opt,name=cpu,proto3" json:"cpu,omitempty"`
@@ -1298,7 +1302,8 @@ type WorkspaceMetrics struct {
 	Memory *MemoryMetrics `protobuf:"bytes,5,opt,name=memory,proto3" json:"memory,omitempty"`
 	// Process count. Unset while the workspace is not RUNNING.
 	Pids *PidsMetrics `protobuf:"bytes,6,opt,name=pids,proto3" json:"pids,omitempty"`
-	// Disk usage. Also reported while the workspace is stopped.
+	// Disk usage. Also reported while the workspace is stopped; unset while the workspace has no
+	// writable layer yet (it is being created) and until it has been measured once.
 	Storage       *StorageMetrics `protobuf:"bytes,7,opt,name=storage,proto3" json:"storage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1387,8 +1392,11 @@ func (x *WorkspaceMetrics) GetStorage() *StorageMetrics {
 type CpuMetrics struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// CPU time used per wall-clock time, as a percentage of one core: 100 is one busy core, 250
-	// is two and a half. Not divided by the number of cores, so it can exceed 100. Measured since
-	// the previous sample of a WatchMetrics stream, or over a short window for GetMetrics.
+	// is two and a half. Not divided by the number of cores, so it can exceed 100. Measured
+	// between two readings of the cgroup's CPU counter, never by waiting inside a call: since the
+	// previous sample of a WatchMetrics stream; for a stream's first sample and for GetMetrics,
+	// since the server's reading before (or, when it has none of this task, since the task
+	// started).
 	PercentOfOneCore float64 `protobuf:"fixed64,1,opt,name=percent_of_one_core,json=percentOfOneCore,proto3" json:"percent_of_one_core,omitempty"`
 	// Total CPU time consumed since the task started, in nanoseconds.
 	UsageNanos uint64 `protobuf:"varint,2,opt,name=usage_nanos,json=usageNanos,proto3" json:"usage_nanos,omitempty"`
@@ -1398,7 +1406,8 @@ type CpuMetrics struct {
 	SystemNanos uint64 `protobuf:"varint,4,opt,name=system_nanos,json=systemNanos,proto3" json:"system_nanos,omitempty"`
 	// Configured CPU limit in thousandths of a core; 0 means unlimited.
 	LimitMillis int64 `protobuf:"varint,5,opt,name=limit_millis,json=limitMillis,proto3" json:"limit_millis,omitempty"`
-	// Time the cgroup was held back by its CPU limit since the task started, in nanoseconds.
+	// Time the cgroup was held back by its CPU limit since the task started, in nanoseconds
+	// (cgroup v2 counts it in microseconds, so there it is a multiple of 1000).
 	ThrottledNanos uint64 `protobuf:"varint,6,opt,name=throttled_nanos,json=throttledNanos,proto3" json:"throttled_nanos,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
@@ -1615,15 +1624,19 @@ func (x *PidsMetrics) GetLimit() uint64 {
 }
 
 // StorageMetrics is the disk usage of a workspace. It is costlier to measure than the other
-// figures, so servers may refresh it less often; `sample_time` says when it was measured.
+// figures (a walk of the writable layer: about 50 ms per 10,000 files), so the server measures it
+// in the background at its own pace (`--storage-sample-interval`, 30 seconds by default) while
+// someone watches or asks; `sample_time` says when it was measured.
 type StorageMetrics struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Bytes used by the workspace's writable layer: everything written since the image or the
-	// last snapshot, /data included. Image layers and older snapshots are not counted.
+	// Bytes of disk used by the workspace's writable layer: everything written since the image
+	// or the last snapshot, /data included. Image layers and older snapshots are not counted.
 	RootfsBytes uint64 `protobuf:"varint,1,opt,name=rootfs_bytes,json=rootfsBytes,proto3" json:"rootfs_bytes,omitempty"`
 	// Inodes used by the workspace's writable layer.
 	RootfsInodes uint64 `protobuf:"varint,2,opt,name=rootfs_inodes,json=rootfsInodes,proto3" json:"rootfs_inodes,omitempty"`
-	// Bytes of regular files under /data. Part of `rootfs_bytes`, not in addition to it.
+	// Bytes of disk used by the regular files under /data in the writable layer (allocated
+	// blocks, as `du` counts them: a sparse file counts what it uses; a hard-linked file once).
+	// Part of `rootfs_bytes`, not in addition to it.
 	DataBytes uint64 `protobuf:"varint,3,opt,name=data_bytes,json=dataBytes,proto3" json:"data_bytes,omitempty"`
 	// When these storage figures were measured.
 	SampleTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=sample_time,json=sampleTime,proto3" json:"sample_time,omitempty"`

@@ -1288,8 +1288,8 @@ type WatchMetricsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Identifier of the workspace. Required.
 	WorkspaceId string `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
-	// Time between samples. Unset means 1 second; shorter intervals than 100 milliseconds are
-	// raised to 100 milliseconds.
+	// Time between samples: 100 milliseconds to 1 hour; unset means 1 second. Anything else
+	// (negative, zero, shorter or longer) fails with INVALID_ARGUMENT and reason INVALID_ARGUMENT.
 	Interval      *durationpb.Duration `protobuf:"bytes,2,opt,name=interval,proto3" json:"interval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

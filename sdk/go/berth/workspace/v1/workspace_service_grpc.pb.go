@@ -115,10 +115,24 @@ type WorkspaceServiceClient interface {
 	// An empty mask or an unknown path fails with INVALID_ARGUMENT and reason INVALID_ARGUMENT;
 	// invalid labels, env or resources fail as in CreateWorkspace.
 	UpdateWorkspace(ctx context.Context, in *UpdateWorkspaceRequest, opts ...grpc.CallOption) (*UpdateWorkspaceResponse, error)
-	// Returns one sample of a workspace's resource usage.
+	// Returns one sample of a workspace's resource usage, running or not. It never waits to
+	// measure: the CPU, memory and pids figures come from the server's latest reading of the
+	// workspace's cgroup when it is at most a second old (a WatchMetrics stream keeps one fresh),
+	// otherwise from one new reading; the CPU percentage is measured since the reading before.
+	// Storage figures are the latest background measurement (see StorageMetrics); the first call
+	// on a workspace waits up to a second for the first one.
 	GetMetrics(ctx context.Context, in *GetMetricsRequest, opts ...grpc.CallOption) (*GetMetricsResponse, error)
 	// Streams samples of a workspace's resource usage, one per `interval`, until the client
-	// cancels or the workspace is deleted.
+	// cancels. The stream ends with NOT_FOUND and reason WORKSPACE_NOT_FOUND when the workspace is
+	// deleted, and with the error of a reading that fails (UNAVAILABLE and reason
+	// CONTAINERD_UNAVAILABLE while containerd does not answer). A stopped workspace keeps
+	// streaming, with `cpu`, `memory` and `pids` unset.
+	//
+	// Every stream on a workspace shares one reader: the server reads the cgroup once per the
+	// shortest interval any stream on the workspace asks for, so 100 streams cost what one costs,
+	// and a stream with a longer interval receives one reading per its interval (rounded to that
+	// shortest interval). Storage is measured in the background at the server's own, slower pace
+	// (`--storage-sample-interval`, 30 seconds by default) while someone watches.
 	WatchMetrics(ctx context.Context, in *WatchMetricsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchMetricsResponse], error)
 	// Commits a workspace's current filesystem (installed software and /data together) as a named
 	// snapshot and starts a new version. A running workspace is stopped for the commit and started
@@ -502,10 +516,24 @@ type WorkspaceServiceServer interface {
 	// An empty mask or an unknown path fails with INVALID_ARGUMENT and reason INVALID_ARGUMENT;
 	// invalid labels, env or resources fail as in CreateWorkspace.
 	UpdateWorkspace(context.Context, *UpdateWorkspaceRequest) (*UpdateWorkspaceResponse, error)
-	// Returns one sample of a workspace's resource usage.
+	// Returns one sample of a workspace's resource usage, running or not. It never waits to
+	// measure: the CPU, memory and pids figures come from the server's latest reading of the
+	// workspace's cgroup when it is at most a second old (a WatchMetrics stream keeps one fresh),
+	// otherwise from one new reading; the CPU percentage is measured since the reading before.
+	// Storage figures are the latest background measurement (see StorageMetrics); the first call
+	// on a workspace waits up to a second for the first one.
 	GetMetrics(context.Context, *GetMetricsRequest) (*GetMetricsResponse, error)
 	// Streams samples of a workspace's resource usage, one per `interval`, until the client
-	// cancels or the workspace is deleted.
+	// cancels. The stream ends with NOT_FOUND and reason WORKSPACE_NOT_FOUND when the workspace is
+	// deleted, and with the error of a reading that fails (UNAVAILABLE and reason
+	// CONTAINERD_UNAVAILABLE while containerd does not answer). A stopped workspace keeps
+	// streaming, with `cpu`, `memory` and `pids` unset.
+	//
+	// Every stream on a workspace shares one reader: the server reads the cgroup once per the
+	// shortest interval any stream on the workspace asks for, so 100 streams cost what one costs,
+	// and a stream with a longer interval receives one reading per its interval (rounded to that
+	// shortest interval). Storage is measured in the background at the server's own, slower pace
+	// (`--storage-sample-interval`, 30 seconds by default) while someone watches.
 	WatchMetrics(*WatchMetricsRequest, grpc.ServerStreamingServer[WatchMetricsResponse]) error
 	// Commits a workspace's current filesystem (installed software and /data together) as a named
 	// snapshot and starts a new version. A running workspace is stopped for the commit and started

@@ -853,14 +853,19 @@ class WorkspaceMetrics(_message.Message):
     PIDS_FIELD_NUMBER: _builtins.int
     STORAGE_FIELD_NUMBER: _builtins.int
     supported: _builtins.bool
-    """Whether the backend can measure this workspace (for example, false on hosts without
-    cgroup v2). When false, only `unsupported_reason` is meaningful.
+    """Whether every figure of the running workspace could be read. Both cgroup v1 and cgroup v2
+    hosts are measured; false only when containerd reports the figures in a form the server
+    cannot decode, or the host's cgroups leave one out (a controller that is not mounted): the
+    figures that could not be read are then unset and `unsupported_reason` says which and why.
+    True for a workspace that is not running.
     """
     unsupported_reason: _builtins.str
-    """Why the metrics are not supported, in words. Empty when `supported` is true."""
+    """Why figures are missing, in words. Empty when `supported` is true."""
     @_builtins.property
     def sample_time(self) -> _timestamp_pb2.Timestamp:
-        """When the CPU, memory and pids figures were read."""
+        """When the CPU, memory and pids figures were read (for a workspace that is not running: when
+        the server found it so).
+        """
 
     @_builtins.property
     def cpu(self) -> Global___CpuMetrics:
@@ -876,7 +881,9 @@ class WorkspaceMetrics(_message.Message):
 
     @_builtins.property
     def storage(self) -> Global___StorageMetrics:
-        """Disk usage. Also reported while the workspace is stopped."""
+        """Disk usage. Also reported while the workspace is stopped; unset while the workspace has no
+        writable layer yet (it is being created) and until it has been measured once.
+        """
 
     def __init__(
         self,
@@ -911,8 +918,11 @@ class CpuMetrics(_message.Message):
     THROTTLED_NANOS_FIELD_NUMBER: _builtins.int
     percent_of_one_core: _builtins.float
     """CPU time used per wall-clock time, as a percentage of one core: 100 is one busy core, 250
-    is two and a half. Not divided by the number of cores, so it can exceed 100. Measured since
-    the previous sample of a WatchMetrics stream, or over a short window for GetMetrics.
+    is two and a half. Not divided by the number of cores, so it can exceed 100. Measured
+    between two readings of the cgroup's CPU counter, never by waiting inside a call: since the
+    previous sample of a WatchMetrics stream; for a stream's first sample and for GetMetrics,
+    since the server's reading before (or, when it has none of this task, since the task
+    started).
     """
     usage_nanos: _builtins.int
     """Total CPU time consumed since the task started, in nanoseconds."""
@@ -923,7 +933,9 @@ class CpuMetrics(_message.Message):
     limit_millis: _builtins.int
     """Configured CPU limit in thousandths of a core; 0 means unlimited."""
     throttled_nanos: _builtins.int
-    """Time the cgroup was held back by its CPU limit since the task started, in nanoseconds."""
+    """Time the cgroup was held back by its CPU limit since the task started, in nanoseconds
+    (cgroup v2 counts it in microseconds, so there it is a multiple of 1000).
+    """
     def __init__(
         self,
         *,
@@ -1011,7 +1023,9 @@ Global___PidsMetrics: _TypeAlias = PidsMetrics  # noqa: Y015
 @_typing.final
 class StorageMetrics(_message.Message):
     """StorageMetrics is the disk usage of a workspace. It is costlier to measure than the other
-    figures, so servers may refresh it less often; `sample_time` says when it was measured.
+    figures (a walk of the writable layer: about 50 ms per 10,000 files), so the server measures it
+    in the background at its own pace (`--storage-sample-interval`, 30 seconds by default) while
+    someone watches or asks; `sample_time` says when it was measured.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1021,13 +1035,16 @@ class StorageMetrics(_message.Message):
     DATA_BYTES_FIELD_NUMBER: _builtins.int
     SAMPLE_TIME_FIELD_NUMBER: _builtins.int
     rootfs_bytes: _builtins.int
-    """Bytes used by the workspace's writable layer: everything written since the image or the
-    last snapshot, /data included. Image layers and older snapshots are not counted.
+    """Bytes of disk used by the workspace's writable layer: everything written since the image
+    or the last snapshot, /data included. Image layers and older snapshots are not counted.
     """
     rootfs_inodes: _builtins.int
     """Inodes used by the workspace's writable layer."""
     data_bytes: _builtins.int
-    """Bytes of regular files under /data. Part of `rootfs_bytes`, not in addition to it."""
+    """Bytes of disk used by the regular files under /data in the writable layer (allocated
+    blocks, as `du` counts them: a sparse file counts what it uses; a hard-linked file once).
+    Part of `rootfs_bytes`, not in addition to it.
+    """
     @_builtins.property
     def sample_time(self) -> _timestamp_pb2.Timestamp:
         """When these storage figures were measured."""

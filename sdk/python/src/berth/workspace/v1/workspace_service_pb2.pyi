@@ -921,8 +921,8 @@ class WatchMetricsRequest(_message.Message):
     """Identifier of the workspace. Required."""
     @_builtins.property
     def interval(self) -> _duration_pb2.Duration:
-        """Time between samples. Unset means 1 second; shorter intervals than 100 milliseconds are
-        raised to 100 milliseconds.
+        """Time between samples: 100 milliseconds to 1 hour; unset means 1 second. Anything else
+        (negative, zero, shorter or longer) fails with INVALID_ARGUMENT and reason INVALID_ARGUMENT.
         """
 
     def __init__(

@@ -266,7 +266,12 @@ class WorkspaceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetMetrics(self, request, context):
-        """Returns one sample of a workspace's resource usage.
+        """Returns one sample of a workspace's resource usage, running or not. It never waits to
+        measure: the CPU, memory and pids figures come from the server's latest reading of the
+        workspace's cgroup when it is at most a second old (a WatchMetrics stream keeps one fresh),
+        otherwise from one new reading; the CPU percentage is measured since the reading before.
+        Storage figures are the latest background measurement (see StorageMetrics); the first call
+        on a workspace waits up to a second for the first one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -274,7 +279,16 @@ class WorkspaceServiceServicer:
 
     def WatchMetrics(self, request, context):
         """Streams samples of a workspace's resource usage, one per `interval`, until the client
-        cancels or the workspace is deleted.
+        cancels. The stream ends with NOT_FOUND and reason WORKSPACE_NOT_FOUND when the workspace is
+        deleted, and with the error of a reading that fails (UNAVAILABLE and reason
+        CONTAINERD_UNAVAILABLE while containerd does not answer). A stopped workspace keeps
+        streaming, with `cpu`, `memory` and `pids` unset.
+
+        Every stream on a workspace shares one reader: the server reads the cgroup once per the
+        shortest interval any stream on the workspace asks for, so 100 streams cost what one costs,
+        and a stream with a longer interval receives one reading per its interval (rounded to that
+        shortest interval). Storage is measured in the background at the server's own, slower pace
+        (`--storage-sample-interval`, 30 seconds by default) while someone watches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

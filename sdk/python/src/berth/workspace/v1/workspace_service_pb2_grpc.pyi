@@ -108,10 +108,25 @@ class WorkspaceServiceStub:
     invalid labels, env or resources fail as in CreateWorkspace.
     """
     GetMetrics: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.GetMetricsRequest, _workspace_service_pb2.GetMetricsResponse]
-    """Returns one sample of a workspace's resource usage."""
+    """Returns one sample of a workspace's resource usage, running or not. It never waits to
+    measure: the CPU, memory and pids figures come from the server's latest reading of the
+    workspace's cgroup when it is at most a second old (a WatchMetrics stream keeps one fresh),
+    otherwise from one new reading; the CPU percentage is measured since the reading before.
+    Storage figures are the latest background measurement (see StorageMetrics); the first call
+    on a workspace waits up to a second for the first one.
+    """
     WatchMetrics: _grpc.UnaryStreamMultiCallable[_workspace_service_pb2.WatchMetricsRequest, _workspace_service_pb2.WatchMetricsResponse]
     """Streams samples of a workspace's resource usage, one per `interval`, until the client
-    cancels or the workspace is deleted.
+    cancels. The stream ends with NOT_FOUND and reason WORKSPACE_NOT_FOUND when the workspace is
+    deleted, and with the error of a reading that fails (UNAVAILABLE and reason
+    CONTAINERD_UNAVAILABLE while containerd does not answer). A stopped workspace keeps
+    streaming, with `cpu`, `memory` and `pids` unset.
+
+    Every stream on a workspace shares one reader: the server reads the cgroup once per the
+    shortest interval any stream on the workspace asks for, so 100 streams cost what one costs,
+    and a stream with a longer interval receives one reading per its interval (rounded to that
+    shortest interval). Storage is measured in the background at the server's own, slower pace
+    (`--storage-sample-interval`, 30 seconds by default) while someone watches.
     """
     CreateSnapshot: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.CreateSnapshotRequest, _workspace_service_pb2.CreateSnapshotResponse]
     """Commits a workspace's current filesystem (installed software and /data together) as a named
@@ -253,10 +268,25 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     invalid labels, env or resources fail as in CreateWorkspace.
     """
     GetMetrics: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.GetMetricsRequest, _workspace_service_pb2.GetMetricsResponse]  # type: ignore[assignment]
-    """Returns one sample of a workspace's resource usage."""
+    """Returns one sample of a workspace's resource usage, running or not. It never waits to
+    measure: the CPU, memory and pids figures come from the server's latest reading of the
+    workspace's cgroup when it is at most a second old (a WatchMetrics stream keeps one fresh),
+    otherwise from one new reading; the CPU percentage is measured since the reading before.
+    Storage figures are the latest background measurement (see StorageMetrics); the first call
+    on a workspace waits up to a second for the first one.
+    """
     WatchMetrics: _aio.UnaryStreamMultiCallable[_workspace_service_pb2.WatchMetricsRequest, _workspace_service_pb2.WatchMetricsResponse]  # type: ignore[assignment]
     """Streams samples of a workspace's resource usage, one per `interval`, until the client
-    cancels or the workspace is deleted.
+    cancels. The stream ends with NOT_FOUND and reason WORKSPACE_NOT_FOUND when the workspace is
+    deleted, and with the error of a reading that fails (UNAVAILABLE and reason
+    CONTAINERD_UNAVAILABLE while containerd does not answer). A stopped workspace keeps
+    streaming, with `cpu`, `memory` and `pids` unset.
+
+    Every stream on a workspace shares one reader: the server reads the cgroup once per the
+    shortest interval any stream on the workspace asks for, so 100 streams cost what one costs,
+    and a stream with a longer interval receives one reading per its interval (rounded to that
+    shortest interval). Storage is measured in the background at the server's own, slower pace
+    (`--storage-sample-interval`, 30 seconds by default) while someone watches.
     """
     CreateSnapshot: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.CreateSnapshotRequest, _workspace_service_pb2.CreateSnapshotResponse]  # type: ignore[assignment]
     """Commits a workspace's current filesystem (installed software and /data together) as a named
@@ -455,7 +485,13 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workspace_service_pb2.GetMetricsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_service_pb2.GetMetricsResponse, _abc.Awaitable[_workspace_service_pb2.GetMetricsResponse]]:
-        """Returns one sample of a workspace's resource usage."""
+        """Returns one sample of a workspace's resource usage, running or not. It never waits to
+        measure: the CPU, memory and pids figures come from the server's latest reading of the
+        workspace's cgroup when it is at most a second old (a WatchMetrics stream keeps one fresh),
+        otherwise from one new reading; the CPU percentage is measured since the reading before.
+        Storage figures are the latest background measurement (see StorageMetrics); the first call
+        on a workspace waits up to a second for the first one.
+        """
 
     @_abc_1.abstractmethod
     def WatchMetrics(
@@ -464,7 +500,16 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_workspace_service_pb2.WatchMetricsResponse], _abc.AsyncIterator[_workspace_service_pb2.WatchMetricsResponse]]:
         """Streams samples of a workspace's resource usage, one per `interval`, until the client
-        cancels or the workspace is deleted.
+        cancels. The stream ends with NOT_FOUND and reason WORKSPACE_NOT_FOUND when the workspace is
+        deleted, and with the error of a reading that fails (UNAVAILABLE and reason
+        CONTAINERD_UNAVAILABLE while containerd does not answer). A stopped workspace keeps
+        streaming, with `cpu`, `memory` and `pids` unset.
+
+        Every stream on a workspace shares one reader: the server reads the cgroup once per the
+        shortest interval any stream on the workspace asks for, so 100 streams cost what one costs,
+        and a stream with a longer interval receives one reading per its interval (rounded to that
+        shortest interval). Storage is measured in the background at the server's own, slower pace
+        (`--storage-sample-interval`, 30 seconds by default) while someone watches.
         """
 
     @_abc_1.abstractmethod

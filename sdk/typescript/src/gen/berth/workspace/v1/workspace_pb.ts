@@ -500,22 +500,26 @@ export const VersionSchema: GenMessage<Version> = /*@__PURE__*/
  */
 export type WorkspaceMetrics = Message<"berth.workspace.v1.WorkspaceMetrics"> & {
   /**
-   * When the CPU, memory and pids figures were read.
+   * When the CPU, memory and pids figures were read (for a workspace that is not running: when
+   * the server found it so).
    *
    * @generated from field: google.protobuf.Timestamp sample_time = 1;
    */
   sampleTime?: Timestamp | undefined;
 
   /**
-   * Whether the backend can measure this workspace (for example, false on hosts without
-   * cgroup v2). When false, only `unsupported_reason` is meaningful.
+   * Whether every figure of the running workspace could be read. Both cgroup v1 and cgroup v2
+   * hosts are measured; false only when containerd reports the figures in a form the server
+   * cannot decode, or the host's cgroups leave one out (a controller that is not mounted): the
+   * figures that could not be read are then unset and `unsupported_reason` says which and why.
+   * True for a workspace that is not running.
    *
    * @generated from field: bool supported = 2;
    */
   supported: boolean;
 
   /**
-   * Why the metrics are not supported, in words. Empty when `supported` is true.
+   * Why figures are missing, in words. Empty when `supported` is true.
    *
    * @generated from field: string unsupported_reason = 3;
    */
@@ -543,7 +547,8 @@ export type WorkspaceMetrics = Message<"berth.workspace.v1.WorkspaceMetrics"> & 
   pids?: PidsMetrics | undefined;
 
   /**
-   * Disk usage. Also reported while the workspace is stopped.
+   * Disk usage. Also reported while the workspace is stopped; unset while the workspace has no
+   * writable layer yet (it is being created) and until it has been measured once.
    *
    * @generated from field: berth.workspace.v1.StorageMetrics storage = 7;
    */
@@ -565,8 +570,11 @@ export const WorkspaceMetricsSchema: GenMessage<WorkspaceMetrics> = /*@__PURE__*
 export type CpuMetrics = Message<"berth.workspace.v1.CpuMetrics"> & {
   /**
    * CPU time used per wall-clock time, as a percentage of one core: 100 is one busy core, 250
-   * is two and a half. Not divided by the number of cores, so it can exceed 100. Measured since
-   * the previous sample of a WatchMetrics stream, or over a short window for GetMetrics.
+   * is two and a half. Not divided by the number of cores, so it can exceed 100. Measured
+   * between two readings of the cgroup's CPU counter, never by waiting inside a call: since the
+   * previous sample of a WatchMetrics stream; for a stream's first sample and for GetMetrics,
+   * since the server's reading before (or, when it has none of this task, since the task
+   * started).
    *
    * @generated from field: double percent_of_one_core = 1;
    */
@@ -601,7 +609,8 @@ export type CpuMetrics = Message<"berth.workspace.v1.CpuMetrics"> & {
   limitMillis: bigint;
 
   /**
-   * Time the cgroup was held back by its CPU limit since the task started, in nanoseconds.
+   * Time the cgroup was held back by its CPU limit since the task started, in nanoseconds
+   * (cgroup v2 counts it in microseconds, so there it is a multiple of 1000).
    *
    * @generated from field: uint64 throttled_nanos = 6;
    */
@@ -695,14 +704,16 @@ export const PidsMetricsSchema: GenMessage<PidsMetrics> = /*@__PURE__*/
 
 /**
  * StorageMetrics is the disk usage of a workspace. It is costlier to measure than the other
- * figures, so servers may refresh it less often; `sample_time` says when it was measured.
+ * figures (a walk of the writable layer: about 50 ms per 10,000 files), so the server measures it
+ * in the background at its own pace (`--storage-sample-interval`, 30 seconds by default) while
+ * someone watches or asks; `sample_time` says when it was measured.
  *
  * @generated from message berth.workspace.v1.StorageMetrics
  */
 export type StorageMetrics = Message<"berth.workspace.v1.StorageMetrics"> & {
   /**
-   * Bytes used by the workspace's writable layer: everything written since the image or the
-   * last snapshot, /data included. Image layers and older snapshots are not counted.
+   * Bytes of disk used by the workspace's writable layer: everything written since the image
+   * or the last snapshot, /data included. Image layers and older snapshots are not counted.
    *
    * @generated from field: uint64 rootfs_bytes = 1;
    */
@@ -716,7 +727,9 @@ export type StorageMetrics = Message<"berth.workspace.v1.StorageMetrics"> & {
   rootfsInodes: bigint;
 
   /**
-   * Bytes of regular files under /data. Part of `rootfs_bytes`, not in addition to it.
+   * Bytes of disk used by the regular files under /data in the writable layer (allocated
+   * blocks, as `du` counts them: a sparse file counts what it uses; a hard-linked file once).
+   * Part of `rootfs_bytes`, not in addition to it.
    *
    * @generated from field: uint64 data_bytes = 3;
    */

@@ -859,8 +859,8 @@ export type WatchMetricsRequest = Message<"berth.workspace.v1.WatchMetricsReques
   workspaceId: string;
 
   /**
-   * Time between samples. Unset means 1 second; shorter intervals than 100 milliseconds are
-   * raised to 100 milliseconds.
+   * Time between samples: 100 milliseconds to 1 hour; unset means 1 second. Anything else
+   * (negative, zero, shorter or longer) fails with INVALID_ARGUMENT and reason INVALID_ARGUMENT.
    *
    * @generated from field: google.protobuf.Duration interval = 2;
    */
@@ -1840,7 +1840,12 @@ export const WorkspaceService: GenService<{
     output: typeof UpdateWorkspaceResponseSchema;
   },
   /**
-   * Returns one sample of a workspace's resource usage.
+   * Returns one sample of a workspace's resource usage, running or not. It never waits to
+   * measure: the CPU, memory and pids figures come from the server's latest reading of the
+   * workspace's cgroup when it is at most a second old (a WatchMetrics stream keeps one fresh),
+   * otherwise from one new reading; the CPU percentage is measured since the reading before.
+   * Storage figures are the latest background measurement (see StorageMetrics); the first call
+   * on a workspace waits up to a second for the first one.
    *
    * @generated from rpc berth.workspace.v1.WorkspaceService.GetMetrics
    */
@@ -1851,7 +1856,16 @@ export const WorkspaceService: GenService<{
   },
   /**
    * Streams samples of a workspace's resource usage, one per `interval`, until the client
-   * cancels or the workspace is deleted.
+   * cancels. The stream ends with NOT_FOUND and reason WORKSPACE_NOT_FOUND when the workspace is
+   * deleted, and with the error of a reading that fails (UNAVAILABLE and reason
+   * CONTAINERD_UNAVAILABLE while containerd does not answer). A stopped workspace keeps
+   * streaming, with `cpu`, `memory` and `pids` unset.
+   *
+   * Every stream on a workspace shares one reader: the server reads the cgroup once per the
+   * shortest interval any stream on the workspace asks for, so 100 streams cost what one costs,
+   * and a stream with a longer interval receives one reading per its interval (rounded to that
+   * shortest interval). Storage is measured in the background at the server's own, slower pace
+   * (`--storage-sample-interval`, 30 seconds by default) while someone watches.
    *
    * @generated from rpc berth.workspace.v1.WorkspaceService.WatchMetrics
    */
