@@ -223,6 +223,10 @@ try {
   const busyCpu = Number(await cpuChart.getAttribute("data-last"));
   log(`busy loop ${loopPid}: cpu ${busyCpu} %, chart ${await cpuChart.getAttribute("data-count")} samples`);
   assert.match(await page.locator("#metrics-cpu").textContent(), /^[0-9.]+ % of one core$/);
+  // A few more busy samples for the screenshot: the loop keeps the chart up.
+  const busyCount = Number(await cpuChart.getAttribute("data-count"));
+  await page.waitForFunction((n) => Number(document.querySelector("#metrics-cpu-chart")?.dataset.count) >= n, busyCount + 5);
+  assert.ok(Number(await cpuChart.getAttribute("data-last")) > 50, "the chart stays up while the loop runs");
   await page.screenshot({ path: join(artifacts, "metrics.png"), fullPage: true });
   await shell(id, `kill ${loopPid}`);
   await cpuBelow(20);

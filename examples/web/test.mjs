@@ -224,6 +224,9 @@ try {
   await waitFor(page.locator("#status", { hasText: `Open ${id}: done` }));
   assert.match(page.url(), new RegExp(`[?&]workspace=${id}(&|$)`), "the URL keeps the selected workspace");
   assert.equal(await page.locator("#ws-id").textContent(), id);
+  // xterm paints its rows only while the terminal is on screen; after the reload it may be below
+  // the fold (the click on Open terminal scrolled to it the first time).
+  await page.locator("#terminal").scrollIntoViewIfNeeded();
   await terminalShows("berth-42", "after reload");
   assert.match(await page.locator("#terminal-status").textContent(), /re-attached/);
   const after = await shellsOf();

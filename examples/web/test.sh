@@ -13,16 +13,16 @@
 # Needs BERTH_TEST_SERVER (http://127.0.0.1:PORT), BERTH_TEST_IMAGE_MULTILAYER,
 # BERTH_TEST_IMAGE_BUSYBOX, BERTH_TEST_SDK_NAMESPACE (the containerd namespace of the server) and
 # BERTH_TEST_CDI_SPEC_DIR (a directory the server reads with --cdi-spec-dir: the test writes its
-# fake spec files there), plus TESTBED_DIR when the testbed is not the repository's .testbed. The page is served on
-# BERTH_TEST_WEB_PORT (default 8080), whose origin http://127.0.0.1:PORT the server must allow
-# (--cors-origin).
+# fake spec files there), plus TESTBED_DIR when the testbed is not the repository's .testbed. The
+# page is served on BERTH_TEST_WEB_PORT (default 8080), whose origin http://127.0.0.1:PORT the
+# server must allow (--cors-origin).
 set -euo pipefail
 cd "$(dirname "$0")"
 : "${BERTH_TEST_SERVER:?BERTH_TEST_SERVER must name a live berth, e.g. http://127.0.0.1:50051}"
 : "${BERTH_TEST_IMAGE_MULTILAYER:?source the testbed env (BERTH_TEST_IMAGE_MULTILAYER is unset)}"
 : "${BERTH_TEST_IMAGE_BUSYBOX:?source the testbed env (BERTH_TEST_IMAGE_BUSYBOX is unset)}"
 : "${BERTH_TEST_SDK_NAMESPACE:?BERTH_TEST_SDK_NAMESPACE must name the containerd namespace of the server}"
-: "${BERTH_TEST_CDI_SPEC_DIR:?BERTH_TEST_CDI_SPEC_DIR must name the server's --cdi-spec-dir}"
+: "${BERTH_TEST_CDI_SPEC_DIR:?BERTH_TEST_CDI_SPEC_DIR must name the --cdi-spec-dir of the server}"
 
 # Debian's chromium comes from the installer (tests/testbed/install-deps.sh).
 command -v chromium >/dev/null || { echo "chromium is missing: run tests/testbed/install-deps.sh (as root)" >&2; exit 1; }

@@ -1,6 +1,7 @@
 // The live metrics panel of the selected workspace, fed by one WatchMetrics stream (a sample a
 // second over grpc-web): charts of CPU (% of one core) and memory (working set, against the limit
-// when there is one) over the last five minutes, and the latest pids, storage and limits.
+// when there is one) over the last five minutes (the first minute until there is more history),
+// and the latest pids, storage and limits.
 //
 // The stream is aborted when another workspace is selected and while the page is hidden (a tab in
 // the background needs no samples, and a browser allows only a few open HTTP/1.1 connections per
@@ -20,8 +21,10 @@ import { findIn } from "./actions.js";
 import { LineChart, type Point } from "./chart.js";
 import { describeError, formatBytes, formatTime } from "./format.js";
 
-/** How much history the charts show. */
+/** How much history the charts keep and show at most. */
 const WINDOW_MS = 5 * 60_000;
+/** The shortest time span a chart shows: a young history fills it, then grows to WINDOW_MS. */
+const MIN_SPAN_MS = 60_000;
 /** How often the server samples for this page. */
 const INTERVAL_SECONDS = 1n;
 /** The longest wait before reopening a failed stream. */
@@ -74,6 +77,8 @@ export class MetricsPanel {
       cpuLimit: find("metrics-cpu-limit"),
       throttled: find("metrics-throttled"),
       memory: find("metrics-memory"),
+      memoryUsage: find("metrics-memory-usage"),
+      span: find("metrics-span"),
       memoryLimit: find("metrics-memory-limit"),
       oomKills: find("metrics-oom-kills"),
       pids: find("metrics-pids"),
@@ -136,13 +141,15 @@ export class MetricsPanel {
       try {
         this.el.live.textContent = "connecting…";
         const request = { workspaceId, interval: { seconds: INTERVAL_SECONDS } };
+        let first = true;
         for await (const { metrics } of this.berth.workspaces.watchMetrics(request, { signal })) {
           if (!metrics) continue;
           failures = 0;
           this.showError(undefined);
           this.el.live.textContent = `live, a sample every ${INTERVAL_SECONDS} s`;
           this.el.live.dataset.live = "true";
-          this.add(metrics);
+          this.add(metrics, first);
+          first = false;
         }
       } catch (err) {
         if (signal.aborted) return;
@@ -161,8 +168,10 @@ export class MetricsPanel {
     }
   }
 
-  private add(metrics: WorkspaceMetrics): void {
+  /** Adds a sample; the first of a reopened stream follows a gap (no line across the outage). */
+  private add(metrics: WorkspaceMetrics, afterGap: boolean): void {
     const time = timestampMs(metrics.sampleTime);
+    if (afterGap && this.samples.length) this.samples.push({ time, cpuPercent: undefined, workingSetBytes: undefined });
     this.samples.push({
       time,
       cpuPercent: metrics.cpu?.percentOfOneCore,
@@ -179,12 +188,14 @@ export class MetricsPanel {
     const m = this.latest;
     const configured: Resources | undefined = this.workspace?.resources;
     const now = this.samples.at(-1)?.time ?? Date.now();
+    const span = Math.min(WINDOW_MS, Math.max(MIN_SPAN_MS, now - (this.samples[0]?.time ?? now)));
     const points = (pick: (s: Sample) => number | undefined): Point[] =>
       this.samples.map((s) => ({ time: s.time, value: pick(s) }));
 
     const memoryLimit = Number(m?.memory?.limitBytes ?? configured?.memoryBytes ?? 0);
-    this.cpuChart.draw(points((s) => s.cpuPercent), WINDOW_MS, now);
-    this.memoryChart.draw(points((s) => s.workingSetBytes), WINDOW_MS, now, memoryLimit);
+    this.cpuChart.draw(points((s) => s.cpuPercent), span, now);
+    this.memoryChart.draw(points((s) => s.workingSetBytes), span, now, memoryLimit);
+    this.el.span.textContent = `last ${Math.round(span / 60_000)} min`;
 
     this.el.unsupported.hidden = !m || m.supported;
     this.el.unsupported.textContent = m && !m.supported ? `Not measured on this host: ${m.unsupportedReason}` : "";
@@ -194,9 +205,10 @@ export class MetricsPanel {
     this.el.throttled.textContent = m?.cpu ? `${(Number(m.cpu.throttledNanos) / 1e9).toFixed(1)} s` : "—";
 
     this.el.memory.textContent = m?.memory
-      ? `${formatBytes(m.memory.workingSetBytes)} working set, ${formatBytes(m.memory.usageBytes)} with page cache` +
+      ? `${formatBytes(m.memory.workingSetBytes)} working set` +
         (m.memory.limitBytes ? ` (${m.memory.percent.toFixed(1)} % of the limit)` : "")
       : "—";
+    this.el.memoryUsage.textContent = m?.memory ? formatBytes(m.memory.usageBytes) : "—";
     this.el.memoryLimit.textContent = memoryLimit > 0 ? formatBytes(memoryLimit) : "unlimited";
     this.el.oomKills.textContent = m?.memory ? String(m.memory.oomKillCount) : "—";
 
