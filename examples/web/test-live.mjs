@@ -5,7 +5,8 @@
 // loop runs and falls when it stops; memory, pids and storage are shown; a stopped workspace
 // leaves a gap; the stream is aborted when the workspace goes), the event log (the lifecycle
 // events of the test's actions, newest on top; while the page is hidden both streams are closed,
-// and the log catches up with after_event_id when it shows again). Saves artifacts/devices.png,
+// and the log catches up with after_event_id when it shows again; the selected workspace's log
+// gets its DELETED). Saves artifacts/devices.png,
 // artifacts/metrics.png and artifacts/events.png.
 //
 // Environment: BERTH_TEST_SERVER, BERTH_TEST_IMAGE_BUSYBOX, BERTH_TEST_CDI_SPEC_DIR (a directory
@@ -262,6 +263,22 @@ try {
   await page.click("#start");
   await waitFor(page.locator("#ws-state", { hasText: "RUNNING" }));
   await eventRow("STATE_CHANGED", "STOPPED → RUNNING").waitFor();
+  const ids = await shownEventIds();
+  assert.deepEqual(ids, [...ids].sort((a, b) => b - a), "newest on top");
+  assert.equal(new Set(ids).size, ids.length, "no event is shown twice");
+  const kinds = await page
+    .locator(`#event-rows tr[data-workspace="${id}"]`)
+    .evaluateAll((rows) => rows.map((tr) => `${tr.dataset.kind} ${tr.querySelector(".details").textContent}`).reverse());
+  log(`events of ${id}: ${kinds.join(" | ")}`);
+  assert.match(kinds[0], /^CREATED /);
+  assert.match(kinds.at(-1), /^STATE_CHANGED STOPPED → RUNNING/);
+  await page.screenshot({ path: join(artifacts, "events.png"), fullPage: true });
+
+  // The log of the selected workspace only: a new log, filtered by the server.
+  await page.selectOption("#events-scope", "selected");
+  await page.locator("#event-rows tr").first().waitFor({ state: "detached" });
+  await page.locator('#events-live[data-live="true"]').waitFor();
+  await streamsOpen("WatchEvents", 1);
 
   // Delete: the panel goes and its stream is aborted.
   await page.click("#delete");
@@ -272,17 +289,11 @@ try {
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
   assert.equal(await exists(id), false);
+  // The log stays on the deleted workspace, so its last event arrives.
   await eventRow("DELETED").waitFor();
-  const ids = await shownEventIds();
-  assert.deepEqual(ids, [...ids].sort((a, b) => b - a), "newest on top");
-  assert.equal(new Set(ids).size, ids.length, "no event is shown twice");
-  const kinds = await page
-    .locator(`#event-rows tr[data-workspace="${id}"]`)
-    .evaluateAll((rows) => rows.map((tr) => tr.dataset.kind).reverse());
-  log(`events of ${id}: ${kinds.join(", ")}`);
-  assert.equal(kinds[0], "CREATED");
-  assert.equal(kinds.at(-1), "DELETED");
-  await page.screenshot({ path: join(artifacts, "events.png"), fullPage: true });
+  const workspacesShown = await page.locator("#event-rows tr").evaluateAll((rows) => rows.map((tr) => tr.dataset.workspace));
+  assert.ok(workspacesShown.every((w) => w === id), `only ${id}'s events: ${workspacesShown.join(" ")}`);
+  log(`the selected workspace's log: ${workspacesShown.length} events, the last DELETED`);
   assert.equal(await page.locator("#error").isHidden(), true, `no error left: ${await page.locator("#error").textContent()}`);
   assert.deepEqual(consoleErrors, [], "no browser console errors");
 } catch (err) {
