@@ -196,6 +196,11 @@ watch_out=$(timeout 3 $berth metrics "$id" --watch --interval 0.2 || true)
 head -1 <<<"$watch_out" | grep -q '^TIME  *CPU%  *MEMORY  *MEM%  *PIDS  *ROOTFS  *DATA$' || fail "metrics --watch header: $watch_out"
 [ "$(grep -c '^[0-9]\{4\}-[0-9-]*T[0-9:]*Z  *[0-9.]*  *[0-9.]* [KMG]*i*B ' <<<"$watch_out")" -ge 5 ] || fail "metrics --watch lines: $watch_out"
 expect_failure '^berth: INVALID_ARGUMENT INVALID_ARGUMENT: interval ' $berth metrics "$id" --watch --interval 0.01
+# top: lines in a pipe, the table redrawn in place on a terminal.
+top_out=$(timeout 2 $berth top "$id" --interval 0.2 || true)
+head -1 <<<"$top_out" | grep -q '^TIME  *CPU%' || fail "top in a pipe: $top_out"
+top_tty=$(timeout 2 script -qec "$berth top $id --interval 0.2" /dev/null < <(sleep 30) 2>/dev/null | tr -d '\r' || true)
+[ "$(grep -c "^.*berth top $id " <<<"$top_tty")" -ge 3 ] && grep -q $'\e\[H\e\[2J' <<<"$top_tty" || fail "top on a terminal: $top_tty"
 expect_failure '^berth: NOT_FOUND WORKSPACE_NOT_FOUND: ' $berth metrics "no-such-$id"
 
 [ "$($berth stop "$id" --timeout 5)" = "$id STOPPED" ] || fail "stop"

@@ -1,6 +1,8 @@
 //! `berth metrics ID [--watch]`: a workspace's CPU, memory, pids and storage, once (GetMetrics)
 //! or one line per sample as they come (WatchMetrics).
 
+use std::io::IsTerminal as _;
+
 use berth_api::v1 as pb;
 use berth_api::v1::workspace_service_client::WorkspaceServiceClient;
 use serde_json::{Value, json};
@@ -18,9 +20,11 @@ pub struct MetricsOptions {
     /// Seconds between streamed samples (0.1 to 3600).
     pub interval: f64,
     pub output: OutputFormat,
+    /// `berth top`: on a terminal, each sample redraws the table in place.
+    pub in_place: bool,
 }
 
-/// Runs `berth metrics`.
+/// Runs `berth metrics` and `berth top`.
 pub async fn run(channel: Channel, options: MetricsOptions) -> Result<(), String> {
     let mut client = WorkspaceServiceClient::new(channel);
     if !options.watch {
@@ -35,8 +39,20 @@ pub async fn run(channel: Channel, options: MetricsOptions) -> Result<(), String
     let interval = std::time::Duration::try_from_secs_f64(options.interval)
         .map_err(|_| format!("--interval {} is not a number of seconds", options.interval))?;
     let interval = prost_types::Duration::try_from(interval).map_err(|err| format!("--interval: {err}"))?;
+    let id = options.workspace_id.clone();
     let request = pb::WatchMetricsRequest { workspace_id: options.workspace_id, interval: Some(interval) };
     let mut samples = client.watch_metrics(request).await.map_err(describe)?.into_inner();
+    let redraw = options.in_place && options.output == OutputFormat::Table && std::io::stdout().is_terminal();
+    if redraw {
+        while let Some(sample) = samples.next().await {
+            let metrics = sample.map_err(describe)?.metrics.unwrap_or_default();
+            // Home, clear the screen, then the table: a `top` that refreshes in place.
+            if !write_line(&format!("\x1b[H\x1b[2J{}\n{}", title(&id, &metrics), table(&metrics)))? {
+                return Ok(());
+            }
+        }
+        return Ok(());
+    }
     if options.output == OutputFormat::Table && !write_line(&line_header())? {
         return Ok(());
     }
@@ -52,6 +68,10 @@ pub async fn run(channel: Channel, options: MetricsOptions) -> Result<(), String
         }
     }
     Ok(())
+}
+
+fn title(workspace_id: &str, metrics: &pb::WorkspaceMetrics) -> String {
+    format!("berth top {workspace_id}   {}   (Ctrl-C to quit)", time_text(metrics.sample_time.as_ref()))
 }
 
 /// Writes a line to stdout at once; false when the reader went away (`berth metrics -w | head`

@@ -260,6 +260,14 @@ pub enum ClientCommand {
         #[arg(long, short = 'o', value_enum, default_value_t)]
         output: OutputFormat,
     },
+    /// Live CPU, memory, processes and disk use of a workspace, redrawn in place on a terminal
+    /// (one line per sample otherwise)
+    Top {
+        id: String,
+        /// Seconds between samples (0.1 to 3600)
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
     /// Show a workspace's version history (* marks the current version)
     Versions {
         id: String,
@@ -423,8 +431,18 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
             };
             events::follow(&mut client, request, heartbeats, output).await?;
         }
+        ClientCommand::Top { id, interval } => {
+            let options = metrics::MetricsOptions {
+                workspace_id: id,
+                watch: true,
+                interval,
+                output: OutputFormat::Table,
+                in_place: true,
+            };
+            metrics::run(channel, options).await?;
+        }
         ClientCommand::Metrics { id, watch, interval, output } => {
-            let options = metrics::MetricsOptions { workspace_id: id, watch, interval, output };
+            let options = metrics::MetricsOptions { workspace_id: id, watch, interval, output, in_place: false };
             metrics::run(channel, options).await?;
         }
         ClientCommand::Devices { output } => devices::list(channel, output).await?,
