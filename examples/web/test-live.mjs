@@ -295,6 +295,9 @@ try {
   assert.ok(workspacesShown.every((w) => w === id), `only ${id}'s events: ${workspacesShown.join(" ")}`);
   log(`the selected workspace's log: ${workspacesShown.length} events, the last DELETED`);
   assert.equal(await page.locator("#error").isHidden(), true, `no error left: ${await page.locator("#error").textContent()}`);
+  for (const box of ["#devices-error", "#metrics-error", "#events-error"]) {
+    assert.equal(await page.locator(box).isHidden(), true, `${box}: ${await page.locator(box).textContent()}`);
+  }
   assert.deepEqual(consoleErrors, [], "no browser console errors");
 } catch (err) {
   failed = true;

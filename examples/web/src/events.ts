@@ -145,12 +145,13 @@ export class EventLog {
         }
       } catch (err) {
         if (signal.aborted) return;
-        this.showError(describeError("Watch events", err));
         if (berthErrorInfo(err)?.reason === "WORKSPACE_NOT_FOUND") {
+          // berth keeps a deleted workspace's stream open; a server that ends it ends the log.
           this.el.live.textContent = "the workspace is gone";
           this.el.live.dataset.live = "false";
           return;
         }
+        this.showError(describeError("Watch events", err));
       }
       if (signal.aborted) return;
       const wait = Math.min(1000 * 2 ** failures++, MAX_RETRY_MS);
