@@ -357,3 +357,30 @@ async fn bad_intervals_and_unknown_workspaces_fail_with_their_reasons() {
     );
     delete_workspace(&mut client, id).await;
 }
+
+#[tokio::test]
+async fn a_busy_loop_limited_to_half_a_core_reads_40_to_60_percent() {
+    let testbed = Testbed::from_env();
+    let server = start_server(&testbed);
+    let mut client = WorkspaceServiceClient::new(server.channel().await);
+    let id = "metrics-half-core";
+    let limits = Resources { cpu_millis: 500, ..Default::default() };
+    create_workspace(&mut client, id, &testbed.image("BUSYBOX"), limits).await;
+    // Two loops: the limit, not a single thread, is what holds them to half a core.
+    for _ in 0..2 {
+        start_process(&server, id, "while :; do :; done", "").await;
+    }
+    let mut stream = watch(&mut client, id, 1000).await;
+    let mut seen = Vec::new();
+    // The first sample may reach back before the loops started; the next ones measure them.
+    while seen.len() < 6 {
+        seen.push(stream.next().await.unwrap().unwrap().cpu.unwrap().percent_of_one_core);
+    }
+    // The median of four one-second samples: a sample's window may straddle a CFS period.
+    let mut measured = seen[2..].to_vec();
+    measured.sort_by(f64::total_cmp);
+    let median = (measured[1] + measured[2]) / 2.0;
+    assert!((40.0..=60.0).contains(&median), "median {median:.1} of one-second samples {seen:?}");
+    drop(stream);
+    delete_workspace(&mut client, id).await;
+}
