@@ -35,9 +35,9 @@ fn container_image(testbed: &Testbed, namespace: &str, id: &str) -> String {
 }
 
 /// Files of /data a plain copy would lose: a symlink (kept as a link), a hard link, a file owned
-/// by uid 1234, a mode 0751 directory.
+/// by uid 1234, a mode 0751 directory. Safe to run twice, as Testbed::exec may.
 const ODD_FILES: &str = "cd /data && mkdir -p -m 0751 deep/dir && echo linked >deep/dir/target && \
-     ln -s dir/target deep/link && ln deep/dir/target deep/hard && echo owned >owned && chown 1234:1234 owned";
+     ln -sfn dir/target deep/link && ln -f deep/dir/target deep/hard && echo owned >owned && chown 1234:1234 owned";
 
 /// What ODD_FILES made, as `stat` inside the workspace shows it.
 fn odd_files(testbed: &Testbed, namespace: &str, id: &str) -> String {

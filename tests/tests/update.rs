@@ -82,7 +82,7 @@ async fn limits_and_labels_apply_live_and_persist_and_env_restarts_once() {
     );
     assert!(status.message().contains("bytes of memory"), "{status:?}");
     assert_eq!(CgroupLimits::read(&cgroup).memory_bytes, "268435456");
-    testbed.exec(&ns, id, &["rm", "/dev/shm/ballast"]);
+    testbed.exec(&ns, id, &["rm", "-f", "/dev/shm/ballast"]);
 
     // Lifting the limits lifts them in the kernel.
     let mut request = with_mask(id, &["resources"]);
