@@ -48,8 +48,6 @@ pub struct FakeState {
     pub container_labels: HashMap<String, BTreeMap<String, String>>,
     /// Container id → the CDI devices its spec was made with.
     pub container_devices: HashMap<String, Vec<String>>,
-    /// What `memory_working_set` answers for a running task.
-    pub working_set: Option<u64>,
     /// Container id → running.
     pub tasks: HashMap<String, bool>,
     /// Container id → how its init exited (set by [`FakeRuntime::crash`]).
@@ -429,11 +427,6 @@ impl Runtime for FakeRuntime {
             state.container_labels.insert(id.to_owned(), labels.clone());
         }
         Ok(())
-    }
-
-    async fn memory_working_set(&self, id: &str) -> Result<Option<u64>> {
-        let state = self.state.lock().unwrap();
-        Ok(state.working_set.filter(|_| state.tasks.get(id) == Some(&true)))
     }
 
     async fn start_task(&self, id: &str, _snapshot_key: &str) -> Result<u32> {

@@ -387,10 +387,6 @@ pub trait Runtime: Send + Sync + 'static {
     /// container is fine.
     async fn set_container_labels(&self, id: &str, labels: &BTreeMap<String, String>) -> Result<()>;
 
-    /// Bytes of memory the running task uses that it cannot give back without swapping (usage
-    /// minus the inactive file cache); `None` when no task runs or its cgroup cannot be read.
-    async fn memory_working_set(&self, id: &str) -> Result<Option<u64>>;
-
     /// Starts PID 1 (idempotent); returns its host pid.
     async fn start_task(&self, id: &str, snapshot_key: &str) -> Result<u32>;
 

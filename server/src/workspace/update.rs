@@ -16,7 +16,7 @@ use super::snapshot::SnapshotAnswer;
 use super::validate;
 use crate::error::{Error, Reason, Result};
 use crate::model::{Resources, VersionRecord, WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceSpec};
-use crate::runtime::PullPolicy;
+use crate::runtime::{PullPolicy, TaskMetrics};
 
 /// What processes started through ProcessService read in their `end.error` after an
 /// environment change.
@@ -178,7 +178,11 @@ impl Manager {
         if resources.memory_bytes <= 0 || !running {
             return Ok(());
         }
-        let Some(used) = self.runtime.memory_working_set(record.id.as_str()).await? else {
+        let used = match self.runtime.task_metrics(record.id.as_str()).await? {
+            TaskMetrics::Cgroup(stats) => stats.memory.map(|memory| memory.working_set_bytes),
+            TaskMetrics::NoTask | TaskMetrics::Undecodable(_) => None,
+        };
+        let Some(used) = used else {
             return Ok(());
         };
         if used <= resources.memory_bytes as u64 {

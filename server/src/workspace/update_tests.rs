@@ -59,7 +59,9 @@ async fn labels_and_limits_reach_the_running_task_without_a_restart_and_persist(
 #[tokio::test]
 async fn a_memory_limit_below_the_working_set_is_refused_and_changes_nothing() {
     let harness = created().await;
-    harness.runtime.state.lock().unwrap().working_set = Some(300 << 20);
+    let memory = crate::runtime::MemoryStats { working_set_bytes: 300 << 20, ..Default::default() };
+    let stats = crate::runtime::CgroupStats { memory: Some(memory), ..Default::default() };
+    harness.runtime.state.lock().unwrap().cgroups.insert(ID.to_owned(), stats);
     let update = WorkspaceUpdate {
         resources: Some(Resources { memory_bytes: 256 << 20, ..Resources::default() }),
         labels: Some(labels(&[("x", "y")])),

@@ -391,10 +391,6 @@ impl Runtime for Containerd {
         self.set_container_labels_of(id, labels).await
     }
 
-    async fn memory_working_set(&self, id: &str) -> Result<Option<u64>> {
-        Ok(self.memory_working_set_of(id).await)
-    }
-
     async fn start_task(&self, id: &str, snapshot_key: &str) -> Result<u32> {
         if let Some(task) = self.task(id).await? {
             if task.running {

@@ -1,9 +1,8 @@
 //! Live changes of a container: its limits (the stored spec patched, and the running task's
-//! cgroup through `Tasks.Update`, so neither a restart loses them nor do they wait for one), its
-//! caller labels, and the memory its task uses (what a lower limit must not cut into).
+//! cgroup through `Tasks.Update`, so neither a restart loses them nor do they wait for one) and
+//! its caller labels.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
 
 use containerd_client::services::v1::containers_client::ContainersClient;
 use containerd_client::services::v1::tasks_client::TasksClient;
@@ -18,9 +17,6 @@ use crate::model::Resources;
 
 const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const RESOURCES_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
-
-/// Where the kernel shows cgroups.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 impl Containerd {
     pub(super) async fn update_resources_of(&self, id: &str, limits: Resources, running: bool) -> Result<()> {
@@ -84,21 +80,5 @@ impl Containerd {
             Err(status) if status.code() == Code::NotFound => Ok(()),
             Err(status) => Err(self.map_status("container update", status)),
         }
-    }
-
-    /// Usage minus the inactive file cache of the container's cgroup (cgroup v2 or v1).
-    pub(super) async fn memory_working_set_of(&self, id: &str) -> Option<u64> {
-        let relative = format!("{}/{id}", self.namespace.name);
-        let root = Path::new(CGROUP_ROOT);
-        let (dir, usage_file, inactive_key) = if root.join("cgroup.controllers").exists() {
-            (root.join(&relative), "memory.current", "inactive_file")
-        } else {
-            (root.join("memory").join(&relative), "memory.usage_in_bytes", "total_inactive_file")
-        };
-        let usage: u64 = tokio::fs::read_to_string(dir.join(usage_file)).await.ok()?.trim().parse().ok()?;
-        let stat = tokio::fs::read_to_string(dir.join("memory.stat")).await.unwrap_or_default();
-        let inactive =
-            stat.lines().find_map(|line| line.strip_prefix(inactive_key)?.trim().parse::<u64>().ok()).unwrap_or(0);
-        Some(usage.saturating_sub(inactive))
     }
 }
