@@ -35,7 +35,7 @@ impl EventQuery {
     /// Whether `event` passes the workspace and kind filters (the id is the caller's to check).
     pub fn matches(&self, event: &StoredEvent) -> bool {
         self.workspace_id.as_ref().is_none_or(|id| *id == event.workspace_id)
-            && (self.kinds.is_empty() || self.kinds.iter().any(|kind| *kind == event.kind))
+            && (self.kinds.is_empty() || self.kinds.contains(&event.kind))
     }
 }
 

@@ -303,12 +303,11 @@ impl Manager {
         message: &str,
         mut detail: serde_json::Value,
     ) {
-        if detail.get("state").is_none() {
-            if let Ok(Some(record)) = self.store.get_workspace(id).await {
-                if let Some(fields) = detail.as_object_mut() {
-                    fields.insert("state".to_owned(), record.state.as_str().into());
-                }
-            }
+        if detail.get("state").is_none()
+            && let Ok(Some(record)) = self.store.get_workspace(id).await
+            && let Some(fields) = detail.as_object_mut()
+        {
+            fields.insert("state".to_owned(), record.state.as_str().into());
         }
         if let Err(err) = self.events.publish(&self.store, id.as_str(), kind, message, &detail).await {
             warn!(workspace_id = %id, kind, error = %err, "cannot record an event");

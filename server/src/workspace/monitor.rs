@@ -196,10 +196,10 @@ impl Manager {
                 if record.state != WorkspaceState::Running {
                     continue;
                 }
-                if let Ok(Some(task)) = self.runtime.task(record.id.as_str()).await {
-                    if !task.running {
-                        self.task_exited(record.id.as_str(), task.exit_status).await;
-                    }
+                if let Ok(Some(task)) = self.runtime.task(record.id.as_str()).await
+                    && !task.running
+                {
+                    self.task_exited(record.id.as_str(), task.exit_status).await;
                 }
             }
             match page.next_after {
