@@ -58,11 +58,13 @@ pub enum Reason {
     ServerShuttingDown,
     NotARegularFile,
     MemoryLimitBelowUsage,
+    Unauthenticated,
+    PermissionDenied,
 }
 
 impl Reason {
     /// Every reason, for exhaustive checks against the proto enum.
-    pub const ALL: [Reason; 50] = [
+    pub const ALL: [Reason; 52] = [
         Reason::InvalidWorkspaceId,
         Reason::WorkspaceNotFound,
         Reason::WorkspaceAlreadyExists,
@@ -113,6 +115,8 @@ impl Reason {
         Reason::ServerShuttingDown,
         Reason::NotARegularFile,
         Reason::MemoryLimitBelowUsage,
+        Reason::Unauthenticated,
+        Reason::PermissionDenied,
     ];
 
     /// The `ErrorReason` value name, used verbatim as `google.rpc.ErrorInfo.reason`.
@@ -168,6 +172,8 @@ impl Reason {
             Reason::ServerShuttingDown => "SERVER_SHUTTING_DOWN",
             Reason::NotARegularFile => "NOT_A_REGULAR_FILE",
             Reason::MemoryLimitBelowUsage => "MEMORY_LIMIT_BELOW_USAGE",
+            Reason::Unauthenticated => "UNAUTHENTICATED",
+            Reason::PermissionDenied => "PERMISSION_DENIED",
         }
     }
 }

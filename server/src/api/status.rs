@@ -58,6 +58,8 @@ fn code(reason: Reason) -> Code {
         // Only causes a retry can cure: clients retry UNAVAILABLE on their own.
         Reason::RegistryUnavailable | Reason::ContainerdUnavailable | Reason::ServerShuttingDown => Code::Unavailable,
         Reason::NotImplemented => Code::Unimplemented,
+        Reason::Unauthenticated => Code::Unauthenticated,
+        Reason::PermissionDenied => Code::PermissionDenied,
         Reason::RuntimeError | Reason::StoreError | Reason::Internal => Code::Internal,
     }
 }

@@ -194,6 +194,15 @@ const (
 	// workspace already uses (its working set: usage minus reclaimable file cache); the message
 	// gives the usage. Free memory inside the workspace or choose a higher limit.
 	ErrorReason_MEMORY_LIMIT_BELOW_USAGE ErrorReason = 50
+	// UNAUTHENTICATED: the call carries no `authorization: Bearer <token>` metadata, or a token
+	// that is malformed or not in the server's tokens file (perhaps revoked). Send a valid token;
+	// retrying unchanged fails again.
+	ErrorReason_UNAUTHENTICATED ErrorReason = 51
+	// PERMISSION_DENIED: the token is valid but its scope does not allow this call on this
+	// workspace: a read token asked to change something, or the workspace is outside the token's
+	// workspaces and labels. A workspace that does not exist answers alike, so scopes leak no ids.
+	// Use a token whose scope includes the workspace and the access.
+	ErrorReason_PERMISSION_DENIED ErrorReason = 52
 )
 
 // Enum value maps for ErrorReason.
@@ -250,6 +259,8 @@ var (
 		48: "SERVER_SHUTTING_DOWN",
 		49: "NOT_A_REGULAR_FILE",
 		50: "MEMORY_LIMIT_BELOW_USAGE",
+		51: "UNAUTHENTICATED",
+		52: "PERMISSION_DENIED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -303,6 +314,8 @@ var (
 		"SERVER_SHUTTING_DOWN":     48,
 		"NOT_A_REGULAR_FILE":       49,
 		"MEMORY_LIMIT_BELOW_USAGE": 50,
+		"UNAUTHENTICATED":          51,
+		"PERMISSION_DENIED":        52,
 	}
 )
 
@@ -337,7 +350,8 @@ var File_berth_workspace_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_berth_workspace_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"%berth/workspace/v1/error_reason.proto\x12\x12berth.workspace.v1*\xd7\t\n" +
+	"%berth/workspace/v1/error_reason.proto\x12\x12berth.workspace.v1*\x83\n" +
+	"\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14INVALID_WORKSPACE_ID\x10\x01\x12\x17\n" +
@@ -390,7 +404,9 @@ const file_berth_workspace_v1_error_reason_proto_rawDesc = "" +
 	"\x0eUSER_NOT_FOUND\x10/\x12\x18\n" +
 	"\x14SERVER_SHUTTING_DOWN\x100\x12\x16\n" +
 	"\x12NOT_A_REGULAR_FILE\x101\x12\x1c\n" +
-	"\x18MEMORY_LIMIT_BELOW_USAGE\x102BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
+	"\x18MEMORY_LIMIT_BELOW_USAGE\x102\x12\x13\n" +
+	"\x0fUNAUTHENTICATED\x103\x12\x15\n" +
+	"\x11PERMISSION_DENIED\x104BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
 
 var (
 	file_berth_workspace_v1_error_reason_proto_rawDescOnce sync.Once

@@ -229,6 +229,17 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     workspace already uses (its working set: usage minus reclaimable file cache); the message
     gives the usage. Free memory inside the workspace or choose a higher limit.
     """
+    UNAUTHENTICATED: _ErrorReason.ValueType  # 51
+    """UNAUTHENTICATED: the call carries no `authorization: Bearer <token>` metadata, or a token
+    that is malformed or not in the server's tokens file (perhaps revoked). Send a valid token;
+    retrying unchanged fails again.
+    """
+    PERMISSION_DENIED: _ErrorReason.ValueType  # 52
+    """PERMISSION_DENIED: the token is valid but its scope does not allow this call on this
+    workspace: a read token asked to change something, or the workspace is outside the token's
+    workspaces and labels. A workspace that does not exist answers alike, so scopes leak no ids.
+    Use a token whose scope includes the workspace and the access.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable cause of a failed berth call.
@@ -447,5 +458,16 @@ MEMORY_LIMIT_BELOW_USAGE: ErrorReason.ValueType  # 50
 """FAILED_PRECONDITION: UpdateWorkspace asked for a memory limit below what the running
 workspace already uses (its working set: usage minus reclaimable file cache); the message
 gives the usage. Free memory inside the workspace or choose a higher limit.
+"""
+UNAUTHENTICATED: ErrorReason.ValueType  # 51
+"""UNAUTHENTICATED: the call carries no `authorization: Bearer <token>` metadata, or a token
+that is malformed or not in the server's tokens file (perhaps revoked). Send a valid token;
+retrying unchanged fails again.
+"""
+PERMISSION_DENIED: ErrorReason.ValueType  # 52
+"""PERMISSION_DENIED: the token is valid but its scope does not allow this call on this
+workspace: a read token asked to change something, or the workspace is outside the token's
+workspaces and labels. A workspace that does not exist answers alike, so scopes leak no ids.
+Use a token whose scope includes the workspace and the access.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
