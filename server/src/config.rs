@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
+mod security;
+pub use security::{AuthMode, Security};
+
 /// The default gRPC / grpc-web listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// The default containerd socket.
@@ -101,6 +104,30 @@ pub struct ServeArgs {
     /// comma-separated in the env) [default: none]
     #[arg(long = "cors-origin", env = "BERTH_CORS_ORIGIN", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// How calls are authenticated: "tokens" (bearer tokens of --tokens-file) or "none" (every
+    /// caller may do everything; loopback --listen only) [default: tokens with a --tokens-file,
+    /// else none]
+    #[arg(long, env = "BERTH_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+    /// TOML file of the accepted tokens (SHA-256 digests and scopes, entries from `berth token
+    /// create`); reloaded on SIGHUP and when it changes
+    #[arg(long, env = "BERTH_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Calls with a missing or invalid token per client address and minute before that address
+    /// is refused for the rest of the minute; 0 for no limit [default: 20]
+    #[arg(long, env = "BERTH_AUTH_FAILURE_LIMIT")]
+    pub auth_failure_limit: Option<u32>,
+    /// PEM certificate chain to serve TLS with (needs --tls-key); reloaded on SIGHUP and when it
+    /// changes
+    #[arg(long, env = "BERTH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "BERTH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow a --listen address beyond loopback without TLS (tokens then travel in clear: only
+    /// behind a TLS-terminating proxy or on a private network)
+    #[arg(long, env = "BERTH_INSECURE_LISTEN")]
+    pub insecure_listen: bool,
     /// Most bytes of file content one ImportData may extract (sparse files count their full
     /// size); a larger archive fails with RESOURCE_EXHAUSTED [default: 21474836480, 20 GiB]
     #[arg(long, env = "BERTH_IMPORT_MAX_BYTES")]
@@ -147,6 +174,12 @@ struct FileConfig {
     containerd_timeout: Option<u64>,
     apparmor_profile: Option<String>,
     cors_origins: Option<Vec<String>>,
+    auth: Option<AuthMode>,
+    tokens_file: Option<PathBuf>,
+    auth_failure_limit: Option<u32>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    insecure_listen: Option<bool>,
     import_max_bytes: Option<u64>,
     import_max_entries: Option<u64>,
     max_snapshot_depth: Option<u32>,
@@ -186,6 +219,8 @@ pub struct Config {
     /// Origins (`scheme://host[:port]`) whose pages may call berth from a browser; empty
     /// allows none.
     pub cors_origins: Vec<String>,
+    /// Authentication and TLS.
+    pub security: Security,
     /// Most bytes of file content one import may extract.
     pub import_max_bytes: u64,
     /// Most entries one import may extract.
@@ -297,11 +332,23 @@ impl Config {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default listen address parses"));
+        let security = security::resolve(
+            listen,
+            security::SecurityInput {
+                auth: args.auth.or(file.auth),
+                tokens_file: args.tokens_file.or(file.tokens_file),
+                auth_failure_limit: args.auth_failure_limit.or(file.auth_failure_limit),
+                tls_cert: args.tls_cert.or(file.tls_cert),
+                tls_key: args.tls_key.or(file.tls_key),
+                insecure_listen: args.insecure_listen || file.insecure_listen.unwrap_or(false),
+            },
+        )?;
         Ok(Self {
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default listen address parses")),
+            listen,
             containerd_socket: args
                 .containerd_socket
                 .or(file.containerd_socket)
@@ -317,6 +364,7 @@ impl Config {
             containerd_timeout,
             apparmor_profile,
             cors_origins,
+            security,
             import_max_bytes,
             import_max_entries,
             max_snapshot_depth,

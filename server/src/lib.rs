@@ -2,6 +2,7 @@
 //! managed over the `berth.workspace.v1` gRPC API.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod data;

@@ -25,10 +25,17 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the serve settings does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the berth.workspace.v1 API over gRPC and grpc-web
     Serve(ServeArgs),
+    /// Make bearer tokens for `berth serve --tokens-file`
+    Token {
+        #[command(subcommand)]
+        command: berth::cli::token::TokenCommand,
+    },
     #[command(flatten)]
     Client(ClientCommand),
 }
@@ -41,6 +48,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Token { command } => berth::cli::token::run(command),
         Command::Client(command) => runtime.block_on(berth::cli::run(cli.server, command)),
     }
 }
@@ -63,6 +71,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(Err(err)) => return fail(err.message()),
         Err(err) => return fail(&format!("cannot prepare the state directory: {err}")),
     }
+    let protection = match load_protection(&config) {
+        Ok(protection) => protection,
+        Err(message) => return fail(&message),
+    };
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -90,7 +102,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     if let Err(message) = wait_for_containerd(&containerd, &config).await {
         return fail(&message);
     }
-    match run(config, listener, containerd, devices).await {
+    match run(config, listener, containerd, devices, protection).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&format!("{err:#}")),
     }
@@ -129,6 +141,7 @@ async fn run(
     listener: tokio::net::TcpListener,
     containerd: Containerd,
     devices: Arc<Devices>,
+    protection: berth::api::Protection,
 ) -> anyhow::Result<()> {
     let store = Store::open(&config.database_url).await.context("cannot open the store")?;
     report_devices(&devices).await;
@@ -159,6 +172,12 @@ async fn run(
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    // SIGHUP and changed files reload the tokens and the certificate.
+    tokio::spawn(berth::auth::reload::run(
+        protection.authenticator.clone(),
+        protection.certificate.clone(),
+        shutdown.clone(),
+    ));
     // Task exits and OOM kills from containerd, and the event history's pruning.
     manager.start_background(shutdown.clone());
     info!(
@@ -166,10 +185,13 @@ async fn run(
         namespace = %config.namespace,
         state_dir = %config.state_dir.display(),
         cors_origins = ?config.cors_origins,
+        auth = if protection.authenticator.is_on() { "tokens" } else { "none" },
+        tls = protection.certificate.is_some(),
         "berth is serving"
     );
     let metrics = Arc::new(berth::metrics::Metrics::new(manager.clone(), config.storage_sample_interval));
-    let served = berth::api::serve(listener, manager.clone(), metrics, &config.cors_origins, shutdown).await;
+    let served =
+        berth::api::serve(listener, manager.clone(), metrics, &config.cors_origins, protection, shutdown).await;
     // Creates, stops and data operations still running finish before the store closes (a create
     // cut off here would only be rolled back at the next boot).
     if !manager.drain(SHUTDOWN_DRAIN).await {
@@ -181,6 +203,25 @@ async fn run(
     store.close().await;
     info!("berth stopped");
     served
+}
+
+/// Reads the tokens file and the TLS certificate (one line naming the problem if one cannot be
+/// used), and warns loudly when calls are not authenticated.
+fn load_protection(config: &Config) -> Result<berth::api::Protection, String> {
+    let security = &config.security;
+    let authenticator = match &security.tokens_file {
+        Some(path) => berth::auth::Authenticator::from_file(path, security.auth_failure_limit)?,
+        None => {
+            warn!(
+                listen = %config.listen,
+                "AUTHENTICATION IS OFF: every process that can reach this address may create, read, change and \
+                 delete every workspace; give berth a --tokens-file before anyone else can reach it"
+            );
+            berth::auth::Authenticator::off()
+        }
+    };
+    let certificate = security.tls.clone().map(berth::auth::tls::ServerCertificate::load).transpose()?;
+    Ok(berth::api::Protection { authenticator: Arc::new(authenticator), certificate })
 }
 
 /// Logs what the CDI spec directories offer at start (and, through the scan, each spec file that

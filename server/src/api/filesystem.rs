@@ -9,6 +9,8 @@ use futures::{Stream, StreamExt as _};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::grant;
+use super::authorize::Authorizer;
 use super::convert::timestamp;
 use super::record_workspace_id;
 use crate::error::{Error, Reason};
@@ -22,12 +24,13 @@ const WRITE_QUEUE: usize = 4;
 /// The FilesystemService implementation.
 pub struct FilesystemApi {
     files: Arc<Files>,
+    authorizer: Authorizer,
 }
 
 impl FilesystemApi {
     /// Serves FilesystemService over the file manager.
-    pub fn new(files: Arc<Files>) -> Self {
-        Self { files }
+    pub fn new(files: Arc<Files>, authorizer: Authorizer) -> Self {
+        Self { files, authorizer }
     }
 }
 
@@ -69,16 +72,20 @@ impl FilesystemService for FilesystemApi {
     type WatchDirStream = ResponseStream<pb::WatchDirResponse>;
 
     async fn stat(&self, request: Request<pb::StatRequest>) -> Result<Response<pb::StatResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let path = files::parse_path(&request.path, "path")?;
         let found = self.files.stat(&request.workspace_id, path, request.follow_symlinks).await?;
         Ok(Response::new(pb::StatResponse { entry: Some(entry(found)) }))
     }
 
     async fn list_dir(&self, request: Request<pb::ListDirRequest>) -> Result<Response<pb::ListDirResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let path = files::parse_path(&request.path, "path")?;
         let page = self
             .files
@@ -92,8 +99,10 @@ impl FilesystemService for FilesystemApi {
 
     async fn read_file(&self, request: Request<pb::ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
         use pb::read_file_response::Event;
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let path = files::parse_path(&request.path, "path")?;
         if request.offset < 0 || request.length < 0 {
             return Err(Error::new(
@@ -118,6 +127,7 @@ impl FilesystemService for FilesystemApi {
         request: Request<Streaming<pb::WriteFileRequest>>,
     ) -> Result<Response<pb::WriteFileResponse>, Status> {
         use pb::write_file_request::Event;
+        let grant = grant(&request)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(pb::WriteFileRequest { event: Some(Event::Header(header)) }) => header,
@@ -130,6 +140,7 @@ impl FilesystemService for FilesystemApi {
             }
         };
         record_workspace_id(&header.workspace_id);
+        self.authorizer.workspace(&grant, &header.workspace_id).await?;
         let options = WriteOptions {
             path: files::parse_path(&header.path, "path")?,
             mode: header.mode,
@@ -172,8 +183,10 @@ impl FilesystemService for FilesystemApi {
         &self,
         request: Request<pb::WriteFileChunkRequest>,
     ) -> Result<Response<pb::WriteFileChunkResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         crate::model::WorkspaceId::parse(&request.workspace_id)?;
         let ack = self
             .files
@@ -197,24 +210,30 @@ impl FilesystemService for FilesystemApi {
     }
 
     async fn make_dir(&self, request: Request<pb::MakeDirRequest>) -> Result<Response<pb::MakeDirResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let path = files::parse_path(&request.path, "path")?;
         let made = self.files.make_dir(&request.workspace_id, path, request.parents, request.mode).await?;
         Ok(Response::new(pb::MakeDirResponse { entry: Some(entry(made)) }))
     }
 
     async fn remove(&self, request: Request<pb::RemoveRequest>) -> Result<Response<pb::RemoveResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let path = files::parse_path(&request.path, "path")?;
         self.files.remove(&request.workspace_id, path, request.recursive).await?;
         Ok(Response::new(pb::RemoveResponse {}))
     }
 
     async fn r#move(&self, request: Request<pb::MoveRequest>) -> Result<Response<pb::MoveResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let source = files::parse_path(&request.source_path, "source_path")?;
         let destination = files::parse_path(&request.destination_path, "destination_path")?;
         let moved = self.files.rename(&request.workspace_id, source, destination, request.overwrite).await?;
@@ -223,8 +242,10 @@ impl FilesystemService for FilesystemApi {
 
     async fn watch_dir(&self, request: Request<pb::WatchDirRequest>) -> Result<Response<Self::WatchDirStream>, Status> {
         use pb::watch_dir_response::{Event, Keepalive, Start};
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let path = files::parse_path(&request.path, "path")?;
         let events = self.files.watch_dir(&request.workspace_id, path, request.recursive).await?;
         let stream = events.map(|event| {

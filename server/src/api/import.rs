@@ -5,6 +5,8 @@ use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tonic::{Response, Status, Streaming};
 
+use super::auth::Grant;
+use super::authorize::Authorizer;
 use super::record_workspace_id;
 use crate::data::ArchiveFormat;
 use crate::error::{Error, Reason};
@@ -16,6 +18,8 @@ const IMPORT_QUEUE: usize = 4;
 /// Serves one ImportData call.
 pub async fn import_data(
     files: &Files,
+    authorizer: &Authorizer,
+    grant: &Grant,
     mut request: Streaming<pb::ImportDataRequest>,
 ) -> Result<Response<pb::ImportDataResponse>, Status> {
     use pb::import_data_request::Event;
@@ -30,6 +34,7 @@ pub async fn import_data(
         }
     };
     record_workspace_id(&header.workspace_id);
+    authorizer.workspace(grant, &header.workspace_id).await?;
     crate::model::WorkspaceId::parse(&header.workspace_id)?;
     let format = archive_format(header.format)?;
     let options = ImportOptions::parse(&header.path, format, header.replace, &header.sha256)?;

@@ -1,11 +1,14 @@
 //! The gRPC surface: tonic services (thin: validate, convert, call the Manager, convert back),
 //! grpc-web with CORS, reflection, health, request tracing and shutdown handling.
 
+mod auth;
+mod authorize;
 mod convert;
 mod events;
 mod export;
 mod filesystem;
 mod import;
+mod listen;
 mod process;
 mod request_log;
 mod shutdown;
@@ -27,6 +30,8 @@ use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::{Span, info, warn};
 
+use crate::auth::Authenticator;
+use crate::auth::tls::ServerCertificate;
 use crate::metrics::Metrics;
 use crate::workspace::Manager;
 
@@ -46,6 +51,13 @@ const SERVICE_NAMES: [&str; 3] = [
     "berth.workspace.v1.ProcessService",
 ];
 
+/// Who may connect and call: the token check of every call and the TLS certificate (none for
+/// plaintext).
+pub struct Protection {
+    pub authenticator: Arc<Authenticator>,
+    pub certificate: Option<Arc<ServerCertificate>>,
+}
+
 /// Serves every service on `listener` until `shutdown` is cancelled; then ends open streams with
 /// UNAVAILABLE and returns once connections closed (or after a grace period). Browsers may call
 /// from pages of `cors_origins` only.
@@ -54,6 +66,7 @@ pub async fn serve(
     manager: Arc<Manager>,
     metrics: Arc<Metrics>,
     cors_origins: &[String],
+    protection: Protection,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -64,6 +77,13 @@ pub async fn serve(
     let health_task = tokio::spawn(report_health(manager.clone(), health_reporter, shutdown.clone()));
 
     let files = Arc::new(crate::files::Files::new(manager.clone()));
+    let authorizer = authorize::Authorizer::new(manager.clone());
+    let tls = protection
+        .certificate
+        .as_ref()
+        .map(ServerCertificate::server_config)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
@@ -81,18 +101,24 @@ pub async fn serve(
         // Outside the shutdown layer, so streams it ends are logged with their UNAVAILABLE.
         .layer(request_log::RequestLogLayer)
         .layer(shutdown::EndStreamsOnShutdownLayer::new(shutdown.clone()))
+        // Innermost: it sees gRPC (grpc-web already translated) and refuses before any handler.
+        .layer(auth::AuthLayer::new(protection.authenticator))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(WorkspaceServiceServer::new(workspace::WorkspaceApi::new(manager.clone(), files.clone(), metrics)))
-        .add_service(FilesystemServiceServer::new(filesystem::FilesystemApi::new(files)))
-        .add_service(ProcessServiceServer::new(process::ProcessApi::new(manager.clone())));
+        .add_service(WorkspaceServiceServer::new(workspace::WorkspaceApi::new(
+            manager.clone(),
+            files.clone(),
+            metrics,
+            authorizer.clone(),
+        )))
+        .add_service(FilesystemServiceServer::new(filesystem::FilesystemApi::new(files, authorizer.clone())))
+        .add_service(ProcessServiceServer::new(process::ProcessApi::new(manager.clone(), authorizer)));
 
     let stopped = shutdown.clone();
-    // TCP_NODELAY: with Nagle's algorithm, a message's last segment waits for the peer's
-    // delayed ACK (up to 40 ms) — it held WriteFile to ~70 MiB/s and unary calls to ~40 ms.
-    // tonic applies its own nodelay default only to listeners it binds itself.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // TCP_NODELAY is set on every accepted connection there (tonic applies its own default
+    // only to listeners it binds itself).
+    let incoming = listen::incoming(listener, tls);
     let server = router.serve_with_incoming_shutdown(incoming, stopped.cancelled_owned());
     tokio::pin!(server);
     tokio::select! {

@@ -11,6 +11,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::grant;
+use super::authorize::Authorizer;
 use super::{convert, record_workspace_id};
 use crate::error::{Error, Reason};
 use crate::process::{self, Event, Input, MAX_REPLAY_BYTES, Process, Selector, StartOptions, Subscription};
@@ -29,12 +31,13 @@ const STREAM_QUEUE: usize = 16;
 /// The ProcessService implementation.
 pub struct ProcessApi {
     manager: Arc<Manager>,
+    authorizer: Authorizer,
 }
 
 impl ProcessApi {
     /// Serves ProcessService over the Manager.
-    pub fn new(manager: Arc<Manager>) -> Self {
-        Self { manager }
+    pub fn new(manager: Arc<Manager>, authorizer: Authorizer) -> Self {
+        Self { manager, authorizer }
     }
 }
 
@@ -181,8 +184,10 @@ impl ProcessService for ProcessApi {
     type ConnectStream = ResponseStream<pb::ConnectResponse>;
 
     async fn start(&self, request: Request<pb::StartRequest>) -> Result<Response<Self::StartStream>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let workspace_id = request.workspace_id.clone();
         let keepalive = keepalive(request.keepalive_interval)?;
         let options = start_options(request)?;
@@ -193,8 +198,10 @@ impl ProcessService for ProcessApi {
     }
 
     async fn connect(&self, request: Request<pb::ConnectRequest>) -> Result<Response<Self::ConnectStream>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let keepalive = keepalive(request.keepalive_interval)?;
         let replay = usize::try_from(request.replay_bytes).unwrap_or(usize::MAX);
         if replay > MAX_REPLAY_BYTES {
@@ -215,8 +222,10 @@ impl ProcessService for ProcessApi {
         &self,
         request: Request<pb::SendInputRequest>,
     ) -> Result<Response<pb::SendInputResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let input = input(request.input)?;
         let process = self.process(&request.workspace_id, request.process).await?;
         process.send_input(input).await?;
@@ -228,12 +237,14 @@ impl ProcessService for ProcessApi {
         request: Request<Streaming<pb::StreamInputRequest>>,
     ) -> Result<Response<pb::StreamInputResponse>, Status> {
         use pb::stream_input_request::Event as E;
+        let grant = grant(&request)?;
         let mut stream = request.into_inner();
         let first = stream.next().await.transpose()?.and_then(|message| message.event);
         let Some(E::Start(start)) = first else {
             return Err(invalid("the first StreamInput message must be start, naming the process").into());
         };
         record_workspace_id(&start.workspace_id);
+        self.authorizer.workspace(&grant, &start.workspace_id).await?;
         let process = self.process(&start.workspace_id, start.process).await?;
         while let Some(message) = stream.next().await {
             match message?.event {
@@ -249,8 +260,10 @@ impl ProcessService for ProcessApi {
         &self,
         request: Request<pb::CloseStdinRequest>,
     ) -> Result<Response<pb::CloseStdinResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let process = self.process(&request.workspace_id, request.process).await?;
         process.close_stdin().await?;
         Ok(Response::new(pb::CloseStdinResponse {}))
@@ -260,8 +273,10 @@ impl ProcessService for ProcessApi {
         &self,
         request: Request<pb::SendSignalRequest>,
     ) -> Result<Response<pb::SendSignalResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let signal = match u32::try_from(request.signal) {
             Ok(signal @ 1..=64) => signal,
             _ => {
@@ -281,8 +296,10 @@ impl ProcessService for ProcessApi {
         &self,
         request: Request<pb::ResizePtyRequest>,
     ) -> Result<Response<pb::ResizePtyResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let size = pty_size(request.cols, request.rows)?;
         let process = self.process(&request.workspace_id, request.process).await?;
         process.resize(size).await?;
@@ -290,8 +307,10 @@ impl ProcessService for ProcessApi {
     }
 
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let processes = self.manager.list_processes(&request.workspace_id).await?;
         let processes = processes
             .into_iter()

@@ -9,6 +9,8 @@ use berth_api::v1::workspace_service_server::WorkspaceService;
 use futures::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::grant;
+use super::authorize::Authorizer;
 use super::{convert, record_workspace_id};
 use crate::error::{Error, Reason};
 use crate::files::Files;
@@ -28,12 +30,14 @@ pub struct WorkspaceApi {
     files: Arc<Files>,
     /// The shared samplers behind GetMetrics and WatchMetrics.
     metrics: Arc<Metrics>,
+    /// The token scope checks.
+    authorizer: Authorizer,
 }
 
 impl WorkspaceApi {
     /// Serves WorkspaceService over the Manager, the file manager and the metrics samplers.
-    pub fn new(manager: Arc<Manager>, files: Arc<Files>, metrics: Arc<Metrics>) -> Self {
-        Self { manager, files, metrics }
+    pub fn new(manager: Arc<Manager>, files: Arc<Files>, metrics: Arc<Metrics>, authorizer: Authorizer) -> Self {
+        Self { manager, files, metrics, authorizer }
     }
 }
 
@@ -48,8 +52,10 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::CreateWorkspaceRequest>,
     ) -> Result<Response<Self::CreateWorkspaceStream>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.create(&grant, &request.workspace_id, &request.labels.clone().into_iter().collect()).await?;
         let events = self.manager.create(convert::create_request(request)).await?;
         let responses = events.map(|event| event.map(convert::create_event).map_err(Status::from));
         Ok(Response::new(Box::pin(responses)))
@@ -59,8 +65,10 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::GetWorkspaceRequest>,
     ) -> Result<Response<pb::GetWorkspaceResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let info = self.manager.get(&request.workspace_id).await?;
         Ok(Response::new(pb::GetWorkspaceResponse { workspace: Some(convert::workspace(info)) }))
     }
@@ -69,8 +77,9 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::ListWorkspacesRequest>,
     ) -> Result<Response<pb::ListWorkspacesResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
-        let list = self.manager.list(request.page_size, &request.page_token, &request.label_selector).await?;
+        let list = self.authorizer.list(&grant, &request).await?;
         Ok(Response::new(pb::ListWorkspacesResponse {
             workspaces: list.workspaces.into_iter().map(convert::workspace).collect(),
             next_page_token: list.next_page_token,
@@ -81,8 +90,10 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::StartWorkspaceRequest>,
     ) -> Result<Response<pb::StartWorkspaceResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let info = self.manager.start(&request.workspace_id).await?;
         Ok(Response::new(pb::StartWorkspaceResponse { workspace: Some(convert::workspace(info)) }))
     }
@@ -91,8 +102,10 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::StopWorkspaceRequest>,
     ) -> Result<Response<pb::StopWorkspaceResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let timeout = request.timeout.map(convert::duration).transpose()?;
         if let Some(timeout) = timeout {
             check_stop_timeout(timeout)?;
@@ -105,8 +118,10 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::DeleteWorkspaceRequest>,
     ) -> Result<Response<pb::DeleteWorkspaceResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         self.manager.delete(&request.workspace_id, request.preserve_data).await?;
         Ok(Response::new(pb::DeleteWorkspaceResponse {}))
     }
@@ -115,8 +130,10 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::RestoreDataRequest>,
     ) -> Result<Response<pb::RestoreDataResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let info = self.manager.restore_data(&request.workspace_id).await?;
         Ok(Response::new(pb::RestoreDataResponse { workspace: Some(convert::workspace(info)) }))
     }
@@ -125,8 +142,10 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::ResetDataRequest>,
     ) -> Result<Response<pb::ResetDataResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let info = self.manager.reset_data(&request.workspace_id).await?;
         Ok(Response::new(pb::ResetDataResponse { workspace: Some(convert::workspace(info)) }))
     }
@@ -135,8 +154,14 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::UpdateWorkspaceRequest>,
     ) -> Result<Response<pb::UpdateWorkspaceResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
+        if request.update_mask.as_ref().is_some_and(|mask| mask.paths.iter().any(|path| path == "labels")) {
+            let labels = request.labels.clone().into_iter().collect();
+            self.authorizer.keeps_in_scope(&grant, &request.workspace_id, &labels)?;
+        }
         let workspace_id = request.workspace_id.clone();
         let changed = self.manager.update(&workspace_id, convert::workspace_update(request)?).await?;
         Ok(Response::new(pb::UpdateWorkspaceResponse {
@@ -150,8 +175,10 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::GetMetricsRequest>,
     ) -> Result<Response<pb::GetMetricsResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let sample = self.metrics.get(&request.workspace_id).await?;
         Ok(Response::new(pb::GetMetricsResponse { metrics: Some(convert::workspace_metrics(sample)) }))
     }
@@ -160,8 +187,10 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::WatchMetricsRequest>,
     ) -> Result<Response<Self::WatchMetricsStream>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let interval = convert::watch_interval(request.interval)?;
         let samples = self.metrics.watch(&request.workspace_id, interval).await?;
         let responses = samples.map(|sample| {
@@ -176,8 +205,10 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::CreateSnapshotRequest>,
     ) -> Result<Response<pb::CreateSnapshotResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let labels = request.labels.into_iter().collect();
         let snapshot = self.manager.create_snapshot(&request.workspace_id, &request.name, labels).await?;
         Ok(Response::new(pb::CreateSnapshotResponse { snapshot: Some(convert::snapshot(snapshot)) }))
@@ -187,8 +218,10 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let list = self.manager.list_snapshots(&request.workspace_id, request.page_size, &request.page_token).await?;
         Ok(Response::new(pb::ListSnapshotsResponse {
             snapshots: list.snapshots.into_iter().map(convert::snapshot).collect(),
@@ -200,8 +233,10 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::DeleteSnapshotRequest>,
     ) -> Result<Response<pb::DeleteSnapshotResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         self.manager.delete_snapshot(&request.workspace_id, &request.name).await?;
         Ok(Response::new(pb::DeleteSnapshotResponse {}))
     }
@@ -210,8 +245,10 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::RestoreSnapshotRequest>,
     ) -> Result<Response<pb::RestoreSnapshotResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let target = convert::restore_target(request.target)?;
         let restored = self.manager.restore_snapshot(&request.workspace_id, target).await?;
         Ok(Response::new(pb::RestoreSnapshotResponse {
@@ -224,8 +261,10 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
         let list = self.manager.list_versions(&request.workspace_id, request.page_size, &request.page_token).await?;
         Ok(Response::new(pb::ListVersionsResponse {
             current_version: list.current_version,
@@ -238,36 +277,51 @@ impl WorkspaceService for WorkspaceApi {
         &self,
         request: Request<pb::ExportDataRequest>,
     ) -> Result<Response<Self::ExportDataStream>, Status> {
-        super::export::export_data(&self.files, request.into_inner()).await
+        let grant = grant(&request)?;
+        let request = request.into_inner();
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
+        super::export::export_data(&self.files, request).await
     }
 
     async fn import_data(
         &self,
         request: Request<Streaming<pb::ImportDataRequest>>,
     ) -> Result<Response<pb::ImportDataResponse>, Status> {
-        super::import::import_data(&self.files, request.into_inner()).await
+        let grant = grant(&request)?;
+        super::import::import_data(&self.files, &self.authorizer, &grant, request.into_inner()).await
     }
 
     async fn import_data_chunk(
         &self,
         request: Request<pb::ImportDataChunkRequest>,
     ) -> Result<Response<pb::ImportDataChunkResponse>, Status> {
-        super::import::import_data_chunk(&self.files, request.into_inner()).await
+        let grant = grant(&request)?;
+        let request = request.into_inner();
+        self.authorizer.workspace(&grant, &request.workspace_id).await?;
+        super::import::import_data_chunk(&self.files, request).await
     }
 
     async fn watch_events(
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let grant = grant(&request)?;
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
-        Ok(Response::new(super::events::watch_events(&self.manager, request)?))
+        // Every workspace's events when no id is given, filtered below.
+        if !request.workspace_id.is_empty() {
+            self.authorizer.workspace(&grant, &request.workspace_id).await?;
+        }
+        let events = super::events::watch_events(&self.manager, request)?;
+        Ok(Response::new(self.authorizer.filter_events(&grant, events)))
     }
 
     async fn list_devices(
         &self,
-        _request: Request<pb::ListDevicesRequest>,
+        request: Request<pb::ListDevicesRequest>,
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        // Any valid token: the catalog names host devices, not workspaces.
+        grant(&request)?;
         let catalog = self.manager.list_devices().await?;
         Ok(Response::new(convert::devices(catalog)))
     }

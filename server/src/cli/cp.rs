@@ -16,9 +16,9 @@ use std::process::ExitCode;
 use berth_api::v1 as pb;
 use berth_api::v1::filesystem_service_client::FilesystemServiceClient;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
 
+use super::connect::Channel;
 use super::describe;
 use super::host::HostTree;
 use super::paths::{self, Existing, Location, SourceShape, WorkspacePath};

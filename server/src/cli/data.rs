@@ -11,8 +11,8 @@ use clap::ValueEnum;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncReadExt as _;
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 
+use super::connect::Channel;
 use super::describe;
 use super::progress::TransferProgress;
 

@@ -3,8 +3,8 @@
 use berth_api::v1 as pb;
 use berth_api::v1::workspace_service_client::WorkspaceServiceClient;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
+use super::connect::Channel;
 use super::{OutputFormat, describe};
 
 /// Lists the devices on stdout; spec files the server could not use go to stderr (in the JSON

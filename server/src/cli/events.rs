@@ -4,8 +4,8 @@ use berth_api::v1 as pb;
 use berth_api::v1::workspace_service_client::WorkspaceServiceClient;
 use serde_json::json;
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 
+use super::connect::Channel;
 use super::{OutputFormat, describe};
 
 /// Parses `task_exited`, `task-exited` or `TASK_EXITED` into a WorkspaceEventKind value.

@@ -15,8 +15,8 @@ use berth_api::v1::process_service_client::ProcessServiceClient;
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 
+use super::connect::Channel;
 use super::describe;
 
 /// What `berth exec` runs.

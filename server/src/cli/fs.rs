@@ -7,8 +7,8 @@ use berth_api::v1 as pb;
 use berth_api::v1::filesystem_service_client::FilesystemServiceClient;
 use clap::Subcommand;
 use tokio::io::AsyncWriteExt as _;
-use tonic::transport::Channel;
 
+use super::connect::Channel;
 use super::paths::{self, WorkspacePath};
 use super::remote::RemoteWalk;
 use super::{OutputFormat, cp, describe, output};

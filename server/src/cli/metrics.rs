@@ -7,8 +7,8 @@ use berth_api::v1 as pb;
 use berth_api::v1::workspace_service_client::WorkspaceServiceClient;
 use serde_json::{Value, json};
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 
+use super::connect::Channel;
 use super::{OutputFormat, describe};
 
 /// What `berth metrics` was asked.

@@ -4,6 +4,7 @@
 //! prints one line (status code, ErrorInfo reason, message) and exits 1; `exec` exits with the
 //! process's own code.
 
+mod connect;
 mod cp;
 mod data;
 mod devices;
@@ -17,6 +18,7 @@ mod paths;
 mod progress;
 mod remote;
 mod snapshot;
+pub mod token;
 mod update;
 
 use std::process::ExitCode;
@@ -25,7 +27,6 @@ use berth_api::v1 as pb;
 use berth_api::v1::workspace_service_client::WorkspaceServiceClient;
 use clap::{Args, Subcommand, ValueEnum};
 use tokio_stream::StreamExt as _;
-use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
 
 /// Where the server is.
@@ -34,6 +35,13 @@ pub struct ServerArgs {
     /// berth server URL
     #[arg(long, global = true, env = "BERTH_SERVER", default_value = "http://127.0.0.1:50051")]
     pub server: String,
+    /// Bearer token for servers that check tokens (`berth token create` makes them)
+    #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM file of the CA that signed an https:// server's certificate [default: the system's
+    /// trusted CAs]
+    #[arg(long, global = true, env = "BERTH_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Output format of `get` and `ls`.
@@ -305,7 +313,7 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 
 /// Runs a client subcommand; returns the process exit code.
 pub async fn run(server: ServerArgs, command: ClientCommand) -> ExitCode {
-    match execute(&server.server, command).await {
+    match execute(&server, command).await {
         Ok(code) => code,
         Err(failure) => {
             eprintln!("berth: {failure}");
@@ -314,12 +322,8 @@ pub async fn run(server: ServerArgs, command: ClientCommand) -> ExitCode {
     }
 }
 
-async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, String> {
-    let channel = Channel::from_shared(server.to_owned())
-        .map_err(|err| format!("invalid --server {server:?}: {err}"))?
-        .connect()
-        .await
-        .map_err(|err| format!("UNAVAILABLE cannot reach berth at {server}: {err}; start it or pass --server"))?;
+async fn execute(server: &ServerArgs, command: ClientCommand) -> Result<ExitCode, String> {
+    let channel = connect::connect(server).await?;
     let mut client = WorkspaceServiceClient::new(channel.clone());
     match command {
         ClientCommand::Ls { selector, output } => {

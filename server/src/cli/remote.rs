@@ -7,8 +7,8 @@ use berth_api::v1 as pb;
 use berth_api::v1::filesystem_service_client::FilesystemServiceClient;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
+use super::connect::Channel;
 use super::describe;
 use super::paths;
 

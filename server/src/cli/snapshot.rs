@@ -5,8 +5,8 @@ use berth_api::v1 as pb;
 use berth_api::v1::workspace_service_client::WorkspaceServiceClient;
 use clap::Subcommand;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
+use super::connect::Channel;
 use super::{OutputFormat, describe, parse_key_value};
 
 /// A `berth snapshot` subcommand.

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use berth_api::v1 as pb;
 use berth_api::v1::workspace_service_client::WorkspaceServiceClient;
-use tonic::transport::Channel;
 
+use super::connect::Channel;
 use super::{PullPolicyArg, describe};
 
 /// What the flags of `berth update` ask for.

@@ -14,6 +14,7 @@ mod monitor;
 mod operation;
 mod processes;
 mod reconcile;
+mod scoped;
 mod selector;
 mod snapshot;
 #[cfg(test)]
