@@ -4,6 +4,7 @@
 //! Under `make test` every variable below is set; a test that cannot reach the testbed fails
 //! with a message saying how to start it. It never skips.
 
+pub mod auth;
 pub mod events;
 pub mod files;
 pub mod import;
