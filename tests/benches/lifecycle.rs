@@ -35,14 +35,19 @@
 //! - GetMetrics p50 (target ≤ 5 ms) against Memoh's two readings 200 ms apart per request, and
 //!   the server's CPU while 100 WatchMetrics streams on each of 20 workspaces get a sample a
 //!   second for 60 s (target ≤ 2 % of one core), containerd's beside it (`metrics.rs`).
+//! - GetWorkspace p50 with token checks (admin, id-scoped and label-scoped tokens) against the
+//!   same call with `--auth none`, interleaved in one run (target ≤ 5 % overhead), and with TLS
+//!   besides (informational) (`auth.rs`).
 //!
 //! `BERTH_BENCH_ONLY=files` (a comma-separated list of `create`, `process`, `files`, `snapshot`,
-//! `export`, `metrics`, `pull`) runs only those sections, for example against a testbed that is already up:
+//! `export`, `metrics`, `auth`, `pull`) runs only those sections, for example against a testbed that is already up:
 //! `source .testbed/env; BERTH_BIN=$PWD/target/release/berth BERTH_BENCH_ONLY=files cargo bench
 //! -p berth-e2e --bench lifecycle`. Only the `pull` section purges the testbed's other
 //! `berth-test-*` namespaces (their content would make its cold pulls warm), so leave it out on
 //! a testbed that others use. The run purges its own namespace at the end.
 
+#[path = "lifecycle/auth.rs"]
+mod auth;
 #[path = "lifecycle/metrics.rs"]
 mod metrics;
 
@@ -1285,7 +1290,7 @@ fn walk_bytes(dir: &Path) -> u64 {
 }
 
 /// The sections of the bench, in the order they run.
-const SECTIONS: [&str; 7] = ["create", "process", "files", "snapshot", "export", "metrics", "pull"];
+const SECTIONS: [&str; 8] = ["create", "process", "files", "snapshot", "export", "metrics", "auth", "pull"];
 
 /// The sections BERTH_BENCH_ONLY names (all when it is unset or empty).
 fn selected_sections() -> Vec<&'static str> {
@@ -1423,6 +1428,7 @@ async fn main() {
             "snapshot" => bench_snapshots(&testbed, &server, &mut client, &busybox).await,
             "export" => bench_export(&server, &mut client, &busybox).await,
             "metrics" => metrics::bench_metrics(&testbed, &server, &mut client, &busybox).await,
+            "auth" => auth::bench_auth(&testbed, &server, &mut client, &busybox).await,
             "pull" => bench_cold_pull(&testbed, &server, &mut client, &multilayer).await,
             _ => unreachable!("selected_sections() returns only known sections"),
         }
