@@ -60,11 +60,14 @@ pub enum Reason {
     MemoryLimitBelowUsage,
     Unauthenticated,
     PermissionDenied,
+    InvalidNetworkPolicy,
+    NetworkDisabled,
+    NetworkSetupFailed,
 }
 
 impl Reason {
     /// Every reason, for exhaustive checks against the proto enum.
-    pub const ALL: [Reason; 52] = [
+    pub const ALL: [Reason; 55] = [
         Reason::InvalidWorkspaceId,
         Reason::WorkspaceNotFound,
         Reason::WorkspaceAlreadyExists,
@@ -117,6 +120,9 @@ impl Reason {
         Reason::MemoryLimitBelowUsage,
         Reason::Unauthenticated,
         Reason::PermissionDenied,
+        Reason::InvalidNetworkPolicy,
+        Reason::NetworkDisabled,
+        Reason::NetworkSetupFailed,
     ];
 
     /// The `ErrorReason` value name, used verbatim as `google.rpc.ErrorInfo.reason`.
@@ -174,6 +180,9 @@ impl Reason {
             Reason::MemoryLimitBelowUsage => "MEMORY_LIMIT_BELOW_USAGE",
             Reason::Unauthenticated => "UNAUTHENTICATED",
             Reason::PermissionDenied => "PERMISSION_DENIED",
+            Reason::InvalidNetworkPolicy => "INVALID_NETWORK_POLICY",
+            Reason::NetworkDisabled => "NETWORK_DISABLED",
+            Reason::NetworkSetupFailed => "NETWORK_SETUP_FAILED",
         }
     }
 }

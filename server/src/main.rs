@@ -71,6 +71,16 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(Err(err)) => return fail(err.message()),
         Err(err) => return fail(&format!("cannot prepare the state directory: {err}")),
     }
+    let network = match berth::network::Network::new(&config.network).await {
+        Ok(network) => Arc::new(network),
+        Err(message) => return fail(&message),
+    };
+    if config.cleanup_network {
+        return match network.cleanup().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(err.message()),
+        };
+    }
     let protection = match load_protection(&config) {
         Ok(protection) => protection,
         Err(message) => return fail(&message),
@@ -102,7 +112,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     if let Err(message) = wait_for_containerd(&containerd, &config).await {
         return fail(&message);
     }
-    match run(config, listener, containerd, devices, protection).await {
+    match run(config, listener, containerd, devices, network, protection).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&format!("{err:#}")),
     }
@@ -141,6 +151,7 @@ async fn run(
     listener: tokio::net::TcpListener,
     containerd: Containerd,
     devices: Arc<Devices>,
+    network: Arc<berth::network::Network>,
     protection: berth::api::Protection,
 ) -> anyhow::Result<()> {
     let store = Store::open(&config.database_url).await.context("cannot open the store")?;
@@ -160,10 +171,15 @@ async fn run(
             event_retention_count: config.event_retention_count,
             event_retention_age: config.event_retention_age,
             devices,
+            network,
         },
         store.clone(),
         Arc::new(containerd),
     ));
+    let report = manager.reconcile_network().await.context("cannot set up workspace networks")?;
+    if report.restored + report.removed > 0 {
+        info!(restored = report.restored, removed = report.removed, "workspace networks reconciled");
+    }
     // Serving starts at once; each workspace's calls wait for its own reconcile, and health is
     // NOT_SERVING until all are done.
     if let Err(err) = manager.start_reconcile().await {

@@ -13,6 +13,7 @@ mod exec;
 mod fs;
 mod host;
 mod metrics;
+mod network;
 mod output;
 mod paths;
 mod progress;
@@ -103,6 +104,8 @@ pub enum ClientCommand {
         /// Put the /data archive preserved at deletion back
         #[arg(long)]
         restore_data: bool,
+        #[command(flatten)]
+        network: network::NetworkArgs,
     },
     /// Show a workspace
     Get {
@@ -250,6 +253,9 @@ pub enum ClientCommand {
         /// Detach a CDI device (repeatable)
         #[arg(long = "unset-device", value_name = "NAME")]
         unset_devices: Vec<String>,
+        /// New egress policy (replaces the current one, live)
+        #[command(flatten)]
+        network: network::NetworkArgs,
     },
     /// Take, list, delete and restore snapshots of a workspace's filesystem
     Snapshot {
@@ -344,7 +350,7 @@ async fn execute(server: &ServerArgs, command: ClientCommand) -> Result<ExitCode
             }
             output::print_list(&workspaces, output);
         }
-        ClientCommand::Create { id, image, labels, env, devices, restore_data } => {
+        ClientCommand::Create { id, image, labels, env, devices, restore_data, network } => {
             let request = pb::CreateWorkspaceRequest {
                 workspace_id: id,
                 image: image.unwrap_or_default(),
@@ -352,6 +358,7 @@ async fn execute(server: &ServerArgs, command: ClientCommand) -> Result<ExitCode
                 env: env.into_iter().collect(),
                 cdi_devices: devices,
                 restore_data,
+                network_policy: network.policy(),
                 ..Default::default()
             };
             let mut events = client.create_workspace(request).await.map_err(describe)?.into_inner();
@@ -408,8 +415,10 @@ async fn execute(server: &ServerArgs, command: ClientCommand) -> Result<ExitCode
             unset_env,
             devices,
             unset_devices,
+            network,
         } => {
             let changes = update::Changes {
+                network_policy: network.policy(),
                 image,
                 pull,
                 cpus,

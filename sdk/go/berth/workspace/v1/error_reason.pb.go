@@ -203,6 +203,17 @@ const (
 	// workspaces and labels. A workspace that does not exist answers alike, so scopes leak no ids.
 	// Use a token whose scope includes the workspace and the access.
 	ErrorReason_PERMISSION_DENIED ErrorReason = 52
+	// INVALID_ARGUMENT: a NetworkPolicy is malformed: an entry of `cidrs` is not an IPv4 network
+	// or address, the list is too long, CIDRs come with a mode that takes none, or
+	// NETWORK_MODE_ALLOWLIST has no CIDR. The message names the entry.
+	ErrorReason_INVALID_NETWORK_POLICY ErrorReason = 53
+	// FAILED_PRECONDITION: the server runs with `--network none`, so workspaces have loopback only;
+	// ask for NETWORK_MODE_NONE (or no policy), or run the server with `--network bridge`.
+	ErrorReason_NETWORK_DISABLED ErrorReason = 54
+	// INTERNAL: setting up or tearing down a workspace's network failed on the host (a CNI plugin
+	// or nft failed); the message gives the tool's own error. Nothing was left half made; check the
+	// server's `--cni-bin-dir` and that nftables is installed, then retry.
+	ErrorReason_NETWORK_SETUP_FAILED ErrorReason = 55
 )
 
 // Enum value maps for ErrorReason.
@@ -261,6 +272,9 @@ var (
 		50: "MEMORY_LIMIT_BELOW_USAGE",
 		51: "UNAUTHENTICATED",
 		52: "PERMISSION_DENIED",
+		53: "INVALID_NETWORK_POLICY",
+		54: "NETWORK_DISABLED",
+		55: "NETWORK_SETUP_FAILED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -316,6 +330,9 @@ var (
 		"MEMORY_LIMIT_BELOW_USAGE": 50,
 		"UNAUTHENTICATED":          51,
 		"PERMISSION_DENIED":        52,
+		"INVALID_NETWORK_POLICY":   53,
+		"NETWORK_DISABLED":         54,
+		"NETWORK_SETUP_FAILED":     55,
 	}
 )
 
@@ -350,7 +367,7 @@ var File_berth_workspace_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_berth_workspace_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"%berth/workspace/v1/error_reason.proto\x12\x12berth.workspace.v1*\x83\n" +
+	"%berth/workspace/v1/error_reason.proto\x12\x12berth.workspace.v1*\xcf\n" +
 	"\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
@@ -406,7 +423,10 @@ const file_berth_workspace_v1_error_reason_proto_rawDesc = "" +
 	"\x12NOT_A_REGULAR_FILE\x101\x12\x1c\n" +
 	"\x18MEMORY_LIMIT_BELOW_USAGE\x102\x12\x13\n" +
 	"\x0fUNAUTHENTICATED\x103\x12\x15\n" +
-	"\x11PERMISSION_DENIED\x104BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
+	"\x11PERMISSION_DENIED\x104\x12\x1a\n" +
+	"\x16INVALID_NETWORK_POLICY\x105\x12\x14\n" +
+	"\x10NETWORK_DISABLED\x106\x12\x18\n" +
+	"\x14NETWORK_SETUP_FAILED\x107BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
 
 var (
 	file_berth_workspace_v1_error_reason_proto_rawDescOnce sync.Once

@@ -240,6 +240,20 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     workspaces and labels. A workspace that does not exist answers alike, so scopes leak no ids.
     Use a token whose scope includes the workspace and the access.
     """
+    INVALID_NETWORK_POLICY: _ErrorReason.ValueType  # 53
+    """INVALID_ARGUMENT: a NetworkPolicy is malformed: an entry of `cidrs` is not an IPv4 network
+    or address, the list is too long, CIDRs come with a mode that takes none, or
+    NETWORK_MODE_ALLOWLIST has no CIDR. The message names the entry.
+    """
+    NETWORK_DISABLED: _ErrorReason.ValueType  # 54
+    """FAILED_PRECONDITION: the server runs with `--network none`, so workspaces have loopback only;
+    ask for NETWORK_MODE_NONE (or no policy), or run the server with `--network bridge`.
+    """
+    NETWORK_SETUP_FAILED: _ErrorReason.ValueType  # 55
+    """INTERNAL: setting up or tearing down a workspace's network failed on the host (a CNI plugin
+    or nft failed); the message gives the tool's own error. Nothing was left half made; check the
+    server's `--cni-bin-dir` and that nftables is installed, then retry.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable cause of a failed berth call.
@@ -469,5 +483,19 @@ PERMISSION_DENIED: ErrorReason.ValueType  # 52
 workspace: a read token asked to change something, or the workspace is outside the token's
 workspaces and labels. A workspace that does not exist answers alike, so scopes leak no ids.
 Use a token whose scope includes the workspace and the access.
+"""
+INVALID_NETWORK_POLICY: ErrorReason.ValueType  # 53
+"""INVALID_ARGUMENT: a NetworkPolicy is malformed: an entry of `cidrs` is not an IPv4 network
+or address, the list is too long, CIDRs come with a mode that takes none, or
+NETWORK_MODE_ALLOWLIST has no CIDR. The message names the entry.
+"""
+NETWORK_DISABLED: ErrorReason.ValueType  # 54
+"""FAILED_PRECONDITION: the server runs with `--network none`, so workspaces have loopback only;
+ask for NETWORK_MODE_NONE (or no policy), or run the server with `--network bridge`.
+"""
+NETWORK_SETUP_FAILED: ErrorReason.ValueType  # 55
+"""INTERNAL: setting up or tearing down a workspace's network failed on the host (a CNI plugin
+or nft failed); the message gives the tool's own error. Nothing was left half made; check the
+server's `--cni-bin-dir` and that nftables is installed, then retry.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
