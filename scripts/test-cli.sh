@@ -6,7 +6,8 @@
 # modes; symlinks made in the workspace never followed on this host; a stopped workspace's
 # files), export (gzip and zstd, read back with tar), metrics (a sample, JSON, a stream of lines, a
 # stopped workspace), snapshot create/ls/restore/rm and versions, update (limits, env, image),
-# events replayed and filtered, and a failing call's one-line error.
+# events replayed and filtered, a failing call's one-line error, and tokens over TLS against the
+# second server (BERTH_TEST_TLS_SERVER, BERTH_TEST_CA_FILE, BERTH_TEST_TOKEN, BERTH_TEST_READ_TOKEN).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BERTH_TEST_SERVER:?BERTH_TEST_SERVER must name a running berth (scripts/test-sdks.sh sets it)}"
@@ -269,4 +270,30 @@ set -e
 [ "$code" = 1 ] || fail "a failed call exits $code, not 1"
 [ "$(wc -l <<<"$err")" = 1 ] || fail "the error is not one line: $err"
 grep -q "^berth: NOT_FOUND WORKSPACE_NOT_FOUND: workspace \"$id\"" <<<"$err" || fail "error line: $err"
+
+# Tokens and TLS, against the second berth of scripts/test-sdks.sh (a tokens file, a certificate
+# from a test CA): --token / BERTH_TOKEN, --ca-file / BERTH_CA_FILE, https:// URLs, the refusals
+# as one line each, and `berth token create`.
+: "${BERTH_TEST_TLS_SERVER:?BERTH_TEST_TLS_SERVER must name the berth with tokens and TLS (scripts/test-sdks.sh)}"
+tls=(--server "$BERTH_TEST_TLS_SERVER" --ca-file "$BERTH_TEST_CA_FILE")
+listed=$($berth "${tls[@]}" --token "$BERTH_TEST_TOKEN" ls) || fail "ls with a token over TLS failed"
+grep -q '^ID ' <<<"$listed" || fail "ls with a token over TLS: $listed"
+listed=$(BERTH_TOKEN=$BERTH_TEST_TOKEN BERTH_CA_FILE=$BERTH_TEST_CA_FILE $berth --server "$BERTH_TEST_TLS_SERVER" ls) ||
+  fail "ls with BERTH_TOKEN and BERTH_CA_FILE failed"
+grep -q '^ID ' <<<"$listed" || fail "ls with BERTH_TOKEN and BERTH_CA_FILE: $listed"
+err=$($berth "${tls[@]}" ls 2>&1 >/dev/null) && fail "ls without a token succeeded"
+grep -q '^berth: UNAUTHENTICATED UNAUTHENTICATED: ' <<<"$err" || fail "no token: $err"
+err=$($berth "${tls[@]}" --token "$BERTH_TEST_READ_TOKEN" stop sdk-tls-reader 2>&1 >/dev/null) &&
+  fail "a read token stopped a workspace"
+grep -q '^berth: PERMISSION_DENIED PERMISSION_DENIED: token "sdk-reader" may only read' <<<"$err" || fail "read token: $err"
+err=$($berth --server "$BERTH_TEST_TLS_SERVER" --token "$BERTH_TEST_TOKEN" ls 2>&1 >/dev/null) &&
+  fail "a certificate from an untrusted CA was accepted"
+grep -q '^berth: UNAVAILABLE cannot reach berth at .*certificate' <<<"$err" || fail "untrusted certificate: $err"
+out=$($berth token create --name cli-token --write --workspace "$id" --label team=red)
+token=$(head -n 1 <<<"$out")
+[[ $token =~ ^berth_[A-Za-z0-9_-]{43}$ ]] || fail "token create's first line: $token"
+entry=$(tail -n +2 <<<"$out")
+grep -q '^sha256 = "[0-9a-f]\{64\}"$' <<<"$entry" || fail "token create's entry: $entry"
+grep -q "^workspaces = \[\"$id\"\]$" <<<"$entry" || fail "token create's workspaces: $entry"
+if grep -qF "$token" <<<"$entry"; then fail "the entry holds the token"; fi
 echo "cli: 1 passed, 0 failed"

@@ -7,7 +7,9 @@
 # berth allows that page's origin and no other) and BERTH_TEST_CDI_SPEC_DIR (berth's
 # --cdi-spec-dir, empty); `tests/testbed/forget-image.sh "$BERTH_TEST_SDK_NAMESPACE" IMAGE`
 # makes the next pull of IMAGE download bytes again. Suites use their own workspace ids and
-# delete what they create.
+# delete what they create. For their token-over-TLS tests they also get a second berth, with a
+# tokens file and TLS: BERTH_TEST_TLS_SERVER, BERTH_TEST_CA_FILE, BERTH_TEST_TOKEN and
+# BERTH_TEST_READ_TOKEN (see below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BERTH_TEST_NAMESPACE:?source .testbed/env first}"
@@ -37,9 +39,41 @@ target/debug/berth serve --listen "127.0.0.1:$port" --containerd-socket "$BERTH_
   2>"$state_dir/berth.log" &
 server=$!
 trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT
-for _ in $(seq 100); do
-  (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
+
+# A second berth that checks tokens and serves TLS with a certificate from a CA made here, for
+# each suite's token-over-TLS test: BERTH_TEST_TLS_SERVER (https://localhost:PORT),
+# BERTH_TEST_CA_FILE, BERTH_TEST_TOKEN (admin) and BERTH_TEST_READ_TOKEN (read on the workspace
+# sdk-tls-reader only). Its namespace stays empty.
+tls_dir="$state_dir/tls"
+mkdir -p "$tls_dir"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=berth SDK test CA" \
+  -keyout "$tls_dir/ca.key" -out "$tls_dir/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+  -keyout "$tls_dir/server.key" -out "$tls_dir/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$tls_dir/ext.cnf"
+openssl x509 -req -in "$tls_dir/server.csr" -CA "$tls_dir/ca.pem" -CAkey "$tls_dir/ca.key" -CAcreateserial -days 2 \
+  -extfile "$tls_dir/ext.cnf" -out "$tls_dir/server.pem" 2>/dev/null
+target/debug/berth token create --name sdk-admin --admin >"$tls_dir/admin.out"
+target/debug/berth token create --name sdk-reader --read --workspace sdk-tls-reader >"$tls_dir/reader.out"
+tail -n +2 "$tls_dir/admin.out" >"$tls_dir/tokens.toml"
+tail -n +2 "$tls_dir/reader.out" >>"$tls_dir/tokens.toml"
+export BERTH_TEST_TOKEN BERTH_TEST_READ_TOKEN BERTH_TEST_CA_FILE="$tls_dir/ca.pem"
+BERTH_TEST_TOKEN=$(head -n 1 "$tls_dir/admin.out")
+BERTH_TEST_READ_TOKEN=$(head -n 1 "$tls_dir/reader.out")
+tls_port=$(free_port)
+export BERTH_TEST_TLS_SERVER="https://localhost:$tls_port"
+target/debug/berth serve --listen "127.0.0.1:$tls_port" --containerd-socket "$BERTH_TEST_CONTAINERD_SOCKET" \
+  --namespace "$BERTH_TEST_SDK_NAMESPACE-tls" --state-dir "$tls_dir/state" --network none \
+  --tokens-file "$tls_dir/tokens.toml" --tls-cert "$tls_dir/server.pem" --tls-key "$tls_dir/server.key" \
+  --cors-origin "http://127.0.0.1:$BERTH_TEST_WEB_PORT" 2>"$tls_dir/berth.log" &
+tls_server=$!
+trap 'kill -TERM $server $tls_server 2>/dev/null || true; wait $server $tls_server 2>/dev/null || true
+  tests/testbed/containerd.sh purge "$BERTH_TEST_SDK_NAMESPACE-tls" >/dev/null 2>&1 || true' EXIT
+for listening_port in "$port" "$tls_port"; do
+  for _ in $(seq 100); do
+    (echo >"/dev/tcp/127.0.0.1/$listening_port") 2>/dev/null && break
+    sleep 0.1
+  done
 done
 
 failed=()
@@ -52,6 +86,6 @@ for suite in sdk/typescript/test.sh sdk/go/test.sh sdk/python/test.sh examples/n
   fi
 done
 if [ ${#failed[@]} -gt 0 ]; then
-  echo "failed suites: ${failed[*]} (server log: $state_dir/berth.log)" >&2
+  echo "failed suites: ${failed[*]} (server logs: $state_dir/berth.log, $tls_dir/berth.log)" >&2
   exit 1
 fi

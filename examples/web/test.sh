@@ -6,16 +6,18 @@
 # and .tar.zst, import with chunked uploads), snapshots and versions (take, restore by name and
 # by version, SNAPSHOT_IN_USE, delete), an image change and its rollback, stop, start, delete
 # with preserved data (test.mjs); then the live panels (test-live.mjs): the device picker with a
-# fake CDI device, a create with it, the metrics charts under a busy loop. Writes
-# artifacts/screenshot.png, terminal.png, files.png, files-conflict.png, data.png, snapshots.png,
-# image-change.png, devices.png and metrics.png.
+# fake CDI device, a create with it, the metrics charts under a busy loop; then the token field
+# against the berth with tokens and TLS (test-auth.mjs). Writes artifacts/screenshot.png,
+# terminal.png, files.png, files-conflict.png, data.png, snapshots.png, image-change.png,
+# devices.png, metrics.png and auth.png.
 #
 # Needs BERTH_TEST_SERVER (http://127.0.0.1:PORT), BERTH_TEST_IMAGE_MULTILAYER,
 # BERTH_TEST_IMAGE_BUSYBOX, BERTH_TEST_SDK_NAMESPACE (the containerd namespace of the server) and
 # BERTH_TEST_CDI_SPEC_DIR (a directory the server reads with --cdi-spec-dir: the test writes its
-# fake spec files there), plus TESTBED_DIR when the testbed is not the repository's .testbed. The
-# page is served on BERTH_TEST_WEB_PORT (default 8080), whose origin http://127.0.0.1:PORT the
-# server must allow (--cors-origin).
+# fake spec files there), BERTH_TEST_TLS_SERVER, BERTH_TEST_TOKEN and BERTH_TEST_READ_TOKEN (the
+# berth with tokens and TLS of scripts/test-sdks.sh), plus TESTBED_DIR when the testbed is not the
+# repository's .testbed. The page is served on BERTH_TEST_WEB_PORT (default 8080), whose origin
+# http://127.0.0.1:PORT both servers must allow (--cors-origin).
 set -euo pipefail
 cd "$(dirname "$0")"
 : "${BERTH_TEST_SERVER:?BERTH_TEST_SERVER must name a live berth, e.g. http://127.0.0.1:50051}"
@@ -23,6 +25,7 @@ cd "$(dirname "$0")"
 : "${BERTH_TEST_IMAGE_BUSYBOX:?source the testbed env (BERTH_TEST_IMAGE_BUSYBOX is unset)}"
 : "${BERTH_TEST_SDK_NAMESPACE:?BERTH_TEST_SDK_NAMESPACE must name the containerd namespace of the server}"
 : "${BERTH_TEST_CDI_SPEC_DIR:?BERTH_TEST_CDI_SPEC_DIR must name the --cdi-spec-dir of the server}"
+: "${BERTH_TEST_TLS_SERVER:?BERTH_TEST_TLS_SERVER must name the berth with tokens and TLS (scripts/test-sdks.sh)}"
 
 # Debian's chromium comes from the installer (tests/testbed/install-deps.sh).
 command -v chromium >/dev/null || { echo "chromium is missing: run tests/testbed/install-deps.sh (as root)" >&2; exit 1; }
@@ -42,3 +45,4 @@ node_modules/.bin/tsc --noEmit -p tsconfig.json
 node build.mjs
 node test.mjs
 node test-live.mjs
+node test-auth.mjs

@@ -40,6 +40,8 @@ type dialConfig struct {
 	creds       credentials.TransportCredentials
 	dialOptions []grpc.DialOption
 	block       bool
+	token       credentials.PerRPCCredentials
+	caFile      string
 }
 
 // WithTransportCredentials sets the transport credentials of the connection, overriding the
@@ -86,6 +88,11 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 		return nil, err
 	}
 	creds := cfg.creds
+	if creds == nil && cfg.caFile != "" {
+		if creds, err = tlsWithCA(cfg.caFile); err != nil {
+			return nil, err
+		}
+	}
 	if creds == nil {
 		if useTLS {
 			creds = credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS12})
@@ -93,7 +100,11 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 			creds = insecure.NewCredentials()
 		}
 	}
-	dialOptions := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, cfg.dialOptions...)
+	dialOptions := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if cfg.token != nil {
+		dialOptions = append(dialOptions, grpc.WithPerRPCCredentials(cfg.token))
+	}
+	dialOptions = append(dialOptions, cfg.dialOptions...)
 	conn, err := grpc.NewClient(target, dialOptions...)
 	if err != nil {
 		return nil, fmt.Errorf("berth: dial %q: %w", addr, err)

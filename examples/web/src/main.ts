@@ -31,7 +31,13 @@ const DEFAULT_SERVER = "http://127.0.0.1:50051";
 const params = new URL(location.href).searchParams;
 const server = params.get("server") || DEFAULT_SERVER;
 const initialId = params.get("workspace") || undefined;
-const berth = createBerthClient({ baseUrl: server });
+// The bearer token of a berth that checks tokens: typed into the header's field, kept for this
+// tab only (sessionStorage, never in the URL) and sent as `authorization: Bearer …` with every
+// call (berth's CORS allows the header). The SDK asks for it before each call, so a new one
+// applies at once, to the streams that reconnect too.
+const TOKEN_KEY = "berth-token";
+let token: string | undefined = sessionStorage.getItem(TOKEN_KEY) || undefined;
+const berth = createBerthClient({ baseUrl: server, token: () => token });
 
 function $<T extends HTMLElement = HTMLElement>(id: string): T {
   const el = document.getElementById(id);
@@ -79,6 +85,8 @@ const el = {
   filesSection: $("files-section"),
   error: $("error"),
   status: $("status"),
+  tokenForm: $<HTMLFormElement>("token-form"),
+  tokenInput: $<HTMLInputElement>("token"),
 };
 
 let selectedId: string | undefined;
@@ -358,6 +366,16 @@ el.server.textContent = server;
 el.createImage.placeholder = "server's default image";
 
 el.refresh.addEventListener("click", () => void run("Refresh", refreshList));
+
+el.tokenInput.value = token ?? "";
+el.tokenForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  token = el.tokenInput.value.trim() || undefined;
+  if (token) sessionStorage.setItem(TOKEN_KEY, token);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  devices.reload();
+  void run("Refresh", refreshList);
+});
 
 el.form.addEventListener("submit", (e) => {
   e.preventDefault();

@@ -4,6 +4,10 @@ Environment (set by scripts/test-sdks.sh; the tests fail, never skip, without th
     BERTH_TEST_SERVER             address of the server, for example http://127.0.0.1:50700
     BERTH_TEST_SDK_NAMESPACE      containerd namespace the server uses (for forget-image.sh)
     BERTH_TEST_IMAGE_MULTILAYER   image to create workspaces from
+    BERTH_TEST_TLS_SERVER         a second berth with tokens and TLS (https://localhost:PORT)
+    BERTH_TEST_CA_FILE            the CA that signed its certificate (PEM)
+    BERTH_TEST_TOKEN              an admin token of it
+    BERTH_TEST_READ_TOKEN         a token that may read its workspace sdk-tls-reader only
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,6 +38,27 @@ def _required_env(name: str) -> str:
 def server() -> str:
     """Address of the berth server under test."""
     return _required_env("BERTH_TEST_SERVER")
+
+
+@dataclass(frozen=True)
+class TlsServer:
+    """The berth with a tokens file and TLS that scripts/test-sdks.sh starts."""
+
+    addr: str
+    ca: bytes
+    token: str
+    read_token: str
+
+
+@pytest.fixture(scope="session")
+def tls_server() -> TlsServer:
+    """The berth with tokens and TLS."""
+    return TlsServer(
+        addr=_required_env("BERTH_TEST_TLS_SERVER"),
+        ca=Path(_required_env("BERTH_TEST_CA_FILE")).read_bytes(),
+        token=_required_env("BERTH_TEST_TOKEN"),
+        read_token=_required_env("BERTH_TEST_READ_TOKEN"),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 // Transport-independent parts of the berth client: the three service clients over a transport.
 
-import { createClient, type Client, type Transport } from "@connectrpc/connect";
+import { createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
 import { FilesystemService } from "./gen/berth/workspace/v1/filesystem_service_pb.js";
 import { ProcessService } from "./gen/berth/workspace/v1/process_service_pb.js";
 import { WorkspaceService } from "./gen/berth/workspace/v1/workspace_service_pb.js";
@@ -36,5 +36,25 @@ export function createBerthClientFromTransport(transport: Transport, options: Be
     files: createClient(FilesystemService, transport),
     processes: createClient(ProcessService, transport),
     canStreamRequests: options.canStreamRequests ?? false,
+  };
+}
+
+/**
+ * A bearer token for a berth that checks tokens (`berth serve --tokens-file`), or a function
+ * returning the current one, called before every call (return `undefined` to send none).
+ */
+export type BerthToken = string | (() => string | undefined | Promise<string | undefined>);
+
+/**
+ * An interceptor that sends `authorization: Bearer <token>` with every call, over any transport
+ * (gRPC and gRPC-web carry it the same way). `createBerthClient({ token })` adds it for you.
+ */
+export function bearerTokenInterceptor(token: BerthToken): Interceptor {
+  return (next) => async (request) => {
+    const value = typeof token === "function" ? await token() : token;
+    if (value) {
+      request.header.set("authorization", `Bearer ${value}`);
+    }
+    return await next(request);
   };
 }

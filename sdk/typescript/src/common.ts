@@ -5,7 +5,13 @@ export * from "./gen/berth/workspace/v1/filesystem_service_pb.js";
 export * from "./gen/berth/workspace/v1/process_service_pb.js";
 export * from "./gen/berth/workspace/v1/workspace_pb.js";
 export * from "./gen/berth/workspace/v1/workspace_service_pb.js";
-export { createBerthClientFromTransport, type BerthClient, type BerthTransportOptions } from "./client.js";
+export {
+  bearerTokenInterceptor,
+  createBerthClientFromTransport,
+  type BerthClient,
+  type BerthToken,
+  type BerthTransportOptions,
+} from "./client.js";
 export { runCommand, streamCommand, type CommandEvent, type CommandOptions, type CommandResult } from "./commands.js";
 export { readFile, readTextFile, writeFile, type ReadFileOptions, type WriteFileOptions } from "./files.js";
 export {

@@ -8,8 +8,12 @@
 //! code like any other.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Buf as _;
 
 use futures::future::Either;
 use tonic::Status;
@@ -79,6 +83,11 @@ pub(super) const METHODS: &[(&str, Access)] = &[
     ("ProcessService/List", Access::Read),
 ];
 
+/// What a refused call's request body is read of before the answer, at most: an HTTP/1.1 client
+/// (grpc-web) still sending it would otherwise get a broken pipe instead of the answer.
+const DRAIN_LIMIT_BYTES: usize = 1 << 20;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The package prefix of berth's service paths.
 const PACKAGE_PREFIX: &str = "/berth.workspace.v1.";
 
@@ -120,14 +129,18 @@ pub struct Authenticate<S> {
     authenticator: Arc<Authenticator>,
 }
 
+type Refusal<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Authenticate<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    ResBody: Default,
+    S::Error: Send + 'static,
+    ReqBody: http_body::Body + Send + 'static,
+    ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Either<S::Future, std::future::Ready<Result<S::Response, S::Error>>>;
+    type Future = Either<S::Future, Refusal<S::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -152,9 +165,31 @@ where
                 request.extensions_mut().insert(Grant { principal, access, method });
                 Either::Left(self.inner.call(request))
             }
-            Err(rejection) => Either::Right(std::future::ready(Ok(Status::from(refusal(&rejection)).into_http()))),
+            Err(rejection) => {
+                let response = Status::from(refusal(&rejection)).into_http();
+                let body = request.into_body();
+                Either::Right(Box::pin(async move {
+                    drain(body).await;
+                    Ok(response)
+                }))
+            }
         }
     }
+}
+
+/// Reads and drops (a bounded part of) a request body.
+async fn drain<B: http_body::Body>(body: B) {
+    let mut body = std::pin::pin!(body);
+    let mut read = 0;
+    let reading = async {
+        while read < DRAIN_LIMIT_BYTES {
+            match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, |data| data.remaining()),
+                Some(Err(_)) | None => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, reading).await;
 }
 
 fn refusal(rejection: &Rejection) -> Error {

@@ -19,6 +19,7 @@ out and in as an archive (all with ``_async`` forms for :mod:`berth.aio`), and
 """
 
 from berth import aio as aio
+from berth._auth import Token as Token
 from berth._client import ChannelOptions as ChannelOptions
 from berth._client import Client as Client
 from berth._client import connect as connect
@@ -60,6 +61,7 @@ __all__ = [
     "Client",
     "CommandResult",
     "Output",
+    "Token",
     "aio",
     "connect",
     "error_info",

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from berth._auth import Token, with_token
 from berth._target import resolve_target
 from berth.workspace.v1.filesystem_service_pb2_grpc import FilesystemServiceStub
 from berth.workspace.v1.process_service_pb2_grpc import ProcessServiceStub
@@ -72,6 +73,8 @@ def connect(
     *,
     credentials: grpc.ChannelCredentials | None = None,
     options: ChannelOptions | None = None,
+    token: Token | None = None,
+    root_certificates: bytes | None = None,
 ) -> Client:
     """Opens a client to the berth server at ``addr``.
 
@@ -82,15 +85,22 @@ def connect(
         credentials: channel credentials for TLS (``grpc.ssl_channel_credentials(...)``). With
             ``https://`` they default to the system's root certificates.
         options: gRPC channel arguments.
+        token: a bearer token for a berth that checks tokens (``berth serve --tokens-file``;
+            ``berth token create`` makes them), or a function returning the current one, asked
+            before every call. It is sent as call credentials, so over TLS, or in plaintext to
+            a loopback or unix socket address only.
+        root_certificates: PEM CA certificates to trust instead of the system's (a private CA);
+            implies TLS for ``host:port`` addresses too.
 
     The channel connects lazily: an unreachable server shows up as ``UNAVAILABLE`` on the first
     call (or use :meth:`Client.wait_ready`). For anything else (interceptors, a channel of your
     own), build the channel yourself and wrap it: ``berth.Client(channel)``.
 
     Raises:
-        ValueError: ``addr`` is malformed.
+        ValueError: ``addr`` is malformed, or a token would go in plaintext beyond loopback.
     """
-    target, creds = resolve_target(addr, credentials)
+    target, creds = resolve_target(addr, credentials, root_certificates)
+    creds = with_token(addr, target, creds, token)
     if creds is None:
         channel = grpc.insecure_channel(target, options=options)
     else:

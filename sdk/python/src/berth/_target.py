@@ -8,7 +8,9 @@ import grpc
 
 
 def resolve_target(
-    addr: str, credentials: grpc.ChannelCredentials | None
+    addr: str,
+    credentials: grpc.ChannelCredentials | None,
+    root_certificates: bytes | None = None,
 ) -> tuple[str, grpc.ChannelCredentials | None]:
     """Returns the gRPC target for ``addr`` and the credentials to use (None means plaintext).
 
@@ -16,10 +18,16 @@ def resolve_target(
     ``http://host:port`` (plaintext; port 80 when omitted) or ``https://host:port`` (TLS with
     ``credentials``, or the system's root certificates when None; port 443 when omitted).
     Other gRPC target forms (``unix:/path``, ``dns:///host:port``, ...) are passed through.
+    ``root_certificates`` (PEM) means TLS trusting those CAs, for any form but ``http://``.
 
     Raises:
-        ValueError: ``addr`` is empty, has a path, or is ``http://`` with credentials.
+        ValueError: ``addr`` is empty, has a path, or is ``http://`` with credentials; or both
+            ``credentials`` and ``root_certificates`` are given.
     """
+    if root_certificates is not None:
+        if credentials is not None:
+            raise ValueError("pass credentials= or root_certificates=, not both")
+        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
     addr = addr.strip()
     if not addr:
         raise ValueError("berth address is empty; expected host:port or http://host:port")

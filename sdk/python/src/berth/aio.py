@@ -16,6 +16,7 @@ import grpc
 import grpc.aio
 
 from berth._client import ChannelOptions
+from berth._auth import Token, with_token
 from berth._target import resolve_target
 from berth.workspace.v1.filesystem_service_pb2_grpc import FilesystemServiceStub
 from berth.workspace.v1.process_service_pb2_grpc import ProcessServiceStub
@@ -78,17 +79,21 @@ def connect(
     *,
     credentials: grpc.ChannelCredentials | None = None,
     options: ChannelOptions | None = None,
+    token: Token | None = None,
+    root_certificates: bytes | None = None,
 ) -> AsyncClient:
     """Opens a ``grpc.aio`` client to the berth server at ``addr``.
 
     Arguments are those of :func:`berth.connect`: ``host:port`` or ``http://host:port`` for
-    plaintext, ``https://host:port`` for TLS (``credentials`` default to the system's roots),
-    or any other gRPC target; ``options`` are gRPC channel arguments.
+    plaintext, ``https://host:port`` for TLS (``credentials`` default to the system's roots,
+    ``root_certificates`` replace them), or any other gRPC target; ``options`` are gRPC channel
+    arguments; ``token`` is a bearer token (or a function returning one) sent with every call.
 
     Raises:
-        ValueError: ``addr`` is malformed.
+        ValueError: ``addr`` is malformed, or a token would go in plaintext beyond loopback.
     """
-    target, creds = resolve_target(addr, credentials)
+    target, creds = resolve_target(addr, credentials, root_certificates)
+    creds = with_token(addr, target, creds, token)
     if creds is None:
         channel = grpc.aio.insecure_channel(target, options=options)
     else:
