@@ -43,7 +43,8 @@ trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' 
 # A second berth that checks tokens and serves TLS with a certificate from a CA made here, for
 # each suite's token-over-TLS test: BERTH_TEST_TLS_SERVER (https://localhost:PORT),
 # BERTH_TEST_CA_FILE, BERTH_TEST_TOKEN (admin) and BERTH_TEST_READ_TOKEN (read on the workspace
-# sdk-tls-reader only). Its namespace stays empty.
+# sdk-tls-reader only). Its namespace stays empty. No failure limit: every suite's refused calls
+# come from 127.0.0.1, and the browser page retries its streams.
 tls_dir="$state_dir/tls"
 mkdir -p "$tls_dir"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj "/CN=berth SDK test CA" \
@@ -65,7 +66,7 @@ export BERTH_TEST_TLS_SERVER="https://localhost:$tls_port"
 target/debug/berth serve --listen "127.0.0.1:$tls_port" --containerd-socket "$BERTH_TEST_CONTAINERD_SOCKET" \
   --namespace "$BERTH_TEST_SDK_NAMESPACE-tls" --state-dir "$tls_dir/state" --network none \
   --tokens-file "$tls_dir/tokens.toml" --tls-cert "$tls_dir/server.pem" --tls-key "$tls_dir/server.key" \
-  --cors-origin "http://127.0.0.1:$BERTH_TEST_WEB_PORT" 2>"$tls_dir/berth.log" &
+  --auth-failure-limit 0 --cors-origin "http://127.0.0.1:$BERTH_TEST_WEB_PORT" 2>"$tls_dir/berth.log" &
 tls_server=$!
 trap 'kill -TERM $server $tls_server 2>/dev/null || true; wait $server $tls_server 2>/dev/null || true
   tests/testbed/containerd.sh purge "$BERTH_TEST_SDK_NAMESPACE-tls" >/dev/null 2>&1 || true' EXIT
