@@ -196,6 +196,13 @@ async fn run(
     ));
     // Task exits and OOM kills from containerd, and the event history's pruning.
     manager.start_background(shutdown.clone());
+    if !protection.authenticator.is_on() {
+        warn!(
+            listen = %config.listen,
+            "AUTHENTICATION IS OFF: every process that can reach this address may create, read, change and \
+             delete every workspace; give berth a --tokens-file before anyone else can reach it"
+        );
+    }
     info!(
         listen = %config.listen,
         namespace = %config.namespace,
@@ -222,19 +229,12 @@ async fn run(
 }
 
 /// Reads the tokens file and the TLS certificate (one line naming the problem if one cannot be
-/// used), and warns loudly when calls are not authenticated.
+/// used).
 fn load_protection(config: &Config) -> Result<berth::api::Protection, String> {
     let security = &config.security;
     let authenticator = match &security.tokens_file {
         Some(path) => berth::auth::Authenticator::from_file(path, security.auth_failure_limit)?,
-        None => {
-            warn!(
-                listen = %config.listen,
-                "AUTHENTICATION IS OFF: every process that can reach this address may create, read, change and \
-                 delete every workspace; give berth a --tokens-file before anyone else can reach it"
-            );
-            berth::auth::Authenticator::off()
-        }
+        None => berth::auth::Authenticator::off(),
     };
     let certificate = security.tls.clone().map(berth::auth::tls::ServerCertificate::load).transpose()?;
     Ok(berth::api::Protection { authenticator: Arc::new(authenticator), certificate })

@@ -3,7 +3,8 @@
 //! wrong token, a read token, a write token for another workspace, a label-scoped token and an
 //! admin token, each answer checked against a table (a method without an entry fails the test);
 //! an unknown and a forbidden workspace answering alike; ListWorkspaces and WatchEvents
-//! filtered; label-scoped creates and label updates; the tokens file reloaded without a restart;
+//! filtered; label-scoped creates and label updates, network policy changes for admins only; the
+//! tokens file reloaded without a restart;
 //! TLS from a test CA over gRPC and grpc-web, with the certificate reloaded on SIGHUP; the
 //! per-peer failure limit; and `--auth none` refused on 0.0.0.0.
 
@@ -517,6 +518,19 @@ async fn unknown_and_forbidden_workspaces_answer_alike_and_scopes_hold_on_create
     let escape = red.update_workspace(relabel(&[("team", "blue")])).await.unwrap_err();
     assert_eq!(escape.code(), Code::PermissionDenied, "{escape:?}");
     red.update_workspace(relabel(&[("team", "red")])).await.expect("labels that keep it in scope");
+    // The egress policy is the operator's: only an admin token changes it.
+    let open_policy = || pb::UpdateWorkspaceRequest {
+        workspace_id: "auth-red-2".to_owned(),
+        update_mask: Some(prost_types::FieldMask { paths: vec!["network_policy".to_owned()] }),
+        network_policy: Some(pb::NetworkPolicy { mode: pb::NetworkMode::Open.into(), cidrs: vec![] }),
+        ..Default::default()
+    };
+    let lifted = red.update_workspace(open_policy()).await.unwrap_err();
+    assert_eq!(lifted.code(), Code::PermissionDenied, "{lifted:?}");
+    assert!(lifted.message().contains("needs an admin token"), "{}", lifted.message());
+    if let Err(status) = admin.update_workspace(open_policy()).await {
+        assert_ne!(status.code(), Code::PermissionDenied, "an admin token may: {status:?}");
+    }
     // An id-scoped write token creates the ids it names, nothing else; a read token nothing.
     assert_eq!(create(&mut other, "auth-elsewhere", &[]).await.unwrap_err().code(), Code::PermissionDenied);
     let mut reader = client(&server, Some(&tokens.read_target)).await;

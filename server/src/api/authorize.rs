@@ -74,6 +74,20 @@ impl Authorizer {
         Err(outside_scope(grant, workspace_id))
     }
 
+    /// What only an admin token may do to a workspace its token may otherwise change: lifting
+    /// the egress policy an operator set would let a bot holding a write token for its own
+    /// workspace out of it.
+    pub fn admin_only(&self, grant: &Grant, what: &str) -> Result<()> {
+        if grant.principal.scope == Scope::Admin {
+            return Ok(());
+        }
+        warn!(token = %grant.principal.name, method = grant.method, what, "call refused: it needs an admin token");
+        Err(Error::new(
+            Reason::PermissionDenied,
+            format!("{what} needs an admin token; token {:?} is scoped to workspaces", grant.principal.name),
+        ))
+    }
+
     /// ListWorkspaces: the page holds only workspaces the token may read.
     pub async fn list(&self, grant: &Grant, request: &pb::ListWorkspacesRequest) -> Result<WorkspaceList> {
         let scope = &grant.principal.scope;

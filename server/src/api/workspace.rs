@@ -158,9 +158,14 @@ impl WorkspaceService for WorkspaceApi {
         let request = request.into_inner();
         record_workspace_id(&request.workspace_id);
         self.authorizer.workspace(&grant, &request.workspace_id).await?;
-        if request.update_mask.as_ref().is_some_and(|mask| mask.paths.iter().any(|path| path == "labels")) {
+        let masked =
+            |name: &str| request.update_mask.as_ref().is_some_and(|mask| mask.paths.iter().any(|path| path == name));
+        if masked("labels") {
             let labels = request.labels.clone().into_iter().collect();
             self.authorizer.keeps_in_scope(&grant, &request.workspace_id, &labels)?;
+        }
+        if masked("network_policy") {
+            self.authorizer.admin_only(&grant, "changing a workspace's network policy")?;
         }
         let workspace_id = request.workspace_id.clone();
         let changed = self.manager.update(&workspace_id, convert::workspace_update(request)?).await?;
