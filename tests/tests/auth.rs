@@ -4,9 +4,9 @@
 //! admin token, each answer checked against a table (a method without an entry fails the test);
 //! an unknown and a forbidden workspace answering alike; ListWorkspaces and WatchEvents
 //! filtered; label-scoped creates and label updates, network policy changes for admins only; the
-//! tokens file reloaded without a restart;
-//! TLS from a test CA over gRPC and grpc-web, with the certificate reloaded on SIGHUP; the
-//! per-peer failure limit; and `--auth none` refused on 0.0.0.0.
+//! tokens file reloaded without a restart; TLS from a test CA over gRPC and grpc-web, with the
+//! certificate reloaded on SIGHUP; the per-peer failure limit; and `--auth none` refused on
+//! 0.0.0.0.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
