@@ -11,6 +11,7 @@ pub mod failpoint;
 pub mod files;
 pub mod metrics;
 pub mod model;
+pub mod network;
 pub mod process;
 pub mod runtime;
 pub mod store;
