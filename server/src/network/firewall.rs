@@ -670,7 +670,12 @@ impl Firewall {
         let output = child.wait_with_output().await.map_err(|err| failed(format!("failed: {err}")))?;
         if !output.status.success() {
             let stderr = String::from_utf8_lossy(&output.stderr);
-            return Err(failed(format!("failed ({}): {}", output.status, stderr.trim())));
+            let hint = if stderr.contains("No such file or directory") {
+                "; if berth's tables were removed or flushed, restarting berth recreates them"
+            } else {
+                ""
+            };
+            return Err(failed(format!("failed ({}): {}{hint}", output.status, stderr.trim())));
         }
         String::from_utf8(output.stdout).map_err(|err| failed(format!("printed non-UTF-8 output: {err}")))
     }
