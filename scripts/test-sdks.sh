@@ -33,7 +33,7 @@ BERTH_TEST_WEB_PORT=$(free_port)
 target/debug/berth serve --listen "127.0.0.1:$port" --containerd-socket "$BERTH_TEST_CONTAINERD_SOCKET" \
   --namespace "$BERTH_TEST_SDK_NAMESPACE" --state-dir "$state_dir" --insecure-registry "$BERTH_TEST_REGISTRY" \
   --default-image "$BERTH_TEST_IMAGE_BUSYBOX" --cors-origin "http://127.0.0.1:$BERTH_TEST_WEB_PORT" \
-  --cdi-spec-dir "$BERTH_TEST_CDI_SPEC_DIR" \
+  --cdi-spec-dir "$BERTH_TEST_CDI_SPEC_DIR" --network none \
   2>"$state_dir/berth.log" &
 server=$!
 trap 'kill -TERM $server 2>/dev/null || true; wait $server 2>/dev/null || true' EXIT

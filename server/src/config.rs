@@ -42,6 +42,14 @@ pub const DEFAULT_STORAGE_SAMPLE_INTERVAL: std::time::Duration = std::time::Dura
 /// The longest storage measurement interval: a day.
 pub const MAX_STORAGE_SAMPLE_INTERVAL_SECS: u64 = 86_400;
 
+/// The subnet workspaces get addresses from by default: inside 10.0.0.0/8 but away from the
+/// ranges Docker (172.17.0.0/16 and up), podman (10.88.0.0/16) and most VPNs and clouds use.
+pub const DEFAULT_NETWORK_SUBNET: &str = "10.231.0.0/16";
+/// berth's bridge (and the name of its nftables tables).
+pub const DEFAULT_BRIDGE_NAME: &str = "berth0";
+/// Where Debian's containernetworking-plugins put the CNI plugins.
+pub const DEFAULT_CNI_BIN_DIR: &str = "/usr/lib/cni";
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -128,6 +136,31 @@ pub struct ServeArgs {
     /// /var/run/cdi]
     #[arg(long = "cdi-spec-dir", env = "BERTH_CDI_SPEC_DIR", value_delimiter = ',')]
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Workspace networking: `bridge` (eth0 on berth's bridge, NAT to the outside, the host kept
+    /// out) or `none` (loopback only) [default: bridge]
+    #[arg(long, env = "BERTH_NETWORK", value_enum)]
+    pub network: Option<crate::network::NetworkBackend>,
+    /// IPv4 subnet workspaces get addresses from, /8 to /29; the first address is the bridge's
+    /// [default: 10.231.0.0/16]
+    #[arg(long, env = "BERTH_NETWORK_SUBNET")]
+    pub network_subnet: Option<ipnet::Ipv4Net>,
+    /// Name of berth's bridge, which also names its nftables tables [default: berth0]
+    #[arg(long, env = "BERTH_BRIDGE_NAME")]
+    pub bridge_name: Option<String>,
+    /// Directory of the CNI plugins `bridge`, `host-local` and `loopback` [default: /usr/lib/cni]
+    #[arg(long, env = "BERTH_CNI_BIN_DIR")]
+    pub cni_bin_dir: Option<PathBuf>,
+    /// DNS server for workspaces' /etc/resolv.conf (repeatable; comma-separated in the env)
+    /// [default: the host's, without loopback addresses]
+    #[arg(long = "dns", env = "BERTH_DNS", value_delimiter = ',')]
+    pub dns: Vec<std::net::IpAddr>,
+    /// Let workspaces reach each other over the bridge (they are isolated by default)
+    #[arg(long, env = "BERTH_ALLOW_INTER_WORKSPACE")]
+    pub allow_inter_workspace: bool,
+    /// Remove berth's nftables tables and bridge, then exit (workspaces lose their network until
+    /// berth starts again)
+    #[arg(long)]
+    pub cleanup_network: bool,
 }
 
 /// The keys a `--config` file may hold; unknown keys are errors so typos do not pass silently.
@@ -154,6 +187,12 @@ struct FileConfig {
     event_retention_days: Option<u64>,
     storage_sample_interval: Option<u64>,
     cdi_spec_dirs: Option<Vec<PathBuf>>,
+    network: Option<crate::network::NetworkBackend>,
+    network_subnet: Option<String>,
+    bridge_name: Option<String>,
+    cni_bin_dir: Option<PathBuf>,
+    dns: Option<Vec<std::net::IpAddr>>,
+    allow_inter_workspace: Option<bool>,
 }
 
 /// The resolved configuration of a running server.
@@ -200,6 +239,10 @@ pub struct Config {
     pub storage_sample_interval: std::time::Duration,
     /// CDI spec directories (absolute), in increasing priority.
     pub cdi_spec_dirs: Vec<PathBuf>,
+    /// Workspace networking.
+    pub network: crate::network::NetworkSettings,
+    /// Remove berth's network (tables, bridge) and exit.
+    pub cleanup_network: bool,
 }
 
 /// A configuration that cannot be used; its message is one line naming the cause.
@@ -297,7 +340,33 @@ impl Config {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let network_subnet = match (args.network_subnet, file.network_subnet) {
+            (Some(subnet), _) => subnet,
+            (None, Some(text)) => text.parse().map_err(|_| {
+                ConfigError(format!("network_subnet {text:?} is not an IPv4 network such as 10.231.0.0/16"))
+            })?,
+            (None, None) => DEFAULT_NETWORK_SUBNET.parse().expect("default subnet parses"),
+        };
+        if !(8..=29).contains(&network_subnet.prefix_len()) {
+            return Err(ConfigError(format!(
+                "network_subnet {network_subnet} is out of range; pass a /8 to /29 network; the default is {DEFAULT_NETWORK_SUBNET}"
+            )));
+        }
+        let bridge_name = args.bridge_name.or(file.bridge_name).unwrap_or_else(|| DEFAULT_BRIDGE_NAME.to_owned());
+        check_bridge_name(&bridge_name)?;
+        let dns = if args.dns.is_empty() { file.dns.unwrap_or_default() } else { args.dns };
+        let network = crate::network::NetworkSettings {
+            backend: args.network.or(file.network).unwrap_or_default(),
+            subnet: network_subnet.trunc(),
+            bridge: bridge_name,
+            cni_bin_dir: args.cni_bin_dir.or(file.cni_bin_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_CNI_BIN_DIR)),
+            dns,
+            allow_inter_workspace: args.allow_inter_workspace || file.allow_inter_workspace.unwrap_or(false),
+            dir: state_dir.join("network"),
+        };
         Ok(Self {
+            network,
+            cleanup_network: args.cleanup_network,
             listen: args
                 .listen
                 .or(file.listen)
@@ -326,6 +395,22 @@ impl Config {
             cdi_spec_dirs,
         })
     }
+}
+
+/// A bridge name is a Linux interface name (at most 15 bytes) and an nftables table name; `veth`
+/// names are what the bridge plugin gives the workspaces' ports.
+fn check_bridge_name(name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 15
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("veth");
+    if !valid {
+        return Err(ConfigError(format!(
+            "bridge_name {name:?} is invalid; use 1 to 15 letters, digits or '_', starting with a letter and not with \"veth\"; the default is {DEFAULT_BRIDGE_NAME}"
+        )));
+    }
+    Ok(())
 }
 
 /// A limit of 0 would refuse every import: refused as a setting instead.
@@ -568,6 +653,37 @@ mod tests {
         let cli = Cli::try_parse_from(["berth", "--cdi-spec-dir", "/a", "--cdi-spec-dir", "relative"]).unwrap();
         let config = Config::resolve(cli.serve).unwrap();
         assert_eq!(config.cdi_spec_dirs, [PathBuf::from("/a"), std::env::current_dir().unwrap().join("relative")]);
+    }
+
+    #[test]
+    fn network_defaults_to_a_bridge_on_10_231_and_checks_its_settings() {
+        let defaults = Config::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(defaults.network.backend, crate::network::NetworkBackend::Bridge);
+        assert_eq!(defaults.network.subnet.to_string(), "10.231.0.0/16");
+        assert_eq!(defaults.network.bridge, "berth0");
+        assert_eq!(defaults.network.cni_bin_dir, PathBuf::from("/usr/lib/cni"));
+        assert!(defaults.network.dns.is_empty() && !defaults.network.allow_inter_workspace);
+        assert_eq!(defaults.network.dir, defaults.state_dir.join("network"));
+
+        let file =
+            parse_file("network = \"none\"\nnetwork_subnet = \"10.9.8.7/24\"\ndns = [\"198.51.100.53\"]\n").unwrap();
+        assert_eq!(file.network, Some(crate::network::NetworkBackend::None));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("berth.toml");
+        std::fs::write(&path, "network_subnet = \"10.9.8.7/24\"\n").unwrap();
+        let config = Config::resolve(ServeArgs { config: Some(path), ..ServeArgs::default() }).unwrap();
+        assert_eq!(config.network.subnet.to_string(), "10.9.8.0/24", "host bits are cleared");
+
+        for bad in ["10.0.0.0/30", "10.0.0.0/7"] {
+            let args = ServeArgs { network_subnet: Some(bad.parse().unwrap()), ..ServeArgs::default() };
+            let err = Config::resolve(args).err().unwrap().to_string();
+            assert!(err.contains("/8 to /29"), "{err}");
+        }
+        for bad in ["", "vethx", "averylongbridge0", "br 0", "br-0", "0br"] {
+            let args = ServeArgs { bridge_name: Some(bad.to_owned()), ..ServeArgs::default() };
+            let err = Config::resolve(args).err().unwrap().to_string();
+            assert!(err.contains("bridge_name"), "{bad}: {err}");
+        }
     }
 
     #[test]

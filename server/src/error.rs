@@ -58,11 +58,14 @@ pub enum Reason {
     ServerShuttingDown,
     NotARegularFile,
     MemoryLimitBelowUsage,
+    InvalidNetworkPolicy,
+    NetworkDisabled,
+    NetworkSetupFailed,
 }
 
 impl Reason {
     /// Every reason, for exhaustive checks against the proto enum.
-    pub const ALL: [Reason; 50] = [
+    pub const ALL: [Reason; 53] = [
         Reason::InvalidWorkspaceId,
         Reason::WorkspaceNotFound,
         Reason::WorkspaceAlreadyExists,
@@ -113,6 +116,9 @@ impl Reason {
         Reason::ServerShuttingDown,
         Reason::NotARegularFile,
         Reason::MemoryLimitBelowUsage,
+        Reason::InvalidNetworkPolicy,
+        Reason::NetworkDisabled,
+        Reason::NetworkSetupFailed,
     ];
 
     /// The `ErrorReason` value name, used verbatim as `google.rpc.ErrorInfo.reason`.
@@ -168,6 +174,9 @@ impl Reason {
             Reason::ServerShuttingDown => "SERVER_SHUTTING_DOWN",
             Reason::NotARegularFile => "NOT_A_REGULAR_FILE",
             Reason::MemoryLimitBelowUsage => "MEMORY_LIMIT_BELOW_USAGE",
+            Reason::InvalidNetworkPolicy => "INVALID_NETWORK_POLICY",
+            Reason::NetworkDisabled => "NETWORK_DISABLED",
+            Reason::NetworkSetupFailed => "NETWORK_SETUP_FAILED",
         }
     }
 }

@@ -63,6 +63,16 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(Err(err)) => return fail(err.message()),
         Err(err) => return fail(&format!("cannot prepare the state directory: {err}")),
     }
+    let network = match berth::network::Network::new(&config.network).await {
+        Ok(network) => Arc::new(network),
+        Err(message) => return fail(&message),
+    };
+    if config.cleanup_network {
+        return match network.cleanup().await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(err.message()),
+        };
+    }
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(err) => {
@@ -90,7 +100,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     if let Err(message) = wait_for_containerd(&containerd, &config).await {
         return fail(&message);
     }
-    match run(config, listener, containerd, devices).await {
+    match run(config, listener, containerd, devices, network).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&format!("{err:#}")),
     }
@@ -129,6 +139,7 @@ async fn run(
     listener: tokio::net::TcpListener,
     containerd: Containerd,
     devices: Arc<Devices>,
+    network: Arc<berth::network::Network>,
 ) -> anyhow::Result<()> {
     let store = Store::open(&config.database_url).await.context("cannot open the store")?;
     report_devices(&devices).await;
@@ -147,10 +158,15 @@ async fn run(
             event_retention_count: config.event_retention_count,
             event_retention_age: config.event_retention_age,
             devices,
+            network,
         },
         store.clone(),
         Arc::new(containerd),
     ));
+    let report = manager.reconcile_network().await.context("cannot set up workspace networks")?;
+    if report.restored + report.removed > 0 {
+        info!(restored = report.restored, removed = report.removed, "workspace networks reconciled");
+    }
     // Serving starts at once; each workspace's calls wait for its own reconcile, and health is
     // NOT_SERVING until all are done.
     if let Err(err) = manager.start_reconcile().await {

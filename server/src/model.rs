@@ -176,6 +176,33 @@ pub struct WorkspaceSpec {
     pub env: BTreeMap<String, String>,
     pub resources: Resources,
     pub cdi_devices: Vec<String>,
+    /// Stored specs from before workspaces had networks lack it: they read as OPEN.
+    #[serde(default)]
+    pub network: NetworkPolicy,
+}
+
+/// What a workspace may reach over the network.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Everything outside the host, through NAT.
+    #[default]
+    Open,
+    /// Loopback only: no interface besides `lo`.
+    None,
+    /// Only the listed networks (and DNS to the server's resolvers).
+    Allowlist,
+    /// Everything but the listed networks.
+    Denylist,
+}
+
+/// A workspace's egress policy, validated: `cidrs` normalized, sorted and deduplicated, and empty
+/// unless the mode takes a list.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NetworkPolicy {
+    pub mode: NetworkMode,
+    #[serde(default)]
+    pub cidrs: Vec<ipnet::Ipv4Net>,
 }
 
 impl fmt::Debug for WorkspaceSpec {
@@ -186,6 +213,7 @@ impl fmt::Debug for WorkspaceSpec {
             .field("env", &RedactedEnv(&self.env))
             .field("resources", &self.resources)
             .field("cdi_devices", &self.cdi_devices)
+            .field("network", &self.network)
             .finish()
     }
 }
@@ -264,6 +292,10 @@ pub struct WorkspaceInfo {
     pub host_data_path: Option<std::path::PathBuf>,
     /// Automatic restarts after the init exited on its own; None when it never did.
     pub restart_status: Option<crate::workspace::RestartStatus>,
+    /// Its interface on berth's bridge; None when it has none (NONE, or networking off).
+    pub network: Option<crate::network::Attachment>,
+    /// The DNS servers in its /etc/resolv.conf.
+    pub dns_servers: Vec<std::net::IpAddr>,
 }
 
 #[cfg(test)]

@@ -36,8 +36,12 @@
 //!   the server's CPU while 100 WatchMetrics streams on each of 20 workspaces get a sample a
 //!   second for 60 s (target ≤ 2 % of one core), containerd's beside it (`metrics.rs`).
 //!
+//! - create → ready and delete with networking vs `--network none`, and a 100 MiB download
+//!   through berth's NAT vs from the lab namespace itself (`network.rs`; targets +70 ms, +90 ms,
+//!   ≥ 0.9x).
+//!
 //! `BERTH_BENCH_ONLY=files` (a comma-separated list of `create`, `process`, `files`, `snapshot`,
-//! `export`, `metrics`, `pull`) runs only those sections, for example against a testbed that is already up:
+//! `export`, `metrics`, `network`, `pull`) runs only those sections, for example against a testbed that is already up:
 //! `source .testbed/env; BERTH_BIN=$PWD/target/release/berth BERTH_BENCH_ONLY=files cargo bench
 //! -p berth-e2e --bench lifecycle`. Only the `pull` section purges the testbed's other
 //! `berth-test-*` namespaces (their content would make its cold pulls warm), so leave it out on
@@ -45,6 +49,8 @@
 
 #[path = "lifecycle/metrics.rs"]
 mod metrics;
+#[path = "lifecycle/network.rs"]
+mod network;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -1285,7 +1291,7 @@ fn walk_bytes(dir: &Path) -> u64 {
 }
 
 /// The sections of the bench, in the order they run.
-const SECTIONS: [&str; 7] = ["create", "process", "files", "snapshot", "export", "metrics", "pull"];
+const SECTIONS: [&str; 8] = ["create", "process", "files", "snapshot", "export", "metrics", "network", "pull"];
 
 /// The sections BERTH_BENCH_ONLY names (all when it is unset or empty).
 fn selected_sections() -> Vec<&'static str> {
@@ -1423,6 +1429,7 @@ async fn main() {
             "snapshot" => bench_snapshots(&testbed, &server, &mut client, &busybox).await,
             "export" => bench_export(&server, &mut client, &busybox).await,
             "metrics" => metrics::bench_metrics(&testbed, &server, &mut client, &busybox).await,
+            "network" => tokio::task::block_in_place(|| network::bench_network(&testbed)),
             "pull" => bench_cold_pull(&testbed, &server, &mut client, &multilayer).await,
             _ => unreachable!("selected_sections() returns only known sections"),
         }

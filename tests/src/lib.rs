@@ -7,6 +7,7 @@
 pub mod events;
 pub mod files;
 pub mod import;
+pub mod lab;
 pub mod snapshots;
 
 use std::net::{SocketAddr, TcpListener};
@@ -175,6 +176,8 @@ pub struct BerthServer {
     pub log: PathBuf,
     /// Its containerd namespace.
     pub namespace: String,
+    /// Started with [`ServerOptions::network`] (a restart keeps it).
+    network: bool,
 }
 
 /// Options of a test server.
@@ -188,6 +191,11 @@ pub struct ServerOptions {
     pub reuse: Option<(PathBuf, String)>,
     /// Extra environment variables (e.g. `BERTH_FAILPOINT`).
     pub env: Vec<(String, String)>,
+    /// Workspace networking. false (the default): `--network none`, because berth then runs in
+    /// the host's network namespace, where no test may create a bridge or NAT. true: the
+    /// calling thread must be in the lab ([`lab::Lab::enter`]; checked), and berth gets its
+    /// network settings from `extra_args` only (`--network` is left at its default, bridge).
+    pub network: bool,
 }
 
 impl BerthServer {
@@ -207,7 +215,7 @@ impl BerthServer {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let log = state_dir.join(format!("berth-{}.log", addr.port()));
         let child = spawn_berth(testbed, &state_dir, addr, &namespace, &log, &options);
-        let mut server = Self { child: Some(child), addr, state_dir, log, namespace };
+        let mut server = Self { child: Some(child), addr, state_dir, log, namespace, network: options.network };
         server.wait_until_listening(Duration::from_secs(30));
         server
     }
@@ -227,6 +235,7 @@ impl BerthServer {
         let options = ServerOptions {
             reuse: Some((self.state_dir.clone(), self.namespace.clone())),
             extra_args,
+            network: self.network,
             ..Default::default()
         };
         Self::start_with(testbed, options)
@@ -326,9 +335,21 @@ fn spawn_berth(
     options: &ServerOptions,
 ) -> Child {
     let socket = options.containerd_socket.clone().unwrap_or_else(|| testbed.containerd_socket.clone());
+    let network_args: &[&str] = if options.network {
+        let lab = lab::Lab::from_env();
+        assert!(
+            lab.current_thread_is_inside(),
+            "ServerOptions::network needs the calling thread in the lab namespace (Lab::enter): berth must \
+             never set up workspace networking in the host's namespace"
+        );
+        &[]
+    } else {
+        &["--network", "none"]
+    };
     let log_file = std::fs::File::create(log).expect("create log");
     Command::new(&testbed.berth_bin)
         .arg("serve")
+        .args(network_args)
         .arg("--listen")
         .arg(addr.to_string())
         .arg("--containerd-socket")
@@ -350,10 +371,16 @@ fn spawn_berth(
 }
 
 /// Runs `berth serve` to completion (for start-up failures) and returns status, stderr and time.
+/// `serve` without a `--network` of its own gets `--network none`, as in
+/// [`ServerOptions::network`]: one that got far enough must not set up networking on the host.
 pub fn run_berth_to_exit(testbed: &Testbed, args: &[&str], timeout: Duration) -> (ExitStatus, String, Duration) {
+    let mut args = args.to_vec();
+    if args.first() == Some(&"serve") && !args.iter().any(|arg| *arg == "--network" || arg.starts_with("--network=")) {
+        args.splice(1..1, ["--network", "none"]);
+    }
     let started = Instant::now();
     let mut child = Command::new(&testbed.berth_bin)
-        .args(args)
+        .args(&args)
         .env_remove("BERTH_CONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

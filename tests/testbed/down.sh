@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Takes the testbed down (idempotent): stops the registry; kills every task of the private
-# containerd and purges the per-run berth-test-* namespaces; stops containerd; then kills shims
-# (and their containers) still attached to this testbed's socket and unmounts whatever is still
-# mounted under $TESTBED_DIR. Images, cache and registry data stay for the next up.sh.
+# Takes the testbed down (idempotent): stops the registry and the network lab (lab.sh); kills
+# every task of the private containerd and purges the per-run berth-test-* namespaces; stops
+# containerd; then kills shims (and their containers) still attached to this testbed's socket and
+# unmounts whatever is still mounted under $TESTBED_DIR. Images, cache and registry data stay for
+# the next up.sh.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -10,6 +11,7 @@ set -euo pipefail
 SHIM=containerd-shim-runc-v2
 
 "$TESTBED_SCRIPTS/registry.sh" stop
+"$TESTBED_SCRIPTS/lab.sh" stop
 
 if ctrd_answers; then
 	mapfile -t namespaces < <(ctr_ namespaces ls -q)

@@ -4,8 +4,9 @@
 # An image whose tag already points at the same digest is not pushed again.
 #
 #   images.sh small       berth-test/busybox:latest and berth-test/multilayer:latest (seconds)
-#   images.sh debian      berth-test/debian:bookworm (debootstrap: minutes the first time; the
-#                         rootfs tarball is cached in $TESTBED_DIR/cache)
+#   images.sh debian      berth-test/debian:bookworm (debootstrap minbase plus curl, iproute2 and
+#                         python3-pip: minutes the first time; the rootfs tarball is cached in
+#                         $TESTBED_DIR/cache)
 #   images.sh all         both
 #   images.sh busybox|multilayer|users|manylayers
 #
@@ -19,7 +20,10 @@ export LC_ALL=C
 
 IMG_DIR=$TESTBED_DIR/images
 CACHE_DIR=$TESTBED_DIR/cache
-DEBIAN_CACHE=$CACHE_DIR/debian-bookworm-minbase.tar
+# Packages on top of minbase, for the network tests (apt, pip, curl and ip inside a workspace).
+# They name the cached rootfs, so changing the list rebuilds it.
+DEBIAN_INCLUDE=(curl iproute2 python3-pip)
+DEBIAN_CACHE=$CACHE_DIR/debian-bookworm-minbase$(printf -- '-%s' "${DEBIAN_INCLUDE[@]}").tar
 
 MT_INDEX=application/vnd.oci.image.index.v1+json
 MT_MANIFEST=application/vnd.oci.image.manifest.v1+json
@@ -418,16 +422,21 @@ debian_mirror() {
 	printf '%s\n' "${m:-http://deb.debian.org/debian}"
 }
 
-# debootstrap a minbase bookworm and cache it as a tarball.
+# debootstrap a minbase bookworm (plus DEBIAN_INCLUDE) and cache it as a tarball; a tarball of an
+# older package list is removed.
 debian_rootfs_tar() {
-	local work rootfs mirror t0 log=$CACHE_DIR/debootstrap.log
+	local work rootfs mirror include t0 log=$CACHE_DIR/debootstrap.log
 	command -v debootstrap >/dev/null || die "debootstrap not installed (run tests/testbed/install-deps.sh)"
 	((EUID == 0)) || die "debootstrap needs root"
 	tmp_dir work "$CACHE_DIR"
 	rootfs=$work/rootfs
 	mirror=$(debian_mirror)
 	t0=$(now_ms)
-	if ! debootstrap --variant=minbase bookworm "$rootfs" "$mirror" </dev/null >"$log" 2>&1; then
+	include=$(
+		IFS=,
+		printf '%s' "${DEBIAN_INCLUDE[*]}"
+	)
+	if ! debootstrap --variant=minbase --include="$include" bookworm "$rootfs" "$mirror" </dev/null >"$log" 2>&1; then
 		log_tail "$log"
 		die "debootstrap of bookworm from $mirror failed (log: $log)"
 	fi
@@ -444,6 +453,7 @@ debian_rootfs_tar() {
 	t0=$(now_ms)
 	tar_dir "$rootfs" "$work/rootfs.tar"
 	mv -f "$work/rootfs.tar" "$DEBIAN_CACHE"
+	find "$CACHE_DIR" -maxdepth 1 -name 'debian-bookworm-minbase*.tar' ! -path "$DEBIAN_CACHE" -delete
 	verbose "rootfs tarball: $(($(now_ms) - t0)) ms"
 	rm -f "$log"
 }

@@ -21,6 +21,9 @@ PACKAGES=(
 	curl openssl ca-certificates
 	# the export/import tests decode and build archives with the system tools
 	zstd
+	# workspace networking (berth runs the CNI plugins and nft) and the network lab (lab.sh:
+	# namespaces, the remote web server, the .deb it serves)
+	nftables containernetworking-plugins iproute2 python3
 )
 
 installed() {

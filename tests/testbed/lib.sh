@@ -25,6 +25,19 @@ REG_PIDFILE=$REG_DIR/registry.pid
 REG_PORTFILE=$REG_DIR/port
 REG_LOG=$REG_DIR/registry.log
 
+# The network lab (lab.sh): two network namespaces bound to files, the "remote" one's web server
+# and a second registry instance inside the lab namespace.
+NETNS_DIR=$TESTBED_DIR/netns
+LAB_NETNS=$NETNS_DIR/lab
+REMOTE_NETNS=$NETNS_DIR/remote
+REMOTE_DIR=$TESTBED_DIR/remote
+LAB_ADDR=198.51.100.1
+REMOTE_ADDR=198.51.100.10
+REMOTE_ADDR2=203.0.113.10
+LAB_REG_CONFIG=$REG_DIR/lab-config.yml
+LAB_REG_PIDFILE=$REG_DIR/lab-registry.pid
+LAB_REG_LOG=$REG_DIR/lab-registry.log
+
 IMAGES_ENV=$TESTBED_DIR/images.env
 TESTBED_ENV=$TESTBED_DIR/env
 

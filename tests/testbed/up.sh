@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Brings the whole testbed up (idempotent): missing packages, the private containerd, the
-# registry, the test images; then writes $TESTBED_DIR/env for `. "$TESTBED_DIR/env"`.
+# registry, the network lab (lab.sh), the test images; then writes $TESTBED_DIR/env for
+# `. "$TESTBED_DIR/env"`.
 #
 #   BERTH_TESTBED_SKIP_DEBIAN=1   do not build/push the Debian image (debootstrap takes minutes)
 #   BERTH_TESTBED_VERBOSE=1       print how long each step took (stderr)
@@ -22,6 +23,7 @@ mkdir -p "$TESTBED_DIR"
 step install-deps "$TESTBED_SCRIPTS/install-deps.sh"
 step containerd "$TESTBED_SCRIPTS/containerd.sh" start
 step registry "$TESTBED_SCRIPTS/registry.sh" start
+step lab "$TESTBED_SCRIPTS/lab.sh" start
 
 # The Debian image (debootstrap the first time) builds in the background meanwhile.
 debian_pid=""
@@ -52,7 +54,12 @@ namespace=berth-test-$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
 		BERTH_TEST_CONTAINERD_SOCKET "$CTRD_SOCK" \
 		BERTH_TEST_CONTAINERD_DIR "$CTRD_DIR" \
 		BERTH_TEST_REGISTRY "127.0.0.1:$port" \
-		BERTH_TEST_NAMESPACE "$namespace"
+		BERTH_TEST_NAMESPACE "$namespace" \
+		BERTH_TEST_LAB_NETNS "$LAB_NETNS" \
+		BERTH_TEST_REMOTE_NETNS "$REMOTE_NETNS" \
+		BERTH_TEST_LAB_ADDR "$LAB_ADDR" \
+		BERTH_TEST_REMOTE_ADDR "$REMOTE_ADDR" \
+		BERTH_TEST_REMOTE_ADDR2 "$REMOTE_ADDR2"
 } >"$TESTBED_ENV.tmp"
 (
 	flock -w 300 8 || die "timed out waiting for $IMAGES_ENV.lock"

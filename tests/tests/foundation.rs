@@ -219,7 +219,7 @@ async fn cors_allows_only_the_configured_origins() {
     let state = testbed.dir.join("e2e").join(testbed.unique_namespace());
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let from_env = std::process::Command::new(&testbed.berth_bin)
-        .args(["serve", "--listen", &addr.to_string(), "--namespace", &testbed.unique_namespace()])
+        .args(["serve", "--network", "none", "--listen", &addr.to_string(), "--namespace", &testbed.unique_namespace()])
         .arg("--containerd-socket")
         .arg(&testbed.containerd_socket)
         .arg("--state-dir")

@@ -4,9 +4,13 @@ use berth_api::v1 as pb;
 use time::OffsetDateTime;
 
 use crate::error::{Error, Reason};
-use crate::model::{DesiredState, Resources, VersionReason, VersionRecord, WorkspaceInfo, WorkspaceState};
+use crate::model::{
+    DesiredState, NetworkMode, NetworkPolicy, Resources, VersionReason, VersionRecord, WorkspaceInfo, WorkspaceState,
+};
 use crate::runtime::{LayerState, PullEvent, PullPolicy};
-use crate::workspace::{CreateEvent, CreateRequest, RestoreTarget, SnapshotOrigin, SnapshotView, WorkspaceUpdate};
+use crate::workspace::{
+    CreateEvent, CreateRequest, RequestedPolicy, RestoreTarget, SnapshotOrigin, SnapshotView, WorkspaceUpdate,
+};
 
 /// A `google.protobuf.Timestamp` for a domain time.
 pub fn timestamp(time: OffsetDateTime) -> prost_types::Timestamp {
@@ -42,7 +46,17 @@ pub fn resources(resources: Resources) -> pb::Resources {
 /// The proto form of a workspace.
 pub fn workspace(info: WorkspaceInfo) -> pb::Workspace {
     let record = info.record;
+    let attachment = info.network.as_ref();
+    let network = pb::WorkspaceNetwork {
+        policy: Some(network_policy(&record.spec.network)),
+        address: attachment.map(|a| a.address.to_string()).unwrap_or_default(),
+        prefix_length: attachment.map_or(0, |a| u32::from(a.prefix_length)),
+        gateway: attachment.map(|a| a.gateway.to_string()).unwrap_or_default(),
+        mac_address: attachment.map(|a| a.mac_address.clone()).unwrap_or_default(),
+        dns_servers: info.dns_servers.iter().map(ToString::to_string).collect(),
+    };
     pb::Workspace {
+        network: Some(network),
         workspace_id: record.id.as_str().to_owned(),
         state: state(record.state).into(),
         desired_state: desired_state(record.desired_state).into(),
@@ -109,7 +123,7 @@ fn pull_policy(policy: pb::PullPolicy) -> PullPolicy {
 }
 
 /// The fields of UpdateWorkspaceRequest its `update_mask` may name.
-const UPDATE_PATHS: [&str; 5] = ["image", "resources", "labels", "env", "cdi_devices"];
+const UPDATE_PATHS: [&str; 6] = ["image", "resources", "labels", "env", "cdi_devices", "network_policy"];
 
 /// The domain form of an UpdateWorkspaceRequest: the fields its mask names.
 pub fn workspace_update(request: pb::UpdateWorkspaceRequest) -> Result<WorkspaceUpdate, Error> {
@@ -138,7 +152,30 @@ pub fn workspace_update(request: pb::UpdateWorkspaceRequest) -> Result<Workspace
         labels: named("labels").then(|| request.labels.clone().into_iter().collect()),
         env: named("env").then(|| request.env.clone().into_iter().collect()),
         cdi_devices: named("cdi_devices").then(|| request.cdi_devices.clone()),
+        network_policy: named("network_policy").then(|| requested_policy(request.network_policy.unwrap_or_default())),
     })
+}
+
+/// A policy as the caller sent it (validated by the domain).
+fn requested_policy(policy: pb::NetworkPolicy) -> RequestedPolicy {
+    let mode = match policy.mode() {
+        pb::NetworkMode::Unspecified => None,
+        pb::NetworkMode::Open => Some(NetworkMode::Open),
+        pb::NetworkMode::None => Some(NetworkMode::None),
+        pb::NetworkMode::Allowlist => Some(NetworkMode::Allowlist),
+        pb::NetworkMode::Denylist => Some(NetworkMode::Denylist),
+    };
+    RequestedPolicy { mode, cidrs: policy.cidrs }
+}
+
+fn network_policy(policy: &NetworkPolicy) -> pb::NetworkPolicy {
+    let mode = match policy.mode {
+        NetworkMode::Open => pb::NetworkMode::Open,
+        NetworkMode::None => pb::NetworkMode::None,
+        NetworkMode::Allowlist => pb::NetworkMode::Allowlist,
+        NetworkMode::Denylist => pb::NetworkMode::Denylist,
+    };
+    pb::NetworkPolicy { mode: mode.into(), cidrs: policy.cidrs.iter().map(ToString::to_string).collect() }
 }
 
 fn resources_of(resources: pb::Resources) -> Resources {
@@ -163,6 +200,7 @@ pub fn create_request(request: pb::CreateWorkspaceRequest) -> CreateRequest {
         restore_data: request.restore_data,
         request_id: request.request_id,
         pull_policy,
+        network_policy: request.network_policy.map(requested_policy).unwrap_or_default(),
     }
 }
 

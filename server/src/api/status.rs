@@ -20,7 +20,8 @@ fn code(reason: Reason) -> Code {
         | Reason::ChecksumMismatch
         | Reason::InvalidPath
         | Reason::PathEscapesWorkspace
-        | Reason::UserNotFound => Code::InvalidArgument,
+        | Reason::UserNotFound
+        | Reason::InvalidNetworkPolicy => Code::InvalidArgument,
         Reason::WorkspaceNotFound
         | Reason::ImageNotFound
         | Reason::NoMatchingPlatform
@@ -50,6 +51,7 @@ fn code(reason: Reason) -> Code {
         | Reason::DirectoryNotEmpty
         | Reason::NotARegularFile
         | Reason::MemoryLimitBelowUsage
+        | Reason::NetworkDisabled
         | Reason::ProcessExited
         | Reason::StdinNotOpen
         | Reason::PtyNotAllocated => Code::FailedPrecondition,
@@ -58,7 +60,7 @@ fn code(reason: Reason) -> Code {
         // Only causes a retry can cure: clients retry UNAVAILABLE on their own.
         Reason::RegistryUnavailable | Reason::ContainerdUnavailable | Reason::ServerShuttingDown => Code::Unavailable,
         Reason::NotImplemented => Code::Unimplemented,
-        Reason::RuntimeError | Reason::StoreError | Reason::Internal => Code::Internal,
+        Reason::RuntimeError | Reason::StoreError | Reason::NetworkSetupFailed | Reason::Internal => Code::Internal,
     }
 }
 

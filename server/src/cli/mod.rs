@@ -12,6 +12,7 @@ mod exec;
 mod fs;
 mod host;
 mod metrics;
+mod network;
 mod output;
 mod paths;
 mod progress;
@@ -95,6 +96,8 @@ pub enum ClientCommand {
         /// Put the /data archive preserved at deletion back
         #[arg(long)]
         restore_data: bool,
+        #[command(flatten)]
+        network: network::NetworkArgs,
     },
     /// Show a workspace
     Get {
@@ -242,6 +245,9 @@ pub enum ClientCommand {
         /// Detach a CDI device (repeatable)
         #[arg(long = "unset-device", value_name = "NAME")]
         unset_devices: Vec<String>,
+        /// New egress policy (replaces the current one, live)
+        #[command(flatten)]
+        network: network::NetworkArgs,
     },
     /// Take, list, delete and restore snapshots of a workspace's filesystem
     Snapshot {
@@ -340,7 +346,7 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
             }
             output::print_list(&workspaces, output);
         }
-        ClientCommand::Create { id, image, labels, env, devices, restore_data } => {
+        ClientCommand::Create { id, image, labels, env, devices, restore_data, network } => {
             let request = pb::CreateWorkspaceRequest {
                 workspace_id: id,
                 image: image.unwrap_or_default(),
@@ -348,6 +354,7 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
                 env: env.into_iter().collect(),
                 cdi_devices: devices,
                 restore_data,
+                network_policy: network.policy(),
                 ..Default::default()
             };
             let mut events = client.create_workspace(request).await.map_err(describe)?.into_inner();
@@ -404,8 +411,10 @@ async fn execute(server: &str, command: ClientCommand) -> Result<ExitCode, Strin
             unset_env,
             devices,
             unset_devices,
+            network,
         } => {
             let changes = update::Changes {
+                network_policy: network.policy(),
                 image,
                 pull,
                 cpus,

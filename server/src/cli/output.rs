@@ -50,6 +50,17 @@ pub fn workspace_json(workspace: &pb::Workspace) -> Value {
         "failureMessage": workspace.failure_message,
         "dataPath": workspace.data_path,
         "hostDataPath": workspace.host_data_path,
+        "network": workspace.network.as_ref().map(|network| json!({
+            "policy": network.policy.as_ref().map(|policy| json!({
+                "mode": policy.mode().as_str_name(),
+                "cidrs": policy.cidrs,
+            })),
+            "address": network.address,
+            "prefixLength": network.prefix_length,
+            "gateway": network.gateway,
+            "macAddress": network.mac_address,
+            "dnsServers": network.dns_servers,
+        })),
         "restartStatus": workspace.restart_status.as_ref().map(|status| json!({
             "restartCount": status.restart_count,
             "nextRestartTime": time_text(status.next_restart_time.as_ref()),
@@ -98,6 +109,9 @@ pub fn print_workspace(workspace: &pb::Workspace, format: OutputFormat) {
         ("MEMORY", limit(resources.memory_bytes, " bytes")),
         ("PIDS", limit(resources.pids_limit, "")),
         ("DEVICES", workspace.cdi_devices.join(",")),
+        ("NETWORK", super::network::policy_text(workspace.network.as_ref().and_then(|n| n.policy.as_ref()))),
+        ("ADDRESS", super::network::address_text(workspace.network.as_ref())),
+        ("DNS", workspace.network.as_ref().map(|n| n.dns_servers.join(",")).unwrap_or_default()),
         ("LABELS", labels.join(",")),
         ("PRESERVED DATA", if workspace.has_preserved_data { "yes" } else { "no" }.to_owned()),
         ("VERSION", workspace.current_version.to_string()),

@@ -23,6 +23,7 @@ pub struct Changes {
     pub unset_env: Vec<String>,
     pub devices: Vec<String>,
     pub unset_devices: Vec<String>,
+    pub network_policy: Option<pb::NetworkPolicy>,
 }
 
 /// Sends the update and prints one line saying what happened.
@@ -65,9 +66,13 @@ pub async fn run(client: &mut WorkspaceServiceClient<Channel>, id: String, chang
         request.cdi_devices = devices;
         paths.push("cdi_devices");
     }
+    if let Some(policy) = changes.network_policy {
+        request.network_policy = Some(policy);
+        paths.push("network_policy");
+    }
     if paths.is_empty() {
         return Err(
-            "nothing to change: pass --image, --cpus, --memory, --pids, --label, --env, --device or their --unset-"
+            "nothing to change: pass --image, --cpus, --memory, --pids, --label, --env, --device (or their --unset-), --network, --allow or --deny"
                 .to_owned(),
         );
     }

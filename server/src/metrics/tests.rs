@@ -33,6 +33,7 @@ async fn harness() -> Harness {
         import_limits: crate::data::ExtractLimits { max_bytes: 1 << 30, max_entries: 1000 },
         max_snapshot_depth: 100,
         devices: Arc::new(crate::devices::Devices::new(vec![state_dir.path().join("cdi")])),
+        network: Arc::new(crate::network::Network::disabled()),
         event_retention_count: 100_000,
         event_retention_age: Duration::from_secs(30 * 24 * 3600),
     };

@@ -118,6 +118,9 @@ pub struct ContainerSpec<'a> {
     pub user: &'a ResolvedUser,
     /// Host directory holding the workspace's hosts, hostname and resolv.conf.
     pub etc_dir: &'a Path,
+    /// The pinned network namespace the container joins; None gives it a fresh one (loopback
+    /// only).
+    pub network_namespace: Option<&'a Path>,
 }
 
 /// Who a container with a workspace's id belongs to.
@@ -165,6 +168,7 @@ impl std::fmt::Debug for ContainerSpec<'_> {
             .field("snapshot_key", &self.snapshot_key)
             .field("user", &self.user)
             .field("etc_dir", &self.etc_dir)
+            .field("network_namespace", &self.network_namespace)
             .finish()
     }
 }
@@ -466,6 +470,7 @@ mod tests {
             snapshot_key: "bot-active-1",
             user: &ResolvedUser::default(),
             etc_dir: Path::new("/var/lib/berth/workspaces/bot/etc"),
+            network_namespace: None,
         };
         let text = format!("{spec:?}");
         assert!(text.contains("API_TOKEN") && text.contains("bot-active-1"), "{text}");

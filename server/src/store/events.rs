@@ -156,7 +156,7 @@ mod tests {
         let all = store.events_after(&EventQuery::default(), 2).await.unwrap();
         assert_eq!(all.iter().map(|event| event.id).collect::<Vec<_>>(), [a.id, b.id]);
         let rest = store.events_after(&EventQuery { after_id: b.id, ..Default::default() }, 2).await.unwrap();
-        assert_eq!(rest, [c.clone()]);
+        assert_eq!(rest, std::slice::from_ref(&c));
         let of_a = EventQuery { workspace_id: Some("a".to_owned()), ..Default::default() };
         assert_eq!(store.events_after(&of_a, 10).await.unwrap().len(), 2);
         let kinds = EventQuery { kinds: vec!["state_changed".to_owned()], ..Default::default() };

@@ -35,6 +35,7 @@ pub struct CreateRequest {
     pub restore_data: bool,
     pub request_id: String,
     pub pull_policy: PullPolicy,
+    pub network_policy: super::validate::RequestedPolicy,
 }
 
 /// What a create reports, in order.
@@ -79,9 +80,13 @@ impl Manager {
             return Err(super::lifecycle::shutting_down());
         }
         let id = WorkspaceId::parse(&request.workspace_id)?;
-        let spec = validate::validated_spec(&request, &self.config.default_image, |image| {
-            self.runtime.normalize_image(image)
-        })?;
+        let spec = validate::validated_spec(
+            &request,
+            &self.config.default_image,
+            self.network.default_policy().mode,
+            |image| self.runtime.normalize_image(image),
+        )?;
+        self.network.check(&spec.network)?;
         if !request.request_id.is_empty()
             && let Some((known_id, known_spec)) = self.store.get_request(&request.request_id).await?
             && (known_id != id.as_str() || known_spec != spec)
@@ -228,6 +233,8 @@ impl Manager {
             let restoring_log = log.clone();
             Box::new(move |data_dir: &Path| restore_with_progress(&archive, data_dir, &restoring_log)) as DataWork
         });
+        self.network.attach(&record.id, &record.spec.network).await?;
+        crate::failpoint::hit("create.network");
         self.create_container_for(record, &image, restore).await?;
         crate::failpoint::hit("create.container");
 
@@ -274,6 +281,7 @@ impl Manager {
             })
             .await?;
         let etc_dir = self.write_etc_files(&record.id).await?;
+        let network_namespace = self.network.namespace_for(&record.id, &record.spec.network).await?;
         self.runtime
             .create_container(&ContainerSpec {
                 id: record.id.as_str(),
@@ -285,21 +293,22 @@ impl Manager {
                 snapshot_key: &record.snapshot_key,
                 user: &user,
                 etc_dir: &etc_dir,
+                network_namespace: network_namespace.as_deref(),
             })
             .await
     }
 
-    /// Writes /etc/hosts, /etc/hostname and /etc/resolv.conf sources for the container.
+    /// Writes /etc/hosts, /etc/hostname and /etc/resolv.conf sources for the container (the
+    /// latter from the network's resolvers: the host's own may be loopback addresses).
     async fn write_etc_files(&self, id: &WorkspaceId) -> Result<std::path::PathBuf> {
         let etc_dir = self.workspace_dir(id).join("etc");
         let write_failed = |err: std::io::Error| {
             Error::internal(format!("cannot write the workspace's etc files under {}: {err}", etc_dir.display()))
         };
         tokio::fs::create_dir_all(&etc_dir).await.map_err(write_failed)?;
-        let resolv = tokio::fs::read_to_string("/etc/resolv.conf").await.unwrap_or_default();
         tokio::fs::write(etc_dir.join("hosts"), hosts_file(id)).await.map_err(write_failed)?;
         tokio::fs::write(etc_dir.join("hostname"), format!("{id}\n")).await.map_err(write_failed)?;
-        tokio::fs::write(etc_dir.join("resolv.conf"), resolv).await.map_err(write_failed)?;
+        tokio::fs::write(etc_dir.join("resolv.conf"), self.network.resolv_conf()).await.map_err(write_failed)?;
         Ok(etc_dir)
     }
 
@@ -316,6 +325,8 @@ impl Manager {
             }
             ContainerOwner::Absent => {}
         }
+        // After the task is gone: the CNI DEL then meets the pinned namespace, never a dead one.
+        self.network.detach(&record.id).await?;
         self.remove_workspace_snapshots(record).await?;
         if let Err(err) = tokio::fs::remove_dir_all(self.workspace_dir(&record.id)).await
             && err.kind() != std::io::ErrorKind::NotFound

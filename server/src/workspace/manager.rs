@@ -51,6 +51,8 @@ pub struct ManagerConfig {
     pub event_retention_age: Duration,
     /// The host's CDI devices (the runtime applies them from the same spec directories).
     pub devices: Arc<crate::devices::Devices>,
+    /// Workspace networks (bridge, firewall, DNS), or loopback only.
+    pub network: Arc<crate::network::Network>,
 }
 
 /// One page of ListWorkspaces.
@@ -93,6 +95,8 @@ pub struct Manager {
     pub(super) events: EventBus,
     /// Automatic restarts of workspaces whose init exited on its own.
     pub(super) restarts: Restarts,
+    /// Workspace networks (the same as `config.network`).
+    pub(super) network: Arc<crate::network::Network>,
 }
 
 impl Manager {
@@ -101,6 +105,7 @@ impl Manager {
         let processes = Processes::new(runtime.clone(), config.state_dir.join("workspaces"));
         Self {
             processes,
+            network: config.network.clone(),
             config,
             store,
             runtime,
@@ -244,6 +249,8 @@ impl Manager {
         let restart_status = self.restarts.status(&record.id);
         WorkspaceInfo {
             restart_status,
+            network: self.network.attachment(&record.id),
+            dns_servers: self.network.dns_servers().to_vec(),
             record,
             namespace: self.config.namespace.clone(),
             snapshotter: self.config.snapshotter.clone(),

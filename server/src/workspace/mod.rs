@@ -32,3 +32,4 @@ pub use monitor::RestartStatus;
 pub use reconcile::ReconcileReport;
 pub use snapshot::{RestoreTarget, Restored, SnapshotList, SnapshotOrigin, SnapshotView, VersionList};
 pub use update::{Updated, WorkspaceUpdate};
+pub use validate::RequestedPolicy;

@@ -479,7 +479,7 @@ mod manager_tests {
         let id = WorkspaceId::parse("bot").unwrap();
         let status = harness.manager.restarts.status(&id).unwrap();
         assert_eq!((status.restart_count, status.last_exit_code), (1, 137));
-        assert!(harness.runtime.state.lock().unwrap().tasks.get("bot").is_none(), "the exited task is deleted");
+        assert!(!harness.runtime.state.lock().unwrap().tasks.contains_key("bot"), "the exited task is deleted");
 
         let restarted = kinds_until(&mut events, "state_changed").await;
         assert_eq!(restarted.last().unwrap().1["state"], "running");

@@ -47,6 +47,28 @@ const TRANSIENT_RETRIES: u32 = 5;
 const RECONCILE_CONCURRENCY: usize = 4;
 
 impl Manager {
+    /// Brings workspace networks in line with the store, before any task starts (their specs
+    /// name the namespace files): see [`crate::network::Network::reconcile`]. A failure here
+    /// must stop the server: without berth's table, workspaces would reach the host.
+    pub async fn reconcile_network(&self) -> Result<crate::network::NetworkReport> {
+        let mut owned = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.list_workspaces(after.as_deref(), 200, &BTreeMap::new()).await?;
+            owned.extend(
+                page.workspaces
+                    .into_iter()
+                    .filter(|record| record.state != WorkspaceState::Deleting)
+                    .map(|record| (record.id, record.spec.network)),
+            );
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        self.network.reconcile(&owned).await
+    }
+
     /// Starts the boot reconcile: takes the lock of every stored workspace at once (so a call
     /// for a workspace waits for that workspace's reconcile, not for all of them), then
     /// reconciles them in a background task and marks the Manager reconciled. Returns once the

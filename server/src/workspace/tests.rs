@@ -43,6 +43,7 @@ pub(super) async fn harness_with(max_snapshot_depth: u32) -> Harness {
         event_retention_count: 100_000,
         event_retention_age: std::time::Duration::from_secs(30 * 24 * 3600),
         devices: Arc::new(crate::devices::Devices::new(vec![state_dir.path().join("cdi")])),
+        network: Arc::new(crate::network::Network::disabled()),
     };
     let manager = Arc::new(Manager::new(config, store.clone(), runtime.clone()));
     Harness { manager, runtime, store, _state_dir: state_dir }

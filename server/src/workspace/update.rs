@@ -1,7 +1,7 @@
 //! UpdateWorkspace: a workspace changed in place. Labels and resource limits apply to the
 //! running task at once (no restart) and persist in the container's stored spec and the record;
 //! a new environment or device set needs a new spec, so the container is re-created and its
-//! task restarted (once for both);
+//! task restarted (once for both); a new network policy applies live (network/);
 //! an image change is `snapshot/image_change.rs`'s. Fields are applied in that order, each to
 //! containerd before the record, so a retry after a failure applies what is still missing.
 
@@ -15,7 +15,9 @@ use super::manager::{Manager, ensure_settled};
 use super::snapshot::SnapshotAnswer;
 use super::validate;
 use crate::error::{Error, Reason, Result};
-use crate::model::{Resources, VersionRecord, WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceSpec};
+use crate::model::{
+    NetworkPolicy, Resources, VersionRecord, WorkspaceId, WorkspaceInfo, WorkspaceRecord, WorkspaceSpec,
+};
 use crate::runtime::{PullPolicy, TaskMetrics};
 
 /// What processes started through ProcessService read in their `end.error` after an
@@ -34,6 +36,8 @@ pub struct WorkspaceUpdate {
     pub env: Option<BTreeMap<String, String>>,
     /// Replaces the CDI devices (names as callers write them).
     pub cdi_devices: Option<Vec<String>>,
+    /// Replaces the egress policy, live.
+    pub network_policy: Option<validate::RequestedPolicy>,
 }
 
 impl WorkspaceUpdate {
@@ -41,7 +45,10 @@ impl WorkspaceUpdate {
     /// secrets that must not sit in a key that may be logged.
     fn key(&self, id: &WorkspaceId) -> String {
         let mut digest = Sha256::new();
-        digest.update(format!("{:?}|{:?}|{:?}|{:?}", self.image, self.resources, self.labels, self.cdi_devices));
+        digest.update(format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}",
+            self.image, self.resources, self.labels, self.cdi_devices, self.network_policy
+        ));
         for (name, value) in self.env.iter().flatten() {
             digest.update([0]);
             digest.update(name);
@@ -75,6 +82,14 @@ impl Manager {
         if let Some(env) = &update.env {
             validate::check_env(env)?;
         }
+        let network_policy = match &update.network_policy {
+            Some(requested) => {
+                let policy = validate::network_policy(requested, self.network.default_policy().mode)?;
+                self.network.check(&policy)?;
+                Some(policy)
+            }
+            None => None,
+        };
         let image_name = match &update.image {
             Some((reference, _)) => {
                 let reference = if reference.is_empty() { self.config.default_image.as_str() } else { reference };
@@ -86,7 +101,7 @@ impl Manager {
         let answer = self
             .detached_snapshot("update", key, move |manager| async move {
                 manager
-                    .update_now(&id, update, image_name)
+                    .update_now(&id, update, image_name, network_policy)
                     .await
                     .map(|updated| SnapshotAnswer::Updated(Box::new(updated)))
             })
@@ -102,6 +117,7 @@ impl Manager {
         id: &WorkspaceId,
         update: WorkspaceUpdate,
         image_name: Option<String>,
+        network_policy: Option<NetworkPolicy>,
     ) -> Result<Updated> {
         // A pull may take minutes and changes nothing: it happens before the workspace is
         // locked, and one that fails leaves the workspace as it was.
@@ -137,6 +153,12 @@ impl Manager {
             record.spec.resources = resources;
             self.save(&mut record).await?;
             changed.push("resources");
+        }
+        if let Some(policy) = network_policy.filter(|policy| *policy != record.spec.network) {
+            self.network.set_policy(id, &policy).await?;
+            record.spec.network = policy;
+            self.save(&mut record).await?;
+            changed.push("network_policy");
         }
         // A new environment and new devices need a new spec: one re-creation for both.
         let mut spec = record.spec.clone();

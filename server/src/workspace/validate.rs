@@ -5,7 +5,7 @@ use std::fmt;
 
 use super::create::CreateRequest;
 use crate::error::{Error, Reason, Result};
-use crate::model::{RedactedEnv, Resources, WorkspaceSpec};
+use crate::model::{NetworkMode, NetworkPolicy, RedactedEnv, Resources, WorkspaceSpec};
 
 /// The smallest CPU limit: the kernel's minimum CFS quota is 1 ms per period, and berth's period
 /// is 100 ms.
@@ -36,6 +36,7 @@ pub const MAX_CDI_DEVICE_NAME_BYTES: usize = 512;
 pub(super) fn validated_spec(
     request: &CreateRequest,
     default_image: &str,
+    default_network: NetworkMode,
     normalize_image: impl FnOnce(&str) -> Result<String>,
 ) -> Result<WorkspaceSpec> {
     check_request_id(&request.request_id)?;
@@ -51,7 +52,67 @@ pub(super) fn validated_spec(
         env: request.env.clone(),
         resources: request.resources,
         cdi_devices,
+        network: network_policy(&request.network_policy, default_network)?,
     })
+}
+
+/// A policy as a caller writes it: the mode (None when unset) and CIDR strings.
+#[derive(Clone, Debug, Default)]
+pub struct RequestedPolicy {
+    pub mode: Option<NetworkMode>,
+    pub cidrs: Vec<String>,
+}
+
+/// The most CIDRs one policy may list.
+const MAX_POLICY_CIDRS: usize = 256;
+
+/// Validates a policy: IPv4 networks or addresses (a /32), host bits cleared, sorted and
+/// deduplicated; a list only with ALLOWLIST (which needs one) or DENYLIST.
+pub fn network_policy(requested: &RequestedPolicy, default_mode: NetworkMode) -> Result<NetworkPolicy> {
+    let invalid = |message: String| Error::new(Reason::InvalidNetworkPolicy, message);
+    let mode = requested.mode.unwrap_or(default_mode);
+    let mut cidrs = Vec::with_capacity(requested.cidrs.len());
+    for raw in &requested.cidrs {
+        let text = raw.trim();
+        let parsed = text
+            .parse::<ipnet::Ipv4Net>()
+            .or_else(|_| text.parse::<std::net::Ipv4Addr>().map(ipnet::Ipv4Net::from))
+            .map_err(|_| {
+                let why = if text.contains(':') { "an IPv6 network (workspaces have no IPv6 route)" } else { "not an IPv4 network" };
+                invalid(format!(
+                    "network policy CIDR {:?} is {why}; write IPv4 networks as ADDRESS/PREFIX, such as 203.0.113.0/24, or single addresses",
+                    truncated(text)
+                ))
+            })?;
+        cidrs.push(parsed.trunc());
+    }
+    cidrs.sort();
+    cidrs.dedup();
+    if cidrs.len() > MAX_POLICY_CIDRS {
+        return Err(invalid(format!(
+            "the network policy lists {} CIDRs, more than the {MAX_POLICY_CIDRS} allowed; merge them into larger networks",
+            cidrs.len()
+        )));
+    }
+    match mode {
+        NetworkMode::Open | NetworkMode::None if !cidrs.is_empty() => Err(invalid(format!(
+            "network mode {} takes no CIDRs; use ALLOWLIST or DENYLIST to list networks",
+            mode_name(mode)
+        ))),
+        NetworkMode::Allowlist if cidrs.is_empty() => {
+            Err(invalid("network mode ALLOWLIST needs at least one CIDR; use NONE for no network at all".to_owned()))
+        }
+        _ => Ok(NetworkPolicy { mode, cidrs }),
+    }
+}
+
+fn mode_name(mode: NetworkMode) -> &'static str {
+    match mode {
+        NetworkMode::Open => "OPEN",
+        NetworkMode::None => "NONE",
+        NetworkMode::Allowlist => "ALLOWLIST",
+        NetworkMode::Denylist => "DENYLIST",
+    }
 }
 
 /// CDI device names as a workspace stores them: without surrounding whitespace, sorted and
@@ -232,7 +293,7 @@ mod tests {
     }
 
     fn validate(request: &CreateRequest) -> Result<WorkspaceSpec> {
-        validated_spec(request, DEFAULT_IMAGE, normalize)
+        validated_spec(request, DEFAULT_IMAGE, NetworkMode::Open, normalize)
     }
 
     #[track_caller]
@@ -245,6 +306,40 @@ mod tests {
 
     fn with_resources(cpu_millis: i64, memory_bytes: i64, pids_limit: i64) -> CreateRequest {
         CreateRequest { resources: Resources { cpu_millis, memory_bytes, pids_limit }, ..request() }
+    }
+
+    #[test]
+    fn network_policies_are_normalized_and_malformed_ones_refused() {
+        let requested = |mode: Option<NetworkMode>, cidrs: &[&str]| RequestedPolicy {
+            mode,
+            cidrs: cidrs.iter().map(|cidr| (*cidr).to_owned()).collect(),
+        };
+        let open = network_policy(&requested(None, &[]), NetworkMode::Open).unwrap();
+        assert_eq!(open, NetworkPolicy { mode: NetworkMode::Open, cidrs: Vec::new() }, "unset is the default");
+        assert_eq!(network_policy(&requested(None, &[]), NetworkMode::None).unwrap().mode, NetworkMode::None);
+        let allow = network_policy(
+            &requested(Some(NetworkMode::Allowlist), &["203.0.113.77/24", " 198.51.100.7", "203.0.113.0/24"]),
+            NetworkMode::Open,
+        )
+        .unwrap();
+        let cidrs: Vec<String> = allow.cidrs.iter().map(ToString::to_string).collect();
+        assert_eq!(cidrs, ["198.51.100.7/32", "203.0.113.0/24"], "host bits cleared, sorted, deduplicated");
+        for (mode, cidrs, needle) in [
+            (Some(NetworkMode::Allowlist), &[][..], "at least one CIDR"),
+            (Some(NetworkMode::Denylist), &["fd00::/8"][..], "IPv6"),
+            (Some(NetworkMode::Denylist), &["10.0.0.0/33"][..], "10.0.0.0/33"),
+            (Some(NetworkMode::Denylist), &["example.com"][..], "not an IPv4 network"),
+            (Some(NetworkMode::None), &["10.0.0.0/8"][..], "NONE takes no CIDRs"),
+            (None, &["10.0.0.0/8"][..], "OPEN takes no CIDRs"),
+        ] {
+            let err = network_policy(&requested(mode, cidrs), NetworkMode::Open).unwrap_err();
+            assert_eq!(err.reason(), Reason::InvalidNetworkPolicy, "{cidrs:?}");
+            assert!(err.message().contains(needle), "{needle}: {err}");
+        }
+        let many: Vec<String> = (0..300).map(|i| format!("10.{}.{}.0/24", i / 256, i % 256)).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let err = network_policy(&requested(Some(NetworkMode::Denylist), &many), NetworkMode::Open).unwrap_err();
+        assert!(err.message().contains("300 CIDRs"), "{err}");
     }
 
     #[test]
@@ -268,7 +363,7 @@ mod tests {
 
     #[test]
     fn the_image_parser_decides_on_references() {
-        let err = validated_spec(&request(), DEFAULT_IMAGE, |_| {
+        let err = validated_spec(&request(), DEFAULT_IMAGE, NetworkMode::Open, |_| {
             Err(Error::new(Reason::InvalidImageReference, "image reference is malformed"))
         })
         .unwrap_err();
@@ -381,8 +476,10 @@ mod tests {
             ("nvidia.com/gpu=\u{7}", "control"),
         ] {
             let odd = CreateRequest { cdi_devices: vec![name.to_owned()], ..request() };
-            let err =
-                validated_spec(&odd, DEFAULT_IMAGE, |_| panic!("no image work for a refused create")).unwrap_err();
+            let err = validated_spec(&odd, DEFAULT_IMAGE, NetworkMode::Open, |_| {
+                panic!("no image work for a refused create")
+            })
+            .unwrap_err();
             assert_eq!(err.reason(), Reason::InvalidArgument, "{name:?}");
             assert!(err.message().contains(needle), "{name:?}: {}", err.message());
         }

@@ -125,6 +125,7 @@ impl Containerd {
                 resources: spec.resources,
                 init_binary: &self.init_binary,
                 etc_dir: spec.etc_dir,
+                network_namespace: spec.network_namespace,
             },
             &self.confinement,
         )?;

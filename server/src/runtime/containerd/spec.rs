@@ -37,6 +37,8 @@ pub struct SpecInput<'a> {
     pub init_binary: &'a Path,
     /// Host files bind-mounted at /etc/hosts, /etc/hostname and /etc/resolv.conf.
     pub etc_dir: &'a Path,
+    /// The pinned network namespace to join; None makes a new one.
+    pub network_namespace: Option<&'a Path>,
 }
 
 /// Builds the runtime spec under this host's confinement.
@@ -90,7 +92,15 @@ fn build_confined(input: &SpecInput<'_>, confinement: &Confinement) -> Result<Sp
         LinuxNamespaceType::Network,
     ]
     .into_iter()
-    .map(|typ| LinuxNamespaceBuilder::default().typ(typ).build().map_err(invalid))
+    .map(|typ| {
+        let namespace = LinuxNamespaceBuilder::default().typ(typ);
+        match input.network_namespace {
+            Some(path) if typ == LinuxNamespaceType::Network => namespace.path(path),
+            _ => namespace,
+        }
+        .build()
+        .map_err(invalid)
+    })
     .collect::<Result<Vec<_>>>()?;
 
     let linux = LinuxBuilder::default()
@@ -213,7 +223,8 @@ fn mounts(input: &SpecInput<'_>) -> oci_spec::Result<Vec<Mount>> {
         bind(INIT_PATH, input.init_binary, "ro")?,
         bind("/etc/hosts", &input.etc_dir.join("hosts"), "rw")?,
         bind("/etc/hostname", &input.etc_dir.join("hostname"), "rw")?,
-        bind("/etc/resolv.conf", &input.etc_dir.join("resolv.conf"), "rw")?,
+        // Read-only: the DNS servers are berth's choice (the egress policy allows DNS to them).
+        bind("/etc/resolv.conf", &input.etc_dir.join("resolv.conf"), "ro")?,
     ])
 }
 
@@ -266,6 +277,7 @@ mod tests {
             resources: Resources { cpu_millis: 500, memory_bytes: 64 << 20, pids_limit: 100 },
             init_binary: Path::new("/usr/bin/catatonit"),
             etc_dir: Path::new("/var/lib/berth/workspaces/bot-1/etc"),
+            network_namespace: None,
         };
         serde_json::to_value(build_confined(&input, &confinement).unwrap()).unwrap()
     }

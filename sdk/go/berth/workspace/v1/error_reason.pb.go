@@ -194,6 +194,17 @@ const (
 	// workspace already uses (its working set: usage minus reclaimable file cache); the message
 	// gives the usage. Free memory inside the workspace or choose a higher limit.
 	ErrorReason_MEMORY_LIMIT_BELOW_USAGE ErrorReason = 50
+	// INVALID_ARGUMENT: a NetworkPolicy is malformed: an entry of `cidrs` is not an IPv4 network
+	// or address, the list is too long, CIDRs come with a mode that takes none, or
+	// NETWORK_MODE_ALLOWLIST has no CIDR. The message names the entry.
+	ErrorReason_INVALID_NETWORK_POLICY ErrorReason = 53
+	// FAILED_PRECONDITION: the server runs with `--network none`, so workspaces have loopback only;
+	// ask for NETWORK_MODE_NONE (or no policy), or run the server with `--network bridge`.
+	ErrorReason_NETWORK_DISABLED ErrorReason = 54
+	// INTERNAL: setting up or tearing down a workspace's network failed on the host (a CNI plugin
+	// or nft failed); the message gives the tool's own error. Nothing was left half made; check the
+	// server's `--cni-bin-dir` and that nftables is installed, then retry.
+	ErrorReason_NETWORK_SETUP_FAILED ErrorReason = 55
 )
 
 // Enum value maps for ErrorReason.
@@ -250,6 +261,9 @@ var (
 		48: "SERVER_SHUTTING_DOWN",
 		49: "NOT_A_REGULAR_FILE",
 		50: "MEMORY_LIMIT_BELOW_USAGE",
+		53: "INVALID_NETWORK_POLICY",
+		54: "NETWORK_DISABLED",
+		55: "NETWORK_SETUP_FAILED",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -303,6 +317,9 @@ var (
 		"SERVER_SHUTTING_DOWN":     48,
 		"NOT_A_REGULAR_FILE":       49,
 		"MEMORY_LIMIT_BELOW_USAGE": 50,
+		"INVALID_NETWORK_POLICY":   53,
+		"NETWORK_DISABLED":         54,
+		"NETWORK_SETUP_FAILED":     55,
 	}
 )
 
@@ -337,7 +354,8 @@ var File_berth_workspace_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_berth_workspace_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"%berth/workspace/v1/error_reason.proto\x12\x12berth.workspace.v1*\xd7\t\n" +
+	"%berth/workspace/v1/error_reason.proto\x12\x12berth.workspace.v1*\xa3\n" +
+	"\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14INVALID_WORKSPACE_ID\x10\x01\x12\x17\n" +
@@ -390,7 +408,10 @@ const file_berth_workspace_v1_error_reason_proto_rawDesc = "" +
 	"\x0eUSER_NOT_FOUND\x10/\x12\x18\n" +
 	"\x14SERVER_SHUTTING_DOWN\x100\x12\x16\n" +
 	"\x12NOT_A_REGULAR_FILE\x101\x12\x1c\n" +
-	"\x18MEMORY_LIMIT_BELOW_USAGE\x102BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
+	"\x18MEMORY_LIMIT_BELOW_USAGE\x102\x12\x1a\n" +
+	"\x16INVALID_NETWORK_POLICY\x105\x12\x14\n" +
+	"\x10NETWORK_DISABLED\x106\x12\x18\n" +
+	"\x14NETWORK_SETUP_FAILED\x107BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
 
 var (
 	file_berth_workspace_v1_error_reason_proto_rawDescOnce sync.Once

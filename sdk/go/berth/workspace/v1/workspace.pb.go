@@ -563,6 +563,70 @@ func (WorkspaceEventKind) EnumDescriptor() ([]byte, []int) {
 	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{7}
 }
 
+// NetworkMode is what a workspace may reach over the network.
+type NetworkMode int32
+
+const (
+	// Unset: the server's default (NETWORK_MODE_OPEN, or NETWORK_MODE_NONE when the server runs
+	// with `--network none`). Never returned.
+	NetworkMode_NETWORK_MODE_UNSPECIFIED NetworkMode = 0
+	// Any address outside the host, through the host's NAT. The host's own services (on any host
+	// address, IPv4 or IPv6) and other workspaces stay unreachable.
+	NetworkMode_NETWORK_MODE_OPEN NetworkMode = 1
+	// Loopback only: the workspace has no network interface besides `lo`.
+	NetworkMode_NETWORK_MODE_NONE NetworkMode = 2
+	// Only the CIDRs in `cidrs` (and DNS to the server's resolvers); everything else is refused at
+	// once with ICMP admin-prohibited.
+	NetworkMode_NETWORK_MODE_ALLOWLIST NetworkMode = 3
+	// Everything NETWORK_MODE_OPEN reaches except the CIDRs in `cidrs`, which are refused at once.
+	NetworkMode_NETWORK_MODE_DENYLIST NetworkMode = 4
+)
+
+// Enum value maps for NetworkMode.
+var (
+	NetworkMode_name = map[int32]string{
+		0: "NETWORK_MODE_UNSPECIFIED",
+		1: "NETWORK_MODE_OPEN",
+		2: "NETWORK_MODE_NONE",
+		3: "NETWORK_MODE_ALLOWLIST",
+		4: "NETWORK_MODE_DENYLIST",
+	}
+	NetworkMode_value = map[string]int32{
+		"NETWORK_MODE_UNSPECIFIED": 0,
+		"NETWORK_MODE_OPEN":        1,
+		"NETWORK_MODE_NONE":        2,
+		"NETWORK_MODE_ALLOWLIST":   3,
+		"NETWORK_MODE_DENYLIST":    4,
+	}
+)
+
+func (x NetworkMode) Enum() *NetworkMode {
+	p := new(NetworkMode)
+	*p = x
+	return p
+}
+
+func (x NetworkMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (NetworkMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_berth_workspace_v1_workspace_proto_enumTypes[8].Descriptor()
+}
+
+func (NetworkMode) Type() protoreflect.EnumType {
+	return &file_berth_workspace_v1_workspace_proto_enumTypes[8]
+}
+
+func (x NetworkMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use NetworkMode.Descriptor instead.
+func (NetworkMode) EnumDescriptor() ([]byte, []int) {
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{8}
+}
+
 // Resources are the limits applied to a workspace's container cgroup. Zero means unlimited;
 // negative values, and values outside the ranges below, are rejected with INVALID_ARGUMENT and
 // reason INVALID_RESOURCES before any image is pulled.
@@ -782,6 +846,10 @@ type Workspace struct {
 	// OOM kill, a bot running `kill 1`). Unset when the init has not exited on its own since berth
 	// started.
 	RestartStatus *RestartStatus `protobuf:"bytes,26,opt,name=restart_status,json=restartStatus,proto3" json:"restart_status,omitempty"`
+	// The workspace's network: its address on berth's bridge and its egress policy. The policy is
+	// always set; the address is empty when the policy is NETWORK_MODE_NONE or the server runs with
+	// `--network none`.
+	Network       *WorkspaceNetwork `protobuf:"bytes,27,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -998,6 +1066,166 @@ func (x *Workspace) GetRestartStatus() *RestartStatus {
 	return nil
 }
 
+func (x *Workspace) GetNetwork() *WorkspaceNetwork {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
+// NetworkPolicy is a workspace's egress policy. It applies to new connections from the moment it
+// is set: UpdateWorkspace changes it without restarting the workspace.
+type NetworkPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the workspace may reach. Unset means the server's default.
+	Mode NetworkMode `protobuf:"varint,1,opt,name=mode,proto3,enum=berth.workspace.v1.NetworkMode" json:"mode,omitempty"`
+	// IPv4 networks as `ADDRESS/PREFIX` (`203.0.113.0/24`) or single addresses (`198.51.100.7`,
+	// meaning /32), for NETWORK_MODE_ALLOWLIST and NETWORK_MODE_DENYLIST; at most 256. Stored
+	// normalized (host bits cleared), sorted and deduplicated. Malformed or IPv6 entries (a
+	// workspace has no IPv6 route), entries with other modes, and an empty list with
+	// NETWORK_MODE_ALLOWLIST fail with INVALID_ARGUMENT and reason INVALID_NETWORK_POLICY.
+	Cidrs         []string `protobuf:"bytes,2,rep,name=cidrs,proto3" json:"cidrs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetworkPolicy) Reset() {
+	*x = NetworkPolicy{}
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkPolicy) ProtoMessage() {}
+
+func (x *NetworkPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkPolicy.ProtoReflect.Descriptor instead.
+func (*NetworkPolicy) Descriptor() ([]byte, []int) {
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *NetworkPolicy) GetMode() NetworkMode {
+	if x != nil {
+		return x.Mode
+	}
+	return NetworkMode_NETWORK_MODE_UNSPECIFIED
+}
+
+func (x *NetworkPolicy) GetCidrs() []string {
+	if x != nil {
+		return x.Cidrs
+	}
+	return nil
+}
+
+// WorkspaceNetwork is a workspace's place on the network.
+type WorkspaceNetwork struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The egress policy in force (the server's default filled in).
+	Policy *NetworkPolicy `protobuf:"bytes,1,opt,name=policy,proto3" json:"policy,omitempty"`
+	// The workspace's IPv4 address on berth's bridge (`eth0` inside the workspace), without a
+	// prefix, such as `10.231.0.2`. It stays the same across stop/start and server restarts and is
+	// released by DeleteWorkspace. Empty when the workspace has no network interface.
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// Prefix length of the bridge's subnet, such as 16. 0 when `address` is empty.
+	PrefixLength uint32 `protobuf:"varint,3,opt,name=prefix_length,json=prefixLength,proto3" json:"prefix_length,omitempty"`
+	// The gateway (berth's bridge on the host), such as `10.231.0.1`. Empty when `address` is.
+	Gateway string `protobuf:"bytes,4,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	// The MAC address of the workspace's `eth0`. Empty when `address` is.
+	MacAddress string `protobuf:"bytes,5,opt,name=mac_address,json=macAddress,proto3" json:"mac_address,omitempty"`
+	// The DNS servers in the workspace's /etc/resolv.conf.
+	DnsServers    []string `protobuf:"bytes,6,rep,name=dns_servers,json=dnsServers,proto3" json:"dns_servers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkspaceNetwork) Reset() {
+	*x = WorkspaceNetwork{}
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkspaceNetwork) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkspaceNetwork) ProtoMessage() {}
+
+func (x *WorkspaceNetwork) ProtoReflect() protoreflect.Message {
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkspaceNetwork.ProtoReflect.Descriptor instead.
+func (*WorkspaceNetwork) Descriptor() ([]byte, []int) {
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *WorkspaceNetwork) GetPolicy() *NetworkPolicy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
+func (x *WorkspaceNetwork) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *WorkspaceNetwork) GetPrefixLength() uint32 {
+	if x != nil {
+		return x.PrefixLength
+	}
+	return 0
+}
+
+func (x *WorkspaceNetwork) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *WorkspaceNetwork) GetMacAddress() string {
+	if x != nil {
+		return x.MacAddress
+	}
+	return ""
+}
+
+func (x *WorkspaceNetwork) GetDnsServers() []string {
+	if x != nil {
+		return x.DnsServers
+	}
+	return nil
+}
+
 // RestartStatus is how berth restarts a workspace whose init keeps exiting: while its desired
 // state is RUNNING, it is started again after a delay of 1 second, doubling with every exit up to
 // 5 minutes, so a crash loop cannot spin; the delay starts again at 1 second once the init has
@@ -1020,7 +1248,7 @@ type RestartStatus struct {
 
 func (x *RestartStatus) Reset() {
 	*x = RestartStatus{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[3]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1032,7 +1260,7 @@ func (x *RestartStatus) String() string {
 func (*RestartStatus) ProtoMessage() {}
 
 func (x *RestartStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[3]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1045,7 +1273,7 @@ func (x *RestartStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartStatus.ProtoReflect.Descriptor instead.
 func (*RestartStatus) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{3}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RestartStatus) GetRestartCount() uint32 {
@@ -1104,7 +1332,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[4]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1116,7 +1344,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[4]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1129,7 +1357,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{4}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Snapshot) GetName() string {
@@ -1212,7 +1440,7 @@ type Version struct {
 
 func (x *Version) Reset() {
 	*x = Version{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[5]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1452,7 @@ func (x *Version) String() string {
 func (*Version) ProtoMessage() {}
 
 func (x *Version) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[5]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1465,7 @@ func (x *Version) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Version.ProtoReflect.Descriptor instead.
 func (*Version) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{5}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Version) GetVersion() int64 {
@@ -1311,7 +1539,7 @@ type WorkspaceMetrics struct {
 
 func (x *WorkspaceMetrics) Reset() {
 	*x = WorkspaceMetrics{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[6]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1551,7 @@ func (x *WorkspaceMetrics) String() string {
 func (*WorkspaceMetrics) ProtoMessage() {}
 
 func (x *WorkspaceMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[6]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1564,7 @@ func (x *WorkspaceMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkspaceMetrics.ProtoReflect.Descriptor instead.
 func (*WorkspaceMetrics) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{6}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WorkspaceMetrics) GetSampleTime() *timestamppb.Timestamp {
@@ -1415,7 +1643,7 @@ type CpuMetrics struct {
 
 func (x *CpuMetrics) Reset() {
 	*x = CpuMetrics{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[7]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1427,7 +1655,7 @@ func (x *CpuMetrics) String() string {
 func (*CpuMetrics) ProtoMessage() {}
 
 func (x *CpuMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[7]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1440,7 +1668,7 @@ func (x *CpuMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CpuMetrics.ProtoReflect.Descriptor instead.
 func (*CpuMetrics) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{7}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CpuMetrics) GetPercentOfOneCore() float64 {
@@ -1505,7 +1733,7 @@ type MemoryMetrics struct {
 
 func (x *MemoryMetrics) Reset() {
 	*x = MemoryMetrics{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[8]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1517,7 +1745,7 @@ func (x *MemoryMetrics) String() string {
 func (*MemoryMetrics) ProtoMessage() {}
 
 func (x *MemoryMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[8]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1530,7 +1758,7 @@ func (x *MemoryMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemoryMetrics.ProtoReflect.Descriptor instead.
 func (*MemoryMetrics) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{8}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *MemoryMetrics) GetUsageBytes() uint64 {
@@ -1581,7 +1809,7 @@ type PidsMetrics struct {
 
 func (x *PidsMetrics) Reset() {
 	*x = PidsMetrics{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[9]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1593,7 +1821,7 @@ func (x *PidsMetrics) String() string {
 func (*PidsMetrics) ProtoMessage() {}
 
 func (x *PidsMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[9]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1606,7 +1834,7 @@ func (x *PidsMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PidsMetrics.ProtoReflect.Descriptor instead.
 func (*PidsMetrics) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{9}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PidsMetrics) GetCurrent() uint64 {
@@ -1646,7 +1874,7 @@ type StorageMetrics struct {
 
 func (x *StorageMetrics) Reset() {
 	*x = StorageMetrics{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[10]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1658,7 +1886,7 @@ func (x *StorageMetrics) String() string {
 func (*StorageMetrics) ProtoMessage() {}
 
 func (x *StorageMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[10]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1671,7 +1899,7 @@ func (x *StorageMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StorageMetrics.ProtoReflect.Descriptor instead.
 func (*StorageMetrics) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{10}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StorageMetrics) GetRootfsBytes() uint64 {
@@ -1736,7 +1964,7 @@ type WorkspaceEvent struct {
 
 func (x *WorkspaceEvent) Reset() {
 	*x = WorkspaceEvent{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[11]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1748,7 +1976,7 @@ func (x *WorkspaceEvent) String() string {
 func (*WorkspaceEvent) ProtoMessage() {}
 
 func (x *WorkspaceEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[11]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1761,7 +1989,7 @@ func (x *WorkspaceEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkspaceEvent.ProtoReflect.Descriptor instead.
 func (*WorkspaceEvent) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{11}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WorkspaceEvent) GetEventId() int64 {
@@ -1860,7 +2088,7 @@ type CdiDevice struct {
 
 func (x *CdiDevice) Reset() {
 	*x = CdiDevice{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[12]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1872,7 +2100,7 @@ func (x *CdiDevice) String() string {
 func (*CdiDevice) ProtoMessage() {}
 
 func (x *CdiDevice) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[12]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1885,7 +2113,7 @@ func (x *CdiDevice) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CdiDevice.ProtoReflect.Descriptor instead.
 func (*CdiDevice) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{12}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *CdiDevice) GetName() string {
@@ -1930,7 +2158,7 @@ type CdiSpecFileError struct {
 
 func (x *CdiSpecFileError) Reset() {
 	*x = CdiSpecFileError{}
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[13]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2170,7 @@ func (x *CdiSpecFileError) String() string {
 func (*CdiSpecFileError) ProtoMessage() {}
 
 func (x *CdiSpecFileError) ProtoReflect() protoreflect.Message {
-	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[13]
+	mi := &file_berth_workspace_v1_workspace_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2183,7 @@ func (x *CdiSpecFileError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CdiSpecFileError.ProtoReflect.Descriptor instead.
 func (*CdiSpecFileError) Descriptor() ([]byte, []int) {
-	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{13}
+	return file_berth_workspace_v1_workspace_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CdiSpecFileError) GetPath() string {
@@ -1987,7 +2215,7 @@ const file_berth_workspace_v1_workspace_proto_rawDesc = "" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x14\n" +
 	"\x05total\x18\x03 \x01(\x04R\x05total\x124\n" +
-	"\x05state\x18\x04 \x01(\x0e2\x1e.berth.workspace.v1.LayerStateR\x05state\"\xa7\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x1e.berth.workspace.v1.LayerStateR\x05state\"\xe7\n" +
 	"\n" +
 	"\tWorkspace\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x128\n" +
@@ -2019,13 +2247,26 @@ const file_berth_workspace_v1_workspace_proto_rawDesc = "" +
 	"\x0ffailure_message\x18\x17 \x01(\tR\x0efailureMessage\x12\x1b\n" +
 	"\tdata_path\x18\x18 \x01(\tR\bdataPath\x12$\n" +
 	"\x0ehost_data_path\x18\x19 \x01(\tR\fhostDataPath\x12H\n" +
-	"\x0erestart_status\x18\x1a \x01(\v2!.berth.workspace.v1.RestartStatusR\rrestartStatus\x1a9\n" +
+	"\x0erestart_status\x18\x1a \x01(\v2!.berth.workspace.v1.RestartStatusR\rrestartStatus\x12>\n" +
+	"\anetwork\x18\x1b \x01(\v2$.berth.workspace.v1.WorkspaceNetworkR\anetwork\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe4\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"Z\n" +
+	"\rNetworkPolicy\x123\n" +
+	"\x04mode\x18\x01 \x01(\x0e2\x1f.berth.workspace.v1.NetworkModeR\x04mode\x12\x14\n" +
+	"\x05cidrs\x18\x02 \x03(\tR\x05cidrs\"\xe8\x01\n" +
+	"\x10WorkspaceNetwork\x129\n" +
+	"\x06policy\x18\x01 \x01(\v2!.berth.workspace.v1.NetworkPolicyR\x06policy\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12#\n" +
+	"\rprefix_length\x18\x03 \x01(\rR\fprefixLength\x12\x18\n" +
+	"\agateway\x18\x04 \x01(\tR\agateway\x12\x1f\n" +
+	"\vmac_address\x18\x05 \x01(\tR\n" +
+	"macAddress\x12\x1f\n" +
+	"\vdns_servers\x18\x06 \x03(\tR\n" +
+	"dnsServers\"\xe4\x01\n" +
 	"\rRestartStatus\x12#\n" +
 	"\rrestart_count\x18\x01 \x01(\rR\frestartCount\x12F\n" +
 	"\x11next_restart_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x0fnextRestartTime\x12$\n" +
@@ -2171,7 +2412,13 @@ const file_berth_workspace_v1_workspace_proto_rawDesc = "" +
 	"$WORKSPACE_EVENT_KIND_ORPHAN_DETECTED\x10\x0e\x12&\n" +
 	"\"WORKSPACE_EVENT_KIND_IMAGE_CHANGED\x10\x0f\x12 \n" +
 	"\x1cWORKSPACE_EVENT_KIND_UPDATED\x10\x10\x12 \n" +
-	"\x1cWORKSPACE_EVENT_KIND_REBUILT\x10\x11BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
+	"\x1cWORKSPACE_EVENT_KIND_REBUILT\x10\x11*\x90\x01\n" +
+	"\vNetworkMode\x12\x1c\n" +
+	"\x18NETWORK_MODE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11NETWORK_MODE_OPEN\x10\x01\x12\x15\n" +
+	"\x11NETWORK_MODE_NONE\x10\x02\x12\x1a\n" +
+	"\x16NETWORK_MODE_ALLOWLIST\x10\x03\x12\x19\n" +
+	"\x15NETWORK_MODE_DENYLIST\x10\x04BBZ@github.com/berth-dev/berth/sdk/go/berth/workspace/v1;workspacev1b\x06proto3"
 
 var (
 	file_berth_workspace_v1_workspace_proto_rawDescOnce sync.Once
@@ -2185,8 +2432,8 @@ func file_berth_workspace_v1_workspace_proto_rawDescGZIP() []byte {
 	return file_berth_workspace_v1_workspace_proto_rawDescData
 }
 
-var file_berth_workspace_v1_workspace_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_berth_workspace_v1_workspace_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_berth_workspace_v1_workspace_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
+var file_berth_workspace_v1_workspace_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_berth_workspace_v1_workspace_proto_goTypes = []any{
 	(WorkspaceState)(0),           // 0: berth.workspace.v1.WorkspaceState
 	(DesiredState)(0),             // 1: berth.workspace.v1.DesiredState
@@ -2196,59 +2443,65 @@ var file_berth_workspace_v1_workspace_proto_goTypes = []any{
 	(SnapshotSource)(0),           // 5: berth.workspace.v1.SnapshotSource
 	(VersionReason)(0),            // 6: berth.workspace.v1.VersionReason
 	(WorkspaceEventKind)(0),       // 7: berth.workspace.v1.WorkspaceEventKind
-	(*Resources)(nil),             // 8: berth.workspace.v1.Resources
-	(*LayerProgress)(nil),         // 9: berth.workspace.v1.LayerProgress
-	(*Workspace)(nil),             // 10: berth.workspace.v1.Workspace
-	(*RestartStatus)(nil),         // 11: berth.workspace.v1.RestartStatus
-	(*Snapshot)(nil),              // 12: berth.workspace.v1.Snapshot
-	(*Version)(nil),               // 13: berth.workspace.v1.Version
-	(*WorkspaceMetrics)(nil),      // 14: berth.workspace.v1.WorkspaceMetrics
-	(*CpuMetrics)(nil),            // 15: berth.workspace.v1.CpuMetrics
-	(*MemoryMetrics)(nil),         // 16: berth.workspace.v1.MemoryMetrics
-	(*PidsMetrics)(nil),           // 17: berth.workspace.v1.PidsMetrics
-	(*StorageMetrics)(nil),        // 18: berth.workspace.v1.StorageMetrics
-	(*WorkspaceEvent)(nil),        // 19: berth.workspace.v1.WorkspaceEvent
-	(*CdiDevice)(nil),             // 20: berth.workspace.v1.CdiDevice
-	(*CdiSpecFileError)(nil),      // 21: berth.workspace.v1.CdiSpecFileError
-	nil,                           // 22: berth.workspace.v1.Workspace.LabelsEntry
-	nil,                           // 23: berth.workspace.v1.Workspace.EnvEntry
-	nil,                           // 24: berth.workspace.v1.Snapshot.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 25: google.protobuf.Timestamp
+	(NetworkMode)(0),              // 8: berth.workspace.v1.NetworkMode
+	(*Resources)(nil),             // 9: berth.workspace.v1.Resources
+	(*LayerProgress)(nil),         // 10: berth.workspace.v1.LayerProgress
+	(*Workspace)(nil),             // 11: berth.workspace.v1.Workspace
+	(*NetworkPolicy)(nil),         // 12: berth.workspace.v1.NetworkPolicy
+	(*WorkspaceNetwork)(nil),      // 13: berth.workspace.v1.WorkspaceNetwork
+	(*RestartStatus)(nil),         // 14: berth.workspace.v1.RestartStatus
+	(*Snapshot)(nil),              // 15: berth.workspace.v1.Snapshot
+	(*Version)(nil),               // 16: berth.workspace.v1.Version
+	(*WorkspaceMetrics)(nil),      // 17: berth.workspace.v1.WorkspaceMetrics
+	(*CpuMetrics)(nil),            // 18: berth.workspace.v1.CpuMetrics
+	(*MemoryMetrics)(nil),         // 19: berth.workspace.v1.MemoryMetrics
+	(*PidsMetrics)(nil),           // 20: berth.workspace.v1.PidsMetrics
+	(*StorageMetrics)(nil),        // 21: berth.workspace.v1.StorageMetrics
+	(*WorkspaceEvent)(nil),        // 22: berth.workspace.v1.WorkspaceEvent
+	(*CdiDevice)(nil),             // 23: berth.workspace.v1.CdiDevice
+	(*CdiSpecFileError)(nil),      // 24: berth.workspace.v1.CdiSpecFileError
+	nil,                           // 25: berth.workspace.v1.Workspace.LabelsEntry
+	nil,                           // 26: berth.workspace.v1.Workspace.EnvEntry
+	nil,                           // 27: berth.workspace.v1.Snapshot.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
 }
 var file_berth_workspace_v1_workspace_proto_depIdxs = []int32{
 	3,  // 0: berth.workspace.v1.LayerProgress.state:type_name -> berth.workspace.v1.LayerState
 	0,  // 1: berth.workspace.v1.Workspace.state:type_name -> berth.workspace.v1.WorkspaceState
 	1,  // 2: berth.workspace.v1.Workspace.desired_state:type_name -> berth.workspace.v1.DesiredState
-	8,  // 3: berth.workspace.v1.Workspace.resources:type_name -> berth.workspace.v1.Resources
-	22, // 4: berth.workspace.v1.Workspace.labels:type_name -> berth.workspace.v1.Workspace.LabelsEntry
-	23, // 5: berth.workspace.v1.Workspace.env:type_name -> berth.workspace.v1.Workspace.EnvEntry
-	25, // 6: berth.workspace.v1.Workspace.create_time:type_name -> google.protobuf.Timestamp
-	25, // 7: berth.workspace.v1.Workspace.update_time:type_name -> google.protobuf.Timestamp
-	25, // 8: berth.workspace.v1.Workspace.last_start_time:type_name -> google.protobuf.Timestamp
-	25, // 9: berth.workspace.v1.Workspace.last_stop_time:type_name -> google.protobuf.Timestamp
-	11, // 10: berth.workspace.v1.Workspace.restart_status:type_name -> berth.workspace.v1.RestartStatus
-	25, // 11: berth.workspace.v1.RestartStatus.next_restart_time:type_name -> google.protobuf.Timestamp
-	25, // 12: berth.workspace.v1.RestartStatus.last_exit_time:type_name -> google.protobuf.Timestamp
-	5,  // 13: berth.workspace.v1.Snapshot.source:type_name -> berth.workspace.v1.SnapshotSource
-	24, // 14: berth.workspace.v1.Snapshot.labels:type_name -> berth.workspace.v1.Snapshot.LabelsEntry
-	25, // 15: berth.workspace.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
-	6,  // 16: berth.workspace.v1.Version.reason:type_name -> berth.workspace.v1.VersionReason
-	25, // 17: berth.workspace.v1.Version.create_time:type_name -> google.protobuf.Timestamp
-	25, // 18: berth.workspace.v1.WorkspaceMetrics.sample_time:type_name -> google.protobuf.Timestamp
-	15, // 19: berth.workspace.v1.WorkspaceMetrics.cpu:type_name -> berth.workspace.v1.CpuMetrics
-	16, // 20: berth.workspace.v1.WorkspaceMetrics.memory:type_name -> berth.workspace.v1.MemoryMetrics
-	17, // 21: berth.workspace.v1.WorkspaceMetrics.pids:type_name -> berth.workspace.v1.PidsMetrics
-	18, // 22: berth.workspace.v1.WorkspaceMetrics.storage:type_name -> berth.workspace.v1.StorageMetrics
-	25, // 23: berth.workspace.v1.StorageMetrics.sample_time:type_name -> google.protobuf.Timestamp
-	25, // 24: berth.workspace.v1.WorkspaceEvent.event_time:type_name -> google.protobuf.Timestamp
-	7,  // 25: berth.workspace.v1.WorkspaceEvent.kind:type_name -> berth.workspace.v1.WorkspaceEventKind
-	0,  // 26: berth.workspace.v1.WorkspaceEvent.state:type_name -> berth.workspace.v1.WorkspaceState
-	0,  // 27: berth.workspace.v1.WorkspaceEvent.previous_state:type_name -> berth.workspace.v1.WorkspaceState
-	28, // [28:28] is the sub-list for method output_type
-	28, // [28:28] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	9,  // 3: berth.workspace.v1.Workspace.resources:type_name -> berth.workspace.v1.Resources
+	25, // 4: berth.workspace.v1.Workspace.labels:type_name -> berth.workspace.v1.Workspace.LabelsEntry
+	26, // 5: berth.workspace.v1.Workspace.env:type_name -> berth.workspace.v1.Workspace.EnvEntry
+	28, // 6: berth.workspace.v1.Workspace.create_time:type_name -> google.protobuf.Timestamp
+	28, // 7: berth.workspace.v1.Workspace.update_time:type_name -> google.protobuf.Timestamp
+	28, // 8: berth.workspace.v1.Workspace.last_start_time:type_name -> google.protobuf.Timestamp
+	28, // 9: berth.workspace.v1.Workspace.last_stop_time:type_name -> google.protobuf.Timestamp
+	14, // 10: berth.workspace.v1.Workspace.restart_status:type_name -> berth.workspace.v1.RestartStatus
+	13, // 11: berth.workspace.v1.Workspace.network:type_name -> berth.workspace.v1.WorkspaceNetwork
+	8,  // 12: berth.workspace.v1.NetworkPolicy.mode:type_name -> berth.workspace.v1.NetworkMode
+	12, // 13: berth.workspace.v1.WorkspaceNetwork.policy:type_name -> berth.workspace.v1.NetworkPolicy
+	28, // 14: berth.workspace.v1.RestartStatus.next_restart_time:type_name -> google.protobuf.Timestamp
+	28, // 15: berth.workspace.v1.RestartStatus.last_exit_time:type_name -> google.protobuf.Timestamp
+	5,  // 16: berth.workspace.v1.Snapshot.source:type_name -> berth.workspace.v1.SnapshotSource
+	27, // 17: berth.workspace.v1.Snapshot.labels:type_name -> berth.workspace.v1.Snapshot.LabelsEntry
+	28, // 18: berth.workspace.v1.Snapshot.create_time:type_name -> google.protobuf.Timestamp
+	6,  // 19: berth.workspace.v1.Version.reason:type_name -> berth.workspace.v1.VersionReason
+	28, // 20: berth.workspace.v1.Version.create_time:type_name -> google.protobuf.Timestamp
+	28, // 21: berth.workspace.v1.WorkspaceMetrics.sample_time:type_name -> google.protobuf.Timestamp
+	18, // 22: berth.workspace.v1.WorkspaceMetrics.cpu:type_name -> berth.workspace.v1.CpuMetrics
+	19, // 23: berth.workspace.v1.WorkspaceMetrics.memory:type_name -> berth.workspace.v1.MemoryMetrics
+	20, // 24: berth.workspace.v1.WorkspaceMetrics.pids:type_name -> berth.workspace.v1.PidsMetrics
+	21, // 25: berth.workspace.v1.WorkspaceMetrics.storage:type_name -> berth.workspace.v1.StorageMetrics
+	28, // 26: berth.workspace.v1.StorageMetrics.sample_time:type_name -> google.protobuf.Timestamp
+	28, // 27: berth.workspace.v1.WorkspaceEvent.event_time:type_name -> google.protobuf.Timestamp
+	7,  // 28: berth.workspace.v1.WorkspaceEvent.kind:type_name -> berth.workspace.v1.WorkspaceEventKind
+	0,  // 29: berth.workspace.v1.WorkspaceEvent.state:type_name -> berth.workspace.v1.WorkspaceState
+	0,  // 30: berth.workspace.v1.WorkspaceEvent.previous_state:type_name -> berth.workspace.v1.WorkspaceState
+	31, // [31:31] is the sub-list for method output_type
+	31, // [31:31] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_berth_workspace_v1_workspace_proto_init() }
@@ -2261,8 +2514,8 @@ func file_berth_workspace_v1_workspace_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_berth_workspace_v1_workspace_proto_rawDesc), len(file_berth_workspace_v1_workspace_proto_rawDesc)),
-			NumEnums:      8,
-			NumMessages:   17,
+			NumEnums:      9,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -68,7 +68,11 @@ type CreateWorkspaceRequest struct {
 	// creation in progress or answers with a single `ready`.
 	RequestId string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// When to contact the registry. Unset means PULL_POLICY_IF_NOT_PRESENT.
-	PullPolicy    PullPolicy `protobuf:"varint,9,opt,name=pull_policy,json=pullPolicy,proto3,enum=berth.workspace.v1.PullPolicy" json:"pull_policy,omitempty"`
+	PullPolicy PullPolicy `protobuf:"varint,9,opt,name=pull_policy,json=pullPolicy,proto3,enum=berth.workspace.v1.PullPolicy" json:"pull_policy,omitempty"`
+	// Egress policy. Unset means the server's default (NETWORK_MODE_OPEN). A policy other than
+	// NETWORK_MODE_NONE on a server running with `--network none` fails with FAILED_PRECONDITION
+	// and reason NETWORK_DISABLED.
+	NetworkPolicy *NetworkPolicy `protobuf:"bytes,10,opt,name=network_policy,json=networkPolicy,proto3" json:"network_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -164,6 +168,13 @@ func (x *CreateWorkspaceRequest) GetPullPolicy() PullPolicy {
 		return x.PullPolicy
 	}
 	return PullPolicy_PULL_POLICY_UNSPECIFIED
+}
+
+func (x *CreateWorkspaceRequest) GetNetworkPolicy() *NetworkPolicy {
+	if x != nil {
+		return x.NetworkPolicy
+	}
+	return nil
 }
 
 // CreateWorkspaceResponse is one progress event of a CreateWorkspace stream.
@@ -1013,7 +1024,7 @@ type UpdateWorkspaceRequest struct {
 	// Identifier of the workspace. Required.
 	WorkspaceId string `protobuf:"bytes,1,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
 	// The fields to change, by their names in this message: `image`, `resources`, `labels`,
-	// `env`, `cdi_devices`. Required. Fields not named are ignored even when set.
+	// `env`, `cdi_devices`, `network_policy`. Required. Fields not named are ignored even when set.
 	UpdateMask *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	// New image reference, normalized like CreateWorkspace's `image`. Empty means the server's
 	// `--default-image`. Malformed references fail with INVALID_ARGUMENT and reason
@@ -1033,7 +1044,11 @@ type UpdateWorkspaceRequest struct {
 	Env map[string]string `protobuf:"bytes,7,rep,name=env,proto3" json:"env,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// New CDI device names, replacing all of the current ones (normalized like CreateWorkspace's;
 	// empty detaches every device). Changing them restarts a running workspace.
-	CdiDevices    []string `protobuf:"bytes,8,rep,name=cdi_devices,json=cdiDevices,proto3" json:"cdi_devices,omitempty"`
+	CdiDevices []string `protobuf:"bytes,8,rep,name=cdi_devices,json=cdiDevices,proto3" json:"cdi_devices,omitempty"`
+	// New egress policy, applied at once without a restart (rules as in CreateWorkspace). Moving
+	// to NETWORK_MODE_NONE removes the workspace's `eth0` while it runs and releases its address;
+	// moving back adds `eth0` with a newly allocated address (it may differ from the old one).
+	NetworkPolicy *NetworkPolicy `protobuf:"bytes,9,opt,name=network_policy,json=networkPolicy,proto3" json:"network_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1120,6 +1135,13 @@ func (x *UpdateWorkspaceRequest) GetEnv() map[string]string {
 func (x *UpdateWorkspaceRequest) GetCdiDevices() []string {
 	if x != nil {
 		return x.CdiDevices
+	}
+	return nil
+}
+
+func (x *UpdateWorkspaceRequest) GetNetworkPolicy() *NetworkPolicy {
+	if x != nil {
+		return x.NetworkPolicy
 	}
 	return nil
 }
@@ -3215,7 +3237,7 @@ var File_berth_workspace_v1_workspace_service_proto protoreflect.FileDescriptor
 
 const file_berth_workspace_v1_workspace_service_proto_rawDesc = "" +
 	"\n" +
-	"*berth/workspace/v1/workspace_service.proto\x12\x12berth.workspace.v1\x1a\"berth/workspace/v1/workspace.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\"\xbc\x04\n" +
+	"*berth/workspace/v1/workspace_service.proto\x12\x12berth.workspace.v1\x1a\"berth/workspace/v1/workspace.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\"\x86\x05\n" +
 	"\x16CreateWorkspaceRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12\x14\n" +
 	"\x05image\x18\x02 \x01(\tR\x05image\x12N\n" +
@@ -3228,7 +3250,9 @@ const file_berth_workspace_v1_workspace_service_proto_rawDesc = "" +
 	"\n" +
 	"request_id\x18\b \x01(\tR\trequestId\x12?\n" +
 	"\vpull_policy\x18\t \x01(\x0e2\x1e.berth.workspace.v1.PullPolicyR\n" +
-	"pullPolicy\x1a9\n" +
+	"pullPolicy\x12H\n" +
+	"\x0enetwork_policy\x18\n" +
+	" \x01(\v2!.berth.workspace.v1.NetworkPolicyR\rnetworkPolicy\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
@@ -3301,7 +3325,7 @@ const file_berth_workspace_v1_workspace_service_proto_rawDesc = "" +
 	"\x10ResetDataRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\"P\n" +
 	"\x11ResetDataResponse\x12;\n" +
-	"\tworkspace\x18\x01 \x01(\v2\x1d.berth.workspace.v1.WorkspaceR\tworkspace\"\xb7\x04\n" +
+	"\tworkspace\x18\x01 \x01(\v2\x1d.berth.workspace.v1.WorkspaceR\tworkspace\"\x81\x05\n" +
 	"\x16UpdateWorkspaceRequest\x12!\n" +
 	"\fworkspace_id\x18\x01 \x01(\tR\vworkspaceId\x12;\n" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
@@ -3313,7 +3337,8 @@ const file_berth_workspace_v1_workspace_service_proto_rawDesc = "" +
 	"\x06labels\x18\x06 \x03(\v26.berth.workspace.v1.UpdateWorkspaceRequest.LabelsEntryR\x06labels\x12E\n" +
 	"\x03env\x18\a \x03(\v23.berth.workspace.v1.UpdateWorkspaceRequest.EnvEntryR\x03env\x12\x1f\n" +
 	"\vcdi_devices\x18\b \x03(\tR\n" +
-	"cdiDevices\x1a9\n" +
+	"cdiDevices\x12H\n" +
+	"\x0enetwork_policy\x18\t \x01(\v2!.berth.workspace.v1.NetworkPolicyR\rnetworkPolicy\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a6\n" +
@@ -3526,112 +3551,115 @@ var file_berth_workspace_v1_workspace_service_proto_goTypes = []any{
 	(*ImportDataRequest_Header)(nil),             // 54: berth.workspace.v1.ImportDataRequest.Header
 	(*Resources)(nil),                            // 55: berth.workspace.v1.Resources
 	(PullPolicy)(0),                              // 56: berth.workspace.v1.PullPolicy
-	(*Workspace)(nil),                            // 57: berth.workspace.v1.Workspace
-	(*durationpb.Duration)(nil),                  // 58: google.protobuf.Duration
-	(*fieldmaskpb.FieldMask)(nil),                // 59: google.protobuf.FieldMask
-	(*Version)(nil),                              // 60: berth.workspace.v1.Version
-	(*WorkspaceMetrics)(nil),                     // 61: berth.workspace.v1.WorkspaceMetrics
-	(*Snapshot)(nil),                             // 62: berth.workspace.v1.Snapshot
-	(ArchiveFormat)(0),                           // 63: berth.workspace.v1.ArchiveFormat
-	(WorkspaceEventKind)(0),                      // 64: berth.workspace.v1.WorkspaceEventKind
-	(*WorkspaceEvent)(nil),                       // 65: berth.workspace.v1.WorkspaceEvent
-	(*CdiDevice)(nil),                            // 66: berth.workspace.v1.CdiDevice
-	(*CdiSpecFileError)(nil),                     // 67: berth.workspace.v1.CdiSpecFileError
-	(*LayerProgress)(nil),                        // 68: berth.workspace.v1.LayerProgress
+	(*NetworkPolicy)(nil),                        // 57: berth.workspace.v1.NetworkPolicy
+	(*Workspace)(nil),                            // 58: berth.workspace.v1.Workspace
+	(*durationpb.Duration)(nil),                  // 59: google.protobuf.Duration
+	(*fieldmaskpb.FieldMask)(nil),                // 60: google.protobuf.FieldMask
+	(*Version)(nil),                              // 61: berth.workspace.v1.Version
+	(*WorkspaceMetrics)(nil),                     // 62: berth.workspace.v1.WorkspaceMetrics
+	(*Snapshot)(nil),                             // 63: berth.workspace.v1.Snapshot
+	(ArchiveFormat)(0),                           // 64: berth.workspace.v1.ArchiveFormat
+	(WorkspaceEventKind)(0),                      // 65: berth.workspace.v1.WorkspaceEventKind
+	(*WorkspaceEvent)(nil),                       // 66: berth.workspace.v1.WorkspaceEvent
+	(*CdiDevice)(nil),                            // 67: berth.workspace.v1.CdiDevice
+	(*CdiSpecFileError)(nil),                     // 68: berth.workspace.v1.CdiSpecFileError
+	(*LayerProgress)(nil),                        // 69: berth.workspace.v1.LayerProgress
 }
 var file_berth_workspace_v1_workspace_service_proto_depIdxs = []int32{
 	42, // 0: berth.workspace.v1.CreateWorkspaceRequest.labels:type_name -> berth.workspace.v1.CreateWorkspaceRequest.LabelsEntry
 	43, // 1: berth.workspace.v1.CreateWorkspaceRequest.env:type_name -> berth.workspace.v1.CreateWorkspaceRequest.EnvEntry
 	55, // 2: berth.workspace.v1.CreateWorkspaceRequest.resources:type_name -> berth.workspace.v1.Resources
 	56, // 3: berth.workspace.v1.CreateWorkspaceRequest.pull_policy:type_name -> berth.workspace.v1.PullPolicy
-	44, // 4: berth.workspace.v1.CreateWorkspaceResponse.pulling:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Pulling
-	45, // 5: berth.workspace.v1.CreateWorkspaceResponse.pull_progress:type_name -> berth.workspace.v1.CreateWorkspaceResponse.PullProgress
-	46, // 6: berth.workspace.v1.CreateWorkspaceResponse.unpacking:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Unpacking
-	47, // 7: berth.workspace.v1.CreateWorkspaceResponse.creating:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Creating
-	48, // 8: berth.workspace.v1.CreateWorkspaceResponse.restoring:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Restoring
-	49, // 9: berth.workspace.v1.CreateWorkspaceResponse.ready:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Ready
-	57, // 10: berth.workspace.v1.GetWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	57, // 11: berth.workspace.v1.ListWorkspacesResponse.workspaces:type_name -> berth.workspace.v1.Workspace
-	57, // 12: berth.workspace.v1.StartWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	58, // 13: berth.workspace.v1.StopWorkspaceRequest.timeout:type_name -> google.protobuf.Duration
-	57, // 14: berth.workspace.v1.StopWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	57, // 15: berth.workspace.v1.RestoreDataResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	57, // 16: berth.workspace.v1.ResetDataResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	59, // 17: berth.workspace.v1.UpdateWorkspaceRequest.update_mask:type_name -> google.protobuf.FieldMask
-	56, // 18: berth.workspace.v1.UpdateWorkspaceRequest.pull_policy:type_name -> berth.workspace.v1.PullPolicy
-	55, // 19: berth.workspace.v1.UpdateWorkspaceRequest.resources:type_name -> berth.workspace.v1.Resources
-	50, // 20: berth.workspace.v1.UpdateWorkspaceRequest.labels:type_name -> berth.workspace.v1.UpdateWorkspaceRequest.LabelsEntry
-	51, // 21: berth.workspace.v1.UpdateWorkspaceRequest.env:type_name -> berth.workspace.v1.UpdateWorkspaceRequest.EnvEntry
-	57, // 22: berth.workspace.v1.UpdateWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	60, // 23: berth.workspace.v1.UpdateWorkspaceResponse.version:type_name -> berth.workspace.v1.Version
-	61, // 24: berth.workspace.v1.GetMetricsResponse.metrics:type_name -> berth.workspace.v1.WorkspaceMetrics
-	58, // 25: berth.workspace.v1.WatchMetricsRequest.interval:type_name -> google.protobuf.Duration
-	61, // 26: berth.workspace.v1.WatchMetricsResponse.metrics:type_name -> berth.workspace.v1.WorkspaceMetrics
-	52, // 27: berth.workspace.v1.CreateSnapshotRequest.labels:type_name -> berth.workspace.v1.CreateSnapshotRequest.LabelsEntry
-	62, // 28: berth.workspace.v1.CreateSnapshotResponse.snapshot:type_name -> berth.workspace.v1.Snapshot
-	62, // 29: berth.workspace.v1.ListSnapshotsResponse.snapshots:type_name -> berth.workspace.v1.Snapshot
-	57, // 30: berth.workspace.v1.RestoreSnapshotResponse.workspace:type_name -> berth.workspace.v1.Workspace
-	60, // 31: berth.workspace.v1.RestoreSnapshotResponse.version:type_name -> berth.workspace.v1.Version
-	60, // 32: berth.workspace.v1.ListVersionsResponse.versions:type_name -> berth.workspace.v1.Version
-	63, // 33: berth.workspace.v1.ExportDataRequest.format:type_name -> berth.workspace.v1.ArchiveFormat
-	53, // 34: berth.workspace.v1.ExportDataResponse.trailer:type_name -> berth.workspace.v1.ExportDataResponse.Trailer
-	54, // 35: berth.workspace.v1.ImportDataRequest.header:type_name -> berth.workspace.v1.ImportDataRequest.Header
-	63, // 36: berth.workspace.v1.ImportDataChunkRequest.format:type_name -> berth.workspace.v1.ArchiveFormat
-	58, // 37: berth.workspace.v1.WatchEventsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
-	64, // 38: berth.workspace.v1.WatchEventsRequest.kinds:type_name -> berth.workspace.v1.WorkspaceEventKind
-	65, // 39: berth.workspace.v1.WatchEventsResponse.event:type_name -> berth.workspace.v1.WorkspaceEvent
-	66, // 40: berth.workspace.v1.ListDevicesResponse.devices:type_name -> berth.workspace.v1.CdiDevice
-	67, // 41: berth.workspace.v1.ListDevicesResponse.spec_file_errors:type_name -> berth.workspace.v1.CdiSpecFileError
-	68, // 42: berth.workspace.v1.CreateWorkspaceResponse.PullProgress.layers:type_name -> berth.workspace.v1.LayerProgress
-	57, // 43: berth.workspace.v1.CreateWorkspaceResponse.Ready.workspace:type_name -> berth.workspace.v1.Workspace
-	63, // 44: berth.workspace.v1.ImportDataRequest.Header.format:type_name -> berth.workspace.v1.ArchiveFormat
-	0,  // 45: berth.workspace.v1.WorkspaceService.CreateWorkspace:input_type -> berth.workspace.v1.CreateWorkspaceRequest
-	2,  // 46: berth.workspace.v1.WorkspaceService.GetWorkspace:input_type -> berth.workspace.v1.GetWorkspaceRequest
-	4,  // 47: berth.workspace.v1.WorkspaceService.ListWorkspaces:input_type -> berth.workspace.v1.ListWorkspacesRequest
-	6,  // 48: berth.workspace.v1.WorkspaceService.StartWorkspace:input_type -> berth.workspace.v1.StartWorkspaceRequest
-	8,  // 49: berth.workspace.v1.WorkspaceService.StopWorkspace:input_type -> berth.workspace.v1.StopWorkspaceRequest
-	10, // 50: berth.workspace.v1.WorkspaceService.DeleteWorkspace:input_type -> berth.workspace.v1.DeleteWorkspaceRequest
-	12, // 51: berth.workspace.v1.WorkspaceService.RestoreData:input_type -> berth.workspace.v1.RestoreDataRequest
-	14, // 52: berth.workspace.v1.WorkspaceService.ResetData:input_type -> berth.workspace.v1.ResetDataRequest
-	16, // 53: berth.workspace.v1.WorkspaceService.UpdateWorkspace:input_type -> berth.workspace.v1.UpdateWorkspaceRequest
-	18, // 54: berth.workspace.v1.WorkspaceService.GetMetrics:input_type -> berth.workspace.v1.GetMetricsRequest
-	20, // 55: berth.workspace.v1.WorkspaceService.WatchMetrics:input_type -> berth.workspace.v1.WatchMetricsRequest
-	22, // 56: berth.workspace.v1.WorkspaceService.CreateSnapshot:input_type -> berth.workspace.v1.CreateSnapshotRequest
-	24, // 57: berth.workspace.v1.WorkspaceService.ListSnapshots:input_type -> berth.workspace.v1.ListSnapshotsRequest
-	26, // 58: berth.workspace.v1.WorkspaceService.DeleteSnapshot:input_type -> berth.workspace.v1.DeleteSnapshotRequest
-	28, // 59: berth.workspace.v1.WorkspaceService.RestoreSnapshot:input_type -> berth.workspace.v1.RestoreSnapshotRequest
-	30, // 60: berth.workspace.v1.WorkspaceService.ListVersions:input_type -> berth.workspace.v1.ListVersionsRequest
-	32, // 61: berth.workspace.v1.WorkspaceService.ExportData:input_type -> berth.workspace.v1.ExportDataRequest
-	34, // 62: berth.workspace.v1.WorkspaceService.ImportData:input_type -> berth.workspace.v1.ImportDataRequest
-	36, // 63: berth.workspace.v1.WorkspaceService.ImportDataChunk:input_type -> berth.workspace.v1.ImportDataChunkRequest
-	38, // 64: berth.workspace.v1.WorkspaceService.WatchEvents:input_type -> berth.workspace.v1.WatchEventsRequest
-	40, // 65: berth.workspace.v1.WorkspaceService.ListDevices:input_type -> berth.workspace.v1.ListDevicesRequest
-	1,  // 66: berth.workspace.v1.WorkspaceService.CreateWorkspace:output_type -> berth.workspace.v1.CreateWorkspaceResponse
-	3,  // 67: berth.workspace.v1.WorkspaceService.GetWorkspace:output_type -> berth.workspace.v1.GetWorkspaceResponse
-	5,  // 68: berth.workspace.v1.WorkspaceService.ListWorkspaces:output_type -> berth.workspace.v1.ListWorkspacesResponse
-	7,  // 69: berth.workspace.v1.WorkspaceService.StartWorkspace:output_type -> berth.workspace.v1.StartWorkspaceResponse
-	9,  // 70: berth.workspace.v1.WorkspaceService.StopWorkspace:output_type -> berth.workspace.v1.StopWorkspaceResponse
-	11, // 71: berth.workspace.v1.WorkspaceService.DeleteWorkspace:output_type -> berth.workspace.v1.DeleteWorkspaceResponse
-	13, // 72: berth.workspace.v1.WorkspaceService.RestoreData:output_type -> berth.workspace.v1.RestoreDataResponse
-	15, // 73: berth.workspace.v1.WorkspaceService.ResetData:output_type -> berth.workspace.v1.ResetDataResponse
-	17, // 74: berth.workspace.v1.WorkspaceService.UpdateWorkspace:output_type -> berth.workspace.v1.UpdateWorkspaceResponse
-	19, // 75: berth.workspace.v1.WorkspaceService.GetMetrics:output_type -> berth.workspace.v1.GetMetricsResponse
-	21, // 76: berth.workspace.v1.WorkspaceService.WatchMetrics:output_type -> berth.workspace.v1.WatchMetricsResponse
-	23, // 77: berth.workspace.v1.WorkspaceService.CreateSnapshot:output_type -> berth.workspace.v1.CreateSnapshotResponse
-	25, // 78: berth.workspace.v1.WorkspaceService.ListSnapshots:output_type -> berth.workspace.v1.ListSnapshotsResponse
-	27, // 79: berth.workspace.v1.WorkspaceService.DeleteSnapshot:output_type -> berth.workspace.v1.DeleteSnapshotResponse
-	29, // 80: berth.workspace.v1.WorkspaceService.RestoreSnapshot:output_type -> berth.workspace.v1.RestoreSnapshotResponse
-	31, // 81: berth.workspace.v1.WorkspaceService.ListVersions:output_type -> berth.workspace.v1.ListVersionsResponse
-	33, // 82: berth.workspace.v1.WorkspaceService.ExportData:output_type -> berth.workspace.v1.ExportDataResponse
-	35, // 83: berth.workspace.v1.WorkspaceService.ImportData:output_type -> berth.workspace.v1.ImportDataResponse
-	37, // 84: berth.workspace.v1.WorkspaceService.ImportDataChunk:output_type -> berth.workspace.v1.ImportDataChunkResponse
-	39, // 85: berth.workspace.v1.WorkspaceService.WatchEvents:output_type -> berth.workspace.v1.WatchEventsResponse
-	41, // 86: berth.workspace.v1.WorkspaceService.ListDevices:output_type -> berth.workspace.v1.ListDevicesResponse
-	66, // [66:87] is the sub-list for method output_type
-	45, // [45:66] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	57, // 4: berth.workspace.v1.CreateWorkspaceRequest.network_policy:type_name -> berth.workspace.v1.NetworkPolicy
+	44, // 5: berth.workspace.v1.CreateWorkspaceResponse.pulling:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Pulling
+	45, // 6: berth.workspace.v1.CreateWorkspaceResponse.pull_progress:type_name -> berth.workspace.v1.CreateWorkspaceResponse.PullProgress
+	46, // 7: berth.workspace.v1.CreateWorkspaceResponse.unpacking:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Unpacking
+	47, // 8: berth.workspace.v1.CreateWorkspaceResponse.creating:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Creating
+	48, // 9: berth.workspace.v1.CreateWorkspaceResponse.restoring:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Restoring
+	49, // 10: berth.workspace.v1.CreateWorkspaceResponse.ready:type_name -> berth.workspace.v1.CreateWorkspaceResponse.Ready
+	58, // 11: berth.workspace.v1.GetWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	58, // 12: berth.workspace.v1.ListWorkspacesResponse.workspaces:type_name -> berth.workspace.v1.Workspace
+	58, // 13: berth.workspace.v1.StartWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	59, // 14: berth.workspace.v1.StopWorkspaceRequest.timeout:type_name -> google.protobuf.Duration
+	58, // 15: berth.workspace.v1.StopWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	58, // 16: berth.workspace.v1.RestoreDataResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	58, // 17: berth.workspace.v1.ResetDataResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	60, // 18: berth.workspace.v1.UpdateWorkspaceRequest.update_mask:type_name -> google.protobuf.FieldMask
+	56, // 19: berth.workspace.v1.UpdateWorkspaceRequest.pull_policy:type_name -> berth.workspace.v1.PullPolicy
+	55, // 20: berth.workspace.v1.UpdateWorkspaceRequest.resources:type_name -> berth.workspace.v1.Resources
+	50, // 21: berth.workspace.v1.UpdateWorkspaceRequest.labels:type_name -> berth.workspace.v1.UpdateWorkspaceRequest.LabelsEntry
+	51, // 22: berth.workspace.v1.UpdateWorkspaceRequest.env:type_name -> berth.workspace.v1.UpdateWorkspaceRequest.EnvEntry
+	57, // 23: berth.workspace.v1.UpdateWorkspaceRequest.network_policy:type_name -> berth.workspace.v1.NetworkPolicy
+	58, // 24: berth.workspace.v1.UpdateWorkspaceResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	61, // 25: berth.workspace.v1.UpdateWorkspaceResponse.version:type_name -> berth.workspace.v1.Version
+	62, // 26: berth.workspace.v1.GetMetricsResponse.metrics:type_name -> berth.workspace.v1.WorkspaceMetrics
+	59, // 27: berth.workspace.v1.WatchMetricsRequest.interval:type_name -> google.protobuf.Duration
+	62, // 28: berth.workspace.v1.WatchMetricsResponse.metrics:type_name -> berth.workspace.v1.WorkspaceMetrics
+	52, // 29: berth.workspace.v1.CreateSnapshotRequest.labels:type_name -> berth.workspace.v1.CreateSnapshotRequest.LabelsEntry
+	63, // 30: berth.workspace.v1.CreateSnapshotResponse.snapshot:type_name -> berth.workspace.v1.Snapshot
+	63, // 31: berth.workspace.v1.ListSnapshotsResponse.snapshots:type_name -> berth.workspace.v1.Snapshot
+	58, // 32: berth.workspace.v1.RestoreSnapshotResponse.workspace:type_name -> berth.workspace.v1.Workspace
+	61, // 33: berth.workspace.v1.RestoreSnapshotResponse.version:type_name -> berth.workspace.v1.Version
+	61, // 34: berth.workspace.v1.ListVersionsResponse.versions:type_name -> berth.workspace.v1.Version
+	64, // 35: berth.workspace.v1.ExportDataRequest.format:type_name -> berth.workspace.v1.ArchiveFormat
+	53, // 36: berth.workspace.v1.ExportDataResponse.trailer:type_name -> berth.workspace.v1.ExportDataResponse.Trailer
+	54, // 37: berth.workspace.v1.ImportDataRequest.header:type_name -> berth.workspace.v1.ImportDataRequest.Header
+	64, // 38: berth.workspace.v1.ImportDataChunkRequest.format:type_name -> berth.workspace.v1.ArchiveFormat
+	59, // 39: berth.workspace.v1.WatchEventsRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	65, // 40: berth.workspace.v1.WatchEventsRequest.kinds:type_name -> berth.workspace.v1.WorkspaceEventKind
+	66, // 41: berth.workspace.v1.WatchEventsResponse.event:type_name -> berth.workspace.v1.WorkspaceEvent
+	67, // 42: berth.workspace.v1.ListDevicesResponse.devices:type_name -> berth.workspace.v1.CdiDevice
+	68, // 43: berth.workspace.v1.ListDevicesResponse.spec_file_errors:type_name -> berth.workspace.v1.CdiSpecFileError
+	69, // 44: berth.workspace.v1.CreateWorkspaceResponse.PullProgress.layers:type_name -> berth.workspace.v1.LayerProgress
+	58, // 45: berth.workspace.v1.CreateWorkspaceResponse.Ready.workspace:type_name -> berth.workspace.v1.Workspace
+	64, // 46: berth.workspace.v1.ImportDataRequest.Header.format:type_name -> berth.workspace.v1.ArchiveFormat
+	0,  // 47: berth.workspace.v1.WorkspaceService.CreateWorkspace:input_type -> berth.workspace.v1.CreateWorkspaceRequest
+	2,  // 48: berth.workspace.v1.WorkspaceService.GetWorkspace:input_type -> berth.workspace.v1.GetWorkspaceRequest
+	4,  // 49: berth.workspace.v1.WorkspaceService.ListWorkspaces:input_type -> berth.workspace.v1.ListWorkspacesRequest
+	6,  // 50: berth.workspace.v1.WorkspaceService.StartWorkspace:input_type -> berth.workspace.v1.StartWorkspaceRequest
+	8,  // 51: berth.workspace.v1.WorkspaceService.StopWorkspace:input_type -> berth.workspace.v1.StopWorkspaceRequest
+	10, // 52: berth.workspace.v1.WorkspaceService.DeleteWorkspace:input_type -> berth.workspace.v1.DeleteWorkspaceRequest
+	12, // 53: berth.workspace.v1.WorkspaceService.RestoreData:input_type -> berth.workspace.v1.RestoreDataRequest
+	14, // 54: berth.workspace.v1.WorkspaceService.ResetData:input_type -> berth.workspace.v1.ResetDataRequest
+	16, // 55: berth.workspace.v1.WorkspaceService.UpdateWorkspace:input_type -> berth.workspace.v1.UpdateWorkspaceRequest
+	18, // 56: berth.workspace.v1.WorkspaceService.GetMetrics:input_type -> berth.workspace.v1.GetMetricsRequest
+	20, // 57: berth.workspace.v1.WorkspaceService.WatchMetrics:input_type -> berth.workspace.v1.WatchMetricsRequest
+	22, // 58: berth.workspace.v1.WorkspaceService.CreateSnapshot:input_type -> berth.workspace.v1.CreateSnapshotRequest
+	24, // 59: berth.workspace.v1.WorkspaceService.ListSnapshots:input_type -> berth.workspace.v1.ListSnapshotsRequest
+	26, // 60: berth.workspace.v1.WorkspaceService.DeleteSnapshot:input_type -> berth.workspace.v1.DeleteSnapshotRequest
+	28, // 61: berth.workspace.v1.WorkspaceService.RestoreSnapshot:input_type -> berth.workspace.v1.RestoreSnapshotRequest
+	30, // 62: berth.workspace.v1.WorkspaceService.ListVersions:input_type -> berth.workspace.v1.ListVersionsRequest
+	32, // 63: berth.workspace.v1.WorkspaceService.ExportData:input_type -> berth.workspace.v1.ExportDataRequest
+	34, // 64: berth.workspace.v1.WorkspaceService.ImportData:input_type -> berth.workspace.v1.ImportDataRequest
+	36, // 65: berth.workspace.v1.WorkspaceService.ImportDataChunk:input_type -> berth.workspace.v1.ImportDataChunkRequest
+	38, // 66: berth.workspace.v1.WorkspaceService.WatchEvents:input_type -> berth.workspace.v1.WatchEventsRequest
+	40, // 67: berth.workspace.v1.WorkspaceService.ListDevices:input_type -> berth.workspace.v1.ListDevicesRequest
+	1,  // 68: berth.workspace.v1.WorkspaceService.CreateWorkspace:output_type -> berth.workspace.v1.CreateWorkspaceResponse
+	3,  // 69: berth.workspace.v1.WorkspaceService.GetWorkspace:output_type -> berth.workspace.v1.GetWorkspaceResponse
+	5,  // 70: berth.workspace.v1.WorkspaceService.ListWorkspaces:output_type -> berth.workspace.v1.ListWorkspacesResponse
+	7,  // 71: berth.workspace.v1.WorkspaceService.StartWorkspace:output_type -> berth.workspace.v1.StartWorkspaceResponse
+	9,  // 72: berth.workspace.v1.WorkspaceService.StopWorkspace:output_type -> berth.workspace.v1.StopWorkspaceResponse
+	11, // 73: berth.workspace.v1.WorkspaceService.DeleteWorkspace:output_type -> berth.workspace.v1.DeleteWorkspaceResponse
+	13, // 74: berth.workspace.v1.WorkspaceService.RestoreData:output_type -> berth.workspace.v1.RestoreDataResponse
+	15, // 75: berth.workspace.v1.WorkspaceService.ResetData:output_type -> berth.workspace.v1.ResetDataResponse
+	17, // 76: berth.workspace.v1.WorkspaceService.UpdateWorkspace:output_type -> berth.workspace.v1.UpdateWorkspaceResponse
+	19, // 77: berth.workspace.v1.WorkspaceService.GetMetrics:output_type -> berth.workspace.v1.GetMetricsResponse
+	21, // 78: berth.workspace.v1.WorkspaceService.WatchMetrics:output_type -> berth.workspace.v1.WatchMetricsResponse
+	23, // 79: berth.workspace.v1.WorkspaceService.CreateSnapshot:output_type -> berth.workspace.v1.CreateSnapshotResponse
+	25, // 80: berth.workspace.v1.WorkspaceService.ListSnapshots:output_type -> berth.workspace.v1.ListSnapshotsResponse
+	27, // 81: berth.workspace.v1.WorkspaceService.DeleteSnapshot:output_type -> berth.workspace.v1.DeleteSnapshotResponse
+	29, // 82: berth.workspace.v1.WorkspaceService.RestoreSnapshot:output_type -> berth.workspace.v1.RestoreSnapshotResponse
+	31, // 83: berth.workspace.v1.WorkspaceService.ListVersions:output_type -> berth.workspace.v1.ListVersionsResponse
+	33, // 84: berth.workspace.v1.WorkspaceService.ExportData:output_type -> berth.workspace.v1.ExportDataResponse
+	35, // 85: berth.workspace.v1.WorkspaceService.ImportData:output_type -> berth.workspace.v1.ImportDataResponse
+	37, // 86: berth.workspace.v1.WorkspaceService.ImportDataChunk:output_type -> berth.workspace.v1.ImportDataChunkResponse
+	39, // 87: berth.workspace.v1.WorkspaceService.WatchEvents:output_type -> berth.workspace.v1.WatchEventsResponse
+	41, // 88: berth.workspace.v1.WorkspaceService.ListDevices:output_type -> berth.workspace.v1.ListDevicesResponse
+	68, // [68:89] is the sub-list for method output_type
+	47, // [47:68] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_berth_workspace_v1_workspace_service_proto_init() }

@@ -229,6 +229,20 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     workspace already uses (its working set: usage minus reclaimable file cache); the message
     gives the usage. Free memory inside the workspace or choose a higher limit.
     """
+    INVALID_NETWORK_POLICY: _ErrorReason.ValueType  # 53
+    """INVALID_ARGUMENT: a NetworkPolicy is malformed: an entry of `cidrs` is not an IPv4 network
+    or address, the list is too long, CIDRs come with a mode that takes none, or
+    NETWORK_MODE_ALLOWLIST has no CIDR. The message names the entry.
+    """
+    NETWORK_DISABLED: _ErrorReason.ValueType  # 54
+    """FAILED_PRECONDITION: the server runs with `--network none`, so workspaces have loopback only;
+    ask for NETWORK_MODE_NONE (or no policy), or run the server with `--network bridge`.
+    """
+    NETWORK_SETUP_FAILED: _ErrorReason.ValueType  # 55
+    """INTERNAL: setting up or tearing down a workspace's network failed on the host (a CNI plugin
+    or nft failed); the message gives the tool's own error. Nothing was left half made; check the
+    server's `--cni-bin-dir` and that nftables is installed, then retry.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason is the machine-readable cause of a failed berth call.
@@ -447,5 +461,19 @@ MEMORY_LIMIT_BELOW_USAGE: ErrorReason.ValueType  # 50
 """FAILED_PRECONDITION: UpdateWorkspace asked for a memory limit below what the running
 workspace already uses (its working set: usage minus reclaimable file cache); the message
 gives the usage. Free memory inside the workspace or choose a higher limit.
+"""
+INVALID_NETWORK_POLICY: ErrorReason.ValueType  # 53
+"""INVALID_ARGUMENT: a NetworkPolicy is malformed: an entry of `cidrs` is not an IPv4 network
+or address, the list is too long, CIDRs come with a mode that takes none, or
+NETWORK_MODE_ALLOWLIST has no CIDR. The message names the entry.
+"""
+NETWORK_DISABLED: ErrorReason.ValueType  # 54
+"""FAILED_PRECONDITION: the server runs with `--network none`, so workspaces have loopback only;
+ask for NETWORK_MODE_NONE (or no policy), or run the server with `--network bridge`.
+"""
+NETWORK_SETUP_FAILED: ErrorReason.ValueType  # 55
+"""INTERNAL: setting up or tearing down a workspace's network failed on the host (a CNI plugin
+or nft failed); the message gives the tool's own error. Nothing was left half made; check the
+server's `--cni-bin-dir` and that nftables is installed, then retry.
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -376,6 +376,50 @@ WORKSPACE_EVENT_KIND_REBUILT: WorkspaceEventKind.ValueType  # 17
 """
 Global___WorkspaceEventKind: _TypeAlias = WorkspaceEventKind  # noqa: Y015
 
+class _NetworkMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NetworkModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NetworkMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NETWORK_MODE_UNSPECIFIED: _NetworkMode.ValueType  # 0
+    """Unset: the server's default (NETWORK_MODE_OPEN, or NETWORK_MODE_NONE when the server runs
+    with `--network none`). Never returned.
+    """
+    NETWORK_MODE_OPEN: _NetworkMode.ValueType  # 1
+    """Any address outside the host, through the host's NAT. The host's own services (on any host
+    address, IPv4 or IPv6) and other workspaces stay unreachable.
+    """
+    NETWORK_MODE_NONE: _NetworkMode.ValueType  # 2
+    """Loopback only: the workspace has no network interface besides `lo`."""
+    NETWORK_MODE_ALLOWLIST: _NetworkMode.ValueType  # 3
+    """Only the CIDRs in `cidrs` (and DNS to the server's resolvers); everything else is refused at
+    once with ICMP admin-prohibited.
+    """
+    NETWORK_MODE_DENYLIST: _NetworkMode.ValueType  # 4
+    """Everything NETWORK_MODE_OPEN reaches except the CIDRs in `cidrs`, which are refused at once."""
+
+class NetworkMode(_NetworkMode, metaclass=_NetworkModeEnumTypeWrapper):
+    """NetworkMode is what a workspace may reach over the network."""
+
+NETWORK_MODE_UNSPECIFIED: NetworkMode.ValueType  # 0
+"""Unset: the server's default (NETWORK_MODE_OPEN, or NETWORK_MODE_NONE when the server runs
+with `--network none`). Never returned.
+"""
+NETWORK_MODE_OPEN: NetworkMode.ValueType  # 1
+"""Any address outside the host, through the host's NAT. The host's own services (on any host
+address, IPv4 or IPv6) and other workspaces stay unreachable.
+"""
+NETWORK_MODE_NONE: NetworkMode.ValueType  # 2
+"""Loopback only: the workspace has no network interface besides `lo`."""
+NETWORK_MODE_ALLOWLIST: NetworkMode.ValueType  # 3
+"""Only the CIDRs in `cidrs` (and DNS to the server's resolvers); everything else is refused at
+once with ICMP admin-prohibited.
+"""
+NETWORK_MODE_DENYLIST: NetworkMode.ValueType  # 4
+"""Everything NETWORK_MODE_OPEN reaches except the CIDRs in `cidrs`, which are refused at once."""
+Global___NetworkMode: _TypeAlias = NetworkMode  # noqa: Y015
+
 @_typing.final
 class Resources(_message.Message):
     """Resources are the limits applied to a workspace's container cgroup. Zero means unlimited;
@@ -527,6 +571,7 @@ class Workspace(_message.Message):
     DATA_PATH_FIELD_NUMBER: _builtins.int
     HOST_DATA_PATH_FIELD_NUMBER: _builtins.int
     RESTART_STATUS_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """Identifier chosen by the caller at creation, matching `^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$`.
     Never changes.
@@ -627,6 +672,13 @@ class Workspace(_message.Message):
         started.
         """
 
+    @_builtins.property
+    def network(self) -> Global___WorkspaceNetwork:
+        """The workspace's network: its address on berth's bridge and its egress policy. The policy is
+        always set; the address is empty when the policy is NETWORK_MODE_NONE or the server runs with
+        `--network none`.
+        """
+
     def __init__(
         self,
         *,
@@ -656,14 +708,99 @@ class Workspace(_message.Message):
         data_path: _builtins.str = ...,
         host_data_path: _builtins.str = ...,
         restart_status: Global___RestartStatus | None = ...,
+        network: Global___WorkspaceNetwork | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_start_time", b"last_start_time", "last_stop_time", b"last_stop_time", "resources", b"resources", "restart_status", b"restart_status", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_start_time", b"last_start_time", "last_stop_time", b"last_stop_time", "network", b"network", "resources", b"resources", "restart_status", b"restart_status", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cdi_devices", b"cdi_devices", "container_id", b"container_id", "create_time", b"create_time", "current_version", b"current_version", "data_path", b"data_path", "desired_state", b"desired_state", "env", b"env", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "has_preserved_data", b"has_preserved_data", "host_data_path", b"host_data_path", "image", b"image", "image_digest", b"image_digest", "init_pid", b"init_pid", "labels", b"labels", "last_start_time", b"last_start_time", "last_stop_time", b"last_stop_time", "namespace", b"namespace", "process_count", b"process_count", "resources", b"resources", "restart_status", b"restart_status", "runtime", b"runtime", "snapshotter", b"snapshotter", "state", b"state", "update_time", b"update_time", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cdi_devices", b"cdi_devices", "container_id", b"container_id", "create_time", b"create_time", "current_version", b"current_version", "data_path", b"data_path", "desired_state", b"desired_state", "env", b"env", "failure_message", b"failure_message", "failure_reason", b"failure_reason", "has_preserved_data", b"has_preserved_data", "host_data_path", b"host_data_path", "image", b"image", "image_digest", b"image_digest", "init_pid", b"init_pid", "labels", b"labels", "last_start_time", b"last_start_time", "last_stop_time", b"last_stop_time", "namespace", b"namespace", "network", b"network", "process_count", b"process_count", "resources", b"resources", "restart_status", b"restart_status", "runtime", b"runtime", "snapshotter", b"snapshotter", "state", b"state", "update_time", b"update_time", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Workspace: _TypeAlias = Workspace  # noqa: Y015
+
+@_typing.final
+class NetworkPolicy(_message.Message):
+    """NetworkPolicy is a workspace's egress policy. It applies to new connections from the moment it
+    is set: UpdateWorkspace changes it without restarting the workspace.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    CIDRS_FIELD_NUMBER: _builtins.int
+    mode: Global___NetworkMode.ValueType
+    """What the workspace may reach. Unset means the server's default."""
+    @_builtins.property
+    def cidrs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """IPv4 networks as `ADDRESS/PREFIX` (`203.0.113.0/24`) or single addresses (`198.51.100.7`,
+        meaning /32), for NETWORK_MODE_ALLOWLIST and NETWORK_MODE_DENYLIST; at most 256. Stored
+        normalized (host bits cleared), sorted and deduplicated. Malformed or IPv6 entries (a
+        workspace has no IPv6 route), entries with other modes, and an empty list with
+        NETWORK_MODE_ALLOWLIST fail with INVALID_ARGUMENT and reason INVALID_NETWORK_POLICY.
+        """
+
+    def __init__(
+        self,
+        *,
+        mode: Global___NetworkMode.ValueType = ...,
+        cidrs: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cidrs", b"cidrs", "mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkPolicy: _TypeAlias = NetworkPolicy  # noqa: Y015
+
+@_typing.final
+class WorkspaceNetwork(_message.Message):
+    """WorkspaceNetwork is a workspace's place on the network."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    PREFIX_LENGTH_FIELD_NUMBER: _builtins.int
+    GATEWAY_FIELD_NUMBER: _builtins.int
+    MAC_ADDRESS_FIELD_NUMBER: _builtins.int
+    DNS_SERVERS_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """The workspace's IPv4 address on berth's bridge (`eth0` inside the workspace), without a
+    prefix, such as `10.231.0.2`. It stays the same across stop/start and server restarts and is
+    released by DeleteWorkspace. Empty when the workspace has no network interface.
+    """
+    prefix_length: _builtins.int
+    """Prefix length of the bridge's subnet, such as 16. 0 when `address` is empty."""
+    gateway: _builtins.str
+    """The gateway (berth's bridge on the host), such as `10.231.0.1`. Empty when `address` is."""
+    mac_address: _builtins.str
+    """The MAC address of the workspace's `eth0`. Empty when `address` is."""
+    @_builtins.property
+    def policy(self) -> Global___NetworkPolicy:
+        """The egress policy in force (the server's default filled in)."""
+
+    @_builtins.property
+    def dns_servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The DNS servers in the workspace's /etc/resolv.conf."""
+
+    def __init__(
+        self,
+        *,
+        policy: Global___NetworkPolicy | None = ...,
+        address: _builtins.str = ...,
+        prefix_length: _builtins.int = ...,
+        gateway: _builtins.str = ...,
+        mac_address: _builtins.str = ...,
+        dns_servers: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "dns_servers", b"dns_servers", "gateway", b"gateway", "mac_address", b"mac_address", "policy", b"policy", "prefix_length", b"prefix_length"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkspaceNetwork: _TypeAlias = WorkspaceNetwork  # noqa: Y015
 
 @_typing.final
 class RestartStatus(_message.Message):

@@ -76,6 +76,7 @@ class CreateWorkspaceRequest(_message.Message):
     RESTORE_DATA_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     PULL_POLICY_FIELD_NUMBER: _builtins.int
+    NETWORK_POLICY_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """Identifier of the new workspace, chosen by the caller (for example the bot id); must match
     `^[a-z0-9]([a-z0-9_.-]{0,61}[a-z0-9])?$`. Required.
@@ -134,6 +135,13 @@ class CreateWorkspaceRequest(_message.Message):
         across stop/start, server restarts and a rebuilt container.
         """
 
+    @_builtins.property
+    def network_policy(self) -> _workspace_pb2.NetworkPolicy:
+        """Egress policy. Unset means the server's default (NETWORK_MODE_OPEN). A policy other than
+        NETWORK_MODE_NONE on a server running with `--network none` fails with FAILED_PRECONDITION
+        and reason NETWORK_DISABLED.
+        """
+
     def __init__(
         self,
         *,
@@ -146,10 +154,11 @@ class CreateWorkspaceRequest(_message.Message):
         restore_data: _builtins.bool = ...,
         request_id: _builtins.str = ...,
         pull_policy: _workspace_pb2.PullPolicy.ValueType = ...,
+        network_policy: _workspace_pb2.NetworkPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["network_policy", b"network_policy", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cdi_devices", b"cdi_devices", "env", b"env", "image", b"image", "labels", b"labels", "pull_policy", b"pull_policy", "request_id", b"request_id", "resources", b"resources", "restore_data", b"restore_data", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cdi_devices", b"cdi_devices", "env", b"env", "image", b"image", "labels", b"labels", "network_policy", b"network_policy", "pull_policy", b"pull_policy", "request_id", b"request_id", "resources", b"resources", "restore_data", b"restore_data", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -764,6 +773,7 @@ class UpdateWorkspaceRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
     CDI_DEVICES_FIELD_NUMBER: _builtins.int
+    NETWORK_POLICY_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """Identifier of the workspace. Required."""
     image: _builtins.str
@@ -779,7 +789,7 @@ class UpdateWorkspaceRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """The fields to change, by their names in this message: `image`, `resources`, `labels`,
-        `env`, `cdi_devices`. Required. Fields not named are ignored even when set.
+        `env`, `cdi_devices`, `network_policy`. Required. Fields not named are ignored even when set.
         """
 
     @_builtins.property
@@ -804,6 +814,13 @@ class UpdateWorkspaceRequest(_message.Message):
         empty detaches every device). Changing them restarts a running workspace.
         """
 
+    @_builtins.property
+    def network_policy(self) -> _workspace_pb2.NetworkPolicy:
+        """New egress policy, applied at once without a restart (rules as in CreateWorkspace). Moving
+        to NETWORK_MODE_NONE removes the workspace's `eth0` while it runs and releases its address;
+        moving back adds `eth0` with a newly allocated address (it may differ from the old one).
+        """
+
     def __init__(
         self,
         *,
@@ -815,10 +832,11 @@ class UpdateWorkspaceRequest(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         cdi_devices: _abc.Iterable[_builtins.str] | None = ...,
+        network_policy: _workspace_pb2.NetworkPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["resources", b"resources", "update_mask", b"update_mask"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["network_policy", b"network_policy", "resources", b"resources", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cdi_devices", b"cdi_devices", "env", b"env", "image", b"image", "labels", b"labels", "pull_policy", b"pull_policy", "resources", b"resources", "update_mask", b"update_mask", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cdi_devices", b"cdi_devices", "env", b"env", "image", b"image", "labels", b"labels", "network_policy", b"network_policy", "pull_policy", b"pull_policy", "resources", b"resources", "update_mask", b"update_mask", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file berth/workspace/v1/workspace.proto.
  */
 export const file_berth_workspace_v1_workspace: GenFile = /*@__PURE__*/
-  fileDesc("CiJiZXJ0aC93b3Jrc3BhY2UvdjEvd29ya3NwYWNlLnByb3RvEhJiZXJ0aC53b3Jrc3BhY2UudjEiSQoJUmVzb3VyY2VzEhIKCmNwdV9taWxsaXMYASABKAMSFAoMbWVtb3J5X2J5dGVzGAIgASgDEhIKCnBpZHNfbGltaXQYAyABKAMibQoNTGF5ZXJQcm9ncmVzcxIOCgZkaWdlc3QYASABKAkSDgoGb2Zmc2V0GAIgASgEEg0KBXRvdGFsGAMgASgEEi0KBXN0YXRlGAQgASgOMh4uYmVydGgud29ya3NwYWNlLnYxLkxheWVyU3RhdGUi0wcKCVdvcmtzcGFjZRIUCgx3b3Jrc3BhY2VfaWQYASABKAkSMQoFc3RhdGUYAiABKA4yIi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlU3RhdGUSNwoNZGVzaXJlZF9zdGF0ZRgDIAEoDjIgLmJlcnRoLndvcmtzcGFjZS52MS5EZXNpcmVkU3RhdGUSDQoFaW1hZ2UYBCABKAkSFAoMaW1hZ2VfZGlnZXN0GAUgASgJEhQKDGNvbnRhaW5lcl9pZBgGIAEoCRIRCgluYW1lc3BhY2UYByABKAkSEwoLc25hcHNob3R0ZXIYCCABKAkSDwoHcnVudGltZRgJIAEoCRIQCghpbml0X3BpZBgKIAEoDRIVCg1wcm9jZXNzX2NvdW50GAsgASgNEhMKC2NkaV9kZXZpY2VzGAwgAygJEjAKCXJlc291cmNlcxgNIAEoCzIdLmJlcnRoLndvcmtzcGFjZS52MS5SZXNvdXJjZXMSOQoGbGFiZWxzGA4gAygLMikuYmVydGgud29ya3NwYWNlLnYxLldvcmtzcGFjZS5MYWJlbHNFbnRyeRIzCgNlbnYYDyADKAsyJi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlLkVudkVudHJ5EhoKEmhhc19wcmVzZXJ2ZWRfZGF0YRgQIAEoCBIXCg9jdXJyZW50X3ZlcnNpb24YESABKAMSLwoLY3JlYXRlX3RpbWUYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9sYXN0X3N0YXJ0X3RpbWUYFCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3Rfc3RvcF90aW1lGBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5mYWlsdXJlX3JlYXNvbhgWIAEoCRIXCg9mYWlsdXJlX21lc3NhZ2UYFyABKAkSEQoJZGF0YV9wYXRoGBggASgJEhYKDmhvc3RfZGF0YV9wYXRoGBkgASgJEjkKDnJlc3RhcnRfc3RhdHVzGBogASgLMiEuYmVydGgud29ya3NwYWNlLnYxLlJlc3RhcnRTdGF0dXMaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARoqCghFbnZFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqkBCg1SZXN0YXJ0U3RhdHVzEhUKDXJlc3RhcnRfY291bnQYASABKA0SNQoRbmV4dF9yZXN0YXJ0X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmxhc3RfZXhpdF9jb2RlGAMgASgFEjIKDmxhc3RfZXhpdF90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKxAgoIU25hcHNob3QSDAoEbmFtZRgBIAEoCRIUCgx3b3Jrc3BhY2VfaWQYAiABKAkSDgoGcGFyZW50GAMgASgJEjIKBnNvdXJjZRgEIAEoDjIiLmJlcnRoLndvcmtzcGFjZS52MS5TbmFwc2hvdFNvdXJjZRIPCgd2ZXJzaW9uGAUgASgDEjgKBmxhYmVscxgGIAMoCzIoLmJlcnRoLndvcmtzcGFjZS52MS5TbmFwc2hvdC5MYWJlbHNFbnRyeRISCgpzaXplX2J5dGVzGAcgASgDEi8KC2NyZWF0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIroBCgdWZXJzaW9uEg8KB3ZlcnNpb24YASABKAMSMQoGcmVhc29uGAIgASgOMiEuYmVydGgud29ya3NwYWNlLnYxLlZlcnNpb25SZWFzb24SFQoNc25hcHNob3RfbmFtZRgDIAEoCRIvCgtjcmVhdGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFaW1hZ2UYBSABKAkSFAoMaW1hZ2VfZGlnZXN0GAYgASgJIrYCChBXb3Jrc3BhY2VNZXRyaWNzEi8KC3NhbXBsZV90aW1lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCglzdXBwb3J0ZWQYAiABKAgSGgoSdW5zdXBwb3J0ZWRfcmVhc29uGAMgASgJEisKA2NwdRgEIAEoCzIeLmJlcnRoLndvcmtzcGFjZS52MS5DcHVNZXRyaWNzEjEKBm1lbW9yeRgFIAEoCzIhLmJlcnRoLndvcmtzcGFjZS52MS5NZW1vcnlNZXRyaWNzEi0KBHBpZHMYBiABKAsyHy5iZXJ0aC53b3Jrc3BhY2UudjEuUGlkc01ldHJpY3MSMwoHc3RvcmFnZRgHIAEoCzIiLmJlcnRoLndvcmtzcGFjZS52MS5TdG9yYWdlTWV0cmljcyKXAQoKQ3B1TWV0cmljcxIbChNwZXJjZW50X29mX29uZV9jb3JlGAEgASgBEhMKC3VzYWdlX25hbm9zGAIgASgEEhIKCnVzZXJfbmFub3MYAyABKAQSFAoMc3lzdGVtX25hbm9zGAQgASgEEhQKDGxpbWl0X21pbGxpcxgFIAEoAxIXCg90aHJvdHRsZWRfbmFub3MYBiABKAQifQoNTWVtb3J5TWV0cmljcxITCgt1c2FnZV9ieXRlcxgBIAEoBBIZChF3b3JraW5nX3NldF9ieXRlcxgCIAEoBBITCgtsaW1pdF9ieXRlcxgDIAEoBBIPCgdwZXJjZW50GAQgASgBEhYKDm9vbV9raWxsX2NvdW50GAUgASgEIi0KC1BpZHNNZXRyaWNzEg8KB2N1cnJlbnQYASABKAQSDQoFbGltaXQYAiABKAQiggEKDlN0b3JhZ2VNZXRyaWNzEhQKDHJvb3Rmc19ieXRlcxgBIAEoBBIVCg1yb290ZnNfaW5vZGVzGAIgASgEEhIKCmRhdGFfYnl0ZXMYAyABKAQSLwoLc2FtcGxlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIvECCg5Xb3Jrc3BhY2VFdmVudBIQCghldmVudF9pZBgBIAEoAxIuCgpldmVudF90aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgx3b3Jrc3BhY2VfaWQYAyABKAkSNAoEa2luZBgEIAEoDjImLmJlcnRoLndvcmtzcGFjZS52MS5Xb3Jrc3BhY2VFdmVudEtpbmQSMQoFc3RhdGUYBSABKA4yIi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlU3RhdGUSOgoOcHJldmlvdXNfc3RhdGUYBiABKA4yIi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlU3RhdGUSDwoHbWVzc2FnZRgHIAEoCRIRCglleGl0X2NvZGUYCCABKAUSFQoNc25hcHNob3RfbmFtZRgJIAEoCRIPCgd2ZXJzaW9uGAogASgDEhYKDmZhaWx1cmVfcmVhc29uGAsgASgJIlIKCUNkaURldmljZRIMCgRuYW1lGAEgASgJEg4KBnZlbmRvchgCIAEoCRIUCgxkZXZpY2VfY2xhc3MYAyABKAkSEQoJc3BlY19wYXRoGAQgASgJIi8KEENkaVNwZWNGaWxlRXJyb3ISDAoEcGF0aBgBIAEoCRINCgVlcnJvchgCIAEoCSrDAQoOV29ya3NwYWNlU3RhdGUSHwobV09SS1NQQUNFX1NUQVRFX1VOU1BFQ0lGSUVEEAASHAoYV09SS1NQQUNFX1NUQVRFX0NSRUFUSU5HEAESGwoXV09SS1NQQUNFX1NUQVRFX1JVTk5JTkcQAhIbChdXT1JLU1BBQ0VfU1RBVEVfU1RPUFBFRBADEhoKFldPUktTUEFDRV9TVEFURV9GQUlMRUQQBBIcChhXT1JLU1BBQ0VfU1RBVEVfREVMRVRJTkcQBSpjCgxEZXNpcmVkU3RhdGUSHQoZREVTSVJFRF9TVEFURV9VTlNQRUNJRklFRBAAEhkKFURFU0lSRURfU1RBVEVfUlVOTklORxABEhkKFURFU0lSRURfU1RBVEVfU1RPUFBFRBACKngKClB1bGxQb2xpY3kSGwoXUFVMTF9QT0xJQ1lfVU5TUEVDSUZJRUQQABIeChpQVUxMX1BPTElDWV9JRl9OT1RfUFJFU0VOVBABEhYKElBVTExfUE9MSUNZX0FMV0FZUxACEhUKEVBVTExfUE9MSUNZX05FVkVSEAMqqAEKCkxheWVyU3RhdGUSGwoXTEFZRVJfU1RBVEVfVU5TUEVDSUZJRUQQABIXChNMQVlFUl9TVEFURV9XQUlUSU5HEAESGwoXTEFZRVJfU1RBVEVfRE9XTkxPQURJTkcQAhIZChVMQVlFUl9TVEFURV9WRVJJRllJTkcQAxIWChJMQVlFUl9TVEFURV9FWElTVFMQBBIUChBMQVlFUl9TVEFURV9ET05FEAUqaQoNQXJjaGl2ZUZvcm1hdBIeChpBUkNISVZFX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhsKF0FSQ0hJVkVfRk9STUFUX1RBUl9HWklQEAESGwoXQVJDSElWRV9GT1JNQVRfVEFSX1pTVEQQAiqCAQoOU25hcHNob3RTb3VyY2USHwobU05BUFNIT1RfU09VUkNFX1VOU1BFQ0lGSUVEEAASGQoVU05BUFNIT1RfU09VUkNFX0lNQUdFEAESGAoUU05BUFNIT1RfU09VUkNFX1VTRVIQAhIaChZTTkFQU0hPVF9TT1VSQ0VfU1lTVEVNEAMqpAEKDVZlcnNpb25SZWFzb24SHgoaVkVSU0lPTl9SRUFTT05fVU5TUEVDSUZJRUQQABIZChVWRVJTSU9OX1JFQVNPTl9DUkVBVEUQARIbChdWRVJTSU9OX1JFQVNPTl9TTkFQU0hPVBACEhoKFlZFUlNJT05fUkVBU09OX1JFU1RPUkUQAxIfChtWRVJTSU9OX1JFQVNPTl9JTUFHRV9DSEFOR0UQBCrEBQoSV29ya3NwYWNlRXZlbnRLaW5kEiQKIFdPUktTUEFDRV9FVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASIgoeV09SS1NQQUNFX0VWRU5UX0tJTkRfSEVBUlRCRUFUEAESIAocV09SS1NQQUNFX0VWRU5UX0tJTkRfQ1JFQVRFRBACEiYKIldPUktTUEFDRV9FVkVOVF9LSU5EX1NUQVRFX0NIQU5HRUQQAxIgChxXT1JLU1BBQ0VfRVZFTlRfS0lORF9ERUxFVEVEEAQSJAogV09SS1NQQUNFX0VWRU5UX0tJTkRfVEFTS19FWElURUQQBRIcChhXT1JLU1BBQ0VfRVZFTlRfS0lORF9PT00QBhIpCiVXT1JLU1BBQ0VfRVZFTlRfS0lORF9TTkFQU0hPVF9DUkVBVEVEEAcSKQolV09SS1NQQUNFX0VWRU5UX0tJTkRfU05BUFNIT1RfREVMRVRFRBAIEioKJldPUktTUEFDRV9FVkVOVF9LSU5EX1NOQVBTSE9UX1JFU1RPUkVEEAkSJwojV09SS1NQQUNFX0VWRU5UX0tJTkRfREFUQV9QUkVTRVJWRUQQChImCiJXT1JLU1BBQ0VfRVZFTlRfS0lORF9EQVRBX1JFU1RPUkVEEAsSIwofV09SS1NQQUNFX0VWRU5UX0tJTkRfREFUQV9SRVNFVBAMEiYKIldPUktTUEFDRV9FVkVOVF9LSU5EX0RBVEFfSU1QT1JURUQQDRIoCiRXT1JLU1BBQ0VfRVZFTlRfS0lORF9PUlBIQU5fREVURUNURUQQDhImCiJXT1JLU1BBQ0VfRVZFTlRfS0lORF9JTUFHRV9DSEFOR0VEEA8SIAocV09SS1NQQUNFX0VWRU5UX0tJTkRfVVBEQVRFRBAQEiAKHFdPUktTUEFDRV9FVkVOVF9LSU5EX1JFQlVJTFQQEUJCWkBnaXRodWIuY29tL2JlcnRoLWRldi9iZXJ0aC9zZGsvZ28vYmVydGgvd29ya3NwYWNlL3YxO3dvcmtzcGFjZXYxYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("CiJiZXJ0aC93b3Jrc3BhY2UvdjEvd29ya3NwYWNlLnByb3RvEhJiZXJ0aC53b3Jrc3BhY2UudjEiSQoJUmVzb3VyY2VzEhIKCmNwdV9taWxsaXMYASABKAMSFAoMbWVtb3J5X2J5dGVzGAIgASgDEhIKCnBpZHNfbGltaXQYAyABKAMibQoNTGF5ZXJQcm9ncmVzcxIOCgZkaWdlc3QYASABKAkSDgoGb2Zmc2V0GAIgASgEEg0KBXRvdGFsGAMgASgEEi0KBXN0YXRlGAQgASgOMh4uYmVydGgud29ya3NwYWNlLnYxLkxheWVyU3RhdGUiiggKCVdvcmtzcGFjZRIUCgx3b3Jrc3BhY2VfaWQYASABKAkSMQoFc3RhdGUYAiABKA4yIi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlU3RhdGUSNwoNZGVzaXJlZF9zdGF0ZRgDIAEoDjIgLmJlcnRoLndvcmtzcGFjZS52MS5EZXNpcmVkU3RhdGUSDQoFaW1hZ2UYBCABKAkSFAoMaW1hZ2VfZGlnZXN0GAUgASgJEhQKDGNvbnRhaW5lcl9pZBgGIAEoCRIRCgluYW1lc3BhY2UYByABKAkSEwoLc25hcHNob3R0ZXIYCCABKAkSDwoHcnVudGltZRgJIAEoCRIQCghpbml0X3BpZBgKIAEoDRIVCg1wcm9jZXNzX2NvdW50GAsgASgNEhMKC2NkaV9kZXZpY2VzGAwgAygJEjAKCXJlc291cmNlcxgNIAEoCzIdLmJlcnRoLndvcmtzcGFjZS52MS5SZXNvdXJjZXMSOQoGbGFiZWxzGA4gAygLMikuYmVydGgud29ya3NwYWNlLnYxLldvcmtzcGFjZS5MYWJlbHNFbnRyeRIzCgNlbnYYDyADKAsyJi5iZXJ0aC53b3Jrc3BhY2UudjEuV29ya3NwYWNlLkVudkVudHJ5EhoKEmhhc19wcmVzZXJ2ZWRfZGF0YRgQIAEoCBIXCg9jdXJyZW50X3ZlcnNpb24YESABKAMSLwoLY3JlYXRlX3RpbWUYEiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3VwZGF0ZV90aW1lGBMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9sYXN0X3N0YXJ0X3RpbWUYFCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmxhc3Rfc3RvcF90aW1lGBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5mYWlsdXJlX3JlYXNvbhgWIAEoCRIXCg9mYWlsdXJlX21lc3NhZ2UYFyABKAkSEQoJZGF0YV9wYXRoGBggASgJEhYKDmhvc3RfZGF0YV9wYXRoGBkgASgJEjkKDnJlc3RhcnRfc3RhdHVzGBogASgLMiEuYmVydGgud29ya3NwYWNlLnYxLlJlc3RhcnRTdGF0dXMSNQoHbmV0d29yaxgbIAEoCzIkLmJlcnRoLndvcmtzcGFjZS52MS5Xb3Jrc3BhY2VOZXR3b3JrGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaKgoIRW52RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJNCg1OZXR3b3JrUG9saWN5Ei0KBG1vZGUYASABKA4yHy5iZXJ0aC53b3Jrc3BhY2UudjEuTmV0d29ya01vZGUSDQoFY2lkcnMYAiADKAkiqAEKEFdvcmtzcGFjZU5ldHdvcmsSMQoGcG9saWN5GAEgASgLMiEuYmVydGgud29ya3NwYWNlLnYxLk5ldHdvcmtQb2xpY3kSDwoHYWRkcmVzcxgCIAEoCRIVCg1wcmVmaXhfbGVuZ3RoGAMgASgNEg8KB2dhdGV3YXkYBCABKAkSEwoLbWFjX2FkZHJlc3MYBSABKAkSEwoLZG5zX3NlcnZlcnMYBiADKAkiqQEKDVJlc3RhcnRTdGF0dXMSFQoNcmVzdGFydF9jb3VudBgBIAEoDRI1ChFuZXh0X3Jlc3RhcnRfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoObGFzdF9leGl0X2NvZGUYAyABKAUSMgoObGFzdF9leGl0X3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrECCghTbmFwc2hvdBIMCgRuYW1lGAEgASgJEhQKDHdvcmtzcGFjZV9pZBgCIAEoCRIOCgZwYXJlbnQYAyABKAkSMgoGc291cmNlGAQgASgOMiIuYmVydGgud29ya3NwYWNlLnYxLlNuYXBzaG90U291cmNlEg8KB3ZlcnNpb24YBSABKAMSOAoGbGFiZWxzGAYgAygLMiguYmVydGgud29ya3NwYWNlLnYxLlNuYXBzaG90LkxhYmVsc0VudHJ5EhIKCnNpemVfYnl0ZXMYByABKAMSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiugEKB1ZlcnNpb24SDwoHdmVyc2lvbhgBIAEoAxIxCgZyZWFzb24YAiABKA4yIS5iZXJ0aC53b3Jrc3BhY2UudjEuVmVyc2lvblJlYXNvbhIVCg1zbmFwc2hvdF9uYW1lGAMgASgJEi8KC2NyZWF0ZV90aW1lGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVpbWFnZRgFIAEoCRIUCgxpbWFnZV9kaWdlc3QYBiABKAkitgIKEFdvcmtzcGFjZU1ldHJpY3MSLwoLc2FtcGxlX3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXN1cHBvcnRlZBgCIAEoCBIaChJ1bnN1cHBvcnRlZF9yZWFzb24YAyABKAkSKwoDY3B1GAQgASgLMh4uYmVydGgud29ya3NwYWNlLnYxLkNwdU1ldHJpY3MSMQoGbWVtb3J5GAUgASgLMiEuYmVydGgud29ya3NwYWNlLnYxLk1lbW9yeU1ldHJpY3MSLQoEcGlkcxgGIAEoCzIfLmJlcnRoLndvcmtzcGFjZS52MS5QaWRzTWV0cmljcxIzCgdzdG9yYWdlGAcgASgLMiIuYmVydGgud29ya3NwYWNlLnYxLlN0b3JhZ2VNZXRyaWNzIpcBCgpDcHVNZXRyaWNzEhsKE3BlcmNlbnRfb2Zfb25lX2NvcmUYASABKAESEwoLdXNhZ2VfbmFub3MYAiABKAQSEgoKdXNlcl9uYW5vcxgDIAEoBBIUCgxzeXN0ZW1fbmFub3MYBCABKAQSFAoMbGltaXRfbWlsbGlzGAUgASgDEhcKD3Rocm90dGxlZF9uYW5vcxgGIAEoBCJ9Cg1NZW1vcnlNZXRyaWNzEhMKC3VzYWdlX2J5dGVzGAEgASgEEhkKEXdvcmtpbmdfc2V0X2J5dGVzGAIgASgEEhMKC2xpbWl0X2J5dGVzGAMgASgEEg8KB3BlcmNlbnQYBCABKAESFgoOb29tX2tpbGxfY291bnQYBSABKAQiLQoLUGlkc01ldHJpY3MSDwoHY3VycmVudBgBIAEoBBINCgVsaW1pdBgCIAEoBCKCAQoOU3RvcmFnZU1ldHJpY3MSFAoMcm9vdGZzX2J5dGVzGAEgASgEEhUKDXJvb3Rmc19pbm9kZXMYAiABKAQSEgoKZGF0YV9ieXRlcxgDIAEoBBIvCgtzYW1wbGVfdGltZRgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAi8QIKDldvcmtzcGFjZUV2ZW50EhAKCGV2ZW50X2lkGAEgASgDEi4KCmV2ZW50X3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRI0CgRraW5kGAQgASgOMiYuYmVydGgud29ya3NwYWNlLnYxLldvcmtzcGFjZUV2ZW50S2luZBIxCgVzdGF0ZRgFIAEoDjIiLmJlcnRoLndvcmtzcGFjZS52MS5Xb3Jrc3BhY2VTdGF0ZRI6Cg5wcmV2aW91c19zdGF0ZRgGIAEoDjIiLmJlcnRoLndvcmtzcGFjZS52MS5Xb3Jrc3BhY2VTdGF0ZRIPCgdtZXNzYWdlGAcgASgJEhEKCWV4aXRfY29kZRgIIAEoBRIVCg1zbmFwc2hvdF9uYW1lGAkgASgJEg8KB3ZlcnNpb24YCiABKAMSFgoOZmFpbHVyZV9yZWFzb24YCyABKAkiUgoJQ2RpRGV2aWNlEgwKBG5hbWUYASABKAkSDgoGdmVuZG9yGAIgASgJEhQKDGRldmljZV9jbGFzcxgDIAEoCRIRCglzcGVjX3BhdGgYBCABKAkiLwoQQ2RpU3BlY0ZpbGVFcnJvchIMCgRwYXRoGAEgASgJEg0KBWVycm9yGAIgASgJKsMBCg5Xb3Jrc3BhY2VTdGF0ZRIfChtXT1JLU1BBQ0VfU1RBVEVfVU5TUEVDSUZJRUQQABIcChhXT1JLU1BBQ0VfU1RBVEVfQ1JFQVRJTkcQARIbChdXT1JLU1BBQ0VfU1RBVEVfUlVOTklORxACEhsKF1dPUktTUEFDRV9TVEFURV9TVE9QUEVEEAMSGgoWV09SS1NQQUNFX1NUQVRFX0ZBSUxFRBAEEhwKGFdPUktTUEFDRV9TVEFURV9ERUxFVElORxAFKmMKDERlc2lyZWRTdGF0ZRIdChlERVNJUkVEX1NUQVRFX1VOU1BFQ0lGSUVEEAASGQoVREVTSVJFRF9TVEFURV9SVU5OSU5HEAESGQoVREVTSVJFRF9TVEFURV9TVE9QUEVEEAIqeAoKUHVsbFBvbGljeRIbChdQVUxMX1BPTElDWV9VTlNQRUNJRklFRBAAEh4KGlBVTExfUE9MSUNZX0lGX05PVF9QUkVTRU5UEAESFgoSUFVMTF9QT0xJQ1lfQUxXQVlTEAISFQoRUFVMTF9QT0xJQ1lfTkVWRVIQAyqoAQoKTGF5ZXJTdGF0ZRIbChdMQVlFUl9TVEFURV9VTlNQRUNJRklFRBAAEhcKE0xBWUVSX1NUQVRFX1dBSVRJTkcQARIbChdMQVlFUl9TVEFURV9ET1dOTE9BRElORxACEhkKFUxBWUVSX1NUQVRFX1ZFUklGWUlORxADEhYKEkxBWUVSX1NUQVRFX0VYSVNUUxAEEhQKEExBWUVSX1NUQVRFX0RPTkUQBSppCg1BcmNoaXZlRm9ybWF0Eh4KGkFSQ0hJVkVfRk9STUFUX1VOU1BFQ0lGSUVEEAASGwoXQVJDSElWRV9GT1JNQVRfVEFSX0daSVAQARIbChdBUkNISVZFX0ZPUk1BVF9UQVJfWlNURBACKoIBCg5TbmFwc2hvdFNvdXJjZRIfChtTTkFQU0hPVF9TT1VSQ0VfVU5TUEVDSUZJRUQQABIZChVTTkFQU0hPVF9TT1VSQ0VfSU1BR0UQARIYChRTTkFQU0hPVF9TT1VSQ0VfVVNFUhACEhoKFlNOQVBTSE9UX1NPVVJDRV9TWVNURU0QAyqkAQoNVmVyc2lvblJlYXNvbhIeChpWRVJTSU9OX1JFQVNPTl9VTlNQRUNJRklFRBAAEhkKFVZFUlNJT05fUkVBU09OX0NSRUFURRABEhsKF1ZFUlNJT05fUkVBU09OX1NOQVBTSE9UEAISGgoWVkVSU0lPTl9SRUFTT05fUkVTVE9SRRADEh8KG1ZFUlNJT05fUkVBU09OX0lNQUdFX0NIQU5HRRAEKsQFChJXb3Jrc3BhY2VFdmVudEtpbmQSJAogV09SS1NQQUNFX0VWRU5UX0tJTkRfVU5TUEVDSUZJRUQQABIiCh5XT1JLU1BBQ0VfRVZFTlRfS0lORF9IRUFSVEJFQVQQARIgChxXT1JLU1BBQ0VfRVZFTlRfS0lORF9DUkVBVEVEEAISJgoiV09SS1NQQUNFX0VWRU5UX0tJTkRfU1RBVEVfQ0hBTkdFRBADEiAKHFdPUktTUEFDRV9FVkVOVF9LSU5EX0RFTEVURUQQBBIkCiBXT1JLU1BBQ0VfRVZFTlRfS0lORF9UQVNLX0VYSVRFRBAFEhwKGFdPUktTUEFDRV9FVkVOVF9LSU5EX09PTRAGEikKJVdPUktTUEFDRV9FVkVOVF9LSU5EX1NOQVBTSE9UX0NSRUFURUQQBxIpCiVXT1JLU1BBQ0VfRVZFTlRfS0lORF9TTkFQU0hPVF9ERUxFVEVEEAgSKgomV09SS1NQQUNFX0VWRU5UX0tJTkRfU05BUFNIT1RfUkVTVE9SRUQQCRInCiNXT1JLU1BBQ0VfRVZFTlRfS0lORF9EQVRBX1BSRVNFUlZFRBAKEiYKIldPUktTUEFDRV9FVkVOVF9LSU5EX0RBVEFfUkVTVE9SRUQQCxIjCh9XT1JLU1BBQ0VfRVZFTlRfS0lORF9EQVRBX1JFU0VUEAwSJgoiV09SS1NQQUNFX0VWRU5UX0tJTkRfREFUQV9JTVBPUlRFRBANEigKJFdPUktTUEFDRV9FVkVOVF9LSU5EX09SUEhBTl9ERVRFQ1RFRBAOEiYKIldPUktTUEFDRV9FVkVOVF9LSU5EX0lNQUdFX0NIQU5HRUQQDxIgChxXT1JLU1BBQ0VfRVZFTlRfS0lORF9VUERBVEVEEBASIAocV09SS1NQQUNFX0VWRU5UX0tJTkRfUkVCVUlMVBARKpABCgtOZXR3b3JrTW9kZRIcChhORVRXT1JLX01PREVfVU5TUEVDSUZJRUQQABIVChFORVRXT1JLX01PREVfT1BFThABEhUKEU5FVFdPUktfTU9ERV9OT05FEAISGgoWTkVUV09SS19NT0RFX0FMTE9XTElTVBADEhkKFU5FVFdPUktfTU9ERV9ERU5ZTElTVBAEQkJaQGdpdGh1Yi5jb20vYmVydGgtZGV2L2JlcnRoL3Nkay9nby9iZXJ0aC93b3Jrc3BhY2UvdjE7d29ya3NwYWNldjFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Resources are the limits applied to a workspace's container cgroup. Zero means unlimited;
@@ -305,6 +305,15 @@ export type Workspace = Message<"berth.workspace.v1.Workspace"> & {
    * @generated from field: berth.workspace.v1.RestartStatus restart_status = 26;
    */
   restartStatus?: RestartStatus | undefined;
+
+  /**
+   * The workspace's network: its address on berth's bridge and its egress policy. The policy is
+   * always set; the address is empty when the policy is NETWORK_MODE_NONE or the server runs with
+   * `--network none`.
+   *
+   * @generated from field: berth.workspace.v1.WorkspaceNetwork network = 27;
+   */
+  network?: WorkspaceNetwork | undefined;
 };
 
 /**
@@ -313,6 +322,97 @@ export type Workspace = Message<"berth.workspace.v1.Workspace"> & {
  */
 export const WorkspaceSchema: GenMessage<Workspace> = /*@__PURE__*/
   messageDesc(file_berth_workspace_v1_workspace, 2);
+
+/**
+ * NetworkPolicy is a workspace's egress policy. It applies to new connections from the moment it
+ * is set: UpdateWorkspace changes it without restarting the workspace.
+ *
+ * @generated from message berth.workspace.v1.NetworkPolicy
+ */
+export type NetworkPolicy = Message<"berth.workspace.v1.NetworkPolicy"> & {
+  /**
+   * What the workspace may reach. Unset means the server's default.
+   *
+   * @generated from field: berth.workspace.v1.NetworkMode mode = 1;
+   */
+  mode: NetworkMode;
+
+  /**
+   * IPv4 networks as `ADDRESS/PREFIX` (`203.0.113.0/24`) or single addresses (`198.51.100.7`,
+   * meaning /32), for NETWORK_MODE_ALLOWLIST and NETWORK_MODE_DENYLIST; at most 256. Stored
+   * normalized (host bits cleared), sorted and deduplicated. Malformed or IPv6 entries (a
+   * workspace has no IPv6 route), entries with other modes, and an empty list with
+   * NETWORK_MODE_ALLOWLIST fail with INVALID_ARGUMENT and reason INVALID_NETWORK_POLICY.
+   *
+   * @generated from field: repeated string cidrs = 2;
+   */
+  cidrs: string[];
+};
+
+/**
+ * Describes the message berth.workspace.v1.NetworkPolicy.
+ * Use `create(NetworkPolicySchema)` to create a new message.
+ */
+export const NetworkPolicySchema: GenMessage<NetworkPolicy> = /*@__PURE__*/
+  messageDesc(file_berth_workspace_v1_workspace, 3);
+
+/**
+ * WorkspaceNetwork is a workspace's place on the network.
+ *
+ * @generated from message berth.workspace.v1.WorkspaceNetwork
+ */
+export type WorkspaceNetwork = Message<"berth.workspace.v1.WorkspaceNetwork"> & {
+  /**
+   * The egress policy in force (the server's default filled in).
+   *
+   * @generated from field: berth.workspace.v1.NetworkPolicy policy = 1;
+   */
+  policy?: NetworkPolicy | undefined;
+
+  /**
+   * The workspace's IPv4 address on berth's bridge (`eth0` inside the workspace), without a
+   * prefix, such as `10.231.0.2`. It stays the same across stop/start and server restarts and is
+   * released by DeleteWorkspace. Empty when the workspace has no network interface.
+   *
+   * @generated from field: string address = 2;
+   */
+  address: string;
+
+  /**
+   * Prefix length of the bridge's subnet, such as 16. 0 when `address` is empty.
+   *
+   * @generated from field: uint32 prefix_length = 3;
+   */
+  prefixLength: number;
+
+  /**
+   * The gateway (berth's bridge on the host), such as `10.231.0.1`. Empty when `address` is.
+   *
+   * @generated from field: string gateway = 4;
+   */
+  gateway: string;
+
+  /**
+   * The MAC address of the workspace's `eth0`. Empty when `address` is.
+   *
+   * @generated from field: string mac_address = 5;
+   */
+  macAddress: string;
+
+  /**
+   * The DNS servers in the workspace's /etc/resolv.conf.
+   *
+   * @generated from field: repeated string dns_servers = 6;
+   */
+  dnsServers: string[];
+};
+
+/**
+ * Describes the message berth.workspace.v1.WorkspaceNetwork.
+ * Use `create(WorkspaceNetworkSchema)` to create a new message.
+ */
+export const WorkspaceNetworkSchema: GenMessage<WorkspaceNetwork> = /*@__PURE__*/
+  messageDesc(file_berth_workspace_v1_workspace, 4);
 
 /**
  * RestartStatus is how berth restarts a workspace whose init keeps exiting: while its desired
@@ -359,7 +459,7 @@ export type RestartStatus = Message<"berth.workspace.v1.RestartStatus"> & {
  * Use `create(RestartStatusSchema)` to create a new message.
  */
 export const RestartStatusSchema: GenMessage<RestartStatus> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 3);
+  messageDesc(file_berth_workspace_v1_workspace, 5);
 
 /**
  * Snapshot is a committed, read-only point in a workspace's filesystem lineage. Snapshots of the
@@ -432,7 +532,7 @@ export type Snapshot = Message<"berth.workspace.v1.Snapshot"> & {
  * Use `create(SnapshotSchema)` to create a new message.
  */
 export const SnapshotSchema: GenMessage<Snapshot> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 4);
+  messageDesc(file_berth_workspace_v1_workspace, 6);
 
 /**
  * Version is one entry in a workspace's history. Every change of the filesystem's lineage
@@ -491,7 +591,7 @@ export type Version = Message<"berth.workspace.v1.Version"> & {
  * Use `create(VersionSchema)` to create a new message.
  */
 export const VersionSchema: GenMessage<Version> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 5);
+  messageDesc(file_berth_workspace_v1_workspace, 7);
 
 /**
  * WorkspaceMetrics is one sample of a workspace's resource usage.
@@ -560,7 +660,7 @@ export type WorkspaceMetrics = Message<"berth.workspace.v1.WorkspaceMetrics"> & 
  * Use `create(WorkspaceMetricsSchema)` to create a new message.
  */
 export const WorkspaceMetricsSchema: GenMessage<WorkspaceMetrics> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 6);
+  messageDesc(file_berth_workspace_v1_workspace, 8);
 
 /**
  * CpuMetrics is the CPU usage of a workspace's cgroup.
@@ -622,7 +722,7 @@ export type CpuMetrics = Message<"berth.workspace.v1.CpuMetrics"> & {
  * Use `create(CpuMetricsSchema)` to create a new message.
  */
 export const CpuMetricsSchema: GenMessage<CpuMetrics> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 7);
+  messageDesc(file_berth_workspace_v1_workspace, 9);
 
 /**
  * MemoryMetrics is the memory usage of a workspace's cgroup.
@@ -672,7 +772,7 @@ export type MemoryMetrics = Message<"berth.workspace.v1.MemoryMetrics"> & {
  * Use `create(MemoryMetricsSchema)` to create a new message.
  */
 export const MemoryMetricsSchema: GenMessage<MemoryMetrics> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 8);
+  messageDesc(file_berth_workspace_v1_workspace, 10);
 
 /**
  * PidsMetrics is the number of tasks in a workspace's cgroup.
@@ -700,7 +800,7 @@ export type PidsMetrics = Message<"berth.workspace.v1.PidsMetrics"> & {
  * Use `create(PidsMetricsSchema)` to create a new message.
  */
 export const PidsMetricsSchema: GenMessage<PidsMetrics> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 9);
+  messageDesc(file_berth_workspace_v1_workspace, 11);
 
 /**
  * StorageMetrics is the disk usage of a workspace. It is costlier to measure than the other
@@ -748,7 +848,7 @@ export type StorageMetrics = Message<"berth.workspace.v1.StorageMetrics"> & {
  * Use `create(StorageMetricsSchema)` to create a new message.
  */
 export const StorageMetricsSchema: GenMessage<StorageMetrics> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 10);
+  messageDesc(file_berth_workspace_v1_workspace, 12);
 
 /**
  * WorkspaceEvent is something that happened to a workspace, or a heartbeat of an event stream.
@@ -842,7 +942,7 @@ export type WorkspaceEvent = Message<"berth.workspace.v1.WorkspaceEvent"> & {
  * Use `create(WorkspaceEventSchema)` to create a new message.
  */
 export const WorkspaceEventSchema: GenMessage<WorkspaceEvent> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 11);
+  messageDesc(file_berth_workspace_v1_workspace, 13);
 
 /**
  * CdiDevice is one CDI device a host offers.
@@ -886,7 +986,7 @@ export type CdiDevice = Message<"berth.workspace.v1.CdiDevice"> & {
  * Use `create(CdiDeviceSchema)` to create a new message.
  */
 export const CdiDeviceSchema: GenMessage<CdiDevice> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 12);
+  messageDesc(file_berth_workspace_v1_workspace, 14);
 
 /**
  * CdiSpecFileError is a CDI spec file (or spec directory) the server could not use.
@@ -915,7 +1015,7 @@ export type CdiSpecFileError = Message<"berth.workspace.v1.CdiSpecFileError"> & 
  * Use `create(CdiSpecFileErrorSchema)` to create a new message.
  */
 export const CdiSpecFileErrorSchema: GenMessage<CdiSpecFileError> = /*@__PURE__*/
-  messageDesc(file_berth_workspace_v1_workspace, 13);
+  messageDesc(file_berth_workspace_v1_workspace, 15);
 
 /**
  * WorkspaceState is the observed state of a workspace: what berth last saw in containerd and its
@@ -1380,4 +1480,55 @@ export enum WorkspaceEventKind {
  */
 export const WorkspaceEventKindSchema: GenEnum<WorkspaceEventKind> = /*@__PURE__*/
   enumDesc(file_berth_workspace_v1_workspace, 7);
+
+/**
+ * NetworkMode is what a workspace may reach over the network.
+ *
+ * @generated from enum berth.workspace.v1.NetworkMode
+ */
+export enum NetworkMode {
+  /**
+   * Unset: the server's default (NETWORK_MODE_OPEN, or NETWORK_MODE_NONE when the server runs
+   * with `--network none`). Never returned.
+   *
+   * @generated from enum value: NETWORK_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Any address outside the host, through the host's NAT. The host's own services (on any host
+   * address, IPv4 or IPv6) and other workspaces stay unreachable.
+   *
+   * @generated from enum value: NETWORK_MODE_OPEN = 1;
+   */
+  OPEN = 1,
+
+  /**
+   * Loopback only: the workspace has no network interface besides `lo`.
+   *
+   * @generated from enum value: NETWORK_MODE_NONE = 2;
+   */
+  NONE = 2,
+
+  /**
+   * Only the CIDRs in `cidrs` (and DNS to the server's resolvers); everything else is refused at
+   * once with ICMP admin-prohibited.
+   *
+   * @generated from enum value: NETWORK_MODE_ALLOWLIST = 3;
+   */
+  ALLOWLIST = 3,
+
+  /**
+   * Everything NETWORK_MODE_OPEN reaches except the CIDRs in `cidrs`, which are refused at once.
+   *
+   * @generated from enum value: NETWORK_MODE_DENYLIST = 4;
+   */
+  DENYLIST = 4,
+}
+
+/**
+ * Describes the enum berth.workspace.v1.NetworkMode.
+ */
+export const NetworkModeSchema: GenEnum<NetworkMode> = /*@__PURE__*/
+  enumDesc(file_berth_workspace_v1_workspace, 8);
 
