@@ -510,7 +510,7 @@ impl Lab {
             remote: Netns::new("remote"),
         };
         let host = &lab.host;
-        host.sh("sysctl -q -w net.ipv4.ip_forward=1");
+        host.shell("echo 1 >/proc/sys/net/ipv4/ip_forward");
         // Bridged frames skip the inet hooks, so the guard table alone must keep workspaces apart.
         host.shell("for f in /proc/sys/net/bridge/bridge-nf-call-*; do [ ! -e $f ] || echo 0 >$f; done");
         host.sh(&format!("ip link add {BRIDGE} address 02:00:00:00:00:fe type bridge"));
