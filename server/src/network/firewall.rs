@@ -301,14 +301,14 @@ impl Firewall {
         let what = || format!("list the ports registered in nftables table bridge {}", self.guard_table);
         let output = self.run(&["-j", "list", "set", "bridge", &self.guard_table, PORT_IP], None, what).await?;
         let listing: Nftables<'_> = serde_json::from_str(&output).map_err(|err| {
-            Error::new(Reason::RuntimeError, format!("cannot {}: nft printed JSON berth cannot read: {err}", what()))
+            Error::new(Reason::NetworkSetupFailed, format!("cannot {}: nft printed JSON berth cannot read: {err}", what()))
         })?;
         let mut ports = Vec::new();
         for object in listing.objects.iter() {
             let NfObject::ListObject(NfListObject::Set(set)) = object else { continue };
             for element in set.elem.iter().flat_map(|elements| elements.iter()) {
                 ports.push(parse_port_ip(element).ok_or_else(|| {
-                    Error::new(Reason::RuntimeError, format!("cannot {}: unexpected element {element:?}", what()))
+                    Error::new(Reason::NetworkSetupFailed, format!("cannot {}: unexpected element {element:?}", what()))
                 })?);
             }
         }
@@ -610,7 +610,7 @@ impl Firewall {
         let what = || "list the nftables tables".to_string();
         let output = self.run(&["-j", "list", "tables"], None, what).await?;
         let listing: Nftables<'_> = serde_json::from_str(&output).map_err(|err| {
-            Error::new(Reason::RuntimeError, format!("cannot {}: nft printed JSON berth cannot read: {err}", what()))
+            Error::new(Reason::NetworkSetupFailed, format!("cannot {}: nft printed JSON berth cannot read: {err}", what()))
         })?;
         let present = |wanted: &Table<'_>| {
             listing.objects.iter().any(|object| {
@@ -638,7 +638,7 @@ impl Firewall {
             words.join(" ")
         };
         let failed = |detail: String| {
-            Error::new(Reason::RuntimeError, format!("cannot {}: `{}` {detail}", what(), command_line()))
+            Error::new(Reason::NetworkSetupFailed, format!("cannot {}: `{}` {detail}", what(), command_line()))
         };
         let mut command = tokio::process::Command::new(program);
         command

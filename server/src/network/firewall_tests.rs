@@ -322,7 +322,7 @@ async fn attach_set_egress_and_detach_change_only_their_port() {
 
     // Without the tables nothing can be attached, and the error carries nft's complaint.
     let error = firewall.attach(&port(1), &Egress::Open).await.expect_err("attach without tables");
-    assert_eq!(error.reason(), Reason::RuntimeError);
+    assert_eq!(error.reason(), Reason::NetworkSetupFailed);
     assert!(error.message().contains("No such file or directory"), "{}", error.message());
     assert!(error.message().contains("ws1"), "{}", error.message());
 
@@ -416,7 +416,7 @@ async fn remove_tables_leaves_other_tables_alone_and_is_idempotent() {
         assert_ruleset(&netns, "table inet someone_else {}");
     }
     let error = firewall.list_ports().await.expect_err("list without tables");
-    assert_eq!(error.reason(), Reason::RuntimeError);
+    assert_eq!(error.reason(), Reason::NetworkSetupFailed);
 }
 
 #[tokio::test]
