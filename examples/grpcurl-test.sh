@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every command of examples/grpcurl.md against BERTH_TEST_SERVER: each must succeed, and
-# each line marked `# fails: X` must fail and show X.
+# each line marked `# fails: X` must fail and show X, as must each line marked
+# `# --network none: X` (scripts/test-sdks.sh runs the server without networking).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${BERTH_TEST_SERVER:?BERTH_TEST_SERVER must name a running berth}"
@@ -12,7 +13,7 @@ failed=0
 mapfile -t commands < <(awk '/^```sh$/{block++; next} /^```$/{next} block>1 && /^(npx |grpcurl )/' examples/grpcurl.md)
 [ ${#commands[@]} -ge 15 ] || { echo "grpcurl.md: found only ${#commands[@]} commands" >&2; exit 1; }
 for command in "${commands[@]}"; do
-  expected=$(sed -n 's/.*# fails: \([A-Za-z_]*\)$/\1/p' <<<"$command")
+  expected=$(sed -n -e 's/.*# fails: \([A-Za-z_]*\)$/\1/p' -e 's/.*# --network none: \([A-Za-z_]*\)$/\1/p' <<<"$command")
   set +e
   output=$(eval "${command%%#*}" 2>&1)
   status=$?

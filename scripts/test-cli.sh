@@ -263,6 +263,24 @@ grep -q '\[=*' <<<"$tty_out" || fail "no progress bars on a terminal: $tty_out"
 grep -q "ready $id RUNNING" <<<"$tty_out" || fail "no ready on a terminal"
 $berth rm "$id" >/dev/null
 
+# Network policy. The server under test runs with --network none (it shares the host's network
+# namespace, where no test may make a bridge): NONE works and shows loopback only, every other
+# policy is FAILED_PRECONDITION NETWORK_DISABLED, and a malformed CIDR is refused before that.
+$berth create "$id" --network none >/dev/null
+get_out=$($berth get "$id")
+grep -q '^NETWORK  *NONE$' <<<"$get_out" || fail "get table lacks NETWORK NONE: $get_out"
+grep -q '^ADDRESS  *none (loopback only)$' <<<"$get_out" || fail "get table lacks ADDRESS loopback only: $get_out"
+grep -q '^DNS ' <<<"$get_out" || fail "get table lacks a DNS row: $get_out"
+network=$($berth get "$id" -o json | python3 -c 'import json,sys; n=json.load(sys.stdin)["network"]; print(n["policy"]["mode"], repr(n["address"]))')
+[ "$network" = "NETWORK_MODE_NONE ''" ] || fail "get -o json network.policy.mode, network.address: $network"
+expect_failure '^berth: FAILED_PRECONDITION NETWORK_DISABLED: ' $berth update "$id" --deny 203.0.113.0/24
+expect_failure '^berth: INVALID_ARGUMENT INVALID_NETWORK_POLICY: .*"203.0.113.0/33"' $berth update "$id" --deny 203.0.113.0/33
+grep -q '^NETWORK  *NONE$' <<<"$($berth get "$id")" || fail "a refused update changed the policy: $($berth get "$id")"
+$berth rm "$id" >/dev/null
+expect_failure '^berth: FAILED_PRECONDITION NETWORK_DISABLED: ' $berth create "$id" --allow 203.0.113.0/24
+expect_failure '^berth: INVALID_ARGUMENT INVALID_NETWORK_POLICY: .*"not-a-cidr"' $berth create "$id" --allow not-a-cidr
+expect_failure '^berth: NOT_FOUND WORKSPACE_NOT_FOUND: ' $berth get "$id"
+
 set +e
 err=$($berth get "$id" 2>&1 >/dev/null)
 code=$?

@@ -1,7 +1,8 @@
-// Command berth-example creates a berth workspace, prints its creation progress and its final
-// state, runs a command in it, writes a file into it and reads it back, takes a snapshot,
-// changes the file and restores the snapshot (the file is back), exports /data to an archive
-// file and imports it again into /data/roundtrip, and optionally deletes the workspace again.
+// Command berth-example creates a berth workspace, prints its creation progress, its final
+// state and its network, runs a command in it, writes a file into it and reads it back, takes a
+// snapshot, changes the file and restores the snapshot (the file is back), exports /data to an
+// archive file and imports it again into /data/roundtrip, and optionally deletes the workspace
+// again.
 //
 //	go run . -server 127.0.0.1:50051 -id my-bot -image docker.io/library/debian:bookworm
 package main
@@ -119,6 +120,7 @@ func run(ctx context.Context, server, id, image string, labels map[string]string
 	ws = resp.GetWorkspace()
 	fmt.Printf("workspace %s: state=%s image=%s digest=%s init_pid=%d\n",
 		ws.GetWorkspaceId(), stateName(ws.GetState()), ws.GetImage(), ws.GetImageDigest(), ws.GetInitPid())
+	fmt.Printf("network: %s\n", describeNetwork(ws.GetNetwork()))
 
 	// Run a command in it: its output and exit code.
 	res, err := client.Run(ctx, ws.GetWorkspaceId(), "uname", "-s")
@@ -245,6 +247,17 @@ func percent(done, total uint64) string {
 		return "?%"
 	}
 	return fmt.Sprintf("%d%%", done*100/total)
+}
+
+// describeNetwork says "OPEN, 10.231.0.2/16 via 10.231.0.1": the egress policy in force and the
+// workspace's address on berth's bridge, or "NONE, loopback only" when it has no network
+// interface but lo.
+func describeNetwork(net *workspacev1.WorkspaceNetwork) string {
+	mode := strings.TrimPrefix(net.GetPolicy().GetMode().String(), "NETWORK_MODE_")
+	if net.GetAddress() == "" {
+		return mode + ", loopback only"
+	}
+	return fmt.Sprintf("%s, %s/%d via %s", mode, net.GetAddress(), net.GetPrefixLength(), net.GetGateway())
 }
 
 // stateName turns WORKSPACE_STATE_RUNNING into RUNNING.

@@ -24,6 +24,8 @@ out=$("$bin/berth-example" -server "$BERTH_TEST_SERVER" -id "$id" \
 echo "$out"
 grep -q '^ready ' <<<"$out" || { echo "FAIL: no ready line" >&2; exit 1; }
 grep -q "^workspace $id: state=RUNNING" <<<"$out" || { echo "FAIL: final state is not RUNNING" >&2; exit 1; }
+# The test server runs with --network none: the policy in force is NONE, loopback only.
+grep -q '^network: NONE, loopback only$' <<<"$out" || { echo "FAIL: the network is not NONE, loopback only" >&2; exit 1; }
 grep -q '^uname -s: Linux (exit 0)$' <<<"$out" || { echo "FAIL: the command did not run" >&2; exit 1; }
 grep -Eq "^wrote /data/hello.txt \\($(( ${#id} + 12 )) bytes, revision .+\\)\$" <<<"$out" || { echo "FAIL: the file was not written" >&2; exit 1; }
 grep -q "^read /data/hello.txt: hello from $id\$" <<<"$out" || { echo "FAIL: the file did not read back" >&2; exit 1; }

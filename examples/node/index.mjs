@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-// Creates a berth workspace, prints its progress and then its state, runs a command in it,
-// writes a file into it and reads it back; takes a snapshot, changes the file and restores the
-// snapshot (the file is back); exports /data to an archive file and imports it again into
-// /data/roundtrip.
+// Creates a berth workspace, prints its progress and then its state and network (the policy in
+// force and its address, or "loopback only"), runs a command in it, writes a file into it and
+// reads it back; takes a snapshot, changes the file and restores the snapshot (the file is back);
+// exports /data to an archive file and imports it again into /data/roundtrip.
 //
 //   node index.mjs WORKSPACE_ID [IMAGE]     create (IMAGE defaults to $BERTH_IMAGE, then to the
 //                                           server's --default-image)
@@ -23,6 +23,7 @@ import {
   exportData,
   importData,
   LayerState,
+  NetworkMode,
   readTextFile,
   runCommand,
   WorkspaceState,
@@ -78,6 +79,7 @@ async function create(berth, workspaceId, image) {
   console.log(`  image    ${workspace.image}`);
   console.log(`  digest   ${workspace.imageDigest}`);
   console.log(`  init pid ${workspace.initPid}`);
+  console.log(`  network  ${describeNetwork(workspace.network)}`);
 
   // Run a command in it: its output and exit code.
   const result = await runCommand(berth, workspace.workspaceId, "uname", ["-s"]);
@@ -92,6 +94,14 @@ async function create(berth, workspaceId, image) {
 
   await snapshotAndRestore(berth, workspace.workspaceId, path);
   await exportAndImport(berth, workspace.workspaceId, path);
+}
+
+// `OPEN, 10.231.0.2/16 via 10.231.0.1`: the egress policy in force and the workspace's address on
+// berth's bridge, or `NONE, loopback only` when it has no network interface but `lo`.
+function describeNetwork(network) {
+  const mode = NetworkMode[network?.policy?.mode ?? NetworkMode.UNSPECIFIED];
+  if (!network?.address) return `${mode}, loopback only`;
+  return `${mode}, ${network.address}/${network.prefixLength} via ${network.gateway}`;
 }
 
 // Takes a snapshot (the whole filesystem: installed software and /data), changes the file, and

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Creates a berth workspace and prints its progress, then its final state; runs a command in it,
-writes a file into it and reads it back; takes a snapshot, changes the file and restores the
-snapshot (the file is back); exports /data to an archive file and imports it into /data/roundtrip.
+"""Creates a berth workspace and prints its progress, then its final state and network; runs a
+command in it, writes a file into it and reads it back; takes a snapshot, changes the file and
+restores the snapshot (the file is back); exports /data to an archive file and imports it into
+/data/roundtrip.
 
     python create_workspace.py --id my-bot --image docker.io/library/debian:bookworm
     python create_workspace.py --server http://127.0.0.1:50051 --id my-bot --delete
@@ -30,6 +31,15 @@ def mib(n: int) -> str:
 
 def state_name(state: workspace_pb2.WorkspaceState.ValueType) -> str:
     return workspace_pb2.WorkspaceState.Name(state).removeprefix("WORKSPACE_STATE_")
+
+
+def describe_network(network: workspace_pb2.WorkspaceNetwork) -> str:
+    """`OPEN, 10.231.0.2/16 via 10.231.0.1`: the egress policy in force and the workspace's
+    address on berth's bridge, or `NONE, loopback only` when it has no network interface but lo."""
+    mode = workspace_pb2.NetworkMode.Name(network.policy.mode).removeprefix("NETWORK_MODE_")
+    if not network.address:
+        return f"{mode}, loopback only"
+    return f"{mode}, {network.address}/{network.prefix_length} via {network.gateway}"
 
 
 def print_event(event: ws.CreateWorkspaceResponse) -> None:
@@ -142,6 +152,7 @@ def main() -> int:
                 ws.GetWorkspaceRequest(workspace_id=args.id)
             ).workspace
             print(f"state {state_name(workspace.state)}")
+            print(f"network {describe_network(workspace.network)}")
             # Run a command in it: its output and exit code.
             result = berth.run(client, args.id, "uname", "-s", timeout=30)
             print(f"uname -s: {result.stdout.decode().strip()} (exit {result.exit_code})")

@@ -6,10 +6,12 @@
 # and .tar.zst, import with chunked uploads), snapshots and versions (take, restore by name and
 # by version, SNAPSHOT_IN_USE, delete), an image change and its rollback, stop, start, delete
 # with preserved data (test.mjs); then the live panels (test-live.mjs): the device picker with a
-# fake CDI device, a create with it, the metrics charts under a busy loop; then the token field
-# against the berth with tokens and TLS (test-auth.mjs). Writes artifacts/screenshot.png,
-# terminal.png, files.png, files-conflict.png, data.png, snapshots.png, image-change.png,
-# devices.png, metrics.png and auth.png.
+# fake CDI device, a create with it, the metrics charts under a busy loop; then the network parts
+# (test-network.mjs): a create with the egress policy "none", the info panel's NONE and loopback
+# only, policies this --network none server refuses; then the token field against the berth with
+# tokens and TLS (test-auth.mjs). Writes artifacts/screenshot.png, terminal.png, files.png,
+# files-conflict.png, data.png, snapshots.png, image-change.png, devices.png, metrics.png,
+# network.png and auth.png.
 #
 # Needs BERTH_TEST_SERVER (http://127.0.0.1:PORT), BERTH_TEST_IMAGE_MULTILAYER,
 # BERTH_TEST_IMAGE_BUSYBOX, BERTH_TEST_SDK_NAMESPACE (the containerd namespace of the server) and
@@ -45,4 +47,5 @@ node_modules/.bin/tsc --noEmit -p tsconfig.json
 node build.mjs
 node test.mjs
 node test-live.mjs
+node test-network.mjs
 node test-auth.mjs

@@ -412,6 +412,30 @@ func TestWorkspaceLifecycle(t *testing.T) {
 		}
 	})
 
+	// The test server runs with --network none: the policy in force is NONE, there is no
+	// address, and a policy that needs the network is refused, which shows the SDK sends it.
+	step(t, "network", func(t *testing.T) {
+		resp, err := client.Workspaces.GetWorkspace(ctx, &workspacev1.GetWorkspaceRequest{WorkspaceId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		net := resp.GetWorkspace().GetNetwork()
+		if net.GetPolicy().GetMode() != workspacev1.NetworkMode_NETWORK_MODE_NONE || net.GetAddress() != "" {
+			t.Errorf("network = %v %q, want NETWORK_MODE_NONE without an address", net.GetPolicy().GetMode(), net.GetAddress())
+		}
+		_, err = client.CreateWorkspace(ctx, &workspacev1.CreateWorkspaceRequest{
+			WorkspaceId: id + "-net",
+			Image:       image,
+			NetworkPolicy: &workspacev1.NetworkPolicy{
+				Mode:  workspacev1.NetworkMode_NETWORK_MODE_ALLOWLIST,
+				Cidrs: []string{"203.0.113.0/24"},
+			},
+		}, nil)
+		if code, reason, _ := berth.ErrorReason(err); code != codes.FailedPrecondition || reason != "NETWORK_DISABLED" {
+			t.Errorf("create with an ALLOWLIST: %v, want FailedPrecondition NETWORK_DISABLED", err)
+		}
+	})
+
 	step(t, "list by label", func(t *testing.T) {
 		list := func(selector string) []string {
 			var ids []string

@@ -23,6 +23,7 @@ import { FilesPanel } from "./files.js";
 import { describeError, formatBytes as bytes } from "./format.js";
 import { ImagePanel } from "./image.js";
 import { MetricsPanel } from "./metrics.js";
+import { NetworkInfo, NetworkPanel, NetworkPolicyFields, type NetworkPolicyInit } from "./network.js";
 import { SnapshotsPanel } from "./snapshots.js";
 import { TerminalPanel } from "./terminal.js";
 import { VersionsPanel } from "./versions.js";
@@ -111,6 +112,11 @@ const versions = new VersionsPanel(berth, $("versions-section"), workspaceChange
 const image = new ImagePanel(berth, $("image-panel"), workspaceChanged);
 const metrics = new MetricsPanel(berth, $("metrics-section"));
 const devices = new DevicePicker(berth, el.form);
+const createNetwork = new NetworkPolicyFields(el.form, "create-network");
+const networkInfo = new NetworkInfo(el.info);
+const network = new NetworkPanel(berth, $("network-panel"), (ws) => {
+  if (ws.workspaceId === selectedId) showInfo(ws);
+});
 const events = new EventLog(berth, $("events-section"));
 
 window.berthTerminalText = () => terminal.text();
@@ -201,6 +207,7 @@ function showInfo(ws: Workspace | undefined): void {
   snapshots.show(ws);
   versions.show(ws);
   image.show(ws);
+  network.show(ws);
   metrics.show(ws);
   events.select(ws?.workspaceId);
   el.info.hidden = !ws;
@@ -225,6 +232,7 @@ function showInfo(ws: Workspace | undefined): void {
       .map(([k, v]) => `${k}=${v}`)
       .join(", ") || "—";
   el.wsDevices.textContent = ws.cdiDevices.join(", ") || "—";
+  networkInfo.show(ws.network);
   el.wsVersion.textContent = ws.currentVersion ? String(ws.currentVersion) : "—";
   el.wsCreated.textContent = ws.createTime ? new Date(Number(ws.createTime.seconds) * 1000).toLocaleString() : "—";
   el.wsPreserved.textContent = ws.hasPreservedData ? "yes" : "no";
@@ -321,14 +329,19 @@ function layerItem(layer: LayerProgress): HTMLLIElement {
   return li;
 }
 
-async function create(workspaceId: string, image: string, cdiDevices: string[]): Promise<void> {
+async function create(
+  workspaceId: string,
+  image: string,
+  cdiDevices: string[],
+  networkPolicy: NetworkPolicyInit | undefined,
+): Promise<void> {
   resetProgress();
   const phases: string[] = [];
   const phase = (text: string) => {
     phases.push(text);
     el.phase.textContent = phases.join(" → ");
   };
-  for await (const res of berth.workspaces.createWorkspace({ workspaceId, image, cdiDevices })) {
+  for await (const res of berth.workspaces.createWorkspace({ workspaceId, image, cdiDevices, networkPolicy })) {
     const ev = res.event;
     switch (ev.case) {
       case "pulling":
@@ -382,7 +395,8 @@ el.form.addEventListener("submit", (e) => {
   const id = el.createId.value.trim();
   const image = el.createImage.value.trim();
   const cdiDevices = devices.selected();
-  void run(`Create ${id}`, () => create(id, image, cdiDevices));
+  const networkPolicy = createNetwork.policy();
+  void run(`Create ${id}`, () => create(id, image, cdiDevices, networkPolicy));
 });
 
 el.start.addEventListener("click", () => {

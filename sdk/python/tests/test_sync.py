@@ -76,6 +76,9 @@ def test_workspace_lifecycle(
             assert got.desired_state == workspace_pb2.DESIRED_STATE_RUNNING
             assert got.image_digest.startswith("sha256:")
             assert dict(got.labels) == labels
+            # The test server runs with --network none: loopback only.
+            assert got.network.policy.mode == workspace_pb2.NETWORK_MODE_NONE, got.network
+            assert got.network.address == "", got.network
 
             # Run commands: output apart, exit codes, a signal, streaming, a missing command.
             result = berth.run(client, workspace_id, "sh", "-c", "echo out; echo err >&2; exit 3")
@@ -215,3 +218,27 @@ def test_error_of_invalid_id_on_a_stream(server: str) -> None:
     assert info is not None
     assert (info.code, info.reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_WORKSPACE_ID")
     assert str(info).startswith("INVALID_ARGUMENT INVALID_WORKSPACE_ID: ")
+
+
+def test_network_policy_reaches_the_server(server: str, image: str) -> None:
+    # The test server runs with --network none, so it refuses a policy that needs the network:
+    # proof that the request carried it. A malformed CIDR is refused before that.
+    allowlist = workspace_pb2.NetworkPolicy(
+        mode=workspace_pb2.NETWORK_MODE_ALLOWLIST, cidrs=["203.0.113.0/24"]
+    )
+    malformed = workspace_pb2.NetworkPolicy(
+        mode=workspace_pb2.NETWORK_MODE_ALLOWLIST, cidrs=["not-a-cidr"]
+    )
+    expected = [
+        (allowlist, grpc.StatusCode.FAILED_PRECONDITION, "NETWORK_DISABLED"),
+        (malformed, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_NETWORK_POLICY"),
+    ]
+    with berth.connect(server) as client:
+        for policy, code, reason in expected:
+            request = ws.CreateWorkspaceRequest(
+                workspace_id=unique_id("py-sync-net"), image=image, network_policy=policy
+            )
+            with pytest.raises(grpc.RpcError) as caught:
+                list(client.workspaces.CreateWorkspace(request, timeout=TIMEOUT))
+            info = berth.error_info(caught.value)
+            assert info is not None and (info.code, info.reason) == (code, reason), info

@@ -19,6 +19,7 @@ import {
   exportData,
   exportDataBytes,
   importData,
+  NetworkMode,
   readFile,
   readTextFile,
   runCommand,
@@ -121,6 +122,20 @@ for (const transport of ["grpc", "grpc-web"] as const) {
       assert.equal(workspace?.state, WorkspaceState.RUNNING);
       assert.ok(workspace?.imageDigest.startsWith("sha256:"));
       assert.ok((workspace?.initPid ?? 0) > 0);
+    });
+
+    // The test server runs with --network none: the policy in force is NONE, there is no
+    // address, and a policy that needs the network is refused, which shows the SDK sends it.
+    test("network: loopback only, a policy is sent", async () => {
+      const { workspace } = await client.workspaces.getWorkspace({ workspaceId: id });
+      assert.equal(workspace?.network?.policy?.mode, NetworkMode.NONE);
+      assert.equal(workspace?.network?.address, "");
+      const allowlist = { mode: NetworkMode.ALLOWLIST, cidrs: ["203.0.113.0/24"] };
+      await assert.rejects(createAll(client, { workspaceId: `${id}-net`, image, networkPolicy: allowlist }), (err: unknown) => {
+        assert.equal(berthErrorInfo(err)?.reason, "NETWORK_DISABLED");
+        assert.equal(berthErrorInfo(err)?.code, Code.FailedPrecondition);
+        return true;
+      });
     });
 
     test("runCommand and streamCommand run a command to its end", async () => {

@@ -164,10 +164,16 @@ impl Network {
         &self.resolver.servers
     }
 
-    /// The namespace file the workspace's container joins; None without networking (the
+    /// The namespace file the workspace's container joins, attached first when it is missing (a
+    /// workspace from before berth had networks, re-created); None without networking (the
     /// container then gets a fresh loopback-only namespace of its own).
-    pub fn namespace_path(&self, id: &WorkspaceId) -> Option<PathBuf> {
-        self.bridge.as_ref().map(|bridge| bridge.netns_path(id.as_str()))
+    pub async fn namespace_for(&self, id: &WorkspaceId, policy: &NetworkPolicy) -> Result<Option<PathBuf>> {
+        let Some(bridge) = &self.bridge else { return Ok(None) };
+        let path = bridge.netns_path(id.as_str());
+        if !netns::is_pinned(&path) {
+            self.attach(id, policy).await?;
+        }
+        Ok(Some(path))
     }
 
     /// The workspace's interface, if it has one.
@@ -201,7 +207,7 @@ impl Network {
             return Err(Error::new(
                 Reason::InvalidStateTransition,
                 format!(
-                    "workspace {id} has no network namespace of its own (it was created before berth gave workspaces networks); change its env or image once to re-create its container, then set the policy"
+                    "workspace {id} has no network namespace of its own (it was created before berth gave workspaces networks); change its env or image once to re-create its container in one, then set the policy"
                 ),
             ));
         }

@@ -281,7 +281,7 @@ impl Manager {
             })
             .await?;
         let etc_dir = self.write_etc_files(&record.id).await?;
-        let network_namespace = self.network.namespace_path(&record.id);
+        let network_namespace = self.network.namespace_for(&record.id, &record.spec.network).await?;
         self.runtime
             .create_container(&ContainerSpec {
                 id: record.id.as_str(),
