@@ -770,6 +770,8 @@ export type UpdateWorkspaceRequest = Message<"berth.workspace.v1.UpdateWorkspace
    * New egress policy, applied at once without a restart (rules as in CreateWorkspace). Moving
    * to NETWORK_MODE_NONE removes the workspace's `eth0` while it runs and releases its address;
    * moving back adds `eth0` with a newly allocated address (it may differ from the old one).
+   * With tokens on, changing it needs an admin token (a write token would let a bot lift the
+   * egress policy an operator set); others get PERMISSION_DENIED.
    *
    * @generated from field: berth.workspace.v1.NetworkPolicy network_policy = 9;
    */
