@@ -15,7 +15,7 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { launchPage } from "./browser.mjs";
 import { serve } from "./serve.mjs";
 
 function requireEnv(name) {
@@ -40,22 +40,18 @@ let page;
 let failed = false;
 
 try {
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    ignoreHTTPSErrors: true,
-    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync"],
+  ({ context, page } = await launchPage(userDataDir, {
+    log,
+    timeout: 30_000,
     viewport: { width: 1200, height: 700 },
-  });
-  page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(30_000);
+    ignoreHTTPSErrors: true,
+  }));
   // The authorization header of every grpc-web call the page makes.
   const sent = [];
   page.on("request", async (request) => {
     if (request.method() !== "POST" || !request.url().startsWith(berthUrl)) return;
     sent.push({ path: new URL(request.url()).pathname, authorization: (await request.allHeaders()).authorization });
   });
-  page.on("console", (msg) => log(`console.${msg.type()}: ${msg.text()}`));
   const errorBox = page.locator("#error");
   const refreshed = () => page.locator("#status", { hasText: /Refresh: (done|failed)/ }).waitFor();
 

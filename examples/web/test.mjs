@@ -21,7 +21,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSyn
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { launchPage } from "./browser.mjs";
 import { berthErrorInfo, createBerthClient, runCommand } from "@berth/sdk";
 import { serve } from "./serve.mjs";
 
@@ -74,32 +74,7 @@ let page;
 let failed = false;
 
 try {
-  context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-    viewport: { width: 1200, height: 860 },
-  });
-  page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(timeout);
-  page.on("console", (msg) => {
-    const line = `console.${msg.type()}: ${msg.text()}`;
-    if (msg.type() === "error") consoleErrors.push(line);
-    log(line);
-  });
-  page.on("pageerror", (err) => {
-    consoleErrors.push(`pageerror: ${err.message}`);
-    log(`pageerror: ${err.stack ?? err.message}`);
-  });
+  ({ context, page } = await launchPage(userDataDir, { log, timeout, consoleErrors }));
   page.on("requestfailed", (req) => log(`request failed: ${req.url()} ${req.failure()?.errorText}`));
 
   // Record every value the overall progress bar takes (setting `.value` sets the attribute).
