@@ -295,8 +295,8 @@ impl Firewall {
     }
 
     /// The registered ports as (host veth, address), sorted: the guard's `port_ip` elements.
-    // Only the tests read it so far; kept for consistency checks of the reconcile.
-    #[cfg_attr(not(test), allow(dead_code))]
+    // Only the tests read it (what sync, attach and detach left registered).
+    #[cfg(test)]
     pub async fn list_ports(&self) -> Result<Vec<(String, Ipv4Addr)>> {
         let what = || format!("list the ports registered in nftables table bridge {}", self.guard_table);
         let output = self.run(&["-j", "list", "set", "bridge", &self.guard_table, PORT_IP], None, what).await?;
@@ -732,7 +732,7 @@ fn check_ifname(name: &str) -> std::result::Result<(), &'static str> {
 }
 
 /// Reads a `port_ip` element, `{"concat": ["veth1", "10.231.0.5"]}`.
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg(test)]
 fn parse_port_ip(element: &Expression<'_>) -> Option<(String, Ipv4Addr)> {
     let Expression::Named(NamedExpression::Concat(parts)) = element else { return None };
     let [Expression::String(veth), Expression::String(address)] = parts.as_slice() else { return None };
