@@ -12,6 +12,7 @@ deps: ## install what is missing (apt packages, buf)
 
 build: deps ## build every crate
 	cargo build --workspace --all-targets --locked
+	scripts/build-agent.sh
 
 lint: deps ## buf lint + format check
 	node_modules/.bin/buf lint

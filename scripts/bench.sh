@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 cargo build --release -p berth --locked
+scripts/build-agent.sh
 trap 'tests/testbed/down.sh' EXIT
 BERTH_TESTBED_SKIP_DEBIAN=1 tests/testbed/up.sh
 # shellcheck disable=SC1091

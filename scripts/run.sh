@@ -15,6 +15,7 @@ cors_origins=${BERTH_CORS_ORIGIN:-http://127.0.0.1:8080,http://localhost:8080}
 
 scripts/deps.sh
 cargo build -p berth --locked
+scripts/build-agent.sh
 
 started_containerd=0
 if ! ctr --address "$socket" version >/dev/null 2>&1; then

@@ -27,6 +27,7 @@ fi
 
 step "build"
 cargo build --workspace --all-targets --locked
+scripts/build-agent.sh
 
 step "testbed up"
 trap 'step "testbed down"; tests/testbed/down.sh' EXIT

@@ -197,6 +197,9 @@ pub struct ServerOptions {
     /// calling thread must be in the lab ([`lab::Lab::enter`]; checked), and berth gets its
     /// network settings from `extra_args` only (`--network` is left at its default, bridge).
     pub network: bool,
+    /// Without berth-agent: berth runs from a hard link of its binary in a directory that has
+    /// no berth-agent, so every process is a containerd exec (as in workspaces without an agent).
+    pub without_agent: bool,
 }
 
 impl BerthServer {
@@ -327,6 +330,20 @@ impl Drop for BerthServer {
     }
 }
 
+/// A hard link to berth in a directory of its own (berth looks for berth-agent next to the
+/// path it was started as).
+fn binary_without_agent(testbed: &Testbed, state_dir: &Path) -> PathBuf {
+    let dir = state_dir.join("no-agent");
+    std::fs::create_dir_all(&dir).expect("create the no-agent dir");
+    let link = dir.join("berth");
+    let _ = std::fs::remove_file(&link);
+    if std::fs::hard_link(&testbed.berth_bin, &link).is_err() {
+        std::fs::copy(&testbed.berth_bin, &link).expect("copy berth");
+    }
+    assert!(!dir.join("berth-agent").exists());
+    link
+}
+
 fn spawn_berth(
     testbed: &Testbed,
     state_dir: &Path,
@@ -348,7 +365,8 @@ fn spawn_berth(
         &["--network", "none"]
     };
     let log_file = std::fs::File::create(log).expect("create log");
-    Command::new(&testbed.berth_bin)
+    let binary = if options.without_agent { binary_without_agent(testbed, state_dir) } else { testbed.berth_bin.clone() };
+    Command::new(binary)
         .arg("serve")
         .args(network_args)
         .arg("--listen")

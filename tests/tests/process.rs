@@ -661,3 +661,67 @@ async fn processes_survive_a_berth_restart() {
     assert_eq!(outcome.stdout_text(), "during\nafter x\n", "output written while berth was down is in the replay");
     assert_eq!(outcome.end().exit_code, 6);
 }
+
+#[tokio::test]
+async fn processes_are_children_of_the_agent_which_comes_back_after_being_killed() {
+    let testbed = Testbed::from_env();
+    let server = BerthServer::start(&testbed);
+    create_workspace(&server, "agent", &testbed.image("BUSYBOX")).await;
+    let mut processes = Processes::new(server.channel().await);
+    let parent_of_a_process = async |processes: &mut Processes| {
+        let outcome = run(processes, start_request("agent", "sh", &["-c", "cat /proc/$PPID/comm"])).await;
+        assert_eq!(outcome.end().exit_code, 0, "{outcome:?}");
+        outcome.stdout_text()
+    };
+    assert_eq!(parent_of_a_process(&mut processes).await, "berth-agent\n");
+
+    // Root inside the workspace kills the agent: its children end with it, and their ends say so.
+    let mut request = start_request("agent", "sleep", &["300"]);
+    request.tag = "sleeper".to_owned();
+    let (_, sleeper) = start(&mut processes, request).await;
+    let killer = run(&mut processes, start_request("agent", "sh", &["-c", "kill -9 $PPID; sleep 30"])).await;
+    assert!(killer.end().error.contains("agent"), "{:?}", killer.end());
+    assert_eq!(killer.end().exit_code, -1);
+    let sleeper = tokio::time::timeout(Duration::from_secs(10), collect(sleeper)).await.expect("the sleeper's end");
+    assert!(sleeper.end().error.contains("agent"), "{:?}", sleeper.end());
+
+    // The next Start brings up a new agent; the old one's children are gone.
+    assert_eq!(parent_of_a_process(&mut processes).await, "berth-agent\n");
+    let survivors = run(&mut processes, start_request("agent", "sh", &["-c", "pidof sleep || echo none"])).await;
+    assert_eq!(survivors.stdout_text(), "none\n");
+}
+
+#[tokio::test]
+async fn without_the_agent_processes_are_containerd_execs() {
+    let testbed = Testbed::from_env();
+    let server = BerthServer::start_with(&testbed, ServerOptions { without_agent: true, ..Default::default() });
+    create_workspace(&server, "execs", &testbed.image("BUSYBOX")).await;
+    let mut processes = Processes::new(server.channel().await);
+
+    // runc exec'd processes have no parent inside the workspace.
+    let outcome =
+        run(&mut processes, start_request("execs", "sh", &["-c", "echo out; echo err >&2; echo ppid=$PPID; exit 3"]))
+            .await;
+    assert_eq!(outcome.stdout_text(), "out\nppid=0\n");
+    assert_eq!(outcome.stderr, b"err\n");
+    assert_eq!(outcome.end().exit_code, 3);
+
+    let mut request = start_request("execs", "sh", &["-c", "tty; stty size"]);
+    request.pty = Some(PtyConfig { cols: 90, rows: 20 });
+    let outcome = run(&mut processes, request).await;
+    let text = String::from_utf8_lossy(&outcome.pty).replace('\r', "");
+    assert!(text.starts_with("/dev/pts/") && text.ends_with("20 90\n"), "{text:?}");
+
+    let mut request = start_request("execs", "cat", &[]);
+    request.stdin = true;
+    let (cat_pid, stream) = start(&mut processes, request).await;
+    processes
+        .send_input(SendInputRequest { workspace_id: "execs".to_owned(), process: pid(cat_pid), input: stdin(b"typed") })
+        .await
+        .unwrap();
+    processes.close_stdin(CloseStdinRequest { workspace_id: "execs".to_owned(), process: pid(cat_pid) }).await.unwrap();
+    let outcome = collect(stream).await;
+    assert_eq!(outcome.stdout, b"typed");
+    assert_eq!(outcome.end().exit_code, 0);
+    assert!(server.log_text().contains("berth-agent is not installed"), "{}", server.log_text());
+}

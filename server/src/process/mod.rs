@@ -1,10 +1,17 @@
-//! Processes in a workspace: the registry of exec sessions started through ProcessService, each
-//! with one reader of its FIFOs that fans its output out to every attached client (with a replay
-//! ring), its stdin, its PTY and its exit status from containerd. Processes are detached from the
+//! Processes in a workspace: the registry of processes started through ProcessService, each
+//! with one reader of its pipes (or PTY) that fans its output out to every attached client (with
+//! a replay ring), its stdin, its PTY and its exit status. Processes are detached from the
 //! caller: the reader runs in its own task, and ended processes stay known for [`KEEP_ENDED`] so no
 //! exit status is lost.
+//!
+//! A process is a child of the workspace's agent (`berth-agent`, see `agent.rs`), which hands
+//! berth its pipe or PTY descriptors and reports its exit; where a workspace has no agent it is
+//! a containerd exec whose FIFOs berth reads ([`Control`] tells the two apart).
 
+mod agent;
+mod agents;
 mod grace;
+mod launch;
 mod output;
 mod recover;
 mod run;
@@ -22,10 +29,12 @@ use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+pub use self::agents::AGENT_DIR_NAME;
+use self::launch::Control;
 pub use self::output::{Chunk, Event, Exit, MAX_REPLAY_BYTES, Stream, Subscription};
 use self::output::{Output, RING_BYTES, SUBSCRIBER_BACKLOG};
 use crate::error::{Error, Reason, Result};
-use crate::runtime::{ExecSpec, PtySize, Runtime};
+use crate::runtime::{PtySize, Runtime};
 
 /// How long an ended process still answers Connect.
 pub const KEEP_ENDED: Duration = Duration::from_secs(5 * 60);
@@ -90,7 +99,9 @@ pub struct ProcessInfo {
 pub struct Process {
     runtime: Arc<dyn Runtime>,
     workspace_id: String,
+    /// Names its record (and, for a containerd exec, the exec and its FIFOs).
     exec_id: String,
+    control: Control,
     /// Its pid inside the workspace.
     pub pid: u32,
     pgid: u32,
@@ -204,7 +215,11 @@ impl Process {
             return Err(self.stdin_not_open());
         };
         drop(sender);
-        self.runtime.close_exec_stdin(&self.workspace_id, &self.exec_id).await
+        match &self.control {
+            Control::Exec => self.runtime.close_exec_stdin(&self.workspace_id, &self.exec_id).await,
+            Control::Agent(agent) => agent.client.close_stdin(self.pid).await.map_err(|err| self.agent_failed(&err)),
+            Control::Gone => Err(self.exited("closing stdin")),
+        }
     }
 
     /// Sends a signal to the process.
@@ -212,7 +227,15 @@ impl Process {
         if !self.is_running() {
             return Err(self.exited("signalling it"));
         }
-        self.runtime.signal_exec(&self.workspace_id, &self.exec_id, signal).await
+        match &self.control {
+            Control::Exec => self.runtime.signal_exec(&self.workspace_id, &self.exec_id, signal).await,
+            Control::Agent(agent) => {
+                let signal = i32::try_from(signal)
+                    .map_err(|_| Error::new(Reason::InvalidArgument, format!("signal {signal} is out of range")))?;
+                agent.client.signal(self.pid, signal, false).await.map_err(|err| self.agent_failed(&err))
+            }
+            Control::Gone => Err(self.exited("signalling it")),
+        }
     }
 
     /// Resizes the PTY.
@@ -223,7 +246,13 @@ impl Process {
         if !self.is_running() {
             return Err(self.exited("resizing its terminal"));
         }
-        self.runtime.resize_exec(&self.workspace_id, &self.exec_id, size).await?;
+        match &self.control {
+            Control::Exec => self.runtime.resize_exec(&self.workspace_id, &self.exec_id, size).await?,
+            Control::Agent(agent) => agent.resize(size).map_err(|err| {
+                Error::new(Reason::RuntimeError, format!("cannot resize the terminal of process {}: {err}", self.pid))
+            })?,
+            Control::Gone => return Err(self.exited("resizing its terminal")),
+        }
         *self.pty.lock().expect("pty size") = Some(size);
         Ok(())
     }
@@ -231,8 +260,23 @@ impl Process {
     /// Ends the process's whole process group with SIGKILL, saying why in its `end`.
     async fn kill_group(&self, why: String) {
         self.ending.lock().expect("ending").get_or_insert(why);
-        let _ = self.runtime.signal_group(&self.workspace_id, self.pgid, SIGKILL).await;
-        let _ = self.runtime.signal_exec(&self.workspace_id, &self.exec_id, SIGKILL).await;
+        match &self.control {
+            Control::Exec => {
+                let _ = self.runtime.signal_group(&self.workspace_id, self.pgid, SIGKILL).await;
+                let _ = self.runtime.signal_exec(&self.workspace_id, &self.exec_id, SIGKILL).await;
+            }
+            Control::Agent(agent) => {
+                let _ = agent.client.signal(self.pid, SIGKILL as i32, true).await;
+            }
+            Control::Gone => {}
+        }
+    }
+
+    fn agent_failed(&self, err: &agent::CallError) -> Error {
+        Error::new(
+            Reason::RuntimeError,
+            format!("process {} in workspace {}: the process agent failed: {err}", self.pid, self.workspace_id),
+        )
     }
 }
 
@@ -247,6 +291,7 @@ pub struct Processes {
     next_exec: AtomicU64,
     /// Workspaces whose processes from before a restart were read back (see `recover`).
     recovered: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
+    agents: agents::AgentSlots,
 }
 
 impl Processes {
@@ -257,6 +302,7 @@ impl Processes {
             by_workspace: Mutex::new(HashMap::new()),
             next_exec: AtomicU64::new(1),
             recovered: Mutex::new(HashMap::new()),
+            agents: agents::AgentSlots::default(),
         }
     }
 
@@ -311,6 +357,7 @@ impl Processes {
         let rootfs = PathBuf::from(format!("/proc/{init_pid}/root"));
         let (cmd, user_text) = (options.config.cmd.clone(), options.config.user.clone());
         let id_text = workspace_id.to_owned();
+        let resolved_cwd = cwd.clone();
         let (executable, user) = tokio::task::spawn_blocking(move || {
             crate::data::check_directory(&rootfs, &cwd)?;
             let executable = crate::data::find_executable(&rootfs, &cmd, &path, &cwd)?;
@@ -332,6 +379,7 @@ impl Processes {
         .await
         .map_err(|err| Error::internal(format!("the process lookup worker failed: {err}")))??;
 
+        let cwd = resolved_cwd;
         let mut args = vec![executable];
         args.extend(options.config.args.iter().cloned());
         // Unique across berth restarts too: FIFOs and records of running execs are kept.
@@ -341,30 +389,35 @@ impl Processes {
             self.next_exec.fetch_add(1, Ordering::Relaxed)
         );
         let fifo_dir = self.fifo_dir(workspace_id);
-        let started = self
-            .runtime
-            .exec(&ExecSpec {
-                id: workspace_id,
-                exec_id: &exec_id,
-                args: &args,
-                env: &env,
-                cwd: &options.config.cwd,
-                user: user.as_ref(),
-                pty: options.pty,
-                stdin: options.stdin,
-                fifo_dir: &fifo_dir,
-            })
+        let launched = self
+            .launch(
+                workspace_id,
+                init_pid,
+                &launch::Plan {
+                    exec_id: &exec_id,
+                    args: &args,
+                    env: &env,
+                    requested_cwd: &options.config.cwd,
+                    cwd: &cwd,
+                    user: user.as_ref(),
+                    base: &base,
+                    pty: options.pty,
+                    stdin: options.stdin,
+                    fifo_dir: &fifo_dir,
+                },
+            )
             .await?;
         let process = Arc::new(Process {
             runtime: self.runtime.clone(),
             workspace_id: workspace_id.to_owned(),
             exec_id,
-            pid: started.pid,
-            pgid: started.pgid,
+            control: launched.control,
+            pid: launched.pid,
+            pgid: launched.pgid,
             tag: options.tag.clone(),
             config: options.config.clone(),
             pty: Mutex::new(options.pty),
-            stdin: tokio::sync::Mutex::new(started.stdin),
+            stdin: tokio::sync::Mutex::new(launched.stdin),
             start_time: OffsetDateTime::now_utc(),
             output: Output::new(RING_BYTES, SUBSCRIBER_BACKLOG),
             ending: Mutex::new(None),
@@ -372,6 +425,7 @@ impl Processes {
         });
         let record = recover::ExecRecord {
             exec_id: process.exec_id.clone(),
+            agent: matches!(process.control, Control::Agent(_)),
             pid: process.pid,
             pgid: process.pgid,
             tag: process.tag.clone(),
@@ -396,7 +450,7 @@ impl Processes {
             .entry(workspace_id.to_owned())
             .or_default()
             .push(process.clone());
-        tokio::spawn(run::run(process.clone(), started.stdout, started.stderr, options.timeout, fifo_dir));
+        tokio::spawn(run::run(process.clone(), launched.stdout, launched.stderr, options.timeout, fifo_dir));
         Ok((process, subscription))
     }
 
@@ -452,6 +506,7 @@ impl Processes {
         if forget {
             self.by_workspace.lock().expect("process registry").remove(workspace_id);
             self.recovered.lock().expect("recovered").remove(workspace_id);
+            self.forget_agent(workspace_id);
         }
     }
 }

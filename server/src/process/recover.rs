@@ -1,9 +1,12 @@
-//! Processes across a berth restart: each exec's description is kept next to its FIFOs
-//! (`{exec_id}.json`, 0600 in the 0700 state directory; it holds the process's env). The first
-//! call about a workspace after a restart reads them back: a process still running gets a new
-//! reader on its FIFOs (the shim kept its ends open, so output written while berth was down waits
-//! in the pipe, up to its 64 KiB, and the process blocks on further writes meanwhile); one that
-//! exited answers with its exit status for [`super::KEEP_ENDED`]. The replay ring does not survive.
+//! Processes across a berth restart: each process's description is kept in the workspace's
+//! `exec/` directory (`{exec_id}.json`, 0600 in the 0700 state directory; it holds the process's
+//! env). The first call about a workspace after a restart reads them back. A process still
+//! running gets a new reader: a child of the agent on the descriptors the agent kept (output
+//! written while berth was down waits in its pipe, up to 1 MiB on stdout and 64 KiB on stderr,
+//! or in the terminal's buffer, and the process blocks on further writes meanwhile); a
+//! containerd exec on its FIFOs (the shim kept its ends open; up to 64 KiB waits). One that
+//! exited answers with its exit status (kept by the agent or containerd) for
+//! [`super::KEEP_ENDED`]. The replay ring does not survive.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,7 @@ use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::launch::{self, Control, Launched};
 use super::output::{Exit, Output, RING_BYTES, SUBSCRIBER_BACKLOG};
 use super::{Process, ProcessConfig, Processes, run};
 use crate::runtime::{ExecState, PtySize};
@@ -23,6 +27,9 @@ use crate::runtime::{ExecState, PtySize};
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct ExecRecord {
     pub exec_id: String,
+    /// A child of the workspace's agent (else a containerd exec).
+    #[serde(default)]
+    pub agent: bool,
     pub pid: u32,
     pub pgid: u32,
     pub tag: String,
@@ -45,6 +52,7 @@ pub(super) fn record_path(fifo_dir: &Path, exec_id: &str) -> PathBuf {
 
 pub(super) async fn save(fifo_dir: &Path, record: &ExecRecord) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    tokio::fs::create_dir_all(fifo_dir).await?;
     let path = record_path(fifo_dir, &record.exec_id);
     tokio::fs::write(&path, bytes).await?;
     tokio::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).await
@@ -81,24 +89,23 @@ impl Processes {
     }
 
     async fn recover_one(&self, workspace_id: &str, fifo_dir: &Path, record: ExecRecord) {
-        let state = self.runtime.exec_state(workspace_id, &record.exec_id).await.unwrap_or(ExecState::Missing);
         let pty = record.pty.map(|(cols, rows)| PtySize { cols, rows });
-        let io = match state {
-            ExecState::Running => {
-                match self.runtime.reopen_exec(&record.exec_id, fifo_dir, pty.is_some(), record.stdin).await {
-                    Ok(io) => Some(io),
-                    Err(err) => {
-                        warn!(workspace_id, exec_id = %record.exec_id, error = %err, "cannot re-attach to a process");
-                        return;
-                    }
-                }
+        let found = if record.agent {
+            self.find_agent_child(workspace_id, record.pid).await
+        } else {
+            self.find_exec(workspace_id, fifo_dir, &record, pty.is_some()).await
+        };
+        let (control, running, exit_status) = match found {
+            Found::Running(Launched { control, stdin, stdout, stderr, .. }) => {
+                (control, Some((stdin, stdout, stderr)), None)
             }
-            ExecState::Exited(_) | ExecState::Missing => None,
+            Found::Ended(status) => (if record.agent { Control::Gone } else { Control::Exec }, None, status),
         };
         let process = Arc::new(Process {
             runtime: self.runtime.clone(),
             workspace_id: workspace_id.to_owned(),
             exec_id: record.exec_id.clone(),
+            control,
             pid: record.pid,
             pgid: record.pgid,
             tag: record.tag,
@@ -118,20 +125,20 @@ impl Processes {
             abandoned: CancellationToken::new(),
         });
         self.register(workspace_id, process.clone());
-        match (state, io) {
-            (ExecState::Running, Some(io)) => {
-                *process.stdin.lock().await = io.stdin;
+        match running {
+            Some((stdin, stdout, stderr)) => {
+                *process.stdin.lock().await = stdin;
                 let timeout = record.deadline_unix_nanos.map(|deadline| {
                     let left = deadline - OffsetDateTime::now_utc().unix_timestamp_nanos();
                     Duration::from_nanos(u64::try_from(left).unwrap_or(0))
                 });
                 info!(workspace_id, pid = process.pid, exec_id = %process.exec_id, "re-attached to a process after a restart");
-                tokio::spawn(run::run(process, io.stdout, io.stderr, timeout, fifo_dir.to_path_buf()));
+                tokio::spawn(run::run(process, stdout, stderr, timeout, fifo_dir.to_path_buf()));
             }
-            (state, _) => {
-                let exit = match state {
-                    ExecState::Exited(status) => Exit::from_status(status, String::new()),
-                    _ => Exit {
+            None => {
+                let exit = match exit_status {
+                    Some(status) => Exit::from_status(status, String::new()),
+                    None => Exit {
                         code: -1,
                         ..Exit::from_status(0, "the process ended while berth was not running".to_owned())
                     },
@@ -141,4 +148,52 @@ impl Processes {
             }
         }
     }
+
+    /// A containerd exec from the record: still running (its FIFOs reopened), or ended.
+    async fn find_exec(&self, workspace_id: &str, fifo_dir: &Path, record: &ExecRecord, pty: bool) -> Found {
+        match self.runtime.exec_state(workspace_id, &record.exec_id).await.unwrap_or(ExecState::Missing) {
+            ExecState::Running => match self.runtime.reopen_exec(&record.exec_id, fifo_dir, pty, record.stdin).await {
+                Ok(io) => Found::Running(Launched {
+                    pid: record.pid,
+                    pgid: record.pgid,
+                    stdin: io.stdin,
+                    stdout: io.stdout,
+                    stderr: io.stderr,
+                    control: Control::Exec,
+                }),
+                Err(err) => {
+                    warn!(workspace_id, exec_id = %record.exec_id, error = %err, "cannot re-attach to a process");
+                    Found::Ended(None)
+                }
+            },
+            ExecState::Exited(status) => Found::Ended(Some(status)),
+            ExecState::Missing => Found::Ended(None),
+        }
+    }
+
+    /// A child of the workspace's agent: still running (the agent hands its descriptors over
+    /// again), or ended (the agent reported its exit after the hello, or nothing is known).
+    async fn find_agent_child(&self, workspace_id: &str, pid: u32) -> Found {
+        let Some(client) = self.agent(workspace_id, None).await else {
+            return Found::Ended(None);
+        };
+        match client.attach(pid).await {
+            Ok(process) => match launch::agent_ends(client.clone(), process) {
+                Ok(launched) => Found::Running(launched),
+                Err(err) => {
+                    warn!(workspace_id, pid, error = %err, "cannot re-attach to a process; killing it");
+                    let _ = client.signal(pid, 9, true).await;
+                    Found::Ended(None)
+                }
+            },
+            Err(_) => Found::Ended(client.take_unclaimed_exit(pid)),
+        }
+    }
+}
+
+/// What became of a process from the record.
+enum Found {
+    Running(Launched),
+    /// Its exit status, when known.
+    Ended(Option<u32>),
 }

@@ -1,5 +1,5 @@
-//! The reader of one process: its FIFOs to the fan-out, its exit from containerd, its timeout,
-//! then `end` once every byte read was published, then the exec's cleanup.
+//! The reader of one process: its pipes (or PTY) to the fan-out, its exit (from its agent or
+//! containerd), its timeout, then `end` once every byte read was published, then the cleanup.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use super::grace::{HARD_CAP, drain_deadline};
 use super::output::{Chunk, Exit, Output, Stream};
+use super::launch::Control;
 use super::{Process, SIGKILL};
 use crate::runtime::ExecState;
 
@@ -129,15 +130,40 @@ pub(super) async fn run(
     process.output.finish(exit);
     // The exec's resources in the shim; a process still running (abandoned) is killed first.
     if process.abandoned.is_cancelled() {
-        let _ = process.runtime.signal_exec(&process.workspace_id, &process.exec_id, SIGKILL).await;
+        match &process.control {
+            Control::Exec => {
+                let _ = process.runtime.signal_exec(&process.workspace_id, &process.exec_id, SIGKILL).await;
+            }
+            Control::Agent(agent) => {
+                let _ = agent.client.signal(process.pid, SIGKILL as i32, true).await;
+            }
+            Control::Gone => {}
+        }
     }
     clean_up(&process, &fifo_dir).await;
+}
+
+/// The process's exit status: from its agent, which reaps it, or from containerd.
+async fn wait_exit(process: &Process) -> crate::error::Result<u32> {
+    let Control::Agent(agent) = &process.control else {
+        return wait_exec(process).await;
+    };
+    let Some(exit) = agent.exit.lock().await.take() else {
+        return std::future::pending().await;
+    };
+    exit.await.map_err(|_| {
+        crate::error::Error::new(
+            crate::error::Reason::RuntimeError,
+            "the workspace's process agent ended before the process did (was it killed inside the workspace?), \
+             and the process ended with it",
+        )
+    })
 }
 
 /// The exec's exit status from containerd. A wait that breaks (containerd restarting or not
 /// answering for a while) is followed by asking where the process is: it runs on in its shim
 /// meanwhile, so berth waits again.
-async fn wait_exit(process: &Process) -> crate::error::Result<u32> {
+async fn wait_exec(process: &Process) -> crate::error::Result<u32> {
     let mut tries = 0;
     loop {
         let err = match process.runtime.wait_exec(&process.workspace_id, &process.exec_id).await {
@@ -158,9 +184,11 @@ async fn wait_exit(process: &Process) -> crate::error::Result<u32> {
     }
 }
 
-/// Deletes the ended exec from the task, its FIFOs and its record.
+/// Deletes the ended exec from the task (with its FIFOs), and the process's record.
 pub(super) async fn clean_up(process: &Process, fifo_dir: &Path) {
-    if let Err(err) = process.runtime.delete_exec(&process.workspace_id, &process.exec_id, fifo_dir).await {
+    if matches!(process.control, Control::Exec)
+        && let Err(err) = process.runtime.delete_exec(&process.workspace_id, &process.exec_id, fifo_dir).await
+    {
         warn!(workspace_id = %process.workspace_id, exec_id = %process.exec_id, error = %err, "cannot delete the exec");
     }
     let _ = tokio::fs::remove_file(super::recover::record_path(fifo_dir, &process.exec_id)).await;

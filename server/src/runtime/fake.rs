@@ -492,6 +492,10 @@ impl Runtime for FakeRuntime {
         Err(Error::not_implemented(&format!("exec in the fake runtime ({})", spec.exec_id)))
     }
 
+    async fn start_agent(&self, id: &str) -> Result<()> {
+        Err(Error::not_implemented(&format!("the process agent in the fake runtime ({id})")))
+    }
+
     async fn wait_exec(&self, _id: &str, _exec_id: &str) -> Result<u32> {
         Err(Error::not_implemented("exec in the fake runtime"))
     }

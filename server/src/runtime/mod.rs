@@ -118,6 +118,8 @@ pub struct ContainerSpec<'a> {
     pub user: &'a ResolvedUser,
     /// Host directory holding the workspace's hosts, hostname and resolv.conf.
     pub etc_dir: &'a Path,
+    /// Host directory shared with the workspace's process agent (its socket).
+    pub agent_dir: &'a Path,
     /// The pinned network namespace the container joins; None gives it a fresh one (loopback
     /// only).
     pub network_namespace: Option<&'a Path>,
@@ -168,6 +170,7 @@ impl std::fmt::Debug for ContainerSpec<'_> {
             .field("snapshot_key", &self.snapshot_key)
             .field("user", &self.user)
             .field("etc_dir", &self.etc_dir)
+            .field("agent_dir", &self.agent_dir)
             .field("network_namespace", &self.network_namespace)
             .finish()
     }
@@ -251,6 +254,8 @@ pub struct ProcessBase {
     /// The user and primary group the container's process runs as (the image's `User`).
     pub uid: u32,
     pub gid: u32,
+    /// The supplementary groups of that user.
+    pub additional_gids: Vec<u32>,
 }
 
 /// A process to exec in a workspace's running task. Its Debug output leaves out the environment.
@@ -420,6 +425,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// Creates the exec's FIFOs, execs it in the running task and starts it.
     async fn exec(&self, spec: &ExecSpec<'_>) -> Result<StartedExec>;
 
+    /// Starts the workspace's process agent (`berth-agent`, as root, without stdio) in its
+    /// running task, replacing an earlier one that ended or hangs. Fails when the container
+    /// has no agent (created before berth had one, or berth-agent is not installed).
+    async fn start_agent(&self, id: &str) -> Result<()>;
+
     /// Waits for the exec to exit; returns its exit status as containerd reports it (128+n
     /// for a signal).
     async fn wait_exec(&self, id: &str, exec_id: &str) -> Result<u32>;
@@ -470,6 +480,7 @@ mod tests {
             snapshot_key: "bot-active-1",
             user: &ResolvedUser::default(),
             etc_dir: Path::new("/var/lib/berth/workspaces/bot/etc"),
+            agent_dir: Path::new("/var/lib/berth/workspaces/bot/agent"),
             network_namespace: None,
         };
         let text = format!("{spec:?}");

@@ -281,6 +281,8 @@ impl Manager {
             })
             .await?;
         let etc_dir = self.write_etc_files(&record.id).await?;
+        let agent_dir = self.workspace_dir(&record.id).join(crate::process::AGENT_DIR_NAME);
+        create_private_dir(&agent_dir).await?;
         let network_namespace = self.network.namespace_for(&record.id, &record.spec.network).await?;
         self.runtime
             .create_container(&ContainerSpec {
@@ -293,6 +295,7 @@ impl Manager {
                 snapshot_key: &record.snapshot_key,
                 user: &user,
                 etc_dir: &etc_dir,
+                agent_dir: &agent_dir,
                 network_namespace: network_namespace.as_deref(),
             })
             .await
@@ -401,4 +404,11 @@ fn attach(id: &WorkspaceId, operation: &CreateOperation, spec: &WorkspaceSpec) -
         ));
     }
     Ok(operation.log.subscribe())
+}
+
+/// A directory only root may enter (inside the workspace too: the agent's socket is in it).
+async fn create_private_dir(dir: &std::path::Path) -> Result<()> {
+    let failed = |err: std::io::Error| Error::internal(format!("cannot create {}: {err}", dir.display()));
+    tokio::fs::create_dir_all(dir).await.map_err(failed)?;
+    tokio::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).await.map_err(failed)
 }

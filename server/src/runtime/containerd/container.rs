@@ -124,6 +124,7 @@ impl Containerd {
                 env: spec.env,
                 resources: spec.resources,
                 init_binary: &self.init_binary,
+                agent: self.agent_binary.as_deref().map(|binary| (binary, spec.agent_dir)),
                 etc_dir: spec.etc_dir,
                 network_namespace: spec.network_namespace,
             },
@@ -507,6 +508,10 @@ impl Runtime for Containerd {
 
     async fn exec(&self, spec: &ExecSpec<'_>) -> Result<StartedExec> {
         self.exec_process(spec).await
+    }
+
+    async fn start_agent(&self, id: &str) -> Result<()> {
+        self.start_agent_exec(id).await
     }
 
     async fn wait_exec(&self, id: &str, exec_id: &str) -> Result<u32> {

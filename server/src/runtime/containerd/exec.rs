@@ -17,9 +17,13 @@ use tonic::Code;
 use tracing::warn;
 
 use super::Containerd;
+use super::spec::{AGENT_DIR, AGENT_PATH};
 use super::client::{request, streaming_request};
 use crate::error::{Error, Reason, Result};
 use crate::runtime::{ExecIo, ExecSpec, ExecState, ProcessBase, PtySize, StartedExec};
+
+/// The exec id of a workspace's process agent.
+const AGENT_EXEC_ID: &str = "berth-agent";
 
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 
@@ -122,7 +126,70 @@ impl Containerd {
             .unwrap_or_default();
         let cwd = process["cwd"].as_str().unwrap_or("/").to_owned();
         let id_of = |key: &str| process["user"][key].as_u64().and_then(|id| u32::try_from(id).ok()).unwrap_or(0);
-        Ok(ProcessBase { env, cwd, uid: id_of("uid"), gid: id_of("gid") })
+        let additional_gids = process["user"]["additionalGids"]
+            .as_array()
+            .map(|gids| gids.iter().filter_map(|gid| gid.as_u64().and_then(|gid| u32::try_from(gid).ok())).collect())
+            .unwrap_or_default();
+        Ok(ProcessBase { env, cwd, uid: id_of("uid"), gid: id_of("gid"), additional_gids })
+    }
+
+    /// Execs berth-agent as root with the container's confinement (capabilities, seccomp,
+    /// AppArmor, rlimits: its children inherit them, as an exec would get them) and no stdio.
+    /// An earlier agent's exec is killed (it no longer answers) and deleted first.
+    pub(super) async fn start_agent_exec(&self, id: &str) -> Result<()> {
+        if self.agent_binary.is_none() {
+            return Err(Error::new(
+                Reason::RuntimeError,
+                "berth-agent is not installed next to berth; build it with scripts/build-agent.sh",
+            ));
+        }
+        self.remove_agent_exec(id).await?;
+        let mut process = self.container_process(id).await?;
+        process["args"] = serde_json::json!([AGENT_PATH, format!("{AGENT_DIR}/{}", berth_agent::SOCKET_NAME)]);
+        process["env"] = serde_json::json!(["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]);
+        process["cwd"] = serde_json::json!("/");
+        process["user"] = serde_json::json!({"uid": 0, "gid": 0});
+        process["terminal"] = serde_json::json!(false);
+        if let Some(object) = process.as_object_mut() {
+            object.remove("consoleSize");
+        }
+        let value = serde_json::to_vec(&process)
+            .map_err(|err| Error::internal(format!("cannot encode the process spec: {err}")))?;
+        let exec = ExecProcessRequest {
+            container_id: id.to_owned(),
+            stdin: String::new(),
+            stdout: String::new(),
+            stderr: String::new(),
+            terminal: false,
+            spec: Some(prost_types::Any { type_url: PROCESS_TYPE_URL.to_owned(), value }),
+            exec_id: AGENT_EXEC_ID.to_owned(),
+        };
+        self.exec_tasks().exec(request(&self.namespace, exec)).await.map_err(|status| self.map_status("task exec", status))?;
+        let start = StartRequest { container_id: id.to_owned(), exec_id: AGENT_EXEC_ID.to_owned() };
+        if let Err(status) = self.exec_tasks().start(request(&self.namespace, start)).await {
+            let _ = self.remove_agent_exec(id).await;
+            return Err(self.map_status("task start (berth-agent)", status));
+        }
+        Ok(())
+    }
+
+    async fn remove_agent_exec(&self, id: &str) -> Result<()> {
+        for _ in 0..100 {
+            match self.exec_state_of(id, AGENT_EXEC_ID).await? {
+                ExecState::Missing => return Ok(()),
+                ExecState::Running => self.signal_exec_process(id, AGENT_EXEC_ID, 9).await?,
+                ExecState::Exited(_) => {
+                    let delete = DeleteProcessRequest { container_id: id.to_owned(), exec_id: AGENT_EXEC_ID.to_owned() };
+                    match self.exec_tasks().delete_process(request(&self.namespace, delete)).await {
+                        Ok(_) => return Ok(()),
+                        Err(status) if status.code() == Code::NotFound => return Ok(()),
+                        Err(status) => return Err(self.map_status("task delete process (berth-agent)", status)),
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Err(Error::new(Reason::RuntimeError, format!("the old berth-agent of {id} does not end after SIGKILL")))
     }
 
     pub(super) async fn exec_process(&self, spec: &ExecSpec<'_>) -> Result<StartedExec> {

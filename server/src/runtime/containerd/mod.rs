@@ -43,6 +43,8 @@ pub struct Containerd {
     socket: PathBuf,
     namespace: Namespace,
     init_binary: PathBuf,
+    /// berth-agent, next to berth's own executable; None runs every process through exec.
+    agent_binary: Option<PathBuf>,
     puller: pull::Puller,
     /// Seccomp, AppArmor and masked paths of every workspace on this host.
     confinement: Arc<sandbox::Confinement>,
@@ -78,6 +80,7 @@ impl Containerd {
             socket: socket.to_path_buf(),
             namespace,
             init_binary: find_init()?,
+            agent_binary: find_agent(),
             puller,
             confinement,
             devices,
@@ -87,6 +90,20 @@ impl Containerd {
     fn map_status(&self, what: &str, status: tonic::Status) -> Error {
         client::map_status(&self.socket, what, status)
     }
+}
+
+/// Finds berth-agent next to berth's executable (where `make build` and the install put it).
+fn find_agent() -> Option<PathBuf> {
+    let agent = std::env::current_exe().ok()?.with_file_name("berth-agent");
+    if agent.is_file() {
+        return Some(agent);
+    }
+    tracing::warn!(
+        path = %agent.display(),
+        "berth-agent is not installed next to berth: processes start through containerd exec (~50 ms each, \
+         output through the shim); build it with scripts/build-agent.sh"
+    );
+    None
 }
 
 /// Finds the host's catatonit, which every workspace runs as PID 1.

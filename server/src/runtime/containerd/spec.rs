@@ -21,6 +21,11 @@ use crate::runtime::ImageConfig;
 /// written into the workspace's snapshot).
 pub const INIT_PATH: &str = "/run/berth-init";
 
+/// Where the host's berth-agent appears inside every workspace, and the directory (shared with
+/// the host) where it listens; both on the /run tmpfs too.
+pub const AGENT_PATH: &str = "/run/berth-agent";
+pub const AGENT_DIR: &str = "/run/berth";
+
 /// CFS period used to express cpu_millis as a quota.
 const CPU_PERIOD_MICROS: u64 = 100_000;
 
@@ -35,6 +40,8 @@ pub struct SpecInput<'a> {
     pub env: &'a BTreeMap<String, String>,
     pub resources: Resources,
     pub init_binary: &'a Path,
+    /// berth-agent's host path and the host directory shared with it; None without an agent.
+    pub agent: Option<(&'a Path, &'a Path)>,
     /// Host files bind-mounted at /etc/hosts, /etc/hostname and /etc/resolv.conf.
     pub etc_dir: &'a Path,
     /// The pinned network namespace to join; None makes a new one.
@@ -207,7 +214,7 @@ fn mounts(input: &SpecInput<'_>) -> oci_spec::Result<Vec<Mount>> {
             .options(vec!["rbind".to_owned(), "rprivate".to_owned(), mode.to_owned()])
             .build()
     };
-    Ok(vec![
+    let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
         mount(
@@ -225,7 +232,12 @@ fn mounts(input: &SpecInput<'_>) -> oci_spec::Result<Vec<Mount>> {
         bind("/etc/hostname", &input.etc_dir.join("hostname"), "rw")?,
         // Read-only: the DNS servers are berth's choice (the egress policy allows DNS to them).
         bind("/etc/resolv.conf", &input.etc_dir.join("resolv.conf"), "ro")?,
-    ])
+    ];
+    if let Some((binary, dir)) = input.agent {
+        mounts.push(bind(AGENT_PATH, binary, "ro")?);
+        mounts.push(bind(AGENT_DIR, dir, "rw")?);
+    }
+    Ok(mounts)
 }
 
 /// Image variables, then caller variables replacing those with the same name.
@@ -276,6 +288,7 @@ mod tests {
             env: &env,
             resources: Resources { cpu_millis: 500, memory_bytes: 64 << 20, pids_limit: 100 },
             init_binary: Path::new("/usr/bin/catatonit"),
+            agent: Some((Path::new("/usr/local/bin/berth-agent"), Path::new("/var/lib/berth/workspaces/bot/agent"))),
             etc_dir: Path::new("/var/lib/berth/workspaces/bot-1/etc"),
             network_namespace: None,
         };
@@ -301,6 +314,12 @@ mod tests {
         assert_eq!(json["linux"]["resources"]["pids"]["limit"], 100);
         let init = json["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == INIT_PATH).unwrap();
         assert!(init["options"].as_array().unwrap().contains(&serde_json::json!("ro")));
+        let mount = |destination: &str| {
+            json["mounts"].as_array().unwrap().iter().find(|m| m["destination"] == destination).cloned().unwrap()
+        };
+        assert_eq!(mount(AGENT_PATH)["source"], "/usr/local/bin/berth-agent");
+        assert!(mount(AGENT_PATH)["options"].as_array().unwrap().contains(&serde_json::json!("ro")));
+        assert_eq!(mount(AGENT_DIR)["source"], "/var/lib/berth/workspaces/bot/agent");
     }
 
     #[test]

@@ -1,0 +1,181 @@
+//! Starting a process: as a child of the workspace's agent, or, where there is none (or it
+//! cannot take this one), as a containerd exec. Either way berth ends up holding the process's
+//! stdout and stderr (or PTY) and stdin as non-blocking pipes.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use berth_agent::{Spawn, Winsize};
+use rustix::fs::{FileType, OFlags};
+use rustix::io::Errno;
+use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use super::Processes;
+use super::agent::{AgentClient, AgentProcess, CallError};
+use crate::data::ResolvedUser;
+use crate::error::{Error, Reason, Result};
+use crate::runtime::{ExecSpec, ProcessBase, PtySize};
+
+/// How berth controls a process.
+pub(super) enum Control {
+    /// A containerd exec: signals, resizes, stdin and its exit go through containerd.
+    Exec,
+    /// A child of the workspace's agent.
+    Agent(AgentControl),
+    /// Ended before berth (restarted) found it again: nothing is left to control.
+    Gone,
+}
+
+pub(super) struct AgentControl {
+    pub client: Arc<AgentClient>,
+    /// The PTY's master, for resizing; None on pipes.
+    master: Option<OwnedFd>,
+    /// Taken by the process's reader.
+    pub exit: tokio::sync::Mutex<Option<oneshot::Receiver<u32>>>,
+}
+
+impl AgentControl {
+    pub fn resize(&self, size: PtySize) -> std::io::Result<()> {
+        let master = self.master.as_ref().ok_or_else(|| std::io::Error::other("no terminal"))?;
+        let size = rustix::termios::Winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
+        rustix::termios::tcsetwinsize(master, size).map_err(std::io::Error::from)
+    }
+}
+
+/// A started process's ends, as berth holds them.
+pub(super) struct Launched {
+    /// Its pid inside the workspace.
+    pub pid: u32,
+    /// Its process group in host numbering (containerd execs only; 0 otherwise).
+    pub pgid: u32,
+    pub stdin: Option<pipe::Sender>,
+    /// stdout, or the PTY.
+    pub stdout: pipe::Receiver,
+    pub stderr: Option<pipe::Receiver>,
+    pub control: Control,
+}
+
+/// What to start, resolved against the workspace.
+pub(super) struct Plan<'a> {
+    pub exec_id: &'a str,
+    pub args: &'a [String],
+    pub env: &'a [String],
+    /// As the caller gave it (empty: the container's); `cwd` resolved.
+    pub requested_cwd: &'a str,
+    pub cwd: &'a str,
+    pub user: Option<&'a ResolvedUser>,
+    pub base: &'a ProcessBase,
+    pub pty: Option<PtySize>,
+    pub stdin: bool,
+    pub fifo_dir: &'a Path,
+}
+
+impl Processes {
+    pub(super) async fn launch(&self, workspace_id: &str, init_pid: u32, plan: &Plan<'_>) -> Result<Launched> {
+        if let Some(client) = self.agent(workspace_id, Some(init_pid)).await {
+            match spawn_with_agent(&client, plan).await {
+                Ok(launched) => return Ok(launched),
+                Err(CallError::Refused { error, errno }) if !is_resource_shortage(errno) => {
+                    return Err(Error::new(
+                        Reason::RuntimeError,
+                        format!(
+                            "the process could not be started in workspace {workspace_id}: {error}; check its cwd and user"
+                        ),
+                    ));
+                }
+                Err(err) => warn!(workspace_id, error = %err, "the process agent cannot start the process; using containerd exec"),
+            }
+        }
+        let started = self
+            .runtime
+            .exec(&ExecSpec {
+                id: workspace_id,
+                exec_id: plan.exec_id,
+                args: plan.args,
+                env: plan.env,
+                cwd: plan.requested_cwd,
+                user: plan.user,
+                pty: plan.pty,
+                stdin: plan.stdin,
+                fifo_dir: plan.fifo_dir,
+            })
+            .await?;
+        Ok(Launched {
+            pid: started.pid,
+            pgid: started.pgid,
+            stdin: started.stdin,
+            stdout: started.stdout,
+            stderr: started.stderr,
+            control: Control::Exec,
+        })
+    }
+}
+
+/// The agent's limits (descriptors, processes) are the workspace's; containerd exec may still
+/// manage.
+fn is_resource_shortage(errno: i32) -> bool {
+    [Errno::MFILE, Errno::NFILE, Errno::AGAIN, Errno::NOMEM].iter().any(|shortage| shortage.raw_os_error() == errno)
+}
+
+async fn spawn_with_agent(client: &Arc<AgentClient>, plan: &Plan<'_>) -> std::result::Result<Launched, CallError> {
+    let (uid, gid, groups) = match plan.user {
+        Some(user) => (user.uid, user.gid, user.additional_gids.clone()),
+        None => (plan.base.uid, plan.base.gid, plan.base.additional_gids.clone()),
+    };
+    let process = client
+        .spawn(Spawn {
+            argv: plan.args.to_vec(),
+            env: plan.env.to_vec(),
+            cwd: plan.cwd.to_owned(),
+            uid,
+            gid,
+            groups,
+            pty: plan.pty.map(|size| Winsize { rows: size.rows, cols: size.cols }),
+            stdin: plan.stdin,
+        })
+        .await?;
+    let pid = process.pid;
+    agent_ends(client.clone(), process).map_err(|err| {
+        // berth cannot read it, so nobody could: end it rather than leave it blocked on output.
+        let client = client.clone();
+        tokio::spawn(async move { client.signal(pid, 9, true).await });
+        CallError::Unusable(format!("the descriptors of process {pid} are unusable: {err}"))
+    })
+}
+
+/// Turns the descriptors the agent sent into berth's ends of the process.
+pub(super) fn agent_ends(client: Arc<AgentClient>, process: AgentProcess) -> std::io::Result<Launched> {
+    let AgentProcess { pid, pty, fds, stdin_open, exit } = process;
+    let mut fds = fds.into_iter();
+    let mut next = || fds.next().ok_or_else(|| std::io::Error::other("a descriptor is missing"));
+    let (stdin, stdout, stderr, master) = if pty {
+        let master = next()?;
+        let stat = rustix::fs::fstat(&master)?;
+        if FileType::from_raw_mode(stat.st_mode) != FileType::CharacterDevice {
+            return Err(std::io::Error::other("the terminal is not a character device"));
+        }
+        let flags = rustix::fs::fcntl_getfl(&master)?;
+        rustix::fs::fcntl_setfl(&master, flags | OFlags::NONBLOCK)?;
+        // tokio's pipe types poll any descriptor; the master reads and writes like a pipe (and
+        // reads EIO once the terminal's last process is gone, which ends the output).
+        let reader = pipe::Receiver::from_owned_fd_unchecked(master.try_clone()?)?;
+        let writer = pipe::Sender::from_owned_fd_unchecked(master.try_clone()?)?;
+        (Some(writer), reader, None, Some(master))
+    } else {
+        let stdout = pipe::Receiver::from_owned_fd(next()?)?;
+        let stderr = pipe::Receiver::from_owned_fd(next()?)?;
+        let stdin = if stdin_open { Some(pipe::Sender::from_owned_fd(next()?)?) } else { None };
+        (stdin, stdout, Some(stderr), None)
+    };
+    Ok(Launched {
+        pid,
+        pgid: 0,
+        stdin,
+        stdout,
+        stderr,
+        control: Control::Agent(AgentControl { client, master, exit: tokio::sync::Mutex::new(Some(exit)) }),
+    })
+}
