@@ -90,7 +90,8 @@ pub fn spawn(request: &Spawn) -> io::Result<(u32, Child)> {
             rustix::pty::grantpt(&master)?;
             rustix::pty::unlockpt(&master)?;
             let name = rustix::pty::ptsname(&master, Vec::new())?;
-            let slave = rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty())?;
+            let slave =
+                rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC, Mode::empty())?;
             let winsize = rustix::termios::Winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
             rustix::termios::tcsetwinsize(&slave, winsize)?;
             command.stdin(slave.try_clone()?).stdout(slave.try_clone()?).stderr(slave);
