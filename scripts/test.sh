@@ -39,6 +39,10 @@ export BERTH_BIN="$PWD/target/debug/berth"
 step "unit and end-to-end tests"
 cargo test --workspace --locked --no-fail-fast
 
+step "berth-agent tests (the static binary, on this host)"
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo test --locked -p berth-agent --features static --target "$(rustc -vV | sed -n 's/^host: //p')"
+
 step "SDK, example, CLI and browser tests against a live berth"
 scripts/test-sdks.sh
 

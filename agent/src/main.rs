@@ -31,9 +31,14 @@ use crate::spawn::Child;
 const MAX_ERROR_BYTES: usize = 1024;
 
 fn main() {
-    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let mut args: Vec<_> = std::env::args_os().skip(1).collect();
+    // Tests run the agent on the host, in their own PID namespace.
+    let any_peer = args.first().is_some_and(|arg| arg == "--any-peer");
+    if any_peer {
+        args.remove(0);
+    }
     if args.len() != 1 || args[0].is_empty() {
-        let _ = writeln!(std::io::stderr(), "usage: berth-agent SOCKET_PATH");
+        let _ = writeln!(std::io::stderr(), "usage: berth-agent [--any-peer] SOCKET_PATH");
         std::process::exit(2);
     }
     let path = Path::new(&args[0]);
@@ -45,7 +50,29 @@ fn main() {
         }
     };
     reset_sigchld();
-    Agent { listener, conn: None, children: BTreeMap::new(), exits: VecDeque::new() }.run()
+    Agent { listener, conn: None, children: BTreeMap::new(), exits: VecDeque::new(), any_peer }.run()
+}
+
+/// The pid of a connected peer as this PID namespace sees it: 0 for a process outside it (berth
+/// on the host), which nothing inside the workspace can be (creating PID namespaces needs
+/// CAP_SYS_ADMIN, and seccomp refuses unshare and setns).
+fn peer_pid(fd: &OwnedFd) -> Option<i32> {
+    use std::os::fd::AsRawFd as _;
+    let mut credentials = libc::ucred { pid: -1, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the ucred it points to, which lives on
+    // this stack frame; rustix's socket_peercred cannot be used, its Pid cannot be 0.
+    #[allow(unsafe_code)]
+    let result = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut credentials).cast(),
+            &mut len,
+        )
+    };
+    (result == 0).then_some(credentials.pid)
 }
 
 /// Binds and listens on `path` (replacing a stale file there), accessible to root only.
@@ -91,6 +118,9 @@ struct Agent {
     children: BTreeMap<u32, Child>,
     /// Exits not delivered yet, oldest first, at most `MAX_PENDING_EXITS`.
     exits: VecDeque<Reply>,
+    /// Accept peers inside the agent's PID namespace too (otherwise only berth, outside it: root
+    /// in the workspace could otherwise replace berth's connection).
+    any_peer: bool,
 }
 
 impl Agent {
@@ -157,7 +187,9 @@ impl Agent {
             self.conn = None;
             result = rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC);
         }
-        if let Ok(fd) = result {
+        if let Ok(fd) = result
+            && (self.any_peer || peer_pid(&fd) == Some(0))
+        {
             self.conn = Some(Conn { fd, hello: false });
         }
     }

@@ -42,6 +42,7 @@ impl Agent {
         let socket = dir.join(berth_agent::SOCKET_NAME);
         std::fs::write(&socket, b"stale").unwrap();
         let process = Command::new(env!("CARGO_BIN_EXE_berth-agent"))
+            .arg("--any-peer")
             .arg(&socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -59,7 +60,7 @@ impl Agent {
     fn connect_raw(&self) -> Conn {
         let start = Instant::now();
         loop {
-            let fd = rustix::net::socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
+            let fd = unix_socket();
             let addr = SocketAddrUnix::new(&self.socket).unwrap();
             match rustix::net::connect(&fd, &addr) {
                 Ok(()) => return Conn { fd, exits: Vec::new() },
@@ -234,6 +235,13 @@ fn read_line(fd: &OwnedFd) -> String {
 }
 
 /// `sleep 100`, without a shell (that could outlive a killed child as an orphan).
+/// Close-on-exec: a copy inherited by an agent another test spawns would keep the connection
+/// open after the test closed it.
+fn unix_socket() -> OwnedFd {
+    rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, rustix::net::SocketFlags::CLOEXEC, None)
+        .unwrap()
+}
+
 fn sleep() -> Spawn {
     Spawn { argv: vec!["/bin/sleep".into(), "100".into()], cwd: "/".into(), ..Spawn::default() }
 }
@@ -370,15 +378,17 @@ fn close_stdin_failures() {
     let (pid, _fds) = conn.spawn(sleep());
     assert_eq!(conn.errno(Request::CloseStdin { pid }), libc::EBADF);
     assert_eq!(conn.errno(Request::CloseStdin { pid: 999_999_999 }), libc::ESRCH);
-    let mut spawn = sh("cat");
+    // It keeps running after its stdin's EOF, so the second close meets a running child.
+    let mut spawn = sh("cat; exec sleep 100");
     spawn.stdin = true;
     let (cat, mut fds) = conn.spawn(spawn);
     drop(fds.pop()); // berth's copy of stdin
     conn.done(Request::CloseStdin { pid: cat });
     assert_eq!(conn.errno(Request::CloseStdin { pid: cat }), libc::EBADF);
-    conn.done(Request::Signal { pid, signal: libc::SIGKILL, group: false });
-    assert_eq!(conn.exit_status(pid), 128 + 9);
-    assert_eq!(conn.exit_status(cat), 0);
+    for pid in [pid, cat] {
+        conn.done(Request::Signal { pid, signal: libc::SIGKILL, group: false });
+        assert_eq!(conn.exit_status(pid), 128 + 9);
+    }
 }
 
 #[test]
@@ -616,4 +626,40 @@ fn killed_agent_takes_its_children() {
     agent.process.wait().unwrap();
     assert!(ends_within(pty_child, TIMEOUT), "the PTY child outlived the agent");
     assert!(ends_within(nobody, TIMEOUT), "the child running as nobody outlived the agent");
+}
+
+#[test]
+fn peers_inside_its_pid_namespace_are_refused_by_default() {
+    // Without --any-peer only a peer outside the agent's PID namespace (berth, whose pid the
+    // namespace sees as 0) is served; this test shares the agent's namespace.
+    let agent = Agent::start();
+    let socket = agent.dir.join("strict.sock");
+    let mut strict = Command::new(env!("CARGO_BIN_EXE_berth-agent"))
+        .arg(&socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let fd = loop {
+        let fd = unix_socket();
+        match rustix::net::connect(&fd, &SocketAddrUnix::new(&socket).unwrap()) {
+            Ok(()) => break fd,
+            Err(error) if start.elapsed() > TIMEOUT => panic!("connect: {error}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    // The agent may close it before the hello is even sent.
+    let hello = serde_json::to_vec(&Request::Hello { version: VERSION }).unwrap();
+    let _ = rustix::net::send(&fd, &hello, SendFlags::NOSIGNAL);
+    assert!(wait_readable(&fd, TIMEOUT), "no answer in {TIMEOUT:?}");
+    let mut buf = [0u8; 256];
+    let received = rustix::net::recv(&fd, &mut buf, rustix::net::RecvFlags::empty());
+    assert!(
+        matches!(received, Ok((0, _)) | Err(rustix::io::Errno::CONNRESET)),
+        "the agent closes a connection from inside its PID namespace: {received:?}"
+    );
+    let _ = strict.kill();
+    let _ = strict.wait();
 }

@@ -24,6 +24,9 @@ PACKAGES=(
 	# workspace networking (berth runs the CNI plugins and nft) and the network lab (lab.sh:
 	# namespaces, the remote web server, the .deb it serves)
 	nftables containernetworking-plugins iproute2 python3
+	# berth-agent is linked statically against glibc (libc.a); the Rust toolchain's linker
+	# usually brings it along, but nothing here may depend on that
+	libc6-dev
 )
 
 installed() {

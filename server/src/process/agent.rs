@@ -50,8 +50,11 @@ pub struct AgentProcess {
 pub enum CallError {
     /// The agent answered that it failed; `errno` is the OS error, 0 for none.
     Refused { error: String, errno: i32 },
-    /// The agent is gone, hung, or said something berth does not accept.
+    /// The agent is gone, hung, or said something berth does not accept, and the request was
+    /// not sent: nothing happened.
     Unusable(String),
+    /// The request was sent but no answer came: it may have been carried out.
+    Lost(String),
 }
 
 impl std::fmt::Display for CallError {
@@ -59,6 +62,7 @@ impl std::fmt::Display for CallError {
         match self {
             CallError::Refused { error, .. } => f.write_str(error),
             CallError::Unusable(why) => write!(f, "the workspace's process agent is unusable: {why}"),
+            CallError::Lost(why) => write!(f, "the workspace's process agent did not answer: {why}"),
         }
     }
 }
@@ -193,12 +197,13 @@ impl AgentClient {
             }
         }
         match tokio::time::timeout(REPLY_TIMEOUT, reply).await {
+            Ok(Ok(Err(CallError::Unusable(why)))) => Err(CallError::Lost(why)),
             Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(CallError::Unusable("the connection closed".to_owned())),
+            Ok(Err(_)) => Err(CallError::Lost("the connection closed".to_owned())),
             Err(_) => {
                 let why = format!("no reply within {REPLY_TIMEOUT:?}");
                 breaks(&self.shared, &self.socket, why.clone());
-                Err(CallError::Unusable(why))
+                Err(CallError::Lost(why))
             }
         }
     }

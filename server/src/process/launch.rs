@@ -76,17 +76,25 @@ pub(super) struct Plan<'a> {
 impl Processes {
     pub(super) async fn launch(&self, workspace_id: &str, init_pid: u32, plan: &Plan<'_>) -> Result<Launched> {
         if let Some(client) = self.agent(workspace_id, Some(init_pid)).await {
+            let failed = |why: String| {
+                Error::new(Reason::RuntimeError, format!("the process could not be started in workspace {workspace_id}: {why}"))
+            };
             match spawn_with_agent(&client, plan).await {
                 Ok(launched) => return Ok(launched),
-                Err(CallError::Refused { error, errno }) if !is_resource_shortage(errno) => {
-                    return Err(Error::new(
-                        Reason::RuntimeError,
-                        format!(
-                            "the process could not be started in workspace {workspace_id}: {error}; check its cwd and user"
-                        ),
-                    ));
+                // Nothing ran: containerd exec may still manage.
+                Err(CallError::Refused { errno, error }) if is_resource_shortage(errno) => {
+                    warn!(workspace_id, error, "the process agent is out of resources; using containerd exec");
                 }
-                Err(err) => warn!(workspace_id, error = %err, "the process agent cannot start the process; using containerd exec"),
+                Err(err @ CallError::Unusable(_)) => {
+                    warn!(workspace_id, error = %err, "the process agent cannot take the process; using containerd exec");
+                }
+                Err(CallError::Refused { error, .. }) => return Err(failed(format!("{error}; check its cwd and user"))),
+                // It may have started (and died with the agent): running it again could run it twice.
+                Err(err) => {
+                    return Err(failed(format!(
+                        "{err}; it may have started and ended with the agent, so berth does not retry it: check, then start it again"
+                    )));
+                }
             }
         }
         let started = self
@@ -142,7 +150,7 @@ async fn spawn_with_agent(client: &Arc<AgentClient>, plan: &Plan<'_>) -> std::re
         // berth cannot read it, so nobody could: end it rather than leave it blocked on output.
         let client = client.clone();
         tokio::spawn(async move { client.signal(pid, 9, true).await });
-        CallError::Unusable(format!("the descriptors of process {pid} are unusable: {err}"))
+        CallError::Lost(format!("the descriptors of process {pid} are unusable: {err}"))
     })
 }
 

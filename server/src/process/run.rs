@@ -25,13 +25,28 @@ const ERR_READ_BYTES: usize = 64 << 10;
 const WAIT_RETRIES: u32 = 1500;
 const WAIT_RETRY_DELAY: Duration = Duration::from_millis(200);
 
-/// Reads one FIFO once the output accepts more; `None` stands for a stream that does not exist.
+/// How long berth waits before reading a pipe again after a read that emptied it: a process
+/// writing continuously then fills the pipe meanwhile, so each read (and gRPC message) carries
+/// up to [`READ_BYTES`] instead of the few KiB of one write. Output after a quiet moment is read
+/// at once; continuous output is delayed by at most this.
+const COALESCE: Duration = Duration::from_millis(1);
+
+/// Reads one pipe once the output accepts more; `None` stands for a stream that does not exist.
 /// After the read that woke it, it takes what else the pipe holds without waiting, so a process
-/// writing fast costs one chunk per wake-up, not one per write.
-async fn read(output: &Output, receiver: Option<&mut pipe::Receiver>, buffer: &mut [u8]) -> std::io::Result<usize> {
+/// writing fast costs one chunk per wake-up, not one per write. `not_before` paces the reads
+/// (see [`COALESCE`]).
+async fn read(
+    output: &Output,
+    receiver: Option<&mut pipe::Receiver>,
+    buffer: &mut [u8],
+    not_before: &mut Option<Instant>,
+) -> std::io::Result<usize> {
     let Some(receiver) = receiver else {
         return std::future::pending().await;
     };
+    if let Some(due) = *not_before {
+        tokio::time::sleep_until(due).await;
+    }
     output.ready().await;
     let mut filled = receiver.read(buffer).await?;
     while filled > 0 && filled < buffer.len() {
@@ -41,6 +56,8 @@ async fn read(output: &Output, receiver: Option<&mut pipe::Receiver>, buffer: &m
             Ok(more) => filled += more,
         }
     }
+    // A full buffer means more is waiting: read again at once.
+    *not_before = (filled > 0 && filled < buffer.len()).then(|| Instant::now() + COALESCE);
     Ok(filled)
 }
 
@@ -62,6 +79,7 @@ pub(super) async fn run(
     let mut err_open = stderr.is_some();
     let mut out_buffer = vec![0u8; READ_BYTES];
     let mut err_buffer = vec![0u8; ERR_READ_BYTES];
+    let (mut out_pacing, mut err_pacing) = (None, None);
     let deadline = timeout.map(|timeout| Instant::now() + timeout);
     let mut timed_out = false;
     loop {
@@ -70,14 +88,14 @@ pub(super) async fn run(
         }
         let drained = exited_at.map(|exited_at| drain_deadline(exited_at, last_output));
         tokio::select! {
-            read_out = read(&process.output, Some(&mut stdout), &mut out_buffer), if out_open => match read_out {
+            read_out = read(&process.output, Some(&mut stdout), &mut out_buffer, &mut out_pacing), if out_open => match read_out {
                 Ok(0) | Err(_) => out_open = false,
                 Ok(n) => {
                     process.output.publish(Chunk { stream: out_stream, bytes: Bytes::copy_from_slice(&out_buffer[..n]) });
                     last_output = Instant::now();
                 }
             },
-            read_err = read(&process.output, stderr.as_mut(), &mut err_buffer), if err_open => match read_err {
+            read_err = read(&process.output, stderr.as_mut(), &mut err_buffer, &mut err_pacing), if err_open => match read_err {
                 Ok(0) | Err(_) => err_open = false,
                 Ok(n) => {
                     process.output.publish(Chunk { stream: Stream::Stderr, bytes: Bytes::copy_from_slice(&err_buffer[..n]) });
