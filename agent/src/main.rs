@@ -64,13 +64,7 @@ fn peer_pid(fd: &OwnedFd) -> Option<i32> {
     // this stack frame; rustix's socket_peercred cannot be used, its Pid cannot be 0.
     #[allow(unsafe_code)]
     let result = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut credentials).cast(),
-            &mut len,
-        )
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut credentials).cast(), &mut len)
     };
     (result == 0).then_some(credentials.pid)
 }

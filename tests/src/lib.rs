@@ -365,7 +365,8 @@ fn spawn_berth(
         &["--network", "none"]
     };
     let log_file = std::fs::File::create(log).expect("create log");
-    let binary = if options.without_agent { binary_without_agent(testbed, state_dir) } else { testbed.berth_bin.clone() };
+    let binary =
+        if options.without_agent { binary_without_agent(testbed, state_dir) } else { testbed.berth_bin.clone() };
     Command::new(binary)
         .arg("serve")
         .args(network_args)

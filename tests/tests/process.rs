@@ -679,8 +679,7 @@ async fn processes_are_children_of_the_agent_which_comes_back_after_being_killed
     let mut request = start_request("agent", "sleep", &["300"]);
     request.tag = "sleeper".to_owned();
     let (_, sleeper) = start(&mut processes, request).await;
-    let killer =
-        run(&mut processes, start_request("agent", "sh", &["-c", "sleep 0.3; kill -9 $PPID; sleep 30"])).await;
+    let killer = run(&mut processes, start_request("agent", "sh", &["-c", "sleep 0.3; kill -9 $PPID; sleep 30"])).await;
     assert!(killer.end().error.contains("agent"), "{:?}", killer.end());
     assert_eq!(killer.end().exit_code, -1);
     let sleeper = tokio::time::timeout(Duration::from_secs(10), collect(sleeper)).await.expect("the sleeper's end");
@@ -717,7 +716,11 @@ async fn without_the_agent_processes_are_containerd_execs() {
     request.stdin = true;
     let (cat_pid, stream) = start(&mut processes, request).await;
     processes
-        .send_input(SendInputRequest { workspace_id: "execs".to_owned(), process: pid(cat_pid), input: stdin(b"typed") })
+        .send_input(SendInputRequest {
+            workspace_id: "execs".to_owned(),
+            process: pid(cat_pid),
+            input: stdin(b"typed"),
+        })
         .await
         .unwrap();
     processes.close_stdin(CloseStdinRequest { workspace_id: "execs".to_owned(), process: pid(cat_pid) }).await.unwrap();

@@ -301,7 +301,10 @@ impl Firewall {
         let what = || format!("list the ports registered in nftables table bridge {}", self.guard_table);
         let output = self.run(&["-j", "list", "set", "bridge", &self.guard_table, PORT_IP], None, what).await?;
         let listing: Nftables<'_> = serde_json::from_str(&output).map_err(|err| {
-            Error::new(Reason::NetworkSetupFailed, format!("cannot {}: nft printed JSON berth cannot read: {err}", what()))
+            Error::new(
+                Reason::NetworkSetupFailed,
+                format!("cannot {}: nft printed JSON berth cannot read: {err}", what()),
+            )
         })?;
         let mut ports = Vec::new();
         for object in listing.objects.iter() {
@@ -610,7 +613,10 @@ impl Firewall {
         let what = || "list the nftables tables".to_string();
         let output = self.run(&["-j", "list", "tables"], None, what).await?;
         let listing: Nftables<'_> = serde_json::from_str(&output).map_err(|err| {
-            Error::new(Reason::NetworkSetupFailed, format!("cannot {}: nft printed JSON berth cannot read: {err}", what()))
+            Error::new(
+                Reason::NetworkSetupFailed,
+                format!("cannot {}: nft printed JSON berth cannot read: {err}", what()),
+            )
         })?;
         let present = |wanted: &Table<'_>| {
             listing.objects.iter().any(|object| {

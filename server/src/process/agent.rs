@@ -19,8 +19,8 @@ use std::time::Duration;
 use berth_agent::{MAX_FDS, MAX_MESSAGE_BYTES, Reply, Request, SOCKET_NAME, Spawn, VERSION};
 use rustix::fs::{FileType, Mode, OFlags};
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
-    SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer, SendFlags,
+    SocketAddrUnix, SocketFlags, SocketType,
 };
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
@@ -110,8 +110,7 @@ impl AgentClient {
         // nothing closes or reuses the descriptor while it is registered.
         #[allow(deprecated)]
         let socket = AsyncFd::new(socket);
-        let socket =
-            Arc::new(socket.map_err(|err| CallError::Unusable(format!("cannot register the socket: {err}")))?);
+        let socket = Arc::new(socket.map_err(|err| CallError::Unusable(format!("cannot register the socket: {err}")))?);
         let shared = Arc::new(Mutex::new(Shared::default()));
         let reader = tokio::spawn(read_replies(socket.clone(), shared.clone()));
         let client = Arc::new(Self { socket, shared, send_order: tokio::sync::Mutex::new(()), reader });

@@ -77,7 +77,10 @@ impl Processes {
     pub(super) async fn launch(&self, workspace_id: &str, init_pid: u32, plan: &Plan<'_>) -> Result<Launched> {
         if let Some(client) = self.agent(workspace_id, Some(init_pid)).await {
             let failed = |why: String| {
-                Error::new(Reason::RuntimeError, format!("the process could not be started in workspace {workspace_id}: {why}"))
+                Error::new(
+                    Reason::RuntimeError,
+                    format!("the process could not be started in workspace {workspace_id}: {why}"),
+                )
             };
             match spawn_with_agent(&client, plan).await {
                 Ok(launched) => return Ok(launched),
@@ -88,7 +91,9 @@ impl Processes {
                 Err(err @ CallError::Unusable(_)) => {
                     warn!(workspace_id, error = %err, "the process agent cannot take the process; using containerd exec");
                 }
-                Err(CallError::Refused { error, .. }) => return Err(failed(format!("{error}; check its cwd and user"))),
+                Err(CallError::Refused { error, .. }) => {
+                    return Err(failed(format!("{error}; check its cwd and user")));
+                }
                 // It may have started (and died with the agent): running it again could run it twice.
                 Err(err) => {
                     return Err(failed(format!(

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::grace::{HARD_CAP, drain_deadline};
-use super::output::{Chunk, Exit, Output, Stream};
 use super::launch::Control;
+use super::output::{Chunk, Exit, Output, Stream};
 use super::{Process, SIGKILL};
 use crate::runtime::ExecState;
 

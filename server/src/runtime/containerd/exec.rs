@@ -17,8 +17,8 @@ use tonic::Code;
 use tracing::warn;
 
 use super::Containerd;
-use super::spec::{AGENT_DIR, AGENT_PATH};
 use super::client::{request, streaming_request};
+use super::spec::{AGENT_DIR, AGENT_PATH};
 use crate::error::{Error, Reason, Result};
 use crate::runtime::{ExecIo, ExecSpec, ExecState, ProcessBase, PtySize, StartedExec};
 
@@ -164,7 +164,10 @@ impl Containerd {
             spec: Some(prost_types::Any { type_url: PROCESS_TYPE_URL.to_owned(), value }),
             exec_id: AGENT_EXEC_ID.to_owned(),
         };
-        self.exec_tasks().exec(request(&self.namespace, exec)).await.map_err(|status| self.map_status("task exec", status))?;
+        self.exec_tasks()
+            .exec(request(&self.namespace, exec))
+            .await
+            .map_err(|status| self.map_status("task exec", status))?;
         let start = StartRequest { container_id: id.to_owned(), exec_id: AGENT_EXEC_ID.to_owned() };
         if let Err(status) = self.exec_tasks().start(request(&self.namespace, start)).await {
             let _ = self.remove_agent_exec(id).await;
@@ -179,7 +182,8 @@ impl Containerd {
                 ExecState::Missing => return Ok(()),
                 ExecState::Running => self.signal_exec_process(id, AGENT_EXEC_ID, 9).await?,
                 ExecState::Exited(_) => {
-                    let delete = DeleteProcessRequest { container_id: id.to_owned(), exec_id: AGENT_EXEC_ID.to_owned() };
+                    let delete =
+                        DeleteProcessRequest { container_id: id.to_owned(), exec_id: AGENT_EXEC_ID.to_owned() };
                     match self.exec_tasks().delete_process(request(&self.namespace, delete)).await {
                         Ok(_) => return Ok(()),
                         Err(status) if status.code() == Code::NotFound => return Ok(()),

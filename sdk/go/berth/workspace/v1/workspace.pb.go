@@ -800,7 +800,8 @@ type Workspace struct {
 	// Host PID of the container's init process (`catatonit`) while RUNNING; 0 otherwise.
 	InitPid uint32 `protobuf:"varint,10,opt,name=init_pid,json=initPid,proto3" json:"init_pid,omitempty"`
 	// Number of processes running in the workspace besides init, counted from the container's
-	// cgroup when the workspace was read. 0 when not RUNNING.
+	// cgroup when the workspace was read (berth's process agent, `berth-agent`, counts once a
+	// process was started through ProcessService). 0 when not RUNNING.
 	ProcessCount uint32 `protobuf:"varint,11,opt,name=process_count,json=processCount,proto3" json:"process_count,omitempty"`
 	// CDI device names attached to the workspace, fully qualified, sorted and deduplicated, for
 	// example `nvidia.com/gpu=0`.

@@ -27,8 +27,9 @@ if _version_not_supported:
 
 class ProcessServiceStub:
     """ProcessService runs and controls processes inside a running workspace. Processes run as
-    children of the workspace's init, detached from the caller: a process keeps running when the
-    stream that started it ends, and any client can re-attach with Connect. Every RPC works from
+    children of berth's process agent in the workspace (`berth-agent`; in workspaces created
+    before berth had one, as containerd exec processes), detached from the caller: a process keeps
+    running when the stream that started it ends, and any client can re-attach with Connect. Every RPC works from
     browsers over grpc-web; StreamInput has the unary SendInput as its browser form.
 
     A process is addressed by its PID as seen inside the workspace, or by the tag given at Start.
@@ -86,8 +87,9 @@ class ProcessServiceStub:
 
 class ProcessServiceServicer:
     """ProcessService runs and controls processes inside a running workspace. Processes run as
-    children of the workspace's init, detached from the caller: a process keeps running when the
-    stream that started it ends, and any client can re-attach with Connect. Every RPC works from
+    children of berth's process agent in the workspace (`berth-agent`; in workspaces created
+    before berth had one, as containerd exec processes), detached from the caller: a process keeps
+    running when the stream that started it ends, and any client can re-attach with Connect. Every RPC works from
     browsers over grpc-web; StreamInput has the unary SendInput as its browser form.
 
     A process is addressed by its PID as seen inside the workspace, or by the tag given at Start.
@@ -212,8 +214,9 @@ def add_ProcessServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ProcessService:
     """ProcessService runs and controls processes inside a running workspace. Processes run as
-    children of the workspace's init, detached from the caller: a process keeps running when the
-    stream that started it ends, and any client can re-attach with Connect. Every RPC works from
+    children of berth's process agent in the workspace (`berth-agent`; in workspaces created
+    before berth had one, as containerd exec processes), detached from the caller: a process keeps
+    running when the stream that started it ends, and any client can re-attach with Connect. Every RPC works from
     browsers over grpc-web; StreamInput has the unary SendInput as its browser form.
 
     A process is addressed by its PID as seen inside the workspace, or by the tag given at Start.

@@ -28,8 +28,9 @@ GRPC_VERSION: str
 
 class ProcessServiceStub:
     """ProcessService runs and controls processes inside a running workspace. Processes run as
-    children of the workspace's init, detached from the caller: a process keeps running when the
-    stream that started it ends, and any client can re-attach with Connect. Every RPC works from
+    children of berth's process agent in the workspace (`berth-agent`; in workspaces created
+    before berth had one, as containerd exec processes), detached from the caller: a process keeps
+    running when the stream that started it ends, and any client can re-attach with Connect. Every RPC works from
     browsers over grpc-web; StreamInput has the unary SendInput as its browser form.
 
     A process is addressed by its PID as seen inside the workspace, or by the tag given at Start.
@@ -72,8 +73,9 @@ class ProcessServiceStub:
 @_typing.type_check_only
 class ProcessServiceAsyncStub(ProcessServiceStub):
     """ProcessService runs and controls processes inside a running workspace. Processes run as
-    children of the workspace's init, detached from the caller: a process keeps running when the
-    stream that started it ends, and any client can re-attach with Connect. Every RPC works from
+    children of berth's process agent in the workspace (`berth-agent`; in workspaces created
+    before berth had one, as containerd exec processes), detached from the caller: a process keeps
+    running when the stream that started it ends, and any client can re-attach with Connect. Every RPC works from
     browsers over grpc-web; StreamInput has the unary SendInput as its browser form.
 
     A process is addressed by its PID as seen inside the workspace, or by the tag given at Start.
@@ -112,8 +114,9 @@ class ProcessServiceAsyncStub(ProcessServiceStub):
 
 class ProcessServiceServicer(metaclass=_abc_1.ABCMeta):
     """ProcessService runs and controls processes inside a running workspace. Processes run as
-    children of the workspace's init, detached from the caller: a process keeps running when the
-    stream that started it ends, and any client can re-attach with Connect. Every RPC works from
+    children of berth's process agent in the workspace (`berth-agent`; in workspaces created
+    before berth had one, as containerd exec processes), detached from the caller: a process keeps
+    running when the stream that started it ends, and any client can re-attach with Connect. Every RPC works from
     browsers over grpc-web; StreamInput has the unary SendInput as its browser form.
 
     A process is addressed by its PID as seen inside the workspace, or by the tag given at Start.

@@ -599,7 +599,8 @@ class Workspace(_message.Message):
     """Host PID of the container's init process (`catatonit`) while RUNNING; 0 otherwise."""
     process_count: _builtins.int
     """Number of processes running in the workspace besides init, counted from the container's
-    cgroup when the workspace was read. 0 when not RUNNING.
+    cgroup when the workspace was read (berth's process agent, `berth-agent`, counts once a
+    process was started through ProcessService). 0 when not RUNNING.
     """
     has_preserved_data: _builtins.bool
     """Whether a preserved /data archive exists for this workspace id (left by DeleteWorkspace with

@@ -181,7 +181,8 @@ export type Workspace = Message<"berth.workspace.v1.Workspace"> & {
 
   /**
    * Number of processes running in the workspace besides init, counted from the container's
-   * cgroup when the workspace was read. 0 when not RUNNING.
+   * cgroup when the workspace was read (berth's process agent, `berth-agent`, counts once a
+   * process was started through ProcessService). 0 when not RUNNING.
    *
    * @generated from field: uint32 process_count = 11;
    */
