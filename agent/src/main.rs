@@ -273,7 +273,11 @@ impl Agent {
             Request::Spawn(request) => match spawn::spawn(&request) {
                 Ok((pid, child)) => {
                     self.children.insert(pid, child);
-                    self.reply_process(pid);
+                    if !self.reply_process(pid) {
+                        // berth never learnt of it (and reports the start as failed): nobody
+                        // would read its output or see it end.
+                        let _ = kill(pid, Signal::KILL, true);
+                    }
                 }
                 Err(error) => {
                     let errno = error.raw_os_error().unwrap_or(match error.kind() {
@@ -284,7 +288,9 @@ impl Agent {
                     self.reply(&failed(&format!("spawn {program}: {error}"), errno));
                 }
             },
-            Request::Attach { pid } => self.reply_process(pid),
+            Request::Attach { pid } => {
+                self.reply_process(pid);
+            }
             Request::CloseStdin { pid } => {
                 let reply = match self.children.get_mut(&pid).map(Child::close_stdin) {
                     None => not_a_child(pid),
@@ -304,18 +310,22 @@ impl Agent {
         }
     }
 
-    /// Answers with a child's `Process` and its descriptors, or ESRCH.
-    fn reply_process(&mut self, pid: u32) {
+    /// Answers with a child's `Process` and its descriptors, or ESRCH; false when the
+    /// `Process` could not be sent.
+    fn reply_process(&mut self, pid: u32) -> bool {
         match self.children.get(&pid) {
             Some(child) => {
                 let reply = Reply::Process { pid, pty: child.pty(), stdin: child.has_stdin() };
-                if let Some(conn) = &self.conn
-                    && send(&conn.fd, &reply, &child.fds()).is_err()
-                {
+                let sent = self.conn.as_ref().is_some_and(|conn| send(&conn.fd, &reply, &child.fds()).is_ok());
+                if !sent {
                     self.conn = None;
                 }
+                sent
             }
-            None => self.reply(&not_a_child(pid)),
+            None => {
+                self.reply(&not_a_child(pid));
+                true
+            }
         }
     }
 
