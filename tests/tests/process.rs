@@ -729,3 +729,44 @@ async fn without_the_agent_processes_are_containerd_execs() {
     assert_eq!(outcome.end().exit_code, 0);
     assert!(server.log_text().contains("berth-agent is not installed"), "{}", server.log_text());
 }
+
+#[tokio::test]
+async fn code_in_the_workspace_cannot_take_the_agents_socket() {
+    let testbed = Testbed::from_env();
+    let server = BerthServer::start(&testbed);
+    create_workspace(&server, "socket", &testbed.image("DEBIAN")).await;
+    let mut processes = Processes::new(server.channel().await);
+    let mut request = start_request("socket", "sh", &["-c", "read line; echo \"got $line\"; exit 4"]);
+    request.stdin = true;
+    let (reader, stream) = start(&mut processes, request).await;
+
+    // Root inside connects to the agent and says hello: the agent hangs up on it (its peer pid
+    // is not 0), and berth's own connection is untouched.
+    let hostile = r#"
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect("/run/berth/agent.sock")
+try:
+    s.send(b'{"op":"hello","version":1}')
+    print("answer", repr(s.recv(4096)))
+except OSError as err:
+    print("refused", err.errno)
+"#;
+    let outcome = run(&mut processes, start_request("socket", "python3", &["-c", hostile])).await;
+    let text = outcome.stdout_text();
+    assert!(text == "answer b''\n" || text.starts_with("refused"), "{text:?} {outcome:?}");
+    processes
+        .send_input(SendInputRequest { workspace_id: "socket".to_owned(), process: pid(reader), input: stdin(b"x\n") })
+        .await
+        .unwrap();
+    let outcome = collect(stream).await;
+    assert_eq!(outcome.stdout_text(), "got x\n");
+    assert_eq!(outcome.end().exit_code, 4, "the exit still comes through berth's connection");
+
+    // Other users cannot even look into the socket's directory.
+    let mut request = start_request("socket", "ls", &["/run/berth"]);
+    request.process.as_mut().unwrap().user = "nobody".to_owned();
+    let outcome = run(&mut processes, request).await;
+    assert_ne!(outcome.end().exit_code, 0);
+    assert!(String::from_utf8_lossy(&outcome.stderr).contains("Permission denied"), "{outcome:?}");
+}
