@@ -166,10 +166,10 @@ async fn figures_follow_cpu_memory_processes_and_storage_of_a_running_workspace(
     assert!(storage.rootfs_inodes > 0 && storage.sample_time.is_some(), "{storage:?}");
     let idle_data_bytes = storage.data_bytes;
 
-    // pids count a started process.
+    // pids count a started process, and the process agent that is its parent.
     start_process(&server, id, "exec sleep 600", "").await;
-    metrics_until(&mut client, id, Duration::from_secs(10), "pids count the sleeper", |m| {
-        m.pids.is_some_and(|pids| pids.current == 2)
+    metrics_until(&mut client, id, Duration::from_secs(10), "pids count the agent and the sleeper", |m| {
+        m.pids.is_some_and(|pids| pids.current == 3)
     })
     .await;
 

@@ -640,7 +640,8 @@ type Resources struct {
 	// otherwise at least 4 MiB (4194304).
 	MemoryBytes int64 `protobuf:"varint,2,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
 	// Maximum number of processes and threads alive at once in the workspace. 0 means unlimited;
-	// otherwise at most 4194304 (the kernel's maximum).
+	// otherwise at most 4194304 (the kernel's maximum). Init and, once ProcessService has started
+	// a process, berth's process agent count as one each.
 	PidsLimit     int64 `protobuf:"varint,3,opt,name=pids_limit,json=pidsLimit,proto3" json:"pids_limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1800,7 +1801,8 @@ func (x *MemoryMetrics) GetOomKillCount() uint64 {
 // PidsMetrics is the number of tasks in a workspace's cgroup.
 type PidsMetrics struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Processes and threads currently alive in the workspace, init included.
+	// Processes and threads currently alive in the workspace, init included, and berth's process
+	// agent once ProcessService has started a process (it stays until the workspace stops).
 	Current uint64 `protobuf:"varint,1,opt,name=current,proto3" json:"current,omitempty"`
 	// Configured maximum of processes and threads; 0 means unlimited.
 	Limit         uint64 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`

@@ -443,7 +443,8 @@ class Resources(_message.Message):
     """
     pids_limit: _builtins.int
     """Maximum number of processes and threads alive at once in the workspace. 0 means unlimited;
-    otherwise at most 4194304 (the kernel's maximum).
+    otherwise at most 4194304 (the kernel's maximum). Init and, once ProcessService has started
+    a process, berth's process agent count as one each.
     """
     def __init__(
         self,
@@ -1141,7 +1142,9 @@ class PidsMetrics(_message.Message):
     CURRENT_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     current: _builtins.int
-    """Processes and threads currently alive in the workspace, init included."""
+    """Processes and threads currently alive in the workspace, init included, and berth's process
+    agent once ProcessService has started a process (it stays until the workspace stops).
+    """
     limit: _builtins.int
     """Configured maximum of processes and threads; 0 means unlimited."""
     def __init__(

@@ -41,7 +41,8 @@ export type Resources = Message<"berth.workspace.v1.Resources"> & {
 
   /**
    * Maximum number of processes and threads alive at once in the workspace. 0 means unlimited;
-   * otherwise at most 4194304 (the kernel's maximum).
+   * otherwise at most 4194304 (the kernel's maximum). Init and, once ProcessService has started
+   * a process, berth's process agent count as one each.
    *
    * @generated from field: int64 pids_limit = 3;
    */
@@ -782,7 +783,8 @@ export const MemoryMetricsSchema: GenMessage<MemoryMetrics> = /*@__PURE__*/
  */
 export type PidsMetrics = Message<"berth.workspace.v1.PidsMetrics"> & {
   /**
-   * Processes and threads currently alive in the workspace, init included.
+   * Processes and threads currently alive in the workspace, init included, and berth's process
+   * agent once ProcessService has started a process (it stays until the workspace stops).
    *
    * @generated from field: uint64 current = 1;
    */
