@@ -29,6 +29,8 @@ use crate::spawn::Child;
 
 /// Error texts are cut to this, so that a reply stays far below `MAX_MESSAGE_BYTES`.
 const MAX_ERROR_BYTES: usize = 1024;
+/// How long an answer waits for room in a full socket before the peer counts as gone.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() {
     let mut args: Vec<_> = std::env::args_os().skip(1).collect();
@@ -50,7 +52,13 @@ fn main() {
         }
     };
     reset_sigchld();
-    Agent { listener, conn: None, children: BTreeMap::new(), exits: VecDeque::new(), any_peer }.run()
+    let spare = spare_descriptor();
+    Agent { listener, conn: None, spare, children: BTreeMap::new(), exits: VecDeque::new(), any_peer }.run()
+}
+
+/// A descriptor held in reserve for accepting a connection when the table is full.
+fn spare_descriptor() -> Option<OwnedFd> {
+    rustix::fs::open("/", rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty()).ok()
 }
 
 /// The pid of a connected peer as this PID namespace sees it: 0 for a process outside it (berth
@@ -109,6 +117,8 @@ struct Agent {
     listener: OwnedFd,
     /// At most one; a new connection replaces it.
     conn: Option<Conn>,
+    /// See [`spare_descriptor`].
+    spare: Option<OwnedFd>,
     children: BTreeMap<u32, Child>,
     /// Exits not delivered yet, oldest first, at most `MAX_PENDING_EXITS`.
     exits: VecDeque<Reply>,
@@ -177,14 +187,18 @@ impl Agent {
     fn accept(&mut self) {
         let mut result = rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC);
         if let Err(Errno::MFILE | Errno::NFILE) = result {
-            // The connection being replaced frees a descriptor for its successor.
-            self.conn = None;
+            // Out of descriptors (the children's hold them): the spare one makes room to take
+            // the peer off the backlog, which poll would otherwise report forever.
+            self.spare = None;
             result = rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC);
         }
         if let Ok(fd) = result
             && (self.any_peer || peer_pid(&fd) == Some(0))
         {
             self.conn = Some(Conn { fd, hello: false });
+        }
+        if self.spare.is_none() {
+            self.spare = spare_descriptor();
         }
     }
 
@@ -316,7 +330,7 @@ impl Agent {
         match self.children.get(&pid) {
             Some(child) => {
                 let reply = Reply::Process { pid, pty: child.pty(), stdin: child.has_stdin() };
-                let sent = self.conn.as_ref().is_some_and(|conn| send(&conn.fd, &reply, &child.fds()).is_ok());
+                let sent = self.conn.as_ref().is_some_and(|conn| send_answer(&conn.fd, &reply, &child.fds()).is_ok());
                 if !sent {
                     self.conn = None;
                 }
@@ -329,10 +343,11 @@ impl Agent {
         }
     }
 
-    /// Sends an answer; a peer that does not take it (gone, or not reading: EAGAIN) is dropped.
+    /// Sends an answer; a peer that does not take it (gone, or not reading for
+    /// [`ANSWER_TIMEOUT`]) is dropped.
     fn reply(&mut self, reply: &Reply) {
         if let Some(conn) = &self.conn
-            && send(&conn.fd, reply, &[]).is_err()
+            && send_answer(&conn.fd, reply, &[]).is_err()
         {
             self.conn = None;
         }
@@ -364,6 +379,28 @@ fn failed(error: &str, errno: i32) -> Reply {
         end -= 1;
     }
     Reply::failed(&error[..end], errno)
+}
+
+/// Sends the answer to a request, waiting up to [`ANSWER_TIMEOUT`] for room: exits queued
+/// before it may have filled the socket, and berth, which reads all the time, makes room soon.
+/// Dropping the connection instead would cost berth every process's exit on it.
+fn send_answer(conn: &OwnedFd, reply: &Reply, fds: &[BorrowedFd<'_>]) -> rustix::io::Result<()> {
+    let deadline = std::time::Instant::now() + ANSWER_TIMEOUT;
+    loop {
+        match send(conn, reply, fds) {
+            Err(Errno::AGAIN) => {}
+            sent => return sent,
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(Errno::AGAIN);
+        }
+        let timeout = rustix::event::Timespec::try_from(left).map_err(|_| Errno::INVAL)?;
+        match rustix::event::poll(&mut [PollFd::new(conn, PollFlags::OUT)], Some(&timeout)) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// Sends one message, never blocking and never raising SIGPIPE.

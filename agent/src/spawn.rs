@@ -122,10 +122,11 @@ pub fn spawn(request: &Spawn) -> io::Result<(u32, Child)> {
     let pidfd = match rustix::process::pidfd_open(raw, PidfdFlags::empty()) {
         Ok(pidfd) => pidfd,
         Err(error) => {
-            // Untrackable: do not leave it running unseen.
+            // Untrackable: do not leave it running unseen. It did run, so the error carries no
+            // errno: berth must not take it for a shortage and start the command again.
             let _ = rustix::process::kill_process(raw, Signal::KILL);
             let _ = rustix::process::waitpid(Some(raw), WaitOptions::empty());
-            return Err(error.into());
+            return Err(io::Error::other(format!("started, then killed: it cannot be tracked ({error})")));
         }
     };
     if let Io::Pipes { stdout, .. } = &io {

@@ -691,6 +691,81 @@ async fn processes_are_children_of_the_agent_which_comes_back_after_being_killed
     assert_eq!(survivors.stdout_text(), "none\n");
 }
 
+/// Connects to a workspace's agent from the host, as berth does: the agent takes this
+/// connection in place of berth's.
+fn take_the_agents_connection(server: &BerthServer, id: &str) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+    use std::os::fd::AsRawFd as _;
+    let path = server.state_dir.join("workspaces").join(id).join("agent/agent.sock");
+    let node = nix::fcntl::open(
+        &path,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .expect("the agent's socket");
+    let socket = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).unwrap();
+    let address = UnixAddr::new(format!("/proc/self/fd/{}", node.as_raw_fd()).as_str()).unwrap();
+    connect(socket.as_raw_fd(), &address).expect("connect to the agent");
+    socket
+}
+
+#[tokio::test]
+async fn a_broken_agent_connection_is_replaced_and_running_processes_keep_working() {
+    let testbed = Testbed::from_env();
+    let server = BerthServer::start(&testbed);
+    create_workspace(&server, "rewire", &testbed.image("BUSYBOX")).await;
+    let mut processes = Processes::new(server.channel().await);
+    let mut request = start_request("rewire", "cat", &[]);
+    request.stdin = true;
+    let (cat, cat_stream) = start(&mut processes, request).await;
+    let (sleeper, sleeper_stream) = start(&mut processes, start_request("rewire", "sleep", &["300"])).await;
+
+    // Another host process connects: the agent drops berth's connection for it. berth connects
+    // again at once to hand its processes over (which drops this one: it reads end-of-file).
+    let intruder = take_the_agents_connection(&server, "rewire");
+    let mut buffer = [0u8; 64];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match nix::sys::socket::recv(
+            std::os::fd::AsRawFd::as_raw_fd(&intruder),
+            &mut buffer,
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(0) => break,
+            Err(nix::errno::Errno::EAGAIN) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => panic!("berth did not take the agent back within 10 s: {other:?}"),
+        }
+    }
+
+    // Both processes go on: input, end of input and a signal reach them through the new
+    // connection, and their exits come through it.
+    processes
+        .send_input(SendInputRequest {
+            workspace_id: "rewire".to_owned(),
+            process: pid(cat),
+            input: stdin(b"still here\n"),
+        })
+        .await
+        .unwrap();
+    processes.close_stdin(CloseStdinRequest { workspace_id: "rewire".to_owned(), process: pid(cat) }).await.unwrap();
+    let cat = tokio::time::timeout(Duration::from_secs(10), collect(cat_stream)).await.expect("cat's end");
+    assert_eq!(cat.stdout_text(), "still here\n");
+    assert_eq!((cat.end().exit_code, cat.end().error.as_str()), (0, ""), "{:?}", cat.end());
+    processes
+        .send_signal(SendSignalRequest {
+            workspace_id: "rewire".to_owned(),
+            process: pid(sleeper),
+            signal: Signal::Sigterm as i32,
+        })
+        .await
+        .unwrap();
+    let sleeper =
+        tokio::time::timeout(Duration::from_secs(10), collect(sleeper_stream)).await.expect("the sleeper's end");
+    assert_eq!((sleeper.end().exit_code, sleeper.end().error.as_str()), (143, ""), "{:?}", sleeper.end());
+}
+
 #[tokio::test]
 async fn without_the_agent_processes_are_containerd_execs() {
     let testbed = Testbed::from_env();

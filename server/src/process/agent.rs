@@ -3,7 +3,8 @@
 //! waits in a queue for its reply; [`Reply::Exited`] messages in between go to the waiter the
 //! spawn (or attach) registered for that pid. A connection that breaks, or an agent that does
 //! not answer within [`REPLY_TIMEOUT`], is unusable: its pending requests fail and its
-//! processes' exits are lost (the agent's children die with it).
+//! processes' exit waiters end, so that their readers ask the agent again on a new connection
+//! (`launch::AgentControl::wait`).
 //!
 //! Everything the agent sends is untrusted (root inside the workspace can replace it): messages
 //! are bounded, descriptors are counted, and the socket is opened without following symlinks.
@@ -164,10 +165,12 @@ impl AgentClient {
         }
     }
 
+    /// The answer to a request that was sent makes no sense: the connection is not used again,
+    /// and the request may have been carried out.
     fn protocol_error(&self, why: &str) -> CallError {
         let why = why.to_owned();
         breaks(&self.shared, &self.socket, why.clone());
-        CallError::Unusable(why)
+        CallError::Lost(why)
     }
 
     async fn call(&self, request: &Request) -> Result<Answer, CallError> {
@@ -189,7 +192,9 @@ impl AgentClient {
                 }
                 shared.pending.push_back(waiter);
             }
+            let unsent = Unsent { shared: &self.shared };
             let sent = tokio::time::timeout(REPLY_TIMEOUT, send(&self.socket, &bytes)).await;
+            std::mem::forget(unsent);
             if let Err(why) = sent.unwrap_or_else(|_| Err("the agent does not take requests".to_owned())) {
                 breaks(&self.shared, &self.socket, why.clone());
                 return Err(CallError::Unusable(why));
@@ -205,6 +210,19 @@ impl AgentClient {
                 Err(CallError::Lost(why))
             }
         }
+    }
+}
+
+/// Dropped only when a call is cancelled while waiting to send (a `SOCK_SEQPACKET` message goes
+/// out whole or not at all): its waiter, the last queued (the send order lock is held), leaves
+/// the queue, so the next reply reaches the next request.
+struct Unsent<'a> {
+    shared: &'a Mutex<Shared>,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().expect("agent state").pending.pop_back();
     }
 }
 
@@ -339,8 +357,8 @@ fn dispatch(shared: &Mutex<Shared>, reply: Reply, fds: Vec<OwnedFd>) -> Result<(
     let Some(waiter) = shared.pending.pop_front() else {
         return Err("the agent sent a reply nobody asked for".to_owned());
     };
-    // A caller that gave up drops its receiver; a process it would have got is then never read
-    // by berth, and the agent still reaps it.
+    // Only a call that timed out (the connection then breaks) or a re-attach whose caller went
+    // away (the next re-attach asks again) drops its receiver: Starts are not cancelled.
     let _ = waiter.send(answer);
     Ok(())
 }

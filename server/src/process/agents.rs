@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::Processes;
 use super::agent::AgentClient;
+use crate::runtime::Runtime;
 
 /// The host directory, below a workspace's own, shared with its agent.
 pub const AGENT_DIR_NAME: &str = "agent";
@@ -22,23 +22,35 @@ const LISTEN_POLL: Duration = Duration::from_millis(2);
 
 /// One workspace's agent, as berth knows it.
 #[derive(Default)]
-pub(super) struct AgentSlot {
+struct AgentSlot {
     client: Option<Arc<AgentClient>>,
     /// The task (by its init's host pid) that has no agent.
     unavailable_for: Option<u32>,
 }
 
-pub(super) type AgentSlots = std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<AgentSlot>>>>;
+/// Every workspace's agent connection. Shared with the processes it serves, so that a process
+/// whose connection broke finds the agent again through a new one.
+pub(super) struct Agents {
+    runtime: Arc<dyn Runtime>,
+    /// `{state_dir}/workspaces`.
+    workspaces_dir: PathBuf,
+    slots: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<AgentSlot>>>>,
+}
 
-impl Processes {
+impl Agents {
+    pub fn new(runtime: Arc<dyn Runtime>, workspaces_dir: PathBuf) -> Self {
+        Self { runtime, workspaces_dir, slots: std::sync::Mutex::default() }
+    }
+
     fn agent_dir(&self, workspace_id: &str) -> PathBuf {
         self.workspaces_dir.join(workspace_id).join(AGENT_DIR_NAME)
     }
 
     /// The workspace's agent. With `init_pid` (a Start in that running task) one is started when
-    /// none listens; without, only a listening one is used (re-attaching after a restart).
-    pub(super) async fn agent(&self, workspace_id: &str, init_pid: Option<u32>) -> Option<Arc<AgentClient>> {
-        let slot = self.agents.lock().expect("agent slots").entry(workspace_id.to_owned()).or_default().clone();
+    /// none listens; without, only a listening one is used (re-attaching after a restart, or
+    /// after the connection broke).
+    pub async fn get(&self, workspace_id: &str, init_pid: Option<u32>) -> Option<Arc<AgentClient>> {
+        let slot = self.slots.lock().expect("agent slots").entry(workspace_id.to_owned()).or_default().clone();
         let mut slot = slot.lock().await;
         if let Some(client) = slot.client.as_ref().filter(|client| client.is_usable()) {
             return Some(client.clone());
@@ -76,7 +88,7 @@ impl Processes {
     }
 
     /// Forgets a deleted workspace's agent.
-    pub(super) fn forget_agent(&self, workspace_id: &str) {
-        self.agents.lock().expect("agent slots").remove(workspace_id);
+    pub fn forget(&self, workspace_id: &str) {
+        self.slots.lock().expect("agent slots").remove(workspace_id);
     }
 }

@@ -15,6 +15,7 @@ use tracing::warn;
 
 use super::Processes;
 use super::agent::{AgentClient, AgentProcess, CallError};
+use super::agents::Agents;
 use crate::data::ResolvedUser;
 use crate::error::{Error, Reason, Result};
 use crate::runtime::{ExecSpec, ProcessBase, PtySize};
@@ -30,14 +31,52 @@ pub(super) enum Control {
 }
 
 pub(super) struct AgentControl {
-    pub client: Arc<AgentClient>,
+    agents: Arc<Agents>,
+    workspace_id: String,
     /// The PTY's master, for resizing; None on pipes.
     master: Option<OwnedFd>,
     /// Taken by the process's reader.
-    pub exit: tokio::sync::Mutex<Option<oneshot::Receiver<u32>>>,
+    exit: tokio::sync::Mutex<Option<oneshot::Receiver<u32>>>,
 }
 
+/// How often a process's exit is looked for again through a new connection, at most.
+const MAX_REATTACHES: u32 = 3;
+
 impl AgentControl {
+    /// The connection to the workspace's agent: the one the process started on, or a new one
+    /// when that broke.
+    pub async fn client(&self) -> Result<Arc<AgentClient>, CallError> {
+        self.agents
+            .get(&self.workspace_id, None)
+            .await
+            .ok_or_else(|| CallError::Unusable("the workspace's process agent is gone".to_owned()))
+    }
+
+    /// The process's exit status. When the connection breaks first, the agent (if it still
+    /// runs) is asked on a new one: it hands the process over again, or has reported its exit.
+    pub async fn wait(&self, pid: u32) -> Result<u32, CallError> {
+        let Some(mut exit) = self.exit.lock().await.take() else {
+            return std::future::pending().await;
+        };
+        for _ in 0..MAX_REATTACHES {
+            if let Ok(status) = exit.await {
+                return Ok(status);
+            }
+            let client = self.client().await?;
+            match client.attach(pid).await {
+                // Berth holds the process's descriptors already; the new copies are closed.
+                Ok(process) => exit = process.exit,
+                Err(CallError::Refused { errno, .. }) if errno == Errno::SRCH.raw_os_error() => {
+                    return client.take_unclaimed_exit(pid).ok_or_else(|| {
+                        CallError::Lost("the process ended while berth's connection to the agent was down".to_owned())
+                    });
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        exit.await.map_err(|_| CallError::Lost("the connection to the agent keeps breaking".to_owned()))
+    }
+
     pub fn resize(&self, size: PtySize) -> std::io::Result<()> {
         let master = self.master.as_ref().ok_or_else(|| std::io::Error::other("no terminal"))?;
         let size = rustix::termios::Winsize { ws_row: size.rows, ws_col: size.cols, ws_xpixel: 0, ws_ypixel: 0 };
@@ -75,14 +114,14 @@ pub(super) struct Plan<'a> {
 
 impl Processes {
     pub(super) async fn launch(&self, workspace_id: &str, init_pid: u32, plan: &Plan<'_>) -> Result<Launched> {
-        if let Some(client) = self.agent(workspace_id, Some(init_pid)).await {
+        if let Some(client) = self.agents.get(workspace_id, Some(init_pid)).await {
             let failed = |why: String| {
                 Error::new(
                     Reason::RuntimeError,
                     format!("the process could not be started in workspace {workspace_id}: {why}"),
                 )
             };
-            match spawn_with_agent(&client, plan).await {
+            match spawn_with_agent(&self.agents, workspace_id, &client, plan).await {
                 Ok(launched) => return Ok(launched),
                 // Nothing ran: containerd exec may still manage.
                 Err(CallError::Refused { errno, error }) if is_resource_shortage(errno) => {
@@ -133,7 +172,12 @@ fn is_resource_shortage(errno: i32) -> bool {
     [Errno::MFILE, Errno::NFILE, Errno::AGAIN, Errno::NOMEM].iter().any(|shortage| shortage.raw_os_error() == errno)
 }
 
-async fn spawn_with_agent(client: &Arc<AgentClient>, plan: &Plan<'_>) -> std::result::Result<Launched, CallError> {
+async fn spawn_with_agent(
+    agents: &Arc<Agents>,
+    workspace_id: &str,
+    client: &Arc<AgentClient>,
+    plan: &Plan<'_>,
+) -> std::result::Result<Launched, CallError> {
     let (uid, gid, groups) = match plan.user {
         Some(user) => (user.uid, user.gid, user.additional_gids.clone()),
         None => (plan.base.uid, plan.base.gid, plan.base.additional_gids.clone()),
@@ -151,7 +195,7 @@ async fn spawn_with_agent(client: &Arc<AgentClient>, plan: &Plan<'_>) -> std::re
         })
         .await?;
     let pid = process.pid;
-    agent_ends(client.clone(), process).map_err(|err| {
+    agent_ends(agents.clone(), workspace_id, process).map_err(|err| {
         // berth cannot read it, so nobody could: end it rather than leave it blocked on output.
         let client = client.clone();
         tokio::spawn(async move { client.signal(pid, 9, true).await });
@@ -160,7 +204,7 @@ async fn spawn_with_agent(client: &Arc<AgentClient>, plan: &Plan<'_>) -> std::re
 }
 
 /// Turns the descriptors the agent sent into berth's ends of the process.
-pub(super) fn agent_ends(client: Arc<AgentClient>, process: AgentProcess) -> std::io::Result<Launched> {
+pub(super) fn agent_ends(agents: Arc<Agents>, workspace_id: &str, process: AgentProcess) -> std::io::Result<Launched> {
     let AgentProcess { pid, pty, fds, stdin_open, exit } = process;
     let mut fds = fds.into_iter();
     let mut next = || fds.next().ok_or_else(|| std::io::Error::other("a descriptor is missing"));
@@ -189,6 +233,11 @@ pub(super) fn agent_ends(client: Arc<AgentClient>, process: AgentProcess) -> std
         stdin,
         stdout,
         stderr,
-        control: Control::Agent(AgentControl { client, master, exit: tokio::sync::Mutex::new(Some(exit)) }),
+        control: Control::Agent(AgentControl {
+            agents,
+            workspace_id: workspace_id.to_owned(),
+            master,
+            exit: tokio::sync::Mutex::new(Some(exit)),
+        }),
     })
 }

@@ -217,7 +217,10 @@ impl Process {
         drop(sender);
         match &self.control {
             Control::Exec => self.runtime.close_exec_stdin(&self.workspace_id, &self.exec_id).await,
-            Control::Agent(agent) => agent.client.close_stdin(self.pid).await.map_err(|err| self.agent_failed(&err)),
+            Control::Agent(agent) => {
+                let client = agent.client().await.map_err(|err| self.agent_failed(&err))?;
+                client.close_stdin(self.pid).await.map_err(|err| self.agent_failed(&err))
+            }
             Control::Gone => Err(self.exited("closing stdin")),
         }
     }
@@ -232,7 +235,8 @@ impl Process {
             Control::Agent(agent) => {
                 let signal = i32::try_from(signal)
                     .map_err(|_| Error::new(Reason::InvalidArgument, format!("signal {signal} is out of range")))?;
-                agent.client.signal(self.pid, signal, false).await.map_err(|err| self.agent_failed(&err))
+                let client = agent.client().await.map_err(|err| self.agent_failed(&err))?;
+                client.signal(self.pid, signal, false).await.map_err(|err| self.agent_failed(&err))
             }
             Control::Gone => Err(self.exited("signalling it")),
         }
@@ -266,7 +270,9 @@ impl Process {
                 let _ = self.runtime.signal_exec(&self.workspace_id, &self.exec_id, SIGKILL).await;
             }
             Control::Agent(agent) => {
-                let _ = agent.client.signal(self.pid, SIGKILL as i32, true).await;
+                if let Ok(client) = agent.client().await {
+                    let _ = client.signal(self.pid, SIGKILL as i32, true).await;
+                }
             }
             Control::Gone => {}
         }
@@ -291,18 +297,18 @@ pub struct Processes {
     next_exec: AtomicU64,
     /// Workspaces whose processes from before a restart were read back (see `recover`).
     recovered: Mutex<HashMap<String, Arc<tokio::sync::OnceCell<()>>>>,
-    agents: agents::AgentSlots,
+    agents: Arc<agents::Agents>,
 }
 
 impl Processes {
     pub fn new(runtime: Arc<dyn Runtime>, workspaces_dir: PathBuf) -> Self {
         Self {
+            agents: Arc::new(agents::Agents::new(runtime.clone(), workspaces_dir.clone())),
             runtime,
             workspaces_dir,
             by_workspace: Mutex::new(HashMap::new()),
             next_exec: AtomicU64::new(1),
             recovered: Mutex::new(HashMap::new()),
-            agents: agents::AgentSlots::default(),
         }
     }
 
@@ -506,7 +512,7 @@ impl Processes {
         if forget {
             self.by_workspace.lock().expect("process registry").remove(workspace_id);
             self.recovered.lock().expect("recovered").remove(workspace_id);
-            self.forget_agent(workspace_id);
+            self.agents.forget(workspace_id);
         }
     }
 }

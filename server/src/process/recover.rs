@@ -5,8 +5,8 @@
 //! written while berth was down waits in its pipe, up to 1 MiB on stdout and 64 KiB on stderr,
 //! or in the terminal's buffer, and the process blocks on further writes meanwhile); a
 //! containerd exec on its FIFOs (the shim kept its ends open; up to 64 KiB waits). One that
-//! exited answers with its exit status (kept by the agent or containerd) for
-//! [`super::KEEP_ENDED`]. The replay ring does not survive.
+//! exited answers with its exit status (kept by containerd, or by the agent until it sent it to
+//! berth: an exit berth read just before it died is lost) for [`super::KEEP_ENDED`]. The replay ring does not survive.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -96,7 +96,8 @@ impl Processes {
             self.find_exec(workspace_id, fifo_dir, &record, pty.is_some()).await
         };
         let (control, running, exit_status) = match found {
-            Found::Running(Launched { control, stdin, stdout, stderr, .. }) => {
+            Found::Running(launched) => {
+                let Launched { control, stdin, stdout, stderr, .. } = *launched;
                 (control, Some((stdin, stdout, stderr)), None)
             }
             Found::Ended(status) => (if record.agent { Control::Gone } else { Control::Exec }, None, status),
@@ -153,14 +154,14 @@ impl Processes {
     async fn find_exec(&self, workspace_id: &str, fifo_dir: &Path, record: &ExecRecord, pty: bool) -> Found {
         match self.runtime.exec_state(workspace_id, &record.exec_id).await.unwrap_or(ExecState::Missing) {
             ExecState::Running => match self.runtime.reopen_exec(&record.exec_id, fifo_dir, pty, record.stdin).await {
-                Ok(io) => Found::Running(Launched {
+                Ok(io) => Found::Running(Box::new(Launched {
                     pid: record.pid,
                     pgid: record.pgid,
                     stdin: io.stdin,
                     stdout: io.stdout,
                     stderr: io.stderr,
                     control: Control::Exec,
-                }),
+                })),
                 Err(err) => {
                     warn!(workspace_id, exec_id = %record.exec_id, error = %err, "cannot re-attach to a process");
                     Found::Ended(None)
@@ -174,12 +175,12 @@ impl Processes {
     /// A child of the workspace's agent: still running (the agent hands its descriptors over
     /// again), or ended (the agent reported its exit after the hello, or nothing is known).
     async fn find_agent_child(&self, workspace_id: &str, pid: u32) -> Found {
-        let Some(client) = self.agent(workspace_id, None).await else {
+        let Some(client) = self.agents.get(workspace_id, None).await else {
             return Found::Ended(None);
         };
         match client.attach(pid).await {
-            Ok(process) => match launch::agent_ends(client.clone(), process) {
-                Ok(launched) => Found::Running(launched),
+            Ok(process) => match launch::agent_ends(self.agents.clone(), workspace_id, process) {
+                Ok(launched) => Found::Running(Box::new(launched)),
                 Err(err) => {
                     warn!(workspace_id, pid, error = %err, "cannot re-attach to a process; killing it");
                     let _ = client.signal(pid, 9, true).await;
@@ -193,7 +194,7 @@ impl Processes {
 
 /// What became of a process from the record.
 enum Found {
-    Running(Launched),
+    Running(Box<Launched>),
     /// Its exit status, when known.
     Ended(Option<u32>),
 }

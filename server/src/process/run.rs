@@ -153,7 +153,9 @@ pub(super) async fn run(
                 let _ = process.runtime.signal_exec(&process.workspace_id, &process.exec_id, SIGKILL).await;
             }
             Control::Agent(agent) => {
-                let _ = agent.client.signal(process.pid, SIGKILL as i32, true).await;
+                if let Ok(client) = agent.client().await {
+                    let _ = client.signal(process.pid, SIGKILL as i32, true).await;
+                }
             }
             Control::Gone => {}
         }
@@ -166,14 +168,10 @@ async fn wait_exit(process: &Process) -> crate::error::Result<u32> {
     let Control::Agent(agent) = &process.control else {
         return wait_exec(process).await;
     };
-    let Some(exit) = agent.exit.lock().await.take() else {
-        return std::future::pending().await;
-    };
-    exit.await.map_err(|_| {
+    agent.wait(process.pid).await.map_err(|err| {
         crate::error::Error::new(
             crate::error::Reason::RuntimeError,
-            "the workspace's process agent ended before the process did (was it killed inside the workspace?), \
-             and the process ended with it",
+            format!("{err}; if the agent was killed inside the workspace, the process ended with it"),
         )
     })
 }

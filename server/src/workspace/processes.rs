@@ -10,16 +10,23 @@ use crate::model::WorkspaceId;
 use crate::process::{Process, ProcessInfo, Selector, StartOptions, Subscription};
 
 impl Manager {
-    /// Starts a process in a running workspace; the subscription sees all its output.
+    /// Starts a process in a running workspace; the subscription sees all its output. The start
+    /// runs detached from the caller: one that goes away once the process runs would otherwise
+    /// leave it without a reader (nobody would see its output or its end).
     pub async fn start_process(
-        &self,
+        self: &Arc<Self>,
         workspace_id: &str,
         options: StartOptions,
     ) -> Result<(Arc<Process>, Subscription)> {
         let id = WorkspaceId::parse(workspace_id)?;
-        let _guard = self.lock(&id).await;
-        let init_pid = self.running_init_pid(&id).await?;
-        self.processes.start(id.as_str(), init_pid, options).await
+        let manager = self.clone();
+        tokio::spawn(async move {
+            let _guard = manager.lock(&id).await;
+            let init_pid = manager.running_init_pid(&id).await?;
+            manager.processes.start(id.as_str(), init_pid, options).await
+        })
+        .await
+        .map_err(|err| Error::internal(format!("the process start worker failed: {err}")))?
     }
 
     /// The process `selector` names: a running one, or one that ended in the last minutes.

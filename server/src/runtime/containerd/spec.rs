@@ -206,14 +206,16 @@ fn mounts(input: &SpecInput<'_>) -> oci_spec::Result<Vec<Mount>> {
             .options(options.iter().map(|o| (*o).to_owned()).collect::<Vec<_>>())
             .build()
     };
-    let bind = |destination: &str, source: &Path, mode: &str| {
+    let bind_with = |destination: &str, source: &Path, options: &[&str]| {
+        let base = ["rbind", "rprivate"].into_iter().chain(options.iter().copied());
         MountBuilder::default()
             .destination(destination)
             .typ("bind")
             .source(source)
-            .options(vec!["rbind".to_owned(), "rprivate".to_owned(), mode.to_owned()])
+            .options(base.map(str::to_owned).collect::<Vec<_>>())
             .build()
     };
+    let bind = |destination: &str, source: &Path, mode: &str| bind_with(destination, source, &[mode]);
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
         mount("/dev", "tmpfs", "tmpfs", &["nosuid", "strictatime", "mode=755", "size=65536k"])?,
@@ -235,7 +237,8 @@ fn mounts(input: &SpecInput<'_>) -> oci_spec::Result<Vec<Mount>> {
     ];
     if let Some((binary, dir)) = input.agent {
         mounts.push(bind(AGENT_PATH, binary, "ro")?);
-        mounts.push(bind(AGENT_DIR, dir, "rw")?);
+        // Only the agent's socket lives there.
+        mounts.push(bind_with(AGENT_DIR, dir, &["rw", "nosuid", "nodev", "noexec"])?);
     }
     Ok(mounts)
 }
@@ -320,6 +323,10 @@ mod tests {
         assert_eq!(mount(AGENT_PATH)["source"], "/usr/local/bin/berth-agent");
         assert!(mount(AGENT_PATH)["options"].as_array().unwrap().contains(&serde_json::json!("ro")));
         assert_eq!(mount(AGENT_DIR)["source"], "/var/lib/berth/workspaces/bot/agent");
+        assert_eq!(
+            mount(AGENT_DIR)["options"],
+            serde_json::json!(["rbind", "rprivate", "rw", "nosuid", "nodev", "noexec"])
+        );
     }
 
     #[test]
